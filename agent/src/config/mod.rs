@@ -1,0 +1,725 @@
+//! The crmguard configuration: reading, checking and the validated model.
+//!
+//! This module owns the TOML schema of `/etc/crmguard/crmguard.toml` (section 3 of the product
+//! contract), the peers file (`[vpn] peers_file`), the deny files (`[firewall.deny] files`) and the
+//! embedded default policy (`config/default.toml`). It turns them into a [`Config`] whose values
+//! are already checked: a [`Config`] never holds a port 0, an unknown role, a malformed key or a
+//! peer outside the tunnel subnet, so the rest of the agent does not check again.
+//!
+//! Reading happens in two steps, like ripgrep's low-level and high-level arguments. First the text
+//! is deserialized into raw serde structs (`raw.rs`) that reject unknown keys and keep the byte
+//! span of every value. Then `validate.rs` converts the raw values into the typed model and
+//! collects every problem it finds, each one pointing at a file, a line, a column and a dotted
+//! key such as `firewall.service[1].ports[0]`. Array indices in keys count from zero.
+//!
+//! This module must not touch the system beyond reading the files named above: it applies
+//! nothing, creates no directory and holds no global state. Relative paths in a configuration
+//! file are resolved against the directory of that file.
+
+mod duration;
+mod error;
+mod hours;
+mod keypath;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+pub use duration::{parse_duration, DurationError};
+pub use error::{ConfigError, ConfigErrors};
+pub use hours::{Hours, HoursError};
+
+use error::Source;
+
+/// The name under which errors in the embedded default policy are reported.
+pub const DEFAULT_POLICY_NAME: &str = "<embedded default policy>";
+
+/// The text of the embedded default policy, used when no configuration file exists.
+pub const DEFAULT_POLICY_TOML: &str = include_str!("../../../config/default.toml");
+
+/// The longest name accepted for peers, roles, services and log sources. Such names become
+/// metric labels, so they are short and made of `[A-Za-z0-9._-]` only.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The longest interface name Linux accepts (`IFNAMSIZ` less the terminating NUL).
+pub const MAX_INTERFACE_NAME_LEN: usize = 15;
+
+/// Reads, parses and validates the configuration file at `path`.
+///
+/// Besides the file itself this reads every file listed in `[firewall.deny] files` (one address
+/// or prefix per line) and, when `[vpn]` is present and its `peers_file` exists, the peers file,
+/// whose `[[peer]]` entries are merged after the inline ones. All problems found in all of these
+/// files are returned together; a syntax error stops the checks of the file that contains it.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| ConfigErrors(vec![ConfigError::unreadable(path, &err)]))?;
+    let src = Source::new(path, &text);
+    let raw = src
+        .deserialize::<raw::RawConfig>()
+        .map_err(ConfigErrors::from)?;
+    let mut checked = validate::config(&src, raw);
+    validate::deny_files(&src, &mut checked);
+    validate::peers_file(&src, &mut checked);
+    checked.finish()
+}
+
+/// Parses and validates configuration text as if it had been read from `file`.
+///
+/// This reads no file: deny files and the peers file are left to [`load`], so the result holds
+/// only the inline deny sources and the inline peers. `file` names the text in errors and is the
+/// base for relative paths.
+pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
+    let src = Source::new(file, src);
+    let raw = src
+        .deserialize::<raw::RawConfig>()
+        .map_err(ConfigErrors::from)?;
+    validate::config(&src, raw).finish()
+}
+
+/// Returns the embedded default policy (`config/default.toml`).
+///
+/// Enforce mode on every non-loopback interface, default drop, replies to the host's own
+/// connections pass, ICMP essentials, SSH (tcp/22) open from anywhere within per-source limits,
+/// and the WireGuard endpoint on udp/51820 with the address 10.77.0.1/24 and no peers yet.
+pub fn default_policy() -> Config {
+    // The embedded text is fixed at build time and a unit test parses it, so a failure here is a
+    // build defect rather than an operator error.
+    #[allow(clippy::expect_used)]
+    parse(DEFAULT_POLICY_TOML, Path::new(DEFAULT_POLICY_NAME))
+        .expect("the embedded default policy is valid")
+}
+
+/// A value written as one word from a closed set, such as `mode = "enforce"`.
+trait ConfigWord: Sized + Copy {
+    /// The accepted words.
+    const CHOICES: &'static [&'static str];
+
+    /// Parses one of [`Self::CHOICES`].
+    fn from_word(text: &str) -> Option<Self>;
+}
+
+/// Defines a closed set of configuration words: the enum, its spellings and their parser.
+macro_rules! config_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// The spellings accepted in the configuration file, in declaration order.
+            pub const CHOICES: &'static [&'static str] = &[$($text),+];
+
+            /// The configuration spelling, which is also the metric label and log value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $text, )+
+                }
+            }
+
+            /// Parses a configuration spelling; anything else is `None`.
+            pub fn from_config_str(text: &str) -> Option<Self> {
+                match text {
+                    $( $text => Some(Self::$variant), )+
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ConfigWord for $name {
+            const CHOICES: &'static [&'static str] = &[$($text),+];
+
+            fn from_word(text: &str) -> Option<Self> {
+                Self::from_config_str(text)
+            }
+        }
+    };
+}
+
+config_enum! {
+    /// Whether the agent drops packets or only counts what it would drop.
+    pub enum Mode {
+        /// Drop what the policy does not admit.
+        Enforce => "enforce",
+        /// Drop nothing; count each would-be drop as `would_drop` with its reason.
+        Monitor => "monitor",
+    }
+}
+
+config_enum! {
+    /// The format of the agent's own log lines (not of the audit log, which is always JSON).
+    pub enum LogFormat {
+        /// One JSON object per line.
+        Json => "json",
+        /// Human-readable text.
+        Text => "text",
+    }
+}
+
+config_enum! {
+    /// How the XDP program is attached to an interface.
+    pub enum XdpMode {
+        /// Native (driver) mode when the driver supports it, else generic mode with a warning.
+        Auto => "auto",
+        /// Driver mode only; attaching fails when the driver lacks it.
+        Native => "native",
+        /// Generic (skb) mode, which every driver supports but which is slower.
+        Generic => "generic",
+    }
+}
+
+config_enum! {
+    /// The verdict for traffic that no rule admits.
+    pub enum DefaultAction {
+        /// Drop it with reason `default_drop`.
+        Drop => "drop",
+        /// Let it pass; the deny set, bans and rate limits still apply.
+        Allow => "allow",
+    }
+}
+
+config_enum! {
+    /// Which ICMP and ICMPv6 messages pass.
+    pub enum IcmpPolicy {
+        /// Echo replies, errors needed for path MTU discovery, IPv6 neighbour discovery, and
+        /// rate-limited echo requests.
+        Essential => "essential",
+        /// Every ICMP message, echo requests still rate limited.
+        All => "all",
+        /// No ICMP message beyond what IPv6 needs to work at all.
+        None => "none",
+    }
+}
+
+config_enum! {
+    /// A transport protocol of a service.
+    pub enum Proto {
+        /// TCP.
+        Tcp => "tcp",
+        /// UDP.
+        Udp => "udp",
+    }
+}
+
+config_enum! {
+    /// A TLS protocol version, ordered from oldest to newest.
+    pub enum TlsVersion {
+        /// TLS 1.0.
+        Tls10 => "1.0",
+        /// TLS 1.1.
+        Tls11 => "1.1",
+        /// TLS 1.2.
+        Tls12 => "1.2",
+        /// TLS 1.3.
+        Tls13 => "1.3",
+    }
+}
+
+config_enum! {
+    /// What happens to a TLS connection without a server name indication.
+    pub enum NoSniAction {
+        /// Let it pass.
+        Allow => "allow",
+        /// Drop the flow and record an inspection violation.
+        Drop => "drop",
+    }
+}
+
+config_enum! {
+    /// What happens when inspection finds a violation.
+    pub enum ViolationAction {
+        /// Let the flow go on; record the violation and alert.
+        Alert => "alert",
+        /// Drop the flow and record the violation.
+        Drop => "drop",
+    }
+}
+
+config_enum! {
+    /// The response to an anomaly that concerns a peer.
+    pub enum ResponseAction {
+        /// Record it and alert.
+        Alert => "alert",
+        /// Also end the peer's MFA session, so it reaches only the MFA portal.
+        Suspend => "suspend",
+    }
+}
+
+config_enum! {
+    /// What the agent does when it cannot write the audit log.
+    pub enum OnWriteFailure {
+        /// Stop admitting new MFA sessions until writing works again.
+        FailClosed => "fail-closed",
+        /// Keep working and alert.
+        FailOpen => "fail-open",
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `[agent]`: how the daemon runs.
+    pub agent: Agent,
+    /// `[[interface]]`: where XDP attaches. Empty means every non-loopback interface except the
+    /// VPN's own TUN device.
+    pub interfaces: Vec<Interface>,
+    /// `[firewall]`: the XDP policy.
+    pub firewall: Firewall,
+    /// `[vpn]`: the WireGuard endpoint; `None` when the section is absent.
+    pub vpn: Option<Vpn>,
+    /// `[[role]]`, in file order.
+    pub roles: Vec<Role>,
+    /// `[[peer]]`: the inline peers in file order, then those of the peers file.
+    pub peers: Vec<Peer>,
+    /// `[inspection]`: application-protocol inspection of decrypted flows.
+    pub inspection: Inspection,
+    /// `[detection]`: detection and response.
+    pub detection: Detection,
+    /// `[mfa]`: the TOTP second factor and its portal.
+    pub mfa: Mfa,
+    /// `[audit]`: the hash-chained audit log.
+    pub audit: Audit,
+    /// `[backup]`: scheduled backups.
+    pub backup: Backup,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: Metrics,
+    /// `[alerts]`: where alerts go.
+    pub alerts: Alerts,
+}
+
+impl Config {
+    /// The role named `name`, if it is configured.
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.iter().find(|role| role.name == name)
+    }
+
+    /// The peer named `name`, if it is configured.
+    pub fn peer(&self, name: &str) -> Option<&Peer> {
+        self.peers.iter().find(|peer| peer.name == name)
+    }
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// `mode`, default `enforce`.
+    pub mode: Mode,
+    /// `state_dir`, default `/var/lib/crmguard`: peers, bans, MFA secrets, backups.
+    pub state_dir: PathBuf,
+    /// `bpffs_dir`, default `/sys/fs/bpf/crmguard`: pinned maps and XDP links.
+    pub bpffs_dir: PathBuf,
+    /// `control_socket`, default `/run/crmguard/control.sock`.
+    pub control_socket: PathBuf,
+    /// `log_format`, default `text`.
+    pub log_format: LogFormat,
+}
+
+/// One `[[interface]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// The Linux interface name, at most 15 bytes of `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// `xdp_mode`, default `auto`.
+    pub xdp_mode: XdpMode,
+}
+
+/// `[firewall]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firewall {
+    /// `default`, default `drop`.
+    pub default: DefaultAction,
+    /// `allow_established`, default true: replies to connections this host opened pass.
+    pub allow_established: bool,
+    /// `icmp`, default `essential`.
+    pub icmp: IcmpPolicy,
+    /// `icmp_echo_per_source_pps`, default 5: echo requests per second per source address.
+    pub icmp_echo_per_source_pps: u32,
+    /// `[firewall.limits]`.
+    pub limits: Limits,
+    /// The deny set: `[firewall.deny] sources`, then the entries of the deny files in the order
+    /// the files are listed. A prefix appears once, with the origin where it was first seen.
+    /// [`parse`] leaves out the deny files; [`load`] reads them.
+    pub deny: Vec<DenyEntry>,
+    /// `[firewall.deny] files`, resolved against the configuration file's directory.
+    pub deny_files: Vec<PathBuf>,
+    /// `[[firewall.service]]`, in file order. No two services share a protocol and port.
+    pub services: Vec<Service>,
+}
+
+/// `[firewall.limits]`: rate limits that apply to all admitted traffic. None is zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `per_source_pps`, default 2000.
+    pub per_source_pps: u32,
+    /// `per_source_burst`, default 4000.
+    pub per_source_burst: u32,
+    /// `syn_per_source_per_s`, default 50.
+    pub syn_per_source_per_s: u32,
+    /// `global_syn_per_s`, default 20000.
+    pub global_syn_per_s: u32,
+}
+
+/// One entry of the deny set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyEntry {
+    /// The denied address (as a /32 or /128) or prefix, with no host bits set.
+    pub net: IpNet,
+    /// Where it came from: `firewall.deny.sources`, or `FILE:LINE` for a deny file.
+    pub origin: String,
+}
+
+/// One `[[firewall.service]]`: a port set on the host's public addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// The service name, used as a metric label.
+    pub name: String,
+    /// `proto`.
+    pub proto: Proto,
+    /// `ports`: at least one, none zero, no duplicates, in file order.
+    pub ports: Vec<u16>,
+    /// `from`: the admitted source prefixes; `None` means anywhere. Never `Some` and empty.
+    pub from: Option<Vec<IpNet>>,
+    /// `per_source_pps`: packets per second per source address, if limited beyond
+    /// `[firewall.limits]`.
+    pub per_source_pps: Option<u32>,
+    /// `new_conn_per_source_per_s`: new connections per second per source address, if limited.
+    pub new_conn_per_source_per_s: Option<u32>,
+}
+
+/// `[vpn]`: the WireGuard endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vpn {
+    /// `listen_port`, default 51820 (UDP).
+    pub listen_port: u16,
+    /// `address`: the gateway's address inside the tunnel with the tunnel prefix, such as
+    /// 10.77.0.1/24. The address is neither the network nor the broadcast address and the
+    /// prefix is at most /30.
+    pub address: Ipv4Net,
+    /// `address6`: the gateway's IPv6 address inside the tunnel, if any.
+    pub address6: Option<Ipv6Net>,
+    /// `private_key_file`, default `/etc/crmguard/wg.key`.
+    pub private_key_file: PathBuf,
+    /// `peers_file`, default `/var/lib/crmguard/peers.toml`.
+    pub peers_file: PathBuf,
+    /// `handshake_per_source_pps`, default 20.
+    pub handshake_per_source_pps: u32,
+    /// `handshake_burst`, default 5.
+    pub handshake_burst: u32,
+    /// `key_max_age`, default 90 days: older peers are refused until their key is rotated.
+    pub key_max_age: Duration,
+    /// `disable_inactive_after`, default 30 days without a handshake.
+    pub disable_inactive_after: Duration,
+}
+
+/// A protocol and port on the gateway's VPN address, written `tcp/443`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceSpec {
+    /// The transport protocol.
+    pub proto: Proto,
+    /// The port, never zero.
+    pub port: u16,
+}
+
+impl fmt::Display for ServiceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.proto, self.port)
+    }
+}
+
+/// One `[[role]]`: what its peers may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    /// The role name, used as a metric label.
+    pub name: String,
+    /// `allow`: services on the gateway's VPN address, without duplicates, in file order.
+    pub allow: Vec<ServiceSpec>,
+    /// `hours`: when the role may reach them, in the host's local time; `None` means always.
+    pub hours: Option<Hours>,
+    /// `mfa`, default false: whether peers need an open MFA session.
+    pub mfa: bool,
+}
+
+/// A calendar date, as used for `created` of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Date {
+    /// The year, 1970 to 9999.
+    pub year: u16,
+    /// The month, 1 to 12.
+    pub month: u8,
+    /// The day of the month, 1 to 28, 29, 30 or 31 as the month has.
+    pub day: u8,
+}
+
+impl Date {
+    /// Builds a date, or `None` when the day does not exist or the year is before 1970.
+    pub fn new(year: u16, month: u8, day: u8) -> Option<Date> {
+        let days_in_month = match month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if is_leap_year(year) => 29,
+            2 => 28,
+            _ => return None,
+        };
+        if !(1970..=9999).contains(&year) || day == 0 || day > days_in_month {
+            return None;
+        }
+        Some(Date { year, month, day })
+    }
+
+    /// Parses `YYYY-MM-DD`.
+    pub fn parse(text: &str) -> Option<Date> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+            return None;
+        }
+        let digits = |range: std::ops::Range<usize>| {
+            let part = text.get(range)?;
+            if !part.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            part.parse::<u16>().ok()
+        };
+        let year = digits(0..4)?;
+        let month = u8::try_from(digits(5..7)?).ok()?;
+        let day = u8::try_from(digits(8..10)?).ok()?;
+        Date::new(year, month, day)
+    }
+
+    /// Days from 1970-01-01 to this date (Howard Hinnant's `days_from_civil`).
+    pub fn days_since_unix_epoch(&self) -> i64 {
+        let month = i64::from(self.month);
+        let year = i64::from(self.year) - i64::from(month <= 2);
+        let era = year.div_euclid(400);
+        let year_of_era = year - era * 400;
+        let shifted_month = (month + 9) % 12;
+        let day_of_year = (153 * shifted_month + 2) / 5 + i64::from(self.day) - 1;
+        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+        era * 146_097 + day_of_era - 719_468
+    }
+}
+
+impl fmt::Display for Date {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
+    }
+}
+
+fn is_leap_year(year: u16) -> bool {
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
+}
+
+/// One `[[peer]]`: a WireGuard client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer name, used as a metric label and as the actor in audit records.
+    pub name: String,
+    /// The Curve25519 public key (decoded from 44 characters of standard base64).
+    pub public_key: [u8; 32],
+    /// The peer's tunnel address: inside `vpn.address`, not the gateway's own address, not the
+    /// network or broadcast address.
+    pub address: Ipv4Addr,
+    /// The peer's IPv6 tunnel address inside `vpn.address6`, if any.
+    pub address6: Option<Ipv6Addr>,
+    /// The name of a configured role.
+    pub role: String,
+    /// `created`: when the key was registered, the start of `key_max_age`.
+    pub created: Option<Date>,
+    /// `enabled`, default true.
+    pub enabled: bool,
+}
+
+/// `[inspection]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// `enabled`, default true.
+    pub enabled: bool,
+    /// `tls_min_version`, default `1.2`.
+    pub tls_min_version: TlsVersion,
+    /// `sni_allow`: the allowed server names; empty means any name.
+    pub sni_allow: Vec<SniPattern>,
+    /// `no_sni`, default `allow`.
+    pub no_sni: NoSniAction,
+    /// `plaintext_credentials`, default `alert`.
+    pub plaintext_credentials: ViolationAction,
+    /// `protocol_mismatch`, default `alert`: for example something that is not TLS on tcp/443.
+    pub protocol_mismatch: ViolationAction,
+    /// `max_flows`, default 65536: the bound on inspected flows held at once.
+    pub max_flows: u32,
+}
+
+/// An entry of `sni_allow`, stored in lower case without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SniPattern {
+    /// `crm.example.com`: exactly this name.
+    Exact(String),
+    /// `*.crm.example.com`, stored as `crm.example.com`: any name with exactly one more label
+    /// in front, as in certificate wildcards.
+    Wildcard(String),
+}
+
+impl SniPattern {
+    /// Whether `server_name` matches, ignoring ASCII case and one trailing dot.
+    pub fn matches(&self, server_name: &str) -> bool {
+        let name = server_name.strip_suffix('.').unwrap_or(server_name);
+        match self {
+            SniPattern::Exact(exact) => name.eq_ignore_ascii_case(exact),
+            SniPattern::Wildcard(parent) => match name.split_once('.') {
+                Some((label, rest)) => !label.is_empty() && rest.eq_ignore_ascii_case(parent),
+                None => false,
+            },
+        }
+    }
+}
+
+/// `[detection]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    /// `allowlist`: sources that are never banned.
+    pub allowlist: Vec<IpNet>,
+    /// `[detection.auth_failures]`.
+    pub auth_failures: AuthFailures,
+    /// `[detection.port_scan]`.
+    pub port_scan: PortScan,
+    /// `[detection.volume]`.
+    pub volume: Volume,
+    /// `[detection.new_endpoint]`.
+    pub new_endpoint: NewEndpoint,
+    /// `[[detection.log_source]]`, in file order.
+    pub log_sources: Vec<LogSource>,
+}
+
+/// `[detection.auth_failures]`: banning sources of repeated login failures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AuthFailures {
+    /// `threshold`, default 5 failures within `window`.
+    pub threshold: u32,
+    /// `window`, default 10 minutes.
+    pub window: Duration,
+    /// `ban`, default 30 minutes: the first ban.
+    pub ban: Duration,
+    /// `escalate`, default 2.0: each further ban of a source lasts this many times longer.
+    /// Finite and at least 1.
+    pub escalate: f64,
+    /// `max_ban`, default 24 hours; never shorter than `ban`.
+    pub max_ban: Duration,
+}
+
+/// `[detection.port_scan]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortScan {
+    /// `distinct_ports`, default 20 (at least 2) within `window`.
+    pub distinct_ports: u32,
+    /// `window`, default 1 minute.
+    pub window: Duration,
+    /// `ban`, default 1 hour.
+    pub ban: Duration,
+}
+
+/// `[detection.volume]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Volume {
+    /// `per_peer_bytes_per_hour`, default 2 GiB; written as `"2GiB"`, `"500MB"` or bytes.
+    pub per_peer_bytes_per_hour: u64,
+    /// `action`, default `alert`.
+    pub action: ResponseAction,
+}
+
+/// `[detection.new_endpoint]`: a peer connecting from a network it never used before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewEndpoint {
+    /// `action`, default `alert`.
+    pub action: ResponseAction,
+}
+
+/// One `[[detection.log_source]]`: a log file scanned for login failures.
+#[derive(Debug, Clone)]
+pub struct LogSource {
+    /// The source name, used as a metric label.
+    pub name: String,
+    /// The log file.
+    pub path: PathBuf,
+    /// The failure pattern; it has a named group `addr` that captures the source address.
+    pub pattern: regex::Regex,
+}
+
+impl PartialEq for LogSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.path == other.path
+            && self.pattern.as_str() == other.pattern.as_str()
+    }
+}
+
+/// `[mfa]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mfa {
+    /// `issuer`, default `crmguard`: shown by authenticator apps; never contains `:`.
+    pub issuer: String,
+    /// `portal_port`, default 8443 (TCP on the gateway's VPN address).
+    pub portal_port: u16,
+    /// `session`, default 12 hours.
+    pub session: Duration,
+    /// `idle`, default 30 minutes.
+    pub idle: Duration,
+    /// `max_failures`, default 5 wrong codes before a lockout.
+    pub max_failures: u32,
+    /// `lockout`, default 15 minutes.
+    pub lockout: Duration,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// `path`, default `/var/log/crmguard/audit.jsonl`.
+    pub path: PathBuf,
+    /// `key_file`, default `/etc/crmguard/audit.key`.
+    pub key_file: PathBuf,
+    /// `on_write_failure`, default `fail-closed`.
+    pub on_write_failure: OnWriteFailure,
+}
+
+/// `[backup]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    /// `dir`, default `/var/backups/crmguard`.
+    pub dir: PathBuf,
+    /// `every`, default 1 day.
+    pub every: Duration,
+    /// `keep`, default 14 archives (at least 1).
+    pub keep: u32,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metrics {
+    /// `listen`, default `127.0.0.1:9184`.
+    pub listen: SocketAddr,
+}
+
+/// `[alerts]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alerts {
+    /// `webhook`: an `http://` or `https://` URL that receives alerts as JSON; `None` disables
+    /// webhook alerts.
+    pub webhook: Option<String>,
+}
+
+#[cfg(test)]
+mod tests;

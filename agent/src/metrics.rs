@@ -1,0 +1,257 @@
+//! Prometheus metrics at `[metrics] listen`, path `/metrics`.
+//!
+//! Counters of the XDP program live in the kernel (per-CPU, pinned, so they
+//! survive agent restarts); each scrape reads them through the daemon and
+//! reports them as they are. No label carries an address.
+
+use std::net::SocketAddr;
+
+use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::control::{self, Command, Request, Response, Status};
+
+/// The agent's own gauges; the kernel's counters are added at scrape time.
+pub struct Metrics {
+    registry: Registry,
+    xdp_attached: IntGaugeVec,
+    generation: IntGauge,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("registering metric")]
+    Register(#[from] prometheus::Error),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "crmguard_build_info",
+                "crmguard build information (always 1)",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        let xdp_attached = IntGaugeVec::new(
+            Opts::new(
+                "crmguard_xdp_attached",
+                "1 when the XDP filter is attached to the interface",
+            ),
+            &["interface", "mode"],
+        )?;
+        registry.register(Box::new(xdp_attached.clone()))?;
+        let generation = IntGauge::new(
+            "crmguard_policy_generation",
+            "Generation of the policy the kernel enforces",
+        )?;
+        registry.register(Box::new(generation.clone()))?;
+        Ok(Self {
+            registry,
+            xdp_attached,
+            generation,
+        })
+    }
+
+    /// The text exposition for one status snapshot.
+    pub fn render(&self, status: &Status) -> String {
+        self.xdp_attached.reset();
+        for iface in &status.interfaces {
+            self.xdp_attached
+                .with_label_values(&[&iface.name, &iface.mode])
+                .set(1);
+        }
+        self.generation.set(i64::from(status.generation));
+        let mut families = self.registry.gather();
+        families.push(counter_family(
+            "crmguard_xdp_packets_total",
+            "Packets seen by the XDP filter, by interface, action and reason",
+            status,
+            |c| c.packets,
+        ));
+        families.push(counter_family(
+            "crmguard_xdp_bytes_total",
+            "Bytes seen by the XDP filter, by interface, action and reason",
+            status,
+            |c| c.bytes,
+        ));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut pair = LabelPair::default();
+    pair.set_name(name.to_owned());
+    pair.set_value(value.to_owned());
+    pair
+}
+
+fn counter_family(
+    name: &str,
+    help: &str,
+    status: &Status,
+    value: impl Fn(&control::CounterStatus) -> u64,
+) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_owned());
+    family.set_help(help.to_owned());
+    family.set_field_type(MetricType::COUNTER);
+    for c in &status.counters {
+        let mut counter = Counter::default();
+        // Prometheus counters are floats; 2^53 packets is far away.
+        counter.set_value(value(c) as f64);
+        let mut metric = Metric::default();
+        metric.set_label(
+            vec![
+                label("interface", &c.interface),
+                label("action", &c.action),
+                label("reason", &c.reason),
+            ]
+            .into(),
+        );
+        metric.set_counter(counter);
+        family.mut_metric().push(metric);
+    }
+    family
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Listen { addr, source })
+}
+
+/// Serves `/metrics` until the daemon goes away.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    commands: mpsc::Sender<Command>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let commands = commands.clone();
+        tokio::spawn(async move {
+            let _ = handle(stream, &metrics, &commands).await;
+        });
+    }
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    commands: &mpsc::Sender<Command>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    let path = loop {
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read(&mut buf[len..]),
+        )
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                break (request.method == Some("GET"))
+                    .then(|| request.path.unwrap_or("").to_owned());
+            }
+            Ok(httparse::Status::Partial) if len < buf.len() => continue,
+            _ => break None,
+        }
+    };
+    let (code, content_type, body) = match path.as_deref() {
+        Some("/metrics") => match control::ask(commands, Request::Status).await {
+            Response::Status(status) => (
+                "200 OK",
+                "text/plain; version=0.0.4",
+                metrics.render(&status),
+            ),
+            other => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("{other:?}\n"),
+            ),
+        },
+        Some(_) => (
+            "404 Not Found",
+            "text/plain",
+            "crmguard serves /metrics\n".to_owned(),
+        ),
+        None => ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
+    };
+    let head = format!(
+        "HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{CounterStatus, InterfaceStatus};
+
+    #[test]
+    fn renders_the_contract_names() {
+        let metrics = Metrics::new().expect("metrics");
+        let status = Status {
+            version: "0".into(),
+            config: "test".into(),
+            mode: "enforce".into(),
+            generation: 3,
+            interfaces: vec![InterfaceStatus {
+                name: "eth0".into(),
+                ifindex: 2,
+                mode: "native".into(),
+                adopted: false,
+            }],
+            counters: vec![CounterStatus {
+                interface: "eth0".into(),
+                action: "drop".into(),
+                reason: "default_drop".into(),
+                packets: 5,
+                bytes: 300,
+            }],
+        };
+        let text = metrics.render(&status);
+        for line in [
+            "crmguard_build_info{version=",
+            "crmguard_xdp_attached{interface=\"eth0\",mode=\"native\"} 1",
+            "crmguard_policy_generation 3",
+            "crmguard_xdp_packets_total{interface=\"eth0\",action=\"drop\",reason=\"default_drop\"} 5",
+            "crmguard_xdp_bytes_total{interface=\"eth0\",action=\"drop\",reason=\"default_drop\"} 300",
+            "# TYPE crmguard_xdp_packets_total counter",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The crmguard daemon inside the lab, and the CLI calls the demo makes to it: `check`,
+//! `status --json` and `uninstall`.
+//!
+//! The daemon runs in the host namespace's network only (see lab.rs), in a process group of its
+//! own so that Ctrl-C reaches the demo, which then stops it in order.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use super::lab::{self, HOST_NS};
+use crate::cmd;
+
+/// The crmguard binary and the configuration file every call uses.
+#[derive(Clone)]
+pub struct Cli {
+    pub bin: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Cli {
+    fn command(&self, subcommand: &str) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg(subcommand).arg("--config").arg(&self.config);
+        cmd
+    }
+
+    /// `crmguard check`: the configuration is valid, or its problems are the error.
+    pub fn check(&self) -> Result<()> {
+        let mut check = self.command("check");
+        let out = cmd::output(&mut check)?;
+        if !out.status.success() {
+            bail!(
+                "`{}` rejected the demo configuration ({}):\n{}{}",
+                cmd::display(&check),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// `crmguard status --json`, parsed.
+    pub fn status(&self) -> Result<Status> {
+        let text = cmd::stdout_of(self.command("status").arg("--json"))?;
+        let value: Value =
+            serde_json::from_str(&text).context("`crmguard status --json` printed no JSON")?;
+        Ok(Status::from_json(&value))
+    }
+
+    /// `crmguard uninstall`, run in the host namespace where the interfaces are.
+    pub fn uninstall(&self) -> Result<()> {
+        let mut uninstall = lab::in_ns(HOST_NS, &self.bin);
+        uninstall.arg("uninstall").arg("--config").arg(&self.config);
+        cmd::run(&mut uninstall)
+    }
+}
+
+pub struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `crmguard run` in the host namespace, its output going to `log`.
+    pub fn start(cli: &Cli, log: &Path) -> Result<Agent> {
+        let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut run = lab::in_ns(HOST_NS, &cli.bin);
+        run.arg("run").arg("--config").arg(&cli.config);
+        eprintln!("$ {} >{} 2>&1 &", cmd::display(&run), log.display());
+        let child = run
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", cmd::display(&run)))?;
+        Ok(Agent {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Polls `crmguard status` until it answers, the agent exits, or `timeout` passes.
+    pub fn wait_ready(&mut self, cli: &Cli, timeout: Duration) -> Result<Status> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            super::check_interrupt()?;
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the agent exited ({status}) before it answered\n{}",
+                    self.log_tail()
+                );
+            }
+            let last_error = match cli.status() {
+                Ok(status) => return Ok(status),
+                Err(err) => err,
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "the agent did not answer `crmguard status` within {timeout:?}: {last_error:#}\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up, like a crash or the OOM killer.
+    pub fn kill9(mut self) -> Result<()> {
+        self.signal(Signal::SIGKILL)?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait: the agent exits and leaves the filter attached.
+    pub fn stop(mut self) -> Result<()> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        self.signal(Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    eprintln!("demo: the agent exited with {status}\n{}", self.log_tail());
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.signal(Signal::SIGKILL)?;
+        self.child.wait()?;
+        bail!("the agent did not exit within 10 s of SIGTERM and was killed");
+    }
+
+    fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = i32::try_from(self.child.id()).context("pid out of range")?;
+        kill(Pid::from_raw(pid), signal)
+            .with_context(|| format!("cannot send {signal} to the agent"))
+    }
+
+    /// The last lines of the agent's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(20)..];
+        format!(
+            "--- last lines of {} ---\n{}",
+            self.log.display(),
+            tail.join("\n")
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Err(err) = self.terminate() {
+            eprintln!("demo: {err:#}");
+        }
+    }
+}
+
+/// What `crmguard status --json` reports, as far as the demo shows it.
+pub struct Status {
+    pub generation: u64,
+    pub mode: String,
+    pub interfaces: Vec<Interface>,
+    pub counters: Vec<Counter>,
+}
+
+pub struct Interface {
+    pub name: String,
+    pub mode: String,
+    /// Whether the agent found this interface's filter pinned by an earlier agent.
+    pub adopted: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Counter {
+    pub interface: String,
+    pub action: String,
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Status {
+    fn from_json(value: &Value) -> Status {
+        let text = |value: &Value| value.as_str().unwrap_or("?").to_owned();
+        let list = |key: &str| value[key].as_array().cloned().unwrap_or_default();
+        let mut counters: Vec<Counter> = list("counters")
+            .iter()
+            .map(|c| Counter {
+                interface: text(&c["interface"]),
+                action: text(&c["action"]),
+                reason: text(&c["reason"]),
+                packets: c["packets"].as_u64().unwrap_or(0),
+                bytes: c["bytes"].as_u64().unwrap_or(0),
+            })
+            .collect();
+        counters.sort();
+        Status {
+            generation: value["generation"].as_u64().unwrap_or(0),
+            mode: text(&value["mode"]),
+            interfaces: list("interfaces")
+                .iter()
+                .map(|i| Interface {
+                    name: text(&i["name"]),
+                    mode: text(&i["mode"]),
+                    adopted: i["adopted"].as_bool(),
+                })
+                .collect(),
+            counters,
+        }
+    }
+
+    /// Packets counted per `action/reason` since `before`, only those that grew.
+    pub fn growth_since(&self, before: &Status) -> BTreeMap<String, u64> {
+        let sum = |status: &Status| {
+            let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+            for c in &status.counters {
+                *sums
+                    .entry(format!("{}/{}", c.action, c.reason))
+                    .or_default() += c.packets;
+            }
+            sums
+        };
+        let old = sum(before);
+        sum(self)
+            .into_iter()
+            .filter_map(|(key, now)| {
+                let grown = now.saturating_sub(old.get(&key).copied().unwrap_or(0));
+                (grown > 0).then_some((key, grown))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(json: &str) -> Status {
+        Status::from_json(&serde_json::from_str(json).expect("test JSON"))
+    }
+
+    #[test]
+    fn growth_counts_only_what_grew() {
+        let before = status(
+            r#"{"generation":1,"mode":"enforce","interfaces":[],"counters":[
+                {"interface":"cgdemo-h","action":"drop","reason":"default_drop","packets":4,"bytes":240},
+                {"interface":"cgdemo-h","action":"pass","reason":"service","packets":7,"bytes":500}]}"#,
+        );
+        let after = status(
+            r#"{"generation":1,"mode":"enforce","interfaces":[{"name":"cgdemo-h","ifindex":2,"mode":"native"}],"counters":[
+                {"interface":"cgdemo-h","action":"drop","reason":"default_drop","packets":4,"bytes":240},
+                {"interface":"cgdemo-h","action":"drop","reason":"denied_source","packets":2,"bytes":120},
+                {"interface":"cgdemo-h","action":"pass","reason":"service","packets":9,"bytes":600}]}"#,
+        );
+        let growth = Vec::from_iter(after.growth_since(&before));
+        assert_eq!(
+            growth,
+            vec![
+                ("drop/denied_source".to_owned(), 2),
+                ("pass/service".to_owned(), 2)
+            ]
+        );
+        assert_eq!(after.interfaces[0].mode, "native");
+    }
+}

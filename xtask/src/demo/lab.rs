@@ -1,0 +1,250 @@
+//! The lab: two network namespaces joined by a veth pair, and the addresses on each side.
+//!
+//! ```text
+//!   cgdemo-out                                   cgdemo-host
+//!   admin     10.250.0.2   fd00:250::2           10.250.0.1  fd00:250::1
+//!   attacker  10.250.0.66  fd00:250::66  cgdemo-o <==> cgdemo-h  (XDP here)
+//!   customer  10.251.0.5
+//! ```
+//!
+//! Names are fixed so that a demo killed before its cleanup is found and removed by the next
+//! run. Commands run inside a namespace through `nsenter --net` only: they keep the host's mount
+//! namespace, so pins under the host's /sys/fs/bpf outlive the agent (fail-static).
+
+use std::ffi::OsStr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::cmd;
+
+pub const HOST_NS: &str = "cgdemo-host";
+pub const OUT_NS: &str = "cgdemo-out";
+pub const HOST_IF: &str = "cgdemo-h";
+const OUT_IF: &str = "cgdemo-o";
+
+/// Prefix of the demo's pin directories (under /sys/fs/bpf) and work directories (under the
+/// temporary directory); the demo's pid follows it.
+pub const PREFIX: &str = "cgdemo-";
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+pub struct Host {
+    pub name: &'static str,
+    pub v4: IpAddr,
+    pub v6: Option<IpAddr>,
+}
+
+pub const HOST: Host = Host {
+    name: "host",
+    v4: IpAddr::V4(Ipv4Addr::new(10, 250, 0, 1)),
+    v6: Some(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 1))),
+};
+pub const ADMIN: Host = Host {
+    name: "admin",
+    v4: IpAddr::V4(Ipv4Addr::new(10, 250, 0, 2)),
+    v6: Some(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 2))),
+};
+pub const ATTACKER: Host = Host {
+    name: "attacker",
+    v4: IpAddr::V4(Ipv4Addr::new(10, 250, 0, 66)),
+    v6: Some(IpAddr::V6(Ipv6Addr::new(
+        0xfd00, 0x250, 0, 0, 0, 0, 0, 0x66,
+    ))),
+};
+/// A source outside the admin network and not denied: reaches public services only.
+pub const CUSTOMER: Host = Host {
+    name: "customer",
+    v4: IpAddr::V4(Ipv4Addr::new(10, 251, 0, 5)),
+    v6: None,
+};
+
+/// `program` run with only the network namespace `ns` entered.
+pub fn in_ns(ns: &str, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{ns}")).arg(program);
+    cmd
+}
+
+fn ip(ns: &str, args: &str) -> Result<()> {
+    cmd::stdout_of(
+        Command::new("ip")
+            .args(["-n", ns])
+            .args(args.split_whitespace()),
+    )?;
+    Ok(())
+}
+
+/// Creates both namespaces, the veth pair and the addresses. Expects no leftovers.
+pub fn create() -> Result<()> {
+    for ns in [OUT_NS, HOST_NS] {
+        cmd::stdout_of(Command::new("ip").args(["netns", "add", ns]))?;
+    }
+    cmd::stdout_of(Command::new("ip").args([
+        "link", "add", HOST_IF, "netns", HOST_NS, "type", "veth", "peer", "name", OUT_IF, "netns",
+        OUT_NS,
+    ]))?;
+    ip(HOST_NS, "link set lo up")?;
+    ip(OUT_NS, "link set lo up")?;
+    ip(HOST_NS, &format!("addr add {}/24 dev {HOST_IF}", HOST.v4))?;
+    for host in [ADMIN, ATTACKER, CUSTOMER] {
+        ip(OUT_NS, &format!("addr add {}/24 dev {OUT_IF}", host.v4))?;
+    }
+    // `nodad`: the addresses are usable at once instead of after duplicate detection.
+    for (ns, dev, host) in [
+        (HOST_NS, HOST_IF, HOST),
+        (OUT_NS, OUT_IF, ADMIN),
+        (OUT_NS, OUT_IF, ATTACKER),
+    ] {
+        if let Some(v6) = host.v6 {
+            ip(ns, &format!("addr add {v6}/64 dev {dev} nodad"))?;
+        }
+    }
+    ip(HOST_NS, &format!("link set {HOST_IF} up"))?;
+    ip(OUT_NS, &format!("link set {OUT_IF} up"))?;
+    // The customer's network is not the host's: the host reaches it over the same link.
+    ip(HOST_NS, &format!("route add 10.251.0.0/24 dev {HOST_IF}"))?;
+    Ok(())
+}
+
+/// Deletes both namespaces (and with them the veth pair); quiet and best effort.
+pub fn destroy() {
+    for ns in [HOST_NS, OUT_NS] {
+        if netns_exists(ns) {
+            let _ = cmd::output(Command::new("ip").args(["netns", "del", ns]));
+        }
+    }
+}
+
+fn netns_exists(ns: &str) -> bool {
+    Path::new("/run/netns").join(ns).exists()
+}
+
+/// Removes what an earlier demo left behind when it was killed before its cleanup: processes in
+/// the demo namespaces, the namespaces, pin directories and work directories. Refuses while
+/// another demo is running.
+pub fn remove_stale() -> Result<()> {
+    let own = std::process::id();
+    let workdirs = with_prefix(&std::env::temp_dir())?;
+    for (pid, _) in &workdirs {
+        if *pid != own && is_demo(*pid) {
+            bail!("another `cargo xtask demo` is running (pid {pid}); wait for it to finish");
+        }
+    }
+    for ns in [HOST_NS, OUT_NS] {
+        if !netns_exists(ns) {
+            continue;
+        }
+        let pids = cmd::stdout_of(Command::new("ip").args(["netns", "pids", ns]))?;
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|pid| pid.parse::<i32>().ok())
+        {
+            eprintln!("demo: stopping pid {pid}, left in namespace {ns} by an earlier demo");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        eprintln!("demo: removing namespace {ns}, left by an earlier demo");
+    }
+    for (pid, dir) in with_prefix(Path::new(BPFFS))? {
+        if pid != own {
+            eprintln!("demo: removing {}, left by an earlier demo", dir.display());
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+    }
+    destroy();
+    for (pid, dir) in workdirs {
+        if pid != own {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    Ok(())
+}
+
+/// Entries `cgdemo-<pid>` of `dir`, with their pid.
+fn with_prefix(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(PREFIX))
+            .and_then(|pid| pid.parse().ok());
+        if let Some(pid) = pid {
+            found.push((pid, entry.path()));
+        }
+    }
+    Ok(found)
+}
+
+fn is_demo(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "xtask")
+}
+
+/// Mounts bpffs at /sys/fs/bpf when it is not mounted yet (systemd does this at boot; bare
+/// containers and minimal machines do not).
+pub fn ensure_bpffs() -> Result<()> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
+    let mounted = mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&BPFFS) && fields.get(2) == Some(&"bpf")
+    });
+    if !mounted {
+        eprintln!("demo: mounting bpffs at {BPFFS} (pinned filters live there)");
+        cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
+    }
+    Ok(())
+}
+
+/// What is attached at XDP on the host-side interface.
+pub struct Xdp {
+    pub mode: &'static str,
+    pub prog_id: u64,
+    pub prog_name: String,
+}
+
+impl std::fmt::Display for Xdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} mode, program {:?} (id {})",
+            self.mode, self.prog_name, self.prog_id
+        )
+    }
+}
+
+/// The XDP program attached to the host-side interface, from `ip -j -d link show`.
+pub fn xdp_on_host_if() -> Result<Option<Xdp>> {
+    let text = cmd::stdout_of(
+        Command::new("ip").args(["-n", HOST_NS, "-j", "-d", "link", "show", "dev", HOST_IF]),
+    )?;
+    let links: Value = serde_json::from_str(&text).context("cannot parse `ip -j link` output")?;
+    let xdp = &links[0]["xdp"];
+    let Some(prog_id) = xdp["prog"]["id"].as_u64() else {
+        return Ok(None);
+    };
+    // Attach modes as iproute2 reports them (XDP_ATTACHED_* in the kernel's uapi).
+    let mode = match xdp["mode"].as_u64() {
+        Some(1) => "native",
+        Some(2) => "generic",
+        Some(3) => "offload",
+        _ => "unknown",
+    };
+    let prog_name = xdp["prog"]["name"].as_str().unwrap_or_default().to_owned();
+    Ok(Some(Xdp {
+        mode,
+        prog_id,
+        prog_name,
+    }))
+}

@@ -1,0 +1,139 @@
+//! Connection attempts from the outside namespace to the host, each bounded by a timeout, and
+//! the servers on the host that answer them.
+
+use std::net::IpAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::lab::{self, HOST_NS, OUT_NS};
+use crate::cmd;
+
+/// How long a probe waits for an answer.
+pub const TIMEOUT_S: u32 = 2;
+
+/// The TCP servers on the host: port, what they stand for, and the line they greet with.
+pub const SERVERS: &[(u16, &str, &str)] = &[
+    (22, "ssh", "echo SSH-2.0-OpenSSH_9.2 crmguard-demo"),
+    (
+        8080,
+        "web",
+        r#"printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nCRM customer portal\r\n'"#,
+    ),
+    (9999, "internal api", "echo CRM-INTERNAL-API ready"),
+];
+
+/// The servers, stopped when dropped.
+pub struct Servers(Vec<Child>);
+
+impl Servers {
+    /// Starts every server in the host namespace and waits until each accepts on loopback.
+    pub fn start() -> Result<Servers> {
+        let mut servers = Servers(Vec::new());
+        for (port, _, reply) in SERVERS {
+            let mut ncat = lab::in_ns(HOST_NS, "ncat");
+            ncat.args(["-lk", &port.to_string(), "-c", reply]);
+            eprintln!("$ {} &", cmd::display(&ncat));
+            let child = ncat
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .with_context(|| format!("cannot start `{}`", cmd::display(&ncat)))?;
+            servers.0.push(child);
+        }
+        for (port, name, _) in SERVERS {
+            wait_listening(*port).with_context(|| format!("the {name} server did not start"))?;
+        }
+        Ok(servers)
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_listening(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut probe = lab::in_ns(HOST_NS, "ncat");
+        probe.args(["-z", "-w", "1", "127.0.0.1", &port.to_string()]);
+        if cmd::succeeds(&mut probe) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("nothing listens on 127.0.0.1:{port} in {HOST_NS} after 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a connection attempt got back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Connected (or got an echo reply); the first line the server sent.
+    Answered(String),
+    /// Nothing came back within the timeout.
+    NoAnswer,
+    /// The host answered with a TCP reset: no server on the port, no firewall in between.
+    Refused,
+}
+
+/// A TCP connection from `src` to `dst:port`, reading the server's first line.
+pub fn tcp(src: IpAddr, dst: IpAddr, port: u16) -> Result<Outcome> {
+    let timeout = TIMEOUT_S.to_string();
+    let mut ncat = lab::in_ns(OUT_NS, "ncat");
+    ncat.args(["--recv-only", "-w", &timeout, "-i", &timeout, "-s"])
+        .arg(src.to_string())
+        .arg(dst.to_string())
+        .arg(port.to_string());
+    let out = cmd::output(&mut ncat)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() || !stdout.is_empty() {
+        let first = stdout.lines().next().unwrap_or_default().trim();
+        return Ok(Outcome::Answered(first.to_owned()));
+    }
+    if stderr.contains("TIMEOUT") {
+        return Ok(Outcome::NoAnswer);
+    }
+    if stderr.contains("refused") {
+        return Ok(Outcome::Refused);
+    }
+    bail!("`{}` failed: {}", cmd::display(&ncat), stderr.trim());
+}
+
+/// One ICMP echo request from `src` to `dst`.
+pub fn ping(src: IpAddr, dst: IpAddr) -> Result<Outcome> {
+    let mut ping = lab::in_ns(OUT_NS, "ping");
+    ping.args(["-n", "-c", "1", "-W", &TIMEOUT_S.to_string(), "-I"])
+        .arg(src.to_string())
+        .arg(dst.to_string());
+    let out = cmd::output(&mut ping)?;
+    if !out.status.success() {
+        return Ok(Outcome::NoAnswer);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reply = stdout
+        .lines()
+        .find(|line| line.contains("bytes from"))
+        .and_then(|line| line.split_once("time="))
+        .map_or("echo reply".to_owned(), |(_, time)| {
+            format!("echo reply in {time}")
+        });
+    Ok(Outcome::Answered(reply))
+}
+
+/// Fetches a URL from inside the host namespace.
+pub fn http_get_in_host(url: &str) -> Result<String> {
+    let mut curl = lab::in_ns(HOST_NS, "curl");
+    curl.args(["-sS", "-m", &TIMEOUT_S.to_string(), url]);
+    cmd::stdout_of(&mut curl)
+}

@@ -1,0 +1,245 @@
+//! The Debian packages and Rust components each task needs, and installing the missing ones.
+//!
+//! A task checks with `dpkg-query` first, so a machine that has everything pays one process
+//! start. When something is missing it says which packages and why before `apt-get` runs.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+
+use crate::cmd;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Task {
+    /// `cargo xtask test`: build, unit tests and the privileged suite.
+    Test,
+    /// `cargo xtask demo`: build and the network-namespace lab.
+    Demo,
+    /// `cargo xtask deb`: build and package.
+    Deb,
+    /// `cargo xtask lint`: rustfmt and clippy.
+    Lint,
+}
+
+impl Task {
+    fn command(self) -> &'static str {
+        match self {
+            Task::Test => "cargo xtask test",
+            Task::Demo => "cargo xtask demo",
+            Task::Deb => "cargo xtask deb",
+            Task::Lint => "cargo xtask lint",
+        }
+    }
+}
+
+pub struct Package {
+    pub name: &'static str,
+    pub why: &'static str,
+}
+
+const fn pkg(name: &'static str, why: &'static str) -> Package {
+    Package { name, why }
+}
+
+const CLANG: Package = pkg("clang", "compiles the XDP program (ebpf/*.c) to BPF");
+const LIBBPF_DEV: Package = pkg("libbpf-dev", "bpf_helpers.h for the XDP program");
+const IPROUTE2: Package = pkg("iproute2", "ip: network namespaces, veth pairs, XDP state");
+const PING: Package = pkg("iputils-ping", "ping: ICMP checks between namespaces");
+const NCAT: Package = pkg("ncat", "TCP clients and servers inside namespaces");
+const CURL: Package = pkg("curl", "fetches /metrics from the agent");
+
+const TEST: &[Package] = &[
+    CLANG,
+    pkg("llvm", "llvm-objdump and llvm-strip for BPF objects"),
+    LIBBPF_DEV,
+    pkg("bpftool", "inspects loaded programs, maps and links"),
+    IPROUTE2,
+    pkg(
+        "xdp-tools",
+        "xdp-filter, the reference XDP filter to compare with",
+    ),
+    pkg("tcpdump", "captures packets on test interfaces"),
+    CURL,
+    PING,
+    pkg("wireguard-tools", "wg: configures WireGuard peers"),
+    pkg(
+        "wireguard-go",
+        "an independent WireGuard implementation to test against",
+    ),
+    pkg("iperf3", "throughput between namespaces"),
+    pkg("netsniff-ng", "trafgen: packet floods for leak tests"),
+    pkg(
+        "prometheus",
+        "promtool: checks /metrics and the alert rules",
+    ),
+    NCAT,
+];
+
+const DEMO: &[Package] = &[CLANG, LIBBPF_DEV, IPROUTE2, PING, NCAT, CURL];
+
+const DEB: &[Package] = &[
+    CLANG,
+    LIBBPF_DEV,
+    pkg(
+        "dpkg-dev",
+        "dpkg-shlibdeps: the package's library dependencies",
+    ),
+    pkg(
+        "binutils",
+        "strip: drops debug info from the packaged binary",
+    ),
+];
+
+/// Lint checks the alert rules with promtool when it is there, without installing it.
+const LINT: &[Package] = &[];
+
+pub fn packages(task: Task) -> &'static [Package] {
+    match task {
+        Task::Test => TEST,
+        Task::Demo => DEMO,
+        Task::Deb => DEB,
+        Task::Lint => LINT,
+    }
+}
+
+fn components(task: Task) -> &'static [&'static str] {
+    match task {
+        Task::Test | Task::Lint => &["rustfmt", "clippy"],
+        Task::Demo | Task::Deb => &[],
+    }
+}
+
+/// Installs whatever `task` needs and the machine lacks.
+pub fn ensure(task: Task) -> Result<()> {
+    ensure_packages(task)?;
+    ensure_components(components(task))
+}
+
+fn ensure_packages(task: Task) -> Result<()> {
+    let wanted = packages(task);
+    let names: Vec<&str> = wanted.iter().map(|p| p.name).collect();
+    if cmd::which("dpkg-query").is_none() {
+        bail!(
+            "`{}` needs these Debian packages and this is not a Debian system (no dpkg-query): \
+             {}; install their equivalents and pass --no-deps",
+            task.command(),
+            names.join(" ")
+        );
+    }
+    let missing = missing(&names)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: `{}` needs these Debian packages, which are not installed:",
+        task.command()
+    );
+    for package in wanted.iter().filter(|p| missing.contains(p.name)) {
+        eprintln!("  {:<16} {}", package.name, package.why);
+    }
+    let missing: Vec<&str> = missing.into_iter().collect();
+    let Ok(mut update) = cmd::as_root("apt-get", &[]) else {
+        bail!(
+            "installing packages needs root or sudo; as root run: apt-get install {}",
+            missing.join(" ")
+        );
+    };
+    eprintln!("xtask: installing them with apt-get");
+    cmd::run(update.arg("update"))?;
+    let mut install = cmd::as_root("apt-get", &[("DEBIAN_FRONTEND", "noninteractive".into())])?;
+    cmd::run(
+        install
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )?;
+    let still = self::missing(&missing)?;
+    if !still.is_empty() {
+        bail!(
+            "apt-get did not install: {}",
+            Vec::from_iter(still).join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// The subset of `names` that dpkg does not list as installed.
+fn missing<'a>(names: &[&'a str]) -> Result<BTreeSet<&'a str>> {
+    // dpkg-query exits 1 when a name is unknown to it; what it printed is still right.
+    let out = cmd::output(
+        Command::new("dpkg-query")
+            .arg("-W")
+            .arg("-f=${Package} ${Status}\n")
+            .args(names),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(not_installed(names, &text))
+}
+
+fn not_installed<'a>(names: &[&'a str], dpkg_query: &str) -> BTreeSet<&'a str> {
+    let installed: BTreeSet<&str> = dpkg_query
+        .lines()
+        .filter(|line| line.ends_with(" install ok installed"))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    names
+        .iter()
+        .copied()
+        .filter(|name| !installed.contains(name))
+        .collect()
+}
+
+fn ensure_components(wanted: &[&str]) -> Result<()> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|component| !component_works(component))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if cmd::which("rustup").is_none() {
+        bail!(
+            "the Rust components {} are missing and rustup is not installed to add them",
+            missing.join(" ")
+        );
+    }
+    eprintln!(
+        "xtask: adding Rust components {} (cargo fmt, cargo clippy)",
+        missing.join(" ")
+    );
+    cmd::run(
+        Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing),
+    )
+    .context("cannot add Rust components")
+}
+
+/// `cargo fmt --version` / `cargo clippy --version` answer when the component is present.
+fn component_works(component: &str) -> bool {
+    let subcommand = match component {
+        "rustfmt" => "fmt",
+        other => other,
+    };
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    cmd::succeeds(Command::new(program).args([subcommand, "--version"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installed_packages_are_not_missing() {
+        let dpkg = "clang install ok installed\n\
+                    ncat deinstall ok config-files\n\
+                    curl install ok installed\n";
+        let missing = not_installed(&["clang", "ncat", "curl", "iperf3"], dpkg);
+        assert_eq!(Vec::from_iter(missing), vec!["iperf3", "ncat"]);
+    }
+}

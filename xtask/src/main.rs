@@ -1,0 +1,64 @@
+//! `cargo xtask`: crmguard's compound tasks.
+//!
+//! Plain `cargo build` and `cargo test` work without this crate. xtask only chains what a
+//! developer, CI or a packager would otherwise type by hand: installing the Debian packages a
+//! task needs, running the privileged suite as root, the network-namespace demo, lints and the
+//! Debian package.
+
+mod cmd;
+mod deb;
+mod demo;
+mod deps;
+mod lint;
+mod test;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "crmguard's compound tasks",
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install missing Debian packages, build, run the unit tests and the privileged suite.
+    Test(test::Args),
+    /// Check formatting, clippy warnings, alert rules and shell scripts.
+    Lint,
+    /// Build a lab of network namespaces and show crmguard filtering real connections.
+    Demo(demo::Args),
+    /// Build a Debian package (target/deb/crmguard_VERSION_ARCH.deb).
+    Deb(deb::Args),
+    /// Install the Debian packages and Rust components a task needs, and nothing else.
+    Deps {
+        #[arg(value_enum)]
+        task: deps::Task,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Test(args) => test::run(&args),
+        Task::Lint => lint::run(),
+        Task::Demo(args) => demo::run(&args),
+        Task::Deb(args) => deb::run(&args),
+        Task::Deps { task } => deps::ensure(task),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
