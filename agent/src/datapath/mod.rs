@@ -6,7 +6,10 @@
 //!
 //! ```text
 //! maps/cg_*                      every map of the program, pinned by name
-//! links/<ifname>.native|generic  one XDP link per interface; the name says the mode
+//! links/<mode>-<ifname>          one XDP link per interface; the name says the mode
+//!                                (native or generic); bpffs forbids dots in names,
+//!                                so a `.` of the interface name is stored as `:`,
+//!                                which interface names cannot contain
 //! ```
 //!
 //! Invariant: an interface that had the filter keeps a filter at every
@@ -189,7 +192,17 @@ fn links_dir(bpffs_dir: &Path) -> PathBuf {
 }
 
 fn link_path(bpffs_dir: &Path, ifname: &str, mode: AttachMode) -> PathBuf {
-    links_dir(bpffs_dir).join(format!("{ifname}.{}", mode.name()))
+    links_dir(bpffs_dir).join(link_file_name(ifname, mode))
+}
+
+fn link_file_name(ifname: &str, mode: AttachMode) -> String {
+    format!("{}-{}", mode.name(), ifname.replace('.', ":"))
+}
+
+/// The interface and mode a link pin's file name stands for.
+fn parse_link_file_name(file: &str) -> Option<(String, AttachMode)> {
+    let (mode, ifname) = file.split_once('-')?;
+    Some((ifname.replace(':', "."), AttachMode::from_name(mode)?))
 }
 
 /// The pinned links found under `bpffs_dir`: (interface, mode, path).
@@ -201,8 +214,8 @@ fn pinned_links(bpffs_dir: &Path) -> Vec<(String, AttachMode, PathBuf)> {
         .filter_map(Result::ok)
         .filter_map(|e| {
             let file = e.file_name().into_string().ok()?;
-            let (ifname, mode) = file.rsplit_once('.')?;
-            Some((ifname.to_owned(), AttachMode::from_name(mode)?, e.path()))
+            let (ifname, mode) = parse_link_file_name(&file)?;
+            Some((ifname, mode, e.path()))
         })
         .collect();
     out.sort();
@@ -607,4 +620,23 @@ pub fn load_for_test(bpffs_dir: &Path) -> Result<(Ebpf, PolicyMaps), DatapathErr
 /// The program handle of a loaded object, for `TestRun`.
 pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
     xdp(ebpf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_names_round_trip_without_dots() {
+        for (ifname, mode) in [
+            ("eth0", AttachMode::Native),
+            ("eth0.100", AttachMode::Generic),
+            ("veth-a.b.c", AttachMode::Native),
+        ] {
+            let file = link_file_name(ifname, mode);
+            assert!(!file.contains('.'), "{file}");
+            assert_eq!(parse_link_file_name(&file), Some((ifname.to_owned(), mode)));
+        }
+        assert_eq!(parse_link_file_name("hardware-eth0"), None);
+    }
 }
