@@ -222,10 +222,7 @@ fn print_status(status: &Status) {
     );
     println!("config: {}", status.config);
     println!();
-    println!(
-        "{:<16} {:>8} {:<8} {}",
-        "INTERFACE", "IFINDEX", "XDP", "ATTACHED"
-    );
+    println!("{:<16} {:>8} {:<8} ATTACHED", "INTERFACE", "IFINDEX", "XDP");
     for i in &status.interfaces {
         let how = if i.adopted {
             "adopted from a previous agent"

@@ -119,14 +119,11 @@ fn counter_family(
         // Prometheus counters are floats; 2^53 packets is far away.
         counter.set_value(value(c) as f64);
         let mut metric = Metric::default();
-        metric.set_label(
-            vec![
-                label("interface", &c.interface),
-                label("action", &c.action),
-                label("reason", &c.reason),
-            ]
-            .into(),
-        );
+        metric.set_label(vec![
+            label("interface", &c.interface),
+            label("action", &c.action),
+            label("reason", &c.reason),
+        ]);
         metric.set_counter(counter);
         family.mut_metric().push(metric);
     }

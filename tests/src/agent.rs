@@ -327,17 +327,24 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(parse_sample)
-        .find(|(sample_name, sample_labels, _)| {
-            sample_name == name
+        .find(|sample| {
+            sample.name == name
                 && labels
                     .iter()
-                    .all(|(k, v)| sample_labels.iter().any(|(sk, sv)| sk == k && sv == v))
+                    .all(|(k, v)| sample.labels.iter().any(|(sk, sv)| sk == k && sv == v))
         })
-        .map(|(_, _, value)| value)
+        .map(|sample| sample.value)
 }
 
-/// One sample line: `name{k="v",...} value [timestamp]`.
-fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>, f64)> {
+/// One sample of a Prometheus text exposition.
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// Parses one sample line: `name{k="v",...} value [timestamp]`.
+fn parse_sample(line: &str) -> Option<Sample> {
     let (name, rest) = match line.find(['{', ' ']) {
         Some(i) => line.split_at(i),
         None => return None,
@@ -379,7 +386,11 @@ fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>, f64)> {
     }
     let rest: String = chars.collect();
     let value = rest.split_whitespace().next()?.parse().ok()?;
-    Some((name.to_owned(), labels, value))
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
 }
 
 /// A TCP port free on 127.0.0.1 in `ns`. The namespace is the test's own, so nothing else
@@ -426,10 +437,11 @@ mod tests {
                 "{iface}/{action}/{reason}"
             );
         };
-        check("veth-h", "drop", "default_drop", Counts { packets: 7, bytes: 700 });
-        check("veth-h", "pass", "service", Counts { packets: 2, bytes: 120 });
-        check("veth-h", "drop", "denied_source", Counts::default());
-        check("other", "drop", "default_drop", Counts { packets: 1, bytes: 60 });
+        let counts = |packets, bytes| Counts { packets, bytes };
+        check("veth-h", "drop", "default_drop", counts(7, 700));
+        check("veth-h", "pass", "service", counts(2, 120));
+        check("veth-h", "drop", "denied_source", counts(0, 0));
+        check("other", "drop", "default_drop", counts(1, 60));
     }
 
     #[test]
@@ -438,7 +450,10 @@ mod tests {
             attach_mode_in(&status(), "veth-h").expect("well-formed status"),
             Some("native".to_owned())
         );
-        assert_eq!(attach_mode_in(&status(), "eth9").expect("well-formed status"), None);
+        assert_eq!(
+            attach_mode_in(&status(), "eth9").expect("well-formed status"),
+            None
+        );
     }
 
     #[test]
@@ -455,10 +470,22 @@ mod tests {
             crmguard_policy_generation 3\n\
             odd{k=\"a \\\"quoted\\\" value\"} 1.5e2\n";
         let labels = [("interface", "veth-h"), ("reason", "default_drop")];
-        assert_eq!(metric_value(text, "crmguard_xdp_packets_total", &labels), Some(100.0));
-        assert_eq!(metric_value(text, "crmguard_policy_generation", &[]), Some(3.0));
-        assert_eq!(metric_value(text, "odd", &[("k", "a \"quoted\" value")]), Some(150.0));
-        assert_eq!(metric_value(text, "crmguard_xdp_packets_total", &[("reason", "banned")]), None);
+        assert_eq!(
+            metric_value(text, "crmguard_xdp_packets_total", &labels),
+            Some(100.0)
+        );
+        assert_eq!(
+            metric_value(text, "crmguard_policy_generation", &[]),
+            Some(3.0)
+        );
+        assert_eq!(
+            metric_value(text, "odd", &[("k", "a \"quoted\" value")]),
+            Some(150.0)
+        );
+        assert_eq!(
+            metric_value(text, "crmguard_xdp_packets_total", &[("reason", "banned")]),
+            None
+        );
     }
 
     #[test]

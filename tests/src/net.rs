@@ -30,13 +30,8 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// A dual-stack socket bound to `[::]:port` (IPv4 arrives as v4-mapped addresses).
 fn dual_stack_socket(ty: SockType, port: u16) -> Result<OwnedFd> {
-    let fd = socket::socket(
-        AddressFamily::Inet6,
-        ty,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .context("creating an IPv6 socket")?;
+    let fd = socket::socket(AddressFamily::Inet6, ty, SockFlag::SOCK_CLOEXEC, None)
+        .context("creating an IPv6 socket")?;
     socket::setsockopt(&fd, sockopt::Ipv6V6Only, &false).context("clearing IPV6_V6ONLY")?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true).context("setting SO_REUSEADDR")?;
     let addr = SockaddrStorage::from(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
@@ -206,7 +201,9 @@ fn connect_here(src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> Resu
         e => bail!("connect failed: {}", Errno::from_raw(e)),
     }
     let mut stream = TcpStream::from(fd);
-    stream.set_nonblocking(false).context("making the stream blocking")?;
+    stream
+        .set_nonblocking(false)
+        .context("making the stream blocking")?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .context("setting a read timeout")?;
@@ -229,7 +226,8 @@ pub fn udp_send(
     payload_len: usize,
 ) -> Result<()> {
     ns.run_in(|| -> Result<()> {
-        let sock = UdpSocket::bind(SocketAddr::new(src, 0)).with_context(|| format!("binding {src}"))?;
+        let sock =
+            UdpSocket::bind(SocketAddr::new(src, 0)).with_context(|| format!("binding {src}"))?;
         let payload = vec![0x5a; payload_len];
         for i in 0..count {
             let sent = sock
@@ -406,7 +404,10 @@ pub enum Vlan {
     /// One 802.1Q tag (TPID 0x8100).
     Dot1Q(u16),
     /// 802.1ad QinQ: an outer service tag (TPID 0x88a8) over an inner 802.1Q tag.
-    QinQ { outer: u16, inner: u16 },
+    QinQ {
+        outer: u16,
+        inner: u16,
+    },
 }
 
 /// The link layer of a built frame.
@@ -520,7 +521,10 @@ mod tests {
             (Vlan::Untagged, vec![0x0800], 14 + 20 + 8 + 3),
             (Vlan::Dot1Q(7), vec![0x8100, 0x0800], 18 + 20 + 8 + 3),
             (
-                Vlan::QinQ { outer: 100, inner: 7 },
+                Vlan::QinQ {
+                    outer: 100,
+                    inner: 7,
+                },
                 vec![0x88a8, 0x8100, 0x0800],
                 22 + 20 + 8 + 3,
             ),
@@ -543,8 +547,8 @@ mod tests {
             vlan: Vlan::Dot1Q(42),
             ..L2_BASE
         };
-        let frame = tcp_syn_frame(&l2, addr("[fd00:1::66]:40000"), addr("[fd00:1::1]:22"))
-            .expect("frame");
+        let frame =
+            tcp_syn_frame(&l2, addr("[fd00:1::66]:40000"), addr("[fd00:1::1]:22")).expect("frame");
         assert_eq!(ethertypes(&frame, 2), vec![0x8100, 0x86dd]);
         let sliced = SlicedPacket::from_ethernet(&frame).expect("parses back");
         let Some(NetSlice::Ipv6(ip)) = sliced.net else {

@@ -188,7 +188,11 @@ impl Iface {
         let mut list: Vec<serde_json::Value> = serde_json::from_str(&out)
             .with_context(|| format!("parsing `ip -j link show` output {out:?}"))?;
         if list.len() != 1 {
-            bail!("`ip -j link show dev {}` listed {} links", self.name, list.len());
+            bail!(
+                "`ip -j link show dev {}` listed {} links",
+                self.name,
+                list.len()
+            );
         }
         Ok(list.remove(0))
     }

@@ -69,8 +69,8 @@ pub fn ensure_bpffs() -> Result<()> {
 /// Whether a bpffs is mounted exactly at `dir` (field 5 of mountinfo is the mount point, the
 /// filesystem type follows the ` - ` separator).
 fn bpffs_mounted(dir: &Path) -> Result<bool> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("reading /proc/self/mountinfo")?;
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     Ok(mountinfo.lines().any(|line| {
         let mut halves = line.splitn(2, " - ");
         let (Some(left), Some(right)) = (halves.next(), halves.next()) else {

@@ -62,8 +62,10 @@ impl Process {
     pub fn spawn(ns: &NetNs, mut cmd: Command, log_dir: &Path, label: &str) -> Result<Process> {
         let stdout = log_dir.join(format!("{label}.stdout"));
         let stderr = log_dir.join(format!("{label}.stderr"));
-        let out = File::create(&stdout).with_context(|| format!("creating {}", stdout.display()))?;
-        let err = File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
+        let out =
+            File::create(&stdout).with_context(|| format!("creating {}", stdout.display()))?;
+        let err =
+            File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         enter_netns(&mut cmd, ns)?;
         let child = cmd

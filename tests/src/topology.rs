@@ -77,8 +77,10 @@ impl Topology {
     /// comparisons flaky.
     pub fn ipv4_only(x: u8, y: u8) -> Result<Topology> {
         let t = Topology::links(x, y)?;
-        t.out
-            .sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", t.out_if.name()), "1")?;
+        t.out.sysctl(
+            &format!("net/ipv6/conf/{}/disable_ipv6", t.out_if.name()),
+            "1",
+        )?;
         t.up()?;
         Ok(t)
     }
@@ -103,6 +105,35 @@ impl Topology {
     fn up(&self) -> Result<()> {
         self.out_if.up()?;
         self.host_if.up()
+    }
+
+    /// Gives the outside permanent neighbour entries for the host's addresses. Without them the
+    /// outside resolves the host with a neighbour solicitation sent from whichever of its
+    /// addresses triggered it, and the firewall drops one from a denied address like any other
+    /// packet from it: resolution fails and every outside address, denied or not, gets "no
+    /// route to host" until the entry expires. Tests that send from a denied IPv6 address use
+    /// this so that each probe stands on its own.
+    pub fn pin_neighbours(&self) -> Result<()> {
+        let mac = self.host_if.mac()?;
+        let lladdr = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        for addr in [self.addrs.host4, self.addrs.host6] {
+            self.out.ip(&[
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                &lladdr,
+                "dev",
+                self.out_if.name(),
+                "nud",
+                "permanent",
+            ])?;
+        }
+        Ok(())
     }
 
     /// The host's address of `family_of`'s family, with `port`.

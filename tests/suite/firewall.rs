@@ -220,6 +220,44 @@ fn wait_count(
     )
 }
 
+/// Without crmguard every probe of the scenarios gets an answer and every datagram and raw
+/// frame arrives: the silence the other tests observe is the filter's doing.
+#[test]
+fn without_crmguard_everything_answers() -> Result<()> {
+    if !privileged::require("firewall::without_crmguard_everything_answers") {
+        return Ok(());
+    }
+    let t = Topology::dual_stack(100, 1)?;
+    let a = t.addrs.clone();
+    let _servers = start_servers(&t)?;
+    let all_answer: Vec<_> = enforcing_cases(&t)
+        .into_iter()
+        .map(|(src, port, _)| (src, port, Expect::Banner))
+        .collect();
+    probe(&t, &all_answer)?;
+
+    let receiver = UdpReceiver::start(&t.host, DISCARD)?;
+    net::udp_send(&t.out, a.denied4, t.host_addr(a.denied4, DISCARD), 3, 10)?;
+    net::udp_send(&t.out, a.denied6, t.host_addr(a.denied6, DISCARD), 3, 10)?;
+    let raw = RawSocket::open(&t.out, t.out_if.name())?;
+    let frame = net::udp_frame(
+        &t.l2_to_host(Vlan::Untagged)?,
+        SocketAddr::new(a.out4, 40000),
+        t.host_addr(a.out4, DISCARD),
+        b"raw",
+    )?;
+    raw.send(&frame)?;
+    wait_for(COUNT, "7 datagrams at udp/9", || {
+        Ok((receiver.received() >= 7).then_some(()))
+    })?;
+    ensure!(
+        receiver.received() == 7,
+        "{} datagrams",
+        receiver.received()
+    );
+    Ok(())
+}
+
 #[test]
 fn admitted_services_answer_over_ipv4_and_ipv6() -> Result<()> {
     if !privileged::require("firewall::admitted_services_answer_over_ipv4_and_ipv6") {
@@ -272,6 +310,7 @@ fn a_denied_source_gets_no_answer() -> Result<()> {
         return Ok(());
     }
     let t = Topology::dual_stack(103, 1)?;
+    t.pin_neighbours()?;
     let _servers = start_servers(&t)?;
     let agent = Agent::start(&t.host, &policy(&t, "native"))?;
     expect_attached(&t, &agent, "native")?;
@@ -434,6 +473,7 @@ fn enforcement_survives_kill_9_and_a_restart_adopts_it() -> Result<()> {
         return Ok(());
     }
     let t = Topology::dual_stack(106, 1)?;
+    t.pin_neighbours()?;
     let a = t.addrs.clone();
     let _servers = start_servers(&t)?;
     let mut agent = Agent::start(&t.host, &policy(&t, "native"))?;
@@ -480,6 +520,12 @@ fn enforcement_survives_kill_9_and_a_restart_adopts_it() -> Result<()> {
         discard.received()
     );
 
+    // The new agent reads the pinned counters: the floods were dropped by the filter, for the
+    // reasons the policy gives.
+    let iface = t.host_if.name();
+    wait_count(&agent, iface, "drop", "denied_source", 1)?;
+    wait_count(&agent, iface, "drop", "default_drop", 1)?;
+
     // The receivers do work: admitted datagrams arrive.
     net::udp_send(&t.out, a.out4, t.host_addr(a.out4, DNS_LIKE), 5, 64)?;
     net::udp_send(&t.out, a.out6, t.host_addr(a.out6, DNS_LIKE), 5, 64)?;
@@ -496,6 +542,7 @@ fn generic_mode_attaches_and_enforces() -> Result<()> {
         return Ok(());
     }
     let t = Topology::dual_stack(107, 1)?;
+    t.pin_neighbours()?;
     let _servers = start_servers(&t)?;
     let agent = Agent::start(&t.host, &policy(&t, "generic"))?;
     expect_attached(&t, &agent, "generic")?;
