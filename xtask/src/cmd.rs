@@ -10,9 +10,16 @@ use std::process::{Command, Output, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-/// The command line as a user would type it (arguments with spaces quoted).
+/// The command line as a user would type it (arguments with spaces quoted, the toolchain's
+/// cargo shown as `cargo`).
 pub fn display(cmd: &Command) -> String {
-    let mut words = vec![cmd.get_program().to_string_lossy().into_owned()];
+    let program = cmd.get_program();
+    let program = if std::env::var_os("CARGO").is_some_and(|cargo| cargo == program) {
+        "cargo".into()
+    } else {
+        program.to_string_lossy()
+    };
+    let mut words = vec![program.into_owned()];
     for arg in cmd.get_args() {
         let arg = arg.to_string_lossy();
         if arg.is_empty() || arg.contains([' ', '\'', '"', '$', '\\']) {

@@ -5,6 +5,7 @@
 //! task needs, running the privileged suite as root, the network-namespace demo, lints and the
 //! Debian package.
 
+mod bench;
 mod cmd;
 mod deb;
 mod demo;
@@ -38,6 +39,8 @@ enum Task {
     Demo(demo::Args),
     /// Build a Debian package (target/deb/crmguard_VERSION_ARCH.deb).
     Deb(deb::Args),
+    /// Measure performance side by side with the comparators (ratios from one run).
+    Bench(bench::Args),
     /// Install the Debian packages and Rust components a task needs, and nothing else.
     Deps {
         #[arg(value_enum)]
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Task::Lint => lint::run(),
         Task::Demo(args) => demo::run(&args),
         Task::Deb(args) => deb::run(&args),
+        Task::Bench(args) => bench::run(&args),
         Task::Deps { task } => deps::ensure(task),
     };
     match result {

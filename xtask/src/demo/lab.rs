@@ -187,8 +187,17 @@ fn with_prefix(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
     Ok(found)
 }
 
+/// Whether `pid` is a live xtask process (a zombie, dead but not yet reaped, is not).
 fn is_demo(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "xtask")
+    // /proc/PID/stat: "PID (COMM) STATE ...".
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((head, tail)) = stat.rsplit_once(") ") else {
+        return false;
+    };
+    let comm = head.split_once(" (").map_or("", |(_, comm)| comm);
+    comm == "xtask" && !tail.starts_with(['Z', 'X'])
 }
 
 /// Mounts bpffs at /sys/fs/bpf when it is not mounted yet (systemd does this at boot; bare

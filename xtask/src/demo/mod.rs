@@ -15,6 +15,7 @@ mod config;
 mod lab;
 mod probe;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -113,24 +114,28 @@ enum Expect {
     Dropped(&'static str),
 }
 
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+use Family::{V4, V6};
+
 struct Step {
     from: &'static Host,
-    v6: bool,
+    family: Family,
     probe: Probe,
     expect: Expect,
 }
 
-const fn step(from: &'static Host, v6: bool, probe: Probe, expect: Expect) -> Step {
+const fn step(from: &'static Host, family: Family, probe: Probe, expect: Expect) -> Step {
     Step {
         from,
-        v6,
+        family,
         probe,
         expect,
     }
 }
-
-const V4: bool = false;
-const V6: bool = true;
 
 impl Demo {
     fn create(bin: PathBuf) -> Result<Demo> {
@@ -168,18 +173,22 @@ impl Demo {
     fn show(&mut self) -> Result<()> {
         let cli = self.cli.clone();
         section("The lab");
+        let rows = [
+            (OUT_NS, &ADMIN, "in the admin network"),
+            ("", &ATTACKER, "in the admin network, but denied"),
+            ("", &CUSTOMER, "anyone on the internet"),
+            (HOST_NS, &HOST, "the CRM host"),
+        ];
+        for (ns, host, role) in rows {
+            println!(
+                "  {ns:<12} {:<9} {:<12} {:<13} {role}",
+                host.name,
+                host.v4,
+                show_v6(host)
+            );
+        }
         println!(
-            "  {OUT_NS} (outside)                           {HOST_NS} (the CRM host)\n  \
-             admin     {:<12} {:<14}      {:<12} {}\n  \
-             attacker  {:<12} {:<14}  <=> {HOST_IF} with crmguard's XDP filter\n  \
-             customer  {:<12}",
-            ADMIN.v4,
-            show_v6(&ADMIN),
-            HOST.v4,
-            show_v6(&HOST),
-            ATTACKER.v4,
-            show_v6(&ATTACKER),
-            CUSTOMER.v4,
+            "  joined by a veth pair; crmguard's XDP filter sits on {HOST_IF}, the host's side"
         );
 
         section("Configuration");
@@ -396,8 +405,8 @@ impl Demo {
     /// counters that grew meanwhile when the agent is there to report them.
     fn probe(&mut self, step: &Step, agent: Option<&Cli>) -> Result<()> {
         check_interrupt()?;
-        let src = source(step.from, step.v6)?;
-        let dst = source(&HOST, step.v6)?;
+        let src = address(step.from, step.family)?;
+        let dst = address(&HOST, step.family)?;
         let before = match agent {
             Some(cli) => Some(cli.status()?),
             None => None,
@@ -405,36 +414,48 @@ impl Demo {
         let (what, outcome) = match step.probe {
             Probe::Tcp(port) => (format!("tcp/{port}"), probe::tcp(src, dst, port)?),
             Probe::Ping => (
-                if step.v6 { "icmpv6 echo" } else { "icmp echo" }.to_owned(),
+                match step.family {
+                    V4 => "icmp echo",
+                    V6 => "icmpv6 echo",
+                }
+                .to_owned(),
                 probe::ping(src, dst)?,
             ),
         };
         let counted = match (agent, &before) {
             (Some(cli), Some(before)) => counters_grown(cli, before, &step.expect)?,
-            _ => Vec::new(),
+            _ => BTreeMap::new(),
         };
-        let (verdict, answer) = match &outcome {
-            Outcome::Answered(line) => ("ALLOWED", format!("answered {line:?}")),
+        // The counters that explain the outcome: pass reasons for an answer, drop reasons
+        // for silence. (Neighbour discovery and the like count too; the table shows all.)
+        let (verdict, answer, explains) = match &outcome {
+            Outcome::Answered(line) => ("ALLOWED", format!("answered {line:?}"), "pass/"),
             Outcome::NoAnswer => (
                 "DROPPED",
                 format!("no answer within {} s", probe::TIMEOUT_S),
+                "drop/",
             ),
-            Outcome::Refused => ("REFUSED", "connection refused (reset)".to_owned()),
+            Outcome::Refused => ("REFUSED", "connection refused (reset)".to_owned(), ""),
         };
+        let shown: Vec<String> = counted
+            .iter()
+            .filter(|(key, _)| key.starts_with(explains))
+            .map(|(key, packets)| format!("{key} +{packets}"))
+            .collect();
         let mut line = format!(
             "  {verdict:<8} {:<9} {src:<13} -> {dst:<12} {what:<12} {answer}",
             step.from.name
         );
-        if !counted.is_empty() {
-            line.push_str(&format!("  [{}]", counted.join(", ")));
+        if !shown.is_empty() {
+            line.push_str(&format!("  [{}]", shown.join(", ")));
         }
         let problem = match (&step.expect, &outcome) {
             (Expect::Allowed, Outcome::Answered(_)) => None,
             (Expect::Allowed, _) => Some("expected ALLOWED".to_owned()),
             (Expect::Dropped(reason), Outcome::NoAnswer) => {
                 let key = format!("drop/{reason}");
-                let seen = counted.iter().any(|c| c.starts_with(&format!("{key} ")));
-                (agent.is_some() && !seen).then(|| format!("expected a {key} count"))
+                (agent.is_some() && !counted.contains_key(&key))
+                    .then(|| format!("expected a {key} count"))
             }
             (Expect::Dropped(reason), _) => Some(format!("expected DROPPED ({reason})")),
         };
@@ -533,9 +554,9 @@ impl Drop for Demo {
     }
 }
 
-/// The counters that grew since `before`, as `action/reason +N`. For an expected drop the
-/// agent is polled for up to 2 s, in case it reads the kernel's counters periodically.
-fn counters_grown(cli: &Cli, before: &Status, expect: &Expect) -> Result<Vec<String>> {
+/// The counters that grew since `before`, per `action/reason`. For an expected drop the agent
+/// is polled for up to 2 s, in case it reads the kernel's counters periodically.
+fn counters_grown(cli: &Cli, before: &Status, expect: &Expect) -> Result<BTreeMap<String, u64>> {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let growth = cli.status()?.growth_since(before);
@@ -544,21 +565,19 @@ fn counters_grown(cli: &Cli, before: &Status, expect: &Expect) -> Result<Vec<Str
             Expect::Allowed => true,
         };
         if done || Instant::now() >= deadline {
-            return Ok(growth
-                .into_iter()
-                .map(|(key, packets)| format!("{key} +{packets}"))
-                .collect());
+            return Ok(growth);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-fn source(host: &Host, v6: bool) -> Result<IpAddr> {
-    if !v6 {
-        return Ok(host.v4);
+fn address(host: &Host, family: Family) -> Result<IpAddr> {
+    match family {
+        V4 => Ok(host.v4),
+        V6 => host
+            .v6
+            .with_context(|| format!("the {} has no IPv6 address in the lab", host.name)),
     }
-    host.v6
-        .with_context(|| format!("the {} has no IPv6 address in the lab", host.name))
 }
 
 fn show_v6(host: &Host) -> String {
