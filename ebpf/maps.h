@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * maps.h - every map of the XDP program.  Each map says who writes it and
- * who reads it.  All maps are pinned by name under the agent's bpffs_dir, so
- * a restarted agent finds them and the filter keeps its policy without it.
+ * maps.h - every map of crmguard's BPF programs.  Each map says who writes it
+ * and who reads it.  All maps are pinned by name under the agent's
+ * bpffs_dir, so a restarted agent finds them and the filter keeps its policy
+ * and its state without it.
  */
 #ifndef CRMGUARD_MAPS_H
 #define CRMGUARD_MAPS_H
@@ -12,16 +13,168 @@
 
 #include "include/crmguard_abi.h"
 
-/* Written by the agent (last step of applying a policy); read by XDP. */
+/* ---- the policy: written whole by the agent, one slot at a time ---------- */
+
+/* The slot in force.  Written by the agent, last; read by XDP. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_active SEC(".maps");
+
+/* Global settings per slot.  Written by the agent; read by XDP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CG_POLICY_SLOTS);
 	__type(key, __u32);
 	__type(value, struct cg_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_config SEC(".maps");
 
-/* Written by XDP (per CPU); read by the agent for status and metrics. */
+/*
+ * The per-slot entry maps.  Inner maps are created by the agent for each new
+ * policy and released when their slot is reused; these templates only give
+ * their shape.
+ */
+#define CG_INNER(name, maptype, ktype, vtype, max, mflags) \
+	struct name {                                     \
+		__uint(type, maptype);                    \
+		__uint(max_entries, max);                 \
+		__uint(map_flags, mflags);                \
+		__type(key, ktype);                       \
+		__type(value, vtype);                     \
+	}
+
+#define CG_OUTER(inner, name)                            \
+	struct {                                         \
+		__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS); \
+		__uint(max_entries, CG_POLICY_SLOTS);     \
+		__type(key, __u32);                       \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);      \
+		__array(values, struct inner);            \
+	} name SEC(".maps")
+
+CG_INNER(cg_deny4_inner, BPF_MAP_TYPE_HASH, __be32, struct cg_rule, CG_DENY_HOST_MAX,
+	 BPF_F_NO_PREALLOC);
+CG_INNER(cg_deny6_inner, BPF_MAP_TYPE_HASH, struct cg_addr6, struct cg_rule, CG_DENY_HOST_MAX,
+	 BPF_F_NO_PREALLOC);
+CG_INNER(cg_deny4_lpm_inner, BPF_MAP_TYPE_LPM_TRIE, struct cg_lpm4, struct cg_rule,
+	 CG_DENY_PREFIX_MAX, BPF_F_NO_PREALLOC);
+CG_INNER(cg_deny6_lpm_inner, BPF_MAP_TYPE_LPM_TRIE, struct cg_lpm6, struct cg_rule,
+	 CG_DENY_PREFIX_MAX, BPF_F_NO_PREALLOC);
+CG_INNER(cg_svc_inner, BPF_MAP_TYPE_HASH, struct cg_svc_key, struct cg_svc, CG_SVC_MAX, 0);
+CG_INNER(cg_svc_from4_inner, BPF_MAP_TYPE_LPM_TRIE, struct cg_svc_lpm4, struct cg_rule,
+	 CG_SVC_FROM_MAX, BPF_F_NO_PREALLOC);
+CG_INNER(cg_svc_from6_inner, BPF_MAP_TYPE_LPM_TRIE, struct cg_svc_lpm6, struct cg_rule,
+	 CG_SVC_FROM_MAX, BPF_F_NO_PREALLOC);
+
+/*
+ * The key and value types above are named only by the templates, and BTF
+ * would describe them as forward declarations, which the loader cannot size.
+ * This read-only global gives BTF their complete definitions; it is never
+ * read.
+ */
+const volatile struct {
+	struct cg_addr6 addr6;
+	struct cg_lpm4 lpm4;
+	struct cg_lpm6 lpm6;
+	struct cg_rule rule;
+	struct cg_svc_key svc_key;
+	struct cg_svc svc;
+	struct cg_svc_lpm4 svc_lpm4;
+	struct cg_svc_lpm6 svc_lpm6;
+} cg_btf_types;
+
+/* Deny set: single addresses in hashes, true prefixes in tries. */
+CG_OUTER(cg_deny4_inner, cg_deny4);
+CG_OUTER(cg_deny6_inner, cg_deny6);
+CG_OUTER(cg_deny4_lpm_inner, cg_deny4_lpm);
+CG_OUTER(cg_deny6_lpm_inner, cg_deny6_lpm);
+/* Public services by (proto, port), and their `from` lists keyed by
+ * (service id, source prefix). */
+CG_OUTER(cg_svc_inner, cg_svc);
+CG_OUTER(cg_svc_from4_inner, cg_svc_from4);
+CG_OUTER(cg_svc_from6_inner, cg_svc_from6);
+
+/* ---- dynamic state --------------------------------------------------------- */
+
+/* Bans with expiry.  Written by the agent (ban add/remove, detectors, expiry
+ * sweeps); read by XDP, which ignores an expired ban on its own. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CG_BAN_HOST_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __be32);
+	__type(value, struct cg_ban);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_ban4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CG_BAN_HOST_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct cg_addr6);
+	__type(value, struct cg_ban);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_ban6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, CG_BAN_PREFIX_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct cg_lpm4);
+	__type(value, struct cg_ban);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_ban4_lpm SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, CG_BAN_PREFIX_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct cg_lpm6);
+	__type(value, struct cg_ban);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_ban6_lpm SEC(".maps");
+
+/* Rate-limit buckets.  Written and read by XDP only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CG_RL_MAX);
+	__type(key, struct cg_rl_key);
+	__type(value, struct cg_rl);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_rl SEC(".maps");
+
+/* The global SYN budget, one share per CPU.  Written and read by XDP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cg_rl);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_syn_budget SEC(".maps");
+
+/* First-fragment verdicts.  Written and read by XDP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CG_FRAG_MAX);
+	__type(key, struct cg_frag_key);
+	__type(value, struct cg_frag);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_frags SEC(".maps");
+
+/* Flows this host opened.  Written by tc egress; read by XDP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CG_FLOW_MAX);
+	__type(key, struct cg_flow_key);
+	__type(value, struct cg_flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_flows SEC(".maps");
+
+/* Counters.  Written by XDP (per CPU); read by the agent. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CG_STATS_ENTRIES);
@@ -30,71 +183,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_stats SEC(".maps");
 
-/* Deny set, single addresses.  Written by the agent; read by XDP. */
+/* Sampled drop events.  Written by XDP; read by the agent. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, CG_DENY_HOST_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __be32);
-	__type(value, struct cg_rule);
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, CG_EVENTS_BYTES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cg_deny4 SEC(".maps");
+} cg_events SEC(".maps");
 
+/* The per-CPU budget of sampled events.  Written and read by XDP. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, CG_DENY_HOST_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct cg_addr6);
-	__type(value, struct cg_rule);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cg_rl);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cg_deny6 SEC(".maps");
-
-/* Deny set, true prefixes only.  Written by the agent; read by XDP. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, CG_DENY_PREFIX_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct cg_lpm4);
-	__type(value, struct cg_rule);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cg_deny4_lpm SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, CG_DENY_PREFIX_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct cg_lpm6);
-	__type(value, struct cg_rule);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cg_deny6_lpm SEC(".maps");
-
-/* Public services by (proto, port).  Written by the agent; read by XDP. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, CG_SVC_MAX);
-	__type(key, struct cg_svc_key);
-	__type(value, struct cg_svc);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cg_svc SEC(".maps");
-
-/* The `from` lists of all services, keyed by (service id, source prefix).
- * Written by the agent; read by XDP. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, CG_SVC_FROM_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct cg_svc_lpm4);
-	__type(value, struct cg_rule);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cg_svc_from4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, CG_SVC_FROM_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct cg_svc_lpm6);
-	__type(value, struct cg_rule);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cg_svc_from6 SEC(".maps");
+} cg_event_budget SEC(".maps");
 
 #endif /* CRMGUARD_MAPS_H */

@@ -53,6 +53,25 @@ struct cursor {
 	void *pos;
 };
 
+/*
+ * What the decision needs to know about a packet, filled by the parsers.
+ * IPv4 addresses are stored v4-mapped (::ffff:a.b.c.d) in the 16-byte
+ * fields, so that keys shared by both families have one shape.
+ */
+struct pkt {
+	__u8 src[16];
+	__u8 dst[16];
+	__be32 src4;     /* IPv4 only: the key of the IPv4 maps */
+	__u32 l4_len;    /* transport header and payload, per the IP lengths */
+	__u32 frag_id;
+	__u32 frag_off;  /* in bytes; 0 for a first or unfragmented packet */
+	__u8 more_frags;
+	__u8 family;     /* 4 or 6 */
+	__u8 proto;
+	__u8 _pad;
+	void *l4;        /* the transport header */
+};
+
 struct vlan_tag {
 	__be16 tci;
 	__be16 encap_proto;

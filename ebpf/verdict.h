@@ -3,37 +3,27 @@
  * verdict.h - the policy decision for one packet.
  *
  * decide() returns a reason; the reason alone says pass or drop (pass reasons
- * are >= CG_R_NON_IP).  The agent's reference model (agent/src/model.rs)
- * implements the same rules in Rust; a change here changes it there too.
+ * are >= CG_R_NON_IP).  The order is the one PRODUCT.md section 1 gives:
+ * malformed, deny set, bans, fragments, then by transport: ICMP, the
+ * WireGuard port, public services (with their rate limits), replies to the
+ * host's own connections, and the default.
+ *
+ * The agent's reference model (agent/src/model.rs) implements the same rules
+ * in Rust and a differential test holds the two together: a change here is a
+ * change there.
  */
 #ifndef CRMGUARD_VERDICT_H
 #define CRMGUARD_VERDICT_H
 
 #include "parse.h"
 #include "maps.h"
+#include "ratelimit.h"
+
+#define NSEC_PER_SEC 1000000000ULL
 
 static __always_inline int reason_is_pass(__u32 reason)
 {
 	return reason >= CG_R_NON_IP;
-}
-
-static __always_inline int denied4(__be32 src)
-{
-	struct cg_lpm4 key = { .prefixlen = 32, .addr_be = src };
-
-	if (bpf_map_lookup_elem(&cg_deny4, &src))
-		return 1;
-	return bpf_map_lookup_elem(&cg_deny4_lpm, &key) != NULL;
-}
-
-static __always_inline int denied6(const struct in6_addr *src)
-{
-	struct cg_lpm6 key = { .prefixlen = 128 };
-
-	__builtin_memcpy(key.addr, src, 16);
-	if (bpf_map_lookup_elem(&cg_deny6, key.addr))
-		return 1;
-	return bpf_map_lookup_elem(&cg_deny6_lpm, &key) != NULL;
 }
 
 static __always_inline __u32 default_reason(const struct cg_config *cfg)
@@ -41,17 +31,193 @@ static __always_inline __u32 default_reason(const struct cg_config *cfg)
 	return cfg->default_action == CG_ACT_PASS ? CG_R_DEFAULT_ALLOW : CG_R_DEFAULT_DROP;
 }
 
-/* ICMPv4 types by policy.  "none" still lets PMTU discovery work. */
-static __always_inline __u32 icmp4_reason(__u8 type, __u8 code, const struct cg_config *cfg)
+static __always_inline void *slot_map(void *outer, __u32 slot)
 {
-	__u8 policy = cfg->icmp;
+	return bpf_map_lookup_elem(outer, &slot);
+}
 
-	if (policy == CG_ICMP_ALL)
+/* ---- parsing into struct pkt ------------------------------------------- */
+
+static __always_inline void v4_mapped(__u8 *out, __be32 addr)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(out + 12, &addr, 4);
+}
+
+/* Returns 0, or the reason the packet cannot be judged. */
+static __always_inline __u32 parse_l3(struct cursor *c, void *data_end, __be16 proto,
+				      struct pkt *p)
+{
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip;
+		__u16 frag;
+
+		if (parse_ipv4(c, data_end, &ip) < 0)
+			return CG_R_MALFORMED;
+		p->family = 4;
+		p->proto = ip->protocol;
+		p->src4 = ip->saddr;
+		v4_mapped(p->src, ip->saddr);
+		v4_mapped(p->dst, ip->daddr);
+		p->l4_len = bpf_ntohs(ip->tot_len) - ip->ihl * 4;
+		frag = bpf_ntohs(ip->frag_off);
+		p->frag_off = (frag & 0x1fff) * 8;
+		p->more_frags = (frag & 0x2000) != 0;
+		p->frag_id = bpf_ntohs(ip->id);
+		p->l4 = c->pos;
+		return 0;
+	}
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6;
+		__u32 frag_off = 0, frag_id = 0;
+		int more = 0, walk;
+		__u8 next;
+
+		if (parse_ipv6(c, data_end, &ip6) < 0)
+			return CG_R_MALFORMED;
+		p->family = 6;
+		__builtin_memcpy(p->src, &ip6->saddr, 16);
+		__builtin_memcpy(p->dst, &ip6->daddr, 16);
+		next = ip6->nexthdr;
+		walk = walk_ipv6_ext(c, data_end, &next, &frag_off, &more, &frag_id);
+		if (walk == EXT_TRUNCATED)
+			return CG_R_MALFORMED;
+		if (walk == EXT_REJECT)
+			return CG_R_IPV6_EXT_HEADER;
+		p->proto = next;
+		p->l4_len = bpf_ntohs(ip6->payload_len) - (__u32)(c->pos - (void *)(ip6 + 1));
+		p->frag_off = frag_off;
+		p->more_frags = more;
+		p->frag_id = frag_id;
+		p->l4 = c->pos;
+		/* The extension headers claim more than the payload holds. */
+		if (p->l4_len > 0xffff)
+			return CG_R_MALFORMED;
+		return 0;
+	}
+	return CG_R_NON_IP;
+}
+
+/* ---- the deny set and bans ---------------------------------------------- */
+
+static __always_inline int denied(const struct pkt *p, __u32 slot)
+{
+	void *hash, *trie;
+
+	if (p->family == 4) {
+		struct cg_lpm4 key = { .prefixlen = 32, .addr_be = p->src4 };
+
+		hash = slot_map(&cg_deny4, slot);
+		if (hash && bpf_map_lookup_elem(hash, &p->src4))
+			return 1;
+		trie = slot_map(&cg_deny4_lpm, slot);
+		return trie && bpf_map_lookup_elem(trie, &key);
+	} else {
+		struct cg_lpm6 key = { .prefixlen = 128 };
+
+		__builtin_memcpy(key.addr, p->src, 16);
+		hash = slot_map(&cg_deny6, slot);
+		if (hash && bpf_map_lookup_elem(hash, key.addr))
+			return 1;
+		trie = slot_map(&cg_deny6_lpm, slot);
+		return trie && bpf_map_lookup_elem(trie, &key);
+	}
+}
+
+static __always_inline int ban_active(const struct cg_ban *ban, __u64 now)
+{
+	return ban && (ban->expires_ns == 0 || ban->expires_ns > now);
+}
+
+static __always_inline int banned(const struct pkt *p, __u64 now)
+{
+	if (p->family == 4) {
+		struct cg_lpm4 key = { .prefixlen = 32, .addr_be = p->src4 };
+
+		if (ban_active(bpf_map_lookup_elem(&cg_ban4, &p->src4), now))
+			return 1;
+		return ban_active(bpf_map_lookup_elem(&cg_ban4_lpm, &key), now);
+	} else {
+		struct cg_lpm6 key = { .prefixlen = 128 };
+
+		__builtin_memcpy(key.addr, p->src, 16);
+		if (ban_active(bpf_map_lookup_elem(&cg_ban6, key.addr), now))
+			return 1;
+		return ban_active(bpf_map_lookup_elem(&cg_ban6_lpm, &key), now);
+	}
+}
+
+/* ---- fragments ------------------------------------------------------------ */
+
+static __always_inline void frag_key(const struct pkt *p, struct cg_frag_key *key)
+{
+	__builtin_memcpy(key->src, p->src, 16);
+	__builtin_memcpy(key->dst, p->dst, 16);
+	key->id = p->frag_id;
+	key->proto = p->proto;
+	key->family = p->family;
+}
+
+/* A later fragment takes its first fragment's verdict; without one it is an
+ * orphan.  A TCP fragment that would overlap the first 24 bytes of the TCP
+ * header (the ports, flags and window: the RFC 1858 rewrite) is malformed. */
+static __always_inline __u32 later_fragment_reason(const struct pkt *p, __u64 now)
+{
+	struct cg_frag_key key = {};
+	struct cg_frag *first;
+
+	if (p->proto == IPPROTO_TCP && p->frag_off < 24)
+		return CG_R_MALFORMED;
+	frag_key(p, &key);
+	first = bpf_map_lookup_elem(&cg_frags, &key);
+	if (!first || first->expires_ns < now)
+		return CG_R_FRAGMENT_ORPHAN;
+	return reason_is_pass(first->reason) ? CG_R_FRAGMENT : first->reason;
+}
+
+static __always_inline void remember_first_fragment(const struct pkt *p, __u32 reason, __u64 now)
+{
+	struct cg_frag_key key = {};
+	struct cg_frag value = { .expires_ns = now + CG_FRAG_TIMEOUT_S * NSEC_PER_SEC,
+				 .reason = reason };
+
+	frag_key(p, &key);
+	bpf_map_update_elem(&cg_frags, &key, &value, BPF_ANY);
+}
+
+/* ---- replies to the host's own connections ------------------------------- */
+
+static __always_inline int established(const struct pkt *p, __be16 local_port, __be16 remote_port,
+				       const struct cg_config *cfg, __u64 now)
+{
+	struct cg_flow_key key = {};
+	struct cg_flow *flow;
+
+	if (!(cfg->flags & CG_CFG_ALLOW_ESTABLISHED))
+		return 0;
+	__builtin_memcpy(key.local, p->dst, 16);
+	__builtin_memcpy(key.remote, p->src, 16);
+	key.local_port_be = local_port;
+	key.remote_port_be = remote_port;
+	key.proto = p->proto;
+	key.family = p->family;
+	flow = bpf_map_lookup_elem(&cg_flows, &key);
+	return flow && flow->expires_ns >= now;
+}
+
+/* ---- ICMP ------------------------------------------------------------------- */
+
+/* ICMPv4 types by policy.  "none" still lets PMTU discovery work. */
+static __always_inline __u32 icmp4_policy(__u8 type, __u8 code, const struct cg_config *cfg)
+{
+	if (cfg->icmp == CG_ICMP_ALL)
 		return CG_R_ICMP;
 	if (type == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED)
 		return CG_R_ICMP;
-	if (policy == CG_ICMP_NONE)
-		return default_reason(cfg);
+	if (cfg->icmp == CG_ICMP_NONE)
+		return CG_R_NONE;
 	switch (type) {
 	case ICMP_ECHOREPLY:
 	case ICMP_DEST_UNREACH:
@@ -60,21 +226,19 @@ static __always_inline __u32 icmp4_reason(__u8 type, __u8 code, const struct cg_
 	case ICMP_PARAMETERPROB:
 		return CG_R_ICMP;
 	}
-	return default_reason(cfg);
+	return CG_R_NONE;
 }
 
 /* ICMPv6 types by policy.  "none" keeps PMTU discovery and neighbour
  * discovery, without which IPv6 does not work at all. */
-static __always_inline __u32 icmp6_reason(__u8 type, const struct cg_config *cfg)
+static __always_inline __u32 icmp6_policy(__u8 type, const struct cg_config *cfg)
 {
-	__u8 policy = cfg->icmp;
-
-	if (policy == CG_ICMP_ALL)
+	if (cfg->icmp == CG_ICMP_ALL)
 		return CG_R_ICMP;
 	if (type == ICMPV6_PKT_TOOBIG || (type >= 133 && type <= 137))
 		return CG_R_ICMP;
-	if (policy == CG_ICMP_NONE)
-		return default_reason(cfg);
+	if (cfg->icmp == CG_ICMP_NONE)
+		return CG_R_NONE;
 	switch (type) {
 	case ICMPV6_DEST_UNREACH:
 	case ICMPV6_TIME_EXCEED:
@@ -87,27 +251,70 @@ static __always_inline __u32 icmp6_reason(__u8 type, const struct cg_config *cfg
 	case 143: /* MLDv2 report */
 		return CG_R_ICMP;
 	}
+	return CG_R_NONE;
+}
+
+static __always_inline __u32 icmp_reason(const struct pkt *p, void *data_end,
+					 const struct cg_config *cfg, __u64 now)
+{
+	struct icmp_head *icmp = p->l4;
+	__be16 *echo_id = (__be16 *)(icmp + 1);
+	int echo_request, echo_reply;
+	__u32 reason;
+
+	if ((void *)(icmp + 1) > data_end || p->l4_len < sizeof(*icmp))
+		return CG_R_MALFORMED;
+	if (p->family == 4) {
+		reason = icmp4_policy(icmp->type, icmp->code, cfg);
+		echo_request = icmp->type == ICMP_ECHO;
+		echo_reply = icmp->type == ICMP_ECHOREPLY;
+	} else {
+		reason = icmp6_policy(icmp->type, cfg);
+		echo_request = icmp->type == ICMPV6_ECHO_REQUEST;
+		echo_reply = icmp->type == ICMPV6_ECHO_REPLY;
+	}
+	if (reason == CG_R_ICMP && echo_request && cfg->icmp_echo_pps &&
+	    !rl_check(p->src, CG_RL_SCOPE(CG_RL_ICMP, 0), cfg->icmp_echo_pps, cfg->icmp_echo_pps,
+		      now))
+		return CG_R_ICMP_RATE;
+	if (reason != CG_R_NONE)
+		return reason;
+	/* The reply to this host's own ping, with its echo id. */
+	if (echo_reply && (void *)(echo_id + 1) <= data_end &&
+	    established(p, *echo_id, 0, cfg, now))
+		return CG_R_ESTABLISHED;
 	return default_reason(cfg);
 }
+
+/* ---- the WireGuard port ----------------------------------------------------- */
 
 /*
  * The WireGuard port takes only what is shaped like a WireGuard message:
  * type 1..4 with three zero reserved bytes, and the exact size of each
  * handshake message.  Data messages are not required to be a multiple of 16
- * long, because some clients do not pad.
+ * long, because some clients do not pad.  Initiations are rate limited per
+ * source: they are what costs the endpoint CPU.
  */
-static __always_inline __u32 wireguard_reason(struct udphdr *udp, void *data_end)
+static __always_inline __u32 wireguard_reason(const struct pkt *p, struct udphdr *udp,
+					      void *data_end, const struct cg_config *cfg,
+					      __u64 now)
 {
 	__u8 *msg = (__u8 *)(udp + 1);
 	__u32 len = bpf_ntohs(udp->len) - sizeof(*udp);
 
-	if ((void *)(msg + 4) > data_end)
+	if ((void *)(msg + 4) > data_end || len < 4)
 		return CG_R_WG_MALFORMED;
 	if (msg[1] | msg[2] | msg[3])
 		return CG_R_WG_MALFORMED;
 	switch (msg[0]) {
 	case 1:
-		return len == 148 ? CG_R_WIREGUARD : CG_R_WG_MALFORMED;
+		if (len != 148)
+			return CG_R_WG_MALFORMED;
+		if (cfg->wg_handshake_pps &&
+		    !rl_check(p->src, CG_RL_SCOPE(CG_RL_WG, 0), cfg->wg_handshake_pps,
+			      cfg->wg_handshake_burst, now))
+			return CG_R_WG_HANDSHAKE_RATE;
+		return CG_R_WIREGUARD;
 	case 2:
 		return len == 92 ? CG_R_WIREGUARD : CG_R_WG_MALFORMED;
 	case 3:
@@ -118,147 +325,148 @@ static __always_inline __u32 wireguard_reason(struct udphdr *udp, void *data_end
 	return CG_R_WG_MALFORMED;
 }
 
-/* The source of a packet, in the form both families' lookups take. */
-struct source {
-	int v6;
-	__be32 addr4;
-	__u8 addr6[16];
-};
+/* ---- public services ---------------------------------------------------------- */
 
-static __always_inline int from_allowed(const struct cg_svc *svc, const struct source *src)
+static __always_inline int from_allowed(const struct cg_svc *svc, const struct pkt *p, __u32 slot)
 {
+	void *trie;
+
 	if (svc->flags & CG_SVC_FROM_ANY)
 		return 1;
-	if (src->v6) {
+	if (p->family == 6) {
 		struct cg_svc_lpm6 key = { .prefixlen = 32 + 128,
 					   .svc_id_be = bpf_htonl(svc->svc_id) };
 
-		__builtin_memcpy(key.addr, src->addr6, 16);
-		return bpf_map_lookup_elem(&cg_svc_from6, &key) != NULL;
+		__builtin_memcpy(key.addr, p->src, 16);
+		trie = slot_map(&cg_svc_from6, slot);
+		return trie && bpf_map_lookup_elem(trie, &key);
 	} else {
 		struct cg_svc_lpm4 key = { .prefixlen = 32 + 32,
 					   .svc_id_be = bpf_htonl(svc->svc_id),
-					   .addr_be = src->addr4 };
+					   .addr_be = p->src4 };
 
-		return bpf_map_lookup_elem(&cg_svc_from4, &key) != NULL;
+		trie = slot_map(&cg_svc_from4, slot);
+		return trie && bpf_map_lookup_elem(trie, &key);
 	}
 }
 
-static __always_inline __u32 service_reason(__u8 proto, __be16 dport, const struct source *src,
-					    const struct cg_config *cfg)
+/*
+ * Limits of an admitted service packet.  New TCP connections: the service's
+ * own limit (or the global per-source one), then the host's SYN budget.
+ * Every packet: the service's per-source rate, or the global one.
+ */
+static __always_inline __u32 service_limits(const struct pkt *p, const struct cg_svc *svc,
+					    int syn, const struct cg_config *cfg, __u64 now)
 {
-	struct cg_svc_key key = { .proto = proto, .port_be = dport };
-	struct cg_svc *svc = bpf_map_lookup_elem(&cg_svc, &key);
+	__u32 rate;
 
-	if (svc && from_allowed(svc, src))
-		return CG_R_SERVICE;
-	return default_reason(cfg);
+	if (syn) {
+		if (svc->syn_pps) {
+			if (!rl_check(p->src, CG_RL_SCOPE(CG_RL_SVC_SYN, svc->svc_id), svc->syn_pps,
+				      svc->syn_pps, now))
+				return CG_R_SYN_FLOOD;
+		} else if (cfg->src_syn_per_s) {
+			if (!rl_check(p->src, CG_RL_SCOPE(CG_RL_SYN, 0), cfg->src_syn_per_s,
+				      cfg->src_syn_per_s, now))
+				return CG_R_SYN_FLOOD;
+		}
+		if (cfg->syn_per_cpu_per_s && !syn_budget_allows(cfg->syn_per_cpu_per_s, now))
+			return CG_R_SYN_FLOOD;
+	}
+	if (svc->src_pps) {
+		rate = svc->src_pps;
+		if (!rl_check(p->src, CG_RL_SCOPE(CG_RL_SVC, svc->svc_id), rate, rate, now))
+			return CG_R_RATE_LIMITED;
+	} else if (cfg->src_pps) {
+		if (!rl_check(p->src, CG_RL_SCOPE(CG_RL_SRC, 0), cfg->src_pps, cfg->src_burst, now))
+			return CG_R_RATE_LIMITED;
+	}
+	return CG_R_SERVICE;
 }
 
-/* Transport layer: the cursor is at the header named by proto. */
-static __always_inline __u32 l4_reason(struct cursor *c, void *data_end, __u8 proto,
-				       const struct source *src, const struct cg_config *cfg)
+/* Transport ports and flags, bounded by both the frame and the IP lengths. */
+static __always_inline __u32 transport_reason(const struct pkt *p, void *data_end,
+					      const struct cg_config *cfg, __u32 slot, __u64 now)
 {
-	switch (proto) {
-	case IPPROTO_TCP: {
-		struct tcphdr *tcp = c->pos;
+	struct cg_svc_key key = { .proto = p->proto };
+	__be16 sport, dport;
+	struct cg_svc *svc;
+	void *services;
+	int syn = 0;
 
-		if ((void *)(tcp + 1) > data_end)
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = p->l4;
+
+		if ((void *)(tcp + 1) > data_end || p->l4_len < sizeof(*tcp))
 			return CG_R_MALFORMED;
-		if (tcp->doff < 5 || c->pos + tcp->doff * 4 > data_end)
+		if (tcp->doff < 5 || p->l4 + tcp->doff * 4 > data_end || p->l4_len < tcp->doff * 4)
 			return CG_R_MALFORMED;
-		return service_reason(IPPROTO_TCP, tcp->dest, src, cfg);
-	}
-	case IPPROTO_UDP: {
-		struct udphdr *udp = c->pos;
+		sport = tcp->source;
+		dport = tcp->dest;
+		syn = tcp->syn && !tcp->ack;
+	} else {
+		struct udphdr *udp = p->l4;
 		__u16 len;
 
-		if ((void *)(udp + 1) > data_end)
+		if ((void *)(udp + 1) > data_end || p->l4_len < sizeof(*udp))
 			return CG_R_MALFORMED;
 		len = bpf_ntohs(udp->len);
-		if (len < sizeof(*udp) || c->pos + len > data_end)
+		if (len < sizeof(*udp) || p->l4 + len > data_end || len > p->l4_len)
 			return CG_R_MALFORMED;
-		if (cfg->wg_port_be && udp->dest == cfg->wg_port_be)
-			return wireguard_reason(udp, data_end);
-		return service_reason(IPPROTO_UDP, udp->dest, src, cfg);
+		sport = udp->source;
+		dport = udp->dest;
+		if (cfg->wg_port_be && dport == cfg->wg_port_be)
+			return wireguard_reason(p, udp, data_end, cfg, now);
 	}
-	case IPPROTO_ICMP: {
-		struct icmp_head *icmp = c->pos;
 
-		if (src->v6)
-			return default_reason(cfg);
-		if ((void *)(icmp + 1) > data_end)
-			return CG_R_MALFORMED;
-		return icmp4_reason(icmp->type, icmp->code, cfg);
-	}
-	case IPPROTO_ICMPV6: {
-		struct icmp_head *icmp6 = c->pos;
-
-		if (!src->v6)
-			return default_reason(cfg);
-		if ((void *)(icmp6 + 1) > data_end)
-			return CG_R_MALFORMED;
-		return icmp6_reason(icmp6->type, cfg);
-	}
-	}
+	key.port_be = dport;
+	services = slot_map(&cg_svc, slot);
+	svc = services ? bpf_map_lookup_elem(services, &key) : NULL;
+	if (svc && from_allowed(svc, p, slot))
+		return service_limits(p, svc, syn, cfg, now);
+	if (established(p, dport, sport, cfg, now))
+		return CG_R_ESTABLISHED;
 	return default_reason(cfg);
 }
 
-static __always_inline __u32 ipv4_reason(struct cursor *c, void *data_end,
-					 const struct cg_config *cfg)
-{
-	struct source src = { .v6 = 0 };
-	struct iphdr *ip;
-	__u16 frag;
-
-	if (parse_ipv4(c, data_end, &ip) < 0)
-		return CG_R_MALFORMED;
-	src.addr4 = ip->saddr;
-	if (denied4(src.addr4))
-		return CG_R_DENIED_SOURCE;
-	frag = bpf_ntohs(ip->frag_off);
-	if (frag & 0x1fff)
-		return CG_R_FRAGMENT_ORPHAN;
-	return l4_reason(c, data_end, ip->protocol, &src, cfg);
-}
-
-static __always_inline __u32 ipv6_reason(struct cursor *c, void *data_end,
-					 const struct cg_config *cfg)
-{
-	struct source src = { .v6 = 1 };
-	struct ipv6hdr *ip6;
-	__u32 frag_off = 0, frag_id = 0;
-	int more = 0, walk;
-	__u8 next;
-
-	if (parse_ipv6(c, data_end, &ip6) < 0)
-		return CG_R_MALFORMED;
-	__builtin_memcpy(src.addr6, &ip6->saddr, 16);
-	if (denied6(&ip6->saddr))
-		return CG_R_DENIED_SOURCE;
-	next = ip6->nexthdr;
-	walk = walk_ipv6_ext(c, data_end, &next, &frag_off, &more, &frag_id);
-	if (walk == EXT_TRUNCATED)
-		return CG_R_MALFORMED;
-	if (walk == EXT_REJECT)
-		return CG_R_IPV6_EXT_HEADER;
-	if (frag_off)
-		return CG_R_FRAGMENT_ORPHAN;
-	return l4_reason(c, data_end, next, &src, cfg);
-}
-
-static __always_inline __u32 decide(void *data, void *data_end, const struct cg_config *cfg)
+static __always_inline __u32 decide(void *data, void *data_end, const struct cg_config *cfg,
+				    __u32 slot, struct pkt *p)
 {
 	struct cursor c = { .pos = data };
+	__u64 now;
 	__be16 proto;
+	__u32 reason;
 
 	if (parse_ethernet(&c, data_end, &proto) < 0)
 		return CG_R_MALFORMED;
-	if (proto == bpf_htons(ETH_P_IP))
-		return ipv4_reason(&c, data_end, cfg);
-	if (proto == bpf_htons(ETH_P_IPV6))
-		return ipv6_reason(&c, data_end, cfg);
-	return CG_R_NON_IP;
+	reason = parse_l3(&c, data_end, proto, p);
+	if (reason)
+		return reason;
+	if (denied(p, slot))
+		return CG_R_DENIED_SOURCE;
+	now = bpf_ktime_get_boot_ns();
+	if (banned(p, now))
+		return CG_R_BANNED;
+	if (p->frag_off)
+		return later_fragment_reason(p, now);
+
+	switch (p->proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		reason = transport_reason(p, data_end, cfg, slot, now);
+		break;
+	case IPPROTO_ICMP:
+		reason = p->family == 4 ? icmp_reason(p, data_end, cfg, now) : default_reason(cfg);
+		break;
+	case IPPROTO_ICMPV6:
+		reason = p->family == 6 ? icmp_reason(p, data_end, cfg, now) : default_reason(cfg);
+		break;
+	default:
+		reason = default_reason(cfg);
+	}
+	if (p->more_frags)
+		remember_first_fragment(p, reason, now);
+	return reason;
 }
 
 #endif /* CRMGUARD_VERDICT_H */

@@ -10,7 +10,7 @@
 use std::fmt;
 
 /// The ABI version compiled into this agent (`CG_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// What the program did with a packet (`enum cg_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -158,6 +158,9 @@ pub const DENY_PREFIX_MAX: u32 = 1 << 18;
 pub const SVC_MAX: u32 = 256;
 pub const SVC_FROM_MAX: u32 = 16384;
 
+/// `CG_POLICY_SLOTS`: policies alternate between these slots.
+pub const POLICY_SLOTS: u32 = 2;
+
 /// `struct cg_config`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
@@ -169,6 +172,14 @@ pub struct Config {
     pub flags: u8,
     pub wg_port_be: u16,
     pub _pad: u16,
+    pub src_pps: u32,
+    pub src_burst: u32,
+    pub src_syn_per_s: u32,
+    pub syn_per_cpu_per_s: u32,
+    pub icmp_echo_pps: u32,
+    pub wg_handshake_pps: u32,
+    pub wg_handshake_burst: u32,
+    pub _pad2: u32,
 }
 
 /// `struct cg_stats`.
@@ -224,6 +235,8 @@ pub struct SvcKey {
 pub struct Svc {
     pub svc_id: u32,
     pub flags: u32,
+    pub src_pps: u32,
+    pub syn_pps: u32,
 }
 
 /// `struct cg_svc_lpm4`.
@@ -244,14 +257,133 @@ pub struct SvcLpm6 {
     pub addr: [u8; 16],
 }
 
-const _: () = assert!(std::mem::size_of::<Config>() == 12);
+/// `struct cg_ban`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Ban {
+    /// CLOCK_BOOTTIME nanoseconds; 0 means never.
+    pub expires_ns: u64,
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// `struct cg_rl_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct RlKey {
+    pub addr: [u8; 16],
+    pub scope: u32,
+}
+
+/// `struct cg_rl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Rl {
+    pub tat_ns: u64,
+    pub rate: u32,
+    pub burst: u32,
+}
+
+/// `struct cg_frag_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u16,
+}
+
+/// `struct cg_frag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Frag {
+    pub expires_ns: u64,
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// `struct cg_flow_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct FlowKey {
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    pub local_port_be: [u8; 2],
+    pub remote_port_be: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u16,
+}
+
+/// `struct cg_flow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Flow {
+    pub expires_ns: u64,
+}
+
+/// `struct cg_event`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: [u8; 2],
+    pub dport_be: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub action: u8,
+    pub reason: u8,
+    pub ifslot: u32,
+    pub _pad: u32,
+}
+
+/// `enum cg_rl_kind`.
+pub const RL_SRC: u32 = 1;
+pub const RL_SVC: u32 = 2;
+pub const RL_SYN: u32 = 3;
+pub const RL_SVC_SYN: u32 = 4;
+pub const RL_ICMP: u32 = 5;
+pub const RL_WG: u32 = 6;
+
+/// `CG_RL_SCOPE(kind, svc_id)`.
+pub fn rl_scope(kind: u32, svc_id: u32) -> u32 {
+    (kind << 24) | (svc_id & 0x00ff_ffff)
+}
+
+/// Capacities and timeouts of the state maps.
+pub const BAN_HOST_MAX: u32 = 1 << 18;
+pub const BAN_PREFIX_MAX: u32 = 1 << 14;
+pub const RL_MAX: u32 = 1 << 17;
+pub const FRAG_MAX: u32 = 1 << 14;
+pub const FLOW_MAX: u32 = 1 << 18;
+pub const EVENTS_BYTES: u32 = 1 << 20;
+pub const EVENTS_PER_CPU_PER_S: u32 = 200;
+pub const FLOW_TCP_TIMEOUT_S: u64 = 7200;
+pub const FLOW_UDP_TIMEOUT_S: u64 = 120;
+pub const FLOW_ICMP_TIMEOUT_S: u64 = 30;
+pub const FRAG_TIMEOUT_S: u64 = 10;
+
+const _: () = assert!(std::mem::size_of::<Config>() == 44);
+const _: () = assert!(std::mem::size_of::<Ban>() == 16);
+const _: () = assert!(std::mem::size_of::<RlKey>() == 20);
+const _: () = assert!(std::mem::size_of::<Rl>() == 16);
+const _: () = assert!(std::mem::size_of::<FragKey>() == 40);
+const _: () = assert!(std::mem::size_of::<Frag>() == 16);
+const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(std::mem::size_of::<Flow>() == 8);
+const _: () = assert!(std::mem::size_of::<Event>() == 56);
 const _: () = assert!(std::mem::size_of::<Stats>() == 16);
 const _: () = assert!(std::mem::size_of::<Addr6>() == 16);
 const _: () = assert!(std::mem::size_of::<Lpm4>() == 8);
 const _: () = assert!(std::mem::size_of::<Lpm6>() == 20);
 const _: () = assert!(std::mem::size_of::<Rule>() == 4);
 const _: () = assert!(std::mem::size_of::<SvcKey>() == 4);
-const _: () = assert!(std::mem::size_of::<Svc>() == 8);
+const _: () = assert!(std::mem::size_of::<Svc>() == 16);
 const _: () = assert!(std::mem::size_of::<SvcLpm4>() == 12);
 const _: () = assert!(std::mem::size_of::<SvcLpm6>() == 24);
 
@@ -277,6 +409,22 @@ unsafe impl aya::Pod for Svc {}
 unsafe impl aya::Pod for SvcLpm4 {}
 // SAFETY: see above.
 unsafe impl aya::Pod for SvcLpm6 {}
+// SAFETY: see above.
+unsafe impl aya::Pod for Ban {}
+// SAFETY: see above.
+unsafe impl aya::Pod for RlKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for Rl {}
+// SAFETY: see above.
+unsafe impl aya::Pod for FragKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for Frag {}
+// SAFETY: see above.
+unsafe impl aya::Pod for FlowKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for Flow {}
+// SAFETY: see above.
+unsafe impl aya::Pod for Event {}
 
 /// The header itself, so that tests can check the mirror against it.
 pub const HEADER: &str = include_str!("../../ebpf/include/crmguard_abi.h");
@@ -327,6 +475,14 @@ mod tests {
         check("CG_SIZEOF_SVC", std::mem::size_of::<Svc>());
         check("CG_SIZEOF_SVC_LPM4", std::mem::size_of::<SvcLpm4>());
         check("CG_SIZEOF_SVC_LPM6", std::mem::size_of::<SvcLpm6>());
+        check("CG_SIZEOF_BAN", std::mem::size_of::<Ban>());
+        check("CG_SIZEOF_RL_KEY", std::mem::size_of::<RlKey>());
+        check("CG_SIZEOF_RL", std::mem::size_of::<Rl>());
+        check("CG_SIZEOF_FRAG_KEY", std::mem::size_of::<FragKey>());
+        check("CG_SIZEOF_FRAG", std::mem::size_of::<Frag>());
+        check("CG_SIZEOF_FLOW_KEY", std::mem::size_of::<FlowKey>());
+        check("CG_SIZEOF_FLOW", std::mem::size_of::<Flow>());
+        check("CG_SIZEOF_EVENT", std::mem::size_of::<Event>());
     }
 
     #[test]
@@ -350,6 +506,31 @@ mod tests {
         assert_eq!(header_value("CG_MODE_MONITOR"), u64::from(MODE_MONITOR));
         assert_eq!(header_value("CG_ICMP_ALL"), u64::from(ICMP_ALL));
         assert_eq!(header_value("CG_ICMP_NONE"), u64::from(ICMP_NONE));
+        assert_eq!(header_value("CG_POLICY_SLOTS"), u64::from(POLICY_SLOTS));
+        assert_eq!(header_value("CG_BAN_HOST_MAX"), u64::from(BAN_HOST_MAX));
+        assert_eq!(header_value("CG_BAN_PREFIX_MAX"), u64::from(BAN_PREFIX_MAX));
+        assert_eq!(header_value("CG_RL_MAX"), u64::from(RL_MAX));
+        assert_eq!(header_value("CG_FRAG_MAX"), u64::from(FRAG_MAX));
+        assert_eq!(header_value("CG_FLOW_MAX"), u64::from(FLOW_MAX));
+        assert_eq!(header_value("CG_EVENTS_BYTES"), u64::from(EVENTS_BYTES));
+        assert_eq!(
+            header_value("CG_EVENTS_PER_CPU_PER_S"),
+            u64::from(EVENTS_PER_CPU_PER_S)
+        );
+        assert_eq!(header_value("CG_FLOW_TCP_TIMEOUT_S"), FLOW_TCP_TIMEOUT_S);
+        assert_eq!(header_value("CG_FLOW_UDP_TIMEOUT_S"), FLOW_UDP_TIMEOUT_S);
+        assert_eq!(header_value("CG_FLOW_ICMP_TIMEOUT_S"), FLOW_ICMP_TIMEOUT_S);
+        assert_eq!(header_value("CG_FRAG_TIMEOUT_S"), FRAG_TIMEOUT_S);
+        for (name, kind) in [
+            ("CG_RL_SRC", RL_SRC),
+            ("CG_RL_SVC", RL_SVC),
+            ("CG_RL_SYN", RL_SYN),
+            ("CG_RL_SVC_SYN", RL_SVC_SYN),
+            ("CG_RL_ICMP", RL_ICMP),
+            ("CG_RL_WG", RL_WG),
+        ] {
+            assert_eq!(header_value(name), u64::from(kind), "{name}");
+        }
     }
 
     #[test]
@@ -407,10 +588,12 @@ mod tests {
             icmp: ICMP_ALL,
             flags: CFG_ALLOW_ESTABLISHED,
             wg_port_be: 51820u16.to_be(),
-            _pad: 0,
+            src_pps: 7,
+            ..Config::default()
         };
-        // SAFETY: Config is Pod (see the impl above) and 12 bytes long.
-        let bytes: [u8; 12] = unsafe { std::mem::transmute(cfg) };
+        // SAFETY: Config is Pod (see the impl above) and 44 bytes long.
+        let bytes: [u8; 44] = unsafe { std::mem::transmute(cfg) };
+        assert_eq!(&bytes[12..16], &7u32.to_ne_bytes());
         let gen = 0x0102_0304u32.to_ne_bytes();
         assert_eq!(&bytes[0..4], &gen);
         assert_eq!(&bytes[4..8], &[1, 1, 1, 1]);

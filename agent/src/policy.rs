@@ -29,6 +29,9 @@ pub struct CompiledPolicy {
     pub svc_from6: BTreeMap<abi::SvcLpm6, abi::Rule>,
     /// What each deny rule id stands for (index = rule id - 1).
     pub deny_rules: Vec<String>,
+    /// `firewall.limits.global_syn_per_s`; the datapath divides it among
+    /// CPUs into `config.syn_per_cpu_per_s`.
+    pub global_syn_per_s: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -83,7 +86,17 @@ fn global_settings(config: &Config) -> abi::Config {
             0
         },
         wg_port_be: config.vpn.as_ref().map_or(0, |vpn| vpn.listen_port.to_be()),
-        _pad: 0,
+        src_pps: fw.limits.per_source_pps,
+        src_burst: fw.limits.per_source_burst,
+        src_syn_per_s: fw.limits.syn_per_source_per_s,
+        syn_per_cpu_per_s: 0,
+        icmp_echo_pps: fw.icmp_echo_per_source_pps,
+        wg_handshake_pps: config
+            .vpn
+            .as_ref()
+            .map_or(0, |vpn| vpn.handshake_per_source_pps),
+        wg_handshake_burst: config.vpn.as_ref().map_or(0, |vpn| vpn.handshake_burst),
+        ..abi::Config::default()
     }
 }
 
@@ -149,7 +162,15 @@ fn compile_services(config: &Config, policy: &mut CompiledPolicy) -> Result<(), 
                     port,
                 });
             }
-            policy.services.insert(key, abi::Svc { svc_id, flags });
+            policy.services.insert(
+                key,
+                abi::Svc {
+                    svc_id,
+                    flags,
+                    src_pps: service.per_source_pps.unwrap_or(0),
+                    syn_pps: service.new_conn_per_source_per_s.unwrap_or(0),
+                },
+            );
         }
         for net in service.from.iter().flatten() {
             let rule = abi::Rule { rule_id: svc_id };
@@ -306,6 +327,7 @@ mod tests {
             name = "web"
             proto = "tcp"
             ports = [443, 8443]
+            new_conn_per_source_per_s = 30
             "#,
         );
         let ssh = abi::SvcKey {
@@ -317,7 +339,9 @@ mod tests {
             policy.services.get(&ssh),
             Some(&abi::Svc {
                 svc_id: 1,
-                flags: 0
+                flags: 0,
+                src_pps: 0,
+                syn_pps: 0
             })
         );
         let web = abi::SvcKey {
@@ -329,7 +353,9 @@ mod tests {
             policy.services.get(&web),
             Some(&abi::Svc {
                 svc_id: 2,
-                flags: abi::SVC_FROM_ANY
+                flags: abi::SVC_FROM_ANY,
+                src_pps: 0,
+                syn_pps: 30
             })
         );
         let from = abi::SvcLpm4 {

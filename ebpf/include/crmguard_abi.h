@@ -18,7 +18,7 @@
 
 #include <linux/types.h>
 
-#define CG_ABI_VERSION 1
+#define CG_ABI_VERSION 2
 
 /* Actions: what the program did with a packet (the `action` metric label). */
 enum cg_action {
@@ -79,8 +79,15 @@ enum cg_icmp_policy {
 /* cg_config.flags */
 #define CG_CFG_ALLOW_ESTABLISHED (1U << 0)
 
-/* cg_config[0]: the global settings of the policy. Written by the agent last,
- * after every other map of a policy is in place. */
+/*
+ * Policies are swapped whole.  Every policy map is an array of maps with
+ * CG_POLICY_SLOTS inner maps; cg_active[0] names the slot in force.  The
+ * agent fills fresh inner maps in the other slot, then writes cg_active once:
+ * a packet reads the slot once and sees one complete policy.
+ */
+#define CG_POLICY_SLOTS 2
+
+/* cg_config[slot]: the global settings of the policy in that slot. */
 struct cg_config {
 	__u32 generation;
 	__u8 mode;           /* enum cg_mode */
@@ -89,6 +96,15 @@ struct cg_config {
 	__u8 flags;          /* CG_CFG_* */
 	__be16 wg_port_be;   /* WireGuard UDP port; 0 when the endpoint is off */
 	__u16 _pad;
+	/* Rate limits in tokens per second (0: unlimited) and bursts in tokens. */
+	__u32 src_pps;            /* any allowed traffic, per source address */
+	__u32 src_burst;
+	__u32 src_syn_per_s;      /* new TCP connections, per source address */
+	__u32 syn_per_cpu_per_s;  /* the global SYN budget divided among CPUs */
+	__u32 icmp_echo_pps;      /* echo requests, per source address */
+	__u32 wg_handshake_pps;   /* WireGuard initiations, per source address */
+	__u32 wg_handshake_burst;
+	__u32 _pad2;
 };
 
 /* cg_stats[CG_STATS_INDEX(...)]: per-CPU packet and byte counters. */
@@ -130,8 +146,10 @@ struct cg_svc_key {
 #define CG_SVC_FROM_ANY (1U << 0)
 
 struct cg_svc {
-	__u32 svc_id; /* the service's index in the config, from 1 */
-	__u32 flags;  /* CG_SVC_* */
+	__u32 svc_id;  /* the service's index in the config, from 1 */
+	__u32 flags;   /* CG_SVC_* */
+	__u32 src_pps; /* per-source packets per second for this service; 0: none */
+	__u32 syn_pps; /* per-source new connections per second; 0: none */
 };
 
 /*
@@ -151,6 +169,107 @@ struct cg_svc_lpm6 {
 	__u8 addr[16];
 };
 
+/*
+ * Bans: dynamic, outside the policy generations, each with its own expiry on
+ * the kernel's CLOCK_BOOTTIME (bpf_ktime_get_boot_ns), so a ban ends on time
+ * even while the agent is down.  Keys as in the deny set.
+ */
+struct cg_ban {
+	__u64 expires_ns; /* CLOCK_BOOTTIME; 0: never */
+	__u32 reason;     /* the agent's ban reason number, for status */
+	__u32 _pad;
+};
+
+/*
+ * Rate limiting: one GCRA bucket per (source, scope) in an LRU map, so that
+ * any number of spoofed sources costs bounded memory.  A bucket remembers the
+ * rate and burst it was made for; when the rule changes, it starts afresh.
+ */
+enum cg_rl_kind {
+	CG_RL_SRC = 1,     /* firewall.limits.per_source_pps */
+	CG_RL_SVC = 2,     /* a service's per_source_pps */
+	CG_RL_SYN = 3,     /* firewall.limits.syn_per_source_per_s */
+	CG_RL_SVC_SYN = 4, /* a service's new_conn_per_source_per_s */
+	CG_RL_ICMP = 5,    /* firewall.icmp_echo_per_source_pps */
+	CG_RL_WG = 6,      /* vpn.handshake_per_source_pps */
+};
+
+#define CG_RL_SCOPE(kind, svc_id) (((__u32)(kind) << 24) | ((svc_id) & 0xffffff))
+
+struct cg_rl_key {
+	__u8 addr[16]; /* IPv4 as ::ffff:a.b.c.d */
+	__u32 scope;   /* CG_RL_SCOPE(kind, svc_id) */
+};
+
+struct cg_rl {
+	__u64 tat_ns; /* theoretical arrival time of the next token */
+	__u32 rate;   /* the rule this bucket was made for */
+	__u32 burst;
+};
+
+/* Fragments: the verdict of a first fragment, for its later fragments. */
+struct cg_frag_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 id;
+	__u8 proto;
+	__u8 family; /* 4 or 6 */
+	__u16 _pad;
+};
+
+struct cg_frag {
+	__u64 expires_ns;
+	__u32 reason; /* the first fragment's reason */
+	__u32 _pad;
+};
+
+/*
+ * Flows this host opened, recorded at egress by tc_egress.c and matched by
+ * XDP against replies.  For ICMP echo, local_port_be is the echo id.
+ */
+struct cg_flow_key {
+	__u8 local[16];
+	__u8 remote[16];
+	__be16 local_port_be;
+	__be16 remote_port_be;
+	__u8 proto;
+	__u8 family;
+	__u16 _pad;
+};
+
+struct cg_flow {
+	__u64 expires_ns;
+};
+
+/* Sampled drop events, XDP -> agent through the cg_events ring buffer. */
+struct cg_event {
+	__u64 ts_ns;
+	__u8 src[16];
+	__u8 dst[16];
+	__be16 sport_be;
+	__be16 dport_be;
+	__u8 proto;
+	__u8 family;
+	__u8 action;
+	__u8 reason;
+	__u32 ifslot;
+	__u32 _pad;
+};
+
+#define CG_BAN_HOST_MAX (1U << 18)
+#define CG_BAN_PREFIX_MAX (1U << 14)
+#define CG_RL_MAX (1U << 17)
+#define CG_FRAG_MAX (1U << 14)
+#define CG_FLOW_MAX (1U << 18)
+#define CG_EVENTS_BYTES (1U << 20)
+#define CG_EVENTS_PER_CPU_PER_S 200
+
+/* Timeouts of recorded flows and fragment verdicts, in seconds. */
+#define CG_FLOW_TCP_TIMEOUT_S 7200
+#define CG_FLOW_UDP_TIMEOUT_S 120
+#define CG_FLOW_ICMP_TIMEOUT_S 30
+#define CG_FRAG_TIMEOUT_S 10
+
 /* Map sizes.  Single addresses are in hash maps, prefixes in tries. */
 #define CG_DENY_HOST_MAX (1U << 21)
 #define CG_DENY_PREFIX_MAX (1U << 18)
@@ -158,16 +277,24 @@ struct cg_svc_lpm6 {
 #define CG_SVC_FROM_MAX 16384
 
 /* Sizes both sides assert. */
-#define CG_SIZEOF_CONFIG 12
+#define CG_SIZEOF_CONFIG 44
 #define CG_SIZEOF_STATS 16
 #define CG_SIZEOF_ADDR6 16
 #define CG_SIZEOF_LPM4 8
 #define CG_SIZEOF_LPM6 20
 #define CG_SIZEOF_RULE 4
 #define CG_SIZEOF_SVC_KEY 4
-#define CG_SIZEOF_SVC 8
+#define CG_SIZEOF_SVC 16
 #define CG_SIZEOF_SVC_LPM4 12
 #define CG_SIZEOF_SVC_LPM6 24
+#define CG_SIZEOF_BAN 16
+#define CG_SIZEOF_RL_KEY 20
+#define CG_SIZEOF_RL 16
+#define CG_SIZEOF_FRAG_KEY 40
+#define CG_SIZEOF_FRAG 16
+#define CG_SIZEOF_FLOW_KEY 40
+#define CG_SIZEOF_FLOW 8
+#define CG_SIZEOF_EVENT 56
 
 _Static_assert(sizeof(struct cg_config) == CG_SIZEOF_CONFIG, "cg_config size");
 _Static_assert(sizeof(struct cg_stats) == CG_SIZEOF_STATS, "cg_stats size");
@@ -179,5 +306,13 @@ _Static_assert(sizeof(struct cg_svc_key) == CG_SIZEOF_SVC_KEY, "cg_svc_key size"
 _Static_assert(sizeof(struct cg_svc) == CG_SIZEOF_SVC, "cg_svc size");
 _Static_assert(sizeof(struct cg_svc_lpm4) == CG_SIZEOF_SVC_LPM4, "cg_svc_lpm4 size");
 _Static_assert(sizeof(struct cg_svc_lpm6) == CG_SIZEOF_SVC_LPM6, "cg_svc_lpm6 size");
+_Static_assert(sizeof(struct cg_ban) == CG_SIZEOF_BAN, "cg_ban size");
+_Static_assert(sizeof(struct cg_rl_key) == CG_SIZEOF_RL_KEY, "cg_rl_key size");
+_Static_assert(sizeof(struct cg_rl) == CG_SIZEOF_RL, "cg_rl size");
+_Static_assert(sizeof(struct cg_frag_key) == CG_SIZEOF_FRAG_KEY, "cg_frag_key size");
+_Static_assert(sizeof(struct cg_frag) == CG_SIZEOF_FRAG, "cg_frag size");
+_Static_assert(sizeof(struct cg_flow_key) == CG_SIZEOF_FLOW_KEY, "cg_flow_key size");
+_Static_assert(sizeof(struct cg_flow) == CG_SIZEOF_FLOW, "cg_flow size");
+_Static_assert(sizeof(struct cg_event) == CG_SIZEOF_EVENT, "cg_event size");
 
 #endif /* CRMGUARD_ABI_H */

@@ -1,18 +1,22 @@
-//! The pinned maps of the XDP program, opened by path: writing a compiled
-//! policy into them, comparing them with it, and reading the counters.
+//! The pinned maps of the XDP program, opened by path: swapping in a compiled
+//! policy, comparing the kernel with it, and reading the counters.
 //!
-//! Each policy map is brought to exactly the desired entries (stale entries
-//! deleted, missing or different ones written) and `cg_config` is written
-//! last, so the global settings never name a policy whose entries are not in
-//! place yet.
+//! A policy is applied as a new generation: fresh inner maps are created and
+//! filled (in batches), placed in the slot that is not in force, the slot's
+//! settings are written, and then `cg_active` is switched in one write. A
+//! packet reads the slot once, so it sees the old policy or the new one,
+//! never a mixture. The previous slot keeps its maps until the next apply
+//! replaces them or `release_inactive` drops them.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::lpm_trie::LpmTrie;
+use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::Pod;
 
+use super::sys;
 use crate::abi::{self, Action, Reason};
 use crate::policy::CompiledPolicy;
 
@@ -23,6 +27,18 @@ pub enum MapsError {
         path: PathBuf,
         #[source]
         source: MapError,
+    },
+    #[error("cannot create a map for {map}")]
+    Create {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot fill a map for {map}")]
+    Fill {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot update map {map}")]
     Update {
@@ -36,28 +52,18 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    #[error("cannot count CPUs")]
+    Cpus(#[source] std::io::Error),
 }
 
-/// Names, types and sizes of every pinned map, checked on adoption: the
-/// loader reuses a pinned map without comparing its definition.
+/// Name, key size, value size and capacity of every pinned map, checked on
+/// adoption: the loader reuses a pinned map without comparing its definition.
 pub struct MapSpec {
     pub name: &'static str,
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
 }
-
-pub const MAP_SPECS: &[MapSpec] = &[
-    spec::<u32, abi::Config>("cg_config", 1),
-    spec::<u32, abi::Stats>("cg_stats", abi::STATS_ENTRIES),
-    spec::<[u8; 4], abi::Rule>("cg_deny4", abi::DENY_HOST_MAX),
-    spec::<abi::Addr6, abi::Rule>("cg_deny6", abi::DENY_HOST_MAX),
-    spec::<abi::Lpm4, abi::Rule>("cg_deny4_lpm", abi::DENY_PREFIX_MAX),
-    spec::<abi::Lpm6, abi::Rule>("cg_deny6_lpm", abi::DENY_PREFIX_MAX),
-    spec::<abi::SvcKey, abi::Svc>("cg_svc", abi::SVC_MAX),
-    spec::<abi::SvcLpm4, abi::Rule>("cg_svc_from4", abi::SVC_FROM_MAX),
-    spec::<abi::SvcLpm6, abi::Rule>("cg_svc_from6", abi::SVC_FROM_MAX),
-];
 
 const fn spec<K, V>(name: &'static str, max_entries: u32) -> MapSpec {
     MapSpec {
@@ -68,121 +74,326 @@ const fn spec<K, V>(name: &'static str, max_entries: u32) -> MapSpec {
     }
 }
 
+pub const MAP_SPECS: &[MapSpec] = &[
+    spec::<u32, u32>("cg_active", 1),
+    spec::<u32, abi::Config>("cg_config", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_deny4", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_deny6", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_deny4_lpm", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_deny6_lpm", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_svc", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_svc_from4", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_svc_from6", abi::POLICY_SLOTS),
+    spec::<[u8; 4], abi::Ban>("cg_ban4", abi::BAN_HOST_MAX),
+    spec::<abi::Addr6, abi::Ban>("cg_ban6", abi::BAN_HOST_MAX),
+    spec::<abi::Lpm4, abi::Ban>("cg_ban4_lpm", abi::BAN_PREFIX_MAX),
+    spec::<abi::Lpm6, abi::Ban>("cg_ban6_lpm", abi::BAN_PREFIX_MAX),
+    spec::<abi::RlKey, abi::Rl>("cg_rl", abi::RL_MAX),
+    spec::<u32, abi::Rl>("cg_syn_budget", 1),
+    spec::<abi::FragKey, abi::Frag>("cg_frags", abi::FRAG_MAX),
+    spec::<abi::FlowKey, abi::Flow>("cg_flows", abi::FLOW_MAX),
+    spec::<u32, abi::Stats>("cg_stats", abi::STATS_ENTRIES),
+    spec::<u32, abi::Rl>("cg_event_budget", 1),
+];
+
+/// One kind of per-slot policy map: its outer map and the shape of its
+/// inner maps (which must equal the template in maps.h).
+struct Kind {
+    outer: &'static str,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+const fn kind<K, V>(outer: &'static str, map_type: u32, max_entries: u32, flags: u32) -> Kind {
+    Kind {
+        outer,
+        map_type,
+        key_size: std::mem::size_of::<K>() as u32,
+        value_size: std::mem::size_of::<V>() as u32,
+        max_entries,
+        flags,
+    }
+}
+
+const DENY4: Kind = kind::<[u8; 4], abi::Rule>(
+    "cg_deny4",
+    sys::BPF_MAP_TYPE_HASH,
+    abi::DENY_HOST_MAX,
+    sys::BPF_F_NO_PREALLOC,
+);
+const DENY6: Kind = kind::<[u8; 16], abi::Rule>(
+    "cg_deny6",
+    sys::BPF_MAP_TYPE_HASH,
+    abi::DENY_HOST_MAX,
+    sys::BPF_F_NO_PREALLOC,
+);
+const DENY4_LPM: Kind = kind::<abi::Lpm4, abi::Rule>(
+    "cg_deny4_lpm",
+    sys::BPF_MAP_TYPE_LPM_TRIE,
+    abi::DENY_PREFIX_MAX,
+    sys::BPF_F_NO_PREALLOC,
+);
+const DENY6_LPM: Kind = kind::<abi::Lpm6, abi::Rule>(
+    "cg_deny6_lpm",
+    sys::BPF_MAP_TYPE_LPM_TRIE,
+    abi::DENY_PREFIX_MAX,
+    sys::BPF_F_NO_PREALLOC,
+);
+const SVC: Kind = kind::<abi::SvcKey, abi::Svc>("cg_svc", sys::BPF_MAP_TYPE_HASH, abi::SVC_MAX, 0);
+const SVC_FROM4: Kind = kind::<abi::SvcLpm4, abi::Rule>(
+    "cg_svc_from4",
+    sys::BPF_MAP_TYPE_LPM_TRIE,
+    abi::SVC_FROM_MAX,
+    sys::BPF_F_NO_PREALLOC,
+);
+const SVC_FROM6: Kind = kind::<abi::SvcLpm6, abi::Rule>(
+    "cg_svc_from6",
+    sys::BPF_MAP_TYPE_LPM_TRIE,
+    abi::SVC_FROM_MAX,
+    sys::BPF_F_NO_PREALLOC,
+);
+
+const KINDS: [&Kind; 7] = [
+    &DENY4, &DENY6, &DENY4_LPM, &DENY6_LPM, &SVC, &SVC_FROM4, &SVC_FROM6,
+];
+
+/// The entries of one kind as raw key and value bytes, in key order.
+struct Entries {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+}
+
+impl Entries {
+    fn of<K: Pod, V: Pod>(map: &BTreeMap<K, V>) -> Entries {
+        let mut keys = Vec::with_capacity(map.len() * std::mem::size_of::<K>());
+        let mut values = Vec::with_capacity(map.len() * std::mem::size_of::<V>());
+        for (k, v) in map {
+            keys.extend_from_slice(sys::bytes_of(k));
+            values.extend_from_slice(sys::bytes_of(v));
+        }
+        Entries { keys, values }
+    }
+
+    /// As a sorted map of key bytes to value bytes, for comparison.
+    fn to_map(&self, kind: &Kind) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let ks = usize::try_from(kind.key_size).unwrap_or(1).max(1);
+        let vs = usize::try_from(kind.value_size).unwrap_or(1).max(1);
+        self.keys
+            .chunks(ks)
+            .map(<[u8]>::to_vec)
+            .zip(self.values.chunks(vs).map(<[u8]>::to_vec))
+            .collect()
+    }
+}
+
+fn entries(policy: &CompiledPolicy) -> [Entries; 7] {
+    [
+        Entries::of(&policy.deny4),
+        Entries::of(&policy.deny6),
+        Entries::of(&policy.deny4_lpm),
+        Entries::of(&policy.deny6_lpm),
+        Entries::of(&policy.services),
+        Entries::of(&policy.svc_from4),
+        Entries::of(&policy.svc_from6),
+    ]
+}
+
+/// How many entries differ between the kernel and a policy.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Divergence {
+    pub entries: u64,
+}
+
 /// Handles on the pinned maps.
 pub struct PolicyMaps {
+    active: Array<MapData, u32>,
     config: Array<MapData, abi::Config>,
+    outer: Vec<ArrayOfMaps<MapData, MapData>>,
+    /// The same outer maps, for the commands aya does not offer.
+    outer_fds: Vec<MapData>,
     stats: PerCpuArray<MapData, abi::Stats>,
-    deny4: HashMap<MapData, [u8; 4], abi::Rule>,
-    deny6: HashMap<MapData, [u8; 16], abi::Rule>,
-    deny4_lpm: LpmTrie<MapData, [u8; 4], abi::Rule>,
-    deny6_lpm: LpmTrie<MapData, [u8; 16], abi::Rule>,
-    services: HashMap<MapData, abi::SvcKey, abi::Svc>,
-    svc_from4: LpmTrie<MapData, [u8; 8], abi::Rule>,
-    svc_from6: LpmTrie<MapData, [u8; 20], abi::Rule>,
+    cpus: u32,
+}
+
+fn open_map(dir: &Path, name: &'static str) -> Result<Map, MapsError> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    Map::from_map_data(data).map_err(|source| MapsError::Open { path, source })
 }
 
 fn open<T>(dir: &Path, name: &'static str) -> Result<T, MapsError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    let path = dir.join(name);
-    let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
-        path: path.clone(),
+    T::try_from(open_map(dir, name)?).map_err(|source| MapsError::Open {
+        path: dir.join(name),
         source,
-    })?;
-    let map = Map::from_map_data(data).map_err(|source| MapsError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    T::try_from(map).map_err(|source| MapsError::Open { path, source })
-}
-
-/// How many entries differ between the kernel and a policy, per map.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Divergence {
-    pub entries: u64,
+    })
 }
 
 impl PolicyMaps {
     /// Opens every map pinned in `dir`.
     pub fn open(dir: &Path) -> Result<Self, MapsError> {
+        let mut outer = Vec::new();
+        let mut outer_fds = Vec::new();
+        for kind in KINDS {
+            outer.push(open(dir, kind.outer)?);
+            let path = dir.join(kind.outer);
+            outer_fds
+                .push(MapData::from_pin(&path).map_err(|source| MapsError::Open { path, source })?);
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
         Ok(Self {
+            active: open(dir, "cg_active")?,
             config: open(dir, "cg_config")?,
+            outer,
+            outer_fds,
             stats: open(dir, "cg_stats")?,
-            deny4: open(dir, "cg_deny4")?,
-            deny6: open(dir, "cg_deny6")?,
-            deny4_lpm: open(dir, "cg_deny4_lpm")?,
-            deny6_lpm: open(dir, "cg_deny6_lpm")?,
-            services: open(dir, "cg_svc")?,
-            svc_from4: open(dir, "cg_svc_from4")?,
-            svc_from6: open(dir, "cg_svc_from6")?,
+            cpus: u32::try_from(cpus).unwrap_or(1).max(1),
         })
+    }
+
+    /// The slot in force.
+    pub fn active_slot(&self) -> Result<u32, MapsError> {
+        let slot = self.active.get(&0, 0).map_err(|source| MapsError::Read {
+            map: "cg_active",
+            source,
+        })?;
+        Ok(slot % abi::POLICY_SLOTS)
     }
 
     /// The settings the kernel enforces now.
     pub fn current_config(&self) -> Result<abi::Config, MapsError> {
-        self.config.get(&0, 0).map_err(|source| MapsError::Read {
+        let slot = self.active_slot()?;
+        self.config.get(&slot, 0).map_err(|source| MapsError::Read {
             map: "cg_config",
             source,
         })
     }
 
-    /// Brings every map to `policy` and then publishes `generation`.
-    /// Returns how many entries had to change.
-    pub fn apply(
-        &mut self,
-        policy: &CompiledPolicy,
-        generation: u32,
-    ) -> Result<Divergence, MapsError> {
-        let mut changed = 0;
-        changed += sync_hash(&mut self.deny4, "cg_deny4", &policy.deny4)?;
-        let deny6: BTreeMap<[u8; 16], abi::Rule> = policy.deny6.clone();
-        changed += sync_hash(&mut self.deny6, "cg_deny6", &deny6)?;
-        changed += sync_trie(&mut self.deny4_lpm, "cg_deny4_lpm", &lpm4_entries(policy))?;
-        changed += sync_trie(&mut self.deny6_lpm, "cg_deny6_lpm", &lpm6_entries(policy))?;
-        changed += sync_hash(&mut self.services, "cg_svc", &policy.services)?;
-        changed += sync_trie(&mut self.svc_from4, "cg_svc_from4", &svc4_entries(policy))?;
-        changed += sync_trie(&mut self.svc_from6, "cg_svc_from6", &svc6_entries(policy))?;
-        let config = abi::Config {
-            generation,
-            ..policy.config
+    /// The settings as written to the kernel for `policy` at `generation`.
+    fn kernel_config(&self, policy: &CompiledPolicy, generation: u32) -> abi::Config {
+        let per_cpu = if policy.global_syn_per_s == 0 {
+            0
+        } else {
+            (policy.global_syn_per_s / self.cpus).max(1)
         };
-        if self.current_config()? != config {
-            changed += 1;
-            self.config
-                .set(0, config, 0)
+        abi::Config {
+            generation,
+            syn_per_cpu_per_s: per_cpu,
+            ..policy.config
+        }
+    }
+
+    /// Swaps `policy` in as `generation`: fresh maps in the slot not in
+    /// force, then one write of `cg_active`.
+    pub fn apply(&mut self, policy: &CompiledPolicy, generation: u32) -> Result<(), MapsError> {
+        let next = (self.active_slot()? + 1) % abi::POLICY_SLOTS;
+        for ((kind, entries), outer) in KINDS.iter().zip(entries(policy)).zip(self.outer.iter_mut())
+        {
+            let inner = sys::map_create(
+                kind.map_type,
+                kind.key_size,
+                kind.value_size,
+                kind.max_entries,
+                kind.flags,
+                kind.outer,
+            )
+            .map_err(|source| MapsError::Create {
+                map: kind.outer,
+                source,
+            })?;
+            sys::update_all(
+                inner.as_fd(),
+                usize::try_from(kind.key_size).unwrap_or(0),
+                &entries.keys,
+                usize::try_from(kind.value_size).unwrap_or(0),
+                &entries.values,
+            )
+            .map_err(|source| MapsError::Fill {
+                map: kind.outer,
+                source,
+            })?;
+            let inner = MapData::from_fd(inner).map_err(|source| MapsError::Update {
+                map: kind.outer,
+                source,
+            })?;
+            outer
+                .set(next, &inner, 0)
                 .map_err(|source| MapsError::Update {
-                    map: "cg_config",
+                    map: kind.outer,
                     source,
                 })?;
         }
-        Ok(Divergence { entries: changed })
+        self.config
+            .set(next, self.kernel_config(policy, generation), 0)
+            .map_err(|source| MapsError::Update {
+                map: "cg_config",
+                source,
+            })?;
+        // The switch: from here on every packet sees the new policy.
+        self.active
+            .set(0, next, 0)
+            .map_err(|source| MapsError::Update {
+                map: "cg_active",
+                source,
+            })?;
+        Ok(())
     }
 
-    /// Counts the entries in which the kernel differs from `policy`, without
-    /// changing anything.
+    /// Drops the maps of the slot not in force. Called well after a swap, so
+    /// that no packet that read the old slot is still looking into it.
+    pub fn release_inactive(&mut self) -> Result<(), MapsError> {
+        let inactive = (self.active_slot()? + 1) % abi::POLICY_SLOTS;
+        for (kind, outer) in KINDS.iter().zip(self.outer_fds.iter()) {
+            match sys::delete_elem(outer.fd().as_fd(), &inactive.to_ne_bytes()) {
+                Ok(()) => {}
+                // An empty slot is not an error.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => {
+                    return Err(MapsError::Fill {
+                        map: kind.outer,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts the entries in which the kernel's policy in force differs from
+    /// `policy` at `generation`, without changing anything.
     pub fn divergence(
         &self,
         policy: &CompiledPolicy,
         generation: u32,
     ) -> Result<Divergence, MapsError> {
-        let mut entries = 0;
-        entries += diff_hash(&self.deny4, "cg_deny4", &policy.deny4)?;
-        entries += diff_hash(&self.deny6, "cg_deny6", &policy.deny6)?;
-        entries += diff_trie(&self.deny4_lpm, "cg_deny4_lpm", &lpm4_entries(policy))?;
-        entries += diff_trie(&self.deny6_lpm, "cg_deny6_lpm", &lpm6_entries(policy))?;
-        entries += diff_hash(&self.services, "cg_svc", &policy.services)?;
-        entries += diff_trie(&self.svc_from4, "cg_svc_from4", &svc4_entries(policy))?;
-        entries += diff_trie(&self.svc_from6, "cg_svc_from6", &svc6_entries(policy))?;
-        if self.current_config()?
-            != (abi::Config {
-                generation,
-                ..policy.config
-            })
-        {
-            entries += 1;
+        let slot = self.active_slot()?;
+        let mut differ = 0u64;
+        for ((kind, desired), outer) in KINDS.iter().zip(entries(policy)).zip(self.outer.iter()) {
+            let desired = desired.to_map(kind);
+            let present = match outer.get(&slot, 0) {
+                Ok(inner) => read_raw(inner, kind)?,
+                Err(MapError::KeyNotFound) => BTreeMap::new(),
+                Err(source) => {
+                    return Err(MapsError::Read {
+                        map: kind.outer,
+                        source,
+                    })
+                }
+            };
+            differ += count_differences(&desired, &present);
         }
-        Ok(Divergence { entries })
+        if self.config.get(&slot, 0).ok() != Some(self.kernel_config(policy, generation)) {
+            differ += 1;
+        }
+        Ok(Divergence { entries: differ })
     }
 
     /// The packet and byte counters of one interface slot, summed over CPUs.
@@ -211,24 +422,12 @@ impl PolicyMaps {
 
     /// Zeroes the counters of a slot, for an interface newly given that slot.
     pub fn clear_counters(&mut self, slot: u32) -> Result<(), MapsError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Read {
-            map: "cg_stats",
-            source: MapError::SyscallError(aya::sys::SyscallError {
-                call: "nr_cpus",
-                io_error: e,
-            }),
-        })?;
+        let cpus = usize::try_from(self.cpus).unwrap_or(1);
         for action in Action::ALL {
             for reason in Reason::ALL {
                 let index = abi::stats_index(slot, action, reason);
                 let zero = aya::maps::PerCpuValues::try_from(vec![abi::Stats::default(); cpus])
-                    .map_err(|e| MapsError::Update {
-                        map: "cg_stats",
-                        source: MapError::SyscallError(aya::sys::SyscallError {
-                            call: "percpu values",
-                            io_error: e,
-                        }),
-                    })?;
+                    .map_err(MapsError::Cpus)?;
                 self.stats
                     .set(index, zero, 0)
                     .map_err(|source| MapsError::Update {
@@ -241,167 +440,68 @@ impl PolicyMaps {
     }
 }
 
-fn lpm4_entries(policy: &CompiledPolicy) -> BTreeMap<(u32, [u8; 4]), abi::Rule> {
-    policy
-        .deny4_lpm
+fn count_differences(
+    desired: &BTreeMap<Vec<u8>, Vec<u8>>,
+    present: &BTreeMap<Vec<u8>, Vec<u8>>,
+) -> u64 {
+    let missing_or_wrong = desired
         .iter()
-        .map(|(k, v)| ((k.prefixlen, k.addr_be), *v))
-        .collect()
+        .filter(|(k, v)| present.get(*k) != Some(*v))
+        .count();
+    let extra = present.keys().filter(|k| !desired.contains_key(*k)).count();
+    u64::try_from(missing_or_wrong + extra).unwrap_or(u64::MAX)
 }
 
-fn lpm6_entries(policy: &CompiledPolicy) -> BTreeMap<(u32, [u8; 16]), abi::Rule> {
-    policy
-        .deny6_lpm
-        .iter()
-        .map(|(k, v)| ((k.prefixlen, k.addr), *v))
-        .collect()
-}
-
-fn svc4_entries(policy: &CompiledPolicy) -> BTreeMap<(u32, [u8; 8]), abi::Rule> {
-    policy
-        .svc_from4
-        .iter()
-        .map(|(k, v)| {
-            let mut data = [0u8; 8];
-            data[..4].copy_from_slice(&k.svc_id_be);
-            data[4..].copy_from_slice(&k.addr_be);
-            ((k.prefixlen, data), *v)
-        })
-        .collect()
-}
-
-fn svc6_entries(policy: &CompiledPolicy) -> BTreeMap<(u32, [u8; 20]), abi::Rule> {
-    policy
-        .svc_from6
-        .iter()
-        .map(|(k, v)| {
-            let mut data = [0u8; 20];
-            data[..4].copy_from_slice(&k.svc_id_be);
-            data[4..].copy_from_slice(&k.addr);
-            ((k.prefixlen, data), *v)
-        })
-        .collect()
-}
-
-fn sync_hash<K, V>(
-    map: &mut HashMap<MapData, K, V>,
-    name: &'static str,
-    desired: &BTreeMap<K, V>,
-) -> Result<u64, MapsError>
-where
-    K: Pod + Ord,
-    V: Pod + PartialEq,
-{
-    let mut changed = 0;
-    let present: Vec<K> = map
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(|source| MapsError::Read { map: name, source })?;
-    for key in present {
-        if !desired.contains_key(&key) {
-            map.remove(&key)
-                .map_err(|source| MapsError::Update { map: name, source })?;
-            changed += 1;
+/// Reads every entry of an inner map as raw bytes.
+fn read_raw(inner: MapData, kind: &Kind) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MapsError> {
+    let read_err = |source| MapsError::Read {
+        map: kind.outer,
+        source,
+    };
+    let map = Map::from_map_data(inner).map_err(read_err)?;
+    let mut out = BTreeMap::new();
+    macro_rules! collect {
+        ($map:expr) => {
+            for entry in $map.iter() {
+                let (k, v) = entry.map_err(read_err)?;
+                out.insert(sys::bytes_of(&k).to_vec(), sys::bytes_of(&v).to_vec());
+            }
+        };
+    }
+    match (kind.key_size, kind.value_size, kind.map_type) {
+        (4, 4, sys::BPF_MAP_TYPE_HASH) => {
+            collect!(HashMap::<_, [u8; 4], [u8; 4]>::try_from(map).map_err(read_err)?)
         }
-    }
-    for (key, value) in desired {
-        if map.get(key, 0).ok().as_ref() != Some(value) {
-            map.insert(key, value, 0)
-                .map_err(|source| MapsError::Update { map: name, source })?;
-            changed += 1;
+        (16, 4, sys::BPF_MAP_TYPE_HASH) => {
+            collect!(HashMap::<_, [u8; 16], [u8; 4]>::try_from(map).map_err(read_err)?)
         }
+        (4, 16, sys::BPF_MAP_TYPE_HASH) => {
+            collect!(HashMap::<_, [u8; 4], [u8; 16]>::try_from(map).map_err(read_err)?)
+        }
+        (8, 4, sys::BPF_MAP_TYPE_LPM_TRIE) => collect_trie::<[u8; 4]>(map, kind, &mut out)?,
+        (20, 4, sys::BPF_MAP_TYPE_LPM_TRIE) => collect_trie::<[u8; 16]>(map, kind, &mut out)?,
+        (12, 4, sys::BPF_MAP_TYPE_LPM_TRIE) => collect_trie::<[u8; 8]>(map, kind, &mut out)?,
+        (24, 4, sys::BPF_MAP_TYPE_LPM_TRIE) => collect_trie::<[u8; 20]>(map, kind, &mut out)?,
+        _ => {}
     }
-    Ok(changed)
+    Ok(out)
 }
 
-fn diff_hash<K, V>(
-    map: &HashMap<MapData, K, V>,
-    name: &'static str,
-    desired: &BTreeMap<K, V>,
-) -> Result<u64, MapsError>
-where
-    K: Pod + Ord,
-    V: Pod + PartialEq,
-{
-    let mut differ = 0;
-    for key in map.keys() {
-        let key = key.map_err(|source| MapsError::Read { map: name, source })?;
-        if !desired.contains_key(&key) {
-            differ += 1;
-        }
+fn collect_trie<K: Pod>(
+    map: Map,
+    kind: &Kind,
+    out: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Result<(), MapsError> {
+    let read_err = |source| MapsError::Read {
+        map: kind.outer,
+        source,
+    };
+    let trie = LpmTrie::<_, K, [u8; 4]>::try_from(map).map_err(read_err)?;
+    for entry in trie.iter() {
+        let (k, v) = entry.map_err(read_err)?;
+        let mut key = k.prefix_len().to_ne_bytes().to_vec();
+        key.extend_from_slice(sys::bytes_of(&k.data()));
+        out.insert(key, v.to_vec());
     }
-    for (key, value) in desired {
-        if map.get(key, 0).ok().as_ref() != Some(value) {
-            differ += 1;
-        }
-    }
-    Ok(differ)
-}
-
-fn sync_trie<K, V>(
-    map: &mut LpmTrie<MapData, K, V>,
-    name: &'static str,
-    desired: &BTreeMap<(u32, K), V>,
-) -> Result<u64, MapsError>
-where
-    K: Pod + Ord,
-    V: Pod + PartialEq,
-{
-    // An LPM lookup returns the longest match, which may be another entry, so
-    // the present entries are read whole and compared exactly.
-    let present = read_trie(map, name)?;
-    let mut changed = 0;
-    for (prefix_len, data) in present.keys() {
-        if !desired.contains_key(&(*prefix_len, *data)) {
-            map.remove(&Key::new(*prefix_len, *data))
-                .map_err(|source| MapsError::Update { map: name, source })?;
-            changed += 1;
-        }
-    }
-    for ((prefix_len, data), value) in desired {
-        if present.get(&(*prefix_len, *data)) == Some(value) {
-            continue;
-        }
-        map.insert(&Key::new(*prefix_len, *data), value, 0)
-            .map_err(|source| MapsError::Update { map: name, source })?;
-        changed += 1;
-    }
-    Ok(changed)
-}
-
-fn read_trie<K, V>(
-    map: &LpmTrie<MapData, K, V>,
-    name: &'static str,
-) -> Result<BTreeMap<(u32, K), V>, MapsError>
-where
-    K: Pod + Ord,
-    V: Pod,
-{
-    let mut present = BTreeMap::new();
-    for entry in map.iter() {
-        let (key, value) = entry.map_err(|source| MapsError::Read { map: name, source })?;
-        present.insert((key.prefix_len(), key.data()), value);
-    }
-    Ok(present)
-}
-
-fn diff_trie<K, V>(
-    map: &LpmTrie<MapData, K, V>,
-    name: &'static str,
-    desired: &BTreeMap<(u32, K), V>,
-) -> Result<u64, MapsError>
-where
-    K: Pod + Ord,
-    V: Pod + PartialEq,
-{
-    let mut differ = 0;
-    let present = read_trie(map, name)?;
-    for (key, value) in &present {
-        if desired.get(key) != Some(value) {
-            differ += 1;
-        }
-    }
-    differ += u64::try_from(desired.keys().filter(|k| !present.contains_key(k)).count())
-        .unwrap_or(u64::MAX);
-    Ok(differ)
+    Ok(())
 }

@@ -19,6 +19,7 @@
 
 pub mod bpffs;
 pub mod maps;
+pub mod sys;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -517,10 +518,20 @@ impl Datapath {
         Ok(generation)
     }
 
-    /// Repairs any difference between the kernel and `policy` without a new
-    /// generation; returns how many entries differed.
+    /// Compares the kernel's policy in force with `policy`; when they
+    /// differ (someone edited the maps by hand), swaps in a fresh copy as a
+    /// new generation. Returns how many entries differed.
     pub fn reconcile(&mut self, policy: &CompiledPolicy) -> Result<u64, DatapathError> {
-        Ok(self.maps.apply(policy, self.generation)?.entries)
+        let divergence = self.maps.divergence(policy, self.generation)?.entries;
+        if divergence > 0 {
+            self.apply(policy)?;
+        }
+        Ok(divergence)
+    }
+
+    /// Releases the maps of the policy that is no longer in force.
+    pub fn release_previous(&mut self) -> Result<(), DatapathError> {
+        Ok(self.maps.release_inactive()?)
     }
 
     pub fn generation(&self) -> u32 {
