@@ -1,6 +1,7 @@
-//! Compiles the XDP program (C, in `ebpf/`) into `OUT_DIR` with clang.
+//! Compiles the BPF programs (C, in `ebpf/`: the XDP filter and the tc egress
+//! flow recorder) into `OUT_DIR` with clang.
 //!
-//! The object is embedded in the agent binary, so an installed `crmguard` needs
+//! The objects are embedded in the agent binary, so an installed `crmguard` needs
 //! no files besides itself. `-g` is required: aya reads the map definitions
 //! from BTF.
 
@@ -11,7 +12,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// BPF objects built from `ebpf/<name>.c`.
-const PROGRAMS: &[&str] = &["xdp_firewall"];
+const PROGRAMS: &[&str] = &["xdp_firewall", "tc_egress"];
 
 fn main() -> Result<()> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);

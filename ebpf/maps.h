@@ -13,6 +13,12 @@
 
 #include "include/crmguard_abi.h"
 
+/* The clock of every expiry and rate limit (see the ABI header). */
+static __always_inline __u64 cg_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 /* ---- the policy: written whole by the agent, one slot at a time ---------- */
 
 /* The slot in force.  Written by the agent, last; read by XDP. */
@@ -137,6 +143,16 @@ struct {
 	__type(value, struct cg_ban);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_ban6_lpm SEC(".maps");
+
+/* Which ban maps may hold entries (CG_BAN_*).  Written by the agent; read by
+ * XDP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_ban_flags SEC(".maps");
 
 /* Rate-limit buckets.  Written and read by XDP only. */
 struct {

@@ -117,15 +117,16 @@ static __always_inline int parse_ethernet(struct cursor *c, void *data_end, __be
 }
 
 /*
- * IPv4 with options.  Checks version, IHL, that the options are inside the
- * packet and that the total length covers the header and does not claim more
- * bytes than the frame holds.
+ * The IPv4 header with its options, when the frame need not hold the
+ * payload: checks version, IHL, that the options are inside the frame and
+ * that the total length covers the header.  tc egress uses it directly: the
+ * kernel keeps the payload of an outgoing packet in pages the program cannot
+ * read, so only the headers are in the frame there.
  */
-static __always_inline int parse_ipv4(struct cursor *c, void *data_end, struct iphdr **out)
+static __always_inline int parse_ipv4_head(struct cursor *c, void *data_end, struct iphdr **out)
 {
 	struct iphdr *ip = c->pos;
 	__u32 hdr_len;
-	__u16 tot_len;
 
 	if ((void *)(ip + 1) > data_end)
 		return -1;
@@ -134,15 +135,36 @@ static __always_inline int parse_ipv4(struct cursor *c, void *data_end, struct i
 	hdr_len = ip->ihl * 4;
 	if (c->pos + hdr_len > data_end)
 		return -1;
-	tot_len = bpf_ntohs(ip->tot_len);
-	if (tot_len < hdr_len || c->pos + tot_len > data_end)
+	if (bpf_ntohs(ip->tot_len) < hdr_len)
 		return -1;
 	c->pos += hdr_len;
 	*out = ip;
 	return 0;
 }
 
-static __always_inline int parse_ipv6(struct cursor *c, void *data_end, struct ipv6hdr **out)
+/*
+ * IPv4 with options, as parse_ipv4_head, and the total length does not claim
+ * more bytes than the frame holds.
+ */
+static __always_inline int parse_ipv4(struct cursor *c, void *data_end, struct iphdr **out)
+{
+	void *start = c->pos;
+	struct iphdr *ip;
+
+	if (parse_ipv4_head(c, data_end, &ip) < 0)
+		return -1;
+	if (start + bpf_ntohs(ip->tot_len) > data_end) {
+		c->pos = start;
+		return -1;
+	}
+	*out = ip;
+	return 0;
+}
+
+/* The fixed IPv6 header, when the frame need not hold the payload (tc
+ * egress, as for parse_ipv4_head). */
+static __always_inline int parse_ipv6_head(struct cursor *c, void *data_end,
+					   struct ipv6hdr **out)
 {
 	struct ipv6hdr *ip6 = c->pos;
 
@@ -150,9 +172,24 @@ static __always_inline int parse_ipv6(struct cursor *c, void *data_end, struct i
 		return -1;
 	if (ip6->version != 6)
 		return -1;
-	if ((void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len) > data_end)
-		return -1;
 	c->pos = ip6 + 1;
+	*out = ip6;
+	return 0;
+}
+
+/* IPv6, and the payload length does not claim more bytes than the frame
+ * holds. */
+static __always_inline int parse_ipv6(struct cursor *c, void *data_end, struct ipv6hdr **out)
+{
+	void *start = c->pos;
+	struct ipv6hdr *ip6;
+
+	if (parse_ipv6_head(c, data_end, &ip6) < 0)
+		return -1;
+	if ((void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len) > data_end) {
+		c->pos = start;
+		return -1;
+	}
 	*out = ip6;
 	return 0;
 }

@@ -3,8 +3,9 @@
  * ratelimit.h - GCRA token buckets.
  *
  * A bucket is one timestamp, the theoretical arrival time (TAT) of the next
- * token: a packet passes when TAT is less than `burst` intervals ahead of
- * now, and moves TAT one interval on.  Updates from several CPUs may race;
+ * token: a packet passes when TAT is at most `burst - 1` intervals ahead of
+ * now, and moves TAT one interval on.  So `burst` packets pass back to back,
+ * then one per interval.  Updates from several CPUs may race;
  * the worst case lets a few extra packets through, never blocks a source
  * that stays under its rate.
  */
@@ -16,7 +17,7 @@
 static __always_inline int gcra_allow(struct cg_rl *b, __u64 now, __u32 rate, __u32 burst)
 {
 	__u64 interval = 1000000000ULL / rate;
-	__u64 tolerance = interval * (burst ? burst : 1);
+	__u64 tolerance = interval * (burst ? burst - 1 : 0);
 	__u64 tat = b->tat_ns;
 
 	/* A bucket made for another rule starts afresh. */
@@ -27,7 +28,7 @@ static __always_inline int gcra_allow(struct cg_rl *b, __u64 now, __u32 rate, __
 	}
 	if (tat < now)
 		tat = now;
-	if (tat - now >= tolerance)
+	if (tat - now > tolerance)
 		return 0;
 	b->tat_ns = tat + interval;
 	return 1;

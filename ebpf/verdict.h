@@ -133,19 +133,28 @@ static __always_inline int ban_active(const struct cg_ban *ban, __u64 now)
 
 static __always_inline int banned(const struct pkt *p, __u64 now)
 {
+	__u32 zero = 0, *flags = bpf_map_lookup_elem(&cg_ban_flags, &zero);
+	__u32 present = flags ? *flags : 0;
+
+	if (!present)
+		return 0;
 	if (p->family == 4) {
 		struct cg_lpm4 key = { .prefixlen = 32, .addr_be = p->src4 };
 
-		if (ban_active(bpf_map_lookup_elem(&cg_ban4, &p->src4), now))
+		if ((present & CG_BAN_HOSTS4) &&
+		    ban_active(bpf_map_lookup_elem(&cg_ban4, &p->src4), now))
 			return 1;
-		return ban_active(bpf_map_lookup_elem(&cg_ban4_lpm, &key), now);
+		return (present & CG_BAN_PREFIXES4) &&
+		       ban_active(bpf_map_lookup_elem(&cg_ban4_lpm, &key), now);
 	} else {
 		struct cg_lpm6 key = { .prefixlen = 128 };
 
 		__builtin_memcpy(key.addr, p->src, 16);
-		if (ban_active(bpf_map_lookup_elem(&cg_ban6, key.addr), now))
+		if ((present & CG_BAN_HOSTS6) &&
+		    ban_active(bpf_map_lookup_elem(&cg_ban6, key.addr), now))
 			return 1;
-		return ban_active(bpf_map_lookup_elem(&cg_ban6_lpm, &key), now);
+		return (present & CG_BAN_PREFIXES6) &&
+		       ban_active(bpf_map_lookup_elem(&cg_ban6_lpm, &key), now);
 	}
 }
 
@@ -411,7 +420,10 @@ static __always_inline __u32 transport_reason(const struct pkt *p, void *data_en
 		if ((void *)(udp + 1) > data_end || p->l4_len < sizeof(*udp))
 			return CG_R_MALFORMED;
 		len = bpf_ntohs(udp->len);
-		if (len < sizeof(*udp) || p->l4 + len > data_end || len > p->l4_len)
+		if (len < sizeof(*udp))
+			return CG_R_MALFORMED;
+		/* A first fragment carries the length of the whole datagram. */
+		if (!p->more_frags && (p->l4 + len > data_end || len > p->l4_len))
 			return CG_R_MALFORMED;
 		sport = udp->source;
 		dport = udp->dest;
@@ -430,10 +442,9 @@ static __always_inline __u32 transport_reason(const struct pkt *p, void *data_en
 }
 
 static __always_inline __u32 decide(void *data, void *data_end, const struct cg_config *cfg,
-				    __u32 slot, struct pkt *p)
+				    __u32 slot, struct pkt *p, __u64 now)
 {
 	struct cursor c = { .pos = data };
-	__u64 now;
 	__be16 proto;
 	__u32 reason;
 
@@ -444,7 +455,6 @@ static __always_inline __u32 decide(void *data, void *data_end, const struct cg_
 		return reason;
 	if (denied(p, slot))
 		return CG_R_DENIED_SOURCE;
-	now = bpf_ktime_get_boot_ns();
 	if (banned(p, now))
 		return CG_R_BANNED;
 	if (p->frag_off)

@@ -261,7 +261,7 @@ pub struct SvcLpm6 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct Ban {
-    /// CLOCK_BOOTTIME nanoseconds; 0 means never.
+    /// CLOCK_MONOTONIC nanoseconds; 0 means never.
     pub expires_ns: u64,
     pub reason: u32,
     pub _pad: u32,
@@ -354,6 +354,12 @@ pub const RL_WG: u32 = 6;
 pub fn rl_scope(kind: u32, svc_id: u32) -> u32 {
     (kind << 24) | (svc_id & 0x00ff_ffff)
 }
+
+/// `CG_BAN_*`: bits of `cg_ban_flags[0]`, which ban maps may hold entries.
+pub const BAN_HOSTS4: u32 = 1 << 0;
+pub const BAN_HOSTS6: u32 = 1 << 1;
+pub const BAN_PREFIXES4: u32 = 1 << 2;
+pub const BAN_PREFIXES6: u32 = 1 << 3;
 
 /// Capacities and timeouts of the state maps.
 pub const BAN_HOST_MAX: u32 = 1 << 18;
@@ -507,6 +513,10 @@ mod tests {
         assert_eq!(header_value("CG_ICMP_ALL"), u64::from(ICMP_ALL));
         assert_eq!(header_value("CG_ICMP_NONE"), u64::from(ICMP_NONE));
         assert_eq!(header_value("CG_POLICY_SLOTS"), u64::from(POLICY_SLOTS));
+        assert_eq!(header_value("CG_BAN_HOSTS4"), u64::from(BAN_HOSTS4));
+        assert_eq!(header_value("CG_BAN_HOSTS6"), u64::from(BAN_HOSTS6));
+        assert_eq!(header_value("CG_BAN_PREFIXES4"), u64::from(BAN_PREFIXES4));
+        assert_eq!(header_value("CG_BAN_PREFIXES6"), u64::from(BAN_PREFIXES6));
         assert_eq!(header_value("CG_BAN_HOST_MAX"), u64::from(BAN_HOST_MAX));
         assert_eq!(header_value("CG_BAN_PREFIX_MAX"), u64::from(BAN_PREFIX_MAX));
         assert_eq!(header_value("CG_RL_MAX"), u64::from(RL_MAX));

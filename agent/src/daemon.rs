@@ -1,19 +1,34 @@
 //! `crmguard run`: the agent's main loop.
 //!
-//! It owns the datapath and is the only writer of the kernel's policy. The
-//! control socket and the metrics endpoint reach it through a channel; signals
-//! stop it (SIGTERM, SIGINT) or reload it (SIGHUP). Stopping leaves the filter
-//! attached and pinned unless the operator asked for `--detach-on-exit`.
+//! It owns the datapath and is the only writer of the kernel's policy and bans.
+//! The control socket and the metrics endpoint reach it through a channel;
+//! signals stop it (SIGTERM, SIGINT) or reload it (SIGHUP). Stopping leaves the
+//! filter attached and pinned unless the operator asked for `--detach-on-exit`.
+//!
+//! Bans: the ban list is loaded from `state_dir/bans.json` before the kernel is
+//! touched (a list that cannot be read stops the start), written to the kernel
+//! once the datapath is up, and every change goes to the list, then to the
+//! file, then to the kernel. Ended bans are swept every second; the kernel's ban
+//! maps are compared with the list on the reconcile tick and repaired.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::bans::persist::{self, PersistError};
+use crate::bans::{Ban, BanStore, KernelKey, KernelValue, ManualBan, Safeguards};
 use crate::config::{self, Config, ConfigErrors, Mode};
-use crate::control::{self, Command, CounterStatus, InterfaceStatus, Request, Response, Status};
+use crate::control::{
+    self, BanAdded, BanStatus, Command, CounterStatus, InterfaceStatus, Request, Response, Status,
+};
+use crate::datapath::bans::{self as kernel_bans, KernelBans, KernelBansError};
 use crate::datapath::{self, Datapath, DatapathError, InterfaceRequest};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::policy::{self, CompiledPolicy, PolicyError};
@@ -58,6 +73,10 @@ pub enum DaemonError {
     Interfaces(#[source] std::io::Error),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    BansFile(#[from] PersistError),
+    #[error("writing the bans into the kernel")]
+    KernelBans(#[from] KernelBansError),
 }
 
 /// Options of `crmguard run`.
@@ -104,6 +123,13 @@ struct Agent {
     config: Config,
     policy: CompiledPolicy,
     datapath: Datapath,
+    metrics: Arc<Metrics>,
+    bans: BanStore,
+    kernel_bans: KernelBans,
+    /// `state_dir/bans.json`.
+    bans_path: PathBuf,
+    /// Whether the last save of the ban list failed; the sweep retries until it succeeds.
+    bans_unsaved: bool,
 }
 
 impl Agent {
@@ -141,6 +167,7 @@ impl Agent {
                 })
                 .collect(),
             counters,
+            bans: self.bans.iter().map(BanStatus::from).collect(),
         })
     }
 
@@ -166,6 +193,23 @@ impl Agent {
                     message: datapath::error_chain(&e),
                 },
             },
+            Request::BanAdd {
+                net,
+                ttl_secs,
+                reason,
+                by,
+                force,
+            } => self.ban_add(ManualBan {
+                net,
+                ttl: ttl_secs.map(Duration::from_secs),
+                reason,
+                by,
+                force,
+            }),
+            Request::BanList => Response::Bans {
+                bans: self.bans.iter().map(BanStatus::from).collect(),
+            },
+            Request::BanRemove { net } => self.ban_remove(net),
             Request::Reload => match self.reload() {
                 Ok(generation) => {
                     tracing::info!(generation, "policy reloaded");
@@ -181,6 +225,192 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// `crmguard ban add`: the list, then the file, then the kernel. A ban that cannot be
+    /// saved or written to the kernel stays in the list, is retried, and the answer says so.
+    fn ban_add(&mut self, request: ManualBan) -> Response {
+        let now = SystemTime::now();
+        let host_addrs = host_addresses();
+        let guard = Safeguards {
+            allowlist: &self.config.detection.allowlist,
+            host_addrs: &host_addrs,
+        };
+        let added = match self.bans.add_manual(request, &guard, now) {
+            Ok(added) => added,
+            Err(e) => {
+                return Response::Refused {
+                    message: format!("ban refused: {e}"),
+                }
+            }
+        };
+        let ban = &added.ban;
+        self.metrics.ban_added(ban.source.label());
+        tracing::info!(
+            source = %ban.source.describe(),
+            reason = %ban.reason,
+            expires = %describe_expiry(ban),
+            replaced = added.replaced.is_some(),
+            "ban added"
+        );
+        tracing::debug!(net = %ban.net, "ban added");
+        for warning in &added.warnings {
+            tracing::warn!(source = %ban.source.describe(), "a manual ban overlaps [detection] allowlist");
+            tracing::debug!(%warning, "ban warning");
+        }
+        let mut errors = Vec::new();
+        if let Err(e) = self.save_bans() {
+            errors.push(unsaved_message(&e));
+        }
+        if let Err(e) = self.update_kernel(&[ban.net]) {
+            errors.push(format!(
+                "the ban is in the agent's list, but the kernel refused it and it is not enforced yet (retried every {}s): {}",
+                RECONCILE_EVERY.as_secs(),
+                datapath::error_chain(&e)
+            ));
+        }
+        Response::Banned(BanAdded {
+            ban: BanStatus::from(ban),
+            replaced: added.replaced.as_ref().map(BanStatus::from),
+            warnings: added.warnings.iter().map(ToString::to_string).collect(),
+            error: (!errors.is_empty()).then(|| errors.join("\n")),
+        })
+    }
+
+    /// `crmguard ban remove`: the list, then the file, then the kernel.
+    fn ban_remove(&mut self, net: IpNet) -> Response {
+        let ban = match self.bans.remove(net) {
+            Ok(ban) => ban,
+            Err(e) => {
+                return Response::Error {
+                    message: e.to_string(),
+                }
+            }
+        };
+        tracing::info!(source = %ban.source.describe(), reason = %ban.reason, "ban removed");
+        tracing::debug!(net = %ban.net, "ban removed");
+        let mut errors = Vec::new();
+        if let Err(e) = self.save_bans() {
+            errors.push(unsaved_message(&e));
+        }
+        if let Err(e) = self.update_kernel(&[ban.net]) {
+            errors.push(format!(
+                "the ban is off the agent's list, but the kernel still holds it (retried every {}s): {}",
+                RECONCILE_EVERY.as_secs(),
+                datapath::error_chain(&e)
+            ));
+        }
+        Response::BanRemoved {
+            ban: BanStatus::from(&ban),
+            error: (!errors.is_empty()).then(|| errors.join("\n")),
+        }
+    }
+
+    /// Brings the kernel entries that depend on the bans of `nets` up to date with the list.
+    fn update_kernel(&mut self, nets: &[IpNet]) -> Result<(), KernelBansError> {
+        let now_kernel = kernel_bans::kernel_now()?;
+        let now_wall = SystemTime::now();
+        let changes: BTreeMap<KernelKey, Option<KernelValue>> = nets
+            .iter()
+            .flat_map(|net| self.bans.kernel_changes(*net, now_wall, now_kernel))
+            .collect();
+        self.kernel_bans.update(changes)
+    }
+
+    /// Writes the ban list to disk. A failure is logged once, when saving starts to fail, and
+    /// the recovery once, when it works again.
+    fn save_bans(&mut self) -> Result<(), PersistError> {
+        match persist::save(&self.bans_path, &self.bans) {
+            Ok(()) => {
+                if self.bans_unsaved {
+                    tracing::info!(path = %self.bans_path.display(), "the ban list is saved again");
+                }
+                self.bans_unsaved = false;
+                Ok(())
+            }
+            Err(e) => {
+                if !self.bans_unsaved {
+                    tracing::error!(
+                        error = %datapath::error_chain(&e),
+                        "cannot save the ban list; bans added now are lost if the agent restarts before saving works again (retried every second)"
+                    );
+                }
+                self.bans_unsaved = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the bans that have ended from the list, the kernel and the file. The kernel
+    /// already ignores them; removing the entries keeps the maps small.
+    fn sweep_bans(&mut self) {
+        let ended = self.bans.expire(SystemTime::now());
+        if ended.is_empty() {
+            if self.bans_unsaved {
+                // A failure is logged by save_bans.
+                let _ = self.save_bans();
+            }
+            return;
+        }
+        for ban in &ended {
+            tracing::info!(source = %ban.source.describe(), reason = %ban.reason, "ban expired");
+            tracing::debug!(net = %ban.net, "ban expired");
+        }
+        let nets: Vec<IpNet> = ended.iter().map(|ban| ban.net).collect();
+        if let Err(e) = self.update_kernel(&nets) {
+            tracing::error!(error = %datapath::error_chain(&e), "removing ended bans from the kernel failed; the kernel ignores them anyway, and the reconcile retries");
+        }
+        // A failure is logged by save_bans and retried by the next sweep.
+        let _ = self.save_bans();
+    }
+
+    /// Makes the kernel's ban maps equal to the list; returns how many entries differed.
+    fn reconcile_bans(&mut self) -> Result<u64, KernelBansError> {
+        self.sweep_bans();
+        let now_kernel = kernel_bans::kernel_now()?;
+        self.kernel_bans
+            .sync(&self.bans, SystemTime::now(), now_kernel)
+    }
+}
+
+/// `2025-03-01T12:00:00.000000Z`, or `never` for a ban until removed.
+fn describe_expiry(ban: &Ban) -> String {
+    ban.expires
+        .map_or_else(|| "never".to_owned(), crate::bans::format_time)
+}
+
+fn unsaved_message(error: &PersistError) -> String {
+    format!(
+        "the ban is in force, but the ban list could not be saved, so it would be lost if the agent restarted now (retried every second): {}",
+        datapath::error_chain(error)
+    )
+}
+
+/// The addresses of this host's interfaces, loopback excepted: a ban that contains one needs
+/// `--force`. When they cannot be listed the check is skipped with a warning rather than
+/// refusing every ban.
+fn host_addresses() -> Vec<IpAddr> {
+    let addrs = match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this host's addresses; bans are not checked against them");
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|ifaddr| {
+            let address = ifaddr.address?;
+            if let Some(v4) = address.as_sockaddr_in() {
+                return Some(IpAddr::V4(v4.ip()));
+            }
+            address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+        })
+        .filter(|addr| !addr.is_loopback())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Renders a daemon error with its sources, and config errors one per line.
 pub fn describe(error: &DaemonError) -> String {
     match error {
@@ -189,8 +419,11 @@ pub fn describe(error: &DaemonError) -> String {
     }
 }
 
-/// How often the kernel's maps are compared with the desired policy.
+/// How often the kernel's maps are compared with the desired policy and bans.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
+/// How often ended bans are removed.
+const SWEEP_BANS_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
@@ -199,10 +432,23 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     if options.source == ConfigSource::Embedded {
         tracing::warn!("no configuration file; running the embedded default policy (SSH and WireGuard open, everything else dropped)");
     }
+    // Read before the kernel is touched: a ban list that cannot be read stops the start,
+    // because going on without it would lift every ban in it.
+    let bans_path = config.agent.state_dir.join(persist::FILE_NAME);
+    let (bans, ended) = persist::load(&bans_path, SystemTime::now())?;
     // Bound first: a second agent must stop before it touches the kernel.
     let control_listener = control::bind(&config.agent.control_socket)?;
     let requests = interface_requests(&config)?;
     let datapath = Datapath::start(&config.agent.bpffs_dir, &requests, &policy)?;
+    // The maps directory of the datapath's pin layout (see `datapath`).
+    let mut kernel_bans = KernelBans::open(&config.agent.bpffs_dir.join("maps"))?;
+    let changed = kernel_bans.sync(&bans, SystemTime::now(), kernel_bans::kernel_now()?)?;
+    tracing::info!(
+        bans = bans.len(),
+        ended_while_stopped = ended.len(),
+        kernel_entries_changed = changed,
+        "bans in force"
+    );
     tracing::info!(
         generation = datapath.generation(),
         interfaces = datapath.attachments().len(),
@@ -214,9 +460,10 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     let control_path = config.agent.control_socket.clone();
     tokio::spawn(control::serve(control_listener, tx.clone()));
     let metrics_listener = metrics::bind(config.metrics.listen).await?;
+    let metrics = Arc::new(Metrics::new()?);
     tokio::spawn(metrics::serve(
         metrics_listener,
-        Arc::new(Metrics::new()?),
+        metrics.clone(),
         tx.clone(),
     ));
     drop(tx);
@@ -226,11 +473,22 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         config,
         policy,
         datapath,
+        metrics,
+        bans,
+        kernel_bans,
+        bans_path,
+        bans_unsaved: false,
     };
+    if !ended.is_empty() {
+        // The file still lists the bans that ended while the agent was stopped. A failure is
+        // logged by save_bans and retried by the sweep.
+        let _ = agent.save_bans();
+    }
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    let mut sweep = tokio::time::interval(SWEEP_BANS_EVERY);
 
     loop {
         tokio::select! {
@@ -246,7 +504,13 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
                     Ok(n) => tracing::warn!(entries = n, "kernel policy differed from the configuration; repaired"),
                     Err(e) => tracing::error!(error = %datapath::error_chain(&e), "reconciling the kernel policy failed"),
                 }
+                match agent.reconcile_bans() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(entries = n, "kernel ban maps differed from the ban list; repaired"),
+                    Err(e) => tracing::error!(error = %datapath::error_chain(&e), "reconciling the kernel's bans failed"),
+                }
             }
+            _ = sweep.tick() => agent.sweep_bans(),
         }
     }
 

@@ -2,10 +2,12 @@
 //! servers that hold customer data.
 //!
 //! The crate is a library plus the `crmguard` binary. Pure logic (config,
-//! policy compilation) lives in modules that touch no kernel, socket or
-//! clock; only `datapath`, `control`, `metrics` and `daemon` do IO.
+//! policy compilation, the ban list) lives in modules that touch no kernel,
+//! socket or clock; only `datapath`, `control`, `metrics`, `daemon` and
+//! `bans::persist` (the ban list's file) do IO.
 
 pub mod abi;
+pub mod bans;
 pub mod config;
 pub mod control;
 pub mod daemon;

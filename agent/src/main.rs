@@ -1,13 +1,16 @@
 //! The `crmguard` command: argument parsing, logging and exit codes. All the
 //! work is in the library.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use ipnet::IpNet;
 
 use crmguard::config::{self, LogFormat};
-use crmguard::control::{self, Request, Response, Status};
+use crmguard::control::{self, BanAdded, BanStatus, Request, Response, Status};
 use crmguard::daemon::{self, ConfigSource, DaemonError, RunOptions};
 use crmguard::datapath;
 use crmguard::exit;
@@ -57,6 +60,69 @@ enum Command {
     /// Remove the XDP filter from every interface and delete crmguard's
     /// pinned maps (the host is then unfiltered)
     Uninstall,
+    /// Ban source addresses or prefixes in the XDP filter, list bans, lift them
+    Ban {
+        #[command(subcommand)]
+        command: BanCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BanCommand {
+    /// Ban ADDR or ADDR/LEN until the ban expires or is removed
+    ///
+    /// The filter drops the source's packets (reason `banned`) until then,
+    /// also while the agent is not running. A second ban of the same network
+    /// replaces the first.
+    ///
+    /// Never banned: /0, loopback, the unspecified address. Prefixes shorter
+    /// than /8 (IPv4) or /32 (IPv6) and networks that contain one of this
+    /// host's own addresses need --force. Exit 0 when the ban is in force, 64
+    /// when it is refused, 1 when the agent is unreachable or the ban could
+    /// not be saved or enforced.
+    Add {
+        /// The address or prefix; host bits of a prefix are cleared
+        #[arg(value_name = "ADDR[/LEN]", value_parser = parse_net)]
+        net: IpNet,
+        /// How long the ban lasts, such as 30s, 30m, 12h, 7d or 2w [default:
+        /// until `ban remove`]
+        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+        /// Why, as `ban list` and `status` show it
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Also ban broad prefixes and networks that contain this host's own
+        /// addresses
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the bans in force
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the ban of ADDR or ADDR/LEN at once
+    Remove {
+        /// The address or prefix, as it was banned
+        #[arg(value_name = "ADDR[/LEN]", value_parser = parse_net)]
+        net: IpNet,
+    },
+}
+
+/// An address (a /32 or /128) or a prefix.
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            format!(
+                "`{text}` is not an IP address or prefix (such as 203.0.113.7 or 203.0.113.0/24)"
+            )
+        })
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    config::parse_duration(text).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -111,6 +177,10 @@ fn dispatch(cli: Cli) -> u8 {
             Ok(config) => uninstall(&config.agent.bpffs_dir),
             Err(code) => code,
         },
+        Command::Ban { command } => match load(&source) {
+            Ok(config) => ban(&config.agent.control_socket, command),
+            Err(code) => code,
+        },
     }
 }
 
@@ -160,6 +230,7 @@ fn run(options: RunOptions) -> u8 {
 fn exit_code(error: &DaemonError) -> u8 {
     match error {
         DaemonError::Config(_) | DaemonError::Policy(_) => exit::USAGE,
+        DaemonError::BansFile(e) if e.is_invalid() => exit::USAGE,
         DaemonError::Datapath(e) => match e.missing_feature() {
             Some(feature) => {
                 eprintln!("crmguard: this kernel lacks {feature}");
@@ -242,6 +313,120 @@ fn print_status(status: &Status) {
             c.interface, c.action, c.reason, c.packets, c.bytes
         );
     }
+    println!();
+    print_bans(&status.bans);
+}
+
+fn print_bans(bans: &[BanStatus]) {
+    if bans.is_empty() {
+        println!("no bans");
+        return;
+    }
+    let nets: Vec<String> = bans.iter().map(|b| b.net.to_string()).collect();
+    let width = nets.iter().map(String::len).max().unwrap_or(0).max(3);
+    println!(
+        "{:<width$} {:<27} {:<24} REASON",
+        "BANNED", "EXPIRES", "SOURCE"
+    );
+    for (ban, net) in bans.iter().zip(&nets) {
+        println!(
+            "{net:<width$} {:<27} {:<24} {}",
+            ban.expires.as_deref().unwrap_or("never"),
+            ban.source,
+            ban.reason
+        );
+    }
+}
+
+/// The author of a manual ban: `admin:` and the name of the user running the command (its
+/// uid when the name cannot be found).
+fn admin_actor() -> String {
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => format!("admin:{}", user.name),
+        _ => format!("admin:{uid}"),
+    }
+}
+
+fn ban(socket: &Path, command: BanCommand) -> u8 {
+    match command {
+        BanCommand::Add {
+            net,
+            ttl,
+            reason,
+            force,
+        } => {
+            let request = Request::BanAdd {
+                net,
+                ttl_secs: ttl.map(|d| d.as_secs()),
+                reason,
+                by: admin_actor(),
+                force,
+            };
+            match call(socket, request) {
+                Ok(Response::Banned(added)) => ban_added(&added),
+                Ok(other) => unexpected(other),
+                Err(code) => code,
+            }
+        }
+        BanCommand::List { json } => match call(socket, Request::BanList) {
+            Ok(Response::Bans { bans }) if json => match serde_json::to_string_pretty(&bans) {
+                Ok(text) => {
+                    println!("{text}");
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("crmguard: {e}");
+                    exit::FAILURE
+                }
+            },
+            Ok(Response::Bans { bans }) => {
+                print_bans(&bans);
+                exit::OK
+            }
+            Ok(other) => unexpected(other),
+            Err(code) => code,
+        },
+        BanCommand::Remove { net } => match call(socket, Request::BanRemove { net }) {
+            Ok(Response::BanRemoved { ban, error }) => {
+                println!("lifted the ban of {}", ban.net);
+                match error {
+                    Some(message) => {
+                        eprintln!("crmguard: {message}");
+                        exit::FAILURE
+                    }
+                    None => exit::OK,
+                }
+            }
+            Ok(other) => unexpected(other),
+            Err(code) => code,
+        },
+    }
+}
+
+fn ban_added(added: &BanAdded) -> u8 {
+    let ban = &added.ban;
+    match &ban.expires {
+        Some(expires) => println!("banned {} until {expires}", ban.net),
+        None => println!("banned {} until removed", ban.net),
+    }
+    if let Some(old) = &added.replaced {
+        println!(
+            "this replaces the ban by {} until {}",
+            old.source,
+            old.expires.as_deref().unwrap_or("removed")
+        );
+    }
+    for warning in &added.warnings {
+        eprintln!("crmguard: warning: {warning}");
+    }
+    match &added.error {
+        Some(message) => {
+            eprintln!("crmguard: {message}");
+            exit::FAILURE
+        }
+        None => exit::OK,
+    }
 }
 
 fn reload(socket: &Path) -> u8 {
@@ -259,12 +444,23 @@ fn reload(socket: &Path) -> u8 {
     }
 }
 
+/// Reports an answer the command did not ask for: a refusal (exit 64), an error or anything
+/// else (exit 1).
 fn unexpected(response: Response) -> u8 {
     match response {
-        Response::Error { message } => eprintln!("crmguard: {message}"),
-        other => eprintln!("crmguard: unexpected answer from the agent: {other:?}"),
+        Response::Refused { message } => {
+            eprintln!("crmguard: {message}");
+            exit::USAGE
+        }
+        Response::Error { message } => {
+            eprintln!("crmguard: {message}");
+            exit::FAILURE
+        }
+        other => {
+            eprintln!("crmguard: unexpected answer from the agent: {other:?}");
+            exit::FAILURE
+        }
     }
-    exit::FAILURE
 }
 
 fn uninstall(bpffs_dir: &Path) -> u8 {

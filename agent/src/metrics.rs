@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -19,6 +19,8 @@ pub struct Metrics {
     registry: Registry,
     xdp_attached: IntGaugeVec,
     generation: IntGauge,
+    bans_active: IntGauge,
+    bans_total: IntCounterVec,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +62,34 @@ impl Metrics {
             "Generation of the policy the kernel enforces",
         )?;
         registry.register(Box::new(generation.clone()))?;
+        let bans_active = IntGauge::new(
+            "crmguard_bans_active",
+            "Bans in force (addresses and prefixes the XDP filter drops)",
+        )?;
+        registry.register(Box::new(bans_active.clone()))?;
+        let bans_total = IntCounterVec::new(
+            Opts::new(
+                "crmguard_bans_total",
+                "Bans added since the agent started, by reason: manual or the detector's name",
+            ),
+            &["reason"],
+        )?;
+        // Present from the start, so that rate() sees the first manual ban.
+        bans_total.with_label_values(&["manual"]);
+        registry.register(Box::new(bans_total.clone()))?;
         Ok(Self {
             registry,
             xdp_attached,
             generation,
+            bans_active,
+            bans_total,
         })
+    }
+
+    /// Counts one added ban. `reason` is `BanSource::label`: `manual` or a detector's name,
+    /// never the free text of the ban.
+    pub fn ban_added(&self, reason: &str) {
+        self.bans_total.with_label_values(&[reason]).inc();
     }
 
     /// The text exposition for one status snapshot.
@@ -76,6 +101,8 @@ impl Metrics {
                 .set(1);
         }
         self.generation.set(i64::from(status.generation));
+        self.bans_active
+            .set(i64::try_from(status.bans.len()).unwrap_or(i64::MAX));
         let mut families = self.registry.gather();
         families.push(counter_family(
             "crmguard_xdp_packets_total",
@@ -215,7 +242,7 @@ async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{CounterStatus, InterfaceStatus};
+    use crate::control::{BanStatus, CounterStatus, InterfaceStatus};
 
     #[test]
     fn renders_the_contract_names() {
@@ -238,7 +265,17 @@ mod tests {
                 packets: 5,
                 bytes: 300,
             }],
+            bans: vec![BanStatus {
+                net: "203.0.113.7/32".parse().expect("net"),
+                expires: None,
+                reason: "free text that is never a label".into(),
+                source: "admin:alice".into(),
+                created: "2025-01-01T00:00:00.000000Z".into(),
+            }],
         };
+        metrics.ban_added("manual");
+        metrics.ban_added("manual");
+        metrics.ban_added("auth_failures");
         let text = metrics.render(&status);
         for line in [
             "crmguard_build_info{version=",
@@ -247,8 +284,14 @@ mod tests {
             "crmguard_xdp_packets_total{interface=\"eth0\",action=\"drop\",reason=\"default_drop\"} 5",
             "crmguard_xdp_bytes_total{interface=\"eth0\",action=\"drop\",reason=\"default_drop\"} 300",
             "# TYPE crmguard_xdp_packets_total counter",
+            "crmguard_bans_active 1",
+            "# TYPE crmguard_bans_total counter",
+            "crmguard_bans_total{reason=\"manual\"} 2",
+            "crmguard_bans_total{reason=\"auth_failures\"} 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+        assert!(!text.contains("free text"), "{text}");
+        assert!(!text.contains("203.0.113.7"), "{text}");
     }
 }

@@ -55,6 +55,7 @@ pub enum PolicyError {
 pub fn compile(config: &Config) -> Result<CompiledPolicy, PolicyError> {
     let mut policy = CompiledPolicy {
         config: global_settings(config),
+        global_syn_per_s: config.firewall.limits.global_syn_per_s,
         ..Default::default()
     };
     compile_deny(config, &mut policy);
@@ -387,5 +388,7 @@ mod tests {
         assert_eq!(policy.config.icmp, abi::ICMP_NONE);
         assert_eq!(policy.config.flags, 0);
         assert_eq!(u16::from_be(policy.config.wg_port_be), 51821);
+        assert_eq!(policy.global_syn_per_s, 20000);
+        assert_eq!(policy.config.src_pps, 2000);
     }
 }

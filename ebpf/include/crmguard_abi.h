@@ -170,12 +170,24 @@ struct cg_svc_lpm6 {
 };
 
 /*
- * Bans: dynamic, outside the policy generations, each with its own expiry on
- * the kernel's CLOCK_BOOTTIME (bpf_ktime_get_boot_ns), so a ban ends on time
- * even while the agent is down.  Keys as in the deny set.
+ * Time: every expiry and rate limit in these maps is on CLOCK_MONOTONIC, in
+ * nanoseconds.  The programs read it coarsely (bpf_ktime_get_coarse_ns,
+ * a few nanoseconds instead of tens, at jiffy resolution); user space writes
+ * expiries with clock_gettime(CLOCK_MONOTONIC).
+ *
+ * Bans: dynamic, outside the policy generations, each with its own expiry,
+ * so a ban ends on time even while the agent is down.  Keys as in the deny
+ * set.  cg_ban_flags[0] says which of the four ban maps may hold entries, so
+ * that a host without bans pays no lookup for them: the agent sets a bit
+ * before it inserts into that map and clears it once the map is empty.
  */
+#define CG_BAN_HOSTS4 (1U << 0)
+#define CG_BAN_HOSTS6 (1U << 1)
+#define CG_BAN_PREFIXES4 (1U << 2)
+#define CG_BAN_PREFIXES6 (1U << 3)
+
 struct cg_ban {
-	__u64 expires_ns; /* CLOCK_BOOTTIME; 0: never */
+	__u64 expires_ns; /* CLOCK_MONOTONIC; 0: never */
 	__u32 reason;     /* the agent's ban reason number, for status */
 	__u32 _pad;
 };

@@ -75,6 +75,18 @@ const TEST: &[Package] = &[
         "promtool: checks /metrics and the alert rules",
     ),
     NCAT,
+    pkg(
+        "dnsmasq-base",
+        "dnsmasq: a real DNS server for the host's own lookups (allow_established)",
+    ),
+    pkg(
+        "bind9-dnsutils",
+        "dig: a real DNS client on the host (allow_established)",
+    ),
+    pkg(
+        "python3",
+        "python3 -m http.server: a real HTTP server for downloads (allow_established)",
+    ),
 ];
 
 const DEMO: &[Package] = &[CLANG, LIBBPF_DEV, IPROUTE2, PING, NCAT, CURL];

@@ -1,5 +1,5 @@
-//! The control socket: how `crmguard status`, `reload` and later commands
-//! talk to the running agent.
+//! The control socket: how `crmguard status`, `reload`, `ban` and later
+//! commands talk to the running agent.
 //!
 //! Protocol: one JSON request per connection, one line; one JSON response
 //! line back. The socket is created mode 0600 (root only): whoever can
@@ -11,10 +11,13 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::bans::{self, Ban};
 
 /// A request to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +25,23 @@ use tokio::sync::{mpsc, oneshot};
 pub enum Request {
     Status,
     Reload,
+    /// `crmguard ban add`.
+    BanAdd {
+        net: IpNet,
+        /// `None` bans until `ban remove`.
+        ttl_secs: Option<u64>,
+        reason: Option<String>,
+        /// `admin:<unix user>`.
+        by: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// `crmguard ban list`.
+    BanList,
+    /// `crmguard ban remove`.
+    BanRemove {
+        net: IpNet,
+    },
 }
 
 /// The agent's answer.
@@ -29,8 +49,64 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Status(Status),
-    Reloaded { generation: u32 },
-    Error { message: String },
+    Reloaded {
+        generation: u32,
+    },
+    Banned(BanAdded),
+    Bans {
+        bans: Vec<BanStatus>,
+    },
+    BanRemoved {
+        ban: BanStatus,
+        /// Set when the ban was lifted but not everywhere (see [`BanAdded::error`]).
+        error: Option<String>,
+    },
+    /// The request was invalid and changed nothing (the CLI exits 64).
+    Refused {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// The answer to `ban add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanAdded {
+    /// The ban now in force.
+    pub ban: BanStatus,
+    /// The ban of the same network it replaced.
+    pub replaced: Option<BanStatus>,
+    /// Things the administrator should know; the ban was applied anyway.
+    pub warnings: Vec<String>,
+    /// Set when the ban is in the agent's list but could not be saved to disk or written to
+    /// the kernel; the agent keeps retrying and the CLI exits 1.
+    pub error: Option<String>,
+}
+
+/// One ban as `ban list` and `status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanStatus {
+    pub net: IpNet,
+    /// RFC 3339 UTC; `None` (JSON null) for a ban until removed.
+    pub expires: Option<String>,
+    pub reason: String,
+    /// `admin:<unix user>` or `detector:<name>`.
+    pub source: String,
+    /// RFC 3339 UTC.
+    pub created: String,
+}
+
+impl From<&Ban> for BanStatus {
+    fn from(ban: &Ban) -> Self {
+        BanStatus {
+            net: ban.net,
+            expires: ban.expires.map(bans::format_time),
+            reason: ban.reason.clone(),
+            source: ban.source.describe(),
+            created: bans::format_time(ban.created),
+        }
+    }
 }
 
 /// What `crmguard status` shows.
@@ -44,6 +120,9 @@ pub struct Status {
     pub interfaces: Vec<InterfaceStatus>,
     /// Non-zero counters only.
     pub counters: Vec<CounterStatus>,
+    /// The bans in force, in network order.
+    #[serde(default)]
+    pub bans: Vec<BanStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,4 +255,62 @@ pub async fn ask(commands: &mpsc::Sender<Command>, request: Request) -> Response
     rx.await.unwrap_or(Response::Error {
         message: "the agent is shutting down".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire format of the ban requests: what `crmguard ban ...` of one version sends to the
+    /// agent of another.
+    #[test]
+    fn ban_requests_on_the_wire() {
+        let check = |request: Request, json: &str| {
+            assert_eq!(serde_json::to_string(&request).expect("encodes"), json);
+            assert_eq!(
+                serde_json::from_str::<Request>(json).expect("decodes"),
+                request
+            );
+        };
+        check(
+            Request::BanAdd {
+                net: "203.0.113.0/24".parse().expect("net"),
+                ttl_secs: Some(3600),
+                reason: Some("scanner".into()),
+                by: "admin:alice".into(),
+                force: false,
+            },
+            r#"{"cmd":"ban_add","net":"203.0.113.0/24","ttl_secs":3600,"reason":"scanner","by":"admin:alice","force":false}"#,
+        );
+        check(Request::BanList, r#"{"cmd":"ban_list"}"#);
+        check(
+            Request::BanRemove {
+                net: "2001:db8::1/128".parse().expect("net"),
+            },
+            r#"{"cmd":"ban_remove","net":"2001:db8::1/128"}"#,
+        );
+        // `force` may be left out.
+        assert_eq!(
+            serde_json::from_str::<Request>(
+                r#"{"cmd":"ban_add","net":"203.0.113.7/32","ttl_secs":null,"reason":null,"by":"admin:root"}"#
+            )
+            .expect("decodes"),
+            Request::BanAdd {
+                net: "203.0.113.7/32".parse().expect("net"),
+                ttl_secs: None,
+                reason: None,
+                by: "admin:root".into(),
+                force: false,
+            }
+        );
+    }
+
+    #[test]
+    fn a_status_without_bans_still_decodes() {
+        let json = r#"{"result":"status","version":"0","config":"c","mode":"enforce","generation":1,"interfaces":[],"counters":[]}"#;
+        let Ok(Response::Status(status)) = serde_json::from_str::<Response>(json) else {
+            panic!("{json} does not decode");
+        };
+        assert_eq!(status.bans, Vec::new());
+    }
 }

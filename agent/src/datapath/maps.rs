@@ -88,6 +88,7 @@ pub const MAP_SPECS: &[MapSpec] = &[
     spec::<abi::Addr6, abi::Ban>("cg_ban6", abi::BAN_HOST_MAX),
     spec::<abi::Lpm4, abi::Ban>("cg_ban4_lpm", abi::BAN_PREFIX_MAX),
     spec::<abi::Lpm6, abi::Ban>("cg_ban6_lpm", abi::BAN_PREFIX_MAX),
+    spec::<u32, u32>("cg_ban_flags", 1),
     spec::<abi::RlKey, abi::Rl>("cg_rl", abi::RL_MAX),
     spec::<u32, abi::Rl>("cg_syn_budget", 1),
     spec::<abi::FragKey, abi::Frag>("cg_frags", abi::FRAG_MAX),
@@ -166,6 +167,25 @@ struct Entries {
     values: Vec<u8>,
 }
 
+/// Inner maps up to this capacity are refilled in place on a reload.
+const REUSE_MAX: u32 = 65_536;
+/// The smallest inner map created.
+const MIN_CAPACITY: u32 = 1024;
+
+fn fill(inner: &MapData, kind: &Kind, entries: &Entries) -> Result<(), MapsError> {
+    sys::update_all(
+        inner.fd().as_fd(),
+        usize::try_from(kind.key_size).unwrap_or(0),
+        &entries.keys,
+        usize::try_from(kind.value_size).unwrap_or(0),
+        &entries.values,
+    )
+    .map_err(|source| MapsError::Fill {
+        map: kind.outer,
+        source,
+    })
+}
+
 impl Entries {
     fn of<K: Pod, V: Pod>(map: &BTreeMap<K, V>) -> Entries {
         let mut keys = Vec::with_capacity(map.len() * std::mem::size_of::<K>());
@@ -175,6 +195,11 @@ impl Entries {
             values.extend_from_slice(sys::bytes_of(v));
         }
         Entries { keys, values }
+    }
+
+    fn count(&self, kind: &Kind) -> u32 {
+        let ks = usize::try_from(kind.key_size).unwrap_or(1).max(1);
+        u32::try_from(self.keys.len() / ks).unwrap_or(u32::MAX)
     }
 
     /// As a sorted map of key bytes to value bytes, for comparison.
@@ -291,45 +316,69 @@ impl PolicyMaps {
         }
     }
 
-    /// Swaps `policy` in as `generation`: fresh maps in the slot not in
-    /// force, then one write of `cg_active`.
+    /// Swaps `policy` in as `generation`: the slot not in force gets the
+    /// complete new policy, then one write of `cg_active` switches to it.
+    ///
+    /// Small maps of that slot are emptied and refilled in place. A map that
+    /// is too small, or large (where refilling in place costs more than a
+    /// fresh map), is replaced by a fresh one sized to the policy; replacing
+    /// an inner map makes the kernel wait for an RCU grace period, which is
+    /// why small reloads avoid it.
     pub fn apply(&mut self, policy: &CompiledPolicy, generation: u32) -> Result<(), MapsError> {
         let next = (self.active_slot()? + 1) % abi::POLICY_SLOTS;
         for ((kind, entries), outer) in KINDS.iter().zip(entries(policy)).zip(self.outer.iter_mut())
         {
-            let inner = sys::map_create(
-                kind.map_type,
-                kind.key_size,
-                kind.value_size,
-                kind.max_entries,
-                kind.flags,
-                kind.outer,
-            )
-            .map_err(|source| MapsError::Create {
-                map: kind.outer,
-                source,
-            })?;
-            sys::update_all(
-                inner.as_fd(),
-                usize::try_from(kind.key_size).unwrap_or(0),
-                &entries.keys,
-                usize::try_from(kind.value_size).unwrap_or(0),
-                &entries.values,
-            )
-            .map_err(|source| MapsError::Fill {
-                map: kind.outer,
-                source,
-            })?;
-            let inner = MapData::from_fd(inner).map_err(|source| MapsError::Update {
-                map: kind.outer,
-                source,
-            })?;
-            outer
-                .set(next, &inner, 0)
-                .map_err(|source| MapsError::Update {
-                    map: kind.outer,
-                    source,
-                })?;
+            let count = entries.count(kind);
+            let reusable = match outer.get(&next, 0) {
+                Ok(inner) => {
+                    let capacity = inner.info().map(|i| i.max_entries()).unwrap_or(0);
+                    (capacity >= count && capacity <= REUSE_MAX).then_some(inner)
+                }
+                Err(_) => None,
+            };
+            match reusable {
+                Some(inner) => {
+                    let present = read_raw(&inner, kind)?;
+                    for key in present.keys() {
+                        sys::delete_elem(inner.fd().as_fd(), key).map_err(|source| {
+                            MapsError::Fill {
+                                map: kind.outer,
+                                source,
+                            }
+                        })?;
+                    }
+                    fill(&inner, kind, &entries)?;
+                }
+                None => {
+                    let capacity = count
+                        .saturating_mul(2)
+                        .max(MIN_CAPACITY)
+                        .min(kind.max_entries);
+                    let inner = sys::map_create(
+                        kind.map_type,
+                        kind.key_size,
+                        kind.value_size,
+                        capacity,
+                        kind.flags,
+                        kind.outer,
+                    )
+                    .map_err(|source| MapsError::Create {
+                        map: kind.outer,
+                        source,
+                    })?;
+                    let inner = MapData::from_fd(inner).map_err(|source| MapsError::Update {
+                        map: kind.outer,
+                        source,
+                    })?;
+                    fill(&inner, kind, &entries)?;
+                    outer
+                        .set(next, &inner, 0)
+                        .map_err(|source| MapsError::Update {
+                            map: kind.outer,
+                            source,
+                        })?;
+                }
+            }
         }
         self.config
             .set(next, self.kernel_config(policy, generation), 0)
@@ -347,14 +396,24 @@ impl PolicyMaps {
         Ok(())
     }
 
-    /// Drops the maps of the slot not in force. Called well after a swap, so
-    /// that no packet that read the old slot is still looking into it.
+    /// Drops the large maps of the slot not in force, so that a big policy
+    /// is not kept twice. Called well after a swap, so that no packet that
+    /// read the old slot is still looking into it.
     pub fn release_inactive(&mut self) -> Result<(), MapsError> {
         let inactive = (self.active_slot()? + 1) % abi::POLICY_SLOTS;
-        for (kind, outer) in KINDS.iter().zip(self.outer_fds.iter()) {
-            match sys::delete_elem(outer.fd().as_fd(), &inactive.to_ne_bytes()) {
+        for ((kind, outer), outer_fd) in KINDS
+            .iter()
+            .zip(self.outer.iter())
+            .zip(self.outer_fds.iter())
+        {
+            let Ok(inner) = outer.get(&inactive, 0) else {
+                continue;
+            };
+            if inner.info().map(|i| i.max_entries()).unwrap_or(0) <= REUSE_MAX {
+                continue;
+            }
+            match sys::delete_elem(outer_fd.fd().as_fd(), &inactive.to_ne_bytes()) {
                 Ok(()) => {}
-                // An empty slot is not an error.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(source) => {
                     return Err(MapsError::Fill {
@@ -379,7 +438,7 @@ impl PolicyMaps {
         for ((kind, desired), outer) in KINDS.iter().zip(entries(policy)).zip(self.outer.iter()) {
             let desired = desired.to_map(kind);
             let present = match outer.get(&slot, 0) {
-                Ok(inner) => read_raw(inner, kind)?,
+                Ok(inner) => read_raw(&inner, kind)?,
                 Err(MapError::KeyNotFound) => BTreeMap::new(),
                 Err(source) => {
                     return Err(MapsError::Read {
@@ -453,12 +512,14 @@ fn count_differences(
 }
 
 /// Reads every entry of an inner map as raw bytes.
-fn read_raw(inner: MapData, kind: &Kind) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MapsError> {
+fn read_raw(inner: &MapData, kind: &Kind) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MapsError> {
     let read_err = |source| MapsError::Read {
         map: kind.outer,
         source,
     };
-    let map = Map::from_map_data(inner).map_err(read_err)?;
+    // A second handle on the same map, which the typed readers consume.
+    let id = inner.info().map_err(read_err)?.id();
+    let map = Map::from_map_data(MapData::from_id(id).map_err(read_err)?).map_err(read_err)?;
     let mut out = BTreeMap::new();
     macro_rules! collect {
         ($map:expr) => {

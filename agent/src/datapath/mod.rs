@@ -10,6 +10,7 @@
 //!                                (native or generic); bpffs forbids dots in names,
 //!                                so a `.` of the interface name is stored as `:`,
 //!                                which interface names cannot contain
+//! links/tc-<ifname>, tcnl-<ifname>  the egress flow recorder of the interface (tc.rs)
 //! ```
 //!
 //! Invariant: an interface that had the filter keeps a filter at every
@@ -17,9 +18,12 @@
 //! one BPF_LINK_UPDATE and never detaches first; the maps it finds pinned keep
 //! the last policy until the new one is written.
 
+pub mod bans;
 pub mod bpffs;
+pub mod events;
 pub mod maps;
 pub mod sys;
+pub mod tc;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -84,6 +88,8 @@ pub struct Attachment {
     pub slot: u32,
     /// Whether the link was found pinned (adopted) rather than created.
     pub adopted: bool,
+    /// How the egress flow recorder is attached (`None` until it is).
+    pub egress: Option<tc::EgressMode>,
 }
 
 /// What the agent asks for on one interface.
@@ -145,6 +151,14 @@ pub enum DatapathError {
     },
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error(transparent)]
+    Egress(Box<tc::EgressError>),
+}
+
+impl From<tc::EgressError> for DatapathError {
+    fn from(error: tc::EgressError) -> Self {
+        DatapathError::Egress(Box::new(error))
+    }
 }
 
 impl DatapathError {
@@ -167,6 +181,7 @@ impl DatapathError {
             DatapathError::Attach { source, .. } if errno(source) == Some(libc::EOPNOTSUPP) => {
                 Some("XDP on this interface in the requested mode")
             }
+            DatapathError::Egress(e) => e.missing_feature(),
             _ => None,
         }
     }
@@ -352,6 +367,7 @@ impl Datapath {
             datapath.attachments.push(attachment);
         }
         datapath.remove_stale_links(&pinned)?;
+        datapath.attach_egress()?;
         Ok(datapath)
     }
 
@@ -425,6 +441,7 @@ impl Datapath {
             mode,
             slot,
             adopted: true,
+            egress: None,
         }))
     }
 
@@ -489,7 +506,25 @@ impl Datapath {
             mode,
             slot,
             adopted: false,
+            egress: None,
         })
+    }
+
+    /// Attaches (or adopts) the egress flow recorder on every attached
+    /// interface, and detaches it from interfaces no longer configured.
+    fn attach_egress(&mut self) -> Result<(), DatapathError> {
+        let pinned = tc::pinned(&self.bpffs_dir);
+        if !self.attachments.is_empty() {
+            let mut egress = tc::Egress::load(&self.bpffs_dir)?;
+            for attachment in &mut self.attachments {
+                let attached =
+                    egress.attach(&attachment.name, attachment.ifindex, tc::Mechanism::Auto)?;
+                attachment.egress = Some(attached.mode);
+            }
+        }
+        let wanted: BTreeSet<&str> = self.attachments.iter().map(|a| a.name.as_str()).collect();
+        tc::remove_stale(&pinned, &wanted)?;
+        Ok(())
     }
 
     /// Detaches links pinned for interfaces that are no longer configured.
@@ -577,9 +612,11 @@ fn mode_satisfies(setting: ModeSetting, mode: AttachMode) -> bool {
 }
 
 /// Removes crmguard from the kernel: every pinned link (which detaches the
-/// filter) and every pinned map under `bpffs_dir`. Returns the interfaces
-/// the filter was removed from.
+/// filter and the egress recorder) and every pinned map under `bpffs_dir`.
+/// Returns the interfaces the filter was removed from.
 pub fn uninstall(bpffs_dir: &Path) -> Result<Vec<String>, DatapathError> {
+    // First: a netlink egress filter is found only through its pin.
+    tc::uninstall(bpffs_dir)?;
     let mut removed = Vec::new();
     for (name, _, path) in pinned_links(bpffs_dir) {
         std::fs::remove_file(&path).map_err(|source| DatapathError::Remove { path, source })?;

@@ -23,7 +23,30 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let out = Workspace::load()?.target_dir.join("bench");
+    let workspace = Workspace::load()?;
+    // The agent ships optimised; parse and apply times are only meaningful
+    // from a release build, so a debug xtask hands over to one.
+    if cfg!(debug_assertions) {
+        let mut cmd = workspace.cargo();
+        cmd.args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "bench",
+        ]);
+        if let Some(suite) = args.suite {
+            cmd.arg(
+                suite
+                    .to_possible_value()
+                    .map_or("xdp".to_owned(), |v| v.get_name().to_owned()),
+            );
+        }
+        return crate::cmd::run(&mut cmd);
+    }
+    let out = workspace.target_dir.join("bench");
     match args.suite {
         Some(Suite::Xdp) | None => xdp::run(&out),
     }
