@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
 
@@ -26,9 +26,11 @@ use crate::bans::persist::{self, PersistError};
 use crate::bans::{Ban, BanStore, KernelKey, KernelValue, ManualBan, Safeguards};
 use crate::config::{self, Config, ConfigErrors, Mode};
 use crate::control::{
-    self, BanAdded, BanStatus, Command, CounterStatus, InterfaceStatus, Request, Response, Status,
+    self, BanAdded, BanStatus, Command, CounterStatus, DropStatus, InterfaceStatus, Request,
+    Response, Status,
 };
 use crate::datapath::bans::{self as kernel_bans, KernelBans, KernelBansError};
+use crate::datapath::events::{DropEvent, EventReader, Recent};
 use crate::datapath::{self, Datapath, DatapathError, InterfaceRequest};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::policy::{self, CompiledPolicy, PolicyError};
@@ -77,6 +79,8 @@ pub enum DaemonError {
     BansFile(#[from] PersistError),
     #[error("writing the bans into the kernel")]
     KernelBans(#[from] KernelBansError),
+    #[error("opening the XDP program's drop events")]
+    EventMaps(#[from] datapath::MapsError),
 }
 
 /// Options of `crmguard run`.
@@ -130,6 +134,13 @@ struct Agent {
     bans_path: PathBuf,
     /// Whether the last save of the ban list failed; the sweep retries until it succeeds.
     bans_unsaved: bool,
+    /// Sampled drops from the XDP program.
+    recent: Recent,
+    /// What the last comparison of kernel and policy found.
+    divergence: u64,
+    /// When a policy was last swapped in; the previous one is released a
+    /// while after.
+    last_swap: Instant,
 }
 
 impl Agent {
@@ -164,11 +175,34 @@ impl Agent {
                     ifindex: a.ifindex,
                     mode: a.mode.name().to_owned(),
                     adopted: a.adopted,
+                    egress: a.egress.map(|m| m.name().to_owned()),
                 })
                 .collect(),
             counters,
             bans: self.bans.iter().map(BanStatus::from).collect(),
+            policy_divergence_entries: self.divergence,
+            drop_events_total: self.recent.total(),
+            recent_drops: self.recent.events().map(|e| self.drop_status(e)).collect(),
         })
+    }
+
+    fn drop_status(&self, event: &DropEvent) -> DropStatus {
+        let interface = self
+            .datapath
+            .attachments()
+            .iter()
+            .find(|a| a.slot == event.ifslot)
+            .map_or_else(|| format!("slot {}", event.ifslot), |a| a.name.clone());
+        DropStatus {
+            interface,
+            action: event.action.clone(),
+            reason: event.reason.clone(),
+            src: event.src.to_string(),
+            dst: event.dst.to_string(),
+            proto: event.proto,
+            sport: event.sport,
+            dport: event.dport,
+        }
     }
 
     /// Re-reads the config and applies it. A config that does not load or
@@ -177,6 +211,7 @@ impl Agent {
         let config = self.source.load()?;
         let policy = policy::compile(&config)?;
         let generation = self.datapath.apply(&policy)?;
+        self.last_swap = Instant::now();
         if config.interfaces != self.config.interfaces {
             tracing::warn!("interface changes take effect when the agent restarts");
         }
@@ -422,6 +457,14 @@ pub fn describe(error: &DaemonError) -> String {
 /// How often the kernel's maps are compared with the desired policy and bans.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
+/// How often sampled drop events are taken from the ring buffer. It holds
+/// thousands of them and the program samples at most a few hundred a second
+/// per CPU, so nothing is lost in between.
+const DRAIN_EVENTS_EVERY: Duration = Duration::from_millis(200);
+
+/// How long after a swap the previous policy's large maps are released.
+const RELEASE_AFTER: Duration = Duration::from_secs(2);
+
 /// How often ended bans are removed.
 const SWEEP_BANS_EVERY: Duration = Duration::from_secs(1);
 
@@ -441,7 +484,8 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     let requests = interface_requests(&config)?;
     let datapath = Datapath::start(&config.agent.bpffs_dir, &requests, &policy)?;
     // The maps directory of the datapath's pin layout (see `datapath`).
-    let mut kernel_bans = KernelBans::open(&config.agent.bpffs_dir.join("maps"))?;
+    let config_maps_dir = config.agent.bpffs_dir.join("maps");
+    let mut kernel_bans = KernelBans::open(&config_maps_dir)?;
     let changed = kernel_bans.sync(&bans, SystemTime::now(), kernel_bans::kernel_now()?)?;
     tracing::info!(
         bans = bans.len(),
@@ -478,6 +522,9 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         kernel_bans,
         bans_path,
         bans_unsaved: false,
+        recent: Recent::default(),
+        divergence: 0,
+        last_swap: Instant::now(),
     };
     if !ended.is_empty() {
         // The file still lists the bans that ended while the agent was stopped. A failure is
@@ -488,6 +535,8 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    let mut events = EventReader::open(&config_maps_dir)?;
+    let mut drain_events = tokio::time::interval(DRAIN_EVENTS_EVERY);
     let mut sweep = tokio::time::interval(SWEEP_BANS_EVERY);
 
     loop {
@@ -498,11 +547,26 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
             Some((request, reply)) = rx.recv() => {
                 let _ = reply.send(agent.handle(request));
             }
+            _ = drain_events.tick() => {
+                let undecodable = events.drain(&mut agent.recent);
+                if undecodable > 0 {
+                    tracing::warn!(records = undecodable, "drop events this agent cannot decode (is the program newer than the agent?)");
+                }
+            }
             _ = reconcile.tick() => {
                 match agent.datapath.reconcile(&agent.policy) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(entries = n, "kernel policy differed from the configuration; repaired"),
+                    Ok(0) => agent.divergence = 0,
+                    Ok(n) => {
+                        agent.divergence = n;
+                        agent.last_swap = Instant::now();
+                        tracing::warn!(entries = n, "kernel policy differed from the configuration; repaired");
+                    }
                     Err(e) => tracing::error!(error = %datapath::error_chain(&e), "reconciling the kernel policy failed"),
+                }
+                if agent.last_swap.elapsed() >= RELEASE_AFTER {
+                    if let Err(e) = agent.datapath.release_previous() {
+                        tracing::error!(error = %datapath::error_chain(&e), "releasing the previous policy's maps failed");
+                    }
                 }
                 match agent.reconcile_bans() {
                     Ok(0) => {}

@@ -293,14 +293,27 @@ fn print_status(status: &Status) {
     );
     println!("config: {}", status.config);
     println!();
-    println!("{:<16} {:>8} {:<8} ATTACHED", "INTERFACE", "IFINDEX", "XDP");
+    println!(
+        "{:<16} {:>8} {:<8} {:<8} ATTACHED",
+        "INTERFACE", "IFINDEX", "XDP", "EGRESS"
+    );
     for i in &status.interfaces {
         let how = if i.adopted {
             "adopted from a previous agent"
         } else {
             "by this agent"
         };
-        println!("{:<16} {:>8} {:<8} {}", i.name, i.ifindex, i.mode, how);
+        let egress = i.egress.as_deref().unwrap_or("-");
+        println!(
+            "{:<16} {:>8} {:<8} {:<8} {}",
+            i.name, i.ifindex, i.mode, egress, how
+        );
+    }
+    if status.policy_divergence_entries > 0 {
+        println!(
+            "the kernel's policy differed from the configuration in {} entries at the last check (repaired)",
+            status.policy_divergence_entries
+        );
     }
     println!();
     println!(
@@ -315,6 +328,24 @@ fn print_status(status: &Status) {
     }
     println!();
     print_bans(&status.bans);
+    print_recent_drops(status);
+}
+
+/// The last few sampled drops, newest last.
+fn print_recent_drops(status: &Status) {
+    const SHOWN: usize = 10;
+    println!();
+    println!(
+        "{} drops sampled since start; the most recent:",
+        status.drop_events_total
+    );
+    let skip = status.recent_drops.len().saturating_sub(SHOWN);
+    for d in status.recent_drops.iter().skip(skip) {
+        println!(
+            "  {:<12} {:<10} {:<17} {} -> {} proto {} ports {} -> {}",
+            d.interface, d.action, d.reason, d.src, d.dst, d.proto, d.sport, d.dport
+        );
+    }
 }
 
 fn print_bans(bans: &[BanStatus]) {

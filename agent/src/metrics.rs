@@ -19,6 +19,7 @@ pub struct Metrics {
     registry: Registry,
     xdp_attached: IntGaugeVec,
     generation: IntGauge,
+    divergence: IntGauge,
     bans_active: IntGauge,
     bans_total: IntCounterVec,
 }
@@ -62,6 +63,11 @@ impl Metrics {
             "Generation of the policy the kernel enforces",
         )?;
         registry.register(Box::new(generation.clone()))?;
+        let divergence = IntGauge::new(
+            "crmguard_policy_divergence_entries",
+            "Entries in which the kernel's policy differed from the configuration at the last check (repaired since)",
+        )?;
+        registry.register(Box::new(divergence.clone()))?;
         let bans_active = IntGauge::new(
             "crmguard_bans_active",
             "Bans in force (addresses and prefixes the XDP filter drops)",
@@ -81,6 +87,7 @@ impl Metrics {
             registry,
             xdp_attached,
             generation,
+            divergence,
             bans_active,
             bans_total,
         })
@@ -101,6 +108,8 @@ impl Metrics {
                 .set(1);
         }
         self.generation.set(i64::from(status.generation));
+        self.divergence
+            .set(i64::try_from(status.policy_divergence_entries).unwrap_or(i64::MAX));
         self.bans_active
             .set(i64::try_from(status.bans.len()).unwrap_or(i64::MAX));
         let mut families = self.registry.gather();
@@ -257,6 +266,7 @@ mod tests {
                 ifindex: 2,
                 mode: "native".into(),
                 adopted: false,
+                egress: Some("tcx".into()),
             }],
             counters: vec![CounterStatus {
                 interface: "eth0".into(),
@@ -272,6 +282,9 @@ mod tests {
                 source: "admin:alice".into(),
                 created: "2025-01-01T00:00:00.000000Z".into(),
             }],
+            policy_divergence_entries: 0,
+            drop_events_total: 0,
+            recent_drops: Vec::new(),
         };
         metrics.ban_added("manual");
         metrics.ban_added("manual");
@@ -281,6 +294,7 @@ mod tests {
             "crmguard_build_info{version=",
             "crmguard_xdp_attached{interface=\"eth0\",mode=\"native\"} 1",
             "crmguard_policy_generation 3",
+            "crmguard_policy_divergence_entries 0",
             "crmguard_xdp_packets_total{interface=\"eth0\",action=\"drop\",reason=\"default_drop\"} 5",
             "crmguard_xdp_bytes_total{interface=\"eth0\",action=\"drop\",reason=\"default_drop\"} 300",
             "# TYPE crmguard_xdp_packets_total counter",

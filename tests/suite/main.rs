@@ -11,4 +11,5 @@ mod firewall;
 mod golden;
 mod limits;
 mod monitor;
+mod reconcile;
 mod traffic;

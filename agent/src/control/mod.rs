@@ -123,6 +123,29 @@ pub struct Status {
     /// The bans in force, in network order.
     #[serde(default)]
     pub bans: Vec<BanStatus>,
+    /// Entries in which the kernel's policy differed from the configuration
+    /// at the last comparison (repaired since); 0 in a healthy agent.
+    #[serde(default)]
+    pub policy_divergence_entries: u64,
+    /// Drops sampled by the XDP program since the agent started.
+    #[serde(default)]
+    pub drop_events_total: u64,
+    /// The most recent sampled drops, oldest first.
+    #[serde(default)]
+    pub recent_drops: Vec<DropStatus>,
+}
+
+/// One sampled drop, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropStatus {
+    pub interface: String,
+    pub action: String,
+    pub reason: String,
+    pub src: String,
+    pub dst: String,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +154,9 @@ pub struct InterfaceStatus {
     pub ifindex: u32,
     pub mode: String,
     pub adopted: bool,
+    /// How the egress flow recorder is attached ("tcx" or "netlink").
+    #[serde(default)]
+    pub egress: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
