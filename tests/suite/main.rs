@@ -1,7 +1,9 @@
 //! crmguard's privileged suite: one integration-test binary.
 //!
-//! Every test here needs root and BPF; without them it reports `SKIP name`
-//! and passes, unless CRMGUARD_REQUIRE_PRIVILEGED=1 (CI) makes that a failure.
+//! Nearly every test here needs root and BPF; without them it reports `SKIP
+//! name` and passes, unless CRMGUARD_REQUIRE_PRIVILEGED=1 (CI) makes that a
+//! failure. The few that need neither (the golden packets run through the
+//! reference model) run everywhere.
 
 mod atomic;
 mod attacks;
@@ -12,4 +14,5 @@ mod golden;
 mod limits;
 mod monitor;
 mod reconcile;
+mod scale;
 mod traffic;
