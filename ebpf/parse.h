@@ -68,7 +68,8 @@ struct pkt {
 	__u8 more_frags;
 	__u8 family;     /* 4 or 6 */
 	__u8 proto;
-	__u8 _pad;
+	__u8 frag_proto; /* the protocol fragments are keyed by: IPv4's, or
+			  * the next header of IPv6's fragment header */
 	void *l4;        /* the transport header */
 };
 
@@ -225,7 +226,8 @@ static __always_inline int ipv6_is_unwalked_ext(__u8 next)
  * when unfragmented), *frag_id the fragment identification.
  */
 static __always_inline int walk_ipv6_ext(struct cursor *c, void *data_end, __u8 *nexthdr,
-					 __u32 *frag_off, int *more, __u32 *frag_id)
+					 __u32 *frag_off, int *more, __u32 *frag_id,
+					 __u8 *frag_next)
 {
 	__u8 next = *nexthdr;
 	int i;
@@ -257,7 +259,8 @@ static __always_inline int walk_ipv6_ext(struct cursor *c, void *data_end, __u8 
 			off = bpf_ntohs(f->frag_off);
 			*frag_off = off & 0xfff8;
 			*more = off & 1;
-			*frag_id = f->identification;
+			*frag_id = bpf_ntohl(f->identification);
+			*frag_next = f->nexthdr;
 			len = sizeof(*f);
 			break;
 		}
@@ -271,6 +274,10 @@ static __always_inline int walk_ipv6_ext(struct cursor *c, void *data_end, __u8 
 			return EXT_TRUNCATED;
 		next = h[0];
 		c->pos += len;
+		/* A later fragment carries payload, not headers: what follows
+		 * its fragment header is no header at all. */
+		if (*frag_off)
+			next = IPPROTO_NONE;
 	}
 	/* A seventh extension header: too many. */
 	return EXT_REJECT;

@@ -60,13 +60,13 @@ static __always_inline int flow_addrs(struct cursor *c, void *data_end, __be16 p
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6;
 		__u32 frag_off = 0, frag_id = 0;
+		__u8 next, frag_next;
 		int more = 0;
-		__u8 next;
 
 		if (parse_ipv6_head(c, data_end, &ip6) < 0)
 			return -1;
 		next = ip6->nexthdr;
-		if (walk_ipv6_ext(c, data_end, &next, &frag_off, &more, &frag_id) != EXT_OK)
+		if (walk_ipv6_ext(c, data_end, &next, &frag_off, &more, &frag_id, &frag_next) != EXT_OK)
 			return -1;
 		if (frag_off)
 			return -1;

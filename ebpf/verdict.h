@@ -58,6 +58,7 @@ static __always_inline __u32 parse_l3(struct cursor *c, void *data_end, __be16 p
 			return CG_R_MALFORMED;
 		p->family = 4;
 		p->proto = ip->protocol;
+		p->frag_proto = ip->protocol;
 		p->src4 = ip->saddr;
 		v4_mapped(p->src, ip->saddr);
 		v4_mapped(p->dst, ip->daddr);
@@ -72,8 +73,8 @@ static __always_inline __u32 parse_l3(struct cursor *c, void *data_end, __be16 p
 	if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6;
 		__u32 frag_off = 0, frag_id = 0;
+		__u8 next, frag_next = 0;
 		int more = 0, walk;
-		__u8 next;
 
 		if (parse_ipv6(c, data_end, &ip6) < 0)
 			return CG_R_MALFORMED;
@@ -81,12 +82,13 @@ static __always_inline __u32 parse_l3(struct cursor *c, void *data_end, __be16 p
 		__builtin_memcpy(p->src, &ip6->saddr, 16);
 		__builtin_memcpy(p->dst, &ip6->daddr, 16);
 		next = ip6->nexthdr;
-		walk = walk_ipv6_ext(c, data_end, &next, &frag_off, &more, &frag_id);
+		walk = walk_ipv6_ext(c, data_end, &next, &frag_off, &more, &frag_id, &frag_next);
 		if (walk == EXT_TRUNCATED)
 			return CG_R_MALFORMED;
 		if (walk == EXT_REJECT)
 			return CG_R_IPV6_EXT_HEADER;
 		p->proto = next;
+		p->frag_proto = frag_next;
 		p->l4_len = bpf_ntohs(ip6->payload_len) - (__u32)(c->pos - (void *)(ip6 + 1));
 		p->frag_off = frag_off;
 		p->more_frags = more;
@@ -165,7 +167,7 @@ static __always_inline void frag_key(const struct pkt *p, struct cg_frag_key *ke
 	__builtin_memcpy(key->src, p->src, 16);
 	__builtin_memcpy(key->dst, p->dst, 16);
 	key->id = p->frag_id;
-	key->proto = p->proto;
+	key->proto = p->frag_proto;
 	key->family = p->family;
 }
 
@@ -177,7 +179,7 @@ static __always_inline __u32 later_fragment_reason(const struct pkt *p, __u64 no
 	struct cg_frag_key key = {};
 	struct cg_frag *first;
 
-	if (p->proto == IPPROTO_TCP && p->frag_off < 24)
+	if (p->frag_proto == IPPROTO_TCP && p->frag_off < 24)
 		return CG_R_MALFORMED;
 	frag_key(p, &key);
 	first = bpf_map_lookup_elem(&cg_frags, &key);
@@ -290,7 +292,7 @@ static __always_inline __u32 icmp_reason(const struct pkt *p, void *data_end,
 		return reason;
 	/* The reply to this host's own ping, with its echo id. */
 	if (echo_reply && (void *)(echo_id + 1) <= data_end &&
-	    established(p, *echo_id, 0, cfg, now))
+	    p->l4_len >= sizeof(*icmp) + sizeof(*echo_id) && established(p, *echo_id, 0, cfg, now))
 		return CG_R_ESTABLISHED;
 	return default_reason(cfg);
 }

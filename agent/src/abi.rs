@@ -268,7 +268,7 @@ pub struct Ban {
 }
 
 /// `struct cg_rl_key`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(C)]
 pub struct RlKey {
     pub addr: [u8; 16],
@@ -285,7 +285,7 @@ pub struct Rl {
 }
 
 /// `struct cg_frag_key`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(C)]
 pub struct FragKey {
     pub src: [u8; 16],
@@ -306,7 +306,7 @@ pub struct Frag {
 }
 
 /// `struct cg_flow_key`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(C)]
 pub struct FlowKey {
     pub local: [u8; 16],

@@ -14,4 +14,5 @@ pub mod daemon;
 pub mod datapath;
 pub mod exit;
 pub mod metrics;
+pub mod model;
 pub mod policy;

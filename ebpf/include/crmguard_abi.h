@@ -219,7 +219,9 @@ struct cg_rl {
 	__u32 burst;
 };
 
-/* Fragments: the verdict of a first fragment, for its later fragments. */
+/* Fragments: the verdict of a first fragment, for its later fragments.
+ * The id is in host order for both families; proto is IPv4's protocol, or
+ * the next header named by IPv6's fragment header. */
 struct cg_frag_key {
 	__u8 src[16];
 	__u8 dst[16];

@@ -10,6 +10,7 @@
 //! the firewall must do, the harness only makes it observable.
 
 pub mod agent;
+pub mod frames;
 pub mod net;
 pub mod netns;
 pub mod privileged;

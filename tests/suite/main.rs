@@ -8,6 +8,7 @@
 mod atomic;
 mod attacks;
 mod bans;
+mod differential;
 mod established;
 mod firewall;
 mod golden;

@@ -95,7 +95,7 @@ fn a_million_addresses_and_100k_prefixes_load_within_5_s() -> Result<()> {
     }
 
     let program = datapath::program(&mut ebpf)?;
-    let mut verdict = |src: Ipv4Addr| -> Result<u32> {
+    let verdict = |src: Ipv4Addr| -> Result<u32> {
         let frame = udp_from(src);
         let result = program.test_run(TestRunOptions {
             data_in: Some(&frame),

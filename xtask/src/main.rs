@@ -2,14 +2,15 @@
 //!
 //! Plain `cargo build` and `cargo test` work without this crate. xtask only chains what a
 //! developer, CI or a packager would otherwise type by hand: installing the Debian packages a
-//! task needs, running the privileged suite as root, the network-namespace demo, lints and the
-//! Debian package.
+//! task needs, running the privileged suite as root, the network-namespace demo, lints, the
+//! Debian package, and long differential runs of the XDP program against its reference model.
 
 mod bench;
 mod cmd;
 mod deb;
 mod demo;
 mod deps;
+mod fuzz;
 mod lint;
 mod test;
 mod workspace;
@@ -41,6 +42,8 @@ enum Task {
     Deb(deb::Args),
     /// Measure performance side by side with the comparators (ratios from one run).
     Bench(bench::Args),
+    /// Compare the XDP program with the agent's reference model on 10^7 generated frames.
+    FuzzXdp(fuzz::Args),
     /// Install the Debian packages and Rust components a task needs, and nothing else.
     Deps {
         #[arg(value_enum)]
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Task::Demo(args) => demo::run(&args),
         Task::Deb(args) => deb::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::FuzzXdp(args) => fuzz::run(&args),
         Task::Deps { task } => deps::ensure(task),
     };
     match result {

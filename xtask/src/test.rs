@@ -113,13 +113,13 @@ fn stream(cmd: &mut Command) -> Result<(std::process::ExitStatus, Option<Totals>
     Ok((status, totals))
 }
 
-fn cargo_program() -> String {
+pub(crate) fn cargo_program() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
 /// CARGO_HOME and RUSTUP_HOME as this user sees them, so cargo under sudo finds the same
 /// toolchain and registry cache instead of root's.
-fn rust_homes() -> Result<Vec<(&'static str, OsString)>> {
+pub(crate) fn rust_homes() -> Result<Vec<(&'static str, OsString)>> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let mut vars = Vec::new();
     for (var, default) in [("CARGO_HOME", ".cargo"), ("RUSTUP_HOME", ".rustup")] {
