@@ -104,7 +104,7 @@ static __always_inline __u32 parse_l3(struct cursor *c, void *data_end, __be16 p
 
 /* ---- the deny set and bans ---------------------------------------------- */
 
-static __always_inline int denied(const struct pkt *p, __u32 slot)
+static __always_inline int denied(const struct pkt *p, const struct cg_config *cfg, __u32 slot)
 {
 	void *hash, *trie;
 
@@ -114,6 +114,8 @@ static __always_inline int denied(const struct pkt *p, __u32 slot)
 		hash = slot_map(&cg_deny4, slot);
 		if (hash && bpf_map_lookup_elem(hash, &p->src4))
 			return 1;
+		if (!(cfg->flags & CG_CFG_DENY4_PREFIXES))
+			return 0;
 		trie = slot_map(&cg_deny4_lpm, slot);
 		return trie && bpf_map_lookup_elem(trie, &key);
 	} else {
@@ -123,6 +125,8 @@ static __always_inline int denied(const struct pkt *p, __u32 slot)
 		hash = slot_map(&cg_deny6, slot);
 		if (hash && bpf_map_lookup_elem(hash, key.addr))
 			return 1;
+		if (!(cfg->flags & CG_CFG_DENY6_PREFIXES))
+			return 0;
 		trie = slot_map(&cg_deny6_lpm, slot);
 		return trie && bpf_map_lookup_elem(trie, &key);
 	}
@@ -438,7 +442,8 @@ static __always_inline __u32 transport_reason(const struct pkt *p, void *data_en
 	svc = services ? bpf_map_lookup_elem(services, &key) : NULL;
 	if (svc && from_allowed(svc, p, slot))
 		return service_limits(p, svc, syn, cfg, now);
-	if (established(p, dport, sport, cfg, now))
+	/* A SYN without ACK opens a connection; it is never a reply. */
+	if (!syn && established(p, dport, sport, cfg, now))
 		return CG_R_ESTABLISHED;
 	return default_reason(cfg);
 }
@@ -455,7 +460,7 @@ static __always_inline __u32 decide(void *data, void *data_end, const struct cg_
 	reason = parse_l3(&c, data_end, proto, p);
 	if (reason)
 		return reason;
-	if (denied(p, slot))
+	if (denied(p, cfg, slot))
 		return CG_R_DENIED_SOURCE;
 	if (banned(p, now))
 		return CG_R_BANNED;

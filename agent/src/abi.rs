@@ -148,6 +148,10 @@ pub const ICMP_NONE: u8 = 2;
 
 /// `CG_CFG_ALLOW_ESTABLISHED`.
 pub const CFG_ALLOW_ESTABLISHED: u8 = 1 << 0;
+/// `CG_CFG_DENY4_PREFIXES`, `CG_CFG_DENY6_PREFIXES`: the slot's deny tries
+/// hold prefixes.
+pub const CFG_DENY4_PREFIXES: u8 = 1 << 1;
+pub const CFG_DENY6_PREFIXES: u8 = 1 << 2;
 
 /// `CG_SVC_FROM_ANY`.
 pub const SVC_FROM_ANY: u32 = 1 << 0;
@@ -541,6 +545,18 @@ mod tests {
         ] {
             assert_eq!(header_value(name), u64::from(kind), "{name}");
         }
+    }
+
+    #[test]
+    fn deny_prefix_flags_match_header() {
+        assert_eq!(
+            header_value("CG_CFG_DENY4_PREFIXES"),
+            u64::from(CFG_DENY4_PREFIXES)
+        );
+        assert_eq!(
+            header_value("CG_CFG_DENY6_PREFIXES"),
+            u64::from(CFG_DENY6_PREFIXES)
+        );
     }
 
     #[test]

@@ -174,15 +174,21 @@ fn longest_match<'a, K, V>(
 
 /// `denied`: the hash of single addresses, then the trie of prefixes.
 fn denied(policy: &CompiledPolicy, p: &Packet) -> bool {
+    // The tries are consulted only when the slot's flags say they hold
+    // prefixes, as in the C.
+    let flags = policy.config.flags;
     if p.family == 4 {
         policy.deny4.contains_key(&p.src4)
-            || longest_match(&policy.deny4_lpm, &p.src4, |k| {
-                (k.prefixlen, &k.addr_be[..])
-            })
-            .is_some()
+            || (flags & abi::CFG_DENY4_PREFIXES != 0
+                && longest_match(&policy.deny4_lpm, &p.src4, |k| {
+                    (k.prefixlen, &k.addr_be[..])
+                })
+                .is_some())
     } else {
         policy.deny6.contains_key(&p.src)
-            || longest_match(&policy.deny6_lpm, &p.src, |k| (k.prefixlen, &k.addr[..])).is_some()
+            || (flags & abi::CFG_DENY6_PREFIXES != 0
+                && longest_match(&policy.deny6_lpm, &p.src, |k| (k.prefixlen, &k.addr[..]))
+                    .is_some())
     }
 }
 
@@ -627,7 +633,8 @@ fn transport_reason(state: &mut ModelState, p: &Packet, frame: &[u8], now: u64) 
             return service_limits(state, p, &svc, syn, now);
         }
     }
-    if established(state, p, dport, sport, now) {
+    // A SYN without ACK opens a connection; it is never a reply.
+    if !syn && established(state, p, dport, sport, now) {
         return Reason::Established;
     }
     default_reason(&state.policy.config)

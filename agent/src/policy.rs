@@ -59,6 +59,12 @@ pub fn compile(config: &Config) -> Result<CompiledPolicy, PolicyError> {
         ..Default::default()
     };
     compile_deny(config, &mut policy);
+    if !policy.deny4_lpm.is_empty() {
+        policy.config.flags |= abi::CFG_DENY4_PREFIXES;
+    }
+    if !policy.deny6_lpm.is_empty() {
+        policy.config.flags |= abi::CFG_DENY6_PREFIXES;
+    }
     compile_services(config, &mut policy)?;
     check_capacity(&policy)?;
     Ok(policy)

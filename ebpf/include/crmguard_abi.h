@@ -78,6 +78,9 @@ enum cg_icmp_policy {
 
 /* cg_config.flags */
 #define CG_CFG_ALLOW_ESTABLISHED (1U << 0)
+/* The slot's deny tries hold prefixes; without them XDP skips the lookup. */
+#define CG_CFG_DENY4_PREFIXES (1U << 1)
+#define CG_CFG_DENY6_PREFIXES (1U << 2)
 
 /*
  * Policies are swapped whole.  Every policy map is an array of maps with

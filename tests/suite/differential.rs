@@ -409,11 +409,13 @@ fn variant(base: &CompiledPolicy, phase: &Phase) -> CompiledPolicy {
     cfg.mode = phase.mode;
     cfg.default_action = phase.default_action as u8;
     cfg.icmp = phase.icmp;
-    cfg.flags = if phase.established {
-        abi::CFG_ALLOW_ESTABLISHED
-    } else {
-        0
-    };
+    let prefixes = cfg.flags & (abi::CFG_DENY4_PREFIXES | abi::CFG_DENY6_PREFIXES);
+    cfg.flags = prefixes
+        | if phase.established {
+            abi::CFG_ALLOW_ESTABLISHED
+        } else {
+            0
+        };
     if matches!(phase.limits, Limits::None | Limits::ServicesOnly) {
         cfg.src_pps = 0;
         cfg.src_burst = 0;

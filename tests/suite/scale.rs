@@ -31,6 +31,7 @@ fn prefix(i: u32) -> Ipv4Addr {
 fn large_policy() -> CompiledPolicy {
     let mut policy = CompiledPolicy::default();
     policy.config.default_action = abi::Action::Pass as u8;
+    policy.config.flags |= abi::CFG_DENY4_PREFIXES;
     for i in 0..HOSTS {
         policy
             .deny4
