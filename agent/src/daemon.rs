@@ -34,6 +34,7 @@ use crate::datapath::events::{DropEvent, EventReader, Recent};
 use crate::datapath::{self, Datapath, DatapathError, InterfaceRequest};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::policy::{self, CompiledPolicy, PolicyError};
+use crate::vpn;
 
 /// Where the agent's configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +108,7 @@ fn interface_requests(config: &Config) -> Result<Vec<InterfaceRequest>, DaemonEr
         .map_err(DaemonError::Interfaces)?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n != "lo" && n != VPN_INTERFACE)
+        .filter(|n| n != "lo" && *n != vpn::interface_name())
         .collect();
     names.sort();
     Ok(names
@@ -119,8 +120,9 @@ fn interface_requests(config: &Config) -> Result<Vec<InterfaceRequest>, DaemonEr
         .collect())
 }
 
-/// The name of the VPN's TUN device, never filtered by XDP.
-pub const VPN_INTERFACE: &str = "crmguard0";
+/// The default name of the VPN's TUN device, never filtered by XDP (see
+/// [`vpn::interface_name`]).
+pub const VPN_INTERFACE: &str = vpn::DEFAULT_INTERFACE;
 
 struct Agent {
     source: ConfigSource,
@@ -141,6 +143,8 @@ struct Agent {
     /// When a policy was last swapped in; the previous one is released a
     /// while after.
     last_swap: Instant,
+    /// The WireGuard endpoint.
+    vpn: vpn::Supervisor,
 }
 
 impl Agent {
@@ -183,6 +187,7 @@ impl Agent {
             policy_divergence_entries: self.divergence,
             drop_events_total: self.recent.total(),
             recent_drops: self.recent.events().map(|e| self.drop_status(e)).collect(),
+            vpn: self.vpn.status(),
         })
     }
 
@@ -217,6 +222,7 @@ impl Agent {
         }
         self.config = config;
         self.policy = policy;
+        self.vpn.apply(&self.config, true);
         Ok(generation)
     }
 
@@ -511,6 +517,8 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         tx.clone(),
     ));
     drop(tx);
+    // After the datapath: XDP lets WireGuard through to the endpoint's port.
+    let vpn = vpn::Supervisor::start(&config, metrics.acl().clone());
 
     let mut agent = Agent {
         source: options.source.clone(),
@@ -525,6 +533,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         recent: Recent::default(),
         divergence: 0,
         last_swap: Instant::now(),
+        vpn,
     };
     if !ended.is_empty() {
         // The file still lists the bans that ended while the agent was stopped. A failure is
@@ -568,6 +577,8 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
                         tracing::error!(error = %datapath::error_chain(&e), "releasing the previous policy's maps failed");
                     }
                 }
+                // Peers whose keys aged past key_max_age are cut.
+                agent.vpn.apply(&agent.config, false);
                 match agent.reconcile_bans() {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(entries = n, "kernel ban maps differed from the ban list; repaired"),
@@ -579,6 +590,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     }
 
     let _ = std::fs::remove_file(&control_path);
+    agent.vpn.stop();
     if options.detach_on_exit {
         let removed = datapath::uninstall(&agent.config.agent.bpffs_dir)?;
         tracing::info!(interfaces = ?removed, "stopped; the XDP filter was removed (--detach-on-exit)");

@@ -2,11 +2,14 @@
 //! servers that hold customer data.
 //!
 //! The crate is a library plus the `crmguard` binary. Pure logic (config,
-//! policy compilation, the ban list) lives in modules that touch no kernel,
-//! socket or clock; only `datapath`, `control`, `metrics`, `daemon` and
-//! `bans::persist` (the ban list's file) do IO.
+//! policy compilation, the ban list, the identity ACL, the VPN's peer table)
+//! lives in modules that touch no kernel, socket or clock; only `datapath`,
+//! `control`, `metrics`, `daemon`, `bans::persist` (the ban list's file) and
+//! the WireGuard endpoint's IO modules (`vpn::endpoint`, `udp`, `tun`, `keys`,
+//! `state`, `uapi_server`) do IO.
 
 pub mod abi;
+pub mod acl;
 pub mod bans;
 pub mod config;
 pub mod control;
@@ -16,3 +19,4 @@ pub mod exit;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod vpn;

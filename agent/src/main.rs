@@ -327,6 +327,10 @@ fn print_status(status: &Status) {
         );
     }
     println!();
+    if let Some(vpn) = &status.vpn {
+        print!("{}", vpn.describe());
+        println!();
+    }
     print_bans(&status.bans);
     print_recent_drops(status);
 }

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::acl::AclMetrics;
 use crate::control::{self, Command, Request, Response, Status};
 
 /// The agent's own gauges; the kernel's counters are added at scrape time.
@@ -22,6 +23,7 @@ pub struct Metrics {
     divergence: IntGauge,
     bans_active: IntGauge,
     bans_total: IntCounterVec,
+    acl: AclMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,7 @@ impl Metrics {
         // Present from the start, so that rate() sees the first manual ban.
         bans_total.with_label_values(&["manual"]);
         registry.register(Box::new(bans_total.clone()))?;
+        let acl = AclMetrics::register(&registry)?;
         Ok(Self {
             registry,
             xdp_attached,
@@ -90,7 +93,13 @@ impl Metrics {
             divergence,
             bans_active,
             bans_total,
+            acl,
         })
+    }
+
+    /// `crmguard_acl_denied_total`, counted by the VPN endpoint as it applies the ACL.
+    pub fn acl(&self) -> &AclMetrics {
+        &self.acl
     }
 
     /// Counts one added ban. `reason` is `BanSource::label`: `manual` or a detector's name,
@@ -125,6 +134,9 @@ impl Metrics {
             status,
             |c| c.bytes,
         ));
+        if let Some(vpn) = &status.vpn {
+            families.extend(crate::vpn::status::metric_families(vpn));
+        }
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
@@ -285,6 +297,7 @@ mod tests {
             policy_divergence_entries: 0,
             drop_events_total: 0,
             recent_drops: Vec::new(),
+            vpn: None,
         };
         metrics.ban_added("manual");
         metrics.ban_added("manual");

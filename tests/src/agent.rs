@@ -70,6 +70,11 @@ pub struct Agent<'ns> {
     config: PathBuf,
     bpffs_dir: PathBuf,
     metrics: SocketAddr,
+    /// Environment variables set for every daemon started.
+    env: Vec<(String, String)>,
+    /// The name of the agent's WireGuard TUN device, unique per agent: the WireGuard tools'
+    /// sockets in `/var/run/wireguard` are shared by every namespace.
+    vpn_interface: String,
     /// Every daemon started, oldest first; only the last may still run. Kept so that a
     /// failing test shows the logs of all of them.
     runs: Vec<Process>,
@@ -101,6 +106,7 @@ impl<'ns> Agent<'ns> {
         let bpffs_dir =
             Path::new(crate::privileged::BPFFS).join(format!("cgtest-{}", crate::unique_suffix()));
         let metrics = free_loopback_port(ns)?;
+        let vpn_interface = format!("cgg{}", crate::unique_suffix());
         let config = dir.path().join("crmguard.toml");
         let text = format!(
             "[agent]\n\
@@ -125,9 +131,24 @@ impl<'ns> Agent<'ns> {
             config,
             bpffs_dir,
             metrics,
+            env: vec![(
+                crmguard::vpn::INTERFACE_ENV.to_owned(),
+                vpn_interface.clone(),
+            )],
+            vpn_interface,
             runs: Vec::new(),
             dir,
         })
+    }
+
+    /// Sets an environment variable for the daemons started from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// The agent's WireGuard TUN device (`wg show NAME` reaches the agent by it).
+    pub fn vpn_interface(&self) -> &str {
+        &self.vpn_interface
     }
 
     pub fn config_path(&self) -> &Path {
@@ -154,6 +175,7 @@ impl<'ns> Agent<'ns> {
         }
         let mut cmd = Command::new(&self.bin);
         cmd.arg("run").arg("--config").arg(&self.config);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let label = format!("crmguard-run-{}", self.runs.len() + 1);
         let process = Process::spawn(self.ns, cmd, self.dir.path(), &label)?;
         self.runs.push(process);
@@ -282,6 +304,10 @@ impl Drop for Agent<'_> {
             ),
             Err(e) => eprintln!("running `crmguard uninstall`: {e:#}"),
         }
+        // A killed agent leaves its WireGuard configuration socket behind.
+        let _ = std::fs::remove_file(
+            Path::new("/var/run/wireguard").join(format!("{}.sock", self.vpn_interface)),
+        );
         // bpffs supports unlink and rmdir, so this removes whatever pins are left.
         if self.bpffs_dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&self.bpffs_dir) {

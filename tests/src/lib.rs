@@ -17,6 +17,7 @@ pub mod privileged;
 pub mod process;
 pub mod topology;
 pub mod wait;
+pub mod wg;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

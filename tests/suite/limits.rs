@@ -394,12 +394,14 @@ fn wireguard_initiations_are_rate_limited_per_source() -> Result<()> {
     let t = Topology::ipv4_only(121, 5)?;
     let quiet = second_source(&t)?;
     let scratch = tempfile::tempdir()?;
+    // Bound first, so that it holds the port and counts every datagram XDP passes; the
+    // agent's own WireGuard endpoint then cannot bind it and stays down (which it logs).
+    let endpoint = Receiver::start(&t.host, WG)?;
     let agent = Agent::start(
         &t.host,
         &vpn_config(&t, WG, RATE, BURST, &scratch.path().display().to_string()),
     )?;
     let iface = t.host_if.name();
-    let endpoint = Receiver::start(&t.host, WG)?;
     let dst = t.host_addr(t.addrs.out4, WG);
     let before = traffic::counters(&agent, iface)?;
 
@@ -460,12 +462,13 @@ fn the_wireguard_port_takes_only_wireguard_messages() -> Result<()> {
     const WG: u16 = 51822;
     let t = Topology::ipv4_only(121, 6)?;
     let scratch = tempfile::tempdir()?;
+    // Bound before the agent starts: see wireguard_initiations_are_rate_limited_per_source.
+    let endpoint = Receiver::start(&t.host, WG)?;
     let agent = Agent::start(
         &t.host,
         &vpn_config(&t, WG, 1000, 1000, &scratch.path().display().to_string()),
     )?;
     let iface = t.host_if.name();
-    let endpoint = Receiver::start(&t.host, WG)?;
     let dst = t.host_addr(t.addrs.out4, WG);
 
     let with_reserved = |msg_type: u8, len: usize, byte: usize| {

@@ -17,3 +17,4 @@ mod monitor;
 mod reconcile;
 mod scale;
 mod traffic;
+mod vpn;

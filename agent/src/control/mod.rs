@@ -133,6 +133,9 @@ pub struct Status {
     /// The most recent sampled drops, oldest first.
     #[serde(default)]
     pub recent_drops: Vec<DropStatus>,
+    /// The WireGuard endpoint, when `[vpn]` is configured.
+    #[serde(default)]
+    pub vpn: Option<crate::vpn::status::VpnStatus>,
 }
 
 /// One sampled drop, as `status` shows it.

@@ -1,0 +1,244 @@
+//! The endpoint's one UDP socket, for every peer, IPv4 and IPv6.
+//!
+//! Dual-stack (`[::]:listen_port` with `IPV6_V6ONLY` off; IPv4 alone when the host has no
+//! IPv6). Batched through quinn-udp: `recvmmsg` with UDP GRO on receive (one buffer may hold
+//! many datagrams of one sender, `stride` bytes apart), UDP GSO on send (one `sendmsg` carries
+//! many equal-sized datagrams to one destination). quinn-udp makes the socket non-blocking;
+//! waiting is done with `poll`, with a timeout so the threads can see their stop flag.
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+
+/// Socket buffer size asked for (the kernel caps it at `rmem_max`/`wmem_max` unless the agent
+/// may force it, which it may as root).
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// The largest UDP payload one GSO send may carry.
+pub const MAX_GSO_BYTES: usize = 65_000;
+
+/// Where a datagram goes: the peer's outside address, and the local address the peer last
+/// reached us on (so replies leave from the address the peer talks to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub remote: SocketAddr,
+    pub local: Option<IpAddr>,
+}
+
+pub struct Udp {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    v6: bool,
+    port: u16,
+}
+
+impl Udp {
+    /// Binds `[::]:port` dual-stack, or `0.0.0.0:port` when IPv6 is unavailable.
+    pub fn bind(port: u16) -> io::Result<Udp> {
+        let (socket, v6) = match bind_v6(port) {
+            Ok(socket) => (socket, true),
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                (UdpSocket::bind(("0.0.0.0", port))?, false)
+            }
+            Err(e) => return Err(e),
+        };
+        let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        for (opt, name) in [(true, "receive"), (false, "send")] {
+            let forced = if opt {
+                socket::setsockopt(&socket, sockopt::RcvBufForce, &SOCKET_BUFFER)
+            } else {
+                socket::setsockopt(&socket, sockopt::SndBufForce, &SOCKET_BUFFER)
+            };
+            if forced.is_err() {
+                let plain = if opt {
+                    state.set_recv_buffer_size(UdpSockRef::from(&socket), SOCKET_BUFFER)
+                } else {
+                    state.set_send_buffer_size(UdpSockRef::from(&socket), SOCKET_BUFFER)
+                };
+                if let Err(e) = plain {
+                    tracing::debug!(error = %e, "cannot enlarge the WireGuard socket's {name} buffer");
+                }
+            }
+        }
+        let port = socket.local_addr()?.port();
+        Ok(Udp {
+            socket,
+            state,
+            v6,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// How many datagrams one received buffer may hold (GRO).
+    pub fn gro_segments(&self) -> usize {
+        self.state.gro_segments()
+    }
+
+    /// How many datagrams one send may carry (GSO); 1 without GSO.
+    pub fn max_gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    /// Waits up to `timeout` for datagrams; true when some are there.
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        wait(&self.socket, PollFlags::POLLIN, timeout)
+    }
+
+    /// Receives a batch. `WouldBlock` when nothing is there.
+    pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+        self.state.recv(UdpSockRef::from(&self.socket), bufs, meta)
+    }
+
+    /// Sends `contents` to `target`: one datagram, or with `segment` set, datagrams of
+    /// `segment` bytes (the last may be shorter) in one GSO send. Waits for room in the send
+    /// buffer (up to a second) rather than dropping.
+    pub fn send(&self, target: &Target, contents: &[u8], segment: Option<usize>) -> io::Result<()> {
+        let transmit = Transmit {
+            destination: self.destination(target.remote),
+            ecn: None,
+            contents,
+            segment_size: segment.filter(|s| *s < contents.len()),
+            src_ip: target.local.map(|ip| ip.to_canonical()),
+        };
+        for _ in 0..10 {
+            match self
+                .state
+                .try_send(UdpSockRef::from(&self.socket), &transmit)
+            {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait(&self.socket, PollFlags::POLLOUT, Duration::from_millis(100))?;
+                }
+                Err(e) if transmit.src_ip.is_some() && is_bad_source(&e) => {
+                    // The local address the peer used is gone (an address was removed):
+                    // let the kernel choose.
+                    let mut again = transmit.clone();
+                    again.src_ip = None;
+                    return self.state.try_send(UdpSockRef::from(&self.socket), &again);
+                }
+                other => return other,
+            }
+        }
+        Err(io::Error::from(io::ErrorKind::WouldBlock))
+    }
+
+    /// A v6 socket takes IPv4 destinations in their IPv4-mapped form.
+    fn destination(&self, remote: SocketAddr) -> SocketAddr {
+        match remote {
+            SocketAddr::V4(v4) if self.v6 => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            other => other,
+        }
+    }
+}
+
+fn is_bad_source(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EADDRNOTAVAIL)
+    )
+}
+
+fn bind_v6(port: u16) -> io::Result<UdpSocket> {
+    let fd = socket::socket(
+        AddressFamily::Inet6,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+    let addr = SockaddrStorage::from(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+    socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
+    Ok(UdpSocket::from(fd))
+}
+
+/// Waits up to `timeout` for `flags` on `fd`; true when they came.
+pub fn wait(fd: &impl AsFd, flags: PollFlags, timeout: Duration) -> io::Result<bool> {
+    let mut fds = [PollFd::new(fd.as_fd(), flags)];
+    let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    match nix::poll::poll(&mut fds, PollTimeout::from(millis)) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The canonical form of a datagram's source: IPv4-mapped IPv6 addresses as IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// Receives until `want` datagrams arrived (GRO may deliver several in one buffer).
+    fn receive(udp: &Udp, want: usize) -> Vec<Vec<u8>> {
+        let mut storage = [vec![0u8; 65_536], vec![0u8; 65_536], vec![0u8; 65_536]];
+        let mut meta = [RecvMeta::default(); 3];
+        let mut got = Vec::new();
+        while got.len() < want {
+            assert!(
+                udp.wait_readable(Duration::from_secs(5)).expect("poll"),
+                "only {} of {want} datagrams arrived",
+                got.len()
+            );
+            let n = {
+                let mut iovs = storage.each_mut().map(|b| IoSliceMut::new(&mut b[..]));
+                match udp.recv(&mut iovs, &mut meta) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => panic!("recv: {e}"),
+                }
+            };
+            for (m, buf) in meta.iter().zip(storage.iter()).take(n) {
+                let stride = if m.stride == 0 { m.len } else { m.stride };
+                got.extend(buf[..m.len].chunks(stride).map(<[u8]>::to_vec));
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn one_send_carries_a_run_of_datagrams_over_ipv4_and_ipv6() {
+        let a = Udp::bind(0).expect("bind a");
+        let b = Udp::bind(0).expect("bind b");
+        // Three full segments and a shorter last one.
+        let mut contents = Vec::new();
+        for i in 0..3u8 {
+            contents.extend(std::iter::repeat_n(i, 100));
+        }
+        contents.extend(std::iter::repeat_n(9u8, 40));
+        for ip in [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ] {
+            let target = Target {
+                remote: SocketAddr::new(ip, b.port()),
+                local: None,
+            };
+            a.send(&target, &contents, Some(100)).expect("send");
+            let got = receive(&b, 4);
+            assert_eq!(got.len(), 4, "{ip}");
+            for (i, d) in got.iter().take(3).enumerate() {
+                assert_eq!(d.len(), 100);
+                assert!(d.iter().all(|&x| usize::from(x) == i));
+            }
+            assert_eq!(got[3], vec![9u8; 40]);
+        }
+        assert_eq!(
+            canonical("[::ffff:10.1.2.3]:7".parse().expect("addr")),
+            "10.1.2.3:7".parse::<SocketAddr>().expect("addr")
+        );
+    }
+}
