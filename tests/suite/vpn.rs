@@ -1067,3 +1067,79 @@ fn genkey_bytes() -> Result<[u8; 32]> {
     std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
     Ok(key)
 }
+
+/// The three-letter name of a weekday (0 = Monday), as `hours` spells it.
+fn day_name(weekday: u8) -> &'static str {
+    ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][usize::from(weekday % 7)]
+}
+
+#[test]
+fn a_role_outside_its_hours_is_refused() -> Result<()> {
+    if !privileged::require("vpn::a_role_outside_its_hours_is_refused") {
+        return Ok(());
+    }
+    let t = Topology::dual_stack(131, 9)?;
+    let (out2, _out2_if, host2_if, host2) = second_link(&t, 131, 9)?;
+    let day = PeerSpec::new("dayshift-laptop", 2)?;
+    let night = PeerSpec::new("nightshift-laptop", 3)?;
+    // Today, all day, for one role; three days away, all day, for the other: the agent reads
+    // the same local time as this test, and no run is near enough to midnight for either
+    // window to change while the test runs.
+    let today = crmguard::acl::LocalTime::now()?.weekday;
+    let roles = format!(
+        r#"
+[[role]]
+name = "dayshift"
+allow = ["tcp/{ALLOWED_TCP}"]
+hours = "{today} 00:00-24:00"
+
+[[role]]
+name = "nightshift"
+allow = ["tcp/{ALLOWED_TCP}"]
+hours = "{other} 00:00-24:00"
+"#,
+        today = day_name(today),
+        other = day_name(today + 3),
+    );
+    let mut s = setup_with(&[&t.host_if, &host2_if], &[&day, &night], &roles)?;
+    s.body = s
+        .body
+        .replace(
+            &format!("name = \"{}\"\npublic_key = \"{}\"\naddress = \"{}\"\naddress6 = \"{}\"\nrole = \"staff\"", day.name, day.keys.public, day.v4(), day.v6()),
+            &format!("name = \"{}\"\npublic_key = \"{}\"\naddress = \"{}\"\naddress6 = \"{}\"\nrole = \"dayshift\"", day.name, day.keys.public, day.v4(), day.v6()),
+        )
+        .replace(
+            &format!("name = \"{}\"\npublic_key = \"{}\"\naddress = \"{}\"\naddress6 = \"{}\"\nrole = \"staff\"", night.name, night.keys.public, night.v4(), night.v6()),
+            &format!("name = \"{}\"\npublic_key = \"{}\"\naddress = \"{}\"\naddress6 = \"{}\"\nrole = \"nightshift\"", night.name, night.keys.public, night.v4(), night.v6()),
+        );
+    ensure!(
+        s.body.contains("role = \"dayshift\"") && s.body.contains("role = \"nightshift\""),
+        "both peers were given their roles"
+    );
+    let agent = start_agent(&t.host, &s)?;
+    let gateway = gateway_key(&agent)?;
+    let _service = TcpServer::start(&t.host, ALLOWED_TCP, "crm says hello\n")?;
+    let _day_wg = day.connect(&t.out, &gateway, gateway_endpoint(t.addrs.host4))?;
+    let _night_wg = night.connect(&out2, &gateway, gateway_endpoint(host2))?;
+    // Echo to the gateway is allowed at any hour, so both tunnels can be seen to be up.
+    wait_reachable(&t.out, IpAddr::V4(GATEWAY4))?;
+    wait_reachable(&out2, IpAddr::V4(GATEWAY4))?;
+
+    let dst = SocketAddr::new(IpAddr::V4(GATEWAY4), ALLOWED_TCP);
+    match net::tcp_connect(&t.out, None, dst, Duration::from_secs(5))? {
+        TcpOutcome::Connected { banner } => ensure!(banner == "crm says hello\n", "{banner:?}"),
+        other => bail!("inside its hours, the dayshift peer got {other:?}"),
+    }
+    let labels = [("role", "nightshift"), ("service", "tcp/8080")];
+    let before = metric(&agent, "crmguard_acl_denied_total", &labels)?;
+    let outcome = net::tcp_connect(&out2, None, dst, Duration::from_secs(5))?;
+    ensure!(
+        outcome == TcpOutcome::Refused,
+        "outside its hours, the nightshift peer got {outcome:?}"
+    );
+    wait_for(SETTLE, "the denial in crmguard_acl_denied_total", || {
+        let now = metric(&agent, "crmguard_acl_denied_total", &labels)?;
+        Ok((now >= before + 1.0).then_some(()))
+    })?;
+    Ok(())
+}
