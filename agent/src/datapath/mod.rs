@@ -211,14 +211,27 @@ fn link_path(bpffs_dir: &Path, ifname: &str, mode: AttachMode) -> PathBuf {
     links_dir(bpffs_dir).join(link_file_name(ifname, mode))
 }
 
+/// The file name of an interface's pin: `<kind>-<ifname>`. bpffs refuses
+/// dots in names, so a `.` of the interface name is stored as `:`, which
+/// interface names cannot contain.
+pub(crate) fn pin_name(kind: &str, ifname: &str) -> String {
+    format!("{kind}-{}", ifname.replace('.', ":"))
+}
+
+/// The kind and interface a pin's file name stands for.
+pub(crate) fn parse_pin_name(file: &str) -> Option<(&str, String)> {
+    let (kind, ifname) = file.split_once('-')?;
+    Some((kind, ifname.replace(':', ".")))
+}
+
 fn link_file_name(ifname: &str, mode: AttachMode) -> String {
-    format!("{}-{}", mode.name(), ifname.replace('.', ":"))
+    pin_name(mode.name(), ifname)
 }
 
 /// The interface and mode a link pin's file name stands for.
 fn parse_link_file_name(file: &str) -> Option<(String, AttachMode)> {
-    let (mode, ifname) = file.split_once('-')?;
-    Some((ifname.replace(':', "."), AttachMode::from_name(mode)?))
+    let (mode, ifname) = parse_pin_name(file)?;
+    Some((ifname, AttachMode::from_name(mode)?))
 }
 
 /// The pinned links found under `bpffs_dir`: (interface, mode, path).

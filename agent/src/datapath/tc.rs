@@ -205,17 +205,17 @@ fn tcx_unsupported(error: &ProgramError) -> bool {
 }
 
 fn pin_file_name(ifname: &str, mode: EgressMode) -> String {
-    format!("{}-{}", mode.pin_prefix(), ifname.replace('.', ":"))
+    super::pin_name(mode.pin_prefix(), ifname)
 }
 
 /// The interface and mode a pin's file name stands for; `None` for the XDP
 /// links that share the directory.
 fn parse_pin_file_name(file: &str) -> Option<(String, EgressMode)> {
-    let (prefix, ifname) = file.split_once('-')?;
+    let (prefix, ifname) = super::parse_pin_name(file)?;
     let mode = [EgressMode::Tcx, EgressMode::Netlink]
         .into_iter()
         .find(|m| m.pin_prefix() == prefix)?;
-    Some((ifname.replace(':', "."), mode))
+    Some((ifname, mode))
 }
 
 fn pin_path(bpffs_dir: &Path, ifname: &str, mode: EgressMode) -> PathBuf {
