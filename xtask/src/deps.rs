@@ -21,6 +21,8 @@ pub enum Task {
     Deb,
     /// `cargo xtask lint`: rustfmt and clippy.
     Lint,
+    /// `cargo xtask bench`: the XDP and VPN measurements.
+    Bench,
 }
 
 impl Task {
@@ -30,6 +32,7 @@ impl Task {
             Task::Demo => "cargo xtask demo",
             Task::Deb => "cargo xtask deb",
             Task::Lint => "cargo xtask lint",
+            Task::Bench => "cargo xtask bench",
         }
     }
 }
@@ -104,6 +107,37 @@ const DEB: &[Package] = &[
     ),
 ];
 
+const BENCH: &[Package] = &[
+    CLANG,
+    LIBBPF_DEV,
+    pkg(
+        "bpftool",
+        "runs xdp-filter's program for the XDP comparison",
+    ),
+    IPROUTE2,
+    pkg(
+        "xdp-tools",
+        "xdp-filter, the XDP filter crmguard is compared with",
+    ),
+    pkg("iperf3", "single-stream TCP goodput through each tunnel"),
+    pkg(
+        "wireguard-go",
+        "the WireGuard implementation crmguard's gateway is compared with",
+    ),
+    pkg(
+        "wireguard-tools",
+        "wg: configures the tunnel ends and shows their handshakes",
+    ),
+    pkg(
+        "linux-perf",
+        "perf stat: counts the gateway's syscalls without slowing it down",
+    ),
+    pkg(
+        "strace",
+        "strace -c: counts the gateway's syscalls where perf cannot",
+    ),
+];
+
 /// Lint checks the alert rules with promtool when it is there, without installing it.
 const LINT: &[Package] = &[];
 
@@ -113,13 +147,14 @@ pub fn packages(task: Task) -> &'static [Package] {
         Task::Demo => DEMO,
         Task::Deb => DEB,
         Task::Lint => LINT,
+        Task::Bench => BENCH,
     }
 }
 
 fn components(task: Task) -> &'static [&'static str] {
     match task {
         Task::Test | Task::Lint => &["rustfmt", "clippy"],
-        Task::Demo | Task::Deb => &[],
+        Task::Demo | Task::Deb | Task::Bench => &[],
     }
 }
 
