@@ -81,3 +81,17 @@ fn bpffs_mounted(dir: &Path) -> Result<bool> {
         mount_point.map(Path::new) == Some(dir) && fs_type == Some("bpf")
     }))
 }
+
+/// Fails naming the Debian package when a tool a scenario runs is missing
+/// (`cargo xtask test` installs them all): pairs of (program, package).
+pub fn require_tools(tools: &[(&str, &str)]) -> Result<()> {
+    for (tool, package) in tools {
+        let found = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            bail!("`{tool}` is not installed: apt-get install {package} (cargo xtask test does)");
+        }
+    }
+    Ok(())
+}

@@ -73,23 +73,14 @@ from = ["198.51.100.0/24", "2001:db8:5::/48"]
 /// Fails with the Debian package to install when a client or server the scenarios run is
 /// missing (`cargo xtask test` installs them).
 fn require_tools() -> Result<()> {
-    for (tool, package) in [
+    crmguard_tests::privileged::require_tools(&[
         ("dig", "bind9-dnsutils"),
         ("dnsmasq", "dnsmasq-base"),
         ("curl", "curl"),
         ("python3", "python3"),
         ("ping", "iputils-ping"),
         ("sha256sum", "coreutils"),
-    ] {
-        let found = std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-            .unwrap_or(false);
-        ensure!(
-            found,
-            "`{tool}` is not installed: apt-get install {package} (cargo xtask test does)"
-        );
-    }
-    Ok(())
+    ])
 }
 
 fn command(program: &str, args: &[&str]) -> Command {

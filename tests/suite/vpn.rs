@@ -50,21 +50,12 @@ const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
 
 /// Fails naming the Debian package when a tool the scenarios run is missing.
 fn require_tools() -> Result<()> {
-    for (tool, package) in [
+    crmguard_tests::privileged::require_tools(&[
         ("wireguard-go", "wireguard-go"),
         ("wg", "wireguard-tools"),
         ("ping", "iputils-ping"),
         ("sha256sum", "coreutils"),
-    ] {
-        let found = std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-            .unwrap_or(false);
-        ensure!(
-            found,
-            "`{tool}` is not installed: apt-get install {package} (cargo xtask test does)"
-        );
-    }
-    Ok(())
+    ])
 }
 
 // ---- the lab ---------------------------------------------------------------------------------

@@ -187,12 +187,16 @@ impl DatapathError {
     }
 }
 
-/// The first OS error number in an error's chain.
-fn errno(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
+/// The first OS error number in an error's chain. Netlink errors carry
+/// theirs out of reach of `source()`, so they are asked directly.
+pub(crate) fn errno(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<io::Error>() {
             return io.raw_os_error();
+        }
+        if let Some(netlink) = err.downcast_ref::<aya::sys::NetlinkError>() {
+            return netlink.raw_os_error();
         }
         cur = err.source();
     }

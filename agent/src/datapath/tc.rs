@@ -151,15 +151,15 @@ impl EgressError {
     /// cause (the command then exits 69 and names it).
     pub fn missing_feature(&self) -> Option<&'static str> {
         match self {
-            EgressError::Load(e) if os_error(e) == Some(libc::ENOSYS) => {
+            EgressError::Load(e) if super::errno(e) == Some(libc::ENOSYS) => {
                 Some("the bpf() system call (CONFIG_BPF_SYSCALL)")
             }
-            EgressError::Verify(e) if os_error(e) == Some(libc::EINVAL) => {
+            EgressError::Verify(e) if super::errno(e) == Some(libc::EINVAL) => {
                 Some("tc BPF classifiers (CONFIG_NET_CLS_BPF)")
             }
             EgressError::Clsact { source, .. }
                 if matches!(
-                    os_error(source),
+                    super::errno(source),
                     Some(libc::ENOENT | libc::EOPNOTSUPP | libc::EINVAL)
                 ) =>
             {
@@ -167,7 +167,7 @@ impl EgressError {
             }
             EgressError::Attach { source, .. }
                 if matches!(
-                    os_error(source),
+                    super::errno(source),
                     Some(libc::ENOENT | libc::EOPNOTSUPP | libc::EINVAL)
                 ) =>
             {
@@ -176,22 +176,6 @@ impl EgressError {
             _ => None,
         }
     }
-}
-
-/// The first OS error number in an error's chain. Netlink errors carry theirs
-/// out of reach of `source()`, so they are asked directly.
-fn os_error(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            return io.raw_os_error();
-        }
-        if let Some(netlink) = err.downcast_ref::<aya::sys::NetlinkError>() {
-            return netlink.raw_os_error();
-        }
-        cur = err.source();
-    }
-    None
 }
 
 /// Whether a failed TCX attachment means that the kernel has no TCX (before
@@ -264,7 +248,7 @@ fn detach_netlink(ifname: &str) -> Result<(), EgressError> {
     };
     match link.detach() {
         Ok(()) => Ok(()),
-        Err(e) if os_error(&e) == Some(libc::ENOENT) => Ok(()),
+        Err(e) if super::errno(&e) == Some(libc::ENOENT) => Ok(()),
         Err(source) => Err(EgressError::Detach {
             interface: ifname.to_owned(),
             source,
@@ -425,7 +409,7 @@ impl Egress {
                 tracing::info!(interface = name, "adopted the egress recorder's tc filter");
                 Ok(true)
             }
-            Err(e) if os_error(&e) == Some(libc::ENOENT) => {
+            Err(e) if super::errno(&e) == Some(libc::ENOENT) => {
                 remove_file(path)?;
                 Ok(false)
             }
@@ -498,7 +482,7 @@ impl Egress {
     fn attach_netlink(&mut self, name: &str) -> Result<(), EgressError> {
         match tc::qdisc_add_clsact(name) {
             Ok(()) => {}
-            Err(e) if os_error(&e) == Some(libc::EEXIST) => {}
+            Err(e) if super::errno(&e) == Some(libc::EEXIST) => {}
             Err(source) => {
                 return Err(EgressError::Clsact {
                     interface: name.to_owned(),
@@ -516,7 +500,7 @@ impl Egress {
         let program = self.program()?;
         let id = match program.attach_with_options(name, TcAttachType::Egress, options()) {
             // A filter of a crmguard whose pins were lost: take its place.
-            Err(e) if os_error(&e) == Some(libc::EEXIST) => {
+            Err(e) if super::errno(&e) == Some(libc::EEXIST) => {
                 let link = SchedClassifierLink::attached(
                     name,
                     TcAttachType::Egress,
