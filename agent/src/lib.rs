@@ -4,12 +4,15 @@
 //! The crate is a library plus the `crmguard` binary. Pure logic (config,
 //! policy compilation, the ban list, the identity ACL, the VPN's peer table)
 //! lives in modules that touch no kernel, socket or clock; only `datapath`,
-//! `control`, `metrics`, `daemon`, `bans::persist` (the ban list's file) and
+//! `control`, `metrics`, `daemon`, `bans::persist` (the ban list's file), the
+//! audit log's key, writer and verifier (`audit`) and
 //! the WireGuard endpoint's IO modules (`vpn::endpoint`, `udp`, `tun`, `keys`,
 //! `state`, `uapi_server`) do IO.
 
 pub mod abi;
 pub mod acl;
+pub mod atomic_file;
+pub mod audit;
 pub mod bans;
 pub mod config;
 pub mod control;
@@ -17,6 +20,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod exit;
 pub mod metrics;
+pub mod mfa;
 pub mod model;
 pub mod policy;
 pub mod vpn;

@@ -9,11 +9,13 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 
+use crmguard::audit;
 use crmguard::config::{self, LogFormat};
 use crmguard::control::{self, BanAdded, BanStatus, Request, Response, Status};
 use crmguard::daemon::{self, ConfigSource, DaemonError, RunOptions};
 use crmguard::datapath;
 use crmguard::exit;
+use crmguard::mfa;
 
 /// The configuration read when `--config` is not given.
 const DEFAULT_CONFIG: &str = "/etc/crmguard/crmguard.toml";
@@ -64,6 +66,31 @@ enum Command {
     Ban {
         #[command(subcommand)]
         command: BanCommand,
+    },
+    /// Check the audit log's records and chain
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Enroll peers in the TOTP second factor
+    Mfa {
+        #[command(subcommand)]
+        command: MfaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MfaCommand {
+    /// Make a new TOTP secret for the peer NAME and print it as an otpauth:// URI and a
+    /// terminal QR code for an authenticator app
+    ///
+    /// The secret is stored in the state directory (mfa/NAME.secret, mode 0600). Enrolling
+    /// again replaces it: the peer's old authenticator entry stops working. Exit 64 when no
+    /// peer NAME is configured, 1 when the secret cannot be made or saved.
+    Enroll {
+        /// The peer's name, as in the configuration or the peers file
+        #[arg(value_name = "NAME")]
+        name: String,
     },
 }
 
@@ -179,6 +206,14 @@ fn dispatch(cli: Cli) -> u8 {
         },
         Command::Ban { command } => match load(&source) {
             Ok(config) => ban(&config.agent.control_socket, command),
+            Err(code) => code,
+        },
+        Command::Audit { command } => match load(&source) {
+            Ok(config) => audit(&config, command),
+            Err(code) => code,
+        },
+        Command::Mfa { command } => match load(&source) {
+            Ok(config) => mfa(&config, &source, command),
             Err(code) => code,
         },
     }
@@ -464,6 +499,43 @@ fn ban_added(added: &BanAdded) -> u8 {
     }
 }
 
+fn mfa(config: &config::Config, source: &ConfigSource, command: MfaCommand) -> u8 {
+    match command {
+        MfaCommand::Enroll { name } => mfa_enroll(config, source, &name),
+    }
+}
+
+fn mfa_enroll(config: &config::Config, source: &ConfigSource, name: &str) -> u8 {
+    if config.peer(name).is_none() {
+        eprintln!(
+            "crmguard: no peer named `{name}` in {} or its peers file",
+            source.describe()
+        );
+        return exit::USAGE;
+    }
+    let secret = match mfa::secrets::enroll(&config.agent.state_dir, name) {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("crmguard: {}", datapath::error_chain(&e));
+            return exit::FAILURE;
+        }
+    };
+    let uri = mfa::otpauth_uri(&config.mfa.issuer, name, &secret);
+    match qrcode::QrCode::new(uri.as_bytes()) {
+        Ok(code) => {
+            let image = code
+                .render::<qrcode::render::unicode::Dense1x2>()
+                .quiet_zone(true)
+                .build();
+            println!("{image}");
+        }
+        Err(e) => eprintln!("crmguard: cannot draw the QR code ({e}); use the URI"),
+    }
+    println!("{uri}");
+    println!("enrolled {name}: scan the code or enter the URI in an authenticator app");
+    exit::OK
+}
+
 fn reload(socket: &Path) -> u8 {
     match call(socket, Request::Reload) {
         Ok(Response::Reloaded { generation }) => {
@@ -513,6 +585,83 @@ fn uninstall(bpffs_dir: &Path) -> u8 {
         }
         Err(e) => {
             eprintln!("crmguard: {}", datapath::error_chain(&e));
+            exit::FAILURE
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every record of the audit log FILE: its MAC under `[audit] key_file`, the chain
+    /// of `prev`, gapless `seq`, and the tail against `state_dir/audit.checkpoint`
+    ///
+    /// Prints `ok: N records` and exits 0, or prints the first broken record (line, seq and
+    /// what is wrong) and exits 1. Exit 64 when the key file is missing.
+    Verify {
+        /// The audit log, such as /var/log/crmguard/audit.jsonl
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+fn audit(config: &config::Config, command: AuditCommand) -> u8 {
+    match command {
+        AuditCommand::Verify { file } => audit_verify(config, &file),
+    }
+}
+
+fn audit_verify(config: &config::Config, file: &Path) -> u8 {
+    let key = match audit::load_key(&config.audit.key_file) {
+        Ok(key) => key,
+        Err(e) if e.is_missing() => {
+            eprintln!(
+                "crmguard: {e}; `audit verify` needs the key that signed the log ([audit] key_file)"
+            );
+            return exit::USAGE;
+        }
+        Err(e) => {
+            eprintln!("crmguard: {}", datapath::error_chain(&e));
+            return exit::FAILURE;
+        }
+    };
+    let checkpoint_path = config.agent.state_dir.join(audit::CHECKPOINT_FILE);
+    let checkpoint = match audit::read_checkpoint(&checkpoint_path) {
+        Ok(Some(checkpoint)) => Some(checkpoint),
+        Ok(None) => {
+            eprintln!(
+                "crmguard: no checkpoint at {}; a cut-off tail cannot be detected",
+                checkpoint_path.display()
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("crmguard: {}", datapath::error_chain(&e));
+            return exit::FAILURE;
+        }
+    };
+    let report = match audit::verify(file, &key, checkpoint) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("crmguard: {}", datapath::error_chain(&e));
+            return exit::FAILURE;
+        }
+    };
+    match report.broken {
+        None => {
+            println!("ok: {} records", report.records);
+            exit::OK
+        }
+        Some(broken) => {
+            let seq = broken
+                .seq
+                .map_or_else(|| "unknown".to_owned(), |seq| seq.to_string());
+            println!(
+                "{}: line {} (seq {seq}): {} ({} good records before it)",
+                file.display(),
+                broken.line,
+                broken.problem,
+                report.records
+            );
             exit::FAILURE
         }
     }

@@ -1,0 +1,159 @@
+//! Appends records to the audit log, one fsynced line at a time, and keeps the checkpoint.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::chain::{read_checkpoint, write_checkpoint, AuditKey, Checkpoint, CheckpointError};
+use super::chain::{sync_dir, ZERO_MAC};
+use super::record::{check_line, encode_line, Event};
+
+/// Why a record could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("cannot open the audit log {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot append to the audit log {path}")]
+    Append {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot encode an audit record")]
+    Encode(#[source] serde_json::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// The audit log open for appending. One writer per log: the agent holds it.
+#[derive(Debug)]
+pub struct Writer {
+    file: File,
+    path: PathBuf,
+    checkpoint_path: PathBuf,
+    key: AuditKey,
+    /// The `seq` and `mac` of the newest record, `seq` 0 before the first.
+    head: Checkpoint,
+    torn_line: Option<u64>,
+}
+
+impl Writer {
+    /// Opens (or creates, mode 0600) the log at `path` and finds where the chain continues:
+    /// after the last line whose MAC is good, or after the checkpoint at `checkpoint_path` when
+    /// that is further on (so that a log which lost its tail, or was removed, continues with a
+    /// visible gap instead of reusing sequence numbers and hiding the loss).
+    ///
+    /// A last line without `\n` (torn by a crash) is left in place and ended with `\n`; see
+    /// [`Writer::torn_line`].
+    pub fn open(path: &Path, checkpoint_path: &Path, key: AuditKey) -> Result<Writer, WriteError> {
+        let open_err = |source| WriteError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(open_err)?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(open_err)?;
+        sync_dir(path).map_err(open_err)?;
+        let content = fs::read(path).map_err(open_err)?;
+        let (mut head, torn_line) = last_good(&key, &content);
+        if let Some(checkpoint) = read_checkpoint(checkpoint_path)? {
+            if checkpoint.seq > head.seq {
+                head = checkpoint;
+            }
+        }
+        if torn_line.is_some() {
+            file.write_all(b"\n")
+                .and_then(|()| file.sync_data())
+                .map_err(|source| WriteError::Append {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(Writer {
+            file,
+            path: path.to_owned(),
+            checkpoint_path: checkpoint_path.to_owned(),
+            key,
+            head,
+            torn_line,
+        })
+    }
+
+    /// The line number of a line torn by a crash that [`Writer::open`] found at the end of the
+    /// log. The agent should say so in its log; `audit verify` reports the line.
+    pub fn torn_line(&self) -> Option<u64> {
+        self.torn_line
+    }
+
+    /// The newest record's `seq` and `mac` (`seq` 0 when there is none).
+    pub fn head(&self) -> Checkpoint {
+        self.head
+    }
+
+    /// Appends `event` as the next record, stamped `ts`, flushes it to disk, then updates the
+    /// checkpoint. Returns the record's `seq`.
+    ///
+    /// When the append fails the chain head does not move, so the next record reuses the
+    /// `seq`; a partial line is left for `audit verify` to report.
+    pub fn append(&mut self, event: &Event, ts: SystemTime) -> Result<u64, WriteError> {
+        let seq = self.head.seq + 1;
+        let (line, mac) =
+            encode_line(&self.key, ts, seq, event, &self.head.mac).map_err(WriteError::Encode)?;
+        self.file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| WriteError::Append {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.head = Checkpoint { seq, mac };
+        write_checkpoint(&self.checkpoint_path, &self.head)?;
+        Ok(seq)
+    }
+}
+
+/// The newest record whose MAC is good (`seq` 0 and zero `mac` when none), and the line number
+/// of a torn last line.
+fn last_good(key: &AuditKey, content: &[u8]) -> (Checkpoint, Option<u64>) {
+    let torn = !content.is_empty() && !content.ends_with(b"\n");
+    let complete = match content.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &content[..end],
+        None => &[][..],
+    };
+    let torn_line = torn.then(|| {
+        let newlines = content.iter().filter(|&&b| b == b'\n').count();
+        u64::try_from(newlines)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    });
+    let head = complete
+        .rsplit(|&b| b == b'\n')
+        .find_map(|line| check_line(key, line).ok())
+        .map(|checked| Checkpoint {
+            seq: checked.seq,
+            mac: checked.mac,
+        })
+        .unwrap_or(Checkpoint {
+            seq: 0,
+            mac: ZERO_MAC,
+        });
+    (head, torn_line)
+}
