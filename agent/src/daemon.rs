@@ -22,6 +22,7 @@ use ipnet::IpNet;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::audit::{self, Event, EventType, Outcome};
 use crate::bans::persist::{self, PersistError};
 use crate::bans::{Ban, BanStore, KernelKey, KernelValue, ManualBan, Safeguards};
 use crate::config::{self, Config, ConfigErrors, Mode};
@@ -138,6 +139,8 @@ struct Agent {
     bans_unsaved: bool,
     /// Sampled drops from the XDP program.
     recent: Recent,
+    /// The audit log.
+    audit: audit::Sink,
     /// What the last comparison of kernel and policy found.
     divergence: u64,
     /// When a policy was last swapped in; the previous one is released a
@@ -187,6 +190,13 @@ impl Agent {
             policy_divergence_entries: self.divergence,
             drop_events_total: self.recent.total(),
             recent_drops: self.recent.events().map(|e| self.drop_status(e)).collect(),
+            audit_events: self
+                .audit
+                .events()
+                .iter()
+                .map(|(kind, n)| ((*kind).to_owned(), *n))
+                .collect(),
+            audit_write_errors: self.audit.errors(),
             vpn: self.vpn.status(),
         })
     }
@@ -254,11 +264,21 @@ impl Agent {
             Request::Reload => match self.reload() {
                 Ok(generation) => {
                     tracing::info!(generation, "policy reloaded");
+                    self.audit.record(
+                        &Event::new(EventType::ConfigReload, Outcome::Success, "system")
+                            .with_detail("config", self.source.describe())
+                            .with_detail("generation", generation),
+                    );
                     Response::Reloaded { generation }
                 }
                 Err(e) => {
                     let message = describe(&e);
                     tracing::error!(error = %message, "reload refused; the running policy stays in force");
+                    self.audit.record(
+                        &Event::new(EventType::ConfigRejected, Outcome::Failure, "system")
+                            .with_detail("config", self.source.describe())
+                            .with_detail("error", message.clone()),
+                    );
                     Response::Error { message }
                 }
             },
@@ -294,6 +314,12 @@ impl Agent {
             "ban added"
         );
         tracing::debug!(net = %ban.net, "ban added");
+        self.audit.record(
+            &Event::new(EventType::BanAdded, Outcome::Success, ban.source.describe())
+                .with_src(ban.net.to_string())
+                .with_detail("reason", ban.reason.clone())
+                .with_detail("expires", describe_expiry(ban)),
+        );
         for warning in &added.warnings {
             tracing::warn!(source = %ban.source.describe(), "a manual ban overlaps [detection] allowlist");
             tracing::debug!(%warning, "ban warning");
@@ -329,6 +355,15 @@ impl Agent {
         };
         tracing::info!(source = %ban.source.describe(), reason = %ban.reason, "ban removed");
         tracing::debug!(net = %ban.net, "ban removed");
+        self.audit.record(
+            &Event::new(
+                EventType::BanRemoved,
+                Outcome::Success,
+                ban.source.describe(),
+            )
+            .with_src(ban.net.to_string())
+            .with_detail("reason", ban.reason.clone()),
+        );
         let mut errors = Vec::new();
         if let Err(e) = self.save_bans() {
             errors.push(unsaved_message(&e));
@@ -395,6 +430,11 @@ impl Agent {
         for ban in &ended {
             tracing::info!(source = %ban.source.describe(), reason = %ban.reason, "ban expired");
             tracing::debug!(net = %ban.net, "ban expired");
+            self.audit.record(
+                &Event::new(EventType::BanExpired, Outcome::Info, "system")
+                    .with_src(ban.net.to_string())
+                    .with_detail("reason", ban.reason.clone()),
+            );
         }
         let nets: Vec<IpNet> = ended.iter().map(|ban| ban.net).collect();
         if let Err(e) = self.update_kernel(&nets) {
@@ -520,6 +560,13 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     // After the datapath: XDP lets WireGuard through to the endpoint's port.
     let vpn = vpn::Supervisor::start(&config, metrics.acl().clone());
 
+    let mut audit = audit::Sink::open(&config.audit, &config.agent.state_dir);
+    audit.record(
+        &Event::new(EventType::AgentStart, Outcome::Info, "system")
+            .with_detail("version", env!("CARGO_PKG_VERSION"))
+            .with_detail("config", options.source.describe())
+            .with_detail("generation", datapath.generation()),
+    );
     let mut agent = Agent {
         source: options.source.clone(),
         config,
@@ -531,6 +578,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         bans_path,
         bans_unsaved: false,
         recent: Recent::default(),
+        audit,
         divergence: 0,
         last_swap: Instant::now(),
         vpn,
@@ -590,6 +638,10 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     }
 
     let _ = std::fs::remove_file(&control_path);
+    agent.audit.record(
+        &Event::new(EventType::AgentStop, Outcome::Info, "system")
+            .with_detail("filter_kept", !options.detach_on_exit),
+    );
     agent.vpn.stop();
     if options.detach_on_exit {
         let removed = datapath::uninstall(&agent.config.agent.bpffs_dir)?;

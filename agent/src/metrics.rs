@@ -137,12 +137,53 @@ impl Metrics {
         if let Some(vpn) = &status.vpn {
             families.extend(crate::vpn::status::metric_families(vpn));
         }
+        families.extend(audit_families(status));
+        // The encoder refuses a family without samples (and then writes
+        // nothing after it): a counter that has not counted yet is left out.
+        families.retain(|f| !f.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// `crmguard_audit_events_total{type}` and `crmguard_audit_write_errors_total`.
+fn audit_families(status: &Status) -> [MetricFamily; 2] {
+    let counter = |value: u64, labels: Vec<LabelPair>| {
+        let mut counter = Counter::default();
+        // Prometheus counters are floats; 2^53 records is far away.
+        counter.set_value(value as f64);
+        let mut metric = Metric::default();
+        metric.set_label(labels);
+        metric.set_counter(counter);
+        metric
+    };
+    let family = |name: &str, help: &str| {
+        let mut family = MetricFamily::default();
+        family.set_name(name.to_owned());
+        family.set_help(help.to_owned());
+        family.set_field_type(MetricType::COUNTER);
+        family
+    };
+    let mut events = family(
+        "crmguard_audit_events_total",
+        "Audit records written, by type",
+    );
+    for (kind, n) in &status.audit_events {
+        events
+            .mut_metric()
+            .push(counter(*n, vec![label("type", kind)]));
+    }
+    let mut errors = family(
+        "crmguard_audit_write_errors_total",
+        "Audit records that could not be written",
+    );
+    errors
+        .mut_metric()
+        .push(counter(status.audit_write_errors, Vec::new()));
+    [events, errors]
 }
 
 fn label(name: &str, value: &str) -> LabelPair {
@@ -297,6 +338,8 @@ mod tests {
             policy_divergence_entries: 0,
             drop_events_total: 0,
             recent_drops: Vec::new(),
+            audit_events: [("agent_start".to_owned(), 1)].into(),
+            audit_write_errors: 0,
             vpn: None,
         };
         metrics.ban_added("manual");
@@ -308,6 +351,8 @@ mod tests {
             "crmguard_xdp_attached{interface=\"eth0\",mode=\"native\"} 1",
             "crmguard_policy_generation 3",
             "crmguard_policy_divergence_entries 0",
+            "crmguard_audit_events_total{type=\"agent_start\"} 1",
+            "crmguard_audit_write_errors_total 0",
             "crmguard_xdp_packets_total{interface=\"eth0\",action=\"drop\",reason=\"default_drop\"} 5",
             "crmguard_xdp_bytes_total{interface=\"eth0\",action=\"drop\",reason=\"default_drop\"} 300",
             "# TYPE crmguard_xdp_packets_total counter",

@@ -119,10 +119,16 @@ impl<'ns> Agent<'ns> {
              [metrics]\n\
              listen = \"{metrics}\"\n\
              \n\
+             [audit]\n\
+             path = {}\n\
+             key_file = {}\n\
+             \n\
              {body}\n",
             toml_string(&state_dir),
             toml_string(&bpffs_dir),
             toml_string(&dir.path().join("control.sock")),
+            toml_string(&dir.path().join("audit.jsonl")),
+            toml_string(&dir.path().join("audit.key")),
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         Ok(Agent {

@@ -7,6 +7,7 @@
 
 mod atomic;
 mod attacks;
+mod audit;
 mod bans;
 mod differential;
 mod established;

@@ -39,6 +39,7 @@
 mod aggregate;
 mod chain;
 mod record;
+mod sink;
 mod verify;
 mod writer;
 
@@ -51,6 +52,7 @@ pub use chain::{
     KEY_LEN,
 };
 pub use record::{Event, EventType, Outcome};
+pub use sink::Sink;
 pub use verify::{verify, verify_bytes, Broken, Problem, VerifyError, VerifyReport};
 pub use writer::{WriteError, Writer};
 

@@ -133,6 +133,12 @@ pub struct Status {
     /// The most recent sampled drops, oldest first.
     #[serde(default)]
     pub recent_drops: Vec<DropStatus>,
+    /// Audit records written since start, by type.
+    #[serde(default)]
+    pub audit_events: std::collections::BTreeMap<String, u64>,
+    /// Audit records that could not be written since start.
+    #[serde(default)]
+    pub audit_write_errors: u64,
     /// The WireGuard endpoint, when `[vpn]` is configured.
     #[serde(default)]
     pub vpn: Option<crate::vpn::status::VpnStatus>,

@@ -524,6 +524,10 @@ name = "bench"
 allow = ["tcp/{IPERF_PORT}"]
 mfa = false
 
+[audit]
+path = {audit}
+key_file = {audit_key}
+
 {inline}"#,
             state = quoted(&dir.join("state")),
             pins = quoted(&pin_dir),
@@ -533,6 +537,8 @@ mfa = false
             key = quoted(&key_file),
             peers = quoted(&peers_file),
             inline = setup.peers,
+            audit = quoted(&dir.join("audit.jsonl")),
+            audit_key = quoted(&dir.join("audit.key")),
         );
         std::fs::write(&config, text)?;
         let mut command = ns.command(bin);

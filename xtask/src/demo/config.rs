@@ -18,6 +18,8 @@ pub fn render(paths: &Paths<'_>) -> String {
     let state_dir = quoted(paths.state_dir);
     let bpffs_dir = quoted(paths.bpffs_dir);
     let control_socket = quoted(paths.control_socket);
+    let audit_path = quoted(&paths.state_dir.join("audit.jsonl"));
+    let audit_key = quoted(&paths.state_dir.join("audit.key"));
     format!(
         r#"# crmguard configuration for the lab of `cargo xtask demo`.
 
@@ -53,6 +55,10 @@ ports = [8080]
 
 [metrics]
 listen = "{METRICS}"
+
+[audit]
+path = {audit_path}
+key_file = {audit_key}
 "#
     )
 }

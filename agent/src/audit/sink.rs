@@ -1,0 +1,111 @@
+//! The daemon's audit log: the writer when the log could be opened, what to
+//! do when it cannot be written, and the counts the metrics report.
+//!
+//! An audit log that cannot be written never stops the firewall: the event
+//! is logged as an error and counted in `crmguard_audit_write_errors_total`,
+//! and the next event tries to open the log again. `on_write_failure =
+//! "fail-closed"` additionally makes `writable()` false, which is what the
+//! MFA portal consults before opening new sessions.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::{load_or_create_key, Event, Writer, CHECKPOINT_FILE};
+use crate::config::{Audit, OnWriteFailure};
+
+pub struct Sink {
+    path: PathBuf,
+    key_file: PathBuf,
+    checkpoint: PathBuf,
+    policy: OnWriteFailure,
+    writer: Option<Writer>,
+    /// Whether the last attempt to write failed.
+    failing: bool,
+    errors: u64,
+    events: BTreeMap<&'static str, u64>,
+}
+
+impl Sink {
+    /// Opens the log of `audit`, with its checkpoint in `state_dir`. Never
+    /// fails: a log that cannot be opened is retried on the next event.
+    pub fn open(audit: &Audit, state_dir: &Path) -> Sink {
+        let mut sink = Sink {
+            path: audit.path.clone(),
+            key_file: audit.key_file.clone(),
+            checkpoint: state_dir.join(CHECKPOINT_FILE),
+            policy: audit.on_write_failure,
+            writer: None,
+            failing: false,
+            errors: 0,
+            events: BTreeMap::new(),
+        };
+        sink.ensure_open();
+        sink
+    }
+
+    fn ensure_open(&mut self) -> bool {
+        if self.writer.is_some() {
+            return true;
+        }
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let opened = load_or_create_key(&self.key_file)
+            .map_err(|e| e.to_string())
+            .and_then(|key| {
+                Writer::open(&self.path, &self.checkpoint, key).map_err(|e| e.to_string())
+            });
+        match opened {
+            Ok(writer) => {
+                self.writer = Some(writer);
+                true
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot open the audit log");
+                false
+            }
+        }
+    }
+
+    /// Appends one record (and fsyncs it).
+    pub fn record(&mut self, event: &Event) {
+        let written = self.ensure_open()
+            && match self
+                .writer
+                .as_mut()
+                .map(|w| w.append(event, SystemTime::now()))
+            {
+                Some(Ok(_)) => true,
+                Some(Err(e)) => {
+                    tracing::error!(path = %self.path.display(), error = %e, "cannot write the audit log");
+                    // Reopen on the next event: the writer re-reads where the chain stands.
+                    self.writer = None;
+                    false
+                }
+                None => false,
+            };
+        if written {
+            *self.events.entry(event.kind.as_str()).or_default() += 1;
+        } else {
+            self.errors += 1;
+        }
+        self.failing = !written;
+    }
+
+    /// Whether actions that must be audited may go on: false while the log
+    /// fails and `on_write_failure` is `fail-closed`.
+    pub fn writable(&self) -> bool {
+        !(self.failing && self.policy == OnWriteFailure::FailClosed)
+    }
+
+    /// Records written since start, by type.
+    pub fn events(&self) -> &BTreeMap<&'static str, u64> {
+        &self.events
+    }
+
+    /// Records that could not be written since start.
+    pub fn errors(&self) -> u64 {
+        self.errors
+    }
+}

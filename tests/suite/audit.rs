@@ -1,0 +1,81 @@
+//! The agent's audit log: what the agent does is recorded as a hash chain
+//! that `crmguard audit verify` accepts, and an edited byte is caught.
+
+use anyhow::{ensure, Context, Result};
+use crmguard_tests::agent::Agent;
+use crmguard_tests::privileged;
+use crmguard_tests::topology::Topology;
+
+fn policy(t: &Topology) -> String {
+    format!(
+        "[[interface]]\nname = \"{}\"\nxdp_mode = \"native\"\n\n[firewall]\ndefault = \"drop\"\n",
+        t.host_if.name()
+    )
+}
+
+fn types(log: &str) -> Result<Vec<String>> {
+    log.lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).context("a record")?;
+            Ok(record["type"].as_str().unwrap_or("").to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_agent_records_its_actions_in_a_chain_that_verifies() -> Result<()> {
+    if !privileged::require("audit::the_agent_records_its_actions_in_a_chain_that_verifies") {
+        return Ok(());
+    }
+    let t = Topology::ipv4_only(150, 1)?;
+    let mut agent = Agent::start(&t.host, &policy(&t))?;
+    let reload = agent.cli(&["reload"])?;
+    ensure!(reload.status.success(), "reload: {reload:?}");
+    let banned = t.addrs.denied4.to_string();
+    let add = agent.cli(&[
+        "ban",
+        "add",
+        &banned,
+        "--ttl",
+        "1h",
+        "--reason",
+        "audit test",
+    ])?;
+    ensure!(add.status.success(), "ban add: {add:?}");
+    let remove = agent.cli(&["ban", "remove", &banned])?;
+    ensure!(remove.status.success(), "ban remove: {remove:?}");
+    agent.stop()?;
+
+    let log_path = agent.dir().join("audit.jsonl");
+    let log = std::fs::read_to_string(&log_path).context("reading the audit log")?;
+    assert_eq!(
+        types(&log)?,
+        [
+            "agent_start",
+            "config_reload",
+            "ban_added",
+            "ban_removed",
+            "agent_stop"
+        ],
+        "the records, in order"
+    );
+    let path = log_path.to_string_lossy().into_owned();
+    let verify = agent.cli(&["audit", "verify", &path])?;
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    ensure!(
+        verify.status.success() && stdout.contains("ok: 5 records"),
+        "audit verify: {verify:?}"
+    );
+
+    // One byte changed in the middle of the log is caught.
+    let mut bytes = log.into_bytes();
+    let middle = bytes.len() / 2;
+    bytes[middle] = if bytes[middle] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&log_path, &bytes)?;
+    let verify = agent.cli(&["audit", "verify", &path])?;
+    ensure!(
+        verify.status.code() == Some(1),
+        "audit verify of an edited log: {verify:?}"
+    );
+    Ok(())
+}
