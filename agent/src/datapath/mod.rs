@@ -675,11 +675,16 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Loads the program for tests and benchmarks against pinned maps in
 /// `bpffs_dir`, without attaching it anywhere.
+/// A load that fails removes what it pinned, so that a failing test leaves
+/// nothing behind.
 pub fn load_for_test(bpffs_dir: &Path) -> Result<(Ebpf, PolicyMaps), DatapathError> {
     bpffs::ensure(&maps_dir(bpffs_dir))?;
-    let ebpf = load_program(bpffs_dir, 0)?;
-    let maps = PolicyMaps::open(&maps_dir(bpffs_dir))?;
-    Ok((ebpf, maps))
+    let loaded = load_program(bpffs_dir, 0)
+        .and_then(|ebpf| Ok((ebpf, PolicyMaps::open(&maps_dir(bpffs_dir))?)));
+    if loaded.is_err() {
+        let _ = uninstall(bpffs_dir);
+    }
+    loaded
 }
 
 /// The program handle of a loaded object, for `TestRun`.
