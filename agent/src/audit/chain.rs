@@ -220,14 +220,7 @@ pub(crate) fn decode_mac(text: &str) -> Option<[u8; 32]> {
 /// that a crash leaves the old content or the new, never a mix. The directory is created mode
 /// 0700 when missing.
 fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let temp = temp_path(path, ".tmp")?;
-    let result = write_synced(&temp, bytes)
-        .and_then(|()| fs::rename(&temp, path))
-        .and_then(|()| sync_dir(path));
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
+    crate::atomic_file::write(path, bytes)
 }
 
 /// `.NAME<suffix>` next to `path`, creating the directory (mode 0700) when missing.

@@ -22,9 +22,8 @@
 //!    "source": {"detector": {"name": "auth_failures"}}, "created": "..."}]}
 //! ```
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -207,46 +206,6 @@ pub fn save(path: &Path, store: &BanStore) -> Result<(), PersistError> {
         path: path.to_owned(),
         source,
     };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(err)?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(".tmp");
-    let temp = dir.join(temp_name);
     let text = encode(store).map_err(|e| err(io::Error::other(e)))?;
-    let result = write_synced(&temp, text.as_bytes())
-        .and_then(|()| fs::rename(&temp, path))
-        .and_then(|()| File::open(dir)?.sync_all());
-    if result.is_err() {
-        // The rename may not have happened; a leftover would be picked up by nobody.
-        let _ = fs::remove_file(&temp);
-    }
-    result.map_err(err)
-}
-
-/// Writes `bytes` to a fresh file at `path` (mode 0600, not through a symbolic link) and
-/// flushes it to disk.
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    // The mode of `open` applies only when it creates the file; a temporary file left by a
-    // crash keeps its own.
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    crate::atomic_file::write(path, text.as_bytes()).map_err(err)
 }

@@ -238,8 +238,12 @@ fn parse_link_file_name(file: &str) -> Option<(String, AttachMode)> {
     Some((ifname, AttachMode::from_name(mode)?))
 }
 
-/// The pinned links found under `bpffs_dir`: (interface, mode, path).
-fn pinned_links(bpffs_dir: &Path) -> Vec<(String, AttachMode, PathBuf)> {
+/// The pins under `links/` that `parse` recognises: (interface, mode, path),
+/// sorted.
+pub(crate) fn pins_in_links_dir<M: Ord>(
+    bpffs_dir: &Path,
+    parse: impl Fn(&str) -> Option<(String, M)>,
+) -> Vec<(String, M, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(links_dir(bpffs_dir)) else {
         return Vec::new();
     };
@@ -247,12 +251,17 @@ fn pinned_links(bpffs_dir: &Path) -> Vec<(String, AttachMode, PathBuf)> {
         .filter_map(Result::ok)
         .filter_map(|e| {
             let file = e.file_name().into_string().ok()?;
-            let (ifname, mode) = parse_link_file_name(&file)?;
+            let (ifname, mode) = parse(&file)?;
             Some((ifname, mode, e.path()))
         })
         .collect();
     out.sort();
     out
+}
+
+/// The pinned XDP links found under `bpffs_dir`: (interface, mode, path).
+fn pinned_links(bpffs_dir: &Path) -> Vec<(String, AttachMode, PathBuf)> {
+    pins_in_links_dir(bpffs_dir, parse_link_file_name)
 }
 
 fn ifindex(name: &str) -> Option<u32> {

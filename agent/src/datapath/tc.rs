@@ -208,19 +208,7 @@ fn pin_path(bpffs_dir: &Path, ifname: &str, mode: EgressMode) -> PathBuf {
 
 /// The egress pins found under `bpffs_dir`: (interface, mode, path).
 pub fn pinned(bpffs_dir: &Path) -> Vec<(String, EgressMode, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(super::links_dir(bpffs_dir)) else {
-        return Vec::new();
-    };
-    let mut out: Vec<_> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let file = e.file_name().into_string().ok()?;
-            let (ifname, mode) = parse_pin_file_name(&file)?;
-            Some((ifname, mode, e.path()))
-        })
-        .collect();
-    out.sort();
-    out
+    super::pins_in_links_dir(bpffs_dir, parse_pin_file_name)
 }
 
 fn remove_file(path: &Path) -> Result<(), EgressError> {
