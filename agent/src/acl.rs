@@ -41,9 +41,12 @@ pub mod packet;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use prometheus::{IntCounterVec, Opts, Registry};
 
+use crate::audit::{Aggregator, Event, EventType};
 use crate::config::{Config, Hours, Proto, ServiceSpec};
 use packet::{Transport, TCP_RST};
 
@@ -510,9 +513,14 @@ impl Acl {
 ///
 /// The labels come from [`Verdict::Deny`], so they are bounded by the configuration: role names
 /// or [`NO_ROLE`], and services listed by some role or [`OTHER_SERVICE`].
+///
+/// It also keeps the denials for the audit log, folded per (peer, service, minute) so that a
+/// peer hammering a forbidden port costs a line a minute; the agent takes the closed minutes
+/// with [`AclMetrics::take_denials`].
 #[derive(Debug, Clone)]
 pub struct AclMetrics {
     denied: IntCounterVec,
+    denials: Arc<Mutex<Aggregator>>,
 }
 
 impl AclMetrics {
@@ -526,7 +534,10 @@ impl AclMetrics {
             &["role", "service"],
         )?;
         registry.register(Box::new(denied.clone()))?;
-        Ok(AclMetrics { denied })
+        Ok(AclMetrics {
+            denied,
+            denials: Arc::default(),
+        })
     }
 
     /// Creates the series of every role of `acl` with every service label at zero, so that
@@ -539,15 +550,43 @@ impl AclMetrics {
         }
     }
 
-    /// Counts `verdict` if it is a denial.
-    pub fn count(&self, verdict: &Verdict<'_>) {
+    /// Counts `verdict` if it is a denial of a packet `peer` sent from `src`.
+    pub fn count(&self, peer: &str, src: IpAddr, verdict: &Verdict<'_>) {
         if let Verdict::Deny {
             role,
             service_label,
+            reason,
             ..
         } = verdict
         {
             self.denied.with_label_values(&[role, service_label]).inc();
+            let service = format!("{service_label} ({reason})");
+            let src = src.to_string();
+            self.denials
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .add(
+                    EventType::AclDenied,
+                    peer,
+                    &service,
+                    SystemTime::now(),
+                    Some(&src),
+                    None,
+                );
+        }
+    }
+
+    /// The `acl_denied` audit records of the minutes that ended before `now`; with `all`,
+    /// of every minute (the agent is stopping).
+    pub fn take_denials(&self, now: SystemTime, all: bool) -> Vec<Event> {
+        let mut denials = self
+            .denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if all {
+            denials.flush_all()
+        } else {
+            denials.flush(now)
         }
     }
 }

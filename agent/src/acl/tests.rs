@@ -580,10 +580,16 @@ fn denials_are_counted_by_role_and_service() {
     let metrics = AclMetrics::register(&registry).unwrap_or_else(|e| panic!("{e}"));
     metrics.prepare(&acl);
     for packet in [syn(BOB4, GATEWAY4, 22), udp(BOB4, GATEWAY4, 53)] {
-        metrics.count(&acl.decide("bob", &packet, MONDAY, false));
+        metrics.count(
+            "bob",
+            BOB4.into(),
+            &acl.decide("bob", &packet, MONDAY, false),
+        );
     }
-    metrics.count(&acl.decide("bob", &syn(BOB4, GATEWAY4, 5432), MONDAY, false));
-    metrics.count(&acl.decide("mallory", &syn(BOB4, GATEWAY4, 443), MONDAY, false));
+    let allowed = acl.decide("bob", &syn(BOB4, GATEWAY4, 5432), MONDAY, false);
+    metrics.count("bob", BOB4.into(), &allowed);
+    let unknown = acl.decide("mallory", &syn(BOB4, GATEWAY4, 443), MONDAY, false);
+    metrics.count("mallory", BOB4.into(), &unknown);
     let families = registry.gather();
     let [family] = &families[..] else {
         panic!("{families:?}");
@@ -622,6 +628,30 @@ fn denials_are_counted_by_role_and_service() {
     .map(|(role, service, value)| ((*role).to_owned(), (*service).to_owned(), *value))
     .collect();
     assert_eq!(series, expected);
+
+    // The same denials, folded for the audit log: one record per peer and service.
+    let records = metrics.take_denials(std::time::SystemTime::now(), true);
+    let summary: Vec<(String, String, u64)> = records
+        .iter()
+        .map(|event| {
+            let detail = |key: &str| event.detail.get(key).cloned().unwrap_or_default();
+            (
+                event.actor.clone(),
+                detail("service").as_str().unwrap_or_default().to_owned(),
+                detail("count").as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("bob".to_owned(), "other (not_in_role)".to_owned(), 2),
+            ("mallory".to_owned(), "tcp/443 (no_role)".to_owned(), 1),
+        ]
+    );
+    assert!(metrics
+        .take_denials(std::time::SystemTime::now(), true)
+        .is_empty());
 }
 
 #[test]

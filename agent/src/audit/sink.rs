@@ -68,8 +68,9 @@ impl Sink {
         }
     }
 
-    /// Appends one record (and fsyncs it).
-    pub fn record(&mut self, event: &Event) {
+    /// Appends one record (and fsyncs it). Returns whether it was written; callers that must
+    /// not act unaudited check [`Sink::writable`] afterwards.
+    pub fn record(&mut self, event: &Event) -> bool {
         let written = self.ensure_open()
             && match self
                 .writer
@@ -91,6 +92,7 @@ impl Sink {
             self.errors += 1;
         }
         self.failing = !written;
+        written
     }
 
     /// Whether actions that must be audited may go on: false while the log

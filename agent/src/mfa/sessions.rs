@@ -57,6 +57,27 @@ pub enum Outcome {
     NotEnrolled,
 }
 
+/// Why a session ended by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lapse {
+    /// `[mfa] session` after the code that opened it.
+    Expired,
+    /// `[mfa] idle` without activity.
+    Idle,
+    /// The peer's secret is gone (the peer was removed).
+    NotEnrolled,
+}
+
+impl Lapse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lapse::Expired => "expired",
+            Lapse::Idle => "idle",
+            Lapse::NotEnrolled => "not_enrolled",
+        }
+    }
+}
+
 /// An open session, times in Unix seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,6 +233,58 @@ impl Sessions {
             .get_mut(peer)
             .and_then(|s| s.session.take())
             .is_some()
+    }
+
+    /// When `peer`'s lockout ends, if it is locked out at `now`.
+    pub fn locked_until(&self, peer: &str, now: u64) -> Option<u64> {
+        self.peers
+            .get(peer)
+            .and_then(|s| s.locked_until)
+            .filter(|until| now < *until)
+    }
+
+    /// Removes the sessions that ended by themselves before `now` (expired or idle) and
+    /// returns their peers with the reason, in name order. Logged-out sessions are not here:
+    /// [`Sessions::end`] reports them.
+    pub fn lapse(&mut self, now: u64) -> Vec<(String, Lapse)> {
+        let idle = self.policy.idle.as_secs();
+        let mut lapsed = Vec::new();
+        for (peer, state) in &mut self.peers {
+            let Some(session) = state.session else {
+                continue;
+            };
+            let reason = if state.secret.is_none() {
+                Lapse::NotEnrolled
+            } else if now >= session.expires {
+                Lapse::Expired
+            } else if now >= session.last_activity.saturating_add(idle) {
+                Lapse::Idle
+            } else {
+                continue;
+            };
+            state.session = None;
+            lapsed.push((peer.clone(), reason));
+        }
+        lapsed
+    }
+
+    /// The peers with an open session at `now`, in name order.
+    pub fn open_peers(&self, now: u64) -> Vec<&str> {
+        self.peers
+            .keys()
+            .filter(|peer| self.is_open(peer, now))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Forgets everything about `peer` but its lockout, as when the peer is removed: a peer
+    /// added again under the same name starts without a session and must enroll again.
+    pub fn forget(&mut self, peer: &str) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.secret = None;
+            state.session = None;
+            state.last_step = None;
+        }
     }
 
     /// The saved form of the state, without the secrets, peers in name order.
@@ -388,6 +461,56 @@ mod tests {
         // Activity after the idle end does not revive the session.
         assert!(!sessions.touch("alice", idle_end));
         assert!(!sessions.is_open("alice", idle_end));
+    }
+
+    #[test]
+    fn lapse_reports_expired_and_idle_sessions_once() {
+        let mut sessions = enrolled();
+        sessions.set_secret("bob", Secret::from_bytes(*b"abcdefghijabcdefghij"));
+        assert!(matches!(
+            sessions.try_code("alice", &code(T0), T0),
+            Outcome::Opened { .. }
+        ));
+        let bob_code = totp::code_at(b"abcdefghijabcdefghij", T0);
+        assert!(matches!(
+            sessions.try_code("bob", &format!("{bob_code:06}"), T0),
+            Outcome::Opened { .. }
+        ));
+        assert_eq!(sessions.open_peers(T0 + 1), vec!["alice", "bob"]);
+        // Alice stays active; Bob goes idle.
+        let idle = policy().idle.as_secs();
+        let end = T0 + policy().session.as_secs();
+        for t in (T0..end).step_by(60) {
+            sessions.touch("alice", t);
+            let lapsed = sessions.lapse(t);
+            if t < T0 + idle {
+                assert!(lapsed.is_empty(), "at {t}: {lapsed:?}");
+            } else if t < T0 + idle + 60 {
+                assert_eq!(lapsed, vec![("bob".to_owned(), Lapse::Idle)]);
+            } else {
+                assert!(lapsed.is_empty(), "at {t}: {lapsed:?}");
+            }
+        }
+        assert_eq!(
+            sessions.lapse(end),
+            vec![("alice".to_owned(), Lapse::Expired)]
+        );
+        assert!(sessions.open_peers(end).is_empty());
+    }
+
+    #[test]
+    fn locked_until_and_forget() {
+        let mut sessions = enrolled();
+        for _ in 0..policy().max_failures {
+            sessions.try_code("alice", &wrong(T0), T0);
+        }
+        let until = T0 + policy().lockout.as_secs();
+        assert_eq!(sessions.locked_until("alice", T0 + 1), Some(until));
+        assert_eq!(sessions.locked_until("alice", until), None);
+        sessions.forget("alice");
+        assert!(!sessions.is_enrolled("alice"));
+        // The lockout outlives the removal.
+        assert_eq!(sessions.locked_until("alice", T0 + 1), Some(until));
     }
 
     #[test]

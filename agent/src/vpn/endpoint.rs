@@ -1042,7 +1042,7 @@ fn admit(
     match verdict {
         Verdict::Allow { .. } => bufs.queue.push(packet),
         Verdict::Deny { reject, .. } => {
-            shared.acl_metrics.count(&verdict);
+            shared.acl_metrics.count(&entry.info.name, src, &verdict);
             let answer = match reject {
                 Some(Reject::TcpReset) => super::reject::tcp_reset(packet),
                 Some(Reject::IcmpAdminProhibited { source }) => {

@@ -91,17 +91,15 @@ pub fn admitted(config: &Config, now: SystemTime) -> (Vec<PeerInfo>, Vec<(String
     (admitted, excluded)
 }
 
+/// When a key registered on `created` (midnight UTC) stops being admitted: `max_age` later.
+pub fn key_expires_at(created: Date, max_age: Duration) -> SystemTime {
+    let days = u64::try_from(created.days_since_unix_epoch()).unwrap_or(0);
+    UNIX_EPOCH + Duration::from_secs(days.saturating_mul(86_400)) + max_age
+}
+
 /// Whether a key registered on `created` (midnight UTC) is older than `max_age` at `now`.
 fn key_expired(created: Date, max_age: Duration, now: SystemTime) -> bool {
-    let days = created.days_since_unix_epoch();
-    let Ok(days) = u64::try_from(days) else {
-        return false;
-    };
-    let created_at = UNIX_EPOCH + Duration::from_secs(days.saturating_mul(86_400));
-    match now.duration_since(created_at) {
-        Ok(age) => age > max_age,
-        Err(_) => false,
-    }
+    now > key_expires_at(created, max_age)
 }
 
 /// A map from addresses to values by longest prefix. Single addresses (/32, /128) sit in hash
