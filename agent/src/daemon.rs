@@ -11,6 +11,9 @@
 //! file, then to the kernel. Ended bans are swept every second; the kernel's ban
 //! maps are compared with the list on the reconcile tick and repaired.
 
+mod peers;
+mod portal;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,7 @@ use ipnet::IpNet;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::access::Access;
 use crate::audit::{self, Event, EventType, Outcome};
 use crate::bans::persist::{self, PersistError};
 use crate::bans::{Ban, BanStore, KernelKey, KernelValue, ManualBan, Safeguards};
@@ -148,6 +152,10 @@ struct Agent {
     last_swap: Instant,
     /// The WireGuard endpoint.
     vpn: vpn::Supervisor,
+    /// The peers' MFA sessions and lifecycle.
+    access: Access,
+    /// The MFA portal's listeners.
+    portal: portal::PortalHost,
 }
 
 impl Agent {
@@ -198,6 +206,15 @@ impl Agent {
                 .collect(),
             audit_write_errors: self.audit.errors(),
             vpn: self.vpn.status(),
+            mfa_attempts: self
+                .access
+                .attempts()
+                .iter()
+                .map(|(result, n)| ((*result).to_owned(), *n))
+                .collect(),
+            mfa_sessions: self.mfa_sessions(),
+            key_expiry: self.key_expiry(),
+            portal: self.portal.status(),
         })
     }
 
@@ -230,16 +247,20 @@ impl Agent {
         if config.interfaces != self.config.interfaces {
             tracing::warn!("interface changes take effect when the agent restarts");
         }
-        self.config = config;
+        let previous = std::mem::replace(&mut self.config, config);
         self.policy = policy;
+        let connected = self.connected_peers();
         self.vpn.apply(&self.config, true);
+        self.access.reload(&self.config);
+        self.cut_departed(&previous, &connected);
+        self.portal.apply(&self.config);
         Ok(generation)
     }
 
     fn handle(&mut self, request: Request) -> Response {
         match request {
             Request::Status => match self.status() {
-                Ok(status) => Response::Status(status),
+                Ok(status) => Response::Status(Box::new(status)),
                 Err(e) => Response::Error {
                     message: datapath::error_chain(&e),
                 },
@@ -261,6 +282,19 @@ impl Agent {
                 bans: self.bans.iter().map(BanStatus::from).collect(),
             },
             Request::BanRemove { net } => self.ban_remove(net),
+            Request::PeerAdd {
+                name,
+                role,
+                public_key,
+                by,
+            } => self.peer_add(&name, &role, &public_key, &by),
+            Request::PeerRemove { name, by } => self.peer_remove(&name, &by),
+            Request::PeerSetEnabled { name, enabled, by } => {
+                self.peer_set_enabled(&name, enabled, &by)
+            }
+            Request::PeerList => Response::Peers {
+                peers: self.peer_list(),
+            },
             Request::Reload => match self.reload() {
                 Ok(generation) => {
                     tracing::info!(generation, "policy reloaded");
@@ -547,6 +581,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     );
 
     let (tx, mut rx) = mpsc::channel::<Command>(64);
+    let (portal_tx, mut portal_rx) = mpsc::channel::<portal::PortalCommand>(64);
     let control_path = config.agent.control_socket.clone();
     tokio::spawn(control::serve(control_listener, tx.clone()));
     let metrics_listener = metrics::bind(config.metrics.listen).await?;
@@ -567,6 +602,9 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
             .with_detail("config", options.source.describe())
             .with_detail("generation", datapath.generation()),
     );
+    let access = Access::open(&config);
+    let mut portal = portal::PortalHost::new(portal_tx);
+    portal.apply(&config);
     let mut agent = Agent {
         source: options.source.clone(),
         config,
@@ -582,6 +620,8 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         divergence: 0,
         last_swap: Instant::now(),
         vpn,
+        access,
+        portal,
     };
     if !ended.is_empty() {
         // The file still lists the bans that ended while the agent was stopped. A failure is
@@ -603,6 +643,10 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
             _ = hup.recv() => { agent.handle(Request::Reload); }
             Some((request, reply)) = rx.recv() => {
                 let _ = reply.send(agent.handle(request));
+            }
+            Some((request, reply)) = portal_rx.recv() => {
+                let answer = agent.access.portal(&request, &agent.config, &agent.vpn, &mut agent.audit);
+                let _ = reply.send(answer);
             }
             _ = drain_events.tick() => {
                 let undecodable = events.drain(&mut agent.recent);
@@ -627,17 +671,27 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
                 }
                 // Peers whose keys aged past key_max_age are cut.
                 agent.vpn.apply(&agent.config, false);
+                agent.disable_inactive();
                 match agent.reconcile_bans() {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(entries = n, "kernel ban maps differed from the ban list; repaired"),
                     Err(e) => tracing::error!(error = %datapath::error_chain(&e), "reconciling the kernel's bans failed"),
                 }
             }
-            _ = sweep.tick() => agent.sweep_bans(),
+            _ = sweep.tick() => {
+                agent.sweep_bans();
+                agent.access_tick();
+            }
         }
     }
 
     let _ = std::fs::remove_file(&control_path);
+    // What happened since the last tick is recorded before the stop.
+    agent.access_tick();
+    agent.access.flush();
+    for event in agent.metrics.acl().take_denials(SystemTime::now(), true) {
+        agent.audit.record(&event);
+    }
     agent.audit.record(
         &Event::new(EventType::AgentStop, Outcome::Info, "system")
             .with_detail("filter_kept", !options.detach_on_exit),

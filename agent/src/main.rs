@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cli_peer;
+
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 
@@ -71,6 +73,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Register, list, remove, disable and enable VPN peers (staff devices)
+    Peer {
+        #[command(subcommand)]
+        command: cli_peer::PeerCommand,
     },
     /// Enroll peers in the TOTP second factor
     Mfa {
@@ -210,6 +217,10 @@ fn dispatch(cli: Cli) -> u8 {
         },
         Command::Audit { command } => match load(&source) {
             Ok(config) => audit(&config, command),
+            Err(code) => code,
+        },
+        Command::Peer { command } => match load(&source) {
+            Ok(config) => cli_peer::run(&config, &source, command, &admin_actor()),
             Err(code) => code,
         },
         Command::Mfa { command } => match load(&source) {
@@ -521,15 +532,9 @@ fn mfa_enroll(config: &config::Config, source: &ConfigSource, name: &str) -> u8 
         }
     };
     let uri = mfa::otpauth_uri(&config.mfa.issuer, name, &secret);
-    match qrcode::QrCode::new(uri.as_bytes()) {
-        Ok(code) => {
-            let image = code
-                .render::<qrcode::render::unicode::Dense1x2>()
-                .quiet_zone(true)
-                .build();
-            println!("{image}");
-        }
-        Err(e) => eprintln!("crmguard: cannot draw the QR code ({e}); use the URI"),
+    match crmguard::provision::qr_terminal(&uri) {
+        Ok(image) => println!("{image}"),
+        Err(e) => eprintln!("crmguard: {}; use the URI", datapath::error_chain(&e)),
     }
     println!("{uri}");
     println!("enrolled {name}: scan the code or enter the URI in an authenticator app");

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -138,6 +138,7 @@ impl Metrics {
             families.extend(crate::vpn::status::metric_families(vpn));
         }
         families.extend(audit_families(status));
+        families.extend(access_families(status));
         // The encoder refuses a family without samples (and then writes
         // nothing after it): a counter that has not counted yet is left out.
         families.retain(|f| !f.get_metric().is_empty());
@@ -184,6 +185,40 @@ fn audit_families(status: &Status) -> [MetricFamily; 2] {
         .mut_metric()
         .push(counter(status.audit_write_errors, Vec::new()));
     [events, errors]
+}
+
+/// `crmguard_mfa_attempts_total{result}` and `crmguard_vpn_key_expiry_seconds{peer}`.
+fn access_families(status: &Status) -> [MetricFamily; 2] {
+    let mut attempts = MetricFamily::default();
+    attempts.set_name("crmguard_mfa_attempts_total".to_owned());
+    attempts.set_help("MFA codes tried at the portal, by result".to_owned());
+    attempts.set_field_type(MetricType::COUNTER);
+    for (result, n) in &status.mfa_attempts {
+        let mut counter = Counter::default();
+        // Prometheus counters are floats; 2^53 attempts is far away.
+        counter.set_value(*n as f64);
+        let mut metric = Metric::default();
+        metric.set_label(vec![label("result", result)]);
+        metric.set_counter(counter);
+        attempts.mut_metric().push(metric);
+    }
+    let mut expiry = MetricFamily::default();
+    expiry.set_name("crmguard_vpn_key_expiry_seconds".to_owned());
+    expiry.set_help(
+        "Seconds until the peer's key reaches vpn.key_max_age and is refused (negative once refused)"
+            .to_owned(),
+    );
+    expiry.set_field_type(MetricType::GAUGE);
+    for (peer, secs) in &status.key_expiry {
+        let mut gauge = Gauge::default();
+        // Seconds of a key's life fit a float exactly.
+        gauge.set_value(*secs as f64);
+        let mut metric = Metric::default();
+        metric.set_label(vec![label("peer", peer)]);
+        metric.set_gauge(gauge);
+        expiry.mut_metric().push(metric);
+    }
+    [attempts, expiry]
 }
 
 fn label(name: &str, value: &str) -> LabelPair {
@@ -341,6 +376,10 @@ mod tests {
             audit_events: [("agent_start".to_owned(), 1)].into(),
             audit_write_errors: 0,
             vpn: None,
+            mfa_attempts: [("ok".to_owned(), 2), ("wrong".to_owned(), 1)].into(),
+            mfa_sessions: Default::default(),
+            key_expiry: [("alice-laptop".to_owned(), -5)].into(),
+            portal: None,
         };
         metrics.ban_added("manual");
         metrics.ban_added("manual");
@@ -360,6 +399,10 @@ mod tests {
             "# TYPE crmguard_bans_total counter",
             "crmguard_bans_total{reason=\"manual\"} 2",
             "crmguard_bans_total{reason=\"auth_failures\"} 1",
+            "crmguard_mfa_attempts_total{result=\"ok\"} 2",
+            "crmguard_mfa_attempts_total{result=\"wrong\"} 1",
+            "# TYPE crmguard_vpn_key_expiry_seconds gauge",
+            "crmguard_vpn_key_expiry_seconds{peer=\"alice-laptop\"} -5",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

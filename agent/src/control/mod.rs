@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::access::listing::PeerListing;
 use crate::bans::{self, Ban};
 
 /// A request to the agent.
@@ -42,13 +43,36 @@ pub enum Request {
     BanRemove {
         net: IpNet,
     },
+    /// `crmguard peer add`: registers or re-keys a peer in `peers_file` and applies it. The
+    /// private key, when the CLI generated one, never leaves the CLI.
+    PeerAdd {
+        name: String,
+        role: String,
+        /// Base64, as `wg` prints it.
+        public_key: String,
+        /// `admin:<unix user>`.
+        by: String,
+    },
+    /// `crmguard peer remove`.
+    PeerRemove {
+        name: String,
+        by: String,
+    },
+    /// `crmguard peer enable` / `peer disable`.
+    PeerSetEnabled {
+        name: String,
+        enabled: bool,
+        by: String,
+    },
+    /// `crmguard peer list`.
+    PeerList,
 }
 
 /// The agent's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Status(Status),
+    Status(Box<Status>),
     Reloaded {
         generation: u32,
     },
@@ -60,6 +84,21 @@ pub enum Response {
         ban: BanStatus,
         /// Set when the ban was lifted but not everywhere (see [`BanAdded::error`]).
         error: Option<String>,
+    },
+    /// The peer as it stands after `peer add`, `remove`, `enable` or `disable`.
+    Peer {
+        peer: PeerListing,
+        /// `peer add` replaced a peer of the same name (a new key).
+        #[serde(default)]
+        replaced: bool,
+        /// The change is saved but could not be applied (the reload failed); the CLI
+        /// exits 1.
+        #[serde(default)]
+        error: Option<String>,
+    },
+    /// `peer list`.
+    Peers {
+        peers: Vec<PeerListing>,
     },
     /// The request was invalid and changed nothing (the CLI exits 64).
     Refused {
@@ -142,6 +181,27 @@ pub struct Status {
     /// The WireGuard endpoint, when `[vpn]` is configured.
     #[serde(default)]
     pub vpn: Option<crate::vpn::status::VpnStatus>,
+    /// MFA codes tried at the portal since start, by result.
+    #[serde(default)]
+    pub mfa_attempts: std::collections::BTreeMap<String, u64>,
+    /// Open MFA sessions: peer name and RFC 3339 end.
+    #[serde(default)]
+    pub mfa_sessions: std::collections::BTreeMap<String, String>,
+    /// Seconds until each peer's key reaches `vpn.key_max_age` (negative once refused).
+    #[serde(default)]
+    pub key_expiry: std::collections::BTreeMap<String, i64>,
+    /// Where the MFA portal listens, or why it does not.
+    #[serde(default)]
+    pub portal: Option<PortalStatus>,
+}
+
+/// The MFA portal, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalStatus {
+    /// `10.77.0.1:8443` and so on.
+    pub listening: Vec<String>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// One sampled drop, as `status` shows it.

@@ -4,9 +4,11 @@
 //! `totp`, `base32` and `sessions` are pure: they take the time as an argument and touch no
 //! file or clock. `secrets` and `store` do the file IO under `state_dir/mfa`. Nothing here
 //! logs or formats a secret except [`otpauth_uri`], whose output is meant for the operator's
-//! terminal only.
+//! terminal only. `portal` is the HTTP server where staff type their codes; it holds no
+//! state and asks the agent's main loop about every request.
 
 pub mod base32;
+pub mod portal;
 pub mod secrets;
 pub mod sessions;
 pub mod store;
