@@ -10,12 +10,14 @@
 //! the firewall must do, the harness only makes it observable.
 
 pub mod agent;
+pub mod browser;
 pub mod frames;
 pub mod net;
 pub mod netns;
 pub mod privileged;
 pub mod process;
 pub mod topology;
+pub mod totp;
 pub mod wait;
 pub mod wg;
 

@@ -5,10 +5,12 @@
 //! failure. The few that need neither (the golden packets run through the
 //! reference model) run everywhere.
 
+mod access;
 mod atomic;
 mod attacks;
 mod audit;
 mod bans;
+mod browser;
 mod differential;
 mod established;
 mod firewall;

@@ -33,9 +33,9 @@ use crmguard_tests::wg::{self, genkey, Keys, WgClient};
 use tempfile::TempDir;
 
 /// The endpoint's UDP port.
-const WG_PORT: u16 = 51820;
+pub(crate) const WG_PORT: u16 = 51820;
 /// A TCP service the staff role may reach (a banner server).
-const ALLOWED_TCP: u16 = 8080;
+pub(crate) const ALLOWED_TCP: u16 = 8080;
 /// The bulk-transfer service, also allowed.
 const BULK: u16 = 5001;
 /// A UDP service the staff role may reach.
@@ -43,13 +43,13 @@ const ALLOWED_UDP: u16 = 9000;
 /// A service only the dba role may reach.
 const DBA_ONLY: u16 = 5432;
 /// How long handshakes and counters may take to show.
-const SETTLE: Duration = Duration::from_secs(10);
+pub(crate) const SETTLE: Duration = Duration::from_secs(10);
 
-const GATEWAY4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+pub(crate) const GATEWAY4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
 
 /// Fails naming the Debian package when a tool the scenarios run is missing.
-fn require_tools() -> Result<()> {
+pub(crate) fn require_tools() -> Result<()> {
     crmguard_tests::privileged::require_tools(&[
         ("wireguard-go", "wireguard-go"),
         ("wg", "wireguard-tools"),
@@ -61,14 +61,14 @@ fn require_tools() -> Result<()> {
 // ---- the lab ---------------------------------------------------------------------------------
 
 /// A peer: its name, keys and tunnel addresses (10.77.0.LAST and fd77::LAST).
-struct PeerSpec {
-    name: &'static str,
-    keys: Keys,
-    last: u8,
+pub(crate) struct PeerSpec {
+    pub(crate) name: &'static str,
+    pub(crate) keys: Keys,
+    pub(crate) last: u8,
 }
 
 impl PeerSpec {
-    fn new(name: &'static str, last: u8) -> Result<PeerSpec> {
+    pub(crate) fn new(name: &'static str, last: u8) -> Result<PeerSpec> {
         Ok(PeerSpec {
             name,
             keys: genkey()?,
@@ -76,7 +76,7 @@ impl PeerSpec {
         })
     }
 
-    fn v4(&self) -> Ipv4Addr {
+    pub(crate) fn v4(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 77, 0, self.last)
     }
 
@@ -95,7 +95,12 @@ impl PeerSpec {
     }
 
     /// Starts wireguard-go for this peer in `ns`, talking to the gateway at `endpoint`.
-    fn connect(&self, ns: &NetNs, gateway: &str, endpoint: SocketAddr) -> Result<WgClient> {
+    pub(crate) fn connect(
+        &self,
+        ns: &NetNs,
+        gateway: &str,
+        endpoint: SocketAddr,
+    ) -> Result<WgClient> {
         let v4 = format!("{}/24", self.v4());
         let v6 = format!("{}/64", self.v6());
         let client = WgClient::start(ns, &self.keys, &[&v4, &v6])?;
@@ -166,7 +171,7 @@ fn start_agent<'ns>(ns: &'ns NetNs, setup: &Setup) -> Result<Agent<'ns>> {
 }
 
 /// The gateway's public key, as `status --json` reports it.
-fn gateway_key(agent: &Agent) -> Result<String> {
+pub(crate) fn gateway_key(agent: &Agent) -> Result<String> {
     let status = agent.status()?;
     let vpn = &status["vpn"];
     ensure!(
@@ -180,7 +185,7 @@ fn gateway_key(agent: &Agent) -> Result<String> {
 }
 
 /// A second outside namespace with its own link to the host: 10.X.Y+1.2 outside, .1 on the host.
-fn second_link(t: &Topology, x: u8, y: u8) -> Result<(NetNs, Iface, Iface, IpAddr)> {
+pub(crate) fn second_link(t: &Topology, x: u8, y: u8) -> Result<(NetNs, Iface, Iface, IpAddr)> {
     let ns = NetNs::new("cgt-out2")?;
     let (out_if, host_if) = veth_pair(&ns, &t.host)?;
     out_if.add_addr(&format!("10.{x}.{}.2/24", y + 1))?;
@@ -195,12 +200,12 @@ fn second_link(t: &Topology, x: u8, y: u8) -> Result<(NetNs, Iface, Iface, IpAdd
     ))
 }
 
-fn gateway_endpoint(host: IpAddr) -> SocketAddr {
+pub(crate) fn gateway_endpoint(host: IpAddr) -> SocketAddr {
     SocketAddr::new(host, WG_PORT)
 }
 
 /// One ping from `ns` to `dst` that must be answered within `wait`.
-fn ping(ns: &NetNs, dst: IpAddr, wait: Duration) -> Result<bool> {
+pub(crate) fn ping(ns: &NetNs, dst: IpAddr, wait: Duration) -> Result<bool> {
     let mut cmd = Command::new("ping");
     cmd.args([
         "-n",
@@ -214,14 +219,14 @@ fn ping(ns: &NetNs, dst: IpAddr, wait: Duration) -> Result<bool> {
 }
 
 /// Waits until `dst` answers pings from `ns` (the handshake happens on the first packet).
-fn wait_reachable(ns: &NetNs, dst: IpAddr) -> Result<()> {
+pub(crate) fn wait_reachable(ns: &NetNs, dst: IpAddr) -> Result<()> {
     wait_for(SETTLE, &format!("{dst} to answer pings"), || {
         Ok(ping(ns, dst, Duration::from_millis(500))?.then_some(()))
     })
 }
 
 /// The value of a metric sample, 0 when absent.
-fn metric(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+pub(crate) fn metric(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
     Ok(metric_value(&agent.metrics()?, name, labels).unwrap_or(0.0))
 }
 

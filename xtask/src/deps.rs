@@ -51,7 +51,10 @@ const LIBBPF_DEV: Package = pkg("libbpf-dev", "bpf_helpers.h for the XDP program
 const IPROUTE2: Package = pkg("iproute2", "ip: network namespaces, veth pairs, XDP state");
 const PING: Package = pkg("iputils-ping", "ping: ICMP checks between namespaces");
 const NCAT: Package = pkg("ncat", "TCP clients and servers inside namespaces");
-const CURL: Package = pkg("curl", "fetches /metrics from the agent");
+const CURL: Package = pkg(
+    "curl",
+    "fetches /metrics and talks to the MFA portal's JSON endpoint",
+);
 
 const TEST: &[Package] = &[
     CLANG,
@@ -89,6 +92,10 @@ const TEST: &[Package] = &[
     pkg(
         "python3",
         "python3 -m http.server: a real HTTP server for downloads (allow_established)",
+    ),
+    pkg(
+        "chromium",
+        "headless Chromium: signs in at the MFA portal through the tunnel",
     ),
 ];
 
