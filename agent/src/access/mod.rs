@@ -27,6 +27,18 @@ use crate::mfa::{secrets, store};
 use crate::vpn::status::VpnStatus;
 use crate::vpn::{self, peers::Excluded};
 
+/// Where the sessions take effect: the endpoint's ACL ([`vpn::Supervisor`] in the agent).
+pub trait MfaGate {
+    /// Opens or closes `peer`'s MFA session for the ACL; false when no such peer is admitted.
+    fn set_mfa_session(&self, peer: &str, open: bool) -> bool;
+}
+
+impl MfaGate for vpn::Supervisor {
+    fn set_mfa_session(&self, peer: &str, open: bool) -> bool {
+        vpn::Supervisor::set_mfa_session(self, peer, open)
+    }
+}
+
 /// How often session activity (which only moves `last_activity`) is saved at most; opening
 /// and ending sessions are saved at once.
 const SAVE_ACTIVITY_EVERY: Duration = Duration::from_secs(60);
@@ -42,7 +54,7 @@ pub struct Access {
     /// activity.
     unsaved: Option<bool>,
     last_save: Instant,
-    /// The last rx byte count and handshake seen of each admitted peer.
+    /// The last inner packet count and handshake seen of each admitted peer.
     seen: HashMap<String, Seen>,
     /// Peers refused for an old key at the last tick (audited once when they become so).
     expired: BTreeSet<String>,
@@ -53,7 +65,7 @@ pub struct Access {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Seen {
-    rx_bytes: u64,
+    inner_packets: u64,
     handshake: Option<u64>,
 }
 
@@ -130,7 +142,7 @@ impl Access {
         &mut self,
         request: &PortalRequest,
         config: &Config,
-        vpn: &vpn::Supervisor,
+        vpn: &dyn MfaGate,
         audit: &mut audit::Sink,
     ) -> PortalReply {
         let now = unix_now();
@@ -178,7 +190,7 @@ impl Access {
         code: &str,
         from: IpAddr,
         config: &Config,
-        vpn: &vpn::Supervisor,
+        vpn: &dyn MfaGate,
         audit: &mut audit::Sink,
         now: u64,
     ) -> PortalReply {
@@ -258,7 +270,7 @@ impl Access {
         peer: &str,
         reason: &str,
         from: IpAddr,
-        vpn: &vpn::Supervisor,
+        vpn: &dyn MfaGate,
         audit: &mut audit::Sink,
     ) -> bool {
         let was_open = self.sessions.is_open(peer, unix_now());
@@ -283,7 +295,7 @@ impl Access {
         &mut self,
         peer: &Peer,
         reason: &str,
-        vpn: &vpn::Supervisor,
+        vpn: &dyn MfaGate,
         audit: &mut audit::Sink,
     ) {
         let from = IpAddr::V4(peer.address);
@@ -302,7 +314,7 @@ impl Access {
         &mut self,
         config: &Config,
         status: Option<&VpnStatus>,
-        vpn: &vpn::Supervisor,
+        vpn: &dyn MfaGate,
         audit: &mut audit::Sink,
     ) {
         let now = unix_now();
@@ -335,7 +347,7 @@ impl Access {
         let mut seen = HashMap::with_capacity(status.peers.len());
         for peer in &status.peers {
             let before = self.seen.get(&peer.name).copied();
-            let moved = before.is_some_and(|b| peer.rx_bytes > b.rx_bytes);
+            let moved = before.is_some_and(|b| peer.inner_packets > b.inner_packets);
             if moved && self.sessions.touch(&peer.name, now) {
                 self.mark_changed(false);
             }
@@ -360,7 +372,7 @@ impl Access {
             seen.insert(
                 peer.name.clone(),
                 Seen {
-                    rx_bytes: peer.rx_bytes,
+                    inner_packets: peer.inner_packets,
                     handshake: peer.latest_handshake,
                 },
             );
@@ -372,7 +384,7 @@ impl Access {
         &mut self,
         config: &Config,
         status: &VpnStatus,
-        vpn: &vpn::Supervisor,
+        vpn: &dyn MfaGate,
         audit: &mut audit::Sink,
     ) {
         let expired: BTreeSet<String> = status
@@ -466,7 +478,10 @@ pub fn format_unix(secs: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod format_tests {
     use super::*;
 
     #[test]

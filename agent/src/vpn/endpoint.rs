@@ -164,6 +164,9 @@ struct Session {
     endpoint: Option<Target>,
     rx_bytes: u64,
     tx_bytes: u64,
+    /// Decrypted packets the ACL let through: use of the tunnel, unlike keepalives and
+    /// handshakes (what keeps an MFA session from going idle).
+    inner_packets: u64,
     last_handshake: Option<SystemTime>,
     /// The endpoint or the handshake time changed since the state file was last written.
     dirty: bool,
@@ -428,6 +431,7 @@ impl Endpoint {
                             ),
                             endpoint: None,
                             rx_bytes: 0,
+                            inner_packets: 0,
                             tx_bytes: 0,
                             last_handshake: None,
                             dirty: false,
@@ -526,6 +530,7 @@ impl Endpoint {
                     latest_handshake: latest,
                     rx_bytes: session.rx_bytes,
                     tx_bytes: session.tx_bytes,
+                    inner_packets: session.inner_packets,
                     connected,
                     mfa_session: entry.slot.mfa_open.load(Ordering::Relaxed),
                 }
@@ -1040,7 +1045,10 @@ fn admit(
         entry.slot.mfa_open.load(Ordering::Relaxed),
     );
     match verdict {
-        Verdict::Allow { .. } => bufs.queue.push(packet),
+        Verdict::Allow { .. } => {
+            session.inner_packets += 1;
+            bufs.queue.push(packet);
+        }
         Verdict::Deny { reject, .. } => {
             shared.acl_metrics.count(&entry.info.name, src, &verdict);
             let answer = match reject {

@@ -57,6 +57,9 @@ pub struct VpnPeerStatus {
     /// Bytes of WireGuard datagrams received from and sent to the peer.
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Decrypted packets the ACL let through (keepalives and handshakes are not counted).
+    #[serde(default)]
+    pub inner_packets: u64,
     /// A handshake completed within the last [`CONNECTED_FOR_SECS`] seconds.
     pub connected: bool,
     /// The peer has an open MFA session.
