@@ -409,6 +409,25 @@ fn wrong_codes_lock_the_peer_out_also_across_a_restart() -> Result<()> {
     let mut agent = Agent::start(&t.host, &lab.body)?;
     let secret = enroll(&agent, "bob")?;
     let gateway = gateway_key(&agent)?;
+    // Outside the tunnel the portal cannot be reached, even with a route to the gateway's
+    // tunnel address over the public link: nothing but WireGuard gets through there.
+    let host4 = t.addrs.host4.to_string();
+    let dropped = agent.counter(t.host_if.name(), "drop", "default_drop")?;
+    t.out
+        .ip(&["route", "add", &format!("{GATEWAY4}/32"), "via", &host4])?;
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-m", "2", &format!("http://{GATEWAY4}:{PORTAL}/")]);
+    let outside = process::output_in(&t.out, cmd)?;
+    ensure!(
+        !outside.status.success(),
+        "the portal answered from outside the tunnel: {outside:?}"
+    );
+    ensure!(
+        agent.counter(t.host_if.name(), "drop", "default_drop")? > dropped,
+        "the XDP filter did not drop the attempt"
+    );
+    t.out
+        .ip(&["route", "del", &format!("{GATEWAY4}/32"), "via", &host4])?;
     let _crm = TcpServer::start(&t.host, ALLOWED_TCP, "crm\n")?;
     let _wg = bob.connect(&t.out, &gateway, gateway_endpoint(t.addrs.host4))?;
     wait_reachable(&t.out, IpAddr::V4(GATEWAY4))?;
