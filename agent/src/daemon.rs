@@ -156,6 +156,9 @@ struct Agent {
     access: Access,
     /// The MFA portal's listeners.
     portal: portal::PortalHost,
+    /// When an administrator last enabled each peer (`state_dir/peers-enabled.json`), which
+    /// counts as activity for `vpn.disable_inactive_after`.
+    enabled_at: BTreeMap<String, u64>,
 }
 
 impl Agent {
@@ -603,6 +606,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
             .with_detail("generation", datapath.generation()),
     );
     let access = Access::open(&config);
+    let config_state_dir = config.agent.state_dir.clone();
     let mut portal = portal::PortalHost::new(portal_tx);
     portal.apply(&config);
     let mut agent = Agent {
@@ -622,6 +626,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         vpn,
         access,
         portal,
+        enabled_at: peers::load_enabled_at(&config_state_dir),
     };
     if !ended.is_empty() {
         // The file still lists the bans that ended while the agent was stopped. A failure is

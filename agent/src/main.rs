@@ -376,9 +376,40 @@ fn print_status(status: &Status) {
     if let Some(vpn) = &status.vpn {
         print!("{}", vpn.describe());
         println!();
+        print_access(status);
     }
     print_bans(&status.bans);
     print_recent_drops(status);
+}
+
+/// The MFA portal, the open sessions and the code attempts.
+fn print_access(status: &Status) {
+    match &status.portal {
+        Some(portal) if portal.error.is_none() => {
+            println!("MFA portal: http://{}/", portal.listening.join(", http://"));
+        }
+        Some(portal) => println!(
+            "MFA portal: not listening: {}",
+            portal.error.as_deref().unwrap_or("")
+        ),
+        None => println!("MFA portal: off"),
+    }
+    if status.mfa_sessions.is_empty() {
+        println!("MFA sessions: none open");
+    }
+    for (peer, until) in &status.mfa_sessions {
+        println!("MFA session: {peer} until {until}");
+    }
+    let attempts: Vec<String> = status
+        .mfa_attempts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(result, n)| format!("{result} {n}"))
+        .collect();
+    if !attempts.is_empty() {
+        println!("MFA codes tried since start: {}", attempts.join(", "));
+    }
+    println!();
 }
 
 /// The last few sampled drops, newest last.

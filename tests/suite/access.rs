@@ -870,6 +870,25 @@ fn an_expired_key_is_refused_until_rekeyed_and_inactive_peers_are_disabled() -> 
         &[("peer", "hank")],
     )?;
     ensure!(expiry > 29.0 * 86_400.0, "after re-keying: {expiry}");
+
+    // Enabled again by an administrator, ivy gets the full period to connect: the checks
+    // that follow (every 5 s) leave her enabled.
+    let out = agent.cli(&["peer", "enable", "ivy"])?;
+    ensure!(out.status.success(), "peer enable ivy: {out:?}");
+    let enabled = Instant::now();
+    while enabled.elapsed() < Duration::from_secs(11) {
+        let file = std::fs::read_to_string(lab.peers_file())?;
+        let ivy = file
+            .split("[[peer]]")
+            .find(|p| p.contains("\"ivy\""))
+            .unwrap_or("");
+        ensure!(
+            ivy.contains("enabled = true"),
+            "ivy was disabled again {:?} after `peer enable`:\n{file}",
+            enabled.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     audit_verifies(&agent)?;
     Ok(())
 }

@@ -103,6 +103,10 @@ impl Agent {
                     .with_detail("enabled", true),
             );
             tracing::info!(peer = %name, "VPN peer enabled");
+            // Enabling counts as activity: a peer disabled for inactivity gets the full
+            // period to connect again instead of being disabled at the next check.
+            self.enabled_at.insert(name.to_owned(), unix_now());
+            save_enabled_at(&self.config.agent.state_dir, &self.enabled_at);
         }
         self.peer_answer(name, false, error)
     }
@@ -226,6 +230,10 @@ impl Agent {
             return;
         };
         let mut handshakes = self.remembered_handshakes();
+        for (name, at) in &self.enabled_at {
+            let latest = handshakes.entry(name.clone()).or_insert(*at);
+            *latest = (*latest).max(*at);
+        }
         if let Some(status) = self.vpn.status() {
             for peer in status.peers {
                 if let Some(at) = peer.latest_handshake {
@@ -323,6 +331,35 @@ impl Agent {
             })
             .collect()
     }
+}
+
+/// The file in `state_dir` that remembers when an administrator last enabled each peer.
+const ENABLED_AT_FILE: &str = "peers-enabled.json";
+
+/// When each peer was last enabled with `peer enable` (Unix seconds); empty when the file is
+/// missing or unreadable (the peer is then judged by its handshakes and `created` alone).
+pub(super) fn load_enabled_at(state_dir: &std::path::Path) -> BTreeMap<String, u64> {
+    std::fs::read(state_dir.join(ENABLED_AT_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+fn save_enabled_at(state_dir: &std::path::Path, enabled_at: &BTreeMap<String, u64>) {
+    let path = state_dir.join(ENABLED_AT_FILE);
+    let written = serde_json::to_vec_pretty(enabled_at)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| crate::atomic_file::write(&path, &bytes));
+    if let Err(e) = written {
+        tracing::error!(path = %path.display(), error = %e, "cannot save when peers were enabled; an inactive peer enabled again may be disabled after a restart");
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 fn refused(message: &str) -> Response {
