@@ -16,7 +16,7 @@ use clap::Subcommand;
 use crmguard::access::listing::{self, PeerListing};
 use crmguard::audit::{self, Event, EventType, Outcome};
 use crmguard::config::Config;
-use crmguard::control::{self, ControlError, Request, Response};
+use crmguard::control::{self, Request, Response};
 use crmguard::daemon::ConfigSource;
 use crmguard::datapath::error_chain;
 use crmguard::exit;
@@ -225,19 +225,33 @@ fn change(config: &Config, source: &ConfigSource, change: Change, name: &str, ac
             }
             Change::Enabled(true) => {
                 file.enable(config, name)?;
+                // Counts as activity for vpn.disable_inactive_after when the agent starts.
+                let state_dir = &config.agent.state_dir;
+                let mut enabled_at = provision::load_enabled_at(state_dir);
+                provision::record_enabled(state_dir, &mut enabled_at, &[name], unix_now())
+                    .map_err(|source| ProvisionError::Write {
+                        path: state_dir.join("peers-enabled.json"),
+                        source,
+                    })?;
             }
             Change::Enabled(false) => {
                 file.disable(config, name)?;
             }
         }
         file.save(&vpn.peers_file)?;
+        if let Change::Remove = change {
+            // A device given the name later enrolls anew.
+            if let Err(e) = crmguard::mfa::secrets::remove(&config.agent.state_dir, name) {
+                eprintln!("crmguard: {}", error_chain(&e));
+            }
+        }
         Ok(false)
     };
     apply(config, source, request, offline, |_| {
         let (kind, extra) = match change {
             Change::Remove => (EventType::PeerRemoved, None),
             Change::Enabled(false) => (EventType::PeerDisabled, Some(("reason", "administrator"))),
-            Change::Enabled(true) => (EventType::PeerAdded, Some(("enabled", "true"))),
+            Change::Enabled(true) => (EventType::PeerEnabled, None),
         };
         let event = Event::new(kind, Outcome::Success, actor).with_detail("peer", name);
         match extra {
@@ -283,7 +297,7 @@ fn apply(
             eprintln!("crmguard: unexpected answer from the agent: {other:?}");
             exit::FAILURE
         }
-        Err(ControlError::Connect { .. }) => match offline() {
+        Err(e) if e.is_agent_down() => match offline() {
             Ok(replaced) => {
                 let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
                 sink.record(&event(replaced));
@@ -364,8 +378,14 @@ fn listing_of(
 }
 
 fn offline_listing(config: &Config, handshakes: HashMap<String, u64>) -> Vec<PeerListing> {
-    let sessions = store::load_sessions(&config.agent.state_dir, (&config.mfa).into())
+    let state_dir = &config.agent.state_dir;
+    let mut sessions = store::load_sessions(state_dir, (&config.mfa).into())
         .unwrap_or_else(|_| crmguard::mfa::sessions::Sessions::new((&config.mfa).into()));
+    for peer in &config.peers {
+        if let Ok(Some(secret)) = crmguard::mfa::secrets::load(state_dir, &peer.name) {
+            sessions.set_secret(&peer.name, secret);
+        }
+    }
     listing::list(config, None, &sessions, &handshakes, SystemTime::now())
 }
 
@@ -376,7 +396,7 @@ fn list(config: &Config, json: bool) -> u8 {
             eprintln!("crmguard: unexpected answer from the agent: {other:?}");
             return exit::FAILURE;
         }
-        Err(ControlError::Connect { .. }) => {
+        Err(e) if e.is_agent_down() => {
             eprintln!("crmguard: the agent is not running; showing the configured peers without live state");
             offline_listing(config, HashMap::new())
         }
@@ -456,6 +476,13 @@ fn print_table(peers: &[PeerListing]) {
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 fn describe_expiry(secs: i64) -> String {

@@ -244,6 +244,9 @@ impl Agent {
     /// compile is refused and the running policy stays in force.
     fn reload(&mut self) -> Result<u32, DaemonError> {
         let config = self.source.load()?;
+        // Handshakes and session changes since the last tick are recorded before peers
+        // that the new configuration drops are cut.
+        self.access_tick();
         let policy = policy::compile(&config)?;
         let generation = self.datapath.apply(&policy)?;
         self.last_swap = Instant::now();
@@ -298,6 +301,15 @@ impl Agent {
             Request::PeerList => Response::Peers {
                 peers: self.peer_list(),
             },
+            Request::MfaEnrolled { name, by } => {
+                if self.config.peer(&name).is_none() {
+                    return Response::Refused {
+                        message: format!("no peer named `{name}`"),
+                    };
+                }
+                self.access.enrolled(&name, &by, &self.vpn, &mut self.audit);
+                Response::Enrolled
+            }
             Request::Reload => match self.reload() {
                 Ok(generation) => {
                     tracing::info!(generation, "policy reloaded");
@@ -626,7 +638,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         vpn,
         access,
         portal,
-        enabled_at: peers::load_enabled_at(&config_state_dir),
+        enabled_at: crate::provision::load_enabled_at(&config_state_dir),
     };
     if !ended.is_empty() {
         // The file still lists the bans that ended while the agent was stopped. A failure is
@@ -690,10 +702,9 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         }
     }
 
-    let _ = std::fs::remove_file(&control_path);
     // What happened since the last tick is recorded before the stop.
     agent.access_tick();
-    agent.access.flush();
+    agent.access.flush(&mut agent.audit);
     for event in agent.metrics.acl().take_denials(SystemTime::now(), true) {
         agent.audit.record(&event);
     }
@@ -701,6 +712,9 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         &Event::new(EventType::AgentStop, Outcome::Info, "system")
             .with_detail("filter_kept", !options.detach_on_exit),
     );
+    // Last: while the socket exists, commands wait for this agent instead of writing the
+    // audit log themselves.
+    let _ = std::fs::remove_file(&control_path);
     agent.vpn.stop();
     if options.detach_on_exit {
         let removed = datapath::uninstall(&agent.config.agent.bpffs_dir)?;

@@ -569,7 +569,35 @@ fn mfa_enroll(config: &config::Config, source: &ConfigSource, name: &str) -> u8 
     }
     println!("{uri}");
     println!("enrolled {name}: scan the code or enter the URI in an authenticator app");
-    exit::OK
+    // The running agent ends the session of the old authenticator and audits the enrollment;
+    // with no agent running, the record is written here.
+    let request = Request::MfaEnrolled {
+        name: name.to_owned(),
+        by: admin_actor(),
+    };
+    match control::call(&config.agent.control_socket, &request) {
+        Ok(Response::Enrolled) => exit::OK,
+        Ok(other) => unexpected(other),
+        Err(e) if e.is_agent_down() => {
+            let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
+            sink.record(
+                &audit::Event::new(
+                    audit::EventType::MfaEnrolled,
+                    audit::Outcome::Success,
+                    admin_actor(),
+                )
+                .with_detail("peer", name),
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!(
+                "crmguard: the secret is saved, but the running agent could not be told: {}",
+                datapath::error_chain(&e)
+            );
+            exit::FAILURE
+        }
+    }
 }
 
 fn reload(socket: &Path) -> u8 {

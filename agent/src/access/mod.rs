@@ -56,11 +56,18 @@ pub struct Access {
     last_save: Instant,
     /// The last inner packet count and handshake seen of each admitted peer.
     seen: HashMap<String, Seen>,
-    /// Peers refused for an old key at the last tick (audited once when they become so).
+    /// Peers refused for an old key at the last tick: each is audited when it becomes so, and
+    /// once after each start (the record says the peer is refused, which a reviewer of the
+    /// log wants to see after a restart too).
     expired: BTreeSet<String>,
     attempts: BTreeMap<&'static str, u64>,
     /// Unix seconds when the agent started.
     started: u64,
+    /// Sessions ended while loading secrets, to be audited at the next tick.
+    ended: Vec<(String, &'static str)>,
+    /// Attempts that change nothing (while locked out, not enrolled), folded per peer and
+    /// minute so that a peer hammering the portal cannot flood the log.
+    futile: audit::Aggregator,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,6 +105,8 @@ impl Access {
             expired: BTreeSet::new(),
             attempts: ATTEMPT_RESULTS.iter().map(|r| (*r, 0)).collect(),
             started: unix_now(),
+            ended: Vec::new(),
+            futile: audit::Aggregator::new(),
         };
         access.load_secrets(config);
         access
@@ -112,19 +121,42 @@ impl Access {
 
     fn load_secrets(&mut self, config: &Config) {
         for peer in &config.peers {
-            self.refresh_secret(&peer.name);
+            if let Some(reason) = self.refresh_secret(&peer.name) {
+                self.ended.push((peer.name.clone(), reason));
+            }
         }
     }
 
-    /// Reads `peer`'s secret from disk: `mfa enroll` writes it while the agent runs.
-    fn refresh_secret(&mut self, peer: &str) {
-        match secrets::load(&self.state_dir, peer) {
-            Ok(Some(secret)) => self.sessions.set_secret(peer, secret),
-            Ok(None) => self.sessions.forget(peer),
+    /// Reads `peer`'s secret from disk: `mfa enroll` writes it while the agent runs. Returns
+    /// why an open session ended: the secret is new (`reenrolled`) or gone (`not_enrolled`).
+    fn refresh_secret(&mut self, peer: &str) -> Option<&'static str> {
+        let ended = match secrets::load(&self.state_dir, peer) {
+            Ok(Some(secret)) => self
+                .sessions
+                .set_secret(peer, secret)
+                .then_some("reenrolled"),
+            Ok(None) => self.sessions.forget(peer).then_some("not_enrolled"),
             Err(e) => {
                 tracing::error!(%peer, error = %crate::datapath::error_chain(&e), "cannot read the peer's MFA secret");
+                None
             }
+        };
+        if ended.is_some() {
+            self.mark_changed(true);
         }
+        ended
+    }
+
+    /// `crmguard mfa enroll` made a new secret for `peer`: an open session ends (the old
+    /// authenticator no longer counts) and the enrollment is audited.
+    pub fn enrolled(&mut self, peer: &str, by: &str, gate: &dyn MfaGate, audit: &mut audit::Sink) {
+        if let Some(reason) = self.refresh_secret(peer) {
+            self.record_end(peer, reason, None, gate, audit);
+        }
+        audit.record(
+            &Event::new(EventType::MfaEnrolled, Outcome::Success, by).with_detail("peer", peer),
+        );
+        tracing::info!(%peer, "MFA secret enrolled");
     }
 
     /// `crmguard_mfa_attempts_total` by result.
@@ -150,7 +182,9 @@ impl Access {
             return PortalReply::UnknownPeer;
         };
         let name = peer.name.clone();
-        self.refresh_secret(&name);
+        if let Some(reason) = self.refresh_secret(&name) {
+            self.record_end(&name, reason, Some(request.from), vpn, audit);
+        }
         let mfa_required = role_needs_mfa(config, peer);
         let refused = refusal(config, peer);
         match &request.action {
@@ -178,7 +212,7 @@ impl Access {
                     self.count("refused");
                     return PortalReply::NotRequired { peer: name };
                 }
-                self.try_code(&name, code, request.from, config, vpn, audit, now)
+                self.try_code(peer, code, request.from, config, vpn, audit, now)
             }
         }
     }
@@ -186,7 +220,7 @@ impl Access {
     #[allow(clippy::too_many_arguments)]
     fn try_code(
         &mut self,
-        peer: &str,
+        device: &Peer,
         code: &str,
         from: IpAddr,
         config: &Config,
@@ -194,10 +228,45 @@ impl Access {
         audit: &mut audit::Sink,
         now: u64,
     ) -> PortalReply {
+        let peer = device.name.as_str();
         let fail_closed = config.audit.on_write_failure == OnWriteFailure::FailClosed;
+        let was_locked = self.sessions.locked_until(peer, now).is_some();
         // Tried on a copy: under fail-closed nothing counts unless it was audited.
         let mut trial = self.sessions.clone();
         let outcome = trial.try_code(peer, code, now);
+        if let sessions::Outcome::Opened { .. } = outcome {
+            trial.bind_key(peer, &crate::vpn::keys::encode(&device.public_key));
+        }
+        // Attempts that change nothing are folded per minute instead of written one by one.
+        let futile = match outcome {
+            sessions::Outcome::LockedOut { until } if was_locked => Some((
+                "locked_out",
+                PortalReply::LockedOut {
+                    peer: peer.to_owned(),
+                    until,
+                },
+            )),
+            sessions::Outcome::NotEnrolled => Some((
+                "not_enrolled",
+                PortalReply::NotEnrolled {
+                    peer: peer.to_owned(),
+                },
+            )),
+            _ => None,
+        };
+        if let Some((result, reply)) = futile {
+            let src = from.to_string();
+            self.futile.add(
+                EventType::MfaFailure,
+                peer,
+                result,
+                SystemTime::now(),
+                Some(&src),
+                None,
+            );
+            self.count(result);
+            return reply;
+        }
         let (event, reply, result) = match outcome {
             sessions::Outcome::Opened { expires } => (
                 Event::new(EventType::MfaSuccess, Outcome::Success, peer)
@@ -264,6 +333,25 @@ impl Access {
         *self.attempts.entry(result).or_default() += 1;
     }
 
+    /// Records a session that already ended, and closes it for the ACL.
+    fn record_end(
+        &mut self,
+        peer: &str,
+        reason: &str,
+        from: Option<IpAddr>,
+        gate: &dyn MfaGate,
+        audit: &mut audit::Sink,
+    ) {
+        gate.set_mfa_session(peer, false);
+        tracing::info!(%peer, reason, "MFA session ended");
+        let mut event =
+            Event::new(EventType::MfaSessionEnd, Outcome::Info, peer).with_detail("reason", reason);
+        if let Some(from) = from {
+            event = event.with_src(from.to_string());
+        }
+        audit.record(&event);
+    }
+
     /// Ends `peer`'s session, if open, for `reason`; returns whether there was one.
     fn end_session(
         &mut self,
@@ -321,6 +409,13 @@ impl Access {
         if let Some(status) = status {
             self.observe(status, now, audit);
         }
+        for (peer, reason) in std::mem::take(&mut self.ended) {
+            self.record_end(&peer, reason, None, vpn, audit);
+        }
+        self.check_sessions(config, vpn, audit, now);
+        for event in self.futile.flush(SystemTime::now()) {
+            audit.record(&event);
+        }
         for (peer, why) in self.sessions.lapse(now) {
             self.mark_changed(true);
             vpn.set_mfa_session(&peer, false);
@@ -342,12 +437,64 @@ impl Access {
         self.save_if_due();
     }
 
+    /// Ends the open sessions that no longer belong to an admitted device: the peer was
+    /// removed, disabled, its key expired or changed (also while the agent was stopped), or
+    /// its secret was enrolled anew (read again every second for the peers with a session).
+    fn check_sessions(
+        &mut self,
+        config: &Config,
+        gate: &dyn MfaGate,
+        audit: &mut audit::Sink,
+        now: u64,
+    ) {
+        let open: Vec<String> = self
+            .sessions
+            .holders()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let (_, refused) = vpn::peers::admitted(config, SystemTime::now());
+        for name in open {
+            if let Some(reason) = self.refresh_secret(&name) {
+                self.record_end(&name, reason, None, gate, audit);
+                continue;
+            }
+            let reason = match config.peers.iter().find(|p| p.name == name) {
+                None => "removed",
+                Some(peer) if !peer.enabled => "disabled",
+                Some(_)
+                    if refused
+                        .iter()
+                        .any(|(n, why)| *n == name && *why == Excluded::KeyTooOld) =>
+                {
+                    "key_expired"
+                }
+                Some(peer) => {
+                    let key = crate::vpn::keys::encode(&peer.public_key);
+                    match self.sessions.session(&name, now) {
+                        // Lapsed: `lapse` ends it with its own reason.
+                        None => continue,
+                        Some(session) if session.key.as_deref() == Some(key.as_str()) => continue,
+                        Some(_) => "rekeyed",
+                    }
+                }
+            };
+            self.sessions.end(&name);
+            self.mark_changed(true);
+            self.record_end(&name, reason, None, gate, audit);
+        }
+    }
+
     /// Activity and handshakes from the endpoint's counters.
     fn observe(&mut self, status: &VpnStatus, now: u64, audit: &mut audit::Sink) {
         let mut seen = HashMap::with_capacity(status.peers.len());
         for peer in &status.peers {
             let before = self.seen.get(&peer.name).copied();
-            let moved = before.is_some_and(|b| peer.inner_packets > b.inner_packets);
+            // Any change: the count starts again at 0 when the endpoint restarts.
+            let moved = before.is_some_and(|b| peer.inner_packets != b.inner_packets);
             if moved && self.sessions.touch(&peer.name, now) {
                 self.mark_changed(false);
             }
@@ -432,8 +579,11 @@ impl Access {
         }
     }
 
-    /// Saves what is pending, as the agent stops.
-    pub fn flush(&mut self) {
+    /// Saves what is pending and writes the folded attempts, as the agent stops.
+    pub fn flush(&mut self, audit: &mut audit::Sink) {
+        for event in self.futile.flush_all() {
+            audit.record(&event);
+        }
         if self.unsaved.is_some() {
             self.unsaved = Some(true);
             self.save_if_due();

@@ -353,3 +353,120 @@ fn a_peer_without_a_secret_is_told_to_enroll_and_a_new_secret_is_picked_up() {
     );
     assert!(matches!(reply, PortalReply::Opened { .. }), "{reply:?}");
 }
+
+/// Alice with an open session, and what the tick does when her device changes.
+fn alice_signed_in(dir: &Path) -> (Config, audit::Sink, FakeGate, Access) {
+    let log = dir.join("audit.jsonl");
+    let config = config(dir, &log, "fail-closed");
+    secrets::enroll(&config.agent.state_dir, "alice").expect("enroll");
+    let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
+    let gate = FakeGate::default();
+    let mut access = Access::open(&config);
+    let code = code_for(&config, "alice");
+    let reply = ask(
+        &mut access,
+        &config,
+        &gate,
+        &mut sink,
+        ALICE,
+        PortalAction::Open { code },
+    );
+    assert!(matches!(reply, PortalReply::Opened { .. }), "{reply:?}");
+    (config, sink, gate, access)
+}
+
+fn last_end_reason(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("audit.jsonl")).expect("log");
+    let record: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|r| r["type"] == "mfa_session_end")
+        .expect("an mfa_session_end record");
+    record["detail"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_session_ends_when_its_device_changes_also_while_the_agent_was_stopped() {
+    for (change, reason) in [
+        ("rekey", "rekeyed"),
+        ("disable", "disabled"),
+        ("remove", "removed"),
+    ] {
+        let dir = tempfile::tempdir().expect("access test");
+        let (config, mut sink, gate, mut access) = alice_signed_in(dir.path());
+        access.tick(&config, None, &gate, &mut sink);
+        assert!(access.sessions().is_open("alice", unix_now()), "{change}");
+
+        // The peers file was edited while the agent was stopped: a new agent starts on it.
+        let mut changed = config.clone();
+        match change {
+            "rekey" => changed.peers[0].public_key = [1; 32],
+            "disable" => changed.peers[0].enabled = false,
+            _ => {
+                changed.peers.remove(0);
+            }
+        }
+        let mut restarted = Access::open(&changed);
+        if change != "remove" {
+            assert!(
+                restarted.sessions().is_open("alice", unix_now()),
+                "{change}: loaded"
+            );
+        }
+        restarted.tick(&changed, None, &gate, &mut sink);
+        assert!(
+            !restarted.sessions().is_open("alice", unix_now()),
+            "{change}"
+        );
+        assert_eq!(
+            gate.calls.borrow().last(),
+            Some(&("alice".to_owned(), false))
+        );
+        assert_eq!(last_end_reason(dir.path()), reason);
+    }
+}
+
+#[test]
+fn enrolling_anew_ends_the_session_at_the_next_tick() {
+    let dir = tempfile::tempdir().expect("access test");
+    let (config, mut sink, gate, mut access) = alice_signed_in(dir.path());
+    secrets::enroll(&config.agent.state_dir, "alice").expect("enroll again");
+    access.tick(&config, None, &gate, &mut sink);
+    assert!(!access.sessions().is_open("alice", unix_now()));
+    assert_eq!(last_end_reason(dir.path()), "reenrolled");
+}
+
+#[test]
+fn attempts_while_locked_out_are_folded_per_minute() {
+    let dir = tempfile::tempdir().expect("access test");
+    let log = dir.path().join("audit.jsonl");
+    let config = config(dir.path(), &log, "fail-closed");
+    secrets::enroll(&config.agent.state_dir, "alice").expect("enroll");
+    let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
+    let gate = FakeGate::default();
+    let mut access = Access::open(&config);
+    for _ in 0..102 {
+        ask(
+            &mut access,
+            &config,
+            &gate,
+            &mut sink,
+            ALICE,
+            PortalAction::Open {
+                code: "abcdef".to_owned(),
+            },
+        );
+    }
+    // Two wrong codes are recorded one by one; the hundred while locked out are folded.
+    assert_eq!(types(&log), ["mfa_failure", "mfa_failure"]);
+    access.flush(&mut sink);
+    let text = std::fs::read_to_string(&log).expect("log");
+    let folded: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a record")).expect("json");
+    assert_eq!(folded["detail"]["count"], 100);
+    assert_eq!(folded["detail"]["service"], "locked_out");
+    assert_eq!(access.attempts()["locked_out"], 101);
+}

@@ -51,9 +51,13 @@ names! {
         PeerRemoved => "peer_removed",
         PeerDisabled => "peer_disabled",
         PeerExpired => "peer_expired",
+        /// `crmguard peer enable` (an extension of PRODUCT.md section 5).
+        PeerEnabled => "peer_enabled",
         MfaSuccess => "mfa_success",
         MfaFailure => "mfa_failure",
         MfaSessionEnd => "mfa_session_end",
+        /// `crmguard mfa enroll` (an extension of PRODUCT.md section 5).
+        MfaEnrolled => "mfa_enrolled",
         /// Per packet; recorded through the [`super::Aggregator`].
         AclDenied => "acl_denied",
         /// Per packet; recorded through the [`super::Aggregator`].

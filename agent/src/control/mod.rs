@@ -66,6 +66,11 @@ pub enum Request {
     },
     /// `crmguard peer list`.
     PeerList,
+    /// `crmguard mfa enroll` wrote a new secret for `name`.
+    MfaEnrolled {
+        name: String,
+        by: String,
+    },
 }
 
 /// The agent's answer.
@@ -100,6 +105,8 @@ pub enum Response {
     Peers {
         peers: Vec<PeerListing>,
     },
+    /// `mfa enroll` was taken note of.
+    Enrolled,
     /// The request was invalid and changed nothing (the CLI exits 64).
     Refused {
         message: String,
@@ -262,6 +269,19 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl ControlError {
+    /// Whether no agent runs (no socket, or nobody listening on it), as opposed to an agent
+    /// that cannot be reached or answered badly: commands that can act without the agent do
+    /// so only then.
+    pub fn is_agent_down(&self) -> bool {
+        matches!(
+            self,
+            ControlError::Connect { source, .. }
+                if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
+        )
+    }
 }
 
 /// Sends one request and waits for the answer (used by the CLI).

@@ -35,7 +35,7 @@ impl Agent {
             file.add(config, name, role, key, today)
                 .map(|added| added.replaced)
         };
-        let (replaced, error) = match self.edit_peers(edit) {
+        let (replaced, error) = match self.edit_peers(edit, None) {
             Ok(done) => done,
             Err(e) => return refused(&crate::datapath::error_chain(&e)),
         };
@@ -57,7 +57,9 @@ impl Agent {
     /// `peer remove`.
     pub(super) fn peer_remove(&mut self, name: &str, by: &str) -> Response {
         let listing = self.peer_list().into_iter().find(|p| p.name == name);
-        let (_, error) = match self.edit_peers(|file, config| file.remove(config, name)) {
+        let forget = |config: &mut Config| config.peers.retain(|p| p.name != name);
+        let edit = |file: &mut PeersFile, config: &Config| file.remove(config, name);
+        let (_, error) = match self.edit_peers(edit, Some(&forget)) {
             Ok(done) => done,
             Err(e) => return refused(&crate::datapath::error_chain(&e)),
         };
@@ -65,6 +67,10 @@ impl Agent {
             &Event::new(EventType::PeerRemoved, Outcome::Success, by).with_detail("peer", name),
         );
         tracing::info!(peer = %name, "VPN peer removed");
+        // A device given the name later enrolls anew.
+        if let Err(e) = crate::mfa::secrets::remove(&self.config.agent.state_dir, name) {
+            tracing::error!(peer = %name, error = %crate::datapath::error_chain(&e), "cannot delete the removed peer's MFA secret");
+        }
         match listing {
             Some(peer) => Response::Peer {
                 peer,
@@ -79,13 +85,20 @@ impl Agent {
 
     /// `peer enable` / `peer disable`.
     pub(super) fn peer_set_enabled(&mut self, name: &str, enabled: bool, by: &str) -> Response {
-        let (_, error) = match self.edit_peers(|file, config| {
+        let disable = |config: &mut Config| {
+            for peer in config.peers.iter_mut().filter(|p| p.name == name) {
+                peer.enabled = false;
+            }
+        };
+        let edit = |file: &mut PeersFile, config: &Config| {
             if enabled {
                 file.enable(config, name)
             } else {
                 file.disable(config, name)
             }
-        }) {
+        };
+        let fallback: Option<&dyn Fn(&mut Config)> = if enabled { None } else { Some(&disable) };
+        let (_, error) = match self.edit_peers(edit, fallback) {
             Ok(done) => done,
             Err(e) => return refused(&crate::datapath::error_chain(&e)),
         };
@@ -98,25 +111,22 @@ impl Agent {
             tracing::info!(peer = %name, "VPN peer disabled");
         } else {
             self.audit.record(
-                &Event::new(EventType::PeerAdded, Outcome::Success, by)
-                    .with_detail("peer", name)
-                    .with_detail("enabled", true),
+                &Event::new(EventType::PeerEnabled, Outcome::Success, by).with_detail("peer", name),
             );
             tracing::info!(peer = %name, "VPN peer enabled");
-            // Enabling counts as activity: a peer disabled for inactivity gets the full
-            // period to connect again instead of being disabled at the next check.
-            self.enabled_at.insert(name.to_owned(), unix_now());
-            save_enabled_at(&self.config.agent.state_dir, &self.enabled_at);
         }
         self.peer_answer(name, false, error)
     }
 
     /// Loads the peers file, edits it, saves it and reloads. `Err` when the edit is refused
     /// (nothing changed); `Ok((value, Some(error)))` when the file was saved but the reload
-    /// failed (the running configuration stays until it is fixed).
+    /// failed (the configuration has an unrelated error). Then `cut`, when given, takes the
+    /// peer out of the running configuration anyway: a removed or disabled device is cut now,
+    /// not when the configuration is fixed.
     fn edit_peers<T>(
         &mut self,
         edit: impl FnOnce(&mut PeersFile, &Config) -> Result<T, ProvisionError>,
+        cut: Option<&dyn Fn(&mut Config)>,
     ) -> Result<(T, Option<String>), ProvisionError> {
         let vpn = self.config.vpn.as_ref().ok_or(ProvisionError::NoVpn)?;
         let path = vpn.peers_file.clone();
@@ -136,10 +146,29 @@ impl Agent {
             Err(e) => {
                 let message = describe(&e);
                 tracing::error!(error = %message, "the peers file was changed but the configuration does not load; the running configuration stays");
+                self.audit.record(
+                    &Event::new(EventType::ConfigRejected, Outcome::Failure, "system")
+                        .with_detail("config", self.source.describe())
+                        .with_detail("error", message.clone()),
+                );
+                if let Some(cut) = cut {
+                    let mut running = self.config.clone();
+                    cut(&mut running);
+                    self.apply_peers(running);
+                }
                 Some(message)
             }
         };
         Ok((value, error))
+    }
+
+    /// Applies a configuration that differs from the running one only in its peers.
+    fn apply_peers(&mut self, config: Config) {
+        let connected = self.connected_peers();
+        let previous = std::mem::replace(&mut self.config, config);
+        self.vpn.apply(&self.config, false);
+        self.access.reload(&self.config);
+        self.cut_departed(&previous, &connected);
     }
 
     fn peer_answer(&self, name: &str, replaced: bool, error: Option<String>) -> Response {
@@ -206,6 +235,28 @@ impl Agent {
     /// disabled or re-keyed end, the peers' MFA state forgets the removed ones, and the
     /// tunnels that were live (in `connected` before the reload) are recorded as ended.
     pub(super) fn cut_departed(&mut self, previous: &Config, connected: &BTreeSet<String>) {
+        // Enabled by any means (peer enable, an edited file and a reload): counts as activity.
+        let enabled: Vec<&str> = self
+            .config
+            .peers
+            .iter()
+            .filter(|p| p.enabled)
+            .filter(|p| {
+                !previous
+                    .peers
+                    .iter()
+                    .any(|old| old.name == p.name && old.enabled)
+            })
+            .map(|p| p.name.as_str())
+            .collect();
+        if !enabled.is_empty() {
+            let state_dir = self.config.agent.state_dir.clone();
+            if let Err(e) =
+                provision::record_enabled(&state_dir, &mut self.enabled_at, &enabled, unix_now())
+            {
+                tracing::error!(error = %e, "cannot save when peers were enabled; a peer enabled again may be disabled for inactivity after a restart");
+            }
+        }
         for old in previous.peers.iter().filter(|p| p.enabled) {
             let reason = match self.config.peers.iter().find(|p| p.name == old.name) {
                 None => "removed",
@@ -268,7 +319,14 @@ impl Agent {
             }
             Ok(())
         };
-        match self.edit_peers(disable) {
+        let cut = |config: &mut Config| {
+            for peer in config.peers.iter_mut() {
+                if inactive.contains(&peer.name) {
+                    peer.enabled = false;
+                }
+            }
+        };
+        match self.edit_peers(disable, Some(&cut)) {
             Ok((_, error)) => {
                 for name in &inactive {
                     tracing::warn!(peer = %name, inactive_after_secs = after, "VPN peer disabled: no handshake for vpn.disable_inactive_after");
@@ -330,28 +388,6 @@ impl Agent {
                 ))
             })
             .collect()
-    }
-}
-
-/// The file in `state_dir` that remembers when an administrator last enabled each peer.
-const ENABLED_AT_FILE: &str = "peers-enabled.json";
-
-/// When each peer was last enabled with `peer enable` (Unix seconds); empty when the file is
-/// missing or unreadable (the peer is then judged by its handshakes and `created` alone).
-pub(super) fn load_enabled_at(state_dir: &std::path::Path) -> BTreeMap<String, u64> {
-    std::fs::read(state_dir.join(ENABLED_AT_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
-}
-
-fn save_enabled_at(state_dir: &std::path::Path, enabled_at: &BTreeMap<String, u64>) {
-    let path = state_dir.join(ENABLED_AT_FILE);
-    let written = serde_json::to_vec_pretty(enabled_at)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| crate::atomic_file::write(&path, &bytes));
-    if let Err(e) = written {
-        tracing::error!(path = %path.display(), error = %e, "cannot save when peers were enabled; an inactive peer enabled again may be disabled after a restart");
     }
 }
 

@@ -1,6 +1,8 @@
 //! Keeps the MFA portal's listeners in line with the configuration: bound to the gateway's
-//! VPN addresses at `[mfa] portal_port` while `[vpn]` is configured, rebound when those
-//! change, gone without `[vpn]`. A bind failure is reported in `status` and retried on the
+//! VPN addresses at `[mfa] portal_port` and to the TUN device while `[vpn]` is configured,
+//! rebound when those change or the TUN device is made anew (an endpoint restart: a socket
+//! bound to a device follows its index, not its name) or a listener died, gone without
+//! `[vpn]`. A bind failure (no TUN device yet) is reported in `status` and retried on the
 //! next tick.
 
 use std::net::IpAddr;
@@ -18,7 +20,7 @@ pub type PortalCommand = (PortalRequest, tokio::sync::oneshot::Sender<PortalRepl
 pub struct PortalHost {
     requests: mpsc::Sender<PortalCommand>,
     /// What the listeners are bound to.
-    bound: Option<(Vec<IpAddr>, u16)>,
+    bound: Option<Binding>,
     tasks: Vec<JoinHandle<()>>,
     error: Option<String>,
 }
@@ -36,32 +38,43 @@ impl PortalHost {
     /// Binds, rebinds or closes the listeners as `config` asks.
     pub fn apply(&mut self, config: &Config) {
         let wanted = wanted(config);
-        if wanted == self.bound && self.error.is_none() {
+        let alive = self.tasks.iter().all(|task| !task.is_finished());
+        if wanted == self.bound && self.error.is_none() && alive {
             return;
         }
         self.close();
-        let Some((addrs, port)) = wanted else {
+        let Some(binding) = wanted else {
             self.error = None;
             return;
         };
-        match portal::bind(&addrs, port) {
+        let Some(ifindex) = binding.ifindex else {
+            self.fail(format!(
+                "the VPN's TUN device {} does not exist (is the endpoint up?)",
+                binding.device
+            ));
+            return;
+        };
+        let (addrs, port) = (binding.addrs.clone(), binding.port);
+        match portal::bind(&addrs, port, Some(&binding.device)) {
             Ok(listeners) => {
                 for listener in listeners {
                     self.tasks
                         .push(tokio::spawn(portal::serve(listener, self.requests.clone())));
                 }
-                tracing::info!(port, addresses = ?addrs, "MFA portal listening inside the tunnel");
-                self.bound = Some((addrs, port));
+                tracing::info!(port, addresses = ?addrs, device = %binding.device, ifindex, "MFA portal listening inside the tunnel");
+                self.bound = Some(binding);
                 self.error = None;
             }
-            Err(e) => {
-                let error = crate::datapath::error_chain(&e);
-                if self.error.as_ref() != Some(&error) {
-                    tracing::error!(%error, "the MFA portal cannot listen; peers that need MFA cannot sign in (retried every second)");
-                }
-                self.error = Some(error);
-            }
+            Err(e) => self.fail(crate::datapath::error_chain(&e)),
         }
+    }
+
+    /// Reports a failure to listen once, until it changes or is over.
+    fn fail(&mut self, error: String) {
+        if self.error.as_ref() != Some(&error) {
+            tracing::error!(%error, "the MFA portal cannot listen; peers that need MFA cannot sign in (retried every second)");
+        }
+        self.error = Some(error);
     }
 
     fn close(&mut self) {
@@ -79,10 +92,10 @@ impl PortalHost {
             listening: self
                 .bound
                 .iter()
-                .flat_map(|(addrs, port)| {
-                    addrs
+                .flat_map(|b| {
+                    b.addrs
                         .iter()
-                        .map(move |a| std::net::SocketAddr::new(*a, *port).to_string())
+                        .map(move |a| std::net::SocketAddr::new(*a, b.port).to_string())
                 })
                 .collect(),
             error: self.error.clone(),
@@ -96,12 +109,30 @@ impl Drop for PortalHost {
     }
 }
 
-/// The gateway's VPN addresses and the portal port, when `[vpn]` is configured.
-fn wanted(config: &Config) -> Option<(Vec<IpAddr>, u16)> {
+/// Where the listeners are, or should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Binding {
+    addrs: Vec<IpAddr>,
+    port: u16,
+    /// The TUN device and its index now (`None` while it does not exist).
+    device: String,
+    ifindex: Option<u32>,
+}
+
+/// The gateway's VPN addresses, the portal port and the TUN device, when `[vpn]` is
+/// configured.
+fn wanted(config: &Config) -> Option<Binding> {
     let vpn = config.vpn.as_ref()?;
     let mut addrs = vec![IpAddr::V4(vpn.address.addr())];
     if let Some(v6) = vpn.address6 {
         addrs.push(IpAddr::V6(v6.addr()));
     }
-    Some((addrs, config.mfa.portal_port))
+    let device = crate::vpn::interface_name();
+    let ifindex = nix::net::if_::if_nametoindex(device.as_str()).ok();
+    Some(Binding {
+        addrs,
+        port: config.mfa.portal_port,
+        device,
+        ifindex,
+    })
 }

@@ -161,19 +161,25 @@ pub enum PortalError {
     },
 }
 
-/// Binds one listener per address at `port` (0 picks a free port per address).
+/// Binds one listener per address at `port` (0 picks a free port per address), accepting
+/// only connections that arrive on `device` when it is given (the TUN device: the portal is
+/// reachable from inside the tunnel only, whatever the XDP filter does on the other
+/// interfaces, in monitor mode or with no filter at all).
 ///
 /// The sockets are bound with `IP_FREEBIND`, so binding works before the TUN device has its
-/// address: the agent can start the portal before or while it brings up the tunnel. Must be
-/// called within a tokio runtime.
-pub fn bind(addrs: &[IpAddr], port: u16) -> Result<Vec<TcpListener>, PortalError> {
+/// address. Must be called within a tokio runtime.
+pub fn bind(
+    addrs: &[IpAddr],
+    port: u16,
+    device: Option<&str>,
+) -> Result<Vec<TcpListener>, PortalError> {
     addrs
         .iter()
-        .map(|&ip| bind_one(SocketAddr::new(ip, port)))
+        .map(|&ip| bind_one(SocketAddr::new(ip, port), device))
         .collect()
 }
 
-fn bind_one(addr: SocketAddr) -> Result<TcpListener, PortalError> {
+fn bind_one(addr: SocketAddr, device: Option<&str>) -> Result<TcpListener, PortalError> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -193,6 +199,14 @@ fn bind_one(addr: SocketAddr) -> Result<TcpListener, PortalError> {
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| option("SO_REUSEADDR", e))?;
     // IP_FREEBIND applies to IPv6 sockets too (it is what IPV6_FREEBIND sets).
     socket::setsockopt(&fd, sockopt::IpFreebind, &true).map_err(|e| option("IP_FREEBIND", e))?;
+    if let Some(device) = device {
+        socket::setsockopt(
+            &fd,
+            sockopt::BindToDevice,
+            &std::ffi::OsString::from(device),
+        )
+        .map_err(|e| option("SO_BINDTODEVICE", e))?;
+    }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| PortalError::Bind {
         addr,
         source: e.into(),
@@ -289,7 +303,10 @@ async fn connection(
         Ok(Err(ReadError::Closed | ReadError::Io(_))) => return,
         // The head may not have been read, so there is no `Accept` to go by.
         Ok(Err(e)) => answer::refusal(read_refusal(&e), Format::Json),
-        Ok(Ok(request)) => respond(&request, from, &requests, limits).await,
+        Ok(Ok(request)) => match stream.local_addr() {
+            Ok(local) => respond(&request, from, local, &requests, limits).await,
+            Err(_) => return,
+        },
     };
     let sent = tokio::time::timeout(limits.io_timeout, send(&mut stream, &response)).await;
     if let Ok(Err(e)) = sent {
@@ -322,9 +339,13 @@ fn read_refusal(e: &ReadError) -> Refusal {
 async fn respond(
     request: &Request,
     from: IpAddr,
+    local: SocketAddr,
     requests: &mpsc::Sender<PortalQuery>,
     limits: Limits,
 ) -> Response {
+    if !host_is_own(request.host.as_deref(), local) {
+        return answer::refusal(Refusal::WrongHost, negotiate(request));
+    }
     let (action, format) = match route(request) {
         Ok(routed) => routed,
         Err(refusal) => return answer::refusal(refusal, negotiate(request)),
@@ -334,6 +355,23 @@ async fn respond(
         Some(reply) => answer::reply(&reply, format, unix_now()),
         None => answer::refusal(Refusal::AgentUnavailable, format),
     }
+}
+
+/// Whether `host` (the `Host` header) is the address the connection came to, as an IP
+/// literal with or without a port; a name is refused. A request without `Host` (HTTP/1.0
+/// scripts) is let through.
+fn host_is_own(host: Option<&str>, local: SocketAddr) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let host = host.trim();
+    let literal = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    literal
+        .parse::<IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical() == local.ip().to_canonical())
 }
 
 /// The action a request asks for and the form its answer takes.

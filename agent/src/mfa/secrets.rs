@@ -102,6 +102,17 @@ pub fn load(state_dir: &Path, peer: &str) -> Result<Option<Secret>, SecretError>
     }
 }
 
+/// Deletes `peer`'s secret, as when the peer is removed: a peer added again under the same
+/// name must enroll again. Returns whether there was one.
+pub fn remove(state_dir: &Path, peer: &str) -> Result<bool, SecretError> {
+    let path = path(state_dir, peer)?;
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(SecretError::Write { path, source }),
+    }
+}
+
 fn random_secret() -> Result<Secret, SecretError> {
     let mut bytes = [0; SECRET_LEN];
     File::open("/dev/urandom")

@@ -57,6 +57,17 @@ pub enum Outcome {
     NotEnrolled,
 }
 
+/// A fingerprint of a secret: the first 16 hex digits of SHA-256 over a label and the
+/// secret. It tells secrets apart without revealing them.
+fn secret_id(secret: &Secret) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"crmguard mfa secret id\0")
+        .chain_update(secret.as_bytes())
+        .finalize();
+    hex::encode(&digest[..8])
+}
+
 /// Why a session ended by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lapse {
@@ -79,7 +90,7 @@ impl Lapse {
 }
 
 /// An open session, times in Unix seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Session {
     pub opened: u64,
@@ -87,6 +98,10 @@ pub struct Session {
     pub expires: u64,
     /// The last code or [`Sessions::touch`]; the session ends `[mfa] idle` after it.
     pub last_activity: u64,
+    /// The WireGuard public key (base64) of the device that typed the code: the session is
+    /// that device's, and ends when the peer's key changes ([`Sessions::bind_key`]).
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// One peer's state.
@@ -102,6 +117,10 @@ struct PeerState {
     /// The step of the last accepted code; codes of this step or earlier are refused.
     last_step: Option<u64>,
     session: Option<Session>,
+    /// A fingerprint of the secret the session and `last_step` belong to, so that a secret
+    /// enrolled anew while the agent was stopped still ends them.
+    #[serde(default, rename = "enrollment")]
+    secret_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -142,13 +161,25 @@ impl Sessions {
 
     /// Attaches `peer`'s secret (after loading the state or enrolling). A new secret after
     /// an enrollment ends any open session, as the old authenticator entry no longer counts.
-    pub fn set_secret(&mut self, peer: &str, secret: Secret) {
+    /// Returns whether an open session ended because the secret is new.
+    pub fn set_secret(&mut self, peer: &str, secret: Secret) -> bool {
         let state = self.peers.entry(peer.to_owned()).or_default();
-        if state.secret.as_ref().is_some_and(|old| *old != secret) {
-            state.session = None;
+        let id = secret_id(&secret);
+        let mut ended = false;
+        if state.secret_id.as_ref().is_some_and(|old| *old != id) {
+            ended = state.session.take().is_some();
             state.last_step = None;
         }
+        state.secret_id = Some(id);
         state.secret = Some(secret);
+        ended
+    }
+
+    /// Records that `peer`'s open session belongs to the device with public key `key`.
+    pub fn bind_key(&mut self, peer: &str, key: &str) {
+        if let Some(session) = self.peers.get_mut(peer).and_then(|s| s.session.as_mut()) {
+            session.key = Some(key.to_owned());
+        }
     }
 
     /// Whether `peer` has a secret.
@@ -182,6 +213,7 @@ impl Sessions {
                     opened: now,
                     expires,
                     last_activity: now,
+                    key: None,
                 });
                 Outcome::Opened { expires }
             }
@@ -215,7 +247,7 @@ impl Sessions {
     pub fn session(&self, peer: &str, now: u64) -> Option<Session> {
         let state = self.peers.get(peer)?;
         state.secret.as_ref()?;
-        let session = state.session?;
+        let session = state.session.clone()?;
         let idle_end = session
             .last_activity
             .saturating_add(self.policy.idle.as_secs());
@@ -250,7 +282,7 @@ impl Sessions {
         let idle = self.policy.idle.as_secs();
         let mut lapsed = Vec::new();
         for (peer, state) in &mut self.peers {
-            let Some(session) = state.session else {
+            let Some(session) = &state.session else {
                 continue;
             };
             let reason = if state.secret.is_none() {
@@ -277,14 +309,26 @@ impl Sessions {
             .collect()
     }
 
+    /// The peers that hold a session, open or not yet lapsed, in name order.
+    pub fn holders(&self) -> Vec<&str> {
+        self.peers
+            .iter()
+            .filter(|(_, state)| state.session.is_some())
+            .map(|(peer, _)| peer.as_str())
+            .collect()
+    }
+
     /// Forgets everything about `peer` but its lockout, as when the peer is removed: a peer
     /// added again under the same name starts without a session and must enroll again.
-    pub fn forget(&mut self, peer: &str) {
-        if let Some(state) = self.peers.get_mut(peer) {
-            state.secret = None;
-            state.session = None;
-            state.last_step = None;
-        }
+    /// Returns whether an open session ended.
+    pub fn forget(&mut self, peer: &str) -> bool {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        state.secret = None;
+        state.secret_id = None;
+        state.last_step = None;
+        state.session.take().is_some()
     }
 
     /// The saved form of the state, without the secrets, peers in name order.
@@ -528,6 +572,20 @@ mod tests {
         sessions.try_code("alice", &code(T0), T0);
         sessions.set_secret("alice", Secret::from_bytes([7; 20]));
         assert!(!sessions.is_open("alice", T0));
+    }
+
+    #[test]
+    fn a_secret_enrolled_anew_while_stopped_ends_the_saved_session() {
+        let mut sessions = enrolled();
+        sessions.try_code("alice", &code(T0), T0);
+        let text = sessions.encode().expect("encodes");
+        let mut restored = Sessions::decode(&text, policy()).expect("decodes");
+        assert!(restored.set_secret("alice", Secret::from_bytes([7; 20])));
+        assert!(!restored.is_open("alice", T0 + 1));
+        // The same secret as before keeps it.
+        let mut restored = Sessions::decode(&text, policy()).expect("decodes");
+        assert!(!restored.set_secret("alice", Secret::from_bytes(*SECRET)));
+        assert!(restored.is_open("alice", T0 + 1));
     }
 
     #[test]

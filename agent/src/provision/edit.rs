@@ -31,8 +31,9 @@ impl PeersFile {
     /// Registers the peer `name` with `role` and `public_key`, created `today`, enabled.
     ///
     /// A peer of that name in the peers file is re-keyed: it keeps its addresses and gets the
-    /// new key and role, `created = today` (which restarts `vpn.key_max_age`) and
-    /// `enabled = true`. Otherwise the peer gets the lowest free address of the tunnel subnet
+    /// new key and role and `created = today` (which restarts `vpn.key_max_age`); whether it
+    /// is enabled stays as it was, so re-keying never undoes an administrator's `disable`.
+    /// The same key again is refused ([`ProvisionError::SameKey`]). Otherwise the peer gets the lowest free address of the tunnel subnet
     /// (`vpn.address`), skipping the network and broadcast addresses, the gateway's own address
     /// and every address of a configured or file peer, enabled or not. With `vpn.address6` it
     /// also gets the IPv6 address with the same host offset inside that subnet, and an offset
@@ -73,10 +74,16 @@ impl PeersFile {
         }
         if let Some(at) = self.peers.iter().position(|peer| peer.name == name) {
             let peer = &mut self.peers[at];
+            if peer.public_key == public_key {
+                // Registering the same key again would restart vpn.key_max_age without
+                // rotating anything.
+                return Err(ProvisionError::SameKey {
+                    name: name.to_owned(),
+                });
+            }
             peer.public_key = public_key;
             peer.role = role.to_owned();
             peer.created = Some(today);
-            peer.enabled = true;
             return Ok(Added {
                 peer: peer.clone(),
                 replaced: true,
@@ -387,7 +394,8 @@ mod tests {
             address6: Some("fd77::99".parse().expect("addr")),
             role: "sales".into(),
             created: Some(TODAY),
-            enabled: true,
+            // Carol was disabled and stays so: re-keying does not undo a `peer disable`.
+            enabled: false,
         };
         assert_eq!(
             added,
@@ -398,8 +406,11 @@ mod tests {
         );
         assert_eq!(file.peers()[0], expected);
         assert_eq!(file.peers().len(), 2);
-        // Re-keying with the peer's own current key is allowed.
-        assert!(file.add(&config, "carol", "dba", [9; 32], TODAY).is_ok());
+        // The same key again is refused: it would restart the key's age without rotating it.
+        assert!(matches!(
+            file.add(&config, "carol", "dba", [9; 32], TODAY),
+            Err(ProvisionError::SameKey { .. })
+        ));
     }
 
     #[test]

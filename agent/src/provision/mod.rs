@@ -11,6 +11,7 @@
 //! - `document`: [`PeersFile`], its parser and its TOML text.
 //! - `edit`: adding, re-keying, removing, enabling and disabling peers; address allocation.
 //! - `client`: the client's wg-quick file and the terminal QR code.
+//! - `enabled`: when peers were last enabled (`state_dir/peers-enabled.json`).
 //! - `lifecycle`: key expiry and inactivity, all pure (the `peer list` rows are
 //!   [`crate::access::listing`]).
 //!
@@ -30,6 +31,7 @@
 mod client;
 mod document;
 mod edit;
+mod enabled;
 mod lifecycle;
 
 use std::path::PathBuf;
@@ -39,6 +41,7 @@ use crate::config::{ConfigErrors, MAX_NAME_LEN};
 pub use client::{client_config, qr_terminal, ClientParams, PERSISTENT_KEEPALIVE};
 pub use document::PeersFile;
 pub use edit::Added;
+pub use enabled::{load_enabled_at, record_enabled};
 pub use lifecycle::{
     inactive_peers, key_expired, key_expires_at, midnight_utc, seconds_until, utc_date,
 };
@@ -98,6 +101,9 @@ pub enum ProvisionError {
         /// The tunnel subnet(s), as the message shows them.
         subnets: String,
     },
+    /// `peer add` for an existing peer with the key it already has.
+    #[error("peer `{name}` already has this key; re-keying needs a new key pair from the device (or omit --public-key to generate one)")]
+    SameKey { name: String },
     /// The system clock gives no calendar date crmguard can write (before 1970 or after 9999).
     #[error("the system clock is not set to a date between 1970 and 9999")]
     Clock,

@@ -30,6 +30,9 @@ pub enum Refusal {
     /// 403: a browser posted from another site's page (cross-site request forgery, which
     /// could log the user out or spend their attempts until they are locked out).
     CrossOrigin,
+    /// 403: the `Host` is not the portal's own address: a page of another site whose name
+    /// was made to resolve to the gateway (DNS rebinding) would otherwise be same-origin.
+    WrongHost,
     /// 404.
     NotFound,
     /// 405, with the `Allow` header.
@@ -80,6 +83,11 @@ fn refusal_text(refusal: Refusal) -> (u16, &'static str, &'static str) {
             403,
             "cross_origin",
             "Requests from other sites' pages are refused. Open the portal's own page.",
+        ),
+        Refusal::WrongHost => (
+            403,
+            "wrong_host",
+            "Open the portal by the gateway's tunnel address, not by a name.",
         ),
         Refusal::NotFound => (404, "not_found", "There is no such page on the MFA portal."),
         Refusal::MethodNotAllowed { .. } => (

@@ -94,7 +94,8 @@ async fn start(limits: Limits) -> SocketAddr {
 }
 
 fn start_with(limits: Limits, requests: mpsc::Sender<PortalQuery>) -> SocketAddr {
-    let mut listeners = bind(&[IpAddr::V4(Ipv4Addr::LOCALHOST)], 0).expect("bind 127.0.0.1:0");
+    let mut listeners =
+        bind(&[IpAddr::V4(Ipv4Addr::LOCALHOST)], 0, None).expect("bind 127.0.0.1:0");
     let listener = listeners.pop().expect("one listener");
     let addr = listener.local_addr().expect("local address");
     tokio::spawn(serve_with(listener, requests, limits));
@@ -505,7 +506,7 @@ async fn a_closed_agent_channel_is_503() {
 async fn binds_an_address_the_host_does_not_have_yet() {
     // 192.0.2.0/24 is for documentation: no host has it, as the VPN address before the TUN
     // device is up.
-    let listeners = bind(&[IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))], 0).expect("IP_FREEBIND");
+    let listeners = bind(&[IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))], 0, None).expect("IP_FREEBIND");
     assert_eq!(listeners.len(), 1);
 }
 
@@ -520,4 +521,23 @@ fn codes_stay_out_of_debug_output() {
     let debug = format!("{request:?}");
     assert!(!debug.contains("987654"), "{debug}");
     assert!(debug.contains("<redacted>"), "{debug}");
+}
+
+#[test]
+fn only_the_portals_own_address_is_a_valid_host() {
+    let v4: SocketAddr = "10.77.0.1:8443".parse().expect("addr");
+    let v6: SocketAddr = "[fd77::1]:8443".parse().expect("addr");
+    for (host, local, ok) in [
+        (Some("10.77.0.1"), v4, true),
+        (Some("10.77.0.1:8443"), v4, true),
+        (None, v4, true),
+        (Some("crm-portal.example.com:8443"), v4, false),
+        (Some("10.77.0.2:8443"), v4, false),
+        (Some("[fd77::1]:8443"), v6, true),
+        (Some("[FD77:0::1]"), v6, true),
+        (Some("[fd77::2]"), v6, false),
+        (Some("evil.example"), v6, false),
+    ] {
+        assert_eq!(super::host_is_own(host, local), ok, "{host:?} at {local}");
+    }
 }
