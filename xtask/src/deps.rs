@@ -99,7 +99,30 @@ const TEST: &[Package] = &[
     ),
 ];
 
-const DEMO: &[Package] = &[CLANG, LIBBPF_DEV, IPROUTE2, PING, NCAT, CURL];
+const DEMO: &[Package] = &[
+    CLANG,
+    LIBBPF_DEV,
+    IPROUTE2,
+    PING,
+    NCAT,
+    CURL,
+    pkg(
+        "procps",
+        "sysctl: lets the outside namespace route the staff laptop's packets to the host",
+    ),
+    pkg(
+        "wireguard-go",
+        "the staff laptop's WireGuard client, independent of crmguard's gateway",
+    ),
+    pkg(
+        "wireguard-tools",
+        "wg: configures the laptop's tunnel from the printed client configuration",
+    ),
+    pkg(
+        "oathtool",
+        "the authenticator app: computes the TOTP code the laptop signs in with",
+    ),
+];
 
 const DEB: &[Package] = &[
     CLANG,

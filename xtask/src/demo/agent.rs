@@ -1,8 +1,10 @@
 //! The crmguard daemon inside the lab, and the CLI calls the demo makes to it: `check`,
-//! `status --json` and `uninstall`.
+//! `status --json`, `uninstall`, and the administrator's commands the VPN section shows.
 //!
 //! The daemon runs in the host namespace's network only (see lab.rs), in a process group of its
-//! own so that Ctrl-C reaches the demo, which then stops it in order.
+//! own so that Ctrl-C reaches the demo, which then stops it in order. Its WireGuard device gets
+//! the lab's own name, because the control sockets of userspace WireGuard devices share one
+//! directory across namespaces.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -16,8 +18,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use super::lab::{self, HOST_NS};
+use super::lab::{self, GATEWAY_WG_IF, HOST_NS};
 use crate::cmd;
+
+/// Renames the agent's WireGuard TUN device (crmguard's `vpn::INTERFACE_ENV`).
+const VPN_INTERFACE_ENV: &str = "CRMGUARD_VPN_INTERFACE";
 
 /// The crmguard binary and the configuration file every call uses.
 #[derive(Clone)]
@@ -57,6 +62,13 @@ impl Cli {
         Ok(Status::from_json(&value))
     }
 
+    /// `crmguard --config FILE ARGS...`, as an administrator types it on the host.
+    pub fn admin(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd
+    }
+
     /// `crmguard uninstall`, run in the host namespace where the interfaces are.
     pub fn uninstall(&self) -> Result<()> {
         let mut uninstall = lab::in_ns(HOST_NS, &self.bin);
@@ -76,8 +88,15 @@ impl Agent {
         let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;
         let mut run = lab::in_ns(HOST_NS, &cli.bin);
-        run.arg("run").arg("--config").arg(&cli.config);
-        eprintln!("$ {} >{} 2>&1 &", cmd::display(&run), log.display());
+        run.arg("run")
+            .arg("--config")
+            .arg(&cli.config)
+            .env(VPN_INTERFACE_ENV, GATEWAY_WG_IF);
+        eprintln!(
+            "$ {VPN_INTERFACE_ENV}={GATEWAY_WG_IF} {} >{} 2>&1 &",
+            cmd::display(&run),
+            log.display()
+        );
         let child = run
             .stdin(Stdio::null())
             .stdout(out)
@@ -185,6 +204,19 @@ pub struct Status {
     pub mode: String,
     pub interfaces: Vec<Interface>,
     pub counters: Vec<Counter>,
+    /// The WireGuard gateway, when `[vpn]` is configured.
+    pub vpn: Option<Vpn>,
+}
+
+/// The WireGuard gateway as `status --json` reports it.
+pub struct Vpn {
+    pub running: bool,
+    /// Why the gateway does not run, when it does not.
+    pub error: Option<String>,
+    pub interface: String,
+    pub listen_port: u64,
+    /// The gateway's public key in base64, as clients configure it.
+    pub public_key: Option<String>,
 }
 
 pub struct Interface {
@@ -230,6 +262,16 @@ impl Status {
                 })
                 .collect(),
             counters,
+            vpn: value
+                .get("vpn")
+                .filter(|vpn| vpn.is_object())
+                .map(|vpn| Vpn {
+                    running: vpn["running"].as_bool().unwrap_or(false),
+                    error: vpn["error"].as_str().map(str::to_owned),
+                    interface: text(&vpn["interface"]),
+                    listen_port: vpn["listen_port"].as_u64().unwrap_or(0),
+                    public_key: vpn["public_key"].as_str().map(str::to_owned),
+                }),
         }
     }
 

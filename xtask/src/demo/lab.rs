@@ -1,11 +1,19 @@
-//! The lab: two network namespaces joined by a veth pair, and the addresses on each side.
+//! The lab: network namespaces joined by veth pairs, and the addresses on each side.
 //!
 //! ```text
 //!   cgdemo-out                                   cgdemo-host
 //!   admin     10.250.0.2   fd00:250::2           10.250.0.1  fd00:250::1
 //!   attacker  10.250.0.66  fd00:250::66  cgdemo-o <==> cgdemo-h  (XDP here)
-//!   customer  10.251.0.5
+//!   customer  10.251.0.5                         cgdemo-gw   10.77.0.1/24 (the agent's TUN)
+//!   router    10.252.0.1   cgdemo-os
+//!                             ||
+//!   cgdemo-staff              ||
+//!   staff     10.252.0.2   cgdemo-s
+//!             10.77.0.2    cgdemo-wg (wireguard-go, tunnel to 10.250.0.1:51820)
 //! ```
+//!
+//! The staff laptop sits behind the outside namespace, which routes its packets to the host:
+//! they cross the filtered link like everyone else's.
 //!
 //! Names are fixed so that a demo killed before its cleanup is found and removed by the next
 //! run. Commands run inside a namespace through `nsenter --net` only: they keep the host's mount
@@ -23,8 +31,25 @@ use crate::cmd;
 
 pub const HOST_NS: &str = "cgdemo-host";
 pub const OUT_NS: &str = "cgdemo-out";
+pub const STAFF_NS: &str = "cgdemo-staff";
 pub const HOST_IF: &str = "cgdemo-h";
 const OUT_IF: &str = "cgdemo-o";
+/// The staff laptop's link to the outside namespace: its end, and the outside's end.
+const STAFF_IF: &str = "cgdemo-s";
+const OUT_STAFF_IF: &str = "cgdemo-os";
+/// The outside namespace's address on the staff laptop's link, its default gateway.
+const STAFF_ROUTER: &str = "10.252.0.1";
+
+/// The agent's WireGuard TUN device, in the host namespace (`CRMGUARD_VPN_INTERFACE`).
+pub const GATEWAY_WG_IF: &str = "cgdemo-gw";
+/// The staff laptop's wireguard-go device.
+pub const STAFF_WG_IF: &str = "cgdemo-wg";
+/// Where userspace WireGuard devices keep their control sockets, `<interface>.sock`. The
+/// directory is shared by every network namespace, hence the demo's own interface names.
+pub const WG_SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// Every namespace of the lab.
+const NAMESPACES: [&str; 3] = [OUT_NS, HOST_NS, STAFF_NS];
 
 /// Prefix of the demo's pin directories (under /sys/fs/bpf) and work directories (under the
 /// temporary directory); the demo's pid follows it.
@@ -61,6 +86,12 @@ pub const CUSTOMER: Host = Host {
     v4: IpAddr::V4(Ipv4Addr::new(10, 251, 0, 5)),
     v6: None,
 };
+/// A staff member's laptop on a network of its own, routed through the outside namespace.
+pub const STAFF: Host = Host {
+    name: "staff",
+    v4: IpAddr::V4(Ipv4Addr::new(10, 252, 0, 2)),
+    v6: None,
+};
 
 /// `program` run with only the network namespace `ns` entered.
 pub fn in_ns(ns: &str, program: impl AsRef<OsStr>) -> Command {
@@ -78,9 +109,9 @@ fn ip(ns: &str, args: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates both namespaces, the veth pair and the addresses. Expects no leftovers.
+/// Creates the namespaces, the veth pairs, the addresses and the routes. Expects no leftovers.
 pub fn create() -> Result<()> {
-    for ns in [OUT_NS, HOST_NS] {
+    for ns in NAMESPACES {
         cmd::stdout_of(Command::new("ip").args(["netns", "add", ns]))?;
     }
     cmd::stdout_of(Command::new("ip").args([
@@ -107,16 +138,64 @@ pub fn create() -> Result<()> {
     ip(OUT_NS, &format!("link set {OUT_IF} up"))?;
     // The customer's network is not the host's: the host reaches it over the same link.
     ip(HOST_NS, &format!("route add 10.251.0.0/24 dev {HOST_IF}"))?;
+    create_staff_link()
+}
+
+/// The staff laptop's link to the outside namespace, which forwards between it and the host.
+fn create_staff_link() -> Result<()> {
+    cmd::stdout_of(Command::new("ip").args([
+        "link",
+        "add",
+        STAFF_IF,
+        "netns",
+        STAFF_NS,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        OUT_STAFF_IF,
+        "netns",
+        OUT_NS,
+    ]))?;
+    ip(STAFF_NS, "link set lo up")?;
+    ip(
+        STAFF_NS,
+        &format!("addr add {}/24 dev {STAFF_IF}", STAFF.v4),
+    )?;
+    ip(
+        OUT_NS,
+        &format!("addr add {STAFF_ROUTER}/24 dev {OUT_STAFF_IF}"),
+    )?;
+    ip(STAFF_NS, &format!("link set {STAFF_IF} up"))?;
+    ip(OUT_NS, &format!("link set {OUT_STAFF_IF} up"))?;
+    ip(STAFF_NS, &format!("route add default via {STAFF_ROUTER}"))?;
+    ip(
+        HOST_NS,
+        &format!("route add 10.252.0.0/24 via {} dev {HOST_IF}", ADMIN.v4),
+    )?;
+    // /proc/sys/net belongs to the network namespace of the process that opens it.
+    cmd::stdout_of(in_ns(OUT_NS, "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
     Ok(())
 }
 
-/// Deletes both namespaces (and with them the veth pair); quiet and best effort.
+/// Deletes the namespaces (and with them the veth pairs) and the control sockets the
+/// WireGuard devices may have left; quiet and best effort.
 pub fn destroy() {
-    for ns in [HOST_NS, OUT_NS] {
+    for ns in NAMESPACES {
         if netns_exists(ns) {
             let _ = cmd::output(Command::new("ip").args(["netns", "del", ns]));
         }
     }
+    for socket in [wg_socket(GATEWAY_WG_IF), wg_socket(STAFF_WG_IF)] {
+        if socket.exists() {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+}
+
+/// The control socket of the userspace WireGuard device `ifname`.
+pub fn wg_socket(ifname: &str) -> PathBuf {
+    Path::new(WG_SOCKET_DIR).join(format!("{ifname}.sock"))
 }
 
 fn netns_exists(ns: &str) -> bool {
@@ -124,8 +203,8 @@ fn netns_exists(ns: &str) -> bool {
 }
 
 /// Removes what an earlier demo left behind when it was killed before its cleanup: processes in
-/// the demo namespaces, the namespaces, pin directories and work directories. Refuses while
-/// another demo is running.
+/// the demo namespaces (the agent, servers, wireguard-go), the namespaces, WireGuard control
+/// sockets, pin directories and work directories. Refuses while another demo is running.
 pub fn remove_stale() -> Result<()> {
     let own = std::process::id();
     let workdirs = with_prefix(&std::env::temp_dir())?;
@@ -134,7 +213,7 @@ pub fn remove_stale() -> Result<()> {
             bail!("another `cargo xtask demo` is running (pid {pid}); wait for it to finish");
         }
     }
-    for ns in [HOST_NS, OUT_NS] {
+    for ns in NAMESPACES {
         if !netns_exists(ns) {
             continue;
         }

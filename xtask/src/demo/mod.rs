@@ -3,17 +3,19 @@
 //! The demo builds the lab (lab.rs), writes a configuration (config.rs), starts real TCP
 //! servers and the agent on the host side, then walks through allowed and dropped connections
 //! (probe.rs) with the counters the agent reports for each, the metrics, fail-static after
-//! `kill -9`, adoption on restart, and `crmguard uninstall`. Every step states what it expects;
-//! the demo exits non-zero when a step did not behave as expected.
+//! `kill -9`, adoption on restart, a staff laptop's VPN access from `peer add` through MFA to
+//! `peer disable` (vpn.rs), and `crmguard uninstall`. Every step states what it expects; the
+//! demo exits non-zero when a step did not behave as expected.
 //!
-//! Whatever happens (an error, Ctrl-C, SIGTERM), the agent, the servers, the filter, the
-//! namespaces and the temporary files are removed on the way out; leftovers of a demo that was
-//! killed outright are removed by the next one.
+//! Whatever happens (an error, Ctrl-C, SIGTERM), the agent, the servers, wireguard-go, the
+//! filter, the namespaces and the temporary files are removed on the way out; leftovers of a
+//! demo that was killed outright are removed by the next one.
 
 mod agent;
 mod config;
 mod lab;
 mod probe;
+mod vpn;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use self::agent::{Agent, Cli, Status};
-use self::lab::{Host, ADMIN, ATTACKER, CUSTOMER, HOST, HOST_IF, HOST_NS, OUT_NS};
+use self::lab::{Host, ADMIN, ATTACKER, CUSTOMER, HOST, HOST_IF, HOST_NS, OUT_NS, STAFF, STAFF_NS};
 use self::probe::{Outcome, Servers};
 use crate::workspace::Workspace;
 use crate::{cmd, deps};
@@ -158,12 +160,14 @@ impl Demo {
             failures: Vec::new(),
         };
         lab::create()?;
-        let state_dir = demo.workdir.join("state");
+        let state_dir = demo.state_dir();
         std::fs::DirBuilder::new().mode(0o700).create(&state_dir)?;
         let text = config::render(&config::Paths {
             state_dir: &state_dir,
             bpffs_dir: &demo.pin_dir,
             control_socket: &demo.workdir.join("control.sock"),
+            private_key_file: &demo.workdir.join("wg.key"),
+            peers_file: &demo.workdir.join("peers.toml"),
         });
         std::fs::write(&demo.cli.config, text)
             .with_context(|| format!("cannot write {}", demo.cli.config.display()))?;
@@ -178,6 +182,11 @@ impl Demo {
             ("", &ATTACKER, "in the admin network, but denied"),
             ("", &CUSTOMER, "anyone on the internet"),
             (HOST_NS, &HOST, "the CRM host"),
+            (
+                STAFF_NS,
+                &STAFF,
+                "a staff laptop elsewhere, routed through cgdemo-out",
+            ),
         ];
         for (ns, host, role) in rows {
             println!(
@@ -188,7 +197,8 @@ impl Demo {
             );
         }
         println!(
-            "  joined by a veth pair; crmguard's XDP filter sits on {HOST_IF}, the host's side"
+            "  joined by veth pairs; crmguard's XDP filter sits on {HOST_IF}, the host's side, \
+             which every packet from outside crosses"
         );
 
         section("Configuration");
@@ -364,6 +374,9 @@ impl Demo {
             Some(&cli),
         )?;
 
+        section("VPN staff access with MFA");
+        self.show_vpn()?;
+
         section("Uninstall");
         eprintln!("$ kill -TERM {}", agent.pid());
         agent.stop()?;
@@ -412,14 +425,14 @@ impl Demo {
             None => None,
         };
         let (what, outcome) = match step.probe {
-            Probe::Tcp(port) => (format!("tcp/{port}"), probe::tcp(src, dst, port)?),
+            Probe::Tcp(port) => (format!("tcp/{port}"), probe::tcp(OUT_NS, src, dst, port)?),
             Probe::Ping => (
                 match step.family {
                     V4 => "icmp echo",
                     V6 => "icmpv6 echo",
                 }
                 .to_owned(),
-                probe::ping(src, dst)?,
+                probe::ping(OUT_NS, src, dst)?,
             ),
         };
         let counted = match (agent, &before) {
@@ -428,24 +441,17 @@ impl Demo {
         };
         // The counters that explain the outcome: pass reasons for an answer, drop reasons
         // for silence. (Neighbour discovery and the like count too; the table shows all.)
-        let (verdict, answer, explains) = match &outcome {
-            Outcome::Answered(line) => ("ALLOWED", format!("answered {line:?}"), "pass/"),
-            Outcome::NoAnswer => (
-                "DROPPED",
-                format!("no answer within {} s", probe::TIMEOUT_S),
-                "drop/",
-            ),
-            Outcome::Refused => ("REFUSED", "connection refused (reset)".to_owned(), ""),
+        let explains = match &outcome {
+            Outcome::Answered(_) => "pass/",
+            Outcome::NoAnswer => "drop/",
+            Outcome::Refused => "",
         };
         let shown: Vec<String> = counted
             .iter()
             .filter(|(key, _)| key.starts_with(explains))
             .map(|(key, packets)| format!("{key} +{packets}"))
             .collect();
-        let mut line = format!(
-            "  {verdict:<8} {:<9} {src:<13} -> {dst:<12} {what:<12} {answer}",
-            step.from.name
-        );
+        let mut line = probe::line(&outcome, step.from.name, src, dst, &what);
         if !shown.is_empty() {
             line.push_str(&format!("  [{}]", shown.join(", ")));
         }
@@ -532,6 +538,11 @@ impl Demo {
 
     fn fail(&mut self, problem: String) {
         self.failures.push(problem);
+    }
+
+    /// The agent's `state_dir`: peers' MFA secrets and sessions, bans, the audit log.
+    fn state_dir(&self) -> PathBuf {
+        self.workdir.join("state")
     }
 }
 

@@ -1,4 +1,4 @@
-//! Connection attempts from the outside namespace to the host, each bounded by a timeout, and
+//! Connection attempts from the outside namespaces to the host, each bounded by a timeout, and
 //! the servers on the host that answer them.
 
 use std::net::IpAddr;
@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::lab::{self, HOST_NS, OUT_NS};
+use super::config;
+use super::lab::{self, HOST_NS};
 use crate::cmd;
 
 /// How long a probe waits for an answer.
@@ -18,7 +19,7 @@ pub const TIMEOUT_S: u32 = 2;
 pub const SERVERS: &[(u16, &str, &str)] = &[
     (22, "ssh", "echo SSH-2.0-OpenSSH_9.2 crmguard-demo"),
     (
-        8080,
+        config::CRM_PORT,
         "web",
         r#"printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nCRM customer portal\r\n'"#,
     ),
@@ -82,14 +83,45 @@ pub enum Outcome {
     Answered(String),
     /// Nothing came back within the timeout.
     NoAnswer,
-    /// The host answered with a TCP reset: no server on the port, no firewall in between.
+    /// The host answered with a TCP reset: no server on the port, no firewall in between, or
+    /// a tunnel peer's role that does not reach the port (yet).
     Refused,
 }
 
-/// A TCP connection from `src` to `dst:port`, reading the server's first line.
-pub fn tcp(src: IpAddr, dst: IpAddr, port: u16) -> Result<Outcome> {
+impl Outcome {
+    /// The verdict column of a probe's line.
+    pub fn verdict(&self) -> &'static str {
+        match self {
+            Outcome::Answered(_) => "ALLOWED",
+            Outcome::NoAnswer => "DROPPED",
+            Outcome::Refused => "REFUSED",
+        }
+    }
+
+    /// What came back, in words.
+    pub fn answer(&self) -> String {
+        match self {
+            Outcome::Answered(line) => format!("answered {line:?}"),
+            Outcome::NoAnswer => format!("no answer within {TIMEOUT_S} s"),
+            Outcome::Refused => "connection refused (reset)".to_owned(),
+        }
+    }
+}
+
+/// The line that shows one probe: the verdict, who, from where to where, what, and the answer.
+pub fn line(outcome: &Outcome, who: &str, src: IpAddr, dst: IpAddr, what: &str) -> String {
+    format!(
+        "  {:<8} {who:<9} {src:<13} -> {dst:<12} {what:<12} {}",
+        outcome.verdict(),
+        outcome.answer()
+    )
+}
+
+/// A TCP connection from `src` in namespace `ns` to `dst:port`, reading the server's first
+/// line.
+pub fn tcp(ns: &str, src: IpAddr, dst: IpAddr, port: u16) -> Result<Outcome> {
     let timeout = TIMEOUT_S.to_string();
-    let mut ncat = lab::in_ns(OUT_NS, "ncat");
+    let mut ncat = lab::in_ns(ns, "ncat");
     ncat.args(["--recv-only", "-w", &timeout, "-i", &timeout, "-s"])
         .arg(src.to_string())
         .arg(dst.to_string())
@@ -110,9 +142,9 @@ pub fn tcp(src: IpAddr, dst: IpAddr, port: u16) -> Result<Outcome> {
     bail!("`{}` failed: {}", cmd::display(&ncat), stderr.trim());
 }
 
-/// One ICMP echo request from `src` to `dst`.
-pub fn ping(src: IpAddr, dst: IpAddr) -> Result<Outcome> {
-    let mut ping = lab::in_ns(OUT_NS, "ping");
+/// One ICMP echo request from `src` in namespace `ns` to `dst`.
+pub fn ping(ns: &str, src: IpAddr, dst: IpAddr) -> Result<Outcome> {
+    let mut ping = lab::in_ns(ns, "ping");
     ping.args(["-n", "-c", "1", "-W", &TIMEOUT_S.to_string(), "-I"])
         .arg(src.to_string())
         .arg(dst.to_string());
