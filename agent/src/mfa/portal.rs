@@ -16,7 +16,8 @@
 //! A client whose `Accept` header names `text/html` (a browser) gets the page with a message
 //! in place of JSON, under the same status code. Every request is bounded: an 8 KiB head, a
 //! 1 KiB body, 10 seconds to send them, one request per connection and 64 connections at
-//! once; more connections are closed as soon as they are accepted.
+//! once, 8 of them from one tunnel address; more connections are closed as soon as they are
+//! accepted.
 //!
 //! The portal holds no state and decides nothing: each request goes to the agent's main loop
 //! as a [`PortalRequest`], which checks the code and owns sessions and lockouts
@@ -29,6 +30,7 @@ mod answer;
 mod http;
 mod page;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -229,12 +231,16 @@ struct Limits {
     agent_timeout: Duration,
     /// Connections served at once.
     connections: usize,
+    /// Connections served at once for one tunnel address, so that one peer cannot take every
+    /// slot and keep the others from signing in.
+    per_source: usize,
 }
 
 const LIMITS: Limits = Limits {
     io_timeout: Duration::from_secs(10),
     agent_timeout: Duration::from_secs(5),
     connections: 64,
+    per_source: 8,
 };
 
 /// How long to pause after a failed accept, so that running out of file descriptors does not
@@ -249,11 +255,26 @@ pub async fn serve(listener: TcpListener, requests: mpsc::Sender<PortalQuery>) {
 
 async fn serve_with(listener: TcpListener, requests: mpsc::Sender<PortalQuery>, limits: Limits) {
     let mut connections = JoinSet::new();
+    // The source of each connection in progress, by task, and how many each source has.
+    let mut sources: HashMap<tokio::task::Id, IpAddr> = HashMap::new();
+    let mut per_source: HashMap<IpAddr, usize> = HashMap::new();
     loop {
         let accepted = listener.accept().await;
-        while let Some(done) = connections.try_join_next() {
-            if let Err(e) = done {
-                tracing::warn!(error = %e, "an MFA portal connection failed");
+        while let Some(done) = connections.try_join_next_with_id() {
+            let id = match done {
+                Ok((id, ())) => id,
+                Err(e) => {
+                    tracing::warn!(error = %e, "an MFA portal connection failed");
+                    e.id()
+                }
+            };
+            if let Some(ip) = sources.remove(&id) {
+                if let Some(n) = per_source.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_source.remove(&ip);
+                    }
+                }
             }
         }
         let (stream, from) = match accepted {
@@ -272,9 +293,16 @@ async fn serve_with(listener: TcpListener, requests: mpsc::Sender<PortalQuery>, 
             tracing::debug!(%from, "the MFA portal is busy; connection closed");
             continue;
         }
-        let requests = requests.clone();
         let from = from.ip().to_canonical();
-        connections.spawn(connection(stream, from, requests, limits));
+        let count = per_source.entry(from).or_default();
+        if *count >= limits.per_source {
+            tracing::debug!(%from, "this source holds its share of the MFA portal's connections; connection closed");
+            continue;
+        }
+        *count += 1;
+        let requests = requests.clone();
+        let task = connections.spawn(connection(stream, from, requests, limits));
+        sources.insert(task.id(), from);
     }
 }
 

@@ -27,6 +27,7 @@ const FAST: Limits = Limits {
     io_timeout: Duration::from_millis(300),
     agent_timeout: Duration::from_millis(300),
     connections: 64,
+    per_source: 64,
 };
 
 /// How long a test waits for an answer before it fails.
@@ -490,6 +491,29 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
         .expect("closed in time");
     assert_eq!(rest, b"");
     assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn one_source_cannot_take_every_slot() {
+    let two_each = Limits {
+        io_timeout: Duration::from_millis(1500),
+        per_source: 2,
+        ..FAST
+    };
+    let server = start(two_each).await;
+    let _first = connect(server, ALICE).await;
+    let _second = connect(server, ALICE).await;
+    let started = Instant::now();
+    let mut third = connect(server, ALICE).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, third.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    assert_eq!(rest, b"");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // Another peer is still served (the fake agent's answer for Carol: her role needs no MFA).
+    let answer = exchange(server, CAROL_NO_MFA, &request("GET", "/", &[], "")).await;
+    assert_eq!(answer.status, 403);
 }
 
 #[tokio::test]
