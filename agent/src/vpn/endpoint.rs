@@ -307,6 +307,9 @@ pub struct Endpoint {
     uapi: Option<UapiServer>,
     /// The cells by public key, so a reload keeps the sessions of the peers it keeps.
     cells: HashMap<[u8; 32], Arc<PeerCell>>,
+    /// Where the peers cut by a reload (disabled, removed) were last seen, so that a peer
+    /// admitted again gets a handshake at once instead of waiting for its client's retry timer.
+    departed: HashMap<[u8; 32], Target>,
     inputs: Option<Inputs>,
     next_index: u32,
 }
@@ -363,6 +366,7 @@ impl Endpoint {
             threads: Vec::new(),
             uapi: None,
             cells: HashMap::new(),
+            departed: HashMap::new(),
             inputs: None,
             next_index: first_index(),
         };
@@ -412,6 +416,7 @@ impl Endpoint {
         }
         let mut entries = Vec::with_capacity(inputs.peers.len());
         let mut cells = HashMap::with_capacity(inputs.peers.len());
+        let mut returning = Vec::new();
         for info in &inputs.peers {
             let cell = match self.cells.get(&info.public_key) {
                 Some(cell) => Arc::clone(cell),
@@ -440,6 +445,9 @@ impl Endpoint {
                     });
                     if self.inputs.is_some() {
                         tracing::info!(peer = %info.name, "VPN peer admitted");
+                    }
+                    if let Some(target) = self.departed.remove(&info.public_key) {
+                        returning.push((Arc::clone(&cell), target));
                     }
                     cell
                 }
@@ -475,6 +483,11 @@ impl Endpoint {
                     .map_or_else(|| keys::encode(key), |p| p.name.clone());
                 tracing::info!(peer = %name, "VPN peer removed; its session is cut");
             }
+            for (key, cell) in self.cells.iter().filter(|(k, _)| !cells.contains_key(*k)) {
+                if let Some(target) = cell.lock().endpoint {
+                    self.departed.insert(*key, target);
+                }
+            }
         }
         for (name, why) in &inputs.excluded {
             tracing::debug!(peer = %name, reason = why.as_str(), "VPN peer not admitted");
@@ -484,6 +497,25 @@ impl Endpoint {
         self.shared.snapshot.publish(Snapshot { table, acl });
         self.cells = cells;
         self.inputs = Some(inputs);
+        // After the publish, so that the answers find their peer.
+        let mut buf = vec![0u8; 256];
+        for (cell, target) in returning {
+            self.initiate(&cell, target, &mut buf);
+        }
+    }
+
+    /// Starts a handshake to `target` for `cell`; false when the session had nothing to send.
+    fn initiate(&self, cell: &PeerCell, target: Target, buf: &mut [u8]) -> bool {
+        let mut session = cell.lock();
+        session.endpoint = Some(target);
+        if let TunnResult::WriteToNetwork(init) =
+            session.tunn.format_handshake_initiation(buf, false)
+        {
+            let len = init.len();
+            self.shared.send_to_peer(&mut session, target, &buf[..len]);
+            return true;
+        }
+        false
     }
 
     /// Opens or closes `peer`'s MFA session as the ACL sees it. False when no such peer is
@@ -596,20 +628,14 @@ impl Endpoint {
             let Some(cell) = self.cells.get(key) else {
                 continue;
             };
-            let mut session = cell.lock();
             let target = Target {
                 remote: entry.endpoint,
                 local: None,
             };
-            session.endpoint = Some(target);
-            session.last_handshake = entry
+            cell.lock().last_handshake = entry
                 .last_handshake
                 .map(|s| UNIX_EPOCH + Duration::from_secs(s));
-            if let TunnResult::WriteToNetwork(init) =
-                session.tunn.format_handshake_initiation(&mut buf, false)
-            {
-                let len = init.len();
-                self.shared.send_to_peer(&mut session, target, &buf[..len]);
+            if self.initiate(cell, target, &mut buf) {
                 initiated += 1;
             }
         }
