@@ -82,90 +82,137 @@ enabled = false
     crate::config::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn ask(
-    access: &mut Access,
-    config: &Config,
-    gate: &FakeGate,
-    sink: &mut audit::Sink,
-    from: IpAddr,
-    action: PortalAction,
-) -> PortalReply {
-    access.portal(&PortalRequest { from, action }, config, gate, sink)
+/// Where the audit log of a fixture goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Log {
+    Writable,
+    /// In a "directory" that is a file, so it cannot be opened.
+    Blocked,
 }
 
-fn code_for(config: &Config, peer: &str) -> String {
-    let secret = secrets::load(&config.agent.state_dir, peer)
-        .expect("access test")
-        .expect("enrolled");
-    format!("{:06}", totp::code_at(secret.as_bytes(), unix_now()))
+/// An agent's MFA state with its configuration, audit log and a fake endpoint.
+struct Fixture {
+    dir: tempfile::TempDir,
+    log: std::path::PathBuf,
+    config: Config,
+    sink: audit::Sink,
+    gate: FakeGate,
+    access: Access,
 }
 
-fn types(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| {
-            let record: serde_json::Value = serde_json::from_str(line).expect("a record");
-            record["type"].as_str().unwrap_or_default().to_owned()
-        })
-        .collect()
+impl Fixture {
+    fn new(log: Log, on_write_failure: &str, enroll_alice: bool) -> Fixture {
+        let dir = tempfile::tempdir().expect("access test");
+        let log_path = match log {
+            Log::Writable => dir.path().join("audit.jsonl"),
+            Log::Blocked => {
+                let blocker = dir.path().join("logs");
+                std::fs::write(&blocker, "not a directory").expect("access test");
+                blocker.join("audit.jsonl")
+            }
+        };
+        let config = config(dir.path(), &log_path, on_write_failure);
+        if enroll_alice {
+            secrets::enroll(&config.agent.state_dir, "alice").expect("enroll");
+        }
+        let sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
+        let access = Access::open(&config);
+        Fixture {
+            dir,
+            log: log_path,
+            config,
+            sink,
+            gate: FakeGate::default(),
+            access,
+        }
+    }
+
+    fn ask(&mut self, from: IpAddr, action: PortalAction) -> PortalReply {
+        let request = PortalRequest { from, action };
+        self.access
+            .portal(&request, &self.config, &self.gate, &mut self.sink)
+    }
+
+    /// Alice's code now.
+    fn code(&self) -> PortalAction {
+        let secret = secrets::load(&self.config.agent.state_dir, "alice")
+            .expect("access test")
+            .expect("enrolled");
+        PortalAction::Open {
+            code: format!("{:06}", totp::code_at(secret.as_bytes(), unix_now())),
+        }
+    }
+
+    fn wrong() -> PortalAction {
+        PortalAction::Open {
+            code: "abcdef".to_owned(),
+        }
+    }
+
+    fn types(&self) -> Vec<String> {
+        self.records()
+            .iter()
+            .map(|r| r["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    fn records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a record"))
+            .collect()
+    }
+
+    fn last_end_reason(&self) -> String {
+        let records = self.records();
+        let end = records
+            .iter()
+            .rfind(|r| r["type"] == "mfa_session_end")
+            .expect("an mfa_session_end record");
+        end["detail"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn alice_open(&self) -> bool {
+        self.access.sessions().is_open("alice", unix_now())
+    }
+
+    fn last_call(&self) -> Option<(String, bool)> {
+        self.gate.calls.borrow().last().cloned()
+    }
 }
 
 #[test]
 fn a_right_code_opens_a_session_for_the_acl_and_survives_a_restart() {
-    let dir = tempfile::tempdir().expect("access test");
-    let log = dir.path().join("audit.jsonl");
-    let config = config(dir.path(), &log, "fail-closed");
-    secrets::enroll(&config.agent.state_dir, "alice").expect("enroll");
-    let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
-    let gate = FakeGate::default();
-    let mut access = Access::open(&config);
-
-    let code = code_for(&config, "alice");
-    let reply = ask(
-        &mut access,
-        &config,
-        &gate,
-        &mut sink,
-        ALICE,
-        PortalAction::Open { code: code.clone() },
-    );
+    let mut f = Fixture::new(Log::Writable, "fail-closed", true);
+    let code = f.code();
+    let reply = f.ask(ALICE, code.clone());
     let PortalReply::Opened { peer, expires } = reply else {
         panic!("{reply:?}");
     };
     assert_eq!(peer, "alice");
     assert!(expires > unix_now() + 11 * 3600);
-    assert_eq!(*gate.calls.borrow(), [("alice".to_owned(), true)]);
-    assert_eq!(access.attempts()["ok"], 1);
-    assert_eq!(types(&log), ["mfa_success"]);
+    assert_eq!(*f.gate.calls.borrow(), [("alice".to_owned(), true)]);
+    assert_eq!(f.access.attempts()["ok"], 1);
+    assert_eq!(f.types(), ["mfa_success"]);
 
     // The same code again is refused: each code is good once.
-    let reply = ask(
-        &mut access,
-        &config,
-        &gate,
-        &mut sink,
-        ALICE,
-        PortalAction::Open { code },
-    );
+    let reply = f.ask(ALICE, code);
     assert!(
         matches!(reply, PortalReply::Wrong { remaining: 1, .. }),
         "{reply:?}"
     );
 
     // A new agent reads the session back.
-    let restarted = Access::open(&config);
-    assert!(restarted.sessions().is_open("alice", unix_now()));
+    assert!(Access::open(&f.config)
+        .sessions()
+        .is_open("alice", unix_now()));
 
     // Logging out ends it and tells the endpoint.
-    let reply = ask(
-        &mut access,
-        &config,
-        &gate,
-        &mut sink,
-        ALICE,
-        PortalAction::Close,
-    );
+    let reply = f.ask(ALICE, PortalAction::Close);
     assert!(
         matches!(
             reply,
@@ -176,216 +223,103 @@ fn a_right_code_opens_a_session_for_the_acl_and_survives_a_restart() {
         ),
         "{reply:?}"
     );
-    assert_eq!(
-        gate.calls.borrow().last(),
-        Some(&("alice".to_owned(), false))
-    );
-    assert_eq!(
-        types(&log),
-        ["mfa_success", "mfa_failure", "mfa_session_end"]
-    );
-    assert!(!Access::open(&config)
+    assert_eq!(f.last_call(), Some(("alice".to_owned(), false)));
+    assert_eq!(f.types(), ["mfa_success", "mfa_failure", "mfa_session_end"]);
+    assert!(!Access::open(&f.config)
         .sessions()
         .is_open("alice", unix_now()));
 }
 
 #[test]
 fn wrong_codes_lock_out_and_other_peers_are_answered_without_a_code() {
-    let dir = tempfile::tempdir().expect("access test");
-    let log = dir.path().join("audit.jsonl");
-    let config = config(dir.path(), &log, "fail-closed");
-    secrets::enroll(&config.agent.state_dir, "alice").expect("enroll");
-    let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
-    let gate = FakeGate::default();
-    let mut access = Access::open(&config);
-    let wrong = || PortalAction::Open {
-        code: "abcdef".to_owned(),
-    };
-
-    let reply = ask(&mut access, &config, &gate, &mut sink, ALICE, wrong());
+    let mut f = Fixture::new(Log::Writable, "fail-closed", true);
+    let reply = f.ask(ALICE, Fixture::wrong());
     assert!(
         matches!(reply, PortalReply::Wrong { remaining: 1, .. }),
         "{reply:?}"
     );
-    let reply = ask(&mut access, &config, &gate, &mut sink, ALICE, wrong());
+    let reply = f.ask(ALICE, Fixture::wrong());
     assert!(matches!(reply, PortalReply::LockedOut { .. }), "{reply:?}");
-    let code = code_for(&config, "alice");
-    let reply = ask(
-        &mut access,
-        &config,
-        &gate,
-        &mut sink,
-        ALICE,
-        PortalAction::Open { code },
-    );
+    let code = f.code();
+    let reply = f.ask(ALICE, code);
     assert!(matches!(reply, PortalReply::LockedOut { .. }), "{reply:?}");
-    assert!(gate.calls.borrow().is_empty());
-    let reply = ask(
-        &mut access,
-        &config,
-        &gate,
-        &mut sink,
-        ALICE,
-        PortalAction::Show,
-    );
+    assert!(f.gate.calls.borrow().is_empty());
+    let reply = f.ask(ALICE, PortalAction::Show);
     let PortalReply::View(view) = reply else {
         panic!("{reply:?}");
     };
     assert!(view.locked_until.is_some() && view.session_expires.is_none() && view.mfa_required);
 
-    let reply = ask(&mut access, &config, &gate, &mut sink, BOB, wrong());
+    let reply = f.ask(BOB, Fixture::wrong());
     assert!(
         matches!(reply, PortalReply::NotRequired { .. }),
         "{reply:?}"
     );
-    let reply = ask(&mut access, &config, &gate, &mut sink, CAROL, wrong());
+    let reply = f.ask(CAROL, Fixture::wrong());
     assert!(matches!(reply, PortalReply::Disabled { .. }), "{reply:?}");
     let stranger = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 99));
-    let reply = ask(&mut access, &config, &gate, &mut sink, stranger, wrong());
+    let reply = f.ask(stranger, Fixture::wrong());
     assert!(matches!(reply, PortalReply::UnknownPeer), "{reply:?}");
-    assert_eq!(access.attempts()["wrong"], 1);
-    assert_eq!(access.attempts()["locked_out"], 2);
-    assert_eq!(access.attempts()["refused"], 2);
+    assert_eq!(f.access.attempts()["wrong"], 1);
+    assert_eq!(f.access.attempts()["locked_out"], 2);
+    assert_eq!(f.access.attempts()["refused"], 2);
 }
 
 #[test]
 fn fail_closed_opens_no_session_while_the_log_cannot_be_written_and_spends_no_code() {
-    let dir = tempfile::tempdir().expect("access test");
-    // The log's directory is a file, so the log cannot be opened.
-    let blocker = dir.path().join("logs");
-    std::fs::write(&blocker, "not a directory").expect("access test");
-    let log = blocker.join("audit.jsonl");
-    let config = config(dir.path(), &log, "fail-closed");
-    secrets::enroll(&config.agent.state_dir, "alice").expect("enroll");
-    let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
-    let gate = FakeGate::default();
-    let mut access = Access::open(&config);
-
-    let code = code_for(&config, "alice");
-    let reply = ask(
-        &mut access,
-        &config,
-        &gate,
-        &mut sink,
-        ALICE,
-        PortalAction::Open { code: code.clone() },
-    );
+    let mut f = Fixture::new(Log::Blocked, "fail-closed", true);
+    let code = f.code();
+    let reply = f.ask(ALICE, code.clone());
     assert!(
         matches!(reply, PortalReply::Unavailable { .. }),
         "{reply:?}"
     );
-    assert!(gate.calls.borrow().is_empty());
-    assert!(!access.sessions().is_open("alice", unix_now()));
-    assert_eq!(access.attempts()["refused"], 1);
-    assert!(sink.errors() >= 1);
+    assert!(f.gate.calls.borrow().is_empty());
+    assert!(!f.alice_open());
+    assert_eq!(f.access.attempts()["refused"], 1);
+    assert!(f.sink.errors() >= 1);
 
     // Once the log can be written, the same code works: it was not spent.
+    let blocker = f.dir.path().join("logs");
     std::fs::remove_file(&blocker).expect("access test");
     std::fs::create_dir(&blocker).expect("access test");
-    let reply = ask(
-        &mut access,
-        &config,
-        &gate,
-        &mut sink,
-        ALICE,
-        PortalAction::Open { code },
-    );
+    let reply = f.ask(ALICE, code);
     assert!(matches!(reply, PortalReply::Opened { .. }), "{reply:?}");
-    assert_eq!(types(&log), ["mfa_success"]);
+    assert_eq!(f.types(), ["mfa_success"]);
 }
 
 #[test]
 fn fail_open_opens_the_session_and_counts_the_lost_record() {
-    let dir = tempfile::tempdir().expect("access test");
-    let blocker = dir.path().join("logs");
-    std::fs::write(&blocker, "not a directory").expect("access test");
-    let config = config(dir.path(), &blocker.join("audit.jsonl"), "fail-open");
-    secrets::enroll(&config.agent.state_dir, "alice").expect("enroll");
-    let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
-    let gate = FakeGate::default();
-    let mut access = Access::open(&config);
-    let code = code_for(&config, "alice");
-    let reply = ask(
-        &mut access,
-        &config,
-        &gate,
-        &mut sink,
-        ALICE,
-        PortalAction::Open { code },
-    );
+    let mut f = Fixture::new(Log::Blocked, "fail-open", true);
+    let code = f.code();
+    let reply = f.ask(ALICE, code);
     assert!(matches!(reply, PortalReply::Opened { .. }), "{reply:?}");
-    assert_eq!(*gate.calls.borrow(), [("alice".to_owned(), true)]);
-    assert!(sink.errors() >= 1);
+    assert_eq!(*f.gate.calls.borrow(), [("alice".to_owned(), true)]);
+    assert!(f.sink.errors() >= 1);
 }
 
 #[test]
 fn a_peer_without_a_secret_is_told_to_enroll_and_a_new_secret_is_picked_up() {
-    let dir = tempfile::tempdir().expect("access test");
-    let log = dir.path().join("audit.jsonl");
-    let config = config(dir.path(), &log, "fail-closed");
-    let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
-    let gate = FakeGate::default();
-    let mut access = Access::open(&config);
-    let reply = ask(
-        &mut access,
-        &config,
-        &gate,
-        &mut sink,
-        ALICE,
-        PortalAction::Open {
-            code: "123456".to_owned(),
-        },
-    );
+    let mut f = Fixture::new(Log::Writable, "fail-closed", false);
+    let reply = f.ask(ALICE, Fixture::wrong());
     assert!(
         matches!(reply, PortalReply::NotEnrolled { .. }),
         "{reply:?}"
     );
     // `mfa enroll` while the agent runs: the next request reads the new secret.
-    secrets::enroll(&config.agent.state_dir, "alice").expect("enroll");
-    let code = code_for(&config, "alice");
-    let reply = ask(
-        &mut access,
-        &config,
-        &gate,
-        &mut sink,
-        ALICE,
-        PortalAction::Open { code },
-    );
+    secrets::enroll(&f.config.agent.state_dir, "alice").expect("enroll");
+    let code = f.code();
+    let reply = f.ask(ALICE, code);
     assert!(matches!(reply, PortalReply::Opened { .. }), "{reply:?}");
 }
 
-/// Alice with an open session, and what the tick does when her device changes.
-fn alice_signed_in(dir: &Path) -> (Config, audit::Sink, FakeGate, Access) {
-    let log = dir.join("audit.jsonl");
-    let config = config(dir, &log, "fail-closed");
-    secrets::enroll(&config.agent.state_dir, "alice").expect("enroll");
-    let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
-    let gate = FakeGate::default();
-    let mut access = Access::open(&config);
-    let code = code_for(&config, "alice");
-    let reply = ask(
-        &mut access,
-        &config,
-        &gate,
-        &mut sink,
-        ALICE,
-        PortalAction::Open { code },
-    );
+/// A fixture in which alice has signed in.
+fn alice_signed_in() -> Fixture {
+    let mut f = Fixture::new(Log::Writable, "fail-closed", true);
+    let code = f.code();
+    let reply = f.ask(ALICE, code);
     assert!(matches!(reply, PortalReply::Opened { .. }), "{reply:?}");
-    (config, sink, gate, access)
-}
-
-fn last_end_reason(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join("audit.jsonl")).expect("log");
-    let record: serde_json::Value = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .rfind(|r| r["type"] == "mfa_session_end")
-        .expect("an mfa_session_end record");
-    record["detail"]["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    f
 }
 
 #[test]
@@ -395,13 +329,12 @@ fn a_session_ends_when_its_device_changes_also_while_the_agent_was_stopped() {
         ("disable", "disabled"),
         ("remove", "removed"),
     ] {
-        let dir = tempfile::tempdir().expect("access test");
-        let (config, mut sink, gate, mut access) = alice_signed_in(dir.path());
-        access.tick(&config, None, &gate, &mut sink);
-        assert!(access.sessions().is_open("alice", unix_now()), "{change}");
+        let mut f = alice_signed_in();
+        f.access.tick(&f.config, None, &f.gate, &mut f.sink);
+        assert!(f.alice_open(), "{change}");
 
         // The peers file was edited while the agent was stopped: a new agent starts on it.
-        let mut changed = config.clone();
+        let mut changed = f.config.clone();
         match change {
             "rekey" => changed.peers[0].public_key = [1; 32],
             "disable" => changed.peers[0].enabled = false,
@@ -409,64 +342,38 @@ fn a_session_ends_when_its_device_changes_also_while_the_agent_was_stopped() {
                 changed.peers.remove(0);
             }
         }
-        let mut restarted = Access::open(&changed);
+        f.access = Access::open(&changed);
         if change != "remove" {
-            assert!(
-                restarted.sessions().is_open("alice", unix_now()),
-                "{change}: loaded"
-            );
+            assert!(f.alice_open(), "{change}: loaded");
         }
-        restarted.tick(&changed, None, &gate, &mut sink);
-        assert!(
-            !restarted.sessions().is_open("alice", unix_now()),
-            "{change}"
-        );
-        assert_eq!(
-            gate.calls.borrow().last(),
-            Some(&("alice".to_owned(), false))
-        );
-        assert_eq!(last_end_reason(dir.path()), reason);
+        f.access.tick(&changed, None, &f.gate, &mut f.sink);
+        assert!(!f.alice_open(), "{change}");
+        assert_eq!(f.last_call(), Some(("alice".to_owned(), false)));
+        assert_eq!(f.last_end_reason(), reason);
     }
 }
 
 #[test]
 fn enrolling_anew_ends_the_session_at_the_next_tick() {
-    let dir = tempfile::tempdir().expect("access test");
-    let (config, mut sink, gate, mut access) = alice_signed_in(dir.path());
-    secrets::enroll(&config.agent.state_dir, "alice").expect("enroll again");
-    access.tick(&config, None, &gate, &mut sink);
-    assert!(!access.sessions().is_open("alice", unix_now()));
-    assert_eq!(last_end_reason(dir.path()), "reenrolled");
+    let mut f = alice_signed_in();
+    secrets::enroll(&f.config.agent.state_dir, "alice").expect("enroll again");
+    f.access.tick(&f.config, None, &f.gate, &mut f.sink);
+    assert!(!f.alice_open());
+    assert_eq!(f.last_end_reason(), "reenrolled");
 }
 
 #[test]
 fn attempts_while_locked_out_are_folded_per_minute() {
-    let dir = tempfile::tempdir().expect("access test");
-    let log = dir.path().join("audit.jsonl");
-    let config = config(dir.path(), &log, "fail-closed");
-    secrets::enroll(&config.agent.state_dir, "alice").expect("enroll");
-    let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
-    let gate = FakeGate::default();
-    let mut access = Access::open(&config);
+    let mut f = Fixture::new(Log::Writable, "fail-closed", true);
     for _ in 0..102 {
-        ask(
-            &mut access,
-            &config,
-            &gate,
-            &mut sink,
-            ALICE,
-            PortalAction::Open {
-                code: "abcdef".to_owned(),
-            },
-        );
+        f.ask(ALICE, Fixture::wrong());
     }
     // Two wrong codes are recorded one by one; the hundred while locked out are folded.
-    assert_eq!(types(&log), ["mfa_failure", "mfa_failure"]);
-    access.flush(&mut sink);
-    let text = std::fs::read_to_string(&log).expect("log");
-    let folded: serde_json::Value =
-        serde_json::from_str(text.lines().last().expect("a record")).expect("json");
+    assert_eq!(f.types(), ["mfa_failure", "mfa_failure"]);
+    f.access.flush(&mut f.sink);
+    let records = f.records();
+    let folded = records.last().expect("a record");
     assert_eq!(folded["detail"]["count"], 100);
     assert_eq!(folded["detail"]["service"], "locked_out");
-    assert_eq!(access.attempts()["locked_out"], 101);
+    assert_eq!(f.access.attempts()["locked_out"], 101);
 }
