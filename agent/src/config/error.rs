@@ -76,7 +76,7 @@ impl From<ConfigError> for ConfigErrors {
 }
 
 /// The text of one file together with its name, used to place errors.
-pub(super) struct Source<'a> {
+pub(crate) struct Source<'a> {
     pub file: &'a Path,
     pub text: &'a str,
 }

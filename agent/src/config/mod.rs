@@ -34,7 +34,7 @@ pub use duration::{parse_duration, DurationError};
 pub use error::{ConfigError, ConfigErrors};
 pub use hours::{Hours, HoursError};
 
-use error::Source;
+pub(crate) use error::Source;
 
 /// The name under which errors in the embedded default policy are reported.
 pub const DEFAULT_POLICY_NAME: &str = "<embedded default policy>";

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{valid_peer_name, ProvisionError};
-use crate::config::{ConfigError, ConfigErrors, Date, Peer, MAX_NAME_LEN};
+use crate::config::{ConfigError, ConfigErrors, Date, Peer, Source, MAX_NAME_LEN};
 use crate::vpn::keys;
 
 /// The first lines of a peers file written by crmguard.
@@ -69,26 +69,10 @@ impl PeersFile {
     /// duplicate keys or addresses are left to the configuration loader, which checks them on
     /// every load.
     pub fn parse(text: &str, file: &Path) -> Result<PeersFile, ProvisionError> {
-        let raw: RawPeersFile = toml::from_str(text).map_err(|err| {
-            let (line, column) = err.span().map_or((0, 0), |span| position(text, span.start));
-            let message = err
-                .message()
-                .trim_end()
-                .lines()
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(": ");
-            invalid(vec![ConfigError {
-                file: file.to_path_buf(),
-                line,
-                column,
-                key: String::new(),
-                message,
-            }])
-        })?;
+        let src = Source::new(file, text);
+        let raw: RawPeersFile = src.deserialize().map_err(|e| invalid(vec![e]))?;
         let mut check = Check {
-            text,
-            file,
+            src,
             errors: Vec::new(),
         };
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -96,7 +80,7 @@ impl PeersFile {
         for (i, raw) in raw.peer.into_iter().enumerate() {
             let key = format!("peer[{i}]");
             if let Some(peer) = check.peer(&raw, &key) {
-                let line = position(text, raw.name.span().start).0;
+                let line = check.src.position(raw.name.span().start).0;
                 if let Some(first) = seen.insert(peer.name.clone(), line) {
                     check.fail(
                         &raw.name.span(),
@@ -188,21 +172,13 @@ struct RawPeer {
 
 /// Collects the problems of one peers file.
 struct Check<'a> {
-    text: &'a str,
-    file: &'a Path,
+    src: Source<'a>,
     errors: Vec<ConfigError>,
 }
 
 impl Check<'_> {
     fn fail(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
-        let (line, column) = position(self.text, span.start);
-        self.errors.push(ConfigError {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            key: key.to_owned(),
-            message: message.into(),
-        });
+        self.errors.push(self.src.error(span, key, message.into()));
     }
 
     /// One entry, or `None` after reporting each of its problems.
@@ -303,19 +279,6 @@ fn parse_date(value: &toml::Value) -> Option<Date> {
             .and_then(|d| Date::new(d.year, d.month, d.day)),
         _ => None,
     }
-}
-
-/// The 1-based line and character column of the byte `offset` of `text`, clamped to the text.
-fn position(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
 }
 
 /// `text` as a TOML basic string.
@@ -444,7 +407,7 @@ enabled = false
         assert_eq!(
             parse("[[peer]]\nname = \"bob\"\nkey = \"x\"\n"),
             Err(vec![
-                "peers.toml:3:1: unknown field `key`, expected one of `name`, `public_key`, \
+                "peers.toml:3:1: peer[0].key: unknown field `key`, expected one of `name`, `public_key`, \
                  `address`, `address6`, `role`, `created`, `enabled`"
                     .to_owned()
             ])
