@@ -8,6 +8,7 @@
 //! A key generated here never leaves this process except in the client configuration printed
 //! once: the agent and the peers file only see the public key.
 
+use crmguard::mfa::unix_now;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -476,13 +477,6 @@ fn print_table(peers: &[PeerListing]) {
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 fn describe_expiry(secs: i64) -> String {

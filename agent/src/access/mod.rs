@@ -14,6 +14,7 @@
 
 pub mod listing;
 
+use crate::mfa::unix_now;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -74,13 +75,6 @@ pub struct Access {
 struct Seen {
     inner_packets: u64,
     handshake: Option<u64>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 impl Access {

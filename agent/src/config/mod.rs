@@ -26,7 +26,7 @@ mod validate;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -512,6 +512,14 @@ impl Date {
         let day_of_year = (153 * shifted_month + 2) / 5 + i64::from(self.day) - 1;
         let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
         era * 146_097 + day_of_era - 719_468
+    }
+
+    /// Midnight UTC at the start of this date.
+    pub fn midnight_utc(&self) -> SystemTime {
+        // A `Date` is never before 1970, so the day count is never negative; a `Date` is never
+        // after 9999, so the sum fits a `SystemTime`.
+        let days = u64::try_from(self.days_since_unix_epoch()).unwrap_or(0);
+        UNIX_EPOCH + Duration::from_secs(days.saturating_mul(86_400))
     }
 }
 

@@ -5,6 +5,7 @@
 //! Every change is applied before the answer goes back, so a removed or disabled peer is cut
 //! by the time the command returns.
 
+use crate::mfa::unix_now;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -389,13 +390,6 @@ impl Agent {
             })
             .collect()
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 fn refused(message: &str) -> Response {

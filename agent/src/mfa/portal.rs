@@ -30,12 +30,13 @@ mod answer;
 mod http;
 mod page;
 
+use super::unix_now;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
@@ -496,13 +497,6 @@ async fn ask(
         tracing::warn!("the agent did not answer the MFA portal");
     }
     reply
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| since.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -10,23 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::PeersFile;
 use crate::config::{Config, Date};
-pub use crate::vpn::peers::key_expires_at;
+pub use crate::vpn::peers::{key_expired, key_expires_at};
 
 const SECONDS_PER_DAY: u64 = 24 * 60 * 60;
-
-/// Midnight UTC at the start of `date`.
-pub fn midnight_utc(date: Date) -> SystemTime {
-    // A `Date` is never before 1970, so the day count is never negative; a `Date` is never
-    // after 9999, so the sum fits a `SystemTime`.
-    let days = u64::try_from(date.days_since_unix_epoch()).unwrap_or(0);
-    UNIX_EPOCH + Duration::from_secs(days.saturating_mul(SECONDS_PER_DAY))
-}
-
-/// Whether the key of a peer created on `created` is older than `max_age` at `now`: the
-/// endpoint's rule, strictly after [`key_expires_at`].
-pub fn key_expired(created: Date, max_age: Duration, now: SystemTime) -> bool {
-    now > key_expires_at(created, max_age)
-}
 
 /// The UTC calendar date at `time`, such as the `today` of [`PeersFile::add`]; `None` before
 /// 1970 or after 9999.
@@ -96,7 +82,7 @@ pub fn inactive_peers(
             let handshake = last_handshakes
                 .get(&peer.name)
                 .map(|secs| UNIX_EPOCH + Duration::from_secs(*secs));
-            let created = peer.created.map(midnight_utc);
+            let created = peer.created.map(|d| d.midnight_utc());
             let Some(last_active) = handshake.max(created) else {
                 return false;
             };
@@ -131,8 +117,8 @@ mod tests {
     #[test]
     fn dates_and_midnights() {
         assert_eq!(date("2026-11-01").days_since_unix_epoch(), 20_758);
-        assert_eq!(midnight_utc(date("2026-11-01")), at(NOV_1));
-        assert_eq!(midnight_utc(date("1970-01-01")), UNIX_EPOCH);
+        assert_eq!(date("2026-11-01").midnight_utc(), at(NOV_1));
+        assert_eq!(date("1970-01-01").midnight_utc(), UNIX_EPOCH);
         for (secs, expected) in [
             (0, Some("1970-01-01")),
             (NOV_1, Some("2026-11-01")),

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -93,12 +93,12 @@ pub fn admitted(config: &Config, now: SystemTime) -> (Vec<PeerInfo>, Vec<(String
 
 /// When a key registered on `created` (midnight UTC) stops being admitted: `max_age` later.
 pub fn key_expires_at(created: Date, max_age: Duration) -> SystemTime {
-    let days = u64::try_from(created.days_since_unix_epoch()).unwrap_or(0);
-    UNIX_EPOCH + Duration::from_secs(days.saturating_mul(86_400)) + max_age
+    created.midnight_utc() + max_age
 }
 
-/// Whether a key registered on `created` (midnight UTC) is older than `max_age` at `now`.
-fn key_expired(created: Date, max_age: Duration, now: SystemTime) -> bool {
+/// Whether a key registered on `created` (midnight UTC) is older than `max_age` at `now`:
+/// strictly after [`key_expires_at`].
+pub fn key_expired(created: Date, max_age: Duration, now: SystemTime) -> bool {
     now > key_expires_at(created, max_age)
 }
 
@@ -478,7 +478,7 @@ role = "staff"
 "#;
         let config = crate::config::parse(text, Path::new("t.toml")).expect("valid config");
         // 2025-01-15
-        let now = UNIX_EPOCH + Duration::from_secs(20_103 * 86_400);
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(20_103 * 86_400);
         let (admitted, excluded) = admitted(&config, now);
         let names: Vec<&str> = admitted.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["fresh", "undated"]);
