@@ -8,22 +8,22 @@
 //! A key generated here never leaves this process except in the client configuration printed
 //! once: the agent and the peers file only see the public key.
 
-use crmguard::mfa::unix_now;
+use crmguard_core::mfa::unix_now;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
 
 use crmguard::access::listing::{self, PeerListing};
-use crmguard::audit::{self, Event, EventType, Outcome};
-use crmguard::config::Config;
 use crmguard::control::{self, Request, Response};
 use crmguard::daemon::ConfigSource;
-use crmguard::datapath::error_chain;
-use crmguard::exit;
-use crmguard::mfa::store;
-use crmguard::provision::{self, ClientParams, PeersFile, ProvisionError};
-use crmguard::vpn::keys::{self, KeyPair};
+use crmguard_core::audit::{self, Event, EventType, Outcome};
+use crmguard_core::config::Config;
+use crmguard_core::error_chain;
+use crmguard_core::exit;
+use crmguard_core::keys::{self, KeyPair};
+use crmguard_core::mfa::store;
+use crmguard_core::provision::{self, ClientParams, PeersFile, ProvisionError};
 
 #[derive(Debug, Subcommand)]
 pub enum PeerCommand {
@@ -242,7 +242,7 @@ fn change(config: &Config, source: &ConfigSource, change: Change, name: &str, ac
         file.save(&vpn.peers_file)?;
         if let Change::Remove = change {
             // A device given the name later enrolls anew.
-            if let Err(e) = crmguard::mfa::secrets::remove(&config.agent.state_dir, name) {
+            if let Err(e) = crmguard_core::mfa::secrets::remove(&config.agent.state_dir, name) {
                 eprintln!("crmguard: {}", error_chain(&e));
             }
         }
@@ -381,9 +381,9 @@ fn listing_of(
 fn offline_listing(config: &Config, handshakes: HashMap<String, u64>) -> Vec<PeerListing> {
     let state_dir = &config.agent.state_dir;
     let mut sessions = store::load_sessions(state_dir, (&config.mfa).into())
-        .unwrap_or_else(|_| crmguard::mfa::sessions::Sessions::new((&config.mfa).into()));
+        .unwrap_or_else(|_| crmguard_core::mfa::sessions::Sessions::new((&config.mfa).into()));
     for peer in &config.peers {
-        if let Ok(Some(secret)) = crmguard::mfa::secrets::load(state_dir, &peer.name) {
+        if let Ok(Some(secret)) = crmguard_core::mfa::secrets::load(state_dir, &peer.name) {
             sessions.set_secret(&peer.name, secret);
         }
     }

@@ -26,20 +26,19 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::access::Access;
-use crate::audit::{self, Event, EventType, Outcome};
-use crate::bans::persist::{self, PersistError};
-use crate::bans::{Ban, BanStore, KernelKey, KernelValue, ManualBan, Safeguards};
-use crate::config::{self, Config, ConfigErrors, Mode};
 use crate::control::{
     self, BanAdded, BanStatus, Command, CounterStatus, DropStatus, InterfaceStatus, Request,
     Response, Status,
 };
-use crate::datapath::bans::{self as kernel_bans, KernelBans, KernelBansError};
-use crate::datapath::events::{DropEvent, EventReader, Recent};
-use crate::datapath::{self, Datapath, DatapathError, InterfaceRequest};
 use crate::metrics::{self, Metrics, MetricsError};
-use crate::policy::{self, CompiledPolicy, PolicyError};
-use crate::vpn;
+use crmguard_core::audit::{self, Event, EventType, Outcome};
+use crmguard_core::bans::persist::{self, PersistError};
+use crmguard_core::bans::{Ban, BanStore, KernelKey, KernelValue, ManualBan, Safeguards};
+use crmguard_core::config::{self, Config, ConfigErrors, Mode};
+use crmguard_core::policy::{self, CompiledPolicy, PolicyError};
+use crmguard_datapath::bans::{self as kernel_bans, KernelBans, KernelBansError};
+use crmguard_datapath::events::{DropEvent, EventReader, Recent};
+use crmguard_datapath::{Datapath, DatapathError, InterfaceRequest};
 
 /// Where the agent's configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +85,7 @@ pub enum DaemonError {
     #[error("writing the bans into the kernel")]
     KernelBans(#[from] KernelBansError),
     #[error("opening the XDP program's drop events")]
-    EventMaps(#[from] datapath::MapsError),
+    EventMaps(#[from] crmguard_datapath::MapsError),
 }
 
 /// Options of `crmguard run`.
@@ -113,7 +112,7 @@ fn interface_requests(config: &Config) -> Result<Vec<InterfaceRequest>, DaemonEr
         .map_err(DaemonError::Interfaces)?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n != "lo" && *n != vpn::interface_name())
+        .filter(|n| n != "lo" && *n != crmguard_vpn::interface_name())
         .collect();
     names.sort();
     Ok(names
@@ -126,8 +125,8 @@ fn interface_requests(config: &Config) -> Result<Vec<InterfaceRequest>, DaemonEr
 }
 
 /// The default name of the VPN's TUN device, never filtered by XDP (see
-/// [`vpn::interface_name`]).
-pub const VPN_INTERFACE: &str = vpn::DEFAULT_INTERFACE;
+/// [`crmguard_vpn::interface_name`]).
+pub const VPN_INTERFACE: &str = crmguard_vpn::DEFAULT_INTERFACE;
 
 struct Agent {
     source: ConfigSource,
@@ -151,7 +150,7 @@ struct Agent {
     /// while after.
     last_swap: Instant,
     /// The WireGuard endpoint.
-    vpn: vpn::Supervisor,
+    vpn: crmguard_vpn::Supervisor,
     /// The peers' MFA sessions and lifecycle.
     access: Access,
     /// The MFA portal's listeners.
@@ -268,7 +267,7 @@ impl Agent {
             Request::Status => match self.status() {
                 Ok(status) => Response::Status(Box::new(status)),
                 Err(e) => Response::Error {
-                    message: datapath::error_chain(&e),
+                    message: crmguard_core::error_chain(&e),
                 },
             },
             Request::BanAdd {
@@ -381,7 +380,7 @@ impl Agent {
             errors.push(format!(
                 "the ban is in the agent's list, but the kernel refused it and it is not enforced yet (retried every {}s): {}",
                 RECONCILE_EVERY.as_secs(),
-                datapath::error_chain(&e)
+                crmguard_core::error_chain(&e)
             ));
         }
         Response::Banned(BanAdded {
@@ -421,7 +420,7 @@ impl Agent {
             errors.push(format!(
                 "the ban is off the agent's list, but the kernel still holds it (retried every {}s): {}",
                 RECONCILE_EVERY.as_secs(),
-                datapath::error_chain(&e)
+                crmguard_core::error_chain(&e)
             ));
         }
         Response::BanRemoved {
@@ -455,7 +454,7 @@ impl Agent {
             Err(e) => {
                 if !self.bans_unsaved {
                     tracing::error!(
-                        error = %datapath::error_chain(&e),
+                        error = %crmguard_core::error_chain(&e),
                         "cannot save the ban list; bans added now are lost if the agent restarts before saving works again (retried every second)"
                     );
                 }
@@ -487,7 +486,7 @@ impl Agent {
         }
         let nets: Vec<IpNet> = ended.iter().map(|ban| ban.net).collect();
         if let Err(e) = self.update_kernel(&nets) {
-            tracing::error!(error = %datapath::error_chain(&e), "removing ended bans from the kernel failed; the kernel ignores them anyway, and the reconcile retries");
+            tracing::error!(error = %crmguard_core::error_chain(&e), "removing ended bans from the kernel failed; the kernel ignores them anyway, and the reconcile retries");
         }
         // A failure is logged by save_bans and retried by the next sweep.
         let _ = self.save_bans();
@@ -505,13 +504,13 @@ impl Agent {
 /// `2025-03-01T12:00:00.000000Z`, or `never` for a ban until removed.
 fn describe_expiry(ban: &Ban) -> String {
     ban.expires
-        .map_or_else(|| "never".to_owned(), crate::bans::format_time)
+        .map_or_else(|| "never".to_owned(), crmguard_core::bans::format_time)
 }
 
 fn unsaved_message(error: &PersistError) -> String {
     format!(
         "the ban is in force, but the ban list could not be saved, so it would be lost if the agent restarted now (retried every second): {}",
-        datapath::error_chain(error)
+        crmguard_core::error_chain(error)
     )
 }
 
@@ -545,7 +544,7 @@ fn host_addresses() -> Vec<IpAddr> {
 pub fn describe(error: &DaemonError) -> String {
     match error {
         DaemonError::Config(errors) => format!("invalid configuration:\n{errors}"),
-        other => datapath::error_chain(other),
+        other => crmguard_core::error_chain(other),
     }
 }
 
@@ -608,7 +607,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     ));
     drop(tx);
     // After the datapath: XDP lets WireGuard through to the endpoint's port.
-    let vpn = vpn::Supervisor::start(&config, metrics.acl().clone());
+    let vpn = crmguard_vpn::Supervisor::start(&config, metrics.acl().clone());
 
     let mut audit = audit::Sink::open(&config.audit, &config.agent.state_dir);
     audit.record(
@@ -638,7 +637,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         vpn,
         access,
         portal,
-        enabled_at: crate::provision::load_enabled_at(&config_state_dir),
+        enabled_at: crmguard_core::provision::load_enabled_at(&config_state_dir),
     };
     if !ended.is_empty() {
         // The file still lists the bans that ended while the agent was stopped. A failure is
@@ -679,11 +678,11 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
                         agent.last_swap = Instant::now();
                         tracing::warn!(entries = n, "kernel policy differed from the configuration; repaired");
                     }
-                    Err(e) => tracing::error!(error = %datapath::error_chain(&e), "reconciling the kernel policy failed"),
+                    Err(e) => tracing::error!(error = %crmguard_core::error_chain(&e), "reconciling the kernel policy failed"),
                 }
                 if agent.last_swap.elapsed() >= RELEASE_AFTER {
                     if let Err(e) = agent.datapath.release_previous() {
-                        tracing::error!(error = %datapath::error_chain(&e), "releasing the previous policy's maps failed");
+                        tracing::error!(error = %crmguard_core::error_chain(&e), "releasing the previous policy's maps failed");
                     }
                 }
                 // Peers whose keys aged past key_max_age are cut.
@@ -692,7 +691,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
                 match agent.reconcile_bans() {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(entries = n, "kernel ban maps differed from the ban list; repaired"),
-                    Err(e) => tracing::error!(error = %datapath::error_chain(&e), "reconciling the kernel's bans failed"),
+                    Err(e) => tracing::error!(error = %crmguard_core::error_chain(&e), "reconciling the kernel's bans failed"),
                 }
             }
             _ = sweep.tick() => {
@@ -717,7 +716,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&control_path);
     agent.vpn.stop();
     if options.detach_on_exit {
-        let removed = datapath::uninstall(&agent.config.agent.bpffs_dir)?;
+        let removed = crmguard_datapath::uninstall(&agent.config.agent.bpffs_dir)?;
         tracing::info!(interfaces = ?removed, "stopped; the XDP filter was removed (--detach-on-exit)");
     } else {
         tracing::info!(
@@ -729,5 +728,5 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
 
 /// `crmguard uninstall`: removes the filter and its pinned state.
 pub fn uninstall(bpffs_dir: &Path) -> Result<Vec<String>, DatapathError> {
-    datapath::uninstall(bpffs_dir)
+    crmguard_datapath::uninstall(bpffs_dir)
 }

@@ -11,13 +11,12 @@ mod cli_peer;
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 
-use crmguard::audit;
-use crmguard::config::{self, LogFormat};
 use crmguard::control::{self, BanAdded, BanStatus, Request, Response, Status};
 use crmguard::daemon::{self, ConfigSource, DaemonError, RunOptions};
-use crmguard::datapath;
-use crmguard::exit;
-use crmguard::mfa;
+use crmguard_core::audit;
+use crmguard_core::config::{self, LogFormat};
+use crmguard_core::exit;
+use crmguard_core::mfa;
 
 /// The configuration read when `--config` is not given.
 const DEFAULT_CONFIG: &str = "/etc/crmguard/crmguard.toml";
@@ -296,7 +295,7 @@ fn check(source: &ConfigSource) -> u8 {
             return exit::USAGE;
         }
     };
-    if let Err(e) = crmguard::policy::compile(&config) {
+    if let Err(e) = crmguard_core::policy::compile(&config) {
         eprintln!("{}: {e}", source.describe());
         return exit::USAGE;
     }
@@ -306,7 +305,7 @@ fn check(source: &ConfigSource) -> u8 {
 
 fn call(socket: &Path, request: Request) -> Result<Response, u8> {
     control::call(socket, &request).map_err(|e| {
-        eprintln!("crmguard: {}", datapath::error_chain(&e));
+        eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
         exit::FAILURE
     })
 }
@@ -558,14 +557,14 @@ fn mfa_enroll(config: &config::Config, source: &ConfigSource, name: &str) -> u8 
     let secret = match mfa::secrets::enroll(&config.agent.state_dir, name) {
         Ok(secret) => secret,
         Err(e) => {
-            eprintln!("crmguard: {}", datapath::error_chain(&e));
+            eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
             return exit::FAILURE;
         }
     };
     let uri = mfa::otpauth_uri(&config.mfa.issuer, name, &secret);
-    match crmguard::provision::qr_terminal(&uri) {
+    match crmguard_core::provision::qr_terminal(&uri) {
         Ok(image) => println!("{image}"),
-        Err(e) => eprintln!("crmguard: {}; use the URI", datapath::error_chain(&e)),
+        Err(e) => eprintln!("crmguard: {}; use the URI", crmguard_core::error_chain(&e)),
     }
     println!("{uri}");
     println!("enrolled {name}: scan the code or enter the URI in an authenticator app");
@@ -593,7 +592,7 @@ fn mfa_enroll(config: &config::Config, source: &ConfigSource, name: &str) -> u8 
         Err(e) => {
             eprintln!(
                 "crmguard: the secret is saved, but the running agent could not be told: {}",
-                datapath::error_chain(&e)
+                crmguard_core::error_chain(&e)
             );
             exit::FAILURE
         }
@@ -648,7 +647,7 @@ fn uninstall(bpffs_dir: &Path) -> u8 {
             exit::OK
         }
         Err(e) => {
-            eprintln!("crmguard: {}", datapath::error_chain(&e));
+            eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
             exit::FAILURE
         }
     }
@@ -684,7 +683,7 @@ fn audit_verify(config: &config::Config, file: &Path) -> u8 {
             return exit::USAGE;
         }
         Err(e) => {
-            eprintln!("crmguard: {}", datapath::error_chain(&e));
+            eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
             return exit::FAILURE;
         }
     };
@@ -699,14 +698,14 @@ fn audit_verify(config: &config::Config, file: &Path) -> u8 {
             None
         }
         Err(e) => {
-            eprintln!("crmguard: {}", datapath::error_chain(&e));
+            eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
             return exit::FAILURE;
         }
     };
     let report = match audit::verify(file, &key, checkpoint) {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("crmguard: {}", datapath::error_chain(&e));
+            eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
             return exit::FAILURE;
         }
     };

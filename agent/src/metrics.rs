@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::acl::AclMetrics;
 use crate::control::{self, Command, Request, Response, Status};
+use crmguard_core::acl::AclMetrics;
 
 /// The agent's own gauges; the kernel's counters are added at scrape time.
 pub struct Metrics {
@@ -135,7 +135,7 @@ impl Metrics {
             |c| c.bytes,
         ));
         if let Some(vpn) = &status.vpn {
-            families.extend(crate::vpn::status::metric_families(vpn));
+            families.extend(crmguard_vpn::status::metric_families(vpn));
         }
         families.extend(audit_families(status));
         families.extend(access_families(status));

@@ -13,14 +13,14 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
-use crmguard_tests::agent::Agent;
-use crmguard_tests::browser::Browser;
-use crmguard_tests::net::{self, TcpOutcome, TcpServer};
-use crmguard_tests::netns::NetNs;
-use crmguard_tests::topology::Topology;
-use crmguard_tests::wait::wait_for;
-use crmguard_tests::wg::{genkey, Keys, WgClient};
-use crmguard_tests::{privileged, process, totp};
+use crmguard_lab::agent::Agent;
+use crmguard_lab::browser::Browser;
+use crmguard_lab::net::{self, TcpOutcome, TcpServer};
+use crmguard_lab::netns::NetNs;
+use crmguard_lab::topology::Topology;
+use crmguard_lab::wait::wait_for;
+use crmguard_lab::wg::{genkey, Keys, WgClient};
+use crmguard_lab::{privileged, process, totp};
 use tempfile::TempDir;
 
 use crate::vpn::{
@@ -328,7 +328,7 @@ fn chromium_signs_in_at_the_portal_and_then_the_crm_answers() -> Result<()> {
 /// 1,000 random single-byte edits, deletions, swaps and truncations of the agent's real log
 /// are each caught; the untouched log verifies.
 fn tamper_with_a_real_log(agent: &Agent) -> Result<()> {
-    use crmguard::audit;
+    use crmguard_core::audit;
     let log = std::fs::read(agent.dir().join("audit.jsonl"))?;
     let key = audit::load_key(&agent.dir().join("audit.key")).context("the audit key")?;
     let checkpoint =
@@ -567,7 +567,7 @@ fn parse_client_config(text: &str) -> Result<(String, String, String, String)> {
 
 /// `wg pubkey` of a private key.
 fn public_of(private: &str) -> Result<String> {
-    Ok(crmguard_tests::wg::wg(&["pubkey"], Some(private))?
+    Ok(crmguard_lab::wg::wg(&["pubkey"], Some(private))?
         .trim()
         .to_owned())
 }

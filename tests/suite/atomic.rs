@@ -18,10 +18,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use crmguard_tests::agent::Agent;
-use crmguard_tests::privileged;
-use crmguard_tests::topology::Topology;
-use crmguard_tests::wait::wait_for;
+use crmguard_lab::agent::Agent;
+use crmguard_lab::privileged;
+use crmguard_lab::topology::Topology;
+use crmguard_lab::wait::wait_for;
 use serde_json::Value;
 
 use crate::traffic::{

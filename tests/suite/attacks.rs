@@ -15,11 +15,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use crmguard_tests::agent::Agent;
-use crmguard_tests::net::{RawSocket, TcpServer, Vlan, L2};
-use crmguard_tests::privileged;
-use crmguard_tests::topology::Topology;
-use crmguard_tests::wait::wait_for;
+use crmguard_lab::agent::Agent;
+use crmguard_lab::net::{RawSocket, TcpServer, Vlan, L2};
+use crmguard_lab::privileged;
+use crmguard_lab::topology::Topology;
+use crmguard_lab::wait::wait_for;
 
 use crate::traffic::{
     self, admin_addr, contains, expect, is_syn_ack, phantom_neighbour, tcp_syn_segment,

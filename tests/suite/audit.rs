@@ -2,9 +2,9 @@
 //! that `crmguard audit verify` accepts, and an edited byte is caught.
 
 use anyhow::{ensure, Context, Result};
-use crmguard_tests::agent::Agent;
-use crmguard_tests::privileged;
-use crmguard_tests::topology::Topology;
+use crmguard_lab::agent::Agent;
+use crmguard_lab::privileged;
+use crmguard_lab::topology::Topology;
 
 fn policy(t: &Topology) -> String {
     format!(

@@ -1,7 +1,7 @@
 //! Ban scenarios: `crmguard ban add|list|remove` against a running agent, checked by what the
 //! outside sees.
 //!
-//! Each test builds its own `out` / `host` namespaces (see `crmguard_tests::topology`), runs
+//! Each test builds its own `out` / `host` namespaces (see `crmguard_lab::topology`), runs
 //! `crmguard run` in `host` with a policy that opens tcp/8080 to anywhere and drops the rest,
 //! bans outside addresses with the command line, and probes the open port from them: a banned
 //! source gets no answer at all, any other source gets the server's banner. The command line
@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use aya::maps::{Array, HashMap, MapData};
-use crmguard_tests::agent::{metric_value, Agent};
-use crmguard_tests::net::{self, TcpOutcome, TcpServer};
-use crmguard_tests::privileged;
-use crmguard_tests::process::{self, Process};
-use crmguard_tests::topology::Topology;
-use crmguard_tests::wait::wait_for;
+use crmguard_lab::agent::{metric_value, Agent};
+use crmguard_lab::net::{self, TcpOutcome, TcpServer};
+use crmguard_lab::privileged;
+use crmguard_lab::process::{self, Process};
+use crmguard_lab::topology::Topology;
+use crmguard_lab::wait::wait_for;
 use serde_json::Value;
 
 /// The port every outside address may reach.
@@ -555,7 +555,7 @@ fn an_unreadable_ban_list_stops_the_start() -> Result<()> {
     let file = bans_file(&agent);
     std::fs::write(&file, "{\"version\":1,\"bans\":[{\"net\":").context("writing bans.json")?;
 
-    let mut cmd = Command::new(crmguard_tests::agent::binary()?);
+    let mut cmd = Command::new(crmguard_lab::agent::binary()?);
     cmd.arg("run").arg("--config").arg(agent.config_path());
     let mut run = Process::spawn(&t.host, cmd, agent.dir(), "crmguard-run-corrupt")?;
     let status = wait_for(SETTLE, "crmguard run to exit", || run.try_wait())?;

@@ -13,9 +13,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use crmguard_tests::browser::{Browser, Page};
-use crmguard_tests::privileged;
-use crmguard_tests::topology::Topology;
+use crmguard_lab::browser::{Browser, Page};
+use crmguard_lab::privileged;
+use crmguard_lab::topology::Topology;
 
 /// Loading a page from a server on the same machine takes well under this.
 const LOAD: Duration = Duration::from_secs(15);

@@ -1,5 +1,5 @@
 //! Differential test: the real XDP program against the agent's reference
-//! model (`crmguard::model`), on a long stream of generated frames.
+//! model (`crmguard_core::model`), on a long stream of generated frames.
 //!
 //! The program is loaded against its own pinned maps (as in golden.rs), a
 //! policy is applied, bans and flows of this host are written into the
@@ -56,12 +56,12 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::programs::{TestRun, TestRunOptions};
 use aya::Ebpf;
-use crmguard::abi::{self, Action, Reason};
-use crmguard::datapath::{self, PolicyMaps};
-use crmguard::model::{self, ModelState};
-use crmguard::policy::{self, CompiledPolicy};
-use crmguard_tests::frames::*;
-use crmguard_tests::privileged;
+use crmguard_core::abi::{self, Action, Reason};
+use crmguard_core::model::{self, ModelState};
+use crmguard_core::policy::{self, CompiledPolicy};
+use crmguard_datapath::{self, PolicyMaps};
+use crmguard_lab::frames::*;
+use crmguard_lab::privileged;
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::time::{clock_getres, clock_gettime, ClockId};
 use nix::unistd::Pid;
@@ -494,8 +494,9 @@ struct Kernel {
 impl Kernel {
     fn load() -> Result<Kernel> {
         let dir = PathBuf::from(format!("/sys/fs/bpf/cgdiff-{}", std::process::id()));
-        let _ = datapath::uninstall(&dir);
-        let (ebpf, maps) = datapath::load_for_test(&dir).context("loading the XDP program")?;
+        let _ = crmguard_datapath::uninstall(&dir);
+        let (ebpf, maps) =
+            crmguard_datapath::load_for_test(&dir).context("loading the XDP program")?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         let mut kernel = Kernel {
             stats: pinned(&dir, "cg_stats")?,
@@ -573,7 +574,7 @@ impl Kernel {
 
     /// Runs one frame; returns the XDP action.
     fn test_run(&mut self, frame: &[u8]) -> Result<u32> {
-        let program = datapath::program(&mut self.ebpf)?;
+        let program = crmguard_datapath::program(&mut self.ebpf)?;
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -666,7 +667,7 @@ impl Kernel {
 
 impl Drop for Kernel {
     fn drop(&mut self) {
-        let _ = datapath::uninstall(&self.dir);
+        let _ = crmguard_datapath::uninstall(&self.dir);
     }
 }
 
@@ -1522,7 +1523,7 @@ fn differential_xdp_matches_model() -> Result<()> {
 
     let pinned = Pinned::to_first_allowed_cpu()?;
     let mut kernel = Kernel::load()?;
-    let config = crmguard::config::parse(POLICY, Path::new("differential.toml"))
+    let config = crmguard_core::config::parse(POLICY, Path::new("differential.toml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let base = policy::compile(&config)?;
 

@@ -21,16 +21,16 @@ use aya::maps::{HashMap, Map, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{TestRun, TestRunOptions};
 use aya::Ebpf;
-use crmguard::abi::{Flow, FlowKey};
-use crmguard::datapath::tc::{self, Egress, EgressMode, Mechanism};
-use crmguard::datapath::{self, PolicyMaps};
-use crmguard_tests::agent::Agent;
-use crmguard_tests::net::{self, TcpOutcome, TcpServer};
-use crmguard_tests::netns::NetNs;
-use crmguard_tests::privileged;
-use crmguard_tests::process::{self, Process};
-use crmguard_tests::topology::Topology;
-use crmguard_tests::wait::wait_for;
+use crmguard_core::abi::{Flow, FlowKey};
+use crmguard_datapath::tc::{self, Egress, EgressMode, Mechanism};
+use crmguard_datapath::{self, PolicyMaps};
+use crmguard_lab::agent::Agent;
+use crmguard_lab::net::{self, TcpOutcome, TcpServer};
+use crmguard_lab::netns::NetNs;
+use crmguard_lab::privileged;
+use crmguard_lab::process::{self, Process};
+use crmguard_lab::topology::Topology;
+use crmguard_lab::wait::wait_for;
 use tempfile::TempDir;
 
 /// How long servers may take to start answering.
@@ -73,7 +73,7 @@ from = ["198.51.100.0/24", "2001:db8:5::/48"]
 /// Fails with the Debian package to install when a client or server the scenarios run is
 /// missing (`cargo xtask test` installs them).
 fn require_tools() -> Result<()> {
-    crmguard_tests::privileged::require_tools(&[
+    crmguard_lab::privileged::require_tools(&[
         ("dig", "bind9-dnsutils"),
         ("dnsmasq", "dnsmasq-base"),
         ("curl", "curl"),
@@ -627,8 +627,8 @@ fn the_netlink_fallback_is_adopted_and_uninstalled() -> Result<()> {
 
     // What an agent on an older kernel leaves behind.
     let dir = agent.bpffs_dir().to_owned();
-    datapath::bpffs::ensure(&dir.join("maps"))?;
-    datapath::bpffs::ensure(&dir.join("links"))?;
+    crmguard_datapath::bpffs::ensure(&dir.join("maps"))?;
+    crmguard_datapath::bpffs::ensure(&dir.join("links"))?;
     let attached = t.host.run_in(|| -> Result<_> {
         let mut egress = Egress::load(&dir)?;
         let ifindex = nix::net::if_::if_nametoindex(iface.as_str())?;
@@ -695,14 +695,15 @@ impl Programs {
     /// `name` keeps the pin directories of tests running in parallel apart.
     fn load(name: &str) -> Result<Programs> {
         let dir = PathBuf::from(format!("/sys/fs/bpf/cgestab-{}-{name}", std::process::id()));
-        let _ = datapath::uninstall(&dir);
-        let (xdp, mut maps) = datapath::load_for_test(&dir).context("loading the XDP program")?;
-        let config = crmguard::config::parse(
+        let _ = crmguard_datapath::uninstall(&dir);
+        let (xdp, mut maps) =
+            crmguard_datapath::load_for_test(&dir).context("loading the XDP program")?;
+        let config = crmguard_core::config::parse(
             "[firewall]\ndefault = \"drop\"\nallow_established = true\nicmp = \"none\"\n",
             Path::new("established.toml"),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-        maps.apply(&crmguard::policy::compile(&config)?, 1)?;
+        maps.apply(&crmguard_core::policy::compile(&config)?, 1)?;
         let egress = Egress::load(&dir).context("loading the egress program")?;
         Ok(Programs {
             dir,
@@ -746,7 +747,7 @@ impl Programs {
 
     /// Runs an inbound frame through XDP; true when it passes.
     fn passes(&mut self, frame: &[u8]) -> Result<bool> {
-        let result = datapath::program(&mut self.xdp)?
+        let result = crmguard_datapath::program(&mut self.xdp)?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 ..TestRunOptions::default()
@@ -758,7 +759,7 @@ impl Programs {
 
 impl Drop for Programs {
     fn drop(&mut self) {
-        let _ = datapath::uninstall(&self.dir);
+        let _ = crmguard_datapath::uninstall(&self.dir);
     }
 }
 

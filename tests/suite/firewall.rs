@@ -1,6 +1,6 @@
 //! Firewall scenarios: the XDP program on the host end of a veth, driven by real clients.
 //!
-//! Each test builds its own `out` / `host` namespaces (see `crmguard_tests::topology`), runs
+//! Each test builds its own `out` / `host` namespaces (see `crmguard_lab::topology`), runs
 //! `crmguard run` in `host` with the policy below, and checks what the outside sees: an admitted
 //! connection gets the server's banner, a dropped one gets no answer at all (a timeout, not a
 //! reset). Counters are read from `crmguard status --json`.
@@ -13,11 +13,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use crmguard_tests::agent::{metric_value, Agent, Counts};
-use crmguard_tests::net::{self, RawSocket, TcpOutcome, TcpServer, UdpFlood, UdpReceiver, Vlan};
-use crmguard_tests::privileged;
-use crmguard_tests::topology::Topology;
-use crmguard_tests::wait::wait_for;
+use crmguard_lab::agent::{metric_value, Agent, Counts};
+use crmguard_lab::net::{self, RawSocket, TcpOutcome, TcpServer, UdpFlood, UdpReceiver, Vlan};
+use crmguard_lab::privileged;
+use crmguard_lab::topology::Topology;
+use crmguard_lab::wait::wait_for;
 
 const SSH: u16 = 22;
 const WEB: u16 = 8080;

@@ -3,19 +3,19 @@
 //! (action, reason) counter moved by one packet and the frame's bytes.
 //!
 //! The same cases also run through the agent's reference model
-//! (`crmguard::model`), which needs no privileges.
+//! (`crmguard_core::model`), which needs no privileges.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use aya::Ebpf;
-use crmguard::abi::{Action, Reason};
-use crmguard::datapath::{self, PolicyMaps};
-use crmguard::model::{self, ModelState};
-use crmguard::policy;
-use crmguard_tests::frames::*;
-use crmguard_tests::privileged;
+use crmguard_core::abi::{Action, Reason};
+use crmguard_core::model::{self, ModelState};
+use crmguard_core::policy;
+use crmguard_datapath::{self, PolicyMaps};
+use crmguard_lab::frames::*;
+use crmguard_lab::privileged;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -61,9 +61,10 @@ struct Fixture {
 impl Fixture {
     fn new(name: &str, config: &str) -> Result<Fixture> {
         let dir = PathBuf::from(format!("/sys/fs/bpf/cggold-{}-{name}", std::process::id()));
-        let _ = datapath::uninstall(&dir);
-        let (ebpf, mut maps) = datapath::load_for_test(&dir).context("loading the XDP program")?;
-        let config = crmguard::config::parse(config, Path::new("golden.toml"))
+        let _ = crmguard_datapath::uninstall(&dir);
+        let (ebpf, mut maps) =
+            crmguard_datapath::load_for_test(&dir).context("loading the XDP program")?;
+        let config = crmguard_core::config::parse(config, Path::new("golden.toml"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let policy = policy::compile(&config)?;
         maps.apply(&policy, 1)?;
@@ -83,7 +84,7 @@ impl Fixture {
     /// moved, checking it moved by one packet and the frame's length.
     fn run(&mut self, frame: &[u8]) -> Result<(u32, Action, Reason)> {
         let before = self.counters()?;
-        let program = datapath::program(&mut self.ebpf)?;
+        let program = crmguard_datapath::program(&mut self.ebpf)?;
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -114,7 +115,7 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let _ = datapath::uninstall(&self.dir);
+        let _ = crmguard_datapath::uninstall(&self.dir);
     }
 }
 
@@ -722,7 +723,7 @@ fn golden_packets() -> Result<()> {
 /// the global SYN budget among CPUs; the golden cases send far too few SYNs
 /// for that share to matter, so the model gets the whole budget.
 fn model_for(config: &str) -> Result<ModelState> {
-    let config = crmguard::config::parse(config, Path::new("golden.toml"))
+    let config = crmguard_core::config::parse(config, Path::new("golden.toml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut policy = policy::compile(&config)?;
     policy.config.syn_per_cpu_per_s = policy.global_syn_per_s;

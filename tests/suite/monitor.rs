@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use crmguard_tests::agent::Agent;
-use crmguard_tests::net::{self, TcpOutcome, TcpServer};
-use crmguard_tests::privileged;
-use crmguard_tests::topology::Topology;
-use crmguard_tests::wait::wait_for;
+use crmguard_lab::agent::Agent;
+use crmguard_lab::net::{self, TcpOutcome, TcpServer};
+use crmguard_lab::privileged;
+use crmguard_lab::topology::Topology;
+use crmguard_lab::wait::wait_for;
 
 use crate::traffic::{self, expect, get, send_datagrams, wait_delta, Receiver, SETTLE};
 

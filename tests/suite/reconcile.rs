@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData};
-use crmguard_tests::agent::{metric_value, Agent};
-use crmguard_tests::net::{self, UdpReceiver};
-use crmguard_tests::privileged;
-use crmguard_tests::topology::Topology;
-use crmguard_tests::wait::wait_for;
+use crmguard_lab::agent::{metric_value, Agent};
+use crmguard_lab::net::{self, UdpReceiver};
+use crmguard_lab::privileged;
+use crmguard_lab::topology::Topology;
+use crmguard_lab::wait::wait_for;
 
 const PROBE: u16 = 7100;
 const CLOSED: u16 = 7101;

@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
-use crmguard::abi;
-use crmguard::datapath;
-use crmguard::policy::CompiledPolicy;
-use crmguard_tests::privileged;
+use crmguard_core::abi;
+use crmguard_core::policy::CompiledPolicy;
+use crmguard_lab::privileged;
 
 const HOSTS: u32 = 1_000_000;
 const PREFIXES: u32 = 100_000;
@@ -66,7 +65,7 @@ struct Pins(PathBuf);
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        let _ = datapath::uninstall(&self.0);
+        let _ = crmguard_datapath::uninstall(&self.0);
     }
 }
 
@@ -79,9 +78,9 @@ fn a_million_addresses_and_100k_prefixes_load_within_5_s() -> Result<()> {
         "/sys/fs/bpf/cgscale-{}",
         std::process::id()
     )));
-    let _ = datapath::uninstall(&pins.0);
+    let _ = crmguard_datapath::uninstall(&pins.0);
     let (mut ebpf, mut maps) =
-        datapath::load_for_test(&pins.0).context("loading the XDP program")?;
+        crmguard_datapath::load_for_test(&pins.0).context("loading the XDP program")?;
     let policy = large_policy();
 
     for generation in 1..=2 {
@@ -95,7 +94,7 @@ fn a_million_addresses_and_100k_prefixes_load_within_5_s() -> Result<()> {
         );
     }
 
-    let program = datapath::program(&mut ebpf)?;
+    let program = crmguard_datapath::program(&mut ebpf)?;
     let verdict = |src: Ipv4Addr| -> Result<u32> {
         let frame = udp_from(src);
         let result = program.test_run(TestRunOptions {

@@ -18,11 +18,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use crmguard_tests::agent::Agent;
-use crmguard_tests::net::L2;
-use crmguard_tests::netns::NetNs;
-use crmguard_tests::topology::Topology;
-use crmguard_tests::wait::wait_for;
+use crmguard_lab::agent::Agent;
+use crmguard_lab::net::L2;
+use crmguard_lab::netns::NetNs;
+use crmguard_lab::topology::Topology;
+use crmguard_lab::wait::wait_for;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -909,7 +909,7 @@ impl Capture {
     /// injected before it has then been through the filter and, if passed, seen here.
     pub fn sync(
         &mut self,
-        inject: &crmguard_tests::net::RawSocket,
+        inject: &crmguard_lab::net::RawSocket,
         l2: &L2,
         tag: &[u8],
     ) -> Result<()> {

@@ -22,14 +22,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use crmguard_tests::agent::{metric_value, Agent};
-use crmguard_tests::net::{self, TcpOutcome, TcpServer, UdpReceiver};
-use crmguard_tests::netns::{veth_pair, Iface, NetNs};
-use crmguard_tests::privileged;
-use crmguard_tests::process;
-use crmguard_tests::topology::Topology;
-use crmguard_tests::wait::wait_for;
-use crmguard_tests::wg::{self, genkey, Keys, WgClient};
+use crmguard_lab::agent::{metric_value, Agent};
+use crmguard_lab::net::{self, TcpOutcome, TcpServer, UdpReceiver};
+use crmguard_lab::netns::{veth_pair, Iface, NetNs};
+use crmguard_lab::privileged;
+use crmguard_lab::process;
+use crmguard_lab::topology::Topology;
+use crmguard_lab::wait::wait_for;
+use crmguard_lab::wg::{self, genkey, Keys, WgClient};
 use tempfile::TempDir;
 
 /// The endpoint's UDP port.
@@ -50,7 +50,7 @@ const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
 
 /// Fails naming the Debian package when a tool the scenarios run is missing.
 pub(crate) fn require_tools() -> Result<()> {
-    crmguard_tests::privileged::require_tools(&[
+    crmguard_lab::privileged::require_tools(&[
         ("wireguard-go", "wireguard-go"),
         ("wg", "wireguard-tools"),
         ("ping", "iputils-ping"),
@@ -1001,7 +1001,7 @@ fn a_handshake_flood_gets_cookie_replies_at_its_real_source() -> Result<()> {
     let agent = start_agent(&t.host, &s)?;
     let gateway = gateway_key(&agent)?;
     let gateway_bytes =
-        crmguard::vpn::keys::decode(&gateway).context("the gateway's key is not base64")?;
+        crmguard_core::keys::decode(&gateway).context("the gateway's key is not base64")?;
     let dst = gateway_endpoint(t.addrs.host4);
 
     // Someone who knows the gateway's public key (no secret) but is no peer: initiations with
@@ -1081,7 +1081,7 @@ fn a_role_outside_its_hours_is_refused() -> Result<()> {
     // Today, all day, for one role; three days away, all day, for the other: the agent reads
     // the same local time as this test, and no run is near enough to midnight for either
     // window to change while the test runs.
-    let today = crmguard::acl::LocalTime::now()?.weekday;
+    let today = crmguard_core::acl::LocalTime::now()?.weekday;
     let roles = format!(
         r#"
 [[role]]

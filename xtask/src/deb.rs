@@ -18,8 +18,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::workspace::Workspace;
-use crate::{cmd, deps};
+use crate::deps;
+use crmguard_lab::cmd;
+use crmguard_lab::workspace::Workspace;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -12,9 +12,9 @@ use std::ffi::OsString;
 
 use anyhow::Result;
 
-use crate::cmd;
 use crate::test::{cargo_program, rust_homes};
-use crate::workspace::Workspace;
+use crmguard_lab::cmd;
+use crmguard_lab::workspace::Workspace;
 
 #[derive(clap::Args)]
 pub struct Args {

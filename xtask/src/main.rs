@@ -6,14 +6,12 @@
 //! Debian package, and long differential runs of the XDP program against its reference model.
 
 mod bench;
-mod cmd;
 mod deb;
 mod demo;
 mod deps;
 mod fuzz;
 mod lint;
 mod test;
-mod workspace;
 
 use std::process::ExitCode;
 

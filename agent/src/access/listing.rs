@@ -11,10 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::{format_unix, role_needs_mfa};
-use crate::config::{Config, Peer};
-use crate::mfa::sessions::Sessions;
-use crate::vpn::peers::{admitted, key_expires_at};
-use crate::vpn::status::VpnStatus;
+use crmguard_core::config::{Config, Peer};
+use crmguard_core::mfa::sessions::Sessions;
+use crmguard_core::peers::{admitted, key_expires_at};
+use crmguard_vpn::status::VpnStatus;
 
 /// One line of `peer list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,8 +61,8 @@ pub fn list(
         .map(|peer| {
             let state = match excluded.iter().find(|(name, _)| *name == peer.name) {
                 None => "admitted",
-                Some((_, crate::vpn::peers::Excluded::Disabled)) => "disabled",
-                Some((_, crate::vpn::peers::Excluded::KeyTooOld)) => "key expired",
+                Some((_, crmguard_core::peers::Excluded::Disabled)) => "disabled",
+                Some((_, crmguard_core::peers::Excluded::KeyTooOld)) => "key expired",
             };
             let last_handshake = status
                 .and_then(|s| s.peers.iter().find(|p| p.name == peer.name))
@@ -92,7 +92,7 @@ pub fn list(
 pub fn key_expires_in(config: &Config, peer: &Peer, now: SystemTime) -> Option<i64> {
     let vpn = config.vpn.as_ref()?;
     let expires = key_expires_at(peer.created?, vpn.key_max_age);
-    Some(crate::provision::seconds_until(expires, now))
+    Some(crmguard_core::provision::seconds_until(expires, now))
 }
 
 fn mfa_state(config: &Config, peer: &Peer, sessions: &Sessions, now: u64) -> String {
@@ -114,7 +114,7 @@ fn mfa_state(config: &Config, peer: &Peer, sessions: &Sessions, now: u64) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mfa::Secret;
+    use crmguard_core::mfa::Secret;
     use std::time::Duration;
 
     fn config() -> Config {
@@ -150,7 +150,7 @@ enabled = false
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("crmguard.toml");
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
-        crate::config::load(&path).unwrap_or_else(|e| panic!("{e}"))
+        crmguard_core::config::load(&path).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn at(date_secs: u64) -> SystemTime {

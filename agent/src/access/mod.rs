@@ -5,7 +5,7 @@
 //! The daemon owns one [`Access`] and calls it from its loop: [`Access::portal`] for each
 //! portal request, [`Access::tick`] every second, [`Access::peer_cut`] when a peer is
 //! removed or disabled. Every change of a session goes to the endpoint's ACL at once
-//! ([`vpn::Supervisor::set_mfa_session`]) and to `state_dir/mfa/sessions.json`, so that a
+//! ([`crmguard_vpn::Supervisor::set_mfa_session`]) and to `state_dir/mfa/sessions.json`, so that a
 //! restart neither logs everyone out nor lets a locked-out peer back in.
 //!
 //! Fail-closed: when `[audit] on_write_failure = "fail-closed"` a session is opened only if
@@ -14,29 +14,29 @@
 
 pub mod listing;
 
-use crate::mfa::unix_now;
+use crmguard_core::mfa::unix_now;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::audit::{self, Event, EventType, Outcome};
-use crate::config::{Config, OnWriteFailure, Peer};
-use crate::mfa::portal::{PeerView, PortalAction, PortalReply, PortalRequest};
-use crate::mfa::sessions::{self, Sessions};
-use crate::mfa::{secrets, store};
-use crate::vpn::status::VpnStatus;
-use crate::vpn::{self, peers::Excluded};
+use crate::portal::{PeerView, PortalAction, PortalReply, PortalRequest};
+use crmguard_core::audit::{self, Event, EventType, Outcome};
+use crmguard_core::config::{Config, OnWriteFailure, Peer};
+use crmguard_core::mfa::sessions::{self, Sessions};
+use crmguard_core::mfa::{secrets, store};
+use crmguard_core::peers::Excluded;
+use crmguard_vpn::status::VpnStatus;
 
-/// Where the sessions take effect: the endpoint's ACL ([`vpn::Supervisor`] in the agent).
+/// Where the sessions take effect: the endpoint's ACL ([`crmguard_vpn::Supervisor`] in the agent).
 pub trait MfaGate {
     /// Opens or closes `peer`'s MFA session for the ACL; false when no such peer is admitted.
     fn set_mfa_session(&self, peer: &str, open: bool) -> bool;
 }
 
-impl MfaGate for vpn::Supervisor {
+impl MfaGate for crmguard_vpn::Supervisor {
     fn set_mfa_session(&self, peer: &str, open: bool) -> bool {
-        vpn::Supervisor::set_mfa_session(self, peer, open)
+        crmguard_vpn::Supervisor::set_mfa_session(self, peer, open)
     }
 }
 
@@ -86,7 +86,7 @@ impl Access {
         let sessions = match store::load_sessions(&state_dir, policy) {
             Ok(sessions) => sessions,
             Err(e) => {
-                tracing::error!(error = %crate::datapath::error_chain(&e), "the saved MFA sessions cannot be used; every peer signs in again");
+                tracing::error!(error = %crmguard_core::error_chain(&e), "the saved MFA sessions cannot be used; every peer signs in again");
                 Sessions::new(policy)
             }
         };
@@ -131,7 +131,7 @@ impl Access {
                 .then_some("reenrolled"),
             Ok(None) => self.sessions.forget(peer).then_some("not_enrolled"),
             Err(e) => {
-                tracing::error!(%peer, error = %crate::datapath::error_chain(&e), "cannot read the peer's MFA secret");
+                tracing::error!(%peer, error = %crmguard_core::error_chain(&e), "cannot read the peer's MFA secret");
                 None
             }
         };
@@ -229,7 +229,7 @@ impl Access {
         let mut trial = self.sessions.clone();
         let outcome = trial.try_code(peer, code, now);
         if let sessions::Outcome::Opened { .. } = outcome {
-            trial.bind_key(peer, &crate::vpn::keys::encode(&device.public_key));
+            trial.bind_key(peer, &crmguard_core::keys::encode(&device.public_key));
         }
         // Attempts that change nothing are folded per minute instead of written one by one.
         let futile = match outcome {
@@ -450,7 +450,7 @@ impl Access {
         if open.is_empty() {
             return;
         }
-        let (_, refused) = vpn::peers::admitted(config, SystemTime::now());
+        let (_, refused) = crmguard_core::peers::admitted(config, SystemTime::now());
         for name in open {
             if let Some(reason) = self.refresh_secret(&name) {
                 self.record_end(&name, reason, None, gate, audit);
@@ -467,7 +467,7 @@ impl Access {
                     "key_expired"
                 }
                 Some(peer) => {
-                    let key = crate::vpn::keys::encode(&peer.public_key);
+                    let key = crmguard_core::keys::encode(&peer.public_key);
                     match self.sessions.session(&name, now) {
                         // Lapsed: `lapse` ends it with its own reason.
                         None => continue,
@@ -568,7 +568,7 @@ impl Access {
                 self.last_save = Instant::now();
             }
             Err(e) => {
-                tracing::error!(error = %crate::datapath::error_chain(&e), "cannot save the MFA sessions; retried every second");
+                tracing::error!(error = %crmguard_core::error_chain(&e), "cannot save the MFA sessions; retried every second");
             }
         }
     }
@@ -604,7 +604,7 @@ pub fn role_needs_mfa(config: &Config, peer: &Peer) -> bool {
 
 /// Why the endpoint refuses `peer` now, if it does.
 fn refusal(config: &Config, peer: &Peer) -> Option<Excluded> {
-    let (_, excluded) = vpn::peers::admitted(config, SystemTime::now());
+    let (_, excluded) = crmguard_core::peers::admitted(config, SystemTime::now());
     excluded
         .into_iter()
         .find(|(name, _)| *name == peer.name)
@@ -613,7 +613,7 @@ fn refusal(config: &Config, peer: &Peer) -> Option<Excluded> {
 
 /// RFC 3339 in UTC, whole seconds.
 pub fn format_unix(secs: u64) -> String {
-    let text = crate::bans::format_time(UNIX_EPOCH + Duration::from_secs(secs));
+    let text = crmguard_core::bans::format_time(UNIX_EPOCH + Duration::from_secs(secs));
     // `format_time` writes microseconds; sessions are whole seconds.
     match text.split_once('.') {
         Some((head, _)) => format!("{head}Z"),

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use super::*;
-use crate::mfa::totp;
+use crmguard_core::mfa::totp;
 
 /// Records what the endpoint was told.
 #[derive(Default)]
@@ -79,7 +79,7 @@ enabled = false
     let path = dir.join("crmguard.toml");
     std::fs::write(&path, text).expect("access test");
     std::fs::create_dir_all(dir.join("state")).expect("access test");
-    crate::config::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    crmguard_core::config::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Where the audit log of a fixture goes.

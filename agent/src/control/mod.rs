@@ -18,7 +18,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::access::listing::PeerListing;
-use crate::bans::{self, Ban};
+use crmguard_core::bans::{self, Ban};
 
 /// A request to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,7 +187,7 @@ pub struct Status {
     pub audit_write_errors: u64,
     /// The WireGuard endpoint, when `[vpn]` is configured.
     #[serde(default)]
-    pub vpn: Option<crate::vpn::status::VpnStatus>,
+    pub vpn: Option<crmguard_vpn::status::VpnStatus>,
     /// MFA codes tried at the portal since start, by result.
     #[serde(default)]
     pub mfa_attempts: std::collections::BTreeMap<String, u64>,

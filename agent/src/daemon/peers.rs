@@ -5,17 +5,17 @@
 //! Every change is applied before the answer goes back, so a removed or disabled peer is cut
 //! by the time the command returns.
 
-use crate::mfa::unix_now;
+use crmguard_core::mfa::unix_now;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{describe, Agent};
 use crate::access::listing::{self, PeerListing};
-use crate::audit::{Event, EventType, Outcome};
-use crate::config::{Config, Peer};
 use crate::control::Response;
-use crate::provision::{self, PeersFile, ProvisionError};
-use crate::vpn::keys;
+use crmguard_core::audit::{Event, EventType, Outcome};
+use crmguard_core::config::{Config, Peer};
+use crmguard_core::keys;
+use crmguard_core::provision::{self, PeersFile, ProvisionError};
 
 impl Agent {
     /// `peer add`: registers or re-keys `name` in the peers file and applies it.
@@ -38,7 +38,7 @@ impl Agent {
         };
         let (replaced, error) = match self.edit_peers(edit, None) {
             Ok(done) => done,
-            Err(e) => return refused(&crate::datapath::error_chain(&e)),
+            Err(e) => return refused(&crmguard_core::error_chain(&e)),
         };
         let event = if replaced {
             Event::new(EventType::PeerAdded, Outcome::Success, by)
@@ -62,15 +62,15 @@ impl Agent {
         let edit = |file: &mut PeersFile, config: &Config| file.remove(config, name);
         let (_, error) = match self.edit_peers(edit, Some(&forget)) {
             Ok(done) => done,
-            Err(e) => return refused(&crate::datapath::error_chain(&e)),
+            Err(e) => return refused(&crmguard_core::error_chain(&e)),
         };
         self.audit.record(
             &Event::new(EventType::PeerRemoved, Outcome::Success, by).with_detail("peer", name),
         );
         tracing::info!(peer = %name, "VPN peer removed");
         // A device given the name later enrolls anew.
-        if let Err(e) = crate::mfa::secrets::remove(&self.config.agent.state_dir, name) {
-            tracing::error!(peer = %name, error = %crate::datapath::error_chain(&e), "cannot delete the removed peer's MFA secret");
+        if let Err(e) = crmguard_core::mfa::secrets::remove(&self.config.agent.state_dir, name) {
+            tracing::error!(peer = %name, error = %crmguard_core::error_chain(&e), "cannot delete the removed peer's MFA secret");
         }
         match listing {
             Some(peer) => Response::Peer {
@@ -101,7 +101,7 @@ impl Agent {
         let fallback: Option<&dyn Fn(&mut Config)> = if enabled { None } else { Some(&disable) };
         let (_, error) = match self.edit_peers(edit, fallback) {
             Ok(done) => done,
-            Err(e) => return refused(&crate::datapath::error_chain(&e)),
+            Err(e) => return refused(&crmguard_core::error_chain(&e)),
         };
         if !enabled {
             self.audit.record(
@@ -205,8 +205,8 @@ impl Agent {
             .config
             .agent
             .state_dir
-            .join(crate::vpn::state::FILE_NAME);
-        let remembered = crate::vpn::state::load(&path).unwrap_or_default();
+            .join(crmguard_vpn::state::FILE_NAME);
+        let remembered = crmguard_vpn::state::load(&path).unwrap_or_default();
         self.config
             .peers
             .iter()
@@ -300,14 +300,14 @@ impl Agent {
         let now = SystemTime::now();
         // A peer refused for its key's age stays as it is: re-keying is its remedy, and
         // `peer add` with the new key enables it anyway.
-        let (_, refused) = crate::vpn::peers::admitted(&self.config, now);
+        let (_, refused) = crmguard_core::peers::admitted(&self.config, now);
         let inactive: Vec<String> =
             provision::inactive_peers(&self.config, &file, &handshakes, now)
                 .into_iter()
                 .filter(|name| {
-                    !refused
-                        .iter()
-                        .any(|(n, why)| n == name && *why == crate::vpn::peers::Excluded::KeyTooOld)
+                    !refused.iter().any(|(n, why)| {
+                        n == name && *why == crmguard_core::peers::Excluded::KeyTooOld
+                    })
                 })
                 .collect();
         if inactive.is_empty() {
@@ -343,7 +343,7 @@ impl Agent {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %crate::datapath::error_chain(&e), "cannot disable inactive peers")
+                tracing::error!(error = %crmguard_core::error_chain(&e), "cannot disable inactive peers")
             }
         }
     }

@@ -10,9 +10,9 @@ use std::net::IpAddr;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
 use crate::control::PortalStatus;
-use crate::mfa::portal::{self, PortalReply, PortalRequest};
+use crate::portal::{self, PortalReply, PortalRequest};
+use crmguard_core::config::Config;
 
 /// A portal request with the way to answer it.
 pub type PortalCommand = (PortalRequest, tokio::sync::oneshot::Sender<PortalReply>);
@@ -65,7 +65,7 @@ impl PortalHost {
                 self.bound = Some(binding);
                 self.error = None;
             }
-            Err(e) => self.fail(crate::datapath::error_chain(&e)),
+            Err(e) => self.fail(crmguard_core::error_chain(&e)),
         }
     }
 
@@ -127,7 +127,7 @@ fn wanted(config: &Config) -> Option<Binding> {
     if let Some(v6) = vpn.address6 {
         addrs.push(IpAddr::V6(v6.addr()));
     }
-    let device = crate::vpn::interface_name();
+    let device = crmguard_vpn::interface_name();
     let ifindex = nix::net::if_::if_nametoindex(device.as_str()).ok();
     Some(Binding {
         addrs,

@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use super::lab::{self, GATEWAY_WG_IF, HOST_NS};
-use crate::cmd;
+use crmguard_lab::cmd;
 
 /// Renames the agent's WireGuard TUN device (crmguard's `vpn::INTERFACE_ENV`).
 const VPN_INTERFACE_ENV: &str = "CRMGUARD_VPN_INTERFACE";

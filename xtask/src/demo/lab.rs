@@ -27,7 +27,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::cmd;
+use crmguard_lab::cmd;
 
 pub const HOST_NS: &str = "cgdemo-host";
 pub const OUT_NS: &str = "cgdemo-out";

@@ -30,8 +30,9 @@ use anyhow::{bail, Context, Result};
 use self::agent::{Agent, Cli, Status};
 use self::lab::{Host, ADMIN, ATTACKER, CUSTOMER, HOST, HOST_IF, HOST_NS, OUT_NS, STAFF, STAFF_NS};
 use self::probe::{Outcome, Servers};
-use crate::workspace::Workspace;
-use crate::{cmd, deps};
+use crate::deps;
+use crmguard_lab::cmd;
+use crmguard_lab::workspace::Workspace;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::config;
 use super::lab::{self, HOST_NS};
-use crate::cmd;
+use crmguard_lab::cmd;
 
 /// How long a probe waits for an answer.
 pub const TIMEOUT_S: u32 = 2;

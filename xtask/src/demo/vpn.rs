@@ -27,7 +27,7 @@ use super::config::{self, CRM_PORT, ISSUER, PORTAL_PORT, ROLE, VPN_GATEWAY, WG_P
 use super::lab::{self, HOST, STAFF_NS, STAFF_WG_IF};
 use super::probe::{self, Outcome};
 use super::{check_interrupt, Demo};
-use crate::cmd;
+use crmguard_lab::cmd;
 
 /// The staff member whose laptop the section provisions.
 const PEER: &str = "alice";

@@ -1,0 +1,67 @@
+//! `crmguard-bench`: performance measured side by side in one run, printed as ratios against
+//! the comparators (xdp-filter and the empty program for XDP; wireguard-go and boringtun-cli
+//! for the VPN) and written as JSON under `target/bench/`.
+//!
+//! Run it through `cargo xtask bench`, which first installs the Debian packages it needs
+//! (clang builds the XDP program this binary links), then builds and runs this crate in release
+//! mode: parse and apply times are only meaningful from an optimised build.
+
+mod vpn;
+mod xdp;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, ValueEnum};
+use crmguard_lab::workspace::Workspace;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Suite {
+    /// XDP per-packet cost against the empty program and xdp-filter
+    Xdp,
+    /// VPN goodput, CPU per GB, syscalls per packet and memory against wireguard-go and
+    /// boringtun-cli
+    Vpn,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "crmguard-bench",
+    about = "crmguard's benchmarks (run by `cargo xtask bench`)"
+)]
+struct Args {
+    /// Which bench to run (default: all)
+    #[arg(value_enum)]
+    suite: Option<Suite>,
+    /// Fewer and shorter VPN transfers (3 rounds of 3 s), for development
+    #[arg(long)]
+    quick: bool,
+}
+
+fn main() -> ExitCode {
+    match run(&Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("crmguard-bench: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let workspace = Workspace::load()?;
+    let out = workspace.target_dir.join("bench");
+    let plan = if args.quick {
+        vpn::Plan::QUICK
+    } else {
+        vpn::Plan::FULL
+    };
+    match args.suite {
+        Some(Suite::Xdp) => xdp::run(&out),
+        Some(Suite::Vpn) => vpn::run(&workspace, &out, plan),
+        None => {
+            xdp::run(&out)?;
+            vpn::run(&workspace, &out, plan)
+        }
+    }
+}

@@ -1,0 +1,1730 @@
+//! `cargo xtask bench vpn`: crmguard's WireGuard gateway against wireguard-go and boringtun-cli,
+//! side by side in one run.
+//!
+//! Each pair is two network namespaces joined by a veth pair: a wireguard-go client and an
+//! iperf3 client on one side, the gateway under test and an iperf3 server on the other, reached
+//! on the gateway's tunnel address 10.77.0.1.
+//!
+//! ```text
+//!   cgbv-PID-wg-c  wireguard-go  10.77.0.10 ==veth==  cgbv-PID-wg-g  wireguard-go   10.77.0.1
+//!   cgbv-PID-bt-c  boringtun-cli 10.77.0.10 ==veth==  cgbv-PID-bt-g  boringtun-cli  10.77.0.1
+//!   cgbv-PID-cg-c  wireguard-go  10.77.0.10 ==veth==  cgbv-PID-cg-g  crmguard (XDP, default drop)
+//! ```
+//!
+//! What is measured, every figure for the gateway side of its pair:
+//!
+//! - single-stream TCP goodput with iperf3, forward (client to gateway) and reverse (`-R`),
+//!   the pairs in alternation, five rounds of 10 s ([`Plan::FULL`]), medians compared;
+//! - CPU seconds per GB: the gateway process's utime + stime (all its threads) across each
+//!   transfer, over the bytes iperf3 received;
+//! - syscalls per packet, in a separate short transfer: `perf stat -e raw_syscalls:sys_enter`
+//!   on the gateway process (`strace -c -f` where perf cannot), over the TCP segments both
+//!   namespaces sent through the tunnel, retransmissions included (the kernel's `Tcp:` counters
+//!   of each namespace). Each segment is one WireGuard datagram; the veth's own packet
+//!   counters count a GSO batch as one packet, so they are only recorded in the JSON;
+//! - the agent's RSS with 1,000 peers in its peers file, XDP attached and the endpoint up.
+//!
+//! wireguard-go's control socket `/var/run/wireguard/<interface>.sock` is shared by all network
+//! namespaces, so every tunnel interface has a name unique to this run. Namespaces, processes,
+//! sockets and pins are removed on the way out, also on an error or Ctrl-C, and what a killed
+//! run left behind is removed by the next one.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use crmguard_core::keys::{self, KeyPair};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use crmguard_lab::cmd;
+use crmguard_lab::workspace::Workspace;
+
+/// The gateways' WireGuard port.
+const WG_PORT: u16 = 51820;
+/// iperf3's port, the one service the benchmark role may reach through crmguard.
+const IPERF_PORT: u16 = 5201;
+/// The gateway's and the client's tunnel addresses.
+const GATEWAY: &str = "10.77.0.1";
+const CLIENT: &str = "10.77.0.10";
+/// Prefix of this bench's namespaces, work and pin directories; the pid follows it.
+const PREFIX: &str = "cgbv-";
+/// Prefix of its tunnel interfaces (and so of their sockets in /var/run/wireguard).
+const IF_PREFIX: &str = "cgb";
+const SOCKET_DIR: &str = "/var/run/wireguard";
+const BPFFS: &str = "/sys/fs/bpf";
+/// Syscall counts per pair and direction, of which the median is shown.
+const SYSCALL_WINDOWS: u32 = 3;
+/// Peers configured for the memory measurement.
+const RSS_PEERS: usize = 1_000;
+
+/// How long a tunnel end may take to come up, and a handshake to complete.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// Targets of PERFORMANCE.md.
+const GOODPUT_TARGET: f64 = 1.8;
+const CPU_TARGET: f64 = 0.4;
+const SYSCALLS_TARGET: f64 = 0.3;
+const RSS_TARGET_MIB: f64 = 40.0;
+
+/// How long and how often each pair is measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    rounds: usize,
+    /// Seconds per goodput transfer.
+    seconds: u32,
+    /// Seconds of each syscall count; `SYSCALL_WINDOWS` of them follow each other inside one
+    /// transfer per pair and direction.
+    syscall_seconds: u32,
+}
+
+impl Plan {
+    /// Five rounds of 10 s: a single TCP stream through a userspace tunnel on veth is at its
+    /// steady rate within a fraction of a second, and 10 s averages the scheduler noise of a
+    /// shared 2-core machine; alternating the pairs cancels the drift between rounds.
+    pub const FULL: Plan = Plan {
+        rounds: 5,
+        seconds: 10,
+        syscall_seconds: 3,
+    };
+    /// For development: three rounds of 3 s, medians still of an odd count.
+    pub const QUICK: Plan = Plan {
+        rounds: 3,
+        seconds: 3,
+        syscall_seconds: 2,
+    };
+}
+
+static INTERRUPTED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps `duration`, or less when Ctrl-C arrives (then fails).
+fn pause(duration: Duration) -> Result<()> {
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        check_interrupt()?;
+        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(50)));
+    }
+    check_interrupt()
+}
+
+/// Polls `probe` every 50 ms until it returns a value, fails, or `timeout` passes.
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        check_interrupt()?;
+        if let Some(value) = probe()? {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---- namespaces and processes -----------------------------------------------------------------
+
+/// A network namespace, deleted with everything still running in it on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(name: String) -> Result<Netns> {
+        cmd::stdout_of(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `program` with only this network namespace entered: nsenter execs it, so the child's
+    /// pid is the program's.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg(program);
+        cmd
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<String> {
+        cmd::stdout_of(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// The packets a device has received and sent.
+    fn link_packets(&self, dev: &str) -> Result<u64> {
+        let text = self.ip(&["-j", "-s", "link", "show", "dev", dev])?;
+        let links: Value = serde_json::from_str(&text).context("`ip -j -s link` output")?;
+        let stats = &links[0]["stats64"];
+        Ok(stats["rx"]["packets"].as_u64().unwrap_or(0)
+            + stats["tx"]["packets"].as_u64().unwrap_or(0))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        kill_all_in(&self.name);
+        let _ = cmd::output(Command::new("ip").args(["netns", "del", &self.name]));
+    }
+}
+
+fn kill_all_in(ns: &str) {
+    if let Ok(pids) = cmd::stdout_of(Command::new("ip").args(["netns", "pids", ns])) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// A long-running program (a tunnel end, the agent, the iperf3 server), stopped on drop.
+struct Daemon {
+    label: String,
+    child: Child,
+    log: PathBuf,
+    /// A control socket to remove once the program is gone.
+    socket: Option<PathBuf>,
+}
+
+impl Daemon {
+    fn spawn(command: &mut Command, label: &str, log: PathBuf) -> Result<Daemon> {
+        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let err = out.try_clone()?;
+        eprintln!("$ {} >{} 2>&1 &", cmd::display(command), log.display());
+        // A process group of its own: Ctrl-C reaches the bench, which stops it in order.
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", cmd::display(command)))?;
+        Ok(Daemon {
+            label: label.to_owned(),
+            child,
+            log,
+            socket: None,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails with the end of its log when the program has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status})\n{}", self.label, self.log_tail(8));
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits until its control socket exists.
+    fn wait_socket(&mut self, socket: PathBuf) -> Result<()> {
+        self.socket = Some(socket.clone());
+        wait_for(
+            &format!("{} to create {}", self.label, socket.display()),
+            SETTLE,
+            || {
+                self.check_alive()?;
+                Ok(socket.exists().then_some(()))
+            },
+        )
+    }
+
+    fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            if let Ok(pid) = i32::try_from(self.child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        if let Some(socket) = &self.socket {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// CPU seconds (user + system, all threads) a process has used.
+fn cpu_seconds(pid: u32, ticks_per_s: f64) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    // "PID (COMM) STATE PPID ..."; utime and stime are fields 14 and 15.
+    let tail = stat
+        .rsplit_once(") ")
+        .map(|(_, tail)| tail)
+        .context("malformed /proc/PID/stat")?;
+    let fields: Vec<&str> = tail.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/PID/stat")?
+            .parse::<u64>()? as f64)
+    };
+    Ok((ticks(11)? + ticks(12)?) / ticks_per_s)
+}
+
+/// TCP segments sent so far in the network namespace of `pid`, retransmissions included
+/// (`Tcp: OutSegs` + `RetransSegs`).
+fn tcp_segments_sent(pid: u32) -> Result<u64> {
+    let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp"))?;
+    let mut tcp = snmp.lines().filter(|line| line.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        bail!("no Tcp lines in /proc/{pid}/net/snmp");
+    };
+    let values: Vec<&str> = values.split_whitespace().collect();
+    let field = |wanted: &str| -> Result<u64> {
+        let index = names
+            .split_whitespace()
+            .position(|name| name == wanted)
+            .with_context(|| format!("no Tcp {wanted} in /proc/{pid}/net/snmp"))?;
+        Ok(values.get(index).context("short Tcp line")?.parse()?)
+    };
+    Ok(field("OutSegs")? + field("RetransSegs")?)
+}
+
+fn memory_kib(pid: u32, key: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(key)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
+}
+
+/// Whether something in `pid`'s network namespace listens on TCP `port`.
+fn listens(pid: u32, port: u16) -> bool {
+    let needle = format!(":{port:04X} ");
+    ["tcp", "tcp6"].iter().any(|file| {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).is_ok_and(|text| {
+            text.lines()
+                .skip(1)
+                .any(|line| line.split_whitespace().nth(3) == Some("0A") && line.contains(&needle))
+        })
+    })
+}
+
+// ---- WireGuard ends ---------------------------------------------------------------------------
+
+struct Keys {
+    private: String,
+    public: String,
+}
+
+fn keypair() -> Result<Keys> {
+    let private = keys::fresh_private_key().context("reading /dev/urandom")?;
+    Ok(Keys {
+        private: keys::encode(&private),
+        public: KeyPair::from_private(private).public_base64(),
+    })
+}
+
+/// Writes a private key readable by its owner only.
+fn write_key(path: &Path, key: &str) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{key}")?;
+    Ok(())
+}
+
+fn wg(args: &[&str]) -> Result<String> {
+    cmd::stdout_of(Command::new("wg").args(args))
+}
+
+/// A userspace WireGuard implementation run as a tunnel end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Userspace {
+    WireguardGo,
+    Boringtun,
+}
+
+/// Starts a userspace tunnel end in `ns`; its interface is not configured yet.
+fn start_userspace(
+    kind: Userspace,
+    boringtun: Option<&Path>,
+    ns: &Netns,
+    ifname: &str,
+    work: &Path,
+) -> Result<Daemon> {
+    let log = work.join(format!("{ifname}.log"));
+    let mut command = match kind {
+        Userspace::WireguardGo => {
+            let mut c = ns.command("wireguard-go");
+            c.arg(ifname).env("WG_PROCESS_FOREGROUND", "1");
+            c
+        }
+        Userspace::Boringtun => {
+            let bin = boringtun.context("boringtun-cli is not installed")?;
+            let mut c = ns.command(bin);
+            c.args(["--foreground", "--disable-drop-privileges", ifname])
+                .env("WG_LOG_LEVEL", "error")
+                .env("WG_LOG_FILE", work.join(format!("{ifname}.boringtun.log")));
+            c
+        }
+    };
+    let label = match kind {
+        Userspace::WireguardGo => format!("wireguard-go {ifname}"),
+        Userspace::Boringtun => format!("boringtun-cli {ifname}"),
+    };
+    let mut daemon = Daemon::spawn(
+        command.current_dir(work).env_remove("RUST_LOG"),
+        &label,
+        log,
+    )?;
+    daemon.wait_socket(Path::new(SOCKET_DIR).join(format!("{ifname}.sock")))?;
+    Ok(daemon)
+}
+
+/// `wg set` for one end: its key, its port if given, and its one peer.
+fn configure_end(
+    ifname: &str,
+    keys: &Keys,
+    work: &Path,
+    listen_port: Option<u16>,
+    peer: &str,
+    endpoint: Option<&str>,
+    allowed_ips: &str,
+) -> Result<()> {
+    let key_file = work.join(format!("{ifname}.key"));
+    write_key(&key_file, &keys.private)?;
+    let key_file = key_file.to_string_lossy().into_owned();
+    let port = listen_port.map(|p| p.to_string());
+    let mut args = vec!["set", ifname, "private-key", &key_file];
+    if let Some(port) = &port {
+        args.extend(["listen-port", port]);
+    }
+    args.extend(["peer", peer]);
+    if let Some(endpoint) = endpoint {
+        args.extend(["endpoint", endpoint]);
+    }
+    args.extend(["allowed-ips", allowed_ips]);
+    eprintln!("$ wg {}", args.join(" "));
+    wg(&args).map(drop)
+}
+
+/// Gives the tunnel interface its address and brings it up.
+fn address_end(ns: &Netns, ifname: &str, cidr: &str) -> Result<()> {
+    ns.ip(&["addr", "add", cidr, "dev", ifname])?;
+    ns.ip(&["link", "set", ifname, "up"])?;
+    Ok(())
+}
+
+/// crmguard as the gateway: `crmguard run` in the gateway namespace. On drop the agent is
+/// stopped, its filter uninstalled and its pin directory removed.
+struct Agent {
+    daemon: Option<Daemon>,
+    bin: PathBuf,
+    config: PathBuf,
+    ns: String,
+    pin_dir: PathBuf,
+}
+
+/// What the agent's configuration holds beyond the bench's own role.
+struct AgentSetup<'a> {
+    /// The outer interface the XDP filter goes on.
+    interface: &'a str,
+    /// The TUN device's name.
+    tun: &'a str,
+    /// `[vpn] address`.
+    address: &'a str,
+    private_key: &'a str,
+    /// `[[peer]]` entries written inline.
+    peers: &'a str,
+    /// `[[peer]]` entries written to the peers file.
+    peers_file: &'a str,
+}
+
+fn quoted(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl Agent {
+    fn start(bin: &Path, ns: &Netns, dir: &Path, setup: &AgentSetup<'_>) -> Result<Agent> {
+        std::fs::create_dir_all(dir.join("state"))?;
+        let key_file = dir.join("wg.key");
+        write_key(&key_file, setup.private_key)?;
+        let peers_file = dir.join("peers.toml");
+        std::fs::write(&peers_file, setup.peers_file)?;
+        let pin_dir =
+            Path::new(BPFFS).join(format!("{PREFIX}{}-{}", std::process::id(), setup.tun));
+        let config = dir.join("crmguard.toml");
+        let text = format!(
+            r#"[agent]
+mode = "enforce"
+state_dir = {state}
+bpffs_dir = {pins}
+control_socket = {control}
+log_format = "text"
+
+[[interface]]
+name = "{interface}"
+xdp_mode = "native"
+
+[firewall]
+default = "drop"
+
+[vpn]
+listen_port = {WG_PORT}
+address = "{address}"
+private_key_file = {key}
+peers_file = {peers}
+
+[[role]]
+name = "bench"
+allow = ["tcp/{IPERF_PORT}"]
+mfa = false
+
+[audit]
+path = {audit}
+key_file = {audit_key}
+
+{inline}"#,
+            state = quoted(&dir.join("state")),
+            pins = quoted(&pin_dir),
+            control = quoted(&dir.join("control.sock")),
+            interface = setup.interface,
+            address = setup.address,
+            key = quoted(&key_file),
+            peers = quoted(&peers_file),
+            inline = setup.peers,
+            audit = quoted(&dir.join("audit.jsonl")),
+            audit_key = quoted(&dir.join("audit.key")),
+        );
+        std::fs::write(&config, text)?;
+        let mut command = ns.command(bin);
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env(crmguard_lab::agent::VPN_INTERFACE_ENV, setup.tun)
+            .env("RUST_LOG", "warn");
+        let daemon = Daemon::spawn(
+            &mut command,
+            &format!("crmguard {}", setup.tun),
+            dir.join("agent.log"),
+        )?;
+        let mut agent = Agent {
+            daemon: Some(daemon),
+            bin: bin.to_owned(),
+            config,
+            ns: ns.name.clone(),
+            pin_dir,
+        };
+        agent.wait_endpoint()?;
+        if let Some(daemon) = agent.daemon.as_mut() {
+            daemon.socket = Some(Path::new(SOCKET_DIR).join(format!("{}.sock", setup.tun)));
+        }
+        Ok(agent)
+    }
+
+    fn daemon(&mut self) -> Result<&mut Daemon> {
+        self.daemon.as_mut().context("the agent was stopped")
+    }
+
+    fn status(&self) -> Result<Value> {
+        let text = cmd::stdout_of(
+            Command::new(&self.bin)
+                .arg("status")
+                .arg("--json")
+                .arg("--config")
+                .arg(&self.config),
+        )?;
+        serde_json::from_str(&text).context("`crmguard status --json` printed no JSON")
+    }
+
+    /// Waits until `status` answers with the VPN endpoint running.
+    fn wait_endpoint(&mut self) -> Result<Value> {
+        let mut last = String::new();
+        let result = wait_for("the agent's VPN endpoint to run", SETTLE, || {
+            self.daemon()?.check_alive()?;
+            let status = match self.status() {
+                Ok(status) => status,
+                Err(e) => {
+                    last = format!("{e:#}");
+                    return Ok(None);
+                }
+            };
+            let vpn = &status["vpn"];
+            if vpn.is_null() {
+                bail!("`crmguard status` shows no VPN endpoint");
+            }
+            if vpn["running"] == true {
+                return Ok(Some(status));
+            }
+            if let Some(error) = vpn["error"].as_str() {
+                bail!("the VPN endpoint does not run: {error}");
+            }
+            Ok(None)
+        });
+        result.with_context(|| {
+            let tail = self
+                .daemon
+                .as_ref()
+                .map(|d| d.log_tail(8))
+                .unwrap_or_default();
+            format!("last status error: {last}\n{tail}")
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        drop(self.daemon.take());
+        // The agent leaves its filter attached when it stops (fail-static).
+        let _ = cmd::output(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", self.ns))
+                .arg(&self.bin)
+                .arg("uninstall")
+                .arg("--config")
+                .arg(&self.config),
+        );
+        if self.pin_dir.exists() {
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+    }
+}
+
+enum Gateway {
+    Userspace(Daemon),
+    Crmguard(Agent),
+}
+
+impl Gateway {
+    fn daemon(&mut self) -> Result<&mut Daemon> {
+        match self {
+            Gateway::Userspace(d) => Ok(d),
+            Gateway::Crmguard(agent) => agent.daemon(),
+        }
+    }
+}
+
+// ---- the pairs --------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    WireguardGo,
+    Boringtun,
+    Crmguard,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::WireguardGo, Kind::Boringtun, Kind::Crmguard];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::WireguardGo => "wireguard-go <-> wireguard-go",
+            Kind::Boringtun => "boringtun-cli <-> boringtun-cli",
+            Kind::Crmguard => "wireguard-go -> crmguard",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Kind::WireguardGo => "wireguard_go",
+            Kind::Boringtun => "boringtun_cli",
+            Kind::Crmguard => "crmguard",
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::WireguardGo => "wg",
+            Kind::Boringtun => "bt",
+            Kind::Crmguard => "cg",
+        }
+    }
+
+    fn index(self) -> u8 {
+        match self {
+            Kind::WireguardGo => 0,
+            Kind::Boringtun => 1,
+            Kind::Crmguard => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// The client sends to the gateway side.
+    Forward,
+    /// The gateway side sends to the client (`iperf3 -R`).
+    Reverse,
+}
+
+impl Direction {
+    const BOTH: [Direction; 2] = [Direction::Forward, Direction::Reverse];
+
+    fn key(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        }
+    }
+}
+
+/// One pair up and ready. Fields drop in order: processes first, namespaces last.
+struct Pair {
+    kind: Kind,
+    server: Daemon,
+    client: Daemon,
+    gateway: Gateway,
+    client_ns: Netns,
+    gateway_ns: Netns,
+    gateway_veth: String,
+}
+
+/// One goodput transfer.
+#[derive(Debug, Clone, Copy)]
+struct Transfer {
+    gbit_s: f64,
+    bytes: u64,
+    gateway_cpu_s: f64,
+    client_cpu_s: f64,
+}
+
+/// One syscall count.
+#[derive(Debug, Clone, Copy)]
+struct SyscallCount {
+    syscalls: u64,
+    segments: u64,
+    veth_packets: u64,
+}
+
+struct Env<'a> {
+    work: &'a Path,
+    crmguard: Option<&'a Path>,
+    boringtun: Option<&'a Path>,
+    ticks_per_s: f64,
+}
+
+impl Pair {
+    fn start(kind: Kind, env: &Env<'_>) -> Result<Pair> {
+        let pid = std::process::id();
+        let tag = kind.tag();
+        let i = kind.index();
+        let client_ns = Netns::create(format!("{PREFIX}{pid}-{tag}-c"))?;
+        let gateway_ns = Netns::create(format!("{PREFIX}{pid}-{tag}-g"))?;
+        let (client_veth, gateway_veth) = (format!("bv{tag}c"), format!("bv{tag}g"));
+        cmd::stdout_of(Command::new("ip").args([
+            "link",
+            "add",
+            &client_veth,
+            "netns",
+            &client_ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &gateway_veth,
+            "netns",
+            &gateway_ns.name,
+        ]))?;
+        let outer_gateway = format!("10.201.{i}.1");
+        client_ns.ip(&[
+            "addr",
+            "add",
+            &format!("10.201.{i}.2/24"),
+            "dev",
+            &client_veth,
+        ])?;
+        gateway_ns.ip(&[
+            "addr",
+            "add",
+            &format!("{outer_gateway}/24"),
+            "dev",
+            &gateway_veth,
+        ])?;
+        client_ns.ip(&["link", "set", &client_veth, "up"])?;
+        gateway_ns.ip(&["link", "set", &gateway_veth, "up"])?;
+
+        let work = env.work.join(tag);
+        std::fs::create_dir_all(&work)?;
+        let client_keys = keypair()?;
+        let gateway_keys = keypair()?;
+        let client_if = format!("{IF_PREFIX}{pid}{tag}c");
+        let gateway_if = format!("{IF_PREFIX}{pid}{tag}g");
+
+        let gateway = match kind {
+            Kind::WireguardGo | Kind::Boringtun => {
+                let program = if kind == Kind::Boringtun {
+                    Userspace::Boringtun
+                } else {
+                    Userspace::WireguardGo
+                };
+                let daemon =
+                    start_userspace(program, env.boringtun, &gateway_ns, &gateway_if, &work)?;
+                configure_end(
+                    &gateway_if,
+                    &gateway_keys,
+                    &work,
+                    Some(WG_PORT),
+                    &client_keys.public,
+                    None,
+                    &format!("{CLIENT}/32"),
+                )?;
+                address_end(&gateway_ns, &gateway_if, &format!("{GATEWAY}/24"))?;
+                Gateway::Userspace(daemon)
+            }
+            Kind::Crmguard => {
+                let bin = env.crmguard.context("crmguard was not built")?;
+                let peer = format!(
+                    "[[peer]]\nname = \"bench-client\"\npublic_key = \"{}\"\naddress = \"{CLIENT}\"\nrole = \"bench\"\n",
+                    client_keys.public
+                );
+                Gateway::Crmguard(Agent::start(
+                    bin,
+                    &gateway_ns,
+                    &work.join("agent"),
+                    &AgentSetup {
+                        interface: &gateway_veth,
+                        tun: &gateway_if,
+                        address: &format!("{GATEWAY}/24"),
+                        private_key: &gateway_keys.private,
+                        peers: &peer,
+                        peers_file: "",
+                    },
+                )?)
+            }
+        };
+
+        let mut server_cmd = gateway_ns.command("iperf3");
+        server_cmd.args(["-s", "-p", &IPERF_PORT.to_string()]);
+        let mut server =
+            Daemon::spawn(&mut server_cmd, "iperf3 -s", work.join("iperf3-server.log"))?;
+        let server_pid = server.pid();
+        wait_for("the iperf3 server to listen", SETTLE, || {
+            server.check_alive()?;
+            Ok(listens(server_pid, IPERF_PORT).then_some(()))
+        })?;
+
+        let client = start_userspace(Userspace::WireguardGo, None, &client_ns, &client_if, &work)?;
+        let mut pair = Pair {
+            kind,
+            server,
+            client,
+            gateway,
+            client_ns,
+            gateway_ns,
+            gateway_veth,
+        };
+        configure_end(
+            &client_if,
+            &client_keys,
+            &work,
+            None,
+            &gateway_keys.public,
+            Some(&format!("{outer_gateway}:{WG_PORT}")),
+            "10.77.0.0/24",
+        )?;
+        address_end(&pair.client_ns, &client_if, &format!("{CLIENT}/24"))?;
+        // A keepalive set on a device that is up goes out at once and starts the handshake.
+        wg(&[
+            "set",
+            &client_if,
+            "peer",
+            &gateway_keys.public,
+            "persistent-keepalive",
+            "25",
+        ])?;
+        let gateway_public = gateway_keys.public.clone();
+        wait_for(
+            &format!(
+                "a handshake between {client_if} and the {} gateway",
+                kind.tag()
+            ),
+            SETTLE,
+            || {
+                pair.client.check_alive()?;
+                pair.gateway.daemon()?.check_alive()?;
+                let text = wg(&["show", &client_if, "latest-handshakes"])?;
+                let done = text.lines().any(|line| {
+                    let mut f = line.split_whitespace();
+                    f.next() == Some(gateway_public.as_str())
+                        && f.next().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) > 0
+                });
+                Ok(done.then_some(()))
+            },
+        )?;
+        Ok(pair)
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        self.client.check_alive()?;
+        self.server.check_alive()?;
+        self.gateway.daemon()?.check_alive()
+    }
+
+    /// Starts `iperf3 -c` in the client namespace, its JSON report going to `report`.
+    fn iperf_client(&self, direction: Direction, seconds: u32, report: &Path) -> Result<Child> {
+        let mut c = self.client_ns.command("iperf3");
+        c.args(["-c", GATEWAY, "-p", &IPERF_PORT.to_string()])
+            .args([
+                "-t",
+                &seconds.to_string(),
+                "-J",
+                "--connect-timeout",
+                "5000",
+            ]);
+        if direction == Direction::Reverse {
+            c.arg("-R");
+        }
+        let out = File::create(report)?;
+        c.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", cmd::display(&c)))
+    }
+
+    /// Waits for an iperf3 client started for `seconds` and reads its report: (bits/s,
+    /// bytes received).
+    fn iperf_result(mut child: Child, seconds: u32, report: &Path) -> Result<(f64, u64)> {
+        let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) + 20);
+        let status = loop {
+            if let Err(e) = check_interrupt() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("iperf3 did not finish within {seconds} s + 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let text = std::fs::read_to_string(report)?;
+        let value: Value = serde_json::from_str(&text)
+            .with_context(|| format!("iperf3 ({status}) printed no JSON: {}", text.trim()))?;
+        if let Some(error) = value["error"].as_str() {
+            bail!("iperf3 failed: {error}");
+        }
+        let received = &value["end"]["sum_received"];
+        let (Some(bits), Some(bytes)) = (
+            received["bits_per_second"].as_f64(),
+            received["bytes"].as_u64(),
+        ) else {
+            bail!("iperf3's report has no end.sum_received ({status})");
+        };
+        if bytes == 0 {
+            bail!("iperf3 moved no data through the tunnel");
+        }
+        Ok((bits, bytes))
+    }
+
+    fn transfer(&mut self, direction: Direction, seconds: u32, env: &Env<'_>) -> Result<Transfer> {
+        self.check_alive()?;
+        let gateway = self.gateway.daemon()?.pid();
+        let client = self.client.pid();
+        let report = env.work.join(format!("iperf-{}.json", self.kind.tag()));
+        let (gw0, cl0) = (
+            cpu_seconds(gateway, env.ticks_per_s)?,
+            cpu_seconds(client, env.ticks_per_s)?,
+        );
+        let child = self.iperf_client(direction, seconds, &report)?;
+        let (bits, bytes) = Pair::iperf_result(child, seconds, &report)?;
+        let (gw1, cl1) = (
+            cpu_seconds(gateway, env.ticks_per_s)?,
+            cpu_seconds(client, env.ticks_per_s)?,
+        );
+        Ok(Transfer {
+            gbit_s: bits / 1e9,
+            bytes,
+            gateway_cpu_s: gw1 - gw0,
+            client_cpu_s: cl1 - cl0,
+        })
+    }
+
+    /// Counts the gateway's syscalls for `SYSCALL_WINDOWS` windows of `counter_s` seconds in
+    /// the middle of one transfer, each against the TCP segments both sides sent meanwhile.
+    fn count_syscalls(
+        &mut self,
+        direction: Direction,
+        counter: SyscallCounter,
+        counter_s: u32,
+        env: &Env<'_>,
+    ) -> Result<Vec<SyscallCount>> {
+        self.check_alive()?;
+        let gateway = self.gateway.daemon()?.pid();
+        let client = self.client.pid();
+        let report = env
+            .work
+            .join(format!("iperf-syscalls-{}.json", self.kind.tag()));
+        // A second before the first window (connection setup, slow start) and two after the
+        // last, so that the transfer outlasts the counting.
+        let seconds = counter_s * SYSCALL_WINDOWS + 3;
+        let child = self.iperf_client(direction, seconds, &report)?;
+        let counted: Result<Vec<SyscallCount>> = (|| {
+            pause(Duration::from_secs(1))?;
+            let mut windows = Vec::new();
+            for _ in 0..SYSCALL_WINDOWS {
+                let segments0 = tcp_segments_sent(client)? + tcp_segments_sent(gateway)?;
+                let veth0 = self.gateway_ns.link_packets(&self.gateway_veth)?;
+                let syscalls = counter.count(gateway, counter_s, env.work)?;
+                let segments1 = tcp_segments_sent(client)? + tcp_segments_sent(gateway)?;
+                let veth1 = self.gateway_ns.link_packets(&self.gateway_veth)?;
+                if segments1 == segments0 {
+                    bail!("no TCP segments crossed the tunnel while counting");
+                }
+                windows.push(SyscallCount {
+                    syscalls,
+                    segments: segments1 - segments0,
+                    veth_packets: veth1 - veth0,
+                });
+            }
+            Ok(windows)
+        })();
+        let finished = Pair::iperf_result(child, seconds, &report);
+        let counted = counted?;
+        finished?;
+        Ok(counted)
+    }
+}
+
+/// How the gateway's syscalls are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyscallCounter {
+    /// `perf stat -e raw_syscalls:sys_enter -p PID`: kernel counters, no slowdown.
+    Perf,
+    /// `strace -c -f -p PID`: stops the process at every syscall, so the gateway runs slower
+    /// and may batch differently while counted.
+    Strace,
+}
+
+impl SyscallCounter {
+    fn detect() -> Option<SyscallCounter> {
+        let perf_works = cmd::which("perf").is_some()
+            && cmd::succeeds(Command::new("perf").args([
+                "stat",
+                "-e",
+                "raw_syscalls:sys_enter",
+                "-x,",
+                "--",
+                "true",
+            ]));
+        if perf_works {
+            Some(SyscallCounter::Perf)
+        } else if cmd::which("strace").is_some() {
+            Some(SyscallCounter::Strace)
+        } else {
+            None
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SyscallCounter::Perf => "perf stat -e raw_syscalls:sys_enter",
+            SyscallCounter::Strace => "strace -c -f",
+        }
+    }
+
+    /// Syscalls `pid` (all its threads) made during `seconds`.
+    fn count(self, pid: u32, seconds: u32, work: &Path) -> Result<u64> {
+        match self {
+            SyscallCounter::Perf => {
+                let out = cmd::output(Command::new("perf").args([
+                    "stat",
+                    "-e",
+                    "raw_syscalls:sys_enter",
+                    "-x,",
+                    "-p",
+                    &pid.to_string(),
+                    "--",
+                    "sleep",
+                    &seconds.to_string(),
+                ]))?;
+                let text = String::from_utf8_lossy(&out.stderr);
+                text.lines()
+                    .find(|line| line.contains("raw_syscalls:sys_enter"))
+                    .and_then(|line| line.split(',').next())
+                    .and_then(|n| n.trim().parse().ok())
+                    .with_context(|| format!("cannot read perf stat's count from: {}", text.trim()))
+            }
+            SyscallCounter::Strace => {
+                let file = work.join("strace.txt");
+                let mut child = Command::new("strace")
+                    .args(["-c", "-f", "-p", &pid.to_string(), "-o"])
+                    .arg(&file)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("cannot start strace")?;
+                let slept = pause(Duration::from_secs(seconds.into()));
+                let _ = kill(Pid::from_raw(i32::try_from(child.id())?), Signal::SIGINT);
+                child.wait()?;
+                slept?;
+                let text = std::fs::read_to_string(&file)?;
+                // The summary's last line: "100.00 SECONDS USECS/CALL CALLS [ERRORS] total".
+                text.lines()
+                    .find(|line| line.trim_end().ends_with("total"))
+                    .and_then(|line| line.split_whitespace().nth(3))
+                    .and_then(|n| n.parse().ok())
+                    .with_context(|| format!("cannot read strace's total from: {}", text.trim()))
+            }
+        }
+    }
+}
+
+// ---- memory with 1,000 peers ------------------------------------------------------------------
+
+struct Memory {
+    rss_kib: u64,
+    hwm_kib: u64,
+    peers: usize,
+}
+
+/// Starts the agent with `RSS_PEERS` peers in its peers file (random keys, addresses in a
+/// /22) and the XDP filter on a veth, and reads its memory once the endpoint runs.
+fn memory_with_peers(bin: &Path, env: &Env<'_>) -> Result<Memory> {
+    let pid = std::process::id();
+    let ns = Netns::create(format!("{PREFIX}{pid}-rss"))?;
+    ns.ip(&[
+        "link", "add", "bvrss0", "type", "veth", "peer", "name", "bvrss1",
+    ])?;
+    ns.ip(&["addr", "add", "10.202.0.1/24", "dev", "bvrss0"])?;
+    ns.ip(&["link", "set", "bvrss0", "up"])?;
+    ns.ip(&["link", "set", "bvrss1", "up"])?;
+    let mut peers = String::with_capacity(RSS_PEERS * 140);
+    for i in 0..RSS_PEERS {
+        // 10.77.0.10 onwards; the /22 holds them all.
+        let host = 10 + u32::try_from(i)?;
+        let address = std::net::Ipv4Addr::from(0x0a4d_0000 + host);
+        let _ = writeln!(
+            peers,
+            "[[peer]]\nname = \"peer{i:04}\"\npublic_key = \"{}\"\naddress = \"{address}\"\nrole = \"bench\"\n",
+            keypair()?.public
+        );
+    }
+    let tun = format!("{IF_PREFIX}{pid}rss");
+    let mut agent = Agent::start(
+        bin,
+        &ns,
+        &env.work.join("rss"),
+        &AgentSetup {
+            interface: "bvrss0",
+            tun: &tun,
+            address: "10.77.0.1/22",
+            private_key: &keypair()?.private,
+            peers: "",
+            peers_file: &peers,
+        },
+    )?;
+    let admitted = wait_for("the endpoint to admit the peers", SETTLE, || {
+        agent.daemon()?.check_alive()?;
+        let status = agent.status()?;
+        let admitted = status["vpn"]["peers"].as_array().map_or(0, Vec::len);
+        Ok((admitted >= RSS_PEERS).then_some(admitted))
+    })
+    .with_context(|| {
+        let excluded = agent
+            .status()
+            .map(|s| s["vpn"]["excluded"].to_string())
+            .unwrap_or_default();
+        format!("excluded peers: {excluded:.300}")
+    })?;
+    let agent_pid = agent.daemon()?.pid();
+    let memory = Memory {
+        rss_kib: memory_kib(agent_pid, "VmRSS:")?,
+        hwm_kib: memory_kib(agent_pid, "VmHWM:")?,
+        peers: admitted,
+    };
+    drop(agent);
+    drop(ns);
+    Ok(memory)
+}
+
+// ---- setup, cleanup, the run ------------------------------------------------------------------
+
+/// The work directory, removed on drop.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The pid in `cgbv-PID...` or `cgbPID...` names.
+fn owner(name: &str, prefix: &str) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Removes namespaces, pins, sockets and work directories of earlier runs whose process is
+/// gone.
+fn remove_stale() {
+    let dead = |name: &str, prefix: &str| owner(name, prefix).is_some_and(|pid| !alive(pid));
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for ns in names(Path::new("/run/netns")) {
+        if dead(&ns, PREFIX) {
+            eprintln!("bench: removing namespace {ns}, left by an earlier run");
+            kill_all_in(&ns);
+            let _ = cmd::output(Command::new("ip").args(["netns", "del", &ns]));
+        }
+    }
+    for dir in [Path::new(BPFFS), &std::env::temp_dir()] {
+        for name in names(dir) {
+            if dead(&name, PREFIX) {
+                let _ = std::fs::remove_dir_all(dir.join(name));
+            }
+        }
+    }
+    for name in names(Path::new(SOCKET_DIR)) {
+        if dead(&name, IF_PREFIX) {
+            let _ = std::fs::remove_file(Path::new(SOCKET_DIR).join(name));
+        }
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf when missing: the agent pins its filter there.
+fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let mounted = mounts.lines().any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.get(1) == Some(&BPFFS) && f.get(2) == Some(&"bpf")
+    });
+    if !mounted {
+        cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
+    }
+    Ok(())
+}
+
+/// `target/release/crmguard`, built now.
+fn build_crmguard(workspace: &Workspace) -> Result<PathBuf> {
+    cmd::run(
+        workspace
+            .cargo()
+            .args(["build", "--release", "-p", "crmguard"]),
+    )?;
+    let bin = workspace.bin("release", "crmguard");
+    if !bin.is_file() {
+        bail!("the build produced no {}", bin.display());
+    }
+    Ok(bin)
+}
+
+/// boringtun-cli from `target/bench/tools`, installed there from crates.io when missing.
+fn boringtun_cli(workspace: &Workspace, out_dir: &Path) -> Result<PathBuf> {
+    let root = out_dir.join("tools");
+    let bin = root.join("bin/boringtun-cli");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let log = out_dir.join("boringtun-install.log");
+    let mut install = workspace.cargo();
+    install
+        .args(["install", "boringtun-cli", "--locked", "--root"])
+        .arg(&root);
+    eprintln!("$ {} >{} 2>&1", cmd::display(&install), log.display());
+    let out = cmd::output(&mut install)?;
+    std::fs::write(
+        &log,
+        [out.stdout.as_slice(), out.stderr.as_slice()].concat(),
+    )?;
+    if !out.status.success() || !bin.is_file() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect();
+        bail!(
+            "`cargo install boringtun-cli` failed ({}): {} (log: {})",
+            out.status,
+            lines[lines.len().saturating_sub(4)..].join(" / "),
+            log.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    Some(sorted[sorted.len() / 2])
+}
+
+/// What one pair gave, or why it gave nothing.
+struct Results {
+    kind: Kind,
+    unavailable: Option<String>,
+    /// Per direction (forward, reverse).
+    transfers: [Vec<Transfer>; 2],
+    syscalls: [Vec<SyscallCount>; 2],
+    syscall_error: Option<String>,
+}
+
+impl Results {
+    fn goodput(&self, d: usize) -> Option<f64> {
+        median(
+            &self.transfers[d]
+                .iter()
+                .map(|t| t.gbit_s)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn cpu_per_gb(&self, d: usize, client: bool) -> Option<f64> {
+        median(
+            &self.transfers[d]
+                .iter()
+                .map(|t| {
+                    let cpu = if client {
+                        t.client_cpu_s
+                    } else {
+                        t.gateway_cpu_s
+                    };
+                    cpu / (t.bytes as f64 / 1e9)
+                })
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn syscalls_per_packet(&self, d: usize) -> Option<f64> {
+        median(
+            &self.syscalls[d]
+                .iter()
+                .map(|c| c.syscalls as f64 / c.segments as f64)
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+fn check_tools() -> Result<()> {
+    for (tool, package) in [
+        ("iperf3", "iperf3"),
+        ("wireguard-go", "wireguard-go"),
+        ("wg", "wireguard-tools"),
+        ("nsenter", "util-linux"),
+        ("ip", "iproute2"),
+    ] {
+        if cmd::which(tool).is_none() {
+            bail!(
+                "`{tool}` is not installed: apt-get install {package} (or cargo xtask deps bench)"
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
+    if !cmd::is_root() {
+        bail!(
+            "the VPN bench creates network namespaces, TUN devices and XDP filters: run it as \
+             root (sudo -E cargo xtask bench vpn)"
+        );
+    }
+    check_tools()?;
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&INTERRUPTED))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    std::fs::create_dir_all(out_dir)?;
+    remove_stale();
+    ensure_bpffs()?;
+    std::fs::create_dir_all(SOCKET_DIR)?;
+    let work = WorkDir(std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id())));
+    std::fs::create_dir_all(&work.0)?;
+    let ticks_per_s: f64 = cmd::stdout_of(Command::new("getconf").arg("CLK_TCK"))?
+        .trim()
+        .parse()
+        .context("getconf CLK_TCK")?;
+
+    let crmguard = build_crmguard(workspace);
+    let boringtun = boringtun_cli(workspace, out_dir);
+    let env = Env {
+        work: &work.0,
+        crmguard: crmguard.as_ref().ok().map(PathBuf::as_path),
+        boringtun: boringtun.as_ref().ok().map(PathBuf::as_path),
+        ticks_per_s,
+    };
+
+    let mut results: Vec<Results> = Kind::ALL
+        .iter()
+        .map(|&kind| Results {
+            kind,
+            unavailable: None,
+            transfers: [Vec::new(), Vec::new()],
+            syscalls: [Vec::new(), Vec::new()],
+            syscall_error: None,
+        })
+        .collect();
+    if let Err(e) = &boringtun {
+        results[1].unavailable = Some(format!("{e:#}"));
+    }
+    if let Err(e) = &crmguard {
+        results[2].unavailable = Some(format!("building crmguard failed: {e:#}"));
+    }
+
+    eprintln!("bench: starting the three pairs");
+    let mut pairs: Vec<Option<Pair>> = Vec::new();
+    for result in &mut results {
+        if result.unavailable.is_some() {
+            pairs.push(None);
+            continue;
+        }
+        match Pair::start(result.kind, &env) {
+            Ok(pair) => pairs.push(Some(pair)),
+            Err(e) if result.kind == Kind::WireguardGo => {
+                return Err(e.context("the wireguard-go pair, the comparator, cannot start"));
+            }
+            Err(e) => {
+                check_interrupt()?;
+                eprintln!("bench: {} is unavailable: {e:#}", result.kind.name());
+                result.unavailable = Some(format!("{e:#}"));
+                pairs.push(None);
+            }
+        }
+    }
+
+    let Plan {
+        rounds,
+        seconds,
+        syscall_seconds,
+    } = plan;
+    eprintln!(
+        "bench: goodput, {rounds} rounds of {seconds} s per pair and direction, pairs alternating"
+    );
+    for round in 1..=rounds {
+        for (d, direction) in Direction::BOTH.iter().enumerate() {
+            let mut line = format!("  round {round}/{rounds} {:<8}", direction.key());
+            for (pair, result) in pairs.iter_mut().zip(results.iter_mut()) {
+                let Some(p) = pair else { continue };
+                match p.transfer(*direction, seconds, &env) {
+                    Ok(t) => {
+                        let _ = write!(line, "  {} {:.2} Gbit/s", p.kind.tag(), t.gbit_s);
+                        result.transfers[d].push(t);
+                    }
+                    Err(e) if p.kind == Kind::WireguardGo => {
+                        return Err(e.context("the wireguard-go pair failed"));
+                    }
+                    Err(e) => {
+                        check_interrupt()?;
+                        eprintln!("bench: {} failed: {e:#}", p.kind.name());
+                        result.unavailable = Some(format!("failed during the run: {e:#}"));
+                        *pair = None;
+                    }
+                }
+            }
+            eprintln!("{line}");
+        }
+    }
+
+    let counter = SyscallCounter::detect();
+    match counter {
+        Some(counter) => eprintln!(
+            "bench: syscalls of each gateway, {SYSCALL_WINDOWS} windows of {syscall_seconds} s per direction ({})",
+            counter.name()
+        ),
+        None => eprintln!("bench: neither perf nor strace works here: no syscall counts"),
+    }
+    if let Some(counter) = counter {
+        for (pair, result) in pairs.iter_mut().zip(results.iter_mut()) {
+            let Some(p) = pair else { continue };
+            for (d, direction) in Direction::BOTH.iter().enumerate() {
+                match p.count_syscalls(*direction, counter, syscall_seconds, &env) {
+                    Ok(counts) => result.syscalls[d] = counts,
+                    Err(e) => {
+                        check_interrupt()?;
+                        eprintln!(
+                            "bench: counting syscalls of {} failed: {e:#}",
+                            p.kind.name()
+                        );
+                        result.syscall_error = Some(format!("{e:#}"));
+                    }
+                }
+            }
+        }
+    }
+    // The tunnels are stopped before the memory measurement.
+    drop(pairs);
+
+    let memory = match env.crmguard {
+        Some(bin) => {
+            eprintln!("bench: agent memory with {RSS_PEERS} peers");
+            memory_with_peers(bin, &env).map_err(|e| format!("{e:#}"))
+        }
+        None => Err("crmguard was not built".to_owned()),
+    };
+    check_interrupt()?;
+
+    report(out_dir, plan, counter, &results, &memory)
+}
+
+fn fmt_opt(value: Option<f64>, precision: usize) -> String {
+    value.map_or("-".to_owned(), |v| format!("{v:.precision$}"))
+}
+
+fn verdict(value: Option<f64>, target: f64, at_least: bool) -> &'static str {
+    match value {
+        None => "n/a",
+        Some(v) if (at_least && v >= target) || (!at_least && v <= target) => "met",
+        Some(_) => "MISSED",
+    }
+}
+
+fn report(
+    out_dir: &Path,
+    plan: Plan,
+    counter: Option<SyscallCounter>,
+    results: &[Results],
+    memory: &std::result::Result<Memory, String>,
+) -> Result<()> {
+    println!();
+    println!(
+        "VPN single-stream TCP through the tunnel (iperf3, {} s, median of {} alternating rounds); \
+         CPU and syscalls of the gateway side",
+        plan.seconds, plan.rounds
+    );
+    println!(
+        "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "pair", "fwd Gb/s", "rev Gb/s", "CPU s/GB", "CPU s/GB", "sysc/pkt", "sysc/pkt"
+    );
+    println!(
+        "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "", "", "", "fwd", "rev", "fwd", "rev"
+    );
+    for r in results {
+        if let Some(reason) = &r.unavailable {
+            if r.transfers[0].is_empty() {
+                println!("{:<32} unavailable: {}", r.kind.name(), first_line(reason));
+                continue;
+            }
+        }
+        println!(
+            "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            r.kind.name(),
+            fmt_opt(r.goodput(0), 2),
+            fmt_opt(r.goodput(1), 2),
+            fmt_opt(r.cpu_per_gb(0, false), 2),
+            fmt_opt(r.cpu_per_gb(1, false), 2),
+            fmt_opt(r.syscalls_per_packet(0), 2),
+            fmt_opt(r.syscalls_per_packet(1), 2),
+        );
+        if let (Some(reason), false) = (&r.unavailable, r.transfers[0].is_empty()) {
+            println!("{:<32} (stopped early: {})", "", first_line(reason));
+        }
+    }
+
+    let wg = &results[0];
+    let cg = &results[2];
+    let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    let goodput = [0, 1].map(|d| ratio(cg.goodput(d), wg.goodput(d)));
+    let cpu = [0, 1].map(|d| ratio(cg.cpu_per_gb(d, false), wg.cpu_per_gb(d, false)));
+    let syscalls = [0, 1].map(|d| cg.syscalls_per_packet(d));
+    let rss_mib = memory.as_ref().ok().map(|m| m.rss_kib as f64 / 1024.0);
+
+    println!();
+    println!(
+        "{:<52} {:>9} {:>9}",
+        "crmguard against its targets", "measured", "target"
+    );
+    let rows: [(&str, Option<f64>, String, &str); 7] = [
+        (
+            "goodput crmguard / wireguard-go, forward",
+            goodput[0],
+            format!(">= {GOODPUT_TARGET}x"),
+            verdict(goodput[0], GOODPUT_TARGET, true),
+        ),
+        (
+            "goodput crmguard / wireguard-go, reverse",
+            goodput[1],
+            format!(">= {GOODPUT_TARGET}x"),
+            verdict(goodput[1], GOODPUT_TARGET, true),
+        ),
+        (
+            "CPU s/GB crmguard / wireguard-go gateway, forward",
+            cpu[0],
+            format!("<= {CPU_TARGET}x"),
+            verdict(cpu[0], CPU_TARGET, false),
+        ),
+        (
+            "CPU s/GB crmguard / wireguard-go gateway, reverse",
+            cpu[1],
+            format!("<= {CPU_TARGET}x"),
+            verdict(cpu[1], CPU_TARGET, false),
+        ),
+        (
+            "syscalls per packet on the gateway, forward",
+            syscalls[0],
+            format!("<= {SYSCALLS_TARGET}"),
+            verdict(syscalls[0], SYSCALLS_TARGET, false),
+        ),
+        (
+            "syscalls per packet on the gateway, reverse",
+            syscalls[1],
+            format!("<= {SYSCALLS_TARGET}"),
+            verdict(syscalls[1], SYSCALLS_TARGET, false),
+        ),
+        (
+            "agent RSS with 1,000 peers, MiB",
+            rss_mib,
+            format!("<= {RSS_TARGET_MIB}"),
+            verdict(rss_mib, RSS_TARGET_MIB, false),
+        ),
+    ];
+    for (name, value, target, verdict) in &rows {
+        println!(
+            "{name:<52} {:>9} {target:>9}  {verdict}",
+            fmt_opt(*value, 2)
+        );
+    }
+    if let Err(reason) = memory {
+        println!("agent RSS unavailable: {}", first_line(reason));
+    }
+    if let Some(counter) = counter {
+        println!(
+            "\nsyscalls: {} on the gateway process, median of {SYSCALL_WINDOWS} windows of {} s per \
+             direction, per TCP segment through the tunnel (one WireGuard datagram each)",
+            counter.name(),
+            plan.syscall_seconds
+        );
+    }
+
+    let pairs: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            let direction = |d: usize| {
+                json!({
+                    "gbit_s_median": r.goodput(d),
+                    "gbit_s": r.transfers[d].iter().map(|t| t.gbit_s).collect::<Vec<_>>(),
+                    "bytes": r.transfers[d].iter().map(|t| t.bytes).collect::<Vec<_>>(),
+                    "gateway_cpu_s_per_gb": r.cpu_per_gb(d, false),
+                    "client_cpu_s_per_gb": r.cpu_per_gb(d, true),
+                    "syscalls_per_packet": r.syscalls_per_packet(d),
+                    "syscalls": r.syscalls[d].iter().map(|c| c.syscalls).collect::<Vec<_>>(),
+                    "tunnel_packets": r.syscalls[d].iter().map(|c| c.segments).collect::<Vec<_>>(),
+                    "gateway_veth_packets": r.syscalls[d].iter().map(|c| c.veth_packets).collect::<Vec<_>>(),
+                })
+            };
+            json!({
+                "pair": r.kind.name(),
+                "key": r.kind.key(),
+                "unavailable": r.unavailable,
+                "syscall_error": r.syscall_error,
+                "forward": direction(0),
+                "reverse": direction(1),
+            })
+        })
+        .collect();
+    let json = json!({
+        "seconds_per_transfer": plan.seconds,
+        "rounds": plan.rounds,
+        "syscall_counter": counter.map(SyscallCounter::name),
+        "syscall_seconds": plan.syscall_seconds,
+        "syscall_windows": SYSCALL_WINDOWS,
+        "pairs": pairs,
+        "ratios": {
+            "goodput_crmguard_vs_wireguard_go": { "forward": goodput[0], "reverse": goodput[1], "target_at_least": GOODPUT_TARGET },
+            "cpu_per_gb_crmguard_vs_wireguard_go": { "forward": cpu[0], "reverse": cpu[1], "target_at_most": CPU_TARGET },
+            "crmguard_syscalls_per_packet": { "forward": syscalls[0], "reverse": syscalls[1], "target_at_most": SYSCALLS_TARGET },
+        },
+        "memory": match memory {
+            Ok(m) => json!({
+                "peers": m.peers,
+                "rss_mib": m.rss_kib as f64 / 1024.0,
+                "peak_rss_mib": m.hwm_kib as f64 / 1024.0,
+                "target_rss_mib_at_most": RSS_TARGET_MIB,
+            }),
+            Err(reason) => json!({ "unavailable": reason }),
+        },
+    });
+    let path = out_dir.join("vpn.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_read_from_names() {
+        assert_eq!(owner("cgbv-1234-wg-c", PREFIX), Some(1234));
+        assert_eq!(owner("cgb1234wgc.sock", IF_PREFIX), Some(1234));
+        assert_eq!(owner("cgbench-1-1k", PREFIX), None);
+        assert_eq!(owner("crmguard0.sock", IF_PREFIX), None);
+    }
+
+    #[test]
+    fn medians_take_the_middle() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[]), None);
+    }
+}

@@ -1,0 +1,492 @@
+//! `cargo xtask bench xdp`: the per-packet cost of crmguard's XDP program,
+//! side by side with the empty program (the BPF_PROG_TEST_RUN floor) and
+//! xdp-filter from Debian's xdp-tools (all features, deny mode).
+//!
+//! Every figure is the kernel's own average over `REPEAT` runs of one frame
+//! (BPF_PROG_TEST_RUN); the programs are measured in alternation, `ROUNDS`
+//! times, and the medians compared. Ratios from one run are what count: the
+//! machine is shared and absolute nanoseconds drift between runs.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use aya::maps::{HashMap, Map, MapData};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use crmguard_core::abi;
+use crmguard_core::policy;
+
+const REPEAT: u32 = 1_000_000;
+const ROUNDS: usize = 5;
+
+/// The empty program: returns XDP_PASS and nothing else.
+const EMPTY_PROGRAM: &str = r#"
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+SEC("xdp") int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }
+char LICENSE[] SEC("license") = "GPL";
+"#;
+
+/// Writes a deny file of `hosts` single IPv4 addresses (in 10.0.0.0/8) and
+/// `prefixes` /24 prefixes (from 11.0.0.0), the way a sysadmin would feed a
+/// large block list to `firewall.deny.files`.
+fn write_deny_file(path: &Path, hosts: u32, prefixes: u32) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(usize::try_from(hosts + prefixes)? * 16);
+    for i in 0..hosts {
+        let _ = writeln!(text, "{}", Ipv4Addr::from(0x0a00_0000u32 + i * 7 + 1));
+    }
+    for i in 0..prefixes {
+        let _ = writeln!(text, "{}/24", Ipv4Addr::from(0x0b00_0000u32 + (i << 8)));
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// The policy measured: a realistic CRM host (SSH from the admin network, the
+/// customer portal from anywhere, a WireGuard port) with a deny list read
+/// from `deny_file`.
+fn policy_toml(deny_file: &Path) -> String {
+    format!(
+        r#"
+[firewall]
+default = "drop"
+# Limits high enough that a million back-to-back test runs never exhaust a
+# bucket: the bench measures the cost of checking them, not their effect.
+[firewall.limits]
+per_source_pps = 1000000000
+per_source_burst = 1000000000
+syn_per_source_per_s = 1000000000
+global_syn_per_s = 1000000000
+[firewall.deny]
+sources = ["203.0.113.66", "198.51.100.0/24", "2001:db8:bad::/48"]
+files = ["{}"]
+[[firewall.service]]
+name = "ssh"
+proto = "tcp"
+ports = [22]
+from = ["192.0.2.0/24"]
+[[firewall.service]]
+name = "customer-portal"
+proto = "tcp"
+ports = [443]
+[vpn]
+listen_port = 51820
+address = "10.77.0.1/24"
+"#,
+        deny_file.display()
+    )
+}
+
+/// A TCP SYN over IPv4 from `src` to `dport`, 54 bytes plus padding to 64.
+fn tcp_syn(src: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    f.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&[192, 0, 2, 1]);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    f.resize(64, 0);
+    f
+}
+
+/// A TCP segment (ACK) of a connection from `src` to `dport`.
+fn tcp_ack(src: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut f = tcp_syn(src, dport);
+    f[47] = 0x10;
+    f
+}
+
+/// A reply (ACK) from 198.18.0.1:443 to this host's 192.0.2.1:40000.
+fn tcp_reply() -> Vec<u8> {
+    let mut f = tcp_ack(Ipv4Addr::new(198, 18, 0, 1), 40000);
+    f[34..36].copy_from_slice(&443u16.to_be_bytes());
+    f
+}
+
+/// The flow the host opened that `tcp_reply` answers, as tc egress records it.
+fn reply_flow() -> (abi::FlowKey, abi::Flow) {
+    let key = abi::FlowKey {
+        local: Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped().octets(),
+        remote: Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped().octets(),
+        local_port_be: 40000u16.to_be_bytes(),
+        remote_port_be: 443u16.to_be_bytes(),
+        proto: 6,
+        family: 4,
+        _pad: 0,
+    };
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map(|t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0)
+    });
+    (
+        key,
+        abi::Flow {
+            expires_ns: now.unwrap_or(0) + 3_600_000_000_000,
+        },
+    )
+}
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    expect: u32,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "allowed service packet",
+            frame: tcp_ack(Ipv4Addr::new(203, 0, 113, 5), 443),
+            expect: 2,
+        },
+        Case {
+            name: "allowed service SYN",
+            frame: tcp_syn(Ipv4Addr::new(203, 0, 113, 5), 443),
+            expect: 2,
+        },
+        Case {
+            name: "denied /32",
+            frame: tcp_syn(Ipv4Addr::new(203, 0, 113, 66), 443),
+            expect: 1,
+        },
+        Case {
+            name: "default drop",
+            frame: tcp_syn(Ipv4Addr::new(203, 0, 113, 5), 8080),
+            expect: 1,
+        },
+        Case {
+            name: "established reply",
+            frame: tcp_reply(),
+            expect: 2,
+        },
+    ]
+}
+
+fn test_run(program: &Xdp, frame: &[u8]) -> Result<(u32, f64)> {
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: REPEAT,
+            ..TestRunOptions::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((result.return_value, result.duration.as_nanos() as f64))
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?;
+    Ok(program)
+}
+
+/// crmguard's program loaded against its own pinned maps holding `policy`.
+struct Crmguard {
+    dir: PathBuf,
+    ebpf: Ebpf,
+}
+
+/// Seconds spent loading a policy.
+#[derive(Debug, Clone, Copy)]
+struct LoadTimes {
+    config: f64,
+    apply: f64,
+}
+
+impl Crmguard {
+    fn load(work: &Path, tag: &str, hosts: u32, prefixes: u32) -> Result<(Crmguard, LoadTimes)> {
+        let dir = PathBuf::from(format!("/sys/fs/bpf/cgbench-{}-{tag}", std::process::id()));
+        let _ = crmguard_datapath::uninstall(&dir);
+        let (ebpf, mut maps) =
+            crmguard_datapath::load_for_test(&dir).context("loading crmguard's XDP program")?;
+        let deny_file = work.join(format!("deny-{tag}.txt"));
+        write_deny_file(&deny_file, hosts, prefixes)?;
+        let config_file = work.join(format!("bench-{tag}.toml"));
+        std::fs::write(&config_file, policy_toml(&deny_file))?;
+
+        let started = std::time::Instant::now();
+        let config =
+            crmguard_core::config::load(&config_file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let compiled = policy::compile(&config)?;
+        let config_s = started.elapsed().as_secs_f64();
+        let started = std::time::Instant::now();
+        maps.apply(&compiled, 1)?;
+        let apply_s = started.elapsed().as_secs_f64();
+        eprintln!(
+            "  {tag}: {hosts} addresses + {prefixes} prefixes: config read and compiled in {config_s:.2} s, swapped into the kernel in {apply_s:.2} s"
+        );
+
+        let flows = MapData::from_pin(dir.join("maps/cg_flows"))?;
+        let mut flows: HashMap<MapData, abi::FlowKey, abi::Flow> =
+            HashMap::try_from(Map::from_map_data(flows)?)?;
+        let (key, flow) = reply_flow();
+        flows.insert(key, flow, 0)?;
+        Ok((
+            Crmguard { dir, ebpf },
+            LoadTimes {
+                config: config_s,
+                apply: apply_s,
+            },
+        ))
+    }
+}
+
+impl Drop for Crmguard {
+    fn drop(&mut self) {
+        let _ = crmguard_datapath::uninstall(&self.dir);
+    }
+}
+
+/// xdp-filter (all features, deny mode) loaded in a private network namespace.
+struct XdpFilter {
+    netns: String,
+    prog_id: u32,
+}
+
+impl XdpFilter {
+    fn load(work: &Path) -> Result<Option<XdpFilter>> {
+        if Command::new("xdp-filter").arg("--help").output().is_err() {
+            eprintln!(
+                "  xdp-filter is not installed (apt-get install xdp-tools): its column stays empty"
+            );
+            return Ok(None);
+        }
+        let netns = format!("cgbench-{}", std::process::id());
+        let sh = |script: &str| -> Result<String> {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &netns, "sh", "-c", script])
+                .output()
+                .context("ip netns exec")?;
+            if !out.status.success() {
+                bail!(
+                    "`{script}` failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let status = Command::new("ip").args(["netns", "add", &netns]).status()?;
+        if !status.success() {
+            bail!("cannot create netns {netns}");
+        }
+        let mut filter = XdpFilter {
+            netns: netns.clone(),
+            prog_id: 0,
+        };
+        sh("ip link add xb0 type veth peer name xb1 && ip link set xb0 up && ip link set xb1 up")?;
+        // bpffs in that command's own mount namespace: xdp-filter pins there.
+        let ids = sh(&format!(
+            "mount -t bpf bpf /sys/fs/bpf && xdp-filter load -m skb -p deny xb0 >/dev/null && \
+             xdp-filter ip 203.0.113.66 >/dev/null && xdp-filter port 8080 >/dev/null && \
+             bpftool -j prog show > {0}/progs.json && cat {0}/progs.json",
+            work.display()
+        ))?;
+        let progs: serde_json::Value = serde_json::from_str(&ids).context("bpftool prog show")?;
+        let prog_id = progs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["type"] == "xdp" && p["name"].as_str().is_some_and(|n| n.starts_with("xdpfilt"))
+            })
+            .filter_map(|p| p["id"].as_u64())
+            .max()
+            .context("xdp-filter's program not found in bpftool's list")?;
+        filter.prog_id = u32::try_from(prog_id)?;
+        Ok(Some(filter))
+    }
+
+    fn run(&self, work: &Path, frame: &[u8]) -> Result<f64> {
+        let file = work.join("frame.bin");
+        std::fs::write(&file, frame)?;
+        let out = Command::new("bpftool")
+            .args(["prog", "run", "id", &self.prog_id.to_string(), "data_in"])
+            .arg(&file)
+            .args(["repeat", &REPEAT.to_string()])
+            .output()
+            .context("bpftool prog run")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ns = text
+            .split("duration (average):")
+            .nth(1)
+            .and_then(|rest| {
+                rest.trim()
+                    .strip_suffix("ns")
+                    .or_else(|| rest.split("ns").next())
+            })
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .with_context(|| format!("cannot read bpftool's duration from: {text}"))?;
+        Ok(ns)
+    }
+}
+
+impl Drop for XdpFilter {
+    fn drop(&mut self) {
+        // The namespace's mount of bpffs and xdp-filter's program go with it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// One row of the table: medians in ns.
+#[derive(Debug)]
+struct Row {
+    name: String,
+    crmguard: f64,
+    empty: f64,
+    xdp_filter: Option<f64>,
+    /// crmguard with 1,000,000 addresses and 100,000 prefixes denied.
+    large: f64,
+}
+
+pub fn run(out_dir: &Path) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the XDP bench loads BPF programs: run it as root (sudo -E cargo xtask bench xdp)");
+    }
+    std::fs::create_dir_all(out_dir)?;
+    let empty_src = out_dir.join("xdp_pass.c");
+    let empty_obj = out_dir.join("xdp_pass.o");
+    std::fs::write(&empty_src, EMPTY_PROGRAM)?;
+    let multiarch = Command::new("gcc").arg("-print-multiarch").output()?;
+    let multiarch = String::from_utf8_lossy(&multiarch.stdout).trim().to_owned();
+    let status = Command::new(std::env::var("CLANG").unwrap_or_else(|_| "clang".into()))
+        .args([
+            "-g",
+            "-O2",
+            "-target",
+            "bpf",
+            &format!("-I/usr/include/{multiarch}"),
+            "-c",
+        ])
+        .arg(&empty_src)
+        .arg("-o")
+        .arg(&empty_obj)
+        .status()
+        .context("clang")?;
+    if !status.success() {
+        bail!("clang failed to build the empty program");
+    }
+    let mut empty = EbpfLoader::new().load_file(&empty_obj)?;
+    xdp_program(&mut empty, "xdp_pass")?.load()?;
+
+    eprintln!("loading crmguard (1,000 and 1,100,000 deny entries) and xdp-filter ...");
+    let (mut small, _) = Crmguard::load(out_dir, "1k", 1_000, 0)?;
+    // CRMGUARD_BENCH_QUICK=1 skips the large deny set, for iterating on the
+    // program; the table then repeats the small one in that column.
+    let quick = std::env::var("CRMGUARD_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let (hosts, prefixes) = if quick {
+        (1_000, 0)
+    } else {
+        (1_000_000, 100_000)
+    };
+    let (mut large, large_times) = Crmguard::load(out_dir, "1m", hosts, prefixes)?;
+    let filter = XdpFilter::load(out_dir)?;
+
+    let mut rows = Vec::new();
+    for case in cases() {
+        let (mut ours, mut floor, mut theirs, mut big) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let (verdict, ns) = test_run(
+                xdp_program(&mut small.ebpf, crmguard_datapath::XDP_PROGRAM)?,
+                &case.frame,
+            )?;
+            if verdict != case.expect {
+                bail!(
+                    "{}: crmguard returned {verdict}, expected {}",
+                    case.name,
+                    case.expect
+                );
+            }
+            ours.push(ns);
+            floor.push(test_run(xdp_program(&mut empty, "xdp_pass")?, &case.frame)?.1);
+            if let Some(filter) = &filter {
+                theirs.push(filter.run(out_dir, &case.frame)?);
+            }
+            let (verdict, ns) = test_run(
+                xdp_program(&mut large.ebpf, crmguard_datapath::XDP_PROGRAM)?,
+                &case.frame,
+            )?;
+            if verdict != case.expect {
+                bail!(
+                    "{} (1M entries): crmguard returned {verdict}, expected {}",
+                    case.name,
+                    case.expect
+                );
+            }
+            big.push(ns);
+        }
+        rows.push(Row {
+            name: case.name.to_owned(),
+            crmguard: median(ours),
+            empty: median(floor),
+            xdp_filter: (!theirs.is_empty()).then(|| median(theirs)),
+            large: median(big),
+        });
+    }
+
+    println!();
+    println!("XDP per-packet cost (BPF_PROG_TEST_RUN, {REPEAT} repeats, median of {ROUNDS} alternating rounds)");
+    println!(
+        "{:<24} {:>9} {:>8} {:>11} {:>9} {:>8} {:>13} {:>11}",
+        "case",
+        "crmguard",
+        "empty",
+        "xdp-filter",
+        "1.1M deny",
+        "x empty",
+        "x xdp-filter",
+        "1.1M / 1k"
+    );
+    let mut json = Vec::new();
+    for row in &rows {
+        let vs_filter = row.xdp_filter.map(|f| row.crmguard / f);
+        println!(
+            "{:<24} {:>7.1}ns {:>6.1}ns {:>11} {:>7.1}ns {:>8.2} {:>13} {:>11.2}",
+            row.name,
+            row.crmguard,
+            row.empty,
+            row.xdp_filter.map_or("-".into(), |f| format!("{f:.1}ns")),
+            row.large,
+            row.crmguard / row.empty,
+            vs_filter.map_or("-".into(), |r| format!("{r:.2}")),
+            row.large / row.crmguard,
+        );
+        json.push(serde_json::json!({
+            "case": row.name,
+            "crmguard_ns": row.crmguard,
+            "empty_ns": row.empty,
+            "xdp_filter_ns": row.xdp_filter,
+            "ratio_vs_empty": row.crmguard / row.empty,
+            "ratio_vs_xdp_filter": vs_filter,
+            "large_deny_ns": row.large,
+            "ratio_large_vs_small": row.large / row.crmguard,
+        }));
+    }
+    println!(
+        "\n1,000,000 addresses + 100,000 prefixes: config read and compiled in {:.2} s, swapped into the kernel in {:.2} s",
+        large_times.config, large_times.apply
+    );
+    json.push(serde_json::json!({
+        "case": "load 1M addresses + 100k prefixes",
+        "config_seconds": large_times.config,
+        "apply_seconds": large_times.apply,
+    }));
+    let path = out_dir.join("xdp.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("\nwritten to {}", path.display());
+    drop(small);
+    drop(large);
+    Ok(())
+}

@@ -1,0 +1,644 @@
+//! Rust mirror of `ebpf/include/crmguard_abi.h`, the one contract between the
+//! XDP program and the agent.
+//!
+//! Every type here is `#[repr(C)]` with the size the header asserts; the
+//! compile-time asserts below fail the build if either side drifts, and the
+//! unit tests pin the byte layout. Fields ending in `_be` hold network byte
+//! order, exactly as in the header.
+#![allow(unsafe_code)]
+
+use std::fmt;
+
+/// The ABI version compiled into this agent (`CG_ABI_VERSION`).
+pub const ABI_VERSION: u32 = 2;
+
+/// What the program did with a packet (`enum cg_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Action {
+    Pass = 0,
+    Drop = 1,
+    WouldDrop = 2,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Pass, Action::Drop, Action::WouldDrop];
+
+    /// The `action` label value of metrics and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Drop => "drop",
+            Action::WouldDrop => "would_drop",
+        }
+    }
+}
+
+/// `CG_ACT_COUNT`.
+pub const ACTION_COUNT: u32 = 3;
+
+/// Why the program did it (`enum cg_reason`). Numbers are never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Reason {
+    Malformed = 1,
+    DeniedSource = 2,
+    Banned = 3,
+    DefaultDrop = 4,
+    RateLimited = 5,
+    SynFlood = 6,
+    WgMalformed = 7,
+    WgHandshakeRate = 8,
+    FragmentOrphan = 9,
+    Ipv6ExtHeader = 10,
+    IcmpRate = 11,
+    NonIp = 16,
+    Service = 17,
+    Icmp = 18,
+    Established = 19,
+    Wireguard = 20,
+    DefaultAllow = 21,
+    Fragment = 22,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 18] = [
+        Reason::Malformed,
+        Reason::DeniedSource,
+        Reason::Banned,
+        Reason::DefaultDrop,
+        Reason::RateLimited,
+        Reason::SynFlood,
+        Reason::WgMalformed,
+        Reason::WgHandshakeRate,
+        Reason::FragmentOrphan,
+        Reason::Ipv6ExtHeader,
+        Reason::IcmpRate,
+        Reason::NonIp,
+        Reason::Service,
+        Reason::Icmp,
+        Reason::Established,
+        Reason::Wireguard,
+        Reason::DefaultAllow,
+        Reason::Fragment,
+    ];
+
+    /// The `reason` label of metrics, logs and audit records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::DeniedSource => "denied_source",
+            Reason::Banned => "banned",
+            Reason::DefaultDrop => "default_drop",
+            Reason::RateLimited => "rate_limited",
+            Reason::SynFlood => "syn_flood",
+            Reason::WgMalformed => "wg_malformed",
+            Reason::WgHandshakeRate => "wg_handshake_rate",
+            Reason::FragmentOrphan => "fragment_orphan",
+            Reason::Ipv6ExtHeader => "ipv6_ext_header",
+            Reason::IcmpRate => "icmp_rate",
+            Reason::NonIp => "non_ip",
+            Reason::Service => "service",
+            Reason::Icmp => "icmp",
+            Reason::Established => "established",
+            Reason::Wireguard => "wireguard",
+            Reason::DefaultAllow => "default_allow",
+            Reason::Fragment => "fragment",
+        }
+    }
+
+    /// Pass reasons are numbered from `CG_R_NON_IP` up.
+    pub fn is_pass(self) -> bool {
+        self as u8 >= Reason::NonIp as u8
+    }
+
+    pub fn from_u32(value: u32) -> Option<Reason> {
+        Reason::ALL
+            .into_iter()
+            .find(|r| u32::from(*r as u8) == value)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `CG_REASON_SLOTS`.
+pub const REASON_SLOTS: u32 = 32;
+/// `CG_MAX_IFSLOTS`: interfaces one agent can attach to.
+pub const MAX_IFSLOTS: u32 = 16;
+/// `CG_STATS_ENTRIES`.
+pub const STATS_ENTRIES: u32 = MAX_IFSLOTS * ACTION_COUNT * REASON_SLOTS;
+
+/// `CG_STATS_INDEX(slot, action, reason)`.
+pub fn stats_index(slot: u32, action: Action, reason: Reason) -> u32 {
+    ((slot * ACTION_COUNT) + u32::from(action as u8)) * REASON_SLOTS + u32::from(reason as u8)
+}
+
+/// `enum cg_mode`.
+pub const MODE_ENFORCE: u8 = 0;
+pub const MODE_MONITOR: u8 = 1;
+
+/// `enum cg_icmp_policy`.
+pub const ICMP_ESSENTIAL: u8 = 0;
+pub const ICMP_ALL: u8 = 1;
+pub const ICMP_NONE: u8 = 2;
+
+/// `CG_CFG_ALLOW_ESTABLISHED`.
+pub const CFG_ALLOW_ESTABLISHED: u8 = 1 << 0;
+/// `CG_CFG_DENY4_PREFIXES`, `CG_CFG_DENY6_PREFIXES`: the slot's deny tries
+/// hold prefixes.
+pub const CFG_DENY4_PREFIXES: u8 = 1 << 1;
+pub const CFG_DENY6_PREFIXES: u8 = 1 << 2;
+
+/// `CG_SVC_FROM_ANY`.
+pub const SVC_FROM_ANY: u32 = 1 << 0;
+
+/// `CG_DENY_HOST_MAX`, `CG_DENY_PREFIX_MAX`, `CG_SVC_MAX`, `CG_SVC_FROM_MAX`.
+pub const DENY_HOST_MAX: u32 = 1 << 21;
+pub const DENY_PREFIX_MAX: u32 = 1 << 18;
+pub const SVC_MAX: u32 = 256;
+pub const SVC_FROM_MAX: u32 = 16384;
+
+/// `CG_POLICY_SLOTS`: policies alternate between these slots.
+pub const POLICY_SLOTS: u32 = 2;
+
+/// `struct cg_config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Config {
+    pub generation: u32,
+    pub mode: u8,
+    pub default_action: u8,
+    pub icmp: u8,
+    pub flags: u8,
+    pub wg_port_be: u16,
+    pub _pad: u16,
+    pub src_pps: u32,
+    pub src_burst: u32,
+    pub src_syn_per_s: u32,
+    pub syn_per_cpu_per_s: u32,
+    pub icmp_echo_pps: u32,
+    pub wg_handshake_pps: u32,
+    pub wg_handshake_burst: u32,
+    pub _pad2: u32,
+}
+
+/// `struct cg_stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Stats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `struct cg_addr6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct Addr6 {
+    pub addr: [u8; 16],
+}
+
+/// `struct cg_lpm4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct Lpm4 {
+    pub prefixlen: u32,
+    pub addr_be: [u8; 4],
+}
+
+/// `struct cg_lpm6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct Lpm6 {
+    pub prefixlen: u32,
+    pub addr: [u8; 16],
+}
+
+/// `struct cg_rule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct Rule {
+    pub rule_id: u32,
+}
+
+/// `struct cg_svc_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct SvcKey {
+    pub proto: u8,
+    pub _pad: u8,
+    pub port_be: [u8; 2],
+}
+
+/// `struct cg_svc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct Svc {
+    pub svc_id: u32,
+    pub flags: u32,
+    pub src_pps: u32,
+    pub syn_pps: u32,
+}
+
+/// `struct cg_svc_lpm4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct SvcLpm4 {
+    pub prefixlen: u32,
+    pub svc_id_be: [u8; 4],
+    pub addr_be: [u8; 4],
+}
+
+/// `struct cg_svc_lpm6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct SvcLpm6 {
+    pub prefixlen: u32,
+    pub svc_id_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// `struct cg_ban`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Ban {
+    /// CLOCK_MONOTONIC nanoseconds; 0 means never.
+    pub expires_ns: u64,
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// `struct cg_rl_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct RlKey {
+    pub addr: [u8; 16],
+    pub scope: u32,
+}
+
+/// `struct cg_rl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Rl {
+    pub tat_ns: u64,
+    pub rate: u32,
+    pub burst: u32,
+}
+
+/// `struct cg_frag_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u16,
+}
+
+/// `struct cg_frag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Frag {
+    pub expires_ns: u64,
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// `struct cg_flow_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct FlowKey {
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    pub local_port_be: [u8; 2],
+    pub remote_port_be: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u16,
+}
+
+/// `struct cg_flow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Flow {
+    pub expires_ns: u64,
+}
+
+/// `struct cg_event`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: [u8; 2],
+    pub dport_be: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub action: u8,
+    pub reason: u8,
+    pub ifslot: u32,
+    pub _pad: u32,
+}
+
+/// `enum cg_rl_kind`.
+pub const RL_SRC: u32 = 1;
+pub const RL_SVC: u32 = 2;
+pub const RL_SYN: u32 = 3;
+pub const RL_SVC_SYN: u32 = 4;
+pub const RL_ICMP: u32 = 5;
+pub const RL_WG: u32 = 6;
+
+/// `CG_RL_SCOPE(kind, svc_id)`.
+pub fn rl_scope(kind: u32, svc_id: u32) -> u32 {
+    (kind << 24) | (svc_id & 0x00ff_ffff)
+}
+
+/// `CG_BAN_*`: bits of `cg_ban_flags[0]`, which ban maps may hold entries.
+pub const BAN_HOSTS4: u32 = 1 << 0;
+pub const BAN_HOSTS6: u32 = 1 << 1;
+pub const BAN_PREFIXES4: u32 = 1 << 2;
+pub const BAN_PREFIXES6: u32 = 1 << 3;
+
+/// Capacities and timeouts of the state maps.
+pub const BAN_HOST_MAX: u32 = 1 << 18;
+pub const BAN_PREFIX_MAX: u32 = 1 << 14;
+pub const RL_MAX: u32 = 1 << 17;
+pub const FRAG_MAX: u32 = 1 << 14;
+pub const FLOW_MAX: u32 = 1 << 18;
+pub const EVENTS_BYTES: u32 = 1 << 20;
+pub const EVENTS_PER_CPU_PER_S: u32 = 200;
+pub const FLOW_TCP_TIMEOUT_S: u64 = 7200;
+pub const FLOW_UDP_TIMEOUT_S: u64 = 120;
+pub const FLOW_ICMP_TIMEOUT_S: u64 = 30;
+pub const FRAG_TIMEOUT_S: u64 = 10;
+
+const _: () = assert!(std::mem::size_of::<Config>() == 44);
+const _: () = assert!(std::mem::size_of::<Ban>() == 16);
+const _: () = assert!(std::mem::size_of::<RlKey>() == 20);
+const _: () = assert!(std::mem::size_of::<Rl>() == 16);
+const _: () = assert!(std::mem::size_of::<FragKey>() == 40);
+const _: () = assert!(std::mem::size_of::<Frag>() == 16);
+const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(std::mem::size_of::<Flow>() == 8);
+const _: () = assert!(std::mem::size_of::<Event>() == 56);
+const _: () = assert!(std::mem::size_of::<Stats>() == 16);
+const _: () = assert!(std::mem::size_of::<Addr6>() == 16);
+const _: () = assert!(std::mem::size_of::<Lpm4>() == 8);
+const _: () = assert!(std::mem::size_of::<Lpm6>() == 20);
+const _: () = assert!(std::mem::size_of::<Rule>() == 4);
+const _: () = assert!(std::mem::size_of::<SvcKey>() == 4);
+const _: () = assert!(std::mem::size_of::<Svc>() == 16);
+const _: () = assert!(std::mem::size_of::<SvcLpm4>() == 12);
+const _: () = assert!(std::mem::size_of::<SvcLpm6>() == 24);
+
+/// `aya::Pod` for the structs the datapath stores in maps, only when the `aya` feature is on
+/// (the datapath crate turns it on; the core builds without aya).
+#[cfg(feature = "aya")]
+mod pod {
+    use super::*;
+
+    // SAFETY: each type is #[repr(C)], made only of integers and byte arrays with
+    // no padding (the sizes above equal the sums of the fields), so every bit
+    // pattern is a valid value, as aya's `Pod` requires.
+    unsafe impl aya::Pod for Config {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Stats {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Addr6 {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Lpm4 {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Lpm6 {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Rule {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for SvcKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Svc {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for SvcLpm4 {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for SvcLpm6 {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Ban {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for RlKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Rl {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for FragKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Frag {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Flow {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Event {}
+}
+
+/// The header itself, so that tests can check the mirror against it.
+pub const HEADER: &str = include_str!("../../ebpf/include/crmguard_abi.h");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `#define NAME value` or `NAME = value,` from the header.
+    fn header_value(name: &str) -> u64 {
+        for line in HEADER.lines() {
+            let line = line.trim();
+            let value = if let Some(rest) = line.strip_prefix("#define ") {
+                rest.strip_prefix(name)
+                    .filter(|r| r.starts_with(' '))
+                    .map(|r| r.split("/*").next().unwrap_or("").trim())
+            } else {
+                line.strip_prefix(name)
+                    .and_then(|r| r.trim_start().strip_prefix('='))
+                    .map(|r| r.split(',').next().unwrap_or("").trim())
+            };
+            let Some(value) = value else { continue };
+            if let Ok(v) = value.parse::<u64>() {
+                return v;
+            }
+            if let Some(shift) = value
+                .strip_prefix("(1U << ")
+                .and_then(|v| v.strip_suffix(')'))
+            {
+                return 1u64 << shift.parse::<u64>().expect("shift");
+            }
+        }
+        panic!("{name} not found in crmguard_abi.h");
+    }
+
+    #[test]
+    fn sizes_match_header() {
+        let check = |name: &str, size: usize| {
+            assert_eq!(header_value(name), size as u64, "{name}");
+        };
+        check("CG_SIZEOF_CONFIG", std::mem::size_of::<Config>());
+        check("CG_SIZEOF_STATS", std::mem::size_of::<Stats>());
+        check("CG_SIZEOF_ADDR6", std::mem::size_of::<Addr6>());
+        check("CG_SIZEOF_LPM4", std::mem::size_of::<Lpm4>());
+        check("CG_SIZEOF_LPM6", std::mem::size_of::<Lpm6>());
+        check("CG_SIZEOF_RULE", std::mem::size_of::<Rule>());
+        check("CG_SIZEOF_SVC_KEY", std::mem::size_of::<SvcKey>());
+        check("CG_SIZEOF_SVC", std::mem::size_of::<Svc>());
+        check("CG_SIZEOF_SVC_LPM4", std::mem::size_of::<SvcLpm4>());
+        check("CG_SIZEOF_SVC_LPM6", std::mem::size_of::<SvcLpm6>());
+        check("CG_SIZEOF_BAN", std::mem::size_of::<Ban>());
+        check("CG_SIZEOF_RL_KEY", std::mem::size_of::<RlKey>());
+        check("CG_SIZEOF_RL", std::mem::size_of::<Rl>());
+        check("CG_SIZEOF_FRAG_KEY", std::mem::size_of::<FragKey>());
+        check("CG_SIZEOF_FRAG", std::mem::size_of::<Frag>());
+        check("CG_SIZEOF_FLOW_KEY", std::mem::size_of::<FlowKey>());
+        check("CG_SIZEOF_FLOW", std::mem::size_of::<Flow>());
+        check("CG_SIZEOF_EVENT", std::mem::size_of::<Event>());
+    }
+
+    #[test]
+    fn constants_match_header() {
+        assert_eq!(header_value("CG_ABI_VERSION"), u64::from(ABI_VERSION));
+        assert_eq!(header_value("CG_ACT_COUNT"), u64::from(ACTION_COUNT));
+        assert_eq!(header_value("CG_REASON_SLOTS"), u64::from(REASON_SLOTS));
+        assert_eq!(header_value("CG_MAX_IFSLOTS"), u64::from(MAX_IFSLOTS));
+        assert_eq!(header_value("CG_DENY_HOST_MAX"), u64::from(DENY_HOST_MAX));
+        assert_eq!(
+            header_value("CG_DENY_PREFIX_MAX"),
+            u64::from(DENY_PREFIX_MAX)
+        );
+        assert_eq!(header_value("CG_SVC_MAX"), u64::from(SVC_MAX));
+        assert_eq!(header_value("CG_SVC_FROM_MAX"), u64::from(SVC_FROM_MAX));
+        assert_eq!(header_value("CG_SVC_FROM_ANY"), u64::from(SVC_FROM_ANY));
+        assert_eq!(
+            header_value("CG_CFG_ALLOW_ESTABLISHED"),
+            u64::from(CFG_ALLOW_ESTABLISHED)
+        );
+        assert_eq!(header_value("CG_MODE_MONITOR"), u64::from(MODE_MONITOR));
+        assert_eq!(header_value("CG_ICMP_ALL"), u64::from(ICMP_ALL));
+        assert_eq!(header_value("CG_ICMP_NONE"), u64::from(ICMP_NONE));
+        assert_eq!(header_value("CG_POLICY_SLOTS"), u64::from(POLICY_SLOTS));
+        assert_eq!(header_value("CG_BAN_HOSTS4"), u64::from(BAN_HOSTS4));
+        assert_eq!(header_value("CG_BAN_HOSTS6"), u64::from(BAN_HOSTS6));
+        assert_eq!(header_value("CG_BAN_PREFIXES4"), u64::from(BAN_PREFIXES4));
+        assert_eq!(header_value("CG_BAN_PREFIXES6"), u64::from(BAN_PREFIXES6));
+        assert_eq!(header_value("CG_BAN_HOST_MAX"), u64::from(BAN_HOST_MAX));
+        assert_eq!(header_value("CG_BAN_PREFIX_MAX"), u64::from(BAN_PREFIX_MAX));
+        assert_eq!(header_value("CG_RL_MAX"), u64::from(RL_MAX));
+        assert_eq!(header_value("CG_FRAG_MAX"), u64::from(FRAG_MAX));
+        assert_eq!(header_value("CG_FLOW_MAX"), u64::from(FLOW_MAX));
+        assert_eq!(header_value("CG_EVENTS_BYTES"), u64::from(EVENTS_BYTES));
+        assert_eq!(
+            header_value("CG_EVENTS_PER_CPU_PER_S"),
+            u64::from(EVENTS_PER_CPU_PER_S)
+        );
+        assert_eq!(header_value("CG_FLOW_TCP_TIMEOUT_S"), FLOW_TCP_TIMEOUT_S);
+        assert_eq!(header_value("CG_FLOW_UDP_TIMEOUT_S"), FLOW_UDP_TIMEOUT_S);
+        assert_eq!(header_value("CG_FLOW_ICMP_TIMEOUT_S"), FLOW_ICMP_TIMEOUT_S);
+        assert_eq!(header_value("CG_FRAG_TIMEOUT_S"), FRAG_TIMEOUT_S);
+        for (name, kind) in [
+            ("CG_RL_SRC", RL_SRC),
+            ("CG_RL_SVC", RL_SVC),
+            ("CG_RL_SYN", RL_SYN),
+            ("CG_RL_SVC_SYN", RL_SVC_SYN),
+            ("CG_RL_ICMP", RL_ICMP),
+            ("CG_RL_WG", RL_WG),
+        ] {
+            assert_eq!(header_value(name), u64::from(kind), "{name}");
+        }
+    }
+
+    #[test]
+    fn deny_prefix_flags_match_header() {
+        assert_eq!(
+            header_value("CG_CFG_DENY4_PREFIXES"),
+            u64::from(CFG_DENY4_PREFIXES)
+        );
+        assert_eq!(
+            header_value("CG_CFG_DENY6_PREFIXES"),
+            u64::from(CFG_DENY6_PREFIXES)
+        );
+    }
+
+    #[test]
+    fn reasons_match_header() {
+        let c_names = [
+            ("CG_R_MALFORMED", Reason::Malformed),
+            ("CG_R_DENIED_SOURCE", Reason::DeniedSource),
+            ("CG_R_BANNED", Reason::Banned),
+            ("CG_R_DEFAULT_DROP", Reason::DefaultDrop),
+            ("CG_R_RATE_LIMITED", Reason::RateLimited),
+            ("CG_R_SYN_FLOOD", Reason::SynFlood),
+            ("CG_R_WG_MALFORMED", Reason::WgMalformed),
+            ("CG_R_WG_HANDSHAKE_RATE", Reason::WgHandshakeRate),
+            ("CG_R_FRAGMENT_ORPHAN", Reason::FragmentOrphan),
+            ("CG_R_IPV6_EXT_HEADER", Reason::Ipv6ExtHeader),
+            ("CG_R_ICMP_RATE", Reason::IcmpRate),
+            ("CG_R_NON_IP", Reason::NonIp),
+            ("CG_R_SERVICE", Reason::Service),
+            ("CG_R_ICMP", Reason::Icmp),
+            ("CG_R_ESTABLISHED", Reason::Established),
+            ("CG_R_WIREGUARD", Reason::Wireguard),
+            ("CG_R_DEFAULT_ALLOW", Reason::DefaultAllow),
+            ("CG_R_FRAGMENT", Reason::Fragment),
+        ];
+        assert_eq!(c_names.len(), Reason::ALL.len());
+        for (c_name, reason) in c_names {
+            assert_eq!(header_value(c_name), u64::from(reason as u8), "{c_name}");
+            assert_eq!(Reason::from_u32(u32::from(reason as u8)), Some(reason));
+        }
+        assert_eq!(header_value("CG_ACT_DROP"), u64::from(Action::Drop as u8));
+        assert_eq!(
+            header_value("CG_ACT_WOULD_DROP"),
+            u64::from(Action::WouldDrop as u8)
+        );
+    }
+
+    #[test]
+    fn stats_index_matches_macro() {
+        // CG_STATS_INDEX(slot, action, reason) from the header.
+        assert_eq!(stats_index(0, Action::Pass, Reason::NonIp), 16);
+        assert_eq!(stats_index(0, Action::Drop, Reason::Malformed), 33);
+        assert_eq!(stats_index(1, Action::Pass, Reason::Malformed), 97);
+        assert_eq!(
+            stats_index(MAX_IFSLOTS - 1, Action::WouldDrop, Reason::Fragment),
+            STATS_ENTRIES - REASON_SLOTS + 22
+        );
+    }
+
+    #[test]
+    fn layout_is_pinned() {
+        let cfg = Config {
+            generation: 0x0102_0304,
+            mode: MODE_MONITOR,
+            default_action: Action::Drop as u8,
+            icmp: ICMP_ALL,
+            flags: CFG_ALLOW_ESTABLISHED,
+            wg_port_be: 51820u16.to_be(),
+            src_pps: 7,
+            ..Config::default()
+        };
+        // SAFETY: Config is Pod (see the impl above) and 44 bytes long.
+        let bytes: [u8; 44] = unsafe { std::mem::transmute(cfg) };
+        assert_eq!(&bytes[12..16], &7u32.to_ne_bytes());
+        let gen = 0x0102_0304u32.to_ne_bytes();
+        assert_eq!(&bytes[0..4], &gen);
+        assert_eq!(&bytes[4..8], &[1, 1, 1, 1]);
+        assert_eq!(&bytes[8..10], &51820u16.to_be_bytes());
+
+        let key = SvcLpm4 {
+            prefixlen: 56,
+            svc_id_be: 7u32.to_be_bytes(),
+            addr_be: [192, 0, 2, 0],
+        };
+        // SAFETY: SvcLpm4 is Pod and 12 bytes long.
+        let bytes: [u8; 12] = unsafe { std::mem::transmute(key) };
+        assert_eq!(&bytes[4..12], &[0, 0, 0, 7, 192, 0, 2, 0]);
+    }
+}

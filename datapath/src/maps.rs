@@ -1,0 +1,568 @@
+//! The pinned maps of the XDP program, opened by path: swapping in a compiled
+//! policy, comparing the kernel with it, and reading the counters.
+//!
+//! A policy is applied as a new generation: fresh inner maps are created and
+//! filled (in batches), placed in the slot that is not in force, the slot's
+//! settings are written, and then `cg_active` is switched in one write. A
+//! packet reads the slot once, so it sees the old policy or the new one,
+//! never a mixture. The previous slot keeps its maps until the next apply
+//! replaces them or `release_inactive` drops them.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::LpmTrie;
+use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::Pod;
+
+use super::sys;
+use crmguard_core::abi::{self, Action, Reason};
+use crmguard_core::policy::CompiledPolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("cannot open pinned map {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot create a map for {map}")]
+    Create {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot fill a map for {map}")]
+    Fill {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot update map {map}")]
+    Update {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot read map {map}")]
+    Read {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot count CPUs")]
+    Cpus(#[source] std::io::Error),
+}
+
+/// Name, key size, value size and capacity of every pinned map, checked on
+/// adoption: the loader reuses a pinned map without comparing its definition.
+pub struct MapSpec {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+const fn spec<K, V>(name: &'static str, max_entries: u32) -> MapSpec {
+    MapSpec {
+        name,
+        key_size: std::mem::size_of::<K>() as u32,
+        value_size: std::mem::size_of::<V>() as u32,
+        max_entries,
+    }
+}
+
+pub const MAP_SPECS: &[MapSpec] = &[
+    spec::<u32, u32>("cg_active", 1),
+    spec::<u32, abi::Config>("cg_config", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_deny4", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_deny6", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_deny4_lpm", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_deny6_lpm", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_svc", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_svc_from4", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_svc_from6", abi::POLICY_SLOTS),
+    spec::<[u8; 4], abi::Ban>("cg_ban4", abi::BAN_HOST_MAX),
+    spec::<abi::Addr6, abi::Ban>("cg_ban6", abi::BAN_HOST_MAX),
+    spec::<abi::Lpm4, abi::Ban>("cg_ban4_lpm", abi::BAN_PREFIX_MAX),
+    spec::<abi::Lpm6, abi::Ban>("cg_ban6_lpm", abi::BAN_PREFIX_MAX),
+    spec::<u32, u32>("cg_ban_flags", 1),
+    spec::<abi::RlKey, abi::Rl>("cg_rl", abi::RL_MAX),
+    spec::<u32, abi::Rl>("cg_syn_budget", 1),
+    spec::<abi::FragKey, abi::Frag>("cg_frags", abi::FRAG_MAX),
+    spec::<abi::FlowKey, abi::Flow>("cg_flows", abi::FLOW_MAX),
+    spec::<u32, abi::Stats>("cg_stats", abi::STATS_ENTRIES),
+    spec::<u32, abi::Rl>("cg_event_budget", 1),
+];
+
+/// One kind of per-slot policy map: its outer map and the shape of its
+/// inner maps (which must equal the template in maps.h).
+struct Kind {
+    outer: &'static str,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+const fn kind<K, V>(outer: &'static str, map_type: u32, max_entries: u32, flags: u32) -> Kind {
+    Kind {
+        outer,
+        map_type,
+        key_size: std::mem::size_of::<K>() as u32,
+        value_size: std::mem::size_of::<V>() as u32,
+        max_entries,
+        flags,
+    }
+}
+
+const DENY4: Kind = kind::<[u8; 4], abi::Rule>(
+    "cg_deny4",
+    sys::BPF_MAP_TYPE_HASH,
+    abi::DENY_HOST_MAX,
+    sys::BPF_F_NO_PREALLOC,
+);
+const DENY6: Kind = kind::<[u8; 16], abi::Rule>(
+    "cg_deny6",
+    sys::BPF_MAP_TYPE_HASH,
+    abi::DENY_HOST_MAX,
+    sys::BPF_F_NO_PREALLOC,
+);
+const DENY4_LPM: Kind = kind::<abi::Lpm4, abi::Rule>(
+    "cg_deny4_lpm",
+    sys::BPF_MAP_TYPE_LPM_TRIE,
+    abi::DENY_PREFIX_MAX,
+    sys::BPF_F_NO_PREALLOC,
+);
+const DENY6_LPM: Kind = kind::<abi::Lpm6, abi::Rule>(
+    "cg_deny6_lpm",
+    sys::BPF_MAP_TYPE_LPM_TRIE,
+    abi::DENY_PREFIX_MAX,
+    sys::BPF_F_NO_PREALLOC,
+);
+const SVC: Kind = kind::<abi::SvcKey, abi::Svc>("cg_svc", sys::BPF_MAP_TYPE_HASH, abi::SVC_MAX, 0);
+const SVC_FROM4: Kind = kind::<abi::SvcLpm4, abi::Rule>(
+    "cg_svc_from4",
+    sys::BPF_MAP_TYPE_LPM_TRIE,
+    abi::SVC_FROM_MAX,
+    sys::BPF_F_NO_PREALLOC,
+);
+const SVC_FROM6: Kind = kind::<abi::SvcLpm6, abi::Rule>(
+    "cg_svc_from6",
+    sys::BPF_MAP_TYPE_LPM_TRIE,
+    abi::SVC_FROM_MAX,
+    sys::BPF_F_NO_PREALLOC,
+);
+
+const KINDS: [&Kind; 7] = [
+    &DENY4, &DENY6, &DENY4_LPM, &DENY6_LPM, &SVC, &SVC_FROM4, &SVC_FROM6,
+];
+
+/// The entries of one kind as raw key and value bytes, in key order.
+struct Entries {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+}
+
+/// Inner maps up to this capacity are refilled in place on a reload.
+const REUSE_MAX: u32 = 65_536;
+/// The smallest inner map created.
+const MIN_CAPACITY: u32 = 1024;
+
+fn fill(inner: &MapData, kind: &Kind, entries: &Entries) -> Result<(), MapsError> {
+    sys::update_all(
+        inner.fd().as_fd(),
+        usize::try_from(kind.key_size).unwrap_or(0),
+        &entries.keys,
+        usize::try_from(kind.value_size).unwrap_or(0),
+        &entries.values,
+    )
+    .map_err(|source| MapsError::Fill {
+        map: kind.outer,
+        source,
+    })
+}
+
+impl Entries {
+    fn of<K: Pod, V: Pod>(map: &BTreeMap<K, V>) -> Entries {
+        let mut keys = Vec::with_capacity(map.len() * std::mem::size_of::<K>());
+        let mut values = Vec::with_capacity(map.len() * std::mem::size_of::<V>());
+        for (k, v) in map {
+            keys.extend_from_slice(sys::bytes_of(k));
+            values.extend_from_slice(sys::bytes_of(v));
+        }
+        Entries { keys, values }
+    }
+
+    fn count(&self, kind: &Kind) -> u32 {
+        let ks = usize::try_from(kind.key_size).unwrap_or(1).max(1);
+        u32::try_from(self.keys.len() / ks).unwrap_or(u32::MAX)
+    }
+
+    /// As a sorted map of key bytes to value bytes, for comparison.
+    fn to_map(&self, kind: &Kind) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let ks = usize::try_from(kind.key_size).unwrap_or(1).max(1);
+        let vs = usize::try_from(kind.value_size).unwrap_or(1).max(1);
+        self.keys
+            .chunks(ks)
+            .map(<[u8]>::to_vec)
+            .zip(self.values.chunks(vs).map(<[u8]>::to_vec))
+            .collect()
+    }
+}
+
+fn entries(policy: &CompiledPolicy) -> [Entries; 7] {
+    [
+        Entries::of(&policy.deny4),
+        Entries::of(&policy.deny6),
+        Entries::of(&policy.deny4_lpm),
+        Entries::of(&policy.deny6_lpm),
+        Entries::of(&policy.services),
+        Entries::of(&policy.svc_from4),
+        Entries::of(&policy.svc_from6),
+    ]
+}
+
+/// How many entries differ between the kernel and a policy.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Divergence {
+    pub entries: u64,
+}
+
+/// Handles on the pinned maps.
+pub struct PolicyMaps {
+    active: Array<MapData, u32>,
+    config: Array<MapData, abi::Config>,
+    outer: Vec<ArrayOfMaps<MapData, MapData>>,
+    /// The same outer maps, for the commands aya does not offer.
+    outer_fds: Vec<MapData>,
+    stats: PerCpuArray<MapData, abi::Stats>,
+    cpus: u32,
+}
+
+fn open_map(dir: &Path, name: &'static str) -> Result<Map, MapsError> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    Map::from_map_data(data).map_err(|source| MapsError::Open { path, source })
+}
+
+fn open<T>(dir: &Path, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(open_map(dir, name)?).map_err(|source| MapsError::Open {
+        path: dir.join(name),
+        source,
+    })
+}
+
+impl PolicyMaps {
+    /// Opens every map pinned in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, MapsError> {
+        let mut outer = Vec::new();
+        let mut outer_fds = Vec::new();
+        for kind in KINDS {
+            outer.push(open(dir, kind.outer)?);
+            let path = dir.join(kind.outer);
+            outer_fds
+                .push(MapData::from_pin(&path).map_err(|source| MapsError::Open { path, source })?);
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
+        Ok(Self {
+            active: open(dir, "cg_active")?,
+            config: open(dir, "cg_config")?,
+            outer,
+            outer_fds,
+            stats: open(dir, "cg_stats")?,
+            cpus: u32::try_from(cpus).unwrap_or(1).max(1),
+        })
+    }
+
+    /// The slot in force.
+    pub fn active_slot(&self) -> Result<u32, MapsError> {
+        let slot = self.active.get(&0, 0).map_err(|source| MapsError::Read {
+            map: "cg_active",
+            source,
+        })?;
+        Ok(slot % abi::POLICY_SLOTS)
+    }
+
+    /// The settings the kernel enforces now.
+    pub fn current_config(&self) -> Result<abi::Config, MapsError> {
+        let slot = self.active_slot()?;
+        self.config.get(&slot, 0).map_err(|source| MapsError::Read {
+            map: "cg_config",
+            source,
+        })
+    }
+
+    /// The settings as written to the kernel for `policy` at `generation`.
+    fn kernel_config(&self, policy: &CompiledPolicy, generation: u32) -> abi::Config {
+        let per_cpu = if policy.global_syn_per_s == 0 {
+            0
+        } else {
+            (policy.global_syn_per_s / self.cpus).max(1)
+        };
+        abi::Config {
+            generation,
+            syn_per_cpu_per_s: per_cpu,
+            ..policy.config
+        }
+    }
+
+    /// Swaps `policy` in as `generation`: the slot not in force gets the
+    /// complete new policy, then one write of `cg_active` switches to it.
+    ///
+    /// Small maps of that slot are emptied and refilled in place. A map that
+    /// is too small, or large (where refilling in place costs more than a
+    /// fresh map), is replaced by a fresh one sized to the policy; replacing
+    /// an inner map makes the kernel wait for an RCU grace period, which is
+    /// why small reloads avoid it.
+    pub fn apply(&mut self, policy: &CompiledPolicy, generation: u32) -> Result<(), MapsError> {
+        let next = (self.active_slot()? + 1) % abi::POLICY_SLOTS;
+        for ((kind, entries), outer) in KINDS.iter().zip(entries(policy)).zip(self.outer.iter_mut())
+        {
+            let count = entries.count(kind);
+            let reusable = match outer.get(&next, 0) {
+                Ok(inner) => {
+                    let capacity = inner.info().map(|i| i.max_entries()).unwrap_or(0);
+                    (capacity >= count && capacity <= REUSE_MAX).then_some(inner)
+                }
+                Err(_) => None,
+            };
+            match reusable {
+                Some(inner) => {
+                    let present = read_raw(&inner, kind)?;
+                    for key in present.keys() {
+                        sys::delete_elem(inner.fd().as_fd(), key).map_err(|source| {
+                            MapsError::Fill {
+                                map: kind.outer,
+                                source,
+                            }
+                        })?;
+                    }
+                    fill(&inner, kind, &entries)?;
+                }
+                None => {
+                    let capacity = count
+                        .saturating_mul(2)
+                        .max(MIN_CAPACITY)
+                        .min(kind.max_entries);
+                    let inner = sys::map_create(
+                        kind.map_type,
+                        kind.key_size,
+                        kind.value_size,
+                        capacity,
+                        kind.flags,
+                        kind.outer,
+                    )
+                    .map_err(|source| MapsError::Create {
+                        map: kind.outer,
+                        source,
+                    })?;
+                    let inner = MapData::from_fd(inner).map_err(|source| MapsError::Update {
+                        map: kind.outer,
+                        source,
+                    })?;
+                    fill(&inner, kind, &entries)?;
+                    outer
+                        .set(next, &inner, 0)
+                        .map_err(|source| MapsError::Update {
+                            map: kind.outer,
+                            source,
+                        })?;
+                }
+            }
+        }
+        self.config
+            .set(next, self.kernel_config(policy, generation), 0)
+            .map_err(|source| MapsError::Update {
+                map: "cg_config",
+                source,
+            })?;
+        // The switch: from here on every packet sees the new policy.
+        self.active
+            .set(0, next, 0)
+            .map_err(|source| MapsError::Update {
+                map: "cg_active",
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Drops the large maps of the slot not in force, so that a big policy
+    /// is not kept twice. Called well after a swap, so that no packet that
+    /// read the old slot is still looking into it.
+    pub fn release_inactive(&mut self) -> Result<(), MapsError> {
+        let inactive = (self.active_slot()? + 1) % abi::POLICY_SLOTS;
+        for ((kind, outer), outer_fd) in KINDS
+            .iter()
+            .zip(self.outer.iter())
+            .zip(self.outer_fds.iter())
+        {
+            let Ok(inner) = outer.get(&inactive, 0) else {
+                continue;
+            };
+            if inner.info().map(|i| i.max_entries()).unwrap_or(0) <= REUSE_MAX {
+                continue;
+            }
+            match sys::delete_elem(outer_fd.fd().as_fd(), &inactive.to_ne_bytes()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => {
+                    return Err(MapsError::Fill {
+                        map: kind.outer,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts the entries in which the kernel's policy in force differs from
+    /// `policy` at `generation`, without changing anything.
+    pub fn divergence(
+        &self,
+        policy: &CompiledPolicy,
+        generation: u32,
+    ) -> Result<Divergence, MapsError> {
+        let slot = self.active_slot()?;
+        let mut differ = 0u64;
+        for ((kind, desired), outer) in KINDS.iter().zip(entries(policy)).zip(self.outer.iter()) {
+            let desired = desired.to_map(kind);
+            let present = match outer.get(&slot, 0) {
+                Ok(inner) => read_raw(&inner, kind)?,
+                Err(MapError::KeyNotFound) => BTreeMap::new(),
+                Err(source) => {
+                    return Err(MapsError::Read {
+                        map: kind.outer,
+                        source,
+                    })
+                }
+            };
+            differ += count_differences(&desired, &present);
+        }
+        if self.config.get(&slot, 0).ok() != Some(self.kernel_config(policy, generation)) {
+            differ += 1;
+        }
+        Ok(Divergence { entries: differ })
+    }
+
+    /// The packet and byte counters of one interface slot, summed over CPUs.
+    pub fn read_counters(&self, slot: u32) -> Result<Vec<(Action, Reason, abi::Stats)>, MapsError> {
+        let mut out = Vec::new();
+        for action in Action::ALL {
+            for reason in Reason::ALL {
+                let index = abi::stats_index(slot, action, reason);
+                let per_cpu = self
+                    .stats
+                    .get(&index, 0)
+                    .map_err(|source| MapsError::Read {
+                        map: "cg_stats",
+                        source,
+                    })?;
+                let mut total = abi::Stats::default();
+                for s in per_cpu.iter() {
+                    total.packets = total.packets.wrapping_add(s.packets);
+                    total.bytes = total.bytes.wrapping_add(s.bytes);
+                }
+                out.push((action, reason, total));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Zeroes the counters of a slot, for an interface newly given that slot.
+    pub fn clear_counters(&mut self, slot: u32) -> Result<(), MapsError> {
+        let cpus = usize::try_from(self.cpus).unwrap_or(1);
+        for action in Action::ALL {
+            for reason in Reason::ALL {
+                let index = abi::stats_index(slot, action, reason);
+                let zero = aya::maps::PerCpuValues::try_from(vec![abi::Stats::default(); cpus])
+                    .map_err(MapsError::Cpus)?;
+                self.stats
+                    .set(index, zero, 0)
+                    .map_err(|source| MapsError::Update {
+                        map: "cg_stats",
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn count_differences(
+    desired: &BTreeMap<Vec<u8>, Vec<u8>>,
+    present: &BTreeMap<Vec<u8>, Vec<u8>>,
+) -> u64 {
+    let missing_or_wrong = desired
+        .iter()
+        .filter(|(k, v)| present.get(*k) != Some(*v))
+        .count();
+    let extra = present.keys().filter(|k| !desired.contains_key(*k)).count();
+    u64::try_from(missing_or_wrong + extra).unwrap_or(u64::MAX)
+}
+
+/// Reads every entry of an inner map as raw bytes.
+fn read_raw(inner: &MapData, kind: &Kind) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MapsError> {
+    let read_err = |source| MapsError::Read {
+        map: kind.outer,
+        source,
+    };
+    // A second handle on the same map, which the typed readers consume.
+    let id = inner.info().map_err(read_err)?.id();
+    let map = Map::from_map_data(MapData::from_id(id).map_err(read_err)?).map_err(read_err)?;
+    let mut out = BTreeMap::new();
+    macro_rules! collect {
+        ($map:expr) => {
+            for entry in $map.iter() {
+                let (k, v) = entry.map_err(read_err)?;
+                out.insert(sys::bytes_of(&k).to_vec(), sys::bytes_of(&v).to_vec());
+            }
+        };
+    }
+    match (kind.key_size, kind.value_size, kind.map_type) {
+        (4, 4, sys::BPF_MAP_TYPE_HASH) => {
+            collect!(HashMap::<_, [u8; 4], [u8; 4]>::try_from(map).map_err(read_err)?)
+        }
+        (16, 4, sys::BPF_MAP_TYPE_HASH) => {
+            collect!(HashMap::<_, [u8; 16], [u8; 4]>::try_from(map).map_err(read_err)?)
+        }
+        (4, 16, sys::BPF_MAP_TYPE_HASH) => {
+            collect!(HashMap::<_, [u8; 4], [u8; 16]>::try_from(map).map_err(read_err)?)
+        }
+        (8, 4, sys::BPF_MAP_TYPE_LPM_TRIE) => collect_trie::<[u8; 4]>(map, kind, &mut out)?,
+        (20, 4, sys::BPF_MAP_TYPE_LPM_TRIE) => collect_trie::<[u8; 16]>(map, kind, &mut out)?,
+        (12, 4, sys::BPF_MAP_TYPE_LPM_TRIE) => collect_trie::<[u8; 8]>(map, kind, &mut out)?,
+        (24, 4, sys::BPF_MAP_TYPE_LPM_TRIE) => collect_trie::<[u8; 20]>(map, kind, &mut out)?,
+        _ => {}
+    }
+    Ok(out)
+}
+
+fn collect_trie<K: Pod>(
+    map: Map,
+    kind: &Kind,
+    out: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Result<(), MapsError> {
+    let read_err = |source| MapsError::Read {
+        map: kind.outer,
+        source,
+    };
+    let trie = LpmTrie::<_, K, [u8; 4]>::try_from(map).map_err(read_err)?;
+    for entry in trie.iter() {
+        let (k, v) = entry.map_err(read_err)?;
+        let mut key = k.prefix_len().to_ne_bytes().to_vec();
+        key.extend_from_slice(sys::bytes_of(&k.data()));
+        out.insert(key, v.to_vec());
+    }
+    Ok(())
+}

@@ -1,0 +1,1283 @@
+//! The WireGuard endpoint: one UDP socket, one TUN device and one boringtun `noise::Tunn` per
+//! peer, driven by three plain threads.
+//!
+//! - `vpn-rx` reads datagrams in batches (UDP GRO), finds the peer of each (by public key for a
+//!   handshake initiation, by session index for everything else), decrypts it under that peer's
+//!   lock, applies the source check and the identity ACL, and writes the admitted packets to the
+//!   TUN device in batches (coalesced by flow).
+//! - `vpn-tx` reads packets from the TUN device (super-packets split by segment), finds the
+//!   peer that owns each destination, encrypts under that peer's lock and sends runs of
+//!   equal-sized datagrams to one endpoint with one GSO send.
+//! - `vpn-timers` runs every peer's WireGuard timers (retransmitted and renewed handshakes,
+//!   keepalives, expiry) four times a second, resets the handshake load counter every second,
+//!   reads the local time for the ACL, and saves the peers' endpoints when they change.
+//!
+//! Shared state: the peer table (with the ACL) is an immutable snapshot that the control side
+//! replaces whole on reload; each thread keeps its own reference and looks at a generation
+//! counter once per batch. Each peer has its own mutex around its `Tunn`; no lock is shared by
+//! all peers on the data path.
+//!
+//! Handshake initiations go through an endpoint-wide check first: the MAC that proves the
+//! sender knows the gateway's public key, and under load (more than
+//! [`HANDSHAKES_BEFORE_COOKIES`] a second) a cookie reply to the datagram's real source address
+//! instead of the expensive Diffie-Hellman work, so a spoofed flood costs little.
+//!
+//! Roaming: a peer's endpoint is the source address of its last authenticated datagram; replies
+//! leave from the local address that datagram reached. Endpoints are saved in
+//! `state_dir/vpn-endpoints.json`, and a starting endpoint sends a handshake initiation to every
+//! remembered endpoint, so sessions come back within a round trip after a restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IoSliceMut;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::PublicKey;
+use ipnet::{Ipv4Net, Ipv6Net};
+use quinn_udp::RecvMeta;
+use tun_rs::GROTable;
+
+use super::state::{self, Remembered};
+use super::status::{
+    DropCounts, ExcludedPeer, HandshakeCounts, VpnPeerStatus, VpnStatus, CONNECTED_FOR_SECS,
+};
+use super::tun::{self, Tun};
+use super::uapi_server::UapiServer;
+use super::udp::{self, Target, Udp};
+use crmguard_core::acl::{Acl, AclMetrics, LocalTime, Reject, Verdict};
+use crmguard_core::config::{Config, Role};
+use crmguard_core::keys::{self, KeyError, KeyPair};
+use crmguard_core::peers::{self, Conflict, Entry, PeerInfo, Table};
+
+/// Handshake messages per second the endpoint handles before it answers new ones with cookie
+/// replies only.
+pub const HANDSHAKES_BEFORE_COOKIES: u64 = 500;
+
+/// How often the WireGuard timers run.
+const TIMER_TICK: Duration = Duration::from_millis(250);
+
+/// How long a thread waits for IO before it looks at its stop flag.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Datagram buffers per receive (quinn-udp's batch).
+const RX_BATCH: usize = 32;
+
+/// Bytes per receive buffer: room for a whole GRO batch.
+const RX_BUFFER: usize = 65_536;
+
+/// Bytes per packet buffer on the TUN read side (the MTU plus slack).
+const TUN_PACKET_BUFFER: usize = 4_096;
+
+/// Bytes of the decryption and encryption scratch buffers.
+const SCRATCH: usize = 65_536 + 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VpnError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("cannot listen on udp/{port}")]
+    Udp {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the TUN device {name}")]
+    Tun {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start a VPN thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What the endpoint needs from the configuration, beyond the peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The TUN device's name.
+    pub interface: String,
+    pub listen_port: u16,
+    pub address: Ipv4Net,
+    pub address6: Option<Ipv6Net>,
+    pub private_key_file: PathBuf,
+    /// `state_dir/vpn-endpoints.json`.
+    pub state_file: PathBuf,
+}
+
+impl Settings {
+    /// The settings of `config`, `None` without `[vpn]`.
+    pub fn of(config: &Config) -> Option<Settings> {
+        let vpn = config.vpn.as_ref()?;
+        Some(Settings {
+            interface: super::interface_name(),
+            listen_port: vpn.listen_port,
+            address: vpn.address,
+            address6: vpn.address6,
+            private_key_file: vpn.private_key_file.clone(),
+            state_file: config.agent.state_dir.join(state::FILE_NAME),
+        })
+    }
+}
+
+/// What a reload compares to decide whether the peer table must be rebuilt.
+#[derive(Debug, Clone, PartialEq)]
+struct Inputs {
+    peers: Vec<PeerInfo>,
+    excluded: Vec<(String, peers::Excluded)>,
+    roles: Vec<Role>,
+    config_peers: Vec<crmguard_core::config::Peer>,
+    mfa_portal_port: u16,
+}
+
+impl Inputs {
+    fn of(config: &Config, now: SystemTime) -> Inputs {
+        let (peers, excluded) = peers::admitted(config, now);
+        Inputs {
+            peers,
+            excluded,
+            roles: config.roles.clone(),
+            config_peers: config.peers.clone(),
+            mfa_portal_port: config.mfa.portal_port,
+        }
+    }
+}
+
+/// One peer's WireGuard state.
+pub struct PeerCell {
+    index: u32,
+    public_key: [u8; 32],
+    session: Mutex<Session>,
+    /// Whether the peer has an open MFA session (the ACL reads it on every packet).
+    mfa_open: AtomicBool,
+}
+
+struct Session {
+    tunn: Tunn,
+    endpoint: Option<Target>,
+    rx_bytes: u64,
+    tx_bytes: u64,
+    /// Decrypted packets the ACL let through: use of the tunnel, unlike keepalives and
+    /// handshakes (what keeps an MFA session from going idle).
+    inner_packets: u64,
+    last_handshake: Option<SystemTime>,
+    /// The endpoint or the handshake time changed since the state file was last written.
+    dirty: bool,
+}
+
+impl PeerCell {
+    fn lock(&self) -> MutexGuard<'_, Session> {
+        // A thread that panicked while holding the lock left a Tunn that is still memory-safe;
+        // the worst it can be is out of step, which the protocol recovers from.
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The peer table and the ACL that go with one configuration.
+struct Snapshot {
+    table: Table<Arc<PeerCell>>,
+    acl: Acl,
+}
+
+/// A value replaced whole by the control side and read by the data threads without a shared
+/// lock: each reader keeps its own `Arc` and compares the generation once per batch.
+struct Published<T> {
+    generation: AtomicU64,
+    current: Mutex<Arc<T>>,
+}
+
+impl<T> Published<T> {
+    fn new(value: T) -> Published<T> {
+        Published {
+            generation: AtomicU64::new(1),
+            current: Mutex::new(Arc::new(value)),
+        }
+    }
+
+    fn publish(&self, value: T) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::new(value);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn load(&self) -> (u64, Arc<T>) {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            self.generation.load(Ordering::Acquire),
+            Arc::clone(&current),
+        )
+    }
+}
+
+/// A reader's copy of a [`Published`] value.
+struct Cached<T> {
+    generation: u64,
+    value: Arc<T>,
+}
+
+impl<T> Cached<T> {
+    fn new(published: &Published<T>) -> Cached<T> {
+        let (generation, value) = published.load();
+        Cached { generation, value }
+    }
+
+    fn refresh(&mut self, published: &Published<T>) {
+        if published.generation.load(Ordering::Acquire) != self.generation {
+            let (generation, value) = published.load();
+            self.generation = generation;
+            self.value = value;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    handshakes_ok: AtomicU64,
+    handshakes_rejected: AtomicU64,
+    cookies: AtomicU64,
+    rate_limited: AtomicU64,
+    source_check: AtomicU64,
+    no_route: AtomicU64,
+    invalid: AtomicU64,
+}
+
+fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// State shared by the endpoint's threads.
+struct Shared {
+    stop: AtomicBool,
+    keys: KeyPair,
+    udp: Udp,
+    tun: Tun,
+    /// The endpoint-wide handshake check (MAC and load).
+    limiter: RateLimiter,
+    snapshot: Published<Snapshot>,
+    counters: Counters,
+    acl_metrics: AclMetrics,
+    /// The local time for the ACL, `weekday << 16 | minute_of_day`, refreshed every second.
+    local_time: AtomicU32,
+    state_file: PathBuf,
+}
+
+impl Shared {
+    fn local_time(&self) -> LocalTime {
+        let packed = self.local_time.load(Ordering::Relaxed);
+        LocalTime {
+            weekday: u8::try_from(packed >> 16).unwrap_or(0),
+            minute_of_day: u16::try_from(packed & 0xffff).unwrap_or(0),
+        }
+    }
+
+    fn refresh_local_time(&self) {
+        match LocalTime::now() {
+            Ok(now) => self.local_time.store(
+                (u32::from(now.weekday) << 16) | u32::from(now.minute_of_day),
+                Ordering::Relaxed,
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the local time; the ACL keeps the last one it had")
+            }
+        }
+    }
+
+    /// Sends and counts a datagram for a peer whose session is locked.
+    fn send_to_peer(&self, session: &mut Session, target: Target, datagram: &[u8]) {
+        session.tx_bytes += datagram.len() as u64;
+        if let Err(e) = self.udp.send(&target, datagram, None) {
+            tracing::debug!(error = %e, "sending a WireGuard datagram failed");
+        }
+    }
+}
+
+/// The running endpoint. Dropping it stops its threads, saves the peers' endpoints and removes
+/// the TUN device.
+pub struct Endpoint {
+    settings: Settings,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    uapi: Option<UapiServer>,
+    /// The cells by public key, so a reload keeps the sessions of the peers it keeps.
+    cells: HashMap<[u8; 32], Arc<PeerCell>>,
+    /// Where the peers cut by a reload (disabled, removed) were last seen, so that a peer
+    /// admitted again gets a handshake at once instead of waiting for its client's retry timer.
+    departed: HashMap<[u8; 32], Target>,
+    inputs: Option<Inputs>,
+    next_index: u32,
+}
+
+impl Endpoint {
+    /// Reads or creates the private key, opens the socket and the TUN device, admits the
+    /// configured peers, starts the threads and initiates handshakes to the peers whose
+    /// endpoints are remembered.
+    pub fn start(
+        settings: Settings,
+        config: &Config,
+        acl_metrics: AclMetrics,
+    ) -> Result<Endpoint, VpnError> {
+        let (keys, created) = keys::load_or_create(&settings.private_key_file)?;
+        if created {
+            tracing::info!(
+                path = %settings.private_key_file.display(),
+                public_key = %keys.public_base64(),
+                "created the WireGuard private key"
+            );
+        }
+        let udp = Udp::bind(settings.listen_port).map_err(|source| VpnError::Udp {
+            port: settings.listen_port,
+            source,
+        })?;
+        let tun = Tun::create(&settings.interface, settings.address, settings.address6).map_err(
+            |source| VpnError::Tun {
+                name: settings.interface.clone(),
+                source,
+            },
+        )?;
+        let limiter = RateLimiter::new(&keys.public, HANDSHAKES_BEFORE_COOKIES);
+        let acl = acl_for(config, &settings);
+        acl_metrics.prepare(&acl);
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            keys,
+            udp,
+            tun,
+            limiter,
+            snapshot: Published::new(Snapshot {
+                table: Table::default(),
+                acl,
+            }),
+            counters: Counters::default(),
+            acl_metrics,
+            local_time: AtomicU32::new(0),
+            state_file: settings.state_file.clone(),
+        });
+        shared.refresh_local_time();
+        let mut endpoint = Endpoint {
+            settings,
+            shared,
+            threads: Vec::new(),
+            uapi: None,
+            cells: HashMap::new(),
+            departed: HashMap::new(),
+            inputs: None,
+            next_index: first_index(),
+        };
+        endpoint.update(config);
+        endpoint.resume_remembered();
+        for (name, body) in [
+            ("vpn-rx", rx_thread as fn(Arc<Shared>)),
+            ("vpn-tx", tx_thread),
+            ("vpn-timers", timer_thread),
+        ] {
+            let shared = Arc::clone(&endpoint.shared);
+            let handle = std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || body(shared))
+                .map_err(VpnError::Thread)?;
+            endpoint.threads.push(handle);
+        }
+        let info = Arc::clone(&endpoint.shared);
+        endpoint.uapi = UapiServer::start(
+            &endpoint.settings.interface,
+            Box::new(move || device_info(&info)),
+        );
+        tracing::info!(
+            interface = %endpoint.settings.interface,
+            listen_port = endpoint.shared.udp.port(),
+            public_key = %endpoint.shared.keys.public_base64(),
+            peers = endpoint.cells.len(),
+            offload = endpoint.shared.tun.offload(),
+            gso_segments = endpoint.shared.udp.max_gso_segments(),
+            gro_segments = endpoint.shared.udp.gro_segments(),
+            "the WireGuard endpoint is up"
+        );
+        Ok(endpoint)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Brings the peers and the ACL in line with `config`: peers that stay keep their
+    /// sessions, new peers are admitted, removed, disabled and expired ones are cut at once.
+    /// Cheap when nothing changed, so it may run periodically (keys expire with time).
+    pub fn update(&mut self, config: &Config) {
+        let inputs = Inputs::of(config, SystemTime::now());
+        if self.inputs.as_ref() == Some(&inputs) {
+            return;
+        }
+        let mut entries = Vec::with_capacity(inputs.peers.len());
+        let mut cells = HashMap::with_capacity(inputs.peers.len());
+        let mut returning = Vec::new();
+        for info in &inputs.peers {
+            let cell = match self.cells.get(&info.public_key) {
+                Some(cell) => Arc::clone(cell),
+                None => {
+                    let index = self.allocate_index();
+                    let cell = Arc::new(PeerCell {
+                        index,
+                        public_key: info.public_key,
+                        session: Mutex::new(Session {
+                            tunn: Tunn::new(
+                                self.shared.keys.secret.clone(),
+                                PublicKey::from(info.public_key),
+                                None,
+                                None,
+                                index,
+                                None,
+                            ),
+                            endpoint: None,
+                            rx_bytes: 0,
+                            inner_packets: 0,
+                            tx_bytes: 0,
+                            last_handshake: None,
+                            dirty: false,
+                        }),
+                        mfa_open: AtomicBool::new(false),
+                    });
+                    if self.inputs.is_some() {
+                        tracing::info!(peer = %info.name, "VPN peer admitted");
+                    }
+                    if let Some(target) = self.departed.remove(&info.public_key) {
+                        returning.push((Arc::clone(&cell), target));
+                    }
+                    cell
+                }
+            };
+            cells.insert(info.public_key, Arc::clone(&cell));
+            entries.push(Entry {
+                info: info.clone(),
+                index: cell.index,
+                slot: cell,
+            });
+        }
+        let (table, conflicts) = Table::build(entries);
+        for conflict in conflicts {
+            match conflict {
+                Conflict::DuplicateKey { peer, first } => {
+                    tracing::error!(%peer, %first, "two VPN peers share a public key; the second is left out")
+                }
+                Conflict::DuplicateIndex { peer } => {
+                    tracing::error!(%peer, "internal: session index taken; the peer is left out")
+                }
+                Conflict::DuplicateAddress { peer, net } => {
+                    tracing::error!(%peer, %net, "two VPN peers share a tunnel address; the first keeps it")
+                }
+            }
+        }
+        if self.inputs.is_some() {
+            for (key, _) in self.cells.iter().filter(|(k, _)| !cells.contains_key(*k)) {
+                let name = self
+                    .inputs
+                    .iter()
+                    .flat_map(|i| i.peers.iter())
+                    .find(|p| p.public_key == *key)
+                    .map_or_else(|| keys::encode(key), |p| p.name.clone());
+                tracing::info!(peer = %name, "VPN peer removed; its session is cut");
+            }
+            for (key, cell) in self.cells.iter().filter(|(k, _)| !cells.contains_key(*k)) {
+                if let Some(target) = cell.lock().endpoint {
+                    self.departed.insert(*key, target);
+                }
+            }
+        }
+        for (name, why) in &inputs.excluded {
+            tracing::debug!(peer = %name, reason = why.as_str(), "VPN peer not admitted");
+        }
+        let acl = acl_for(config, &self.settings);
+        self.shared.acl_metrics.prepare(&acl);
+        self.shared.snapshot.publish(Snapshot { table, acl });
+        self.cells = cells;
+        self.inputs = Some(inputs);
+        // After the publish, so that the answers find their peer.
+        let mut buf = vec![0u8; 256];
+        for (cell, target) in returning {
+            self.initiate(&cell, target, &mut buf);
+        }
+    }
+
+    /// Starts a handshake to `target` for `cell`; false when the session had nothing to send.
+    fn initiate(&self, cell: &PeerCell, target: Target, buf: &mut [u8]) -> bool {
+        let mut session = cell.lock();
+        session.endpoint = Some(target);
+        if let TunnResult::WriteToNetwork(init) =
+            session.tunn.format_handshake_initiation(buf, false)
+        {
+            let len = init.len();
+            self.shared.send_to_peer(&mut session, target, &buf[..len]);
+            return true;
+        }
+        false
+    }
+
+    /// Opens or closes `peer`'s MFA session as the ACL sees it. False when no such peer is
+    /// admitted.
+    pub fn set_mfa_session(&self, peer: &str, open: bool) -> bool {
+        let (_, snapshot) = self.shared.snapshot.load();
+        let Some(entry) = snapshot
+            .table
+            .entries()
+            .iter()
+            .find(|e| e.info.name == peer)
+        else {
+            return false;
+        };
+        entry.slot.mfa_open.store(open, Ordering::Relaxed);
+        true
+    }
+
+    /// The endpoint's status.
+    pub fn status(&self) -> VpnStatus {
+        let (_, snapshot) = self.shared.snapshot.load();
+        let now = SystemTime::now();
+        let peers = snapshot
+            .table
+            .entries()
+            .iter()
+            .map(|entry| {
+                let session = entry.slot.lock();
+                let latest = session
+                    .last_handshake
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs());
+                let connected = session
+                    .last_handshake
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|age| age.as_secs() < CONNECTED_FOR_SECS);
+                VpnPeerStatus {
+                    name: entry.info.name.clone(),
+                    role: entry.info.role.clone(),
+                    public_key: keys::encode(&entry.info.public_key),
+                    address: entry.info.address.to_string(),
+                    address6: entry.info.address6.map(|a| a.to_string()),
+                    endpoint: session.endpoint.map(|t| t.remote.to_string()),
+                    latest_handshake: latest,
+                    rx_bytes: session.rx_bytes,
+                    tx_bytes: session.tx_bytes,
+                    inner_packets: session.inner_packets,
+                    connected,
+                    mfa_session: entry.slot.mfa_open.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        VpnStatus {
+            running: true,
+            error: None,
+            interface: self.settings.interface.clone(),
+            listen_port: self.shared.udp.port(),
+            public_key: Some(self.shared.keys.public_base64()),
+            offload: self.shared.tun.offload(),
+            peers,
+            excluded: self
+                .inputs
+                .iter()
+                .flat_map(|i| i.excluded.iter())
+                .map(|(name, why)| ExcludedPeer {
+                    name: name.clone(),
+                    reason: why.as_str().to_owned(),
+                })
+                .collect(),
+            handshakes: HandshakeCounts {
+                ok: get(&c.handshakes_ok),
+                rejected: get(&c.handshakes_rejected),
+                cookie: get(&c.cookies),
+                rate_limited: get(&c.rate_limited),
+            },
+            dropped: DropCounts {
+                source_check: get(&c.source_check),
+                no_route: get(&c.no_route),
+                invalid: get(&c.invalid),
+            },
+        }
+    }
+
+    /// A fresh 24-bit session index that no admitted peer uses.
+    fn allocate_index(&mut self) -> u32 {
+        loop {
+            let index = self.next_index & 0x00ff_ffff;
+            self.next_index = self.next_index.wrapping_add(1);
+            if !self.cells.values().any(|c| c.index == index) {
+                return index;
+            }
+        }
+    }
+
+    /// Restores the remembered endpoints and handshake times and starts a handshake to every
+    /// remembered endpoint.
+    fn resume_remembered(&self) {
+        let remembered = match state::load(&self.settings.state_file) {
+            Ok(map) => map,
+            Err(e) => {
+                tracing::warn!(path = %self.settings.state_file.display(), error = %e, "cannot read the remembered VPN endpoints; peers reconnect when they next send");
+                return;
+            }
+        };
+        let mut buf = vec![0u8; 256];
+        let mut initiated = 0;
+        for (key, entry) in &remembered {
+            let Some(cell) = self.cells.get(key) else {
+                continue;
+            };
+            let target = Target {
+                remote: entry.endpoint,
+                local: None,
+            };
+            cell.lock().last_handshake = entry
+                .last_handshake
+                .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+            if self.initiate(cell, target, &mut buf) {
+                initiated += 1;
+            }
+        }
+        if initiated > 0 {
+            tracing::info!(
+                peers = initiated,
+                "started handshakes to the remembered VPN endpoints"
+            );
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("a VPN thread panicked");
+            }
+        }
+        self.uapi = None;
+        save_endpoints(&self.shared, true);
+        tracing::info!(interface = %self.settings.interface, "the WireGuard endpoint stopped");
+    }
+}
+
+/// The ACL of `config` for the gateway's tunnel addresses.
+fn acl_for(config: &Config, settings: &Settings) -> Acl {
+    Acl::new(
+        config,
+        settings.address.addr(),
+        settings.address6.map(|a| a.addr()),
+        config.mfa.portal_port,
+    )
+}
+
+/// A random starting point for session indexes, so that a restarted agent does not mistake
+/// the data of its predecessor's sessions for its own.
+fn first_index() -> u32 {
+    keys::fresh_private_key()
+        .map(|b| u32::from_le_bytes([b[1], b[2], b[3], 0]))
+        .unwrap_or_else(|_| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(1)
+        })
+}
+
+/// The unix seconds of `t`.
+fn unix_secs(t: SystemTime) -> Option<u64> {
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+/// Writes the state file when a peer's endpoint or handshake changed (or always, with
+/// `force`).
+fn save_endpoints(shared: &Shared, force: bool) {
+    let (_, snapshot) = shared.snapshot.load();
+    let mut dirty = force;
+    let mut remembered = BTreeMap::new();
+    for entry in snapshot.table.entries() {
+        let mut session = entry.slot.lock();
+        dirty |= std::mem::take(&mut session.dirty);
+        if let Some(target) = session.endpoint {
+            remembered.insert(
+                entry.slot.public_key,
+                Remembered {
+                    endpoint: target.remote,
+                    last_handshake: session.last_handshake.and_then(unix_secs),
+                },
+            );
+        }
+    }
+    if !dirty {
+        return;
+    }
+    if let Err(e) = state::save(&shared.state_file, &remembered) {
+        tracing::warn!(path = %shared.state_file.display(), error = %e, "cannot save the VPN endpoints");
+    }
+}
+
+/// The answer to `wg show`: the device and its peers.
+fn device_info(shared: &Shared) -> super::uapi::DeviceInfo {
+    let (_, snapshot) = shared.snapshot.load();
+    let peers = snapshot
+        .table
+        .entries()
+        .iter()
+        .map(|entry| {
+            let session = entry.slot.lock();
+            super::uapi::PeerInfo {
+                public_key: entry.info.public_key,
+                preshared_key: None,
+                endpoint: session.endpoint.map(|t| t.remote),
+                allowed_ips: entry.info.allowed_ips(),
+                last_handshake: session.last_handshake,
+                rx_bytes: session.rx_bytes,
+                tx_bytes: session.tx_bytes,
+                persistent_keepalive: 0,
+            }
+        })
+        .collect();
+    super::uapi::DeviceInfo {
+        private_key: shared.keys.secret.to_bytes(),
+        listen_port: shared.udp.port(),
+        fwmark: None,
+        peers,
+    }
+}
+
+// ---- vpn-rx: UDP -> TUN ----------------------------------------------------------------------
+
+/// The receive side's buffers.
+struct RxBuffers {
+    /// Decrypted packets and handshake answers.
+    out: Vec<u8>,
+    /// Encrypted answers to denied packets.
+    reply: Vec<u8>,
+    /// Admitted packets waiting for the next TUN write.
+    queue: TunQueue,
+}
+
+/// Packets for the TUN device, each at `tun::WRITE_OFFSET` in its buffer, written in batches so
+/// that the segments of one flow are coalesced.
+struct TunQueue {
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+    gro: GROTable,
+}
+
+impl RxBuffers {
+    fn new() -> RxBuffers {
+        RxBuffers {
+            out: vec![0u8; SCRATCH],
+            reply: vec![0u8; SCRATCH],
+            queue: TunQueue {
+                bufs: (0..tun::IDEAL_BATCH_SIZE)
+                    .map(|_| Vec::with_capacity(RX_BUFFER + tun::WRITE_OFFSET))
+                    .collect(),
+                len: 0,
+                gro: GROTable::default(),
+            },
+        }
+    }
+}
+
+impl TunQueue {
+    fn push(&mut self, packet: &[u8]) {
+        let buf = &mut self.bufs[self.len];
+        buf.clear();
+        buf.resize(tun::WRITE_OFFSET, 0);
+        buf.extend_from_slice(packet);
+        self.len += 1;
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == self.bufs.len()
+    }
+
+    fn flush(&mut self, tun: &Tun) {
+        if self.len == 0 {
+            return;
+        }
+        if let Err(e) = tun.send(&mut self.gro, &mut self.bufs[..self.len]) {
+            tracing::debug!(error = %e, "writing to the TUN device failed");
+        }
+        self.len = 0;
+    }
+}
+
+fn rx_thread(shared: Arc<Shared>) {
+    let mut storage: [Vec<u8>; RX_BATCH] = std::array::from_fn(|_| vec![0u8; RX_BUFFER]);
+    let mut meta = [RecvMeta::default(); RX_BATCH];
+    let mut bufs = RxBuffers::new();
+    let mut snapshot = Cached::new(&shared.snapshot);
+    while !shared.stop.load(Ordering::Relaxed) {
+        match shared.udp.wait_readable(POLL) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "waiting on the WireGuard socket failed");
+                std::thread::sleep(POLL);
+                continue;
+            }
+        }
+        snapshot.refresh(&shared.snapshot);
+        // Drain what is there, a bounded number of batches before looking at the stop flag.
+        for _ in 0..64 {
+            let received = {
+                let mut iovs = storage.each_mut().map(|b| IoSliceMut::new(&mut b[..]));
+                shared.udp.recv(&mut iovs, &mut meta)
+            };
+            let n = match received {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "receiving from the WireGuard socket failed");
+                    break;
+                }
+            };
+            let local_time = shared.local_time();
+            for (m, buf) in meta.iter().zip(storage.iter()).take(n) {
+                let from = Target {
+                    remote: udp::canonical(m.addr),
+                    local: m.dst_ip.map(|ip| ip.to_canonical()),
+                };
+                let stride = if m.stride == 0 { m.len } else { m.stride };
+                for datagram in buf[..m.len].chunks(stride.max(1)) {
+                    handle_datagram(
+                        &shared,
+                        &snapshot.value,
+                        datagram,
+                        from,
+                        local_time,
+                        &mut bufs,
+                    );
+                    if bufs.queue.is_full() {
+                        bufs.queue.flush(&shared.tun);
+                    }
+                }
+            }
+            bufs.queue.flush(&shared.tun);
+        }
+    }
+}
+
+/// What a datagram's first bytes say it is.
+fn message_type(datagram: &[u8]) -> Option<u8> {
+    if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
+        return None;
+    }
+    Some(datagram[0])
+}
+
+fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    if let Some(s) = bytes.get(at..at + 4) {
+        b.copy_from_slice(s);
+    }
+    u32::from_le_bytes(b)
+}
+
+/// Finds the peer of a datagram. Handshake messages pass the endpoint-wide MAC and load check
+/// first; an initiation names its sender only inside its encrypted static key, which costs a
+/// Diffie-Hellman to read.
+fn find_peer<'t>(
+    shared: &Shared,
+    table: &'t Table<Arc<PeerCell>>,
+    kind: u8,
+    datagram: &[u8],
+    from: Target,
+    out: &mut [u8],
+) -> Option<&'t Entry<Arc<PeerCell>>> {
+    match (kind, datagram.len()) {
+        (1, 148) | (2, 92) => {
+            let packet = match shared
+                .limiter
+                .verify_packet(Some(from.remote.ip()), datagram, out)
+            {
+                Ok(packet) => packet,
+                Err(TunnResult::WriteToNetwork(cookie)) => {
+                    inc(&shared.counters.cookies);
+                    if let Err(e) = shared.udp.send(&from, cookie, None) {
+                        tracing::debug!(error = %e, "sending a cookie reply failed");
+                    }
+                    return None;
+                }
+                Err(TunnResult::Err(WireGuardError::UnderLoad)) => {
+                    inc(&shared.counters.rate_limited);
+                    return None;
+                }
+                Err(_) => {
+                    inc(&shared.counters.handshakes_rejected);
+                    return None;
+                }
+            };
+            let found = match packet {
+                Packet::HandshakeInit(init) => {
+                    parse_handshake_anon(&shared.keys.secret, &shared.keys.public, &init)
+                        .ok()
+                        .and_then(|half| table.by_key(&half.peer_static_public))
+                }
+                Packet::HandshakeResponse(response) => {
+                    table.by_receiver_index(response.receiver_idx)
+                }
+                _ => None,
+            };
+            if found.is_none() {
+                inc(&shared.counters.handshakes_rejected);
+            }
+            found
+        }
+        (3, 64) | (4, 32..) => {
+            let found = table.by_receiver_index(le_u32(datagram, 4));
+            if found.is_none() {
+                inc(&shared.counters.invalid);
+            }
+            found
+        }
+        _ => {
+            inc(&shared.counters.invalid);
+            None
+        }
+    }
+}
+
+fn handle_datagram(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    datagram: &[u8],
+    from: Target,
+    local_time: LocalTime,
+    bufs: &mut RxBuffers,
+) {
+    let Some(kind) = message_type(datagram) else {
+        inc(&shared.counters.invalid);
+        return;
+    };
+    let Some(entry) = find_peer(shared, &snapshot.table, kind, datagram, from, &mut bufs.out)
+    else {
+        return;
+    };
+    let cell = &entry.slot;
+    let mut session = cell.lock();
+    let mut authenticated = true;
+    match session
+        .tunn
+        .decapsulate(Some(from.remote.ip()), datagram, &mut bufs.out)
+    {
+        TunnResult::WriteToNetwork(answer) => {
+            let cookie = answer.len() == 64 && answer[0] == 3;
+            let len = answer.len();
+            if cookie {
+                authenticated = false;
+                inc(&shared.counters.cookies);
+            } else if kind == 1 || kind == 2 {
+                inc(&shared.counters.handshakes_ok);
+                session.last_handshake = Some(SystemTime::now());
+                session.dirty = true;
+            }
+            session.rx_bytes += datagram.len() as u64;
+            shared.send_to_peer(&mut session, from, &bufs.out[..len]);
+            if !cookie {
+                // Packets queued while there was no session go out now.
+                while let TunnResult::WriteToNetwork(packet) =
+                    session.tunn.decapsulate(None, &[], &mut bufs.out)
+                {
+                    let len = packet.len();
+                    shared.send_to_peer(&mut session, from, &bufs.out[..len]);
+                }
+            }
+        }
+        TunnResult::WriteToTunnelV4(packet, src) => {
+            let len = packet.len();
+            session.rx_bytes += datagram.len() as u64;
+            admit(
+                shared,
+                snapshot,
+                entry,
+                &mut session,
+                IpAddr::V4(src),
+                len,
+                from,
+                local_time,
+                bufs,
+            );
+        }
+        TunnResult::WriteToTunnelV6(packet, src) => {
+            let len = packet.len();
+            session.rx_bytes += datagram.len() as u64;
+            admit(
+                shared,
+                snapshot,
+                entry,
+                &mut session,
+                IpAddr::V6(src),
+                len,
+                from,
+                local_time,
+                bufs,
+            );
+        }
+        TunnResult::Done => {
+            // A keepalive, or a cookie reply to one of our initiations: nothing to deliver.
+            // A cookie reply says nothing about where the peer is now, so it moves nothing.
+            session.rx_bytes += datagram.len() as u64;
+            if kind == 3 {
+                authenticated = false;
+            }
+        }
+        TunnResult::Err(e) => {
+            authenticated = false;
+            if kind == 1 || kind == 2 {
+                inc(&shared.counters.handshakes_rejected);
+            } else {
+                inc(&shared.counters.invalid);
+            }
+            tracing::trace!(peer = %entry.info.name, error = ?e, "datagram refused");
+        }
+    }
+    if authenticated && session.endpoint != Some(from) {
+        if session.endpoint.map(|t| t.remote) != Some(from.remote) {
+            tracing::debug!(peer = %entry.info.name, "VPN peer endpoint changed");
+            session.dirty = true;
+        }
+        session.endpoint = Some(from);
+    }
+}
+
+/// The source check and the ACL for a decrypted packet now in `bufs.out[..len]`.
+#[allow(clippy::too_many_arguments)]
+fn admit(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    entry: &Entry<Arc<PeerCell>>,
+    session: &mut Session,
+    src: IpAddr,
+    len: usize,
+    from: Target,
+    local_time: LocalTime,
+    bufs: &mut RxBuffers,
+) {
+    if !snapshot.table.source_belongs_to(src, entry.index) {
+        inc(&shared.counters.source_check);
+        tracing::trace!(peer = %entry.info.name, %src, "inner source is not the peer's; dropped");
+        return;
+    }
+    let packet = &bufs.out[..len];
+    let verdict = snapshot.acl.decide(
+        &entry.info.name,
+        packet,
+        local_time,
+        entry.slot.mfa_open.load(Ordering::Relaxed),
+    );
+    match verdict {
+        Verdict::Allow { .. } => {
+            session.inner_packets += 1;
+            bufs.queue.push(packet);
+        }
+        Verdict::Deny { reject, .. } => {
+            shared.acl_metrics.count(&entry.info.name, src, &verdict);
+            let answer = match reject {
+                Some(Reject::TcpReset) => crmguard_core::acl::reject::tcp_reset(packet),
+                Some(Reject::IcmpAdminProhibited { source }) => {
+                    crmguard_core::acl::reject::icmp_admin_prohibited(packet, source)
+                }
+                None => None,
+            };
+            if let Some(answer) = answer {
+                if let TunnResult::WriteToNetwork(datagram) =
+                    session.tunn.encapsulate(&answer, &mut bufs.reply)
+                {
+                    let n = datagram.len();
+                    shared.send_to_peer(session, from, &bufs.reply[..n]);
+                }
+            }
+        }
+    }
+}
+
+// ---- vpn-tx: TUN -> UDP ----------------------------------------------------------------------
+
+/// Datagrams gathered for one GSO send: equal-sized (the last may be shorter), one target.
+/// The pending batch is `buf[start..end]`; the next datagram is encrypted at `end`.
+struct TxBatch {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    segment: usize,
+    count: usize,
+    target: Option<Target>,
+}
+
+impl TxBatch {
+    /// Sends the pending datagrams; what lies after `end` is left alone.
+    fn send_pending(&mut self, udp: &Udp) {
+        if let (true, Some(target)) = (self.count > 0, self.target) {
+            let segment = (self.count > 1).then_some(self.segment);
+            if let Err(e) = udp.send(&target, &self.buf[self.start..self.end], segment) {
+                tracing::debug!(error = %e, "sending to a VPN peer failed");
+            }
+        }
+        self.start = self.end;
+        self.count = 0;
+        self.segment = 0;
+        self.target = None;
+    }
+
+    /// Sends the pending datagrams and starts again at the front of the buffer.
+    fn flush(&mut self, udp: &Udp) {
+        self.send_pending(udp);
+        self.start = 0;
+        self.end = 0;
+    }
+}
+
+fn tx_thread(shared: Arc<Shared>) {
+    let mut scratch = vec![0u8; tun::VIRTIO_NET_HDR_LEN + 65_535];
+    let mut packets: Vec<Vec<u8>> = (0..tun::IDEAL_BATCH_SIZE)
+        .map(|_| vec![0u8; TUN_PACKET_BUFFER])
+        .collect();
+    let mut sizes = vec![0usize; tun::IDEAL_BATCH_SIZE];
+    let mut batch = TxBatch {
+        buf: vec![0u8; udp::MAX_GSO_BYTES + SCRATCH],
+        start: 0,
+        end: 0,
+        segment: 0,
+        count: 0,
+        target: None,
+    };
+    let mut snapshot = Cached::new(&shared.snapshot);
+    while !shared.stop.load(Ordering::Relaxed) {
+        match shared.tun.wait_readable(POLL) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "waiting on the TUN device failed");
+                std::thread::sleep(POLL);
+                continue;
+            }
+        }
+        snapshot.refresh(&shared.snapshot);
+        let table = &snapshot.value.table;
+        for _ in 0..64 {
+            let n = match shared.tun.recv(&mut scratch, &mut packets, &mut sizes) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the TUN device failed");
+                    break;
+                }
+            };
+            let max_segments = shared.udp.max_gso_segments().max(1);
+            // The lock of the peer of the previous packet, kept while packets go to it.
+            let mut held: Option<(u32, MutexGuard<'_, Session>)> = None;
+            for (packet, &size) in packets.iter().zip(sizes.iter()).take(n) {
+                let packet = &packet[..size];
+                let Some(dst) = Tunn::dst_address(packet) else {
+                    continue;
+                };
+                let Some(entry) = table.by_address(dst) else {
+                    // The kernel's own multicast (neighbour and router solicitations, MLD)
+                    // has nowhere to go and is not worth counting.
+                    if is_unicast(dst) {
+                        inc(&shared.counters.no_route);
+                    }
+                    continue;
+                };
+                if held.as_ref().map(|(i, _)| *i) != Some(entry.index) {
+                    drop(held.take());
+                    held = Some((entry.index, entry.slot.lock()));
+                }
+                let Some((_, session)) = held.as_mut() else {
+                    continue;
+                };
+                let Some(target) = session.endpoint else {
+                    // The peer has not reached the gateway yet: nowhere to send to.
+                    continue;
+                };
+                if batch.buf.len() - batch.end < packet.len() + 256 {
+                    batch.flush(&shared.udp);
+                }
+                let written = match session
+                    .tunn
+                    .encapsulate(packet, &mut batch.buf[batch.end..])
+                {
+                    TunnResult::WriteToNetwork(datagram) => datagram.len(),
+                    TunnResult::Err(e) => {
+                        tracing::trace!(peer = %entry.info.name, error = ?e, "cannot encrypt");
+                        continue;
+                    }
+                    _ => continue,
+                };
+                session.tx_bytes += written as u64;
+                // Data goes out in GSO batches; a handshake initiation (no session yet, the
+                // packet is queued inside the Tunn) goes alone.
+                let is_data = batch.buf[batch.end] == 4;
+                let joins = is_data
+                    && batch.target == Some(target)
+                    && batch.count < max_segments
+                    && written <= batch.segment
+                    && batch.end - batch.start + written <= udp::MAX_GSO_BYTES;
+                if !joins {
+                    batch.send_pending(&shared.udp);
+                    batch.segment = written;
+                    batch.target = Some(target);
+                }
+                batch.end += written;
+                batch.count += 1;
+                if !is_data || written < batch.segment {
+                    // A handshake message, or a short datagram, which must end a GSO batch.
+                    batch.send_pending(&shared.udp);
+                }
+            }
+            drop(held);
+            batch.flush(&shared.udp);
+        }
+    }
+}
+
+/// Whether `addr` names one host (not multicast, broadcast or IPv6 link-local).
+fn is_unicast(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => !(a.is_multicast() || a.is_broadcast()),
+        IpAddr::V6(a) => !(a.is_multicast() || a.is_unicast_link_local()),
+    }
+}
+
+// ---- vpn-timers ------------------------------------------------------------------------------
+
+fn timer_thread(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; SCRATCH];
+    let mut snapshot = Cached::new(&shared.snapshot);
+    let mut last_second = Instant::now();
+    let mut last_save = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(TIMER_TICK);
+        snapshot.refresh(&shared.snapshot);
+        for entry in snapshot.value.table.entries() {
+            let mut session = entry.slot.lock();
+            match session.tunn.update_timers(&mut buf) {
+                TunnResult::WriteToNetwork(datagram) => {
+                    let len = datagram.len();
+                    if let Some(target) = session.endpoint {
+                        shared.send_to_peer(&mut session, target, &buf[..len]);
+                    }
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
+                TunnResult::Err(e) => {
+                    tracing::trace!(peer = %entry.info.name, error = ?e, "timer");
+                }
+                _ => {}
+            }
+        }
+        if last_second.elapsed() >= Duration::from_secs(1) {
+            last_second = Instant::now();
+            shared.limiter.reset_count();
+            shared.refresh_local_time();
+        }
+        if last_save.elapsed() >= Duration::from_secs(1) {
+            last_save = Instant::now();
+            save_endpoints(&shared, false);
+        }
+    }
+}
