@@ -9,5 +9,6 @@
 pub mod access;
 pub mod control;
 pub mod daemon;
+pub mod http;
 pub mod metrics;
 pub mod portal;
