@@ -284,8 +284,12 @@ mod tests {
 
     /// The deadline covers the whole request: a client that sends its head a byte at a time,
     /// each byte well within the deadline, is still cut off when the deadline passes.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn one_deadline_for_the_whole_request() {
+        let limits = Limits {
+            deadline: Duration::from_millis(300),
+            ..LIMITS
+        };
         let (mut client, mut server) = tokio::io::duplex(64);
         let trickle = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
@@ -293,11 +297,17 @@ mod tests {
                 if client.write_all(&[*byte]).await.is_err() {
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        let read = read_request(&mut server, &LIMITS).await;
+        let started = std::time::Instant::now();
+        let read = read_request(&mut server, &limits).await;
         assert!(matches!(read, Err(ReadError::TimedOut(_))), "{read:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
         trickle.abort();
     }
 }

@@ -173,3 +173,116 @@ fn set_counter(counter: &IntCounter, count: u64) {
         counter.inc_by(count - current);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crmguard_vpn::status::{VpnPeerStatus, VpnStatus};
+
+    /// The `# HELP` and `# TYPE` lines of every family the daemon registers, as the alert
+    /// rules, the dashboard and the suite know them. A family that disappears or whose help
+    /// or type changes fails here. The kernel's `crmguard_xdp_*` and the ACL's
+    /// `crmguard_acl_denied_total`, which has no sample before a peer is denied, are checked by
+    /// the suite's `metrics::every_family_is_exported`.
+    const CONTRACT: [(&str, &str, &str); 16] = [
+        ("crmguard_audit_events_total", "counter", "Audit records written, by type"),
+        ("crmguard_audit_write_errors_total", "counter", "Audit records that could not be written"),
+        ("crmguard_bans_active", "gauge", "Bans in force (addresses and prefixes the XDP filter drops)"),
+        ("crmguard_bans_total", "counter", "Bans added since the agent started, by reason: manual or the detector's name"),
+        ("crmguard_build_info", "gauge", "crmguard build information (always 1)"),
+        ("crmguard_mfa_attempts_total", "counter", "MFA codes tried at the portal, by result"),
+        ("crmguard_policy_divergence_entries", "gauge", "Entries in which the kernel's policy differed from the configuration at the last check (repaired since)"),
+        ("crmguard_policy_generation", "gauge", "Generation of the policy the kernel enforces"),
+        ("crmguard_vpn_dropped_total", "counter", "Packets the VPN endpoint dropped: source_check (inner source not the sending peer's), no_route (to a tunnel address no peer owns), invalid (did not authenticate)"),
+        ("crmguard_vpn_handshakes_total", "counter", "WireGuard handshake messages by result: ok (completed), rejected, cookie (cookie reply sent under load), rate_limited"),
+        ("crmguard_vpn_key_expiry_seconds", "gauge", "Seconds until the peer's key reaches vpn.key_max_age and is refused (negative once refused)"),
+        ("crmguard_vpn_last_handshake_timestamp_seconds", "gauge", "Unix time of the peer's last completed handshake"),
+        ("crmguard_vpn_peers", "gauge", "VPN peers: configured (in the configuration), connected (handshake within 3 minutes), mfa_session (with an open MFA session)"),
+        ("crmguard_vpn_rx_bytes_total", "counter", "Bytes of WireGuard datagrams received from the peer"),
+        ("crmguard_vpn_tx_bytes_total", "counter", "Bytes of WireGuard datagrams sent to the peer"),
+        ("crmguard_vpn_up", "gauge", "1 when the VPN endpoint runs"),
+    ];
+
+    fn vpn(peers: &[(&str, Option<u64>, u64)]) -> VpnStatus {
+        VpnStatus {
+            running: true,
+            peers: peers
+                .iter()
+                .map(|(name, handshake, rx)| VpnPeerStatus {
+                    name: (*name).to_owned(),
+                    latest_handshake: *handshake,
+                    rx_bytes: *rx,
+                    ..VpnPeerStatus::default()
+                })
+                .collect(),
+            ..VpnStatus::default()
+        }
+    }
+
+    /// Every family, fed as the daemon feeds it.
+    fn fed() -> (Registry, DaemonMetrics) {
+        let registry = Registry::new();
+        let mut metrics = DaemonMetrics::register(&registry).expect("register");
+        metrics.ban_added("manual");
+        metrics.ban_added("auth_failures");
+        set_counter(&metrics.audit_events.with_label_values(&["agent_start"]), 1);
+        set_counter(&metrics.mfa_attempts.with_label_values(&["ok"]), 2);
+        metrics.key_expiry(&[("alice".to_owned(), -5)].into());
+        metrics
+            .vpn
+            .observe(Some(&vpn(&[("alice", Some(1_700_000_000), 10)])));
+        (registry, metrics)
+    }
+
+    #[test]
+    fn every_family_keeps_its_name_type_and_help() {
+        let (registry, _metrics) = fed();
+        let text = crate::metrics::render(&registry);
+        for (name, kind, help) in CONTRACT {
+            for line in [
+                format!("# HELP {name} {help}\n"),
+                format!("# TYPE {name} {kind}\n"),
+            ] {
+                assert!(text.contains(&line), "missing {line} in\n{text}");
+            }
+        }
+        for line in [
+            "crmguard_bans_total{reason=\"manual\"} 1",
+            "crmguard_bans_total{reason=\"auth_failures\"} 1",
+            "crmguard_audit_write_errors_total 0",
+            "crmguard_vpn_key_expiry_seconds{peer=\"alice\"} -5",
+            "crmguard_vpn_last_handshake_timestamp_seconds{peer=\"alice\"} 1700000000",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    /// Samples follow the state they mirror: a departed peer's go, a count that starts over
+    /// (a restarted endpoint) resets the counter, and without `[vpn]` there is no VPN family.
+    #[test]
+    fn samples_follow_the_state() {
+        let (registry, mut metrics) = fed();
+        metrics.key_expiry(&BTreeMap::new());
+        metrics.vpn.observe(Some(&vpn(&[("bob", None, 3)])));
+        let text = crate::metrics::render(&registry);
+        for gone in [
+            "peer=\"alice\"",
+            "crmguard_vpn_last_handshake_timestamp_seconds",
+        ] {
+            assert!(!text.contains(gone), "{gone} in\n{text}");
+        }
+        assert!(
+            text.contains("crmguard_vpn_rx_bytes_total{peer=\"bob\"} 3"),
+            "{text}"
+        );
+        metrics.vpn.observe(Some(&vpn(&[("bob", None, 1)])));
+        let text = crate::metrics::render(&registry);
+        assert!(
+            text.contains("crmguard_vpn_rx_bytes_total{peer=\"bob\"} 1"),
+            "{text}"
+        );
+        metrics.vpn.observe(None);
+        let text = crate::metrics::render(&registry);
+        assert!(!text.contains("crmguard_vpn_"), "{text}");
+    }
+}
