@@ -11,13 +11,13 @@
 //! file, then to the kernel. Ended bans are swept every second; the kernel's ban
 //! maps are compared with the list on the reconcile tick and repaired.
 
+mod metrics;
 mod peers;
 mod portal;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
@@ -30,7 +30,7 @@ use crate::control::{
     self, BanAdded, BanStatus, Command, CounterStatus, DropStatus, InterfaceStatus, Request,
     Response, Status,
 };
-use crate::metrics::{self, Metrics, MetricsError};
+use crate::metrics::MetricsError;
 use crmguard_core::audit::{self, Event, EventType, Outcome};
 use crmguard_core::bans::persist::{self, PersistError};
 use crmguard_core::bans::{Ban, BanStore, KernelKey, KernelValue, ManualBan, Safeguards};
@@ -39,6 +39,7 @@ use crmguard_core::policy::{self, CompiledPolicy, PolicyError};
 use crmguard_datapath::bans::{self as kernel_bans, KernelBans, KernelBansError};
 use crmguard_datapath::events::{DropEvent, EventReader, Recent};
 use crmguard_datapath::{Datapath, DatapathError, InterfaceRequest};
+use metrics::DaemonMetrics;
 
 /// Where the agent's configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +87,8 @@ pub enum DaemonError {
     KernelBans(#[from] KernelBansError),
     #[error("opening the XDP program's drop events")]
     EventMaps(#[from] crmguard_datapath::MapsError),
+    #[error(transparent)]
+    DatapathMetrics(#[from] crmguard_datapath::metrics::DatapathMetricsError),
 }
 
 /// Options of `crmguard run`.
@@ -133,7 +136,8 @@ struct Agent {
     config: Config,
     policy: CompiledPolicy,
     datapath: Datapath,
-    metrics: Arc<Metrics>,
+    /// The daemon's metrics, and the VPN's and the ACL's, which it feeds.
+    metrics: DaemonMetrics,
     bans: BanStore,
     kernel_bans: KernelBans,
     /// `state_dir/bans.json`.
@@ -598,14 +602,19 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     let (portal_tx, mut portal_rx) = mpsc::channel::<portal::PortalCommand>(64);
     let control_path = config.agent.control_socket.clone();
     tokio::spawn(control::serve(control_listener, tx.clone()));
-    let metrics_listener = metrics::bind(config.metrics.listen).await?;
-    let metrics = Arc::new(Metrics::new()?);
-    tokio::spawn(metrics::serve(
-        metrics_listener,
-        metrics.clone(),
-        tx.clone(),
-    ));
     drop(tx);
+    // One registry; each part registers the metrics it owns. Scrapes ask the main loop to
+    // refresh the daemon's metrics over a channel of their own, never the admin commands'.
+    let registry = prometheus::Registry::new();
+    crmguard_datapath::metrics::register(&registry, &config_maps_dir, datapath.attachments())?;
+    let metrics = DaemonMetrics::register(&registry).map_err(MetricsError::Register)?;
+    let (refresh_tx, mut refresh_rx) = mpsc::channel::<crate::metrics::Refresh>(1);
+    let metrics_listener = crate::metrics::bind(config.metrics.listen).await?;
+    tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        registry,
+        refresh_tx,
+    ));
     // After the datapath: XDP lets WireGuard through to the endpoint's port.
     let vpn = crmguard_vpn::Supervisor::start(&config, metrics.acl().clone());
 
@@ -659,6 +668,10 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
             _ = hup.recv() => { agent.handle(Request::Reload); }
             Some((request, reply)) = rx.recv() => {
                 let _ = reply.send(agent.handle(request));
+            }
+            Some(done) = refresh_rx.recv() => {
+                agent.refresh_metrics();
+                let _ = done.send(());
             }
             Some((request, reply)) = portal_rx.recv() => {
                 let answer = agent.access.portal(&request, &agent.config, &agent.vpn, &mut agent.audit);

@@ -3,11 +3,13 @@
 //! This crate puts the layers together. The decisions are the core's (`crmguard_core`), the
 //! kernel side is the datapath's (`crmguard_datapath`) and the tunnel is the VPN crate's
 //! (`crmguard_vpn`); here live the daemon that owns them (`daemon`), the control socket
-//! (`control`), Prometheus metrics (`metrics`), the MFA portal (`portal`), the daemon's MFA
-//! state (`access`) and, in the binary, the CLI.
+//! (`control`), the endpoint that serves the Prometheus registry (`metrics`), the MFA portal
+//! (`portal`), the one HTTP request reader of both (`http`), the daemon's MFA state (`access`)
+//! and, in the binary, the CLI.
 
 pub mod access;
 pub mod control;
 pub mod daemon;
+pub mod http;
 pub mod metrics;
 pub mod portal;

@@ -237,6 +237,11 @@ struct Limits {
     per_source: usize,
 }
 
+/// The largest request head (request line and headers) the portal reads.
+const MAX_HEAD: usize = 8 * 1024;
+/// The largest request body the portal reads; a code fits many times over.
+const MAX_BODY: usize = 1024;
+
 const LIMITS: Limits = Limits {
     io_timeout: Duration::from_secs(10),
     agent_timeout: Duration::from_secs(5),
@@ -323,16 +328,20 @@ async fn connection(
     requests: mpsc::Sender<PortalQuery>,
     limits: Limits,
 ) {
-    let read = tokio::time::timeout(limits.io_timeout, http::read_request(&mut stream)).await;
-    let response = match read {
-        Err(_elapsed) => {
+    let request_limits = crate::http::Limits {
+        max_head: MAX_HEAD,
+        max_body: MAX_BODY,
+        deadline: limits.io_timeout,
+    };
+    let response = match crate::http::read_request(&mut stream, &request_limits).await {
+        Err(ReadError::TimedOut(_)) => {
             tracing::debug!(%from, "MFA portal client too slow; connection closed");
             return;
         }
-        Ok(Err(ReadError::Closed | ReadError::Io(_))) => return,
+        Err(ReadError::Closed | ReadError::Io(_)) => return,
         // The head may not have been read, so there is no `Accept` to go by.
-        Ok(Err(e)) => answer::refusal(read_refusal(&e), Format::Json),
-        Ok(Ok(request)) => match stream.local_addr() {
+        Err(e) => answer::refusal(read_refusal(&e), Format::Json),
+        Ok(request) => match stream.local_addr() {
             Ok(local) => respond(&request, from, local, &requests, limits).await,
             Err(_) => return,
         },
@@ -356,10 +365,12 @@ async fn send(stream: &mut TcpStream, response: &Response) -> io::Result<()> {
 
 fn read_refusal(e: &ReadError) -> Refusal {
     match e {
-        ReadError::HeadTooLarge => Refusal::HeadTooLarge,
-        ReadError::BodyTooLarge => Refusal::BodyTooLarge,
+        ReadError::HeadTooLarge(_) => Refusal::HeadTooLarge,
+        ReadError::BodyTooLarge(_) => Refusal::BodyTooLarge,
         ReadError::Malformed(why) => Refusal::BadRequest(why),
-        ReadError::Closed | ReadError::Io(_) => Refusal::BadRequest("the request is incomplete"),
+        ReadError::Closed | ReadError::Io(_) | ReadError::TimedOut(_) => {
+            Refusal::BadRequest("the request is incomplete")
+        }
     }
 }
 

@@ -22,6 +22,7 @@ pub mod bans;
 pub mod bpffs;
 pub mod events;
 pub mod maps;
+pub mod metrics;
 pub mod sys;
 pub mod tc;
 

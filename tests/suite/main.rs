@@ -16,6 +16,7 @@ mod established;
 mod firewall;
 mod golden;
 mod limits;
+mod metrics;
 mod monitor;
 mod reconcile;
 mod scale;

@@ -1,10 +1,12 @@
 //! What `crmguard status` and `/metrics` show of the WireGuard endpoint.
 //!
 //! The endpoint fills a [`VpnStatus`] on request (the daemon adds it to its status), and
-//! [`metric_families`] turns it into the `crmguard_vpn_*` metrics. No metric label carries an
+//! [`VpnMetrics`] brings the `crmguard_vpn_*` metrics up to it. No metric label carries an
 //! address: peers are labelled by their configured name.
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use std::collections::BTreeSet;
+
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
 /// A peer counts as connected while its last handshake is younger than this: the lifetime
@@ -147,120 +149,159 @@ impl VpnStatus {
     }
 }
 
-fn label(name: &str, value: &str) -> LabelPair {
-    let mut pair = LabelPair::default();
-    pair.set_name(name.to_owned());
-    pair.set_value(value.to_owned());
-    pair
+/// The `crmguard_vpn_*` metrics. The endpoint keeps its counts; the daemon gives each
+/// status snapshot to [`VpnMetrics::observe`], which brings the metrics up to it.
+pub struct VpnMetrics {
+    peers: IntGaugeVec,
+    handshakes: IntCounterVec,
+    dropped: IntCounterVec,
+    rx_bytes: IntCounterVec,
+    tx_bytes: IntCounterVec,
+    last_handshake: IntGaugeVec,
+    /// Without labels, but a family of its own so that it is absent without `[vpn]`.
+    up: IntGaugeVec,
+    /// The peers labelled by the last observation, whose samples go when the peer goes.
+    labelled: BTreeSet<String>,
 }
 
-fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
-    let mut family = MetricFamily::default();
-    family.set_name(name.to_owned());
-    family.set_help(help.to_owned());
-    family.set_field_type(kind);
-    family
-}
-
-fn push_counter(family: &mut MetricFamily, labels: Vec<LabelPair>, value: u64) {
-    let mut counter = Counter::default();
-    // Prometheus values are floats; 2^53 is far away.
-    counter.set_value(value as f64);
-    let mut metric = Metric::default();
-    metric.set_label(labels);
-    metric.set_counter(counter);
-    family.mut_metric().push(metric);
-}
-
-fn push_gauge(family: &mut MetricFamily, labels: Vec<LabelPair>, value: f64) {
-    let mut gauge = Gauge::default();
-    gauge.set_value(value);
-    let mut metric = Metric::default();
-    metric.set_label(labels);
-    metric.set_gauge(gauge);
-    family.mut_metric().push(metric);
-}
-
-/// The `crmguard_vpn_*` families of one status.
-pub fn metric_families(vpn: &VpnStatus) -> Vec<MetricFamily> {
-    let mut peers = family(
-        "crmguard_vpn_peers",
-        "VPN peers: configured (in the configuration), connected (handshake within 3 minutes), mfa_session (with an open MFA session)",
-        MetricType::GAUGE,
-    );
-    let configured = vpn.peers.len() + vpn.excluded.len();
-    let connected = vpn.peers.iter().filter(|p| p.connected).count();
-    let mfa = vpn.peers.iter().filter(|p| p.mfa_session).count();
-    for (state, n) in [
-        ("configured", configured),
-        ("connected", connected),
-        ("mfa_session", mfa),
-    ] {
-        push_gauge(&mut peers, vec![label("state", state)], n as f64);
+impl VpnMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let gauge = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(gauge.clone()))?;
+                Ok(gauge)
+            };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(counter.clone()))?;
+                Ok(counter)
+            };
+        Ok(Self {
+            peers: gauge(
+                "crmguard_vpn_peers",
+                "VPN peers: configured (in the configuration), connected (handshake within 3 minutes), mfa_session (with an open MFA session)",
+                &["state"],
+            )?,
+            handshakes: counter(
+                "crmguard_vpn_handshakes_total",
+                "WireGuard handshake messages by result: ok (completed), rejected, cookie (cookie reply sent under load), rate_limited",
+                &["result"],
+            )?,
+            dropped: counter(
+                "crmguard_vpn_dropped_total",
+                "Packets the VPN endpoint dropped: source_check (inner source not the sending peer's), no_route (to a tunnel address no peer owns), invalid (did not authenticate)",
+                &["reason"],
+            )?,
+            rx_bytes: counter(
+                "crmguard_vpn_rx_bytes_total",
+                "Bytes of WireGuard datagrams received from the peer",
+                &["peer"],
+            )?,
+            tx_bytes: counter(
+                "crmguard_vpn_tx_bytes_total",
+                "Bytes of WireGuard datagrams sent to the peer",
+                &["peer"],
+            )?,
+            last_handshake: gauge(
+                "crmguard_vpn_last_handshake_timestamp_seconds",
+                "Unix time of the peer's last completed handshake",
+                &["peer"],
+            )?,
+            up: gauge("crmguard_vpn_up", "1 when the VPN endpoint runs", &[])?,
+            labelled: BTreeSet::new(),
+        })
     }
 
-    let mut handshakes = family(
-        "crmguard_vpn_handshakes_total",
-        "WireGuard handshake messages by result: ok (completed), rejected, cookie (cookie reply sent under load), rate_limited",
-        MetricType::COUNTER,
-    );
-    let h = vpn.handshakes;
-    for (result, n) in [
-        ("ok", h.ok),
-        ("rejected", h.rejected),
-        ("cookie", h.cookie),
-        ("rate_limited", h.rate_limited),
-    ] {
-        push_counter(&mut handshakes, vec![label("result", result)], n);
-    }
-
-    let mut dropped = family(
-        "crmguard_vpn_dropped_total",
-        "Packets the VPN endpoint dropped: source_check (inner source not the sending peer's), no_route (to a tunnel address no peer owns), invalid (did not authenticate)",
-        MetricType::COUNTER,
-    );
-    let d = vpn.dropped;
-    for (reason, n) in [
-        ("source_check", d.source_check),
-        ("no_route", d.no_route),
-        ("invalid", d.invalid),
-    ] {
-        push_counter(&mut dropped, vec![label("reason", reason)], n);
-    }
-
-    let mut rx = family(
-        "crmguard_vpn_rx_bytes_total",
-        "Bytes of WireGuard datagrams received from the peer",
-        MetricType::COUNTER,
-    );
-    let mut tx = family(
-        "crmguard_vpn_tx_bytes_total",
-        "Bytes of WireGuard datagrams sent to the peer",
-        MetricType::COUNTER,
-    );
-    let mut last = family(
-        "crmguard_vpn_last_handshake_timestamp_seconds",
-        "Unix time of the peer's last completed handshake",
-        MetricType::GAUGE,
-    );
-    for peer in &vpn.peers {
-        push_counter(&mut rx, vec![label("peer", &peer.name)], peer.rx_bytes);
-        push_counter(&mut tx, vec![label("peer", &peer.name)], peer.tx_bytes);
-        if let Some(at) = peer.latest_handshake {
-            push_gauge(&mut last, vec![label("peer", &peer.name)], at as f64);
+    /// Brings the metrics up to `vpn`, the endpoint's status; `None` when there is no
+    /// `[vpn]`, and then there are no `crmguard_vpn_*` metrics.
+    pub fn observe(&mut self, vpn: Option<&VpnStatus>) {
+        let Some(vpn) = vpn else {
+            for family in [&self.peers, &self.last_handshake, &self.up] {
+                family.reset();
+            }
+            for family in [
+                &self.handshakes,
+                &self.dropped,
+                &self.rx_bytes,
+                &self.tx_bytes,
+            ] {
+                family.reset();
+            }
+            self.labelled.clear();
+            return;
+        };
+        let configured = vpn.peers.len() + vpn.excluded.len();
+        let connected = vpn.peers.iter().filter(|p| p.connected).count();
+        let mfa = vpn.peers.iter().filter(|p| p.mfa_session).count();
+        for (state, n) in [
+            ("configured", configured),
+            ("connected", connected),
+            ("mfa_session", mfa),
+        ] {
+            self.peers
+                .with_label_values(&[state])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+        let h = vpn.handshakes;
+        for (result, n) in [
+            ("ok", h.ok),
+            ("rejected", h.rejected),
+            ("cookie", h.cookie),
+            ("rate_limited", h.rate_limited),
+        ] {
+            set_counter(&self.handshakes.with_label_values(&[result]), n);
+        }
+        let d = vpn.dropped;
+        for (reason, n) in [
+            ("source_check", d.source_check),
+            ("no_route", d.no_route),
+            ("invalid", d.invalid),
+        ] {
+            set_counter(&self.dropped.with_label_values(&[reason]), n);
+        }
+        let mut labelled = BTreeSet::new();
+        for peer in &vpn.peers {
+            let name = [peer.name.as_str()];
+            set_counter(&self.rx_bytes.with_label_values(&name), peer.rx_bytes);
+            set_counter(&self.tx_bytes.with_label_values(&name), peer.tx_bytes);
+            match peer.latest_handshake {
+                Some(at) => self
+                    .last_handshake
+                    .with_label_values(&name)
+                    .set(i64::try_from(at).unwrap_or(i64::MAX)),
+                None => {
+                    // Absent until the first handshake.
+                    let _ = self.last_handshake.remove_label_values(&name);
+                }
+            }
+            labelled.insert(peer.name.clone());
+        }
+        for gone in self.labelled.difference(&labelled) {
+            let name = [gone.as_str()];
+            // A peer that never handshook has no sample to remove.
+            let _ = self.rx_bytes.remove_label_values(&name);
+            let _ = self.tx_bytes.remove_label_values(&name);
+            let _ = self.last_handshake.remove_label_values(&name);
+        }
+        self.labelled = labelled;
+        self.up
+            .with_label_values::<&str>(&[])
+            .set(i64::from(vpn.running));
     }
-    let mut up = family(
-        "crmguard_vpn_up",
-        "1 when the VPN endpoint runs",
-        MetricType::GAUGE,
-    );
-    push_gauge(&mut up, Vec::new(), if vpn.running { 1.0 } else { 0.0 });
-    let mut out = vec![peers, handshakes, dropped, rx, tx, up];
-    if !last.get_metric().is_empty() {
-        out.push(last);
+}
+
+/// Sets a counter that mirrors a count kept elsewhere. A count lower than the counter means
+/// the count started over (the endpoint restarted), which Prometheus understands as a reset.
+fn set_counter(counter: &IntCounter, count: u64) {
+    let current = counter.get();
+    if count < current {
+        counter.reset();
+        counter.inc_by(count);
+    } else {
+        counter.inc_by(count - current);
     }
-    out
 }
 
 #[cfg(test)]
@@ -298,9 +339,12 @@ mod tests {
             },
             ..Default::default()
         };
+        let registry = Registry::new();
+        let mut metrics = VpnMetrics::register(&registry).expect("register");
+        metrics.observe(Some(&status));
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&metric_families(&status), &mut out)
+            .encode(&registry.gather(), &mut out)
             .expect("encode");
         let text = String::from_utf8(out).expect("utf8");
         for line in [

@@ -37,11 +37,11 @@ pub enum Refusal {
     NotFound,
     /// 405, with the `Allow` header.
     MethodNotAllowed { allow: &'static str },
-    /// 413: the body is larger than [`http::MAX_BODY`].
+    /// 413: the body is larger than [`MAX_BODY`](super::MAX_BODY).
     BodyTooLarge,
     /// 415: a code in anything but a form or JSON.
     UnsupportedMediaType,
-    /// 431: the head is larger than [`http::MAX_HEAD`].
+    /// 431: the head is larger than [`MAX_HEAD`](super::MAX_HEAD).
     HeadTooLarge,
     /// 503: the agent's main loop did not answer.
     AgentUnavailable,

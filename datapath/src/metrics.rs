@@ -1,0 +1,171 @@
+//! The datapath's Prometheus metrics: `crmguard_xdp_attached`, and the XDP program's packet
+//! and byte counters, `crmguard_xdp_packets_total` and `crmguard_xdp_bytes_total`.
+//!
+//! The counters live in the kernel, in the per-CPU array `cg_stats` pinned under the maps
+//! directory, and survive agent restarts. [`XdpCounters`] is a collector that reads them
+//! from the pinned map at each scrape, so a scrape reports what the kernel holds at that
+//! moment, with no copy in the agent to keep up to date and no trip through the daemon's main
+//! loop. No label carries an address.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use aya::maps::{MapData, PerCpuArray};
+use crmguard_core::abi::{self, Action, Reason};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::{Attachment, MapsError};
+
+/// The pinned map of the counters, as the XDP program names it.
+const STATS_MAP: &str = "cg_stats";
+
+/// Labels of the counters; the encoder writes them in name order.
+const COUNTER_LABELS: [&str; 3] = ["interface", "action", "reason"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathMetricsError {
+    #[error("opening the XDP program's counters")]
+    Open(#[from] MapsError),
+    #[error("registering the datapath's metrics")]
+    Register(#[from] prometheus::Error),
+}
+
+/// Registers the datapath's metrics for the interfaces in `attachments`, whose counters are
+/// in the maps pinned in `maps_dir`. The interfaces an agent filters are fixed when it
+/// starts, so they are given once.
+pub fn register(
+    registry: &Registry,
+    maps_dir: &Path,
+    attachments: &[Attachment],
+) -> Result<(), DatapathMetricsError> {
+    let attached = IntGaugeVec::new(
+        Opts::new(
+            "crmguard_xdp_attached",
+            "1 when the XDP filter is attached to the interface",
+        ),
+        &["interface", "mode"],
+    )?;
+    for attachment in attachments {
+        attached
+            .with_label_values(&[attachment.name.as_str(), attachment.mode.name()])
+            .set(1);
+    }
+    registry.register(Box::new(attached))?;
+    registry.register(Box::new(XdpCounters::open(maps_dir, attachments)?))?;
+    Ok(())
+}
+
+/// The collector of `crmguard_xdp_packets_total` and `crmguard_xdp_bytes_total`.
+pub struct XdpCounters {
+    stats: PerCpuArray<MapData, abi::Stats>,
+    /// The counter slot and name of each interface.
+    interfaces: Vec<(u32, String)>,
+    /// Refilled from the kernel at each scrape.
+    packets: IntCounterVec,
+    bytes: IntCounterVec,
+    /// One scrape at a time refills the families, so that two scrapes never mix.
+    collecting: Mutex<()>,
+}
+
+impl XdpCounters {
+    /// Opens `cg_stats` in `maps_dir` for the interfaces in `attachments`.
+    pub fn open(maps_dir: &Path, attachments: &[Attachment]) -> Result<Self, DatapathMetricsError> {
+        let path = maps_dir.join(STATS_MAP);
+        let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map_err(|source| MapsError::Open { path, source })?;
+        Ok(Self {
+            stats,
+            interfaces: attachments
+                .iter()
+                .map(|a| (a.slot, a.name.clone()))
+                .collect(),
+            packets: IntCounterVec::new(
+                Opts::new(
+                    "crmguard_xdp_packets_total",
+                    "Packets seen by the XDP filter, by interface, action and reason",
+                ),
+                &COUNTER_LABELS,
+            )?,
+            bytes: IntCounterVec::new(
+                Opts::new(
+                    "crmguard_xdp_bytes_total",
+                    "Bytes seen by the XDP filter, by interface, action and reason",
+                ),
+                &COUNTER_LABELS,
+            )?,
+            collecting: Mutex::new(()),
+        })
+    }
+
+    /// Counters of one interface slot, summed over CPUs.
+    fn read(&self, slot: u32) -> Result<Vec<(Action, Reason, abi::Stats)>, MapsError> {
+        let mut out = Vec::new();
+        for action in Action::ALL {
+            for reason in Reason::ALL {
+                let index = abi::stats_index(slot, action, reason);
+                let per_cpu = self
+                    .stats
+                    .get(&index, 0)
+                    .map_err(|source| MapsError::Read {
+                        map: STATS_MAP,
+                        source,
+                    })?;
+                let mut total = abi::Stats::default();
+                for s in per_cpu.iter() {
+                    total.packets = total.packets.wrapping_add(s.packets);
+                    total.bytes = total.bytes.wrapping_add(s.bytes);
+                }
+                out.push((action, reason, total));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Collector for XdpCounters {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut descs = self.packets.desc();
+        descs.extend(self.bytes.desc());
+        descs
+    }
+
+    /// Reads the kernel's counters. Counters that have not counted yet are left out, as
+    /// `crmguard status` leaves them out; an interface whose counters cannot be read is left
+    /// out of this scrape and logged.
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _one_at_a_time = self
+            .collecting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.packets.reset();
+        self.bytes.reset();
+        for (slot, interface) in &self.interfaces {
+            let counters = match self.read(*slot) {
+                Ok(counters) => counters,
+                Err(e) => {
+                    tracing::warn!(%interface, error = %crmguard_core::error_chain(&e), "cannot read the XDP counters");
+                    continue;
+                }
+            };
+            for (action, reason, stats) in counters {
+                if stats.packets == 0 {
+                    continue;
+                }
+                let labels = [interface.as_str(), action.name(), reason.name()];
+                self.packets
+                    .with_label_values(&labels)
+                    .inc_by(stats.packets);
+                self.bytes.with_label_values(&labels).inc_by(stats.bytes);
+            }
+        }
+        let mut families = self.packets.collect();
+        families.extend(self.bytes.collect());
+        families
+    }
+}
