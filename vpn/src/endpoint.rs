@@ -45,7 +45,7 @@ use super::status::{
     DropCounts, ExcludedPeer, HandshakeCounts, VpnPeerStatus, VpnStatus, CONNECTED_FOR_SECS,
 };
 use super::tun::{self, Tun};
-use super::tunnel::{Action, Core, Held, Now, PeerCell, Snapshot, Tx};
+use super::tunnel::{Action, Core, Held, Now, PeerCell, Scratch, Snapshot, Tx};
 use super::uapi_server::UapiServer;
 use super::udp::{self, Target, Udp};
 use crmguard_core::acl::{Acl, AclMetrics, LocalTime};
@@ -671,10 +671,8 @@ fn device_info(shared: &Shared) -> super::uapi::DeviceInfo {
 
 /// The receive side's buffers.
 struct RxBuffers {
-    /// Decrypted packets and handshake answers.
-    out: Vec<u8>,
-    /// Encrypted answers to denied packets.
-    reply: Vec<u8>,
+    /// The core's decryption and reply buffers.
+    scratch: Scratch,
     /// Admitted packets waiting for the next TUN write.
     queue: TunQueue,
 }
@@ -690,8 +688,7 @@ struct TunQueue {
 impl RxBuffers {
     fn new() -> RxBuffers {
         RxBuffers {
-            out: vec![0u8; SCRATCH],
-            reply: vec![0u8; SCRATCH],
+            scratch: Scratch::new(),
             queue: TunQueue {
                 bufs: (0..tun::IDEAL_BATCH_SIZE)
                     .map(|_| Vec::with_capacity(RX_BUFFER + tun::WRITE_OFFSET))
@@ -768,14 +765,13 @@ fn rx_thread(shared: Arc<Shared>) {
                 };
                 let stride = if m.stride == 0 { m.len } else { m.stride };
                 for datagram in buf[..m.len].chunks(stride.max(1)) {
-                    let RxBuffers { out, reply, queue } = &mut bufs;
+                    let RxBuffers { scratch, queue } = &mut bufs;
                     shared.core.datagram(
                         &snapshot.value,
                         datagram,
                         from,
                         now,
-                        out,
-                        reply,
+                        scratch,
                         &mut |action| match action {
                             Action::Deliver(packet) => queue.push(packet),
                             action => shared.carry_out(action),

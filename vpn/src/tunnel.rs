@@ -166,8 +166,11 @@ pub enum Discard {
     /// A handshake message under load without an address to send a cookie to.
     RateLimited,
     /// A data or cookie message for a session index no admitted peer owns (removed peers'
-    /// among them), or that its session could not decrypt.
+    /// among them).
     UnknownSession,
+    /// A data or cookie message that the peer's session could not authenticate: forged,
+    /// replayed, or for a session that has ended.
+    Unauthenticated,
     /// A decrypted packet whose inner source is not the sending peer's tunnel address.
     SourceCheck,
 }
@@ -180,6 +183,7 @@ impl Discard {
             Discard::HandshakeRejected => "handshake_rejected",
             Discard::RateLimited => "rate_limited",
             Discard::UnknownSession => "unknown_session",
+            Discard::Unauthenticated => "unauthenticated",
             Discard::SourceCheck => "source_check",
         }
     }
@@ -241,6 +245,33 @@ impl Held<'_> {
     }
 }
 
+/// Bytes of each receive scratch buffer: the largest datagram a GRO batch may hold, plus room
+/// for the encryption overhead.
+const SCRATCH: usize = 65_536 + 256;
+
+/// The receive side's buffers, allocated once per thread: `out` receives decrypted packets and
+/// handshake answers (what [`Action::Deliver`] and most [`Action::Send`]s borrow), `reply` the
+/// encrypted answers to denied packets.
+pub struct Scratch {
+    out: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            out: vec![0; SCRATCH],
+            reply: vec![0; SCRATCH],
+        }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch::new()
+    }
+}
+
 /// The endpoint-wide part of the tunnel: the gateway's keys, the handshake check and the
 /// counters. Everything per peer lives in the [`Snapshot`] passed to each call.
 pub struct Core {
@@ -275,19 +306,17 @@ impl Core {
         self.limiter.reset_count();
     }
 
-    /// Handles one datagram that arrived from `from`. `out` receives decrypted packets and
-    /// handshake answers, `reply` the encrypted answers to denied packets; both must hold a
-    /// datagram's worth plus 32 bytes.
+    /// Handles one datagram that arrived from `from`.
     pub fn datagram(
         &self,
         snapshot: &Snapshot,
         datagram: &[u8],
         from: Target,
         now: Now,
-        out: &mut [u8],
-        reply: &mut [u8],
+        scratch: &mut Scratch,
         act: &mut impl FnMut(Action<'_>),
     ) -> Rx {
+        let Scratch { out, reply } = scratch;
         let Some(kind) = message_type(datagram) else {
             inc(&self.counters.invalid);
             return Rx::Dropped(Discard::Malformed);
@@ -374,7 +403,7 @@ impl Core {
                         Discard::HandshakeRejected
                     } else {
                         inc(&self.counters.invalid);
-                        Discard::UnknownSession
+                        Discard::Unauthenticated
                     };
                     (Rx::Dropped(discard), false)
                 }

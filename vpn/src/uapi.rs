@@ -397,7 +397,7 @@ impl fmt::Debug for PeerInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
     fn key(first: u8) -> [u8; 32] {
         let mut key = [0u8; 32];
