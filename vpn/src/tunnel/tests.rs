@@ -591,3 +591,44 @@ fn multicast_from_the_host_has_no_route_and_is_not_counted() {
     let counters = gateway.core.counters();
     assert_eq!(counters.no_route.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn the_gateway_initiates_to_a_remembered_endpoint() {
+    let mut gateway = Gateway::new(HANDSHAKES_BEFORE_COOKIES);
+    let mut alice = Client::new(1, 100);
+    let home = outside(1, 40_001);
+    let target = Target {
+        remote: home,
+        local: None,
+    };
+    let mut did = Vec::new();
+    let mut buf = [0u8; 256];
+    let cell = Arc::clone(gateway.cell("alice"));
+    assert!(gateway
+        .core
+        .initiate(&cell, target, &mut buf, &mut |action| did
+            .push(owned(action))));
+    let [Did::Send(to, init)] = &did[..] else {
+        panic!("expected one initiation, got {did:?}");
+    };
+    assert_eq!((*to, init[0]), (home, 1));
+
+    // Alice's response finds the gateway's session by its index and completes it; the
+    // gateway confirms with a keepalive.
+    let Some(response) = alice.answer(init) else {
+        panic!("the client did not answer");
+    };
+    let (rx, did) = gateway.receive(&response, home);
+    assert_eq!(rx, Rx::Handshake);
+    let [Did::Send(to, keepalive)] = &did[..] else {
+        panic!("expected a keepalive, got {did:?}");
+    };
+    assert_eq!(*to, home);
+    assert_eq!(alice.answer(keepalive), None);
+    let packet = echo(ALICE, GATEWAY);
+    let datagram = alice.encrypt(&packet);
+    assert_eq!(
+        gateway.receive(&datagram, home),
+        (Rx::Delivered, vec![Did::Deliver(packet)])
+    );
+}
