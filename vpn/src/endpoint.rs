@@ -1,5 +1,6 @@
 //! The WireGuard endpoint: one UDP socket, one TUN device and one boringtun `noise::Tunn` per
-//! peer, driven by three plain threads.
+//! peer, driven by three plain threads. The threads do the IO; what happens to each datagram,
+//! packet and timer tick is decided by the sans-IO core in [`super::tunnel`].
 //!
 //! - `vpn-rx` reads datagrams in batches (UDP GRO), finds the peer of each (by public key for a
 //!   handshake initiation, by session index for everything else), decrypts it under that peer's
@@ -29,18 +30,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IoSliceMut;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use boringtun::noise::errors::WireGuardError;
-use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Packet, Tunn, TunnResult};
-use boringtun::x25519::PublicKey;
 use ipnet::{Ipv4Net, Ipv6Net};
 use quinn_udp::RecvMeta;
 use tun_rs::GROTable;
@@ -50,16 +45,15 @@ use super::status::{
     DropCounts, ExcludedPeer, HandshakeCounts, VpnPeerStatus, VpnStatus, CONNECTED_FOR_SECS,
 };
 use super::tun::{self, Tun};
+use super::tunnel::{Action, Core, Held, Now, PeerCell, Scratch, Snapshot, Tx};
 use super::uapi_server::UapiServer;
 use super::udp::{self, Target, Udp};
-use crmguard_core::acl::{Acl, AclMetrics, LocalTime, Reject, Verdict};
+use crmguard_core::acl::{Acl, AclMetrics, LocalTime};
 use crmguard_core::config::{Config, Role};
-use crmguard_core::keys::{self, KeyError, KeyPair};
+use crmguard_core::keys::{self, KeyError};
 use crmguard_core::peers::{self, Conflict, Entry, PeerInfo, Table};
 
-/// Handshake messages per second the endpoint handles before it answers new ones with cookie
-/// replies only.
-pub const HANDSHAKES_BEFORE_COOKIES: u64 = 500;
+pub use super::tunnel::HANDSHAKES_BEFORE_COOKIES;
 
 /// How often the WireGuard timers run.
 const TIMER_TICK: Duration = Duration::from_millis(250);
@@ -150,42 +144,6 @@ impl Inputs {
     }
 }
 
-/// One peer's WireGuard state.
-pub struct PeerCell {
-    index: u32,
-    public_key: [u8; 32],
-    session: Mutex<Session>,
-    /// Whether the peer has an open MFA session (the ACL reads it on every packet).
-    mfa_open: AtomicBool,
-}
-
-struct Session {
-    tunn: Tunn,
-    endpoint: Option<Target>,
-    rx_bytes: u64,
-    tx_bytes: u64,
-    /// Decrypted packets the ACL let through: use of the tunnel, unlike keepalives and
-    /// handshakes (what keeps an MFA session from going idle).
-    inner_packets: u64,
-    last_handshake: Option<SystemTime>,
-    /// The endpoint or the handshake time changed since the state file was last written.
-    dirty: bool,
-}
-
-impl PeerCell {
-    fn lock(&self) -> MutexGuard<'_, Session> {
-        // A thread that panicked while holding the lock left a Tunn that is still memory-safe;
-        // the worst it can be is out of step, which the protocol recovers from.
-        self.session.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The peer table and the ACL that go with one configuration.
-struct Snapshot {
-    table: Table<Arc<PeerCell>>,
-    acl: Acl,
-}
-
 /// A value replaced whole by the control side and read by the data threads without a shared
 /// lock: each reader keeps its own `Arc` and compares the generation once per batch.
 struct Published<T> {
@@ -237,31 +195,14 @@ impl<T> Cached<T> {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    handshakes_ok: AtomicU64,
-    handshakes_rejected: AtomicU64,
-    cookies: AtomicU64,
-    rate_limited: AtomicU64,
-    source_check: AtomicU64,
-    no_route: AtomicU64,
-    invalid: AtomicU64,
-}
-
-fn inc(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
 /// State shared by the endpoint's threads.
 struct Shared {
     stop: AtomicBool,
-    keys: KeyPair,
+    /// The per-packet logic, with the gateway's keys and the endpoint-wide counters.
+    core: Core,
     udp: Udp,
     tun: Tun,
-    /// The endpoint-wide handshake check (MAC and load).
-    limiter: RateLimiter,
     snapshot: Published<Snapshot>,
-    counters: Counters,
     acl_metrics: AclMetrics,
     /// The local time for the ACL, `weekday << 16 | minute_of_day`, refreshed every second.
     local_time: AtomicU32,
@@ -289,11 +230,17 @@ impl Shared {
         }
     }
 
-    /// Sends and counts a datagram for a peer whose session is locked.
-    fn send_to_peer(&self, session: &mut Session, target: Target, datagram: &[u8]) {
-        session.tx_bytes += datagram.len() as u64;
-        if let Err(e) = self.udp.send(&target, datagram, None) {
-            tracing::debug!(error = %e, "sending a WireGuard datagram failed");
+    /// Carries out what the core asks that needs no thread's own buffers: datagrams to send and
+    /// ACL denials to count. Packets for the TUN device are the receive thread's to queue.
+    fn carry_out(&self, action: Action<'_>) {
+        match action {
+            Action::Send { to, datagram } => {
+                if let Err(e) = self.udp.send(&to, datagram, None) {
+                    tracing::debug!(error = %e, "sending a WireGuard datagram failed");
+                }
+            }
+            Action::Denied { peer, src, verdict } => self.acl_metrics.count(peer, src, &verdict),
+            Action::Deliver(_) => {}
         }
     }
 }
@@ -341,20 +288,17 @@ impl Endpoint {
                 source,
             },
         )?;
-        let limiter = RateLimiter::new(&keys.public, HANDSHAKES_BEFORE_COOKIES);
         let acl = acl_for(config, &settings);
         acl_metrics.prepare(&acl);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            keys,
+            core: Core::new(keys, HANDSHAKES_BEFORE_COOKIES),
             udp,
             tun,
-            limiter,
             snapshot: Published::new(Snapshot {
                 table: Table::default(),
                 acl,
             }),
-            counters: Counters::default(),
             acl_metrics,
             local_time: AtomicU32::new(0),
             state_file: settings.state_file.clone(),
@@ -392,7 +336,7 @@ impl Endpoint {
         tracing::info!(
             interface = %endpoint.settings.interface,
             listen_port = endpoint.shared.udp.port(),
-            public_key = %endpoint.shared.keys.public_base64(),
+            public_key = %endpoint.shared.core.keys().public_base64(),
             peers = endpoint.cells.len(),
             offload = endpoint.shared.tun.offload(),
             gso_segments = endpoint.shared.udp.max_gso_segments(),
@@ -422,27 +366,11 @@ impl Endpoint {
                 Some(cell) => Arc::clone(cell),
                 None => {
                     let index = self.allocate_index();
-                    let cell = Arc::new(PeerCell {
+                    let cell = Arc::new(PeerCell::new(
+                        self.shared.core.keys(),
+                        info.public_key,
                         index,
-                        public_key: info.public_key,
-                        session: Mutex::new(Session {
-                            tunn: Tunn::new(
-                                self.shared.keys.secret.clone(),
-                                PublicKey::from(info.public_key),
-                                None,
-                                None,
-                                index,
-                                None,
-                            ),
-                            endpoint: None,
-                            rx_bytes: 0,
-                            inner_packets: 0,
-                            tx_bytes: 0,
-                            last_handshake: None,
-                            dirty: false,
-                        }),
-                        mfa_open: AtomicBool::new(false),
-                    });
+                    ));
                     if self.inputs.is_some() {
                         tracing::info!(peer = %info.name, "VPN peer admitted");
                     }
@@ -506,16 +434,9 @@ impl Endpoint {
 
     /// Starts a handshake to `target` for `cell`; false when the session had nothing to send.
     fn initiate(&self, cell: &PeerCell, target: Target, buf: &mut [u8]) -> bool {
-        let mut session = cell.lock();
-        session.endpoint = Some(target);
-        if let TunnResult::WriteToNetwork(init) =
-            session.tunn.format_handshake_initiation(buf, false)
-        {
-            let len = init.len();
-            self.shared.send_to_peer(&mut session, target, &buf[..len]);
-            return true;
-        }
-        false
+        self.shared.core.initiate(cell, target, buf, &mut |action| {
+            self.shared.carry_out(action)
+        })
     }
 
     /// Opens or closes `peer`'s MFA session as the ACL sees it. False when no such peer is
@@ -568,14 +489,14 @@ impl Endpoint {
                 }
             })
             .collect();
-        let c = &self.shared.counters;
+        let c = self.shared.core.counters();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         VpnStatus {
             running: true,
             error: None,
             interface: self.settings.interface.clone(),
             listen_port: self.shared.udp.port(),
-            public_key: Some(self.shared.keys.public_base64()),
+            public_key: Some(self.shared.core.keys().public_base64()),
             offload: self.shared.tun.offload(),
             peers,
             excluded: self
@@ -739,7 +660,7 @@ fn device_info(shared: &Shared) -> super::uapi::DeviceInfo {
         })
         .collect();
     super::uapi::DeviceInfo {
-        private_key: shared.keys.secret.to_bytes(),
+        private_key: shared.core.keys().secret.to_bytes(),
         listen_port: shared.udp.port(),
         fwmark: None,
         peers,
@@ -750,10 +671,8 @@ fn device_info(shared: &Shared) -> super::uapi::DeviceInfo {
 
 /// The receive side's buffers.
 struct RxBuffers {
-    /// Decrypted packets and handshake answers.
-    out: Vec<u8>,
-    /// Encrypted answers to denied packets.
-    reply: Vec<u8>,
+    /// The core's decryption and reply buffers.
+    scratch: Scratch,
     /// Admitted packets waiting for the next TUN write.
     queue: TunQueue,
 }
@@ -769,8 +688,7 @@ struct TunQueue {
 impl RxBuffers {
     fn new() -> RxBuffers {
         RxBuffers {
-            out: vec![0u8; SCRATCH],
-            reply: vec![0u8; SCRATCH],
+            scratch: Scratch::new(),
             queue: TunQueue {
                 bufs: (0..tun::IDEAL_BATCH_SIZE)
                     .map(|_| Vec::with_capacity(RX_BUFFER + tun::WRITE_OFFSET))
@@ -836,7 +754,10 @@ fn rx_thread(shared: Arc<Shared>) {
                     break;
                 }
             };
-            let local_time = shared.local_time();
+            let now = Now {
+                wall: SystemTime::now(),
+                local: shared.local_time(),
+            };
             for (m, buf) in meta.iter().zip(storage.iter()).take(n) {
                 let from = Target {
                     remote: udp::canonical(m.addr),
@@ -844,13 +765,17 @@ fn rx_thread(shared: Arc<Shared>) {
                 };
                 let stride = if m.stride == 0 { m.len } else { m.stride };
                 for datagram in buf[..m.len].chunks(stride.max(1)) {
-                    handle_datagram(
-                        &shared,
+                    let RxBuffers { scratch, queue } = &mut bufs;
+                    shared.core.datagram(
                         &snapshot.value,
                         datagram,
                         from,
-                        local_time,
-                        &mut bufs,
+                        now,
+                        scratch,
+                        &mut |action| match action {
+                            Action::Deliver(packet) => queue.push(packet),
+                            action => shared.carry_out(action),
+                        },
                     );
                     if bufs.queue.is_full() {
                         bufs.queue.flush(&shared.tun);
@@ -858,240 +783,6 @@ fn rx_thread(shared: Arc<Shared>) {
                 }
             }
             bufs.queue.flush(&shared.tun);
-        }
-    }
-}
-
-/// What a datagram's first bytes say it is.
-fn message_type(datagram: &[u8]) -> Option<u8> {
-    if datagram.len() < 4 || datagram[1..4] != [0, 0, 0] {
-        return None;
-    }
-    Some(datagram[0])
-}
-
-fn le_u32(bytes: &[u8], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    if let Some(s) = bytes.get(at..at + 4) {
-        b.copy_from_slice(s);
-    }
-    u32::from_le_bytes(b)
-}
-
-/// Finds the peer of a datagram. Handshake messages pass the endpoint-wide MAC and load check
-/// first; an initiation names its sender only inside its encrypted static key, which costs a
-/// Diffie-Hellman to read.
-fn find_peer<'t>(
-    shared: &Shared,
-    table: &'t Table<Arc<PeerCell>>,
-    kind: u8,
-    datagram: &[u8],
-    from: Target,
-    out: &mut [u8],
-) -> Option<&'t Entry<Arc<PeerCell>>> {
-    match (kind, datagram.len()) {
-        (1, 148) | (2, 92) => {
-            let packet = match shared
-                .limiter
-                .verify_packet(Some(from.remote.ip()), datagram, out)
-            {
-                Ok(packet) => packet,
-                Err(TunnResult::WriteToNetwork(cookie)) => {
-                    inc(&shared.counters.cookies);
-                    if let Err(e) = shared.udp.send(&from, cookie, None) {
-                        tracing::debug!(error = %e, "sending a cookie reply failed");
-                    }
-                    return None;
-                }
-                Err(TunnResult::Err(WireGuardError::UnderLoad)) => {
-                    inc(&shared.counters.rate_limited);
-                    return None;
-                }
-                Err(_) => {
-                    inc(&shared.counters.handshakes_rejected);
-                    return None;
-                }
-            };
-            let found = match packet {
-                Packet::HandshakeInit(init) => {
-                    parse_handshake_anon(&shared.keys.secret, &shared.keys.public, &init)
-                        .ok()
-                        .and_then(|half| table.by_key(&half.peer_static_public))
-                }
-                Packet::HandshakeResponse(response) => {
-                    table.by_receiver_index(response.receiver_idx)
-                }
-                _ => None,
-            };
-            if found.is_none() {
-                inc(&shared.counters.handshakes_rejected);
-            }
-            found
-        }
-        (3, 64) | (4, 32..) => {
-            let found = table.by_receiver_index(le_u32(datagram, 4));
-            if found.is_none() {
-                inc(&shared.counters.invalid);
-            }
-            found
-        }
-        _ => {
-            inc(&shared.counters.invalid);
-            None
-        }
-    }
-}
-
-fn handle_datagram(
-    shared: &Shared,
-    snapshot: &Snapshot,
-    datagram: &[u8],
-    from: Target,
-    local_time: LocalTime,
-    bufs: &mut RxBuffers,
-) {
-    let Some(kind) = message_type(datagram) else {
-        inc(&shared.counters.invalid);
-        return;
-    };
-    let Some(entry) = find_peer(shared, &snapshot.table, kind, datagram, from, &mut bufs.out)
-    else {
-        return;
-    };
-    let cell = &entry.slot;
-    let mut session = cell.lock();
-    let mut authenticated = true;
-    match session
-        .tunn
-        .decapsulate(Some(from.remote.ip()), datagram, &mut bufs.out)
-    {
-        TunnResult::WriteToNetwork(answer) => {
-            let cookie = answer.len() == 64 && answer[0] == 3;
-            let len = answer.len();
-            if cookie {
-                authenticated = false;
-                inc(&shared.counters.cookies);
-            } else if kind == 1 || kind == 2 {
-                inc(&shared.counters.handshakes_ok);
-                session.last_handshake = Some(SystemTime::now());
-                session.dirty = true;
-            }
-            session.rx_bytes += datagram.len() as u64;
-            shared.send_to_peer(&mut session, from, &bufs.out[..len]);
-            if !cookie {
-                // Packets queued while there was no session go out now.
-                while let TunnResult::WriteToNetwork(packet) =
-                    session.tunn.decapsulate(None, &[], &mut bufs.out)
-                {
-                    let len = packet.len();
-                    shared.send_to_peer(&mut session, from, &bufs.out[..len]);
-                }
-            }
-        }
-        TunnResult::WriteToTunnelV4(packet, src) => {
-            let len = packet.len();
-            session.rx_bytes += datagram.len() as u64;
-            admit(
-                shared,
-                snapshot,
-                entry,
-                &mut session,
-                IpAddr::V4(src),
-                len,
-                from,
-                local_time,
-                bufs,
-            );
-        }
-        TunnResult::WriteToTunnelV6(packet, src) => {
-            let len = packet.len();
-            session.rx_bytes += datagram.len() as u64;
-            admit(
-                shared,
-                snapshot,
-                entry,
-                &mut session,
-                IpAddr::V6(src),
-                len,
-                from,
-                local_time,
-                bufs,
-            );
-        }
-        TunnResult::Done => {
-            // A keepalive, or a cookie reply to one of our initiations: nothing to deliver.
-            // A cookie reply says nothing about where the peer is now, so it moves nothing.
-            session.rx_bytes += datagram.len() as u64;
-            if kind == 3 {
-                authenticated = false;
-            }
-        }
-        TunnResult::Err(e) => {
-            authenticated = false;
-            if kind == 1 || kind == 2 {
-                inc(&shared.counters.handshakes_rejected);
-            } else {
-                inc(&shared.counters.invalid);
-            }
-            tracing::trace!(peer = %entry.info.name, error = ?e, "datagram refused");
-        }
-    }
-    if authenticated && session.endpoint != Some(from) {
-        if session.endpoint.map(|t| t.remote) != Some(from.remote) {
-            tracing::debug!(peer = %entry.info.name, "VPN peer endpoint changed");
-            session.dirty = true;
-        }
-        session.endpoint = Some(from);
-    }
-}
-
-/// The source check and the ACL for a decrypted packet now in `bufs.out[..len]`.
-#[allow(clippy::too_many_arguments)]
-fn admit(
-    shared: &Shared,
-    snapshot: &Snapshot,
-    entry: &Entry<Arc<PeerCell>>,
-    session: &mut Session,
-    src: IpAddr,
-    len: usize,
-    from: Target,
-    local_time: LocalTime,
-    bufs: &mut RxBuffers,
-) {
-    if !snapshot.table.source_belongs_to(src, entry.index) {
-        inc(&shared.counters.source_check);
-        tracing::trace!(peer = %entry.info.name, %src, "inner source is not the peer's; dropped");
-        return;
-    }
-    let packet = &bufs.out[..len];
-    let verdict = snapshot.acl.decide(
-        &entry.info.name,
-        packet,
-        local_time,
-        entry.slot.mfa_open.load(Ordering::Relaxed),
-    );
-    match verdict {
-        Verdict::Allow { .. } => {
-            session.inner_packets += 1;
-            bufs.queue.push(packet);
-        }
-        Verdict::Deny { reject, .. } => {
-            shared.acl_metrics.count(&entry.info.name, src, &verdict);
-            let answer = match reject {
-                Some(Reject::TcpReset) => crmguard_core::acl::reject::tcp_reset(packet),
-                Some(Reject::IcmpAdminProhibited { source }) => {
-                    crmguard_core::acl::reject::icmp_admin_prohibited(packet, source)
-                }
-                None => None,
-            };
-            if let Some(answer) = answer {
-                if let TunnResult::WriteToNetwork(datagram) =
-                    session.tunn.encapsulate(&answer, &mut bufs.reply)
-                {
-                    let n = datagram.len();
-                    shared.send_to_peer(session, from, &bufs.reply[..n]);
-                }
-            }
         }
     }
 }
@@ -1170,49 +861,24 @@ fn tx_thread(shared: Arc<Shared>) {
             };
             let max_segments = shared.udp.max_gso_segments().max(1);
             // The lock of the peer of the previous packet, kept while packets go to it.
-            let mut held: Option<(u32, MutexGuard<'_, Session>)> = None;
+            let mut held = Held::default();
             for (packet, &size) in packets.iter().zip(sizes.iter()).take(n) {
                 let packet = &packet[..size];
-                let Some(dst) = Tunn::dst_address(packet) else {
-                    continue;
-                };
-                let Some(entry) = table.by_address(dst) else {
-                    // The kernel's own multicast (neighbour and router solicitations, MLD)
-                    // has nowhere to go and is not worth counting.
-                    if is_unicast(dst) {
-                        inc(&shared.counters.no_route);
-                    }
-                    continue;
-                };
-                if held.as_ref().map(|(i, _)| *i) != Some(entry.index) {
-                    drop(held.take());
-                    held = Some((entry.index, entry.slot.lock()));
-                }
-                let Some((_, session)) = held.as_mut() else {
-                    continue;
-                };
-                let Some(target) = session.endpoint else {
-                    // The peer has not reached the gateway yet: nowhere to send to.
-                    continue;
-                };
                 if batch.buf.len() - batch.end < packet.len() + 256 {
                     batch.flush(&shared.udp);
                 }
-                let written = match session
-                    .tunn
-                    .encapsulate(packet, &mut batch.buf[batch.end..])
-                {
-                    TunnResult::WriteToNetwork(datagram) => datagram.len(),
-                    TunnResult::Err(e) => {
-                        tracing::trace!(peer = %entry.info.name, error = ?e, "cannot encrypt");
-                        continue;
-                    }
-                    _ => continue,
+                let Tx::Datagram {
+                    to: target,
+                    len: written,
+                    data: is_data,
+                } = shared
+                    .core
+                    .encrypt(table, &mut held, packet, &mut batch.buf[batch.end..])
+                else {
+                    continue;
                 };
-                session.tx_bytes += written as u64;
                 // Data goes out in GSO batches; a handshake initiation (no session yet, the
                 // packet is queued inside the Tunn) goes alone.
-                let is_data = batch.buf[batch.end] == 4;
                 let joins = is_data
                     && batch.target == Some(target)
                     && batch.count < max_segments
@@ -1230,17 +896,9 @@ fn tx_thread(shared: Arc<Shared>) {
                     batch.send_pending(&shared.udp);
                 }
             }
-            drop(held);
+            held.release();
             batch.flush(&shared.udp);
         }
-    }
-}
-
-/// Whether `addr` names one host (not multicast, broadcast or IPv6 link-local).
-fn is_unicast(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(a) => !(a.is_multicast() || a.is_broadcast()),
-        IpAddr::V6(a) => !(a.is_multicast() || a.is_unicast_link_local()),
     }
 }
 
@@ -1254,25 +912,12 @@ fn timer_thread(shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::Relaxed) {
         std::thread::sleep(TIMER_TICK);
         snapshot.refresh(&shared.snapshot);
-        for entry in snapshot.value.table.entries() {
-            let mut session = entry.slot.lock();
-            match session.tunn.update_timers(&mut buf) {
-                TunnResult::WriteToNetwork(datagram) => {
-                    let len = datagram.len();
-                    if let Some(target) = session.endpoint {
-                        shared.send_to_peer(&mut session, target, &buf[..len]);
-                    }
-                }
-                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
-                TunnResult::Err(e) => {
-                    tracing::trace!(peer = %entry.info.name, error = ?e, "timer");
-                }
-                _ => {}
-            }
-        }
+        shared.core.tick(&snapshot.value, &mut buf, &mut |action| {
+            shared.carry_out(action)
+        });
         if last_second.elapsed() >= Duration::from_secs(1) {
             last_second = Instant::now();
-            shared.limiter.reset_count();
+            shared.core.reset_load();
             shared.refresh_local_time();
         }
         if last_save.elapsed() >= Duration::from_secs(1) {

@@ -2,8 +2,9 @@
 //! the TUN device, and the pure pieces it calls: the answers to packets the identity ACL denies
 //! (`reject`) and the text of the WireGuard configuration protocol (`uapi`).
 //!
-//! - `endpoint`: the running endpoint and its threads (boringtun's `noise::Tunn` per peer, the
-//!   agent's own IO).
+//! - `endpoint`: the running endpoint and its threads (the agent's own IO around the core).
+//! - `tunnel`: the sans-IO core: what each datagram, TUN packet and timer tick does (boringtun's
+//!   `noise::Tunn` per peer, the source check, the ACL), as actions for the threads to carry out.
 //! - `peers`: pure; which peers are admitted, and the peer table with its global allowed-IPs map.
 //! - `udp`, `tun`: the one UDP socket (batched, GSO/GRO) and the one TUN device (offloads).
 //! - `keys`: the private key file. `state`: the remembered peer endpoints.
@@ -16,6 +17,7 @@ pub mod state;
 pub mod status;
 mod supervisor;
 mod tun;
+pub mod tunnel;
 pub mod uapi;
 mod uapi_server;
 mod udp;

@@ -4,11 +4,10 @@
 //! A client sends `get=1\n\n` or `set=1\n` followed by `key=value` lines and a blank line. The
 //! answer to `get` is the device's `key=value` lines; both operations end with `errno=N` and a
 //! blank line. This module owns the text: [`format_get`] writes a `get` answer in the order and
-//! spelling of wireguard-go (which `wg show` and `wg showconf` read), [`parse_set`] reads the
-//! body of a `set`, [`format_errno`] writes the status line, and [`parse_get`] reads a `get`
-//! answer back. It does no IO and applies nothing: the socket, permissions and the decision
-//! whether crmguard accepts a `set` (it may refuse peers that are not in its configuration)
-//! belong to the endpoint.
+//! spelling of wireguard-go (which `wg show` and `wg showconf` read), [`format_errno`] writes the
+//! status line, and [`parse_get`] reads a `get` answer back. It does no IO and applies nothing.
+//! A `set` is never parsed: crmguard refuses every change (its peers come from its
+//! configuration), which the socket answers without reading the body's values.
 //!
 //! Keys are secrets: no error and no `Debug` output of this module contains a private or
 //! pre-shared key.
@@ -21,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 
-/// The protocol version every peer reports and the only one `set` accepts.
+/// The protocol version every peer reports.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// `EINVAL`: a key or value the device does not accept.
@@ -64,40 +63,7 @@ pub struct PeerInfo {
     pub persistent_keepalive: u16,
 }
 
-/// One instruction of a `set`, in the order the client sent them. Every peer instruction applies
-/// to the peer named by the last [`SetCommand::PublicKey`] before it; [`parse_set`] guarantees
-/// that there is one, and that device instructions come before the first peer.
-#[derive(Clone, PartialEq, Eq)]
-pub enum SetCommand {
-    /// `private_key`: the device's new private key, `None` (all zero) to remove it.
-    PrivateKey(Option<[u8; 32]>),
-    /// `listen_port`: the UDP port to listen on.
-    ListenPort(u16),
-    /// `fwmark`: the firewall mark of the UDP socket, 0 to clear it.
-    Fwmark(u32),
-    /// `replace_peers=true`: remove every peer before adding the ones that follow.
-    ReplacePeers,
-    /// `public_key`: the peer the following instructions apply to, created unless
-    /// [`SetCommand::UpdateOnly`] follows.
-    PublicKey([u8; 32]),
-    /// `remove=true`: remove the current peer.
-    Remove,
-    /// `update_only=true`: change the current peer only if it exists.
-    UpdateOnly,
-    /// `preshared_key`: the current peer's pre-shared key, `None` (all zero) to remove it.
-    PresharedKey(Option<[u8; 32]>),
-    /// `endpoint`: the current peer's endpoint.
-    Endpoint(SocketAddr),
-    /// `persistent_keepalive_interval`: seconds, 0 to turn it off.
-    PersistentKeepalive(u16),
-    /// `replace_allowed_ips=true`: remove the current peer's allowed IPs before adding the ones
-    /// that follow.
-    ReplaceAllowedIps,
-    /// `allowed_ip`: add an allowed IP to the current peer.
-    AllowedIp(IpNet),
-}
-
-/// Why a `set` body or a `get` answer was refused. Line numbers count from 1 within the text
+/// Why a `get` answer was refused. Line numbers count from 1 within the text
 /// given; no variant carries a value, since values may be keys.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UapiError {
@@ -106,30 +72,6 @@ pub enum UapiError {
     Syntax {
         /// The line number.
         line: usize,
-    },
-    /// A key the protocol does not know.
-    #[error("line {line}: unknown key `{key}`")]
-    UnknownKey {
-        /// The line number.
-        line: usize,
-        /// The key as sent.
-        key: String,
-    },
-    /// A peer key before any `public_key`.
-    #[error("line {line}: `{key}` before any public_key")]
-    PeerKeyWithoutPeer {
-        /// The line number.
-        line: usize,
-        /// The key.
-        key: &'static str,
-    },
-    /// A device key after a `public_key`.
-    #[error("line {line}: device key `{key}` after a public_key")]
-    DeviceKeyInPeer {
-        /// The line number.
-        line: usize,
-        /// The key.
-        key: &'static str,
     },
     /// A value the key does not accept.
     #[error("line {line}: invalid value for `{key}`")]
@@ -227,130 +169,6 @@ pub fn format_get(device: &DeviceInfo) -> String {
     }
     out.push_str(&format_errno(0));
     out
-}
-
-/// Parses the body of a `set` operation: the lines after `set=1`, up to and including the blank
-/// line that ends it (the blank line may be missing at the end of `text`).
-///
-/// The values are checked as wireguard-go checks them: keys are 64 hex digits, numbers are
-/// decimal digits within range, flags are exactly `true`, `protocol_version` is exactly `1` (and
-/// yields no command), `endpoint` is a numeric `address:port` (IPv6 in brackets) and `allowed_ip`
-/// an `address/prefix`.
-pub fn parse_set(text: &str) -> Result<Vec<SetCommand>, UapiError> {
-    let mut commands = Vec::new();
-    let mut in_peer = false;
-    for (line, key, value) in lines(text)? {
-        let peer_key = move |key: &'static str| {
-            if in_peer {
-                Ok(())
-            } else {
-                Err(UapiError::PeerKeyWithoutPeer { line, key })
-            }
-        };
-        let device_key = move |key: &'static str| {
-            if in_peer {
-                Err(UapiError::DeviceKeyInPeer { line, key })
-            } else {
-                Ok(())
-            }
-        };
-        let command = match key {
-            "private_key" => {
-                device_key("private_key")?;
-                SetCommand::PrivateKey(nonzero(parse_key(value).ok_or(UapiError::Value {
-                    line,
-                    key: "private_key",
-                })?))
-            }
-            "listen_port" => {
-                device_key("listen_port")?;
-                SetCommand::ListenPort(parse_number(value).ok_or(UapiError::Value {
-                    line,
-                    key: "listen_port",
-                })?)
-            }
-            "fwmark" => {
-                device_key("fwmark")?;
-                SetCommand::Fwmark(parse_number(value).ok_or(UapiError::Value {
-                    line,
-                    key: "fwmark",
-                })?)
-            }
-            "replace_peers" => {
-                device_key("replace_peers")?;
-                parse_true(value, line, "replace_peers")?;
-                SetCommand::ReplacePeers
-            }
-            "public_key" => {
-                in_peer = true;
-                SetCommand::PublicKey(parse_key(value).ok_or(UapiError::Value {
-                    line,
-                    key: "public_key",
-                })?)
-            }
-            "remove" => {
-                peer_key("remove")?;
-                parse_true(value, line, "remove")?;
-                SetCommand::Remove
-            }
-            "update_only" => {
-                peer_key("update_only")?;
-                parse_true(value, line, "update_only")?;
-                SetCommand::UpdateOnly
-            }
-            "preshared_key" => {
-                peer_key("preshared_key")?;
-                SetCommand::PresharedKey(nonzero(parse_key(value).ok_or(UapiError::Value {
-                    line,
-                    key: "preshared_key",
-                })?))
-            }
-            "endpoint" => {
-                peer_key("endpoint")?;
-                SetCommand::Endpoint(value.parse().map_err(|_| UapiError::Value {
-                    line,
-                    key: "endpoint",
-                })?)
-            }
-            "persistent_keepalive_interval" => {
-                peer_key("persistent_keepalive_interval")?;
-                SetCommand::PersistentKeepalive(parse_number(value).ok_or(UapiError::Value {
-                    line,
-                    key: "persistent_keepalive_interval",
-                })?)
-            }
-            "replace_allowed_ips" => {
-                peer_key("replace_allowed_ips")?;
-                parse_true(value, line, "replace_allowed_ips")?;
-                SetCommand::ReplaceAllowedIps
-            }
-            "allowed_ip" => {
-                peer_key("allowed_ip")?;
-                SetCommand::AllowedIp(value.parse().map_err(|_| UapiError::Value {
-                    line,
-                    key: "allowed_ip",
-                })?)
-            }
-            "protocol_version" => {
-                peer_key("protocol_version")?;
-                if value != "1" {
-                    return Err(UapiError::Value {
-                        line,
-                        key: "protocol_version",
-                    });
-                }
-                continue;
-            }
-            _ => {
-                return Err(UapiError::UnknownKey {
-                    line,
-                    key: key.to_owned(),
-                })
-            }
-        };
-        commands.push(command);
-    }
-    Ok(commands)
 }
 
 /// Parses an answer to `get=1` as [`format_get`] writes it, up to and including the blank line.
@@ -529,14 +347,6 @@ fn parse_signed(text: &str) -> Option<i32> {
     }
 }
 
-fn parse_true(value: &str, line: usize, key: &'static str) -> Result<(), UapiError> {
-    if value == "true" {
-        Ok(())
-    } else {
-        Err(UapiError::Value { line, key })
-    }
-}
-
 /// Writes keys as `<32-byte key>` so that no secret reaches a log through `{:?}`.
 struct Redacted;
 
@@ -584,37 +394,10 @@ impl fmt::Debug for PeerInfo {
     }
 }
 
-impl fmt::Debug for SetCommand {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SetCommand::PrivateKey(key) => f
-                .debug_tuple("PrivateKey")
-                .field(&key.map(|_| Redacted))
-                .finish(),
-            SetCommand::ListenPort(port) => f.debug_tuple("ListenPort").field(port).finish(),
-            SetCommand::Fwmark(mark) => f.debug_tuple("Fwmark").field(mark).finish(),
-            SetCommand::ReplacePeers => f.write_str("ReplacePeers"),
-            SetCommand::PublicKey(key) => f.debug_tuple("PublicKey").field(&ShortKey(key)).finish(),
-            SetCommand::Remove => f.write_str("Remove"),
-            SetCommand::UpdateOnly => f.write_str("UpdateOnly"),
-            SetCommand::PresharedKey(key) => f
-                .debug_tuple("PresharedKey")
-                .field(&key.map(|_| Redacted))
-                .finish(),
-            SetCommand::Endpoint(endpoint) => f.debug_tuple("Endpoint").field(endpoint).finish(),
-            SetCommand::PersistentKeepalive(seconds) => {
-                f.debug_tuple("PersistentKeepalive").field(seconds).finish()
-            }
-            SetCommand::ReplaceAllowedIps => f.write_str("ReplaceAllowedIps"),
-            SetCommand::AllowedIp(net) => f.debug_tuple("AllowedIp").field(net).finish(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
     fn key(first: u8) -> [u8; 32] {
         let mut key = [0u8; 32];
@@ -825,144 +608,13 @@ mod tests {
     }
 
     #[test]
-    fn set_parses_what_wg_setconf_sends() {
-        // The order of wireguard-tools' userspace_set_device.
-        let text = format!(
-            "private_key={}\nlisten_port=51820\nfwmark=0\nreplace_peers=true\n\
-             public_key={}\npreshared_key={}\nendpoint=[2001:db8::33]:51820\n\
-             persistent_keepalive_interval=25\nreplace_allowed_ips=true\n\
-             allowed_ip=10.77.0.10/32\nallowed_ip=fd77::10/128\n\
-             public_key={}\nremove=true\n\
-             public_key={}\nupdate_only=true\nprotocol_version=1\npreshared_key={}\n\n",
-            hex(&key(0xa0)),
-            hex(&key(0x10)),
-            hex(&key(0x55)).to_uppercase(),
-            hex(&key(0x20)),
-            hex(&key(0x30)),
-            "0".repeat(64),
-        );
-        let expected = vec![
-            SetCommand::PrivateKey(Some(key(0xa0))),
-            SetCommand::ListenPort(51820),
-            SetCommand::Fwmark(0),
-            SetCommand::ReplacePeers,
-            SetCommand::PublicKey(key(0x10)),
-            SetCommand::PresharedKey(Some(key(0x55))),
-            SetCommand::Endpoint(SocketAddr::new(
-                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x33)),
-                51820,
-            )),
-            SetCommand::PersistentKeepalive(25),
-            SetCommand::ReplaceAllowedIps,
-            SetCommand::AllowedIp(net("10.77.0.10/32")),
-            SetCommand::AllowedIp(net("fd77::10/128")),
-            SetCommand::PublicKey(key(0x20)),
-            SetCommand::Remove,
-            SetCommand::PublicKey(key(0x30)),
-            SetCommand::UpdateOnly,
-            SetCommand::PresharedKey(None),
-        ];
-        assert_eq!(parse_set(&text), Ok(expected));
-    }
-
-    #[test]
-    fn set_accepts_an_empty_body_and_a_missing_blank_line() {
-        assert_eq!(parse_set(""), Ok(Vec::new()));
-        assert_eq!(parse_set("\n"), Ok(Vec::new()));
-        assert_eq!(
-            parse_set("listen_port=1"),
-            Ok(vec![SetCommand::ListenPort(1)])
-        );
-        assert_eq!(
-            parse_set(&format!("private_key={}\n", "0".repeat(64))),
-            Ok(vec![SetCommand::PrivateKey(None)])
-        );
-    }
-
-    fn check_set_error(text: &str, expected: UapiError) {
-        assert_eq!(parse_set(text), Err(expected), "{text:?}");
-    }
-
-    #[test]
-    fn set_refuses_bad_lines() {
-        let pk = format!("public_key={}\n", hex(&key(1)));
-        let value = |line, key| UapiError::Value { line, key };
-        check_set_error("listen_port\n", UapiError::Syntax { line: 1 });
-        check_set_error(
-            "listen_port=1\nbogus=1\n",
-            UapiError::UnknownKey {
-                line: 2,
-                key: "bogus".into(),
-            },
-        );
-        check_set_error("listen_port=65536\n", value(1, "listen_port"));
-        check_set_error("listen_port=+1\n", value(1, "listen_port"));
-        check_set_error("listen_port= 1\n", value(1, "listen_port"));
-        check_set_error("listen_port=\n", value(1, "listen_port"));
-        check_set_error("fwmark=4294967296\n", value(1, "fwmark"));
-        check_set_error("replace_peers=false\n", value(1, "replace_peers"));
-        check_set_error("private_key=abc\n", value(1, "private_key"));
-        check_set_error(
-            &format!("private_key={}\n", "g".repeat(64)),
-            value(1, "private_key"),
-        );
-        check_set_error(&format!("{pk}remove=yes\n"), value(2, "remove"));
-        check_set_error(&format!("{pk}update_only=1\n"), value(2, "update_only"));
-        check_set_error(
-            &format!("{pk}protocol_version=2\n"),
-            value(2, "protocol_version"),
-        );
-        check_set_error(&format!("{pk}endpoint=host:51820\n"), value(2, "endpoint"));
-        check_set_error(&format!("{pk}endpoint=10.0.0.1\n"), value(2, "endpoint"));
-        check_set_error(
-            &format!("{pk}allowed_ip=10.0.0.1\n"),
-            value(2, "allowed_ip"),
-        );
-        check_set_error(
-            &format!("{pk}allowed_ip=10.0.0.0/33\n"),
-            value(2, "allowed_ip"),
-        );
-        check_set_error(
-            &format!("{pk}persistent_keepalive_interval=-1\n"),
-            value(2, "persistent_keepalive_interval"),
-        );
-        check_set_error(
-            &format!("{pk}replace_allowed_ips=TRUE\n"),
-            value(2, "replace_allowed_ips"),
-        );
-        check_set_error(
-            "endpoint=10.0.0.1:1\n",
-            UapiError::PeerKeyWithoutPeer {
-                line: 1,
-                key: "endpoint",
-            },
-        );
-        check_set_error(
-            &format!("{pk}listen_port=1\n"),
-            UapiError::DeviceKeyInPeer {
-                line: 2,
-                key: "listen_port",
-            },
-        );
-        check_set_error(
-            "listen_port=1\n\nlisten_port=2\n",
-            UapiError::Trailing { line: 3 },
-        );
-        check_set_error("listen_port=1\r\n", value(1, "listen_port"));
-    }
-
-    #[test]
     fn errors_never_show_key_material() {
         let secret = hex(&key(0x77));
-        let text = format!("private_key={secret}x\n");
-        let Err(error) = parse_set(&text) else {
+        let text = format!("private_key={secret}x\nerrno=0\n\n");
+        let Err(error) = parse_get(&text) else {
             panic!("accepted");
         };
         assert!(!error.to_string().contains(&secret[..16]));
-        let Ok(commands) = parse_set(&format!("private_key={secret}\n")) else {
-            panic!("refused");
-        };
-        assert!(!format!("{commands:?}").contains(&secret[..16]));
         let mut device = device();
         device.private_key = key(0x77);
         assert!(!format!("{device:?}").contains(&secret[..16]));
