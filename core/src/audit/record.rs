@@ -156,7 +156,7 @@ pub(crate) fn encode_line(
     prev: &[u8; 32],
 ) -> Result<(Vec<u8>, [u8; 32]), serde_json::Error> {
     let repr = Repr {
-        ts: crate::bans::format_time(ts),
+        ts: crate::time::format_time(ts),
         seq,
         kind: event.kind.as_str().to_owned(),
         outcome: event.outcome.as_str().to_owned(),
@@ -224,7 +224,7 @@ pub(crate) fn check_line(key: &AuditKey, line: &[u8]) -> Result<Checked, LineErr
     if serde_json::to_vec(&repr).ok().as_deref() != Some(line) {
         return Err(LineError::Form("not in canonical form"));
     }
-    if crate::bans::parse_time(&repr.ts).is_none() {
+    if crate::time::parse_time(&repr.ts).is_none() {
         return Err(LineError::Form("`ts` is not an RFC 3339 UTC time"));
     }
     // An unknown `type` is accepted: a newer crmguard may record events this one does not know.
