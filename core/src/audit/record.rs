@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use data_encoding::HEXLOWER;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -164,7 +165,7 @@ pub(crate) fn encode_line(
         src: event.src.clone(),
         dst: event.dst.clone(),
         detail: event.detail.clone(),
-        prev: hex::encode(prev),
+        prev: HEXLOWER.encode(prev),
         mac: None,
     };
     let canonical = serde_json::to_vec(&repr)?;
@@ -173,7 +174,7 @@ pub(crate) fn encode_line(
     // `canonical` ends with the object's `}`; the MAC goes in front of it.
     line.pop();
     line.extend_from_slice(MAC_PREFIX);
-    line.extend_from_slice(hex::encode(mac).as_bytes());
+    line.extend_from_slice(HEXLOWER.encode(&mac).as_bytes());
     line.extend_from_slice(b"\"}\n");
     Ok((line, mac))
 }
