@@ -8,9 +8,9 @@
 //! A key generated here never leaves this process except in the client configuration printed
 //! once: the agent and the peers file only see the public key.
 
-use crmguard_core::mfa::unix_now;
+use crmguard_core::time::unix_now;
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use clap::Subcommand;
 
@@ -145,7 +145,8 @@ fn add(
     };
     let offline = || -> Result<bool, ProvisionError> {
         let mut file = PeersFile::load(&vpn.peers_file)?;
-        let today = provision::utc_date(SystemTime::now()).ok_or(ProvisionError::Clock)?;
+        let today =
+            crmguard_core::time::utc_date(SystemTime::now()).ok_or(ProvisionError::Clock)?;
         let added = file.add(config, name, role, public, today)?;
         file.save(&vpn.peers_file)?;
         Ok(added.replaced)
@@ -425,10 +426,7 @@ fn print_table(peers: &[PeerListing]) {
         println!("no peers");
         return;
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = unix_now();
     let rows: Vec<[String; 8]> = peers
         .iter()
         .map(|p| {

@@ -508,7 +508,7 @@ impl Agent {
 /// `2025-03-01T12:00:00.000000Z`, or `never` for a ban until removed.
 fn describe_expiry(ban: &Ban) -> String {
     ban.expires
-        .map_or_else(|| "never".to_owned(), crmguard_core::bans::format_time)
+        .map_or_else(|| "never".to_owned(), crmguard_core::time::format_time)
 }
 
 fn unsaved_message(error: &PersistError) -> String {

@@ -30,7 +30,7 @@ mod answer;
 mod http;
 mod page;
 
-use crmguard_core::mfa::unix_now;
+use crmguard_core::time::unix_now;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;

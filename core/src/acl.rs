@@ -75,7 +75,7 @@ pub struct LocalTime {
 /// Why the local time could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LocalTimeError {
-    /// The C library could not convert the time (out of range for `time_t` or `struct tm`).
+    /// The time is outside what the calendar can show (beyond the year 9999).
     #[error("cannot convert {unix_seconds} s since the Unix epoch to local time")]
     Convert {
         /// The time that failed.
@@ -94,50 +94,31 @@ impl LocalTime {
 
     /// The current local time of the host.
     ///
-    /// This reads the clock and, on first use, the time zone (`TZ` or `/etc/localtime`); the
-    /// C library keeps the zone for the life of the process, so a changed zone takes effect when
-    /// the agent restarts. Call it once per second or so, not per packet. On an error, decide
-    /// with [`LocalTime::UNKNOWN`].
+    /// This reads the clock and the system's time zone: `TZ`, else `/etc/localtime`, which is
+    /// cached and checked again every few minutes, so a changed zone takes effect without a
+    /// restart. A zone that cannot be read counts as UTC, with a warning logged. Call it once
+    /// per second or so, not per packet. On an error, decide with [`LocalTime::UNKNOWN`].
     pub fn now() -> Result<LocalTime, LocalTimeError> {
-        let unix_seconds = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
-        {
-            Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-            Err(before) => i64::try_from(before.duration().as_secs()).map_or(i64::MIN, |s| -s),
-        };
-        LocalTime::at(unix_seconds)
+        LocalTime::at(crate::time::unix_seconds_signed(
+            std::time::SystemTime::now(),
+        ))
     }
 
     /// The local time at `unix_seconds` since the Unix epoch, in the host's time zone.
-    #[allow(unsafe_code)]
     pub fn at(unix_seconds: i64) -> Result<LocalTime, LocalTimeError> {
-        let error = LocalTimeError::Convert { unix_seconds };
-        let time = libc::time_t::try_from(unix_seconds).map_err(|_| error.clone())?;
-        // SAFETY: `localtime_r` reads the `time_t` behind the first pointer, which lives for the
-        // call, and writes only into the `tm` behind the second, which is valid for writes of a
-        // whole `tm`. It returns null and may leave `tm` unwritten on failure, so `tm` is read
-        // only after a non-null return, when every field has been written. It is the reentrant
-        // variant: it keeps no state shared with other threads beyond the time zone, which the
-        // C library guards itself.
-        let tm = unsafe {
-            let mut tm = std::mem::MaybeUninit::<libc::tm>::uninit();
-            if libc::localtime_r(&time, tm.as_mut_ptr()).is_null() {
-                None
-            } else {
-                Some(tm.assume_init())
-            }
-        };
-        let tm = tm.ok_or_else(|| error.clone())?;
-        LocalTime::from_tm(tm.tm_wday, tm.tm_hour, tm.tm_min).ok_or(error)
+        LocalTime::at_in(unix_seconds, &jiff::tz::TimeZone::system())
     }
 
-    /// Converts the fields of a C `struct tm` (`tm_wday` 0 for Sunday).
-    fn from_tm(wday: libc::c_int, hour: libc::c_int, minute: libc::c_int) -> Option<LocalTime> {
-        if !(0..7).contains(&wday) || !(0..24).contains(&hour) || !(0..60).contains(&minute) {
-            return None;
-        }
-        Some(LocalTime {
-            weekday: u8::try_from((wday + 6) % 7).ok()?,
-            minute_of_day: u16::try_from(hour * 60 + minute).ok()?,
+    /// The local time at `unix_seconds` since the Unix epoch in `zone`.
+    pub fn at_in(
+        unix_seconds: i64,
+        zone: &jiff::tz::TimeZone,
+    ) -> Result<LocalTime, LocalTimeError> {
+        let (weekday, minute_of_day) = crate::time::week_minute(unix_seconds, zone)
+            .ok_or(LocalTimeError::Convert { unix_seconds })?;
+        Ok(LocalTime {
+            weekday,
+            minute_of_day,
         })
     }
 }

@@ -26,5 +26,6 @@ pub mod model;
 pub mod peers;
 pub mod policy;
 pub mod provision;
+pub mod time;
 
 pub use error_chain::error_chain;

@@ -18,6 +18,7 @@ use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use data_encoding::{HEXLOWER, HEXLOWER_PERMISSIVE};
 use ipnet::IpNet;
 
 /// The protocol version every peer reports.
@@ -295,36 +296,22 @@ fn push_line(out: &mut String, key: &str, value: impl fmt::Display) {
 }
 
 fn push_key(out: &mut String, key: &str, bytes: &[u8; 32]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push_str(key);
     out.push('=');
-    for byte in bytes {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
+    HEXLOWER.encode_append(bytes, out);
     out.push('\n');
 }
 
 /// 64 hex digits, either case.
 fn parse_key(text: &str) -> Option<[u8; 32]> {
-    let digits = text.as_bytes();
-    if digits.len() != 64 {
+    if HEXLOWER_PERMISSIVE.decode_len(text.len()).ok()? != 32 {
         return None;
     }
     let mut key = [0u8; 32];
-    for (byte, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
-    }
+    HEXLOWER_PERMISSIVE
+        .decode_mut(text.as_bytes(), &mut key)
+        .ok()?;
     Some(key)
-}
-
-fn hex_digit(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        b'A'..=b'F' => Some(digit - b'A' + 10),
-        _ => None,
-    }
 }
 
 fn nonzero(key: [u8; 32]) -> Option<[u8; 32]> {
@@ -361,9 +348,7 @@ struct ShortKey<'a>(&'a [u8; 32]);
 
 impl fmt::Debug for ShortKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in &self.0[..4] {
-            write!(f, "{byte:02x}")?;
-        }
+        f.write_str(&HEXLOWER.encode(&self.0[..4]))?;
         f.write_str("…")
     }
 }
@@ -408,7 +393,7 @@ mod tests {
     }
 
     fn hex(key: &[u8; 32]) -> String {
-        key.iter().map(|b| format!("{b:02x}")).collect()
+        HEXLOWER.encode(key)
     }
 
     fn net(text: &str) -> IpNet {

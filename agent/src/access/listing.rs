@@ -6,7 +6,7 @@
 //! time.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -54,7 +54,7 @@ pub fn list(
     now: SystemTime,
 ) -> Vec<PeerListing> {
     let (_, excluded) = admitted(config, now);
-    let unix_now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let unix_now = crmguard_core::time::unix_seconds(now);
     config
         .peers
         .iter()
@@ -115,7 +115,7 @@ fn mfa_state(config: &Config, peer: &Peer, sessions: &Sessions, now: u64) -> Str
 mod tests {
     use super::*;
     use crmguard_core::mfa::Secret;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn config() -> Config {
         let text = r#"

@@ -14,11 +14,11 @@
 
 pub mod listing;
 
-use crmguard_core::mfa::unix_now;
+use crmguard_core::time::unix_now;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::portal::{PeerView, PortalAction, PortalReply, PortalRequest};
 use crmguard_core::audit::{self, Event, EventType, Outcome};
@@ -613,12 +613,7 @@ fn refusal(config: &Config, peer: &Peer) -> Option<Excluded> {
 
 /// RFC 3339 in UTC, whole seconds.
 pub fn format_unix(secs: u64) -> String {
-    let text = crmguard_core::bans::format_time(UNIX_EPOCH + Duration::from_secs(secs));
-    // `format_time` writes microseconds; sessions are whole seconds.
-    match text.split_once('.') {
-        Some((head, _)) => format!("{head}Z"),
-        None => text,
-    }
+    crmguard_core::time::format_unix_seconds(secs)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::access::listing::PeerListing;
-use crmguard_core::bans::{self, Ban};
+use crmguard_core::bans::Ban;
 
 /// A request to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,10 +147,10 @@ impl From<&Ban> for BanStatus {
     fn from(ban: &Ban) -> Self {
         BanStatus {
             net: ban.net,
-            expires: ban.expires.map(bans::format_time),
+            expires: ban.expires.map(crmguard_core::time::format_time),
             reason: ban.reason.clone(),
             source: ban.source.describe(),
-            created: bans::format_time(ban.created),
+            created: crmguard_core::time::format_time(ban.created),
         }
     }
 }

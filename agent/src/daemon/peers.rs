@@ -5,9 +5,9 @@
 //! Every change is applied before the answer goes back, so a removed or disabled peer is cut
 //! by the time the command returns.
 
-use crmguard_core::mfa::unix_now;
+use crmguard_core::time::unix_now;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::{describe, Agent};
 use crate::access::listing::{self, PeerListing};
@@ -29,7 +29,7 @@ impl Agent {
         let Some(key) = keys::decode(public_key) else {
             return refused("the public key is not 44 characters of base64 holding 32 bytes");
         };
-        let Some(today) = provision::utc_date(SystemTime::now()) else {
+        let Some(today) = crmguard_core::time::utc_date(SystemTime::now()) else {
             return refused(&ProvisionError::Clock.to_string());
         };
         let edit = |file: &mut PeersFile, config: &Config| {
@@ -361,10 +361,7 @@ impl Agent {
 
     /// Open MFA sessions for `status`.
     pub(super) fn mfa_sessions(&self) -> BTreeMap<String, String> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = unix_now();
         let sessions = self.access.sessions();
         sessions
             .open_peers(now)

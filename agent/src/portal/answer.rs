@@ -5,8 +5,6 @@
 //! differs ([`Format`]). JSON errors always carry `error`, a fixed name scripts can match, and
 //! `message`, the sentence a person reads on the page. Times are RFC 3339 UTC to the second.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use serde_json::{json, Value};
 
 use super::http::{self, Response};
@@ -342,15 +340,10 @@ fn duration_text(secs: u64) -> String {
     }
 }
 
-/// The last second [`rfc3339`] shows, 9999-12-31T23:59:59Z; later times (say, `u64::MAX` for
-/// "never") are shown as it rather than overflowing the clock.
-const LAST_SHOWN_SECOND: u64 = 253_402_300_799;
-
-/// Unix seconds as RFC 3339 UTC to the second, `2025-03-01T12:00:00Z`.
+/// Unix seconds as RFC 3339 UTC to the second, `2025-03-01T12:00:00Z`; times after 9999 (say,
+/// `u64::MAX` for "never") are shown as 9999-12-31T23:59:59Z rather than overflowing the clock.
 pub fn rfc3339(unix: u64) -> String {
-    let time = UNIX_EPOCH + Duration::from_secs(unix.min(LAST_SHOWN_SECOND));
-    // `format_time` writes microseconds, which are always `.000000` for whole seconds.
-    crmguard_core::bans::format_time(time).replacen(".000000Z", "Z", 1)
+    crmguard_core::time::format_unix_seconds(unix)
 }
 
 fn json_response(status: u16, body: &Value) -> Response {

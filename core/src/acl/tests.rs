@@ -654,22 +654,41 @@ fn denials_are_counted_by_role_and_service() {
         .is_empty());
 }
 
+/// Role hours follow the zone they are read in; the zone is pinned here so that the test does
+/// not depend on the machine's.
 #[test]
-fn local_time_from_c_fields() {
+fn local_time_in_a_given_zone() {
+    let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap_or_else(|e| panic!("{e}"));
+    let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap_or_else(|e| panic!("{e}"));
+    // 2026-11-29T04:47:32Z: Sunday 05:47 in Berlin, Sunday 13:47 in Tokyo.
+    let unix = 1_795_927_652;
     let cases = [
-        ((0, 23, 59), Some((6, 1439))),
-        ((1, 0, 0), Some((0, 0))),
-        ((3, 7, 30), Some((2, 450))),
-        ((6, 12, 0), Some((5, 720))),
-        ((7, 0, 0), None),
-        ((-1, 0, 0), None),
-        ((1, 24, 0), None),
-        ((1, 0, 60), None),
+        (&jiff::tz::TimeZone::UTC, Ok((6, 4 * 60 + 47))),
+        (&berlin, Ok((6, 5 * 60 + 47))),
+        (&tokyo, Ok((6, 13 * 60 + 47))),
     ];
-    for ((wday, hour, minute), expected) in cases {
-        let actual = LocalTime::from_tm(wday, hour, minute).map(|t| (t.weekday, t.minute_of_day));
-        assert_eq!(actual, expected, "{wday} {hour}:{minute}");
+    for (zone, expected) in cases {
+        let actual = LocalTime::at_in(unix, zone).map(|t| (t.weekday, t.minute_of_day));
+        assert_eq!(actual, expected, "{zone:?}");
     }
+    assert_eq!(
+        LocalTime::at_in(i64::MAX, &berlin),
+        Err(LocalTimeError::Convert {
+            unix_seconds: i64::MAX
+        })
+    );
+    // A Monday-to-Friday 08:00-18:00 role at 2026-11-30T08:00:00Z, a Monday, is open in Berlin
+    // (09:00) and in Tokyo (17:00); an hour later Tokyo is at 18:00 and closed, Berlin is not.
+    let hours = Hours::parse("Mon-Fri 08:00-18:00").unwrap_or_else(|e| panic!("{e}"));
+    let monday_8z = 1_796_025_600;
+    let open = |unix, zone| {
+        let t = LocalTime::at_in(unix, zone).unwrap_or_else(|e| panic!("{e}"));
+        hours.contains(t.weekday, t.minute_of_day)
+    };
+    assert!(open(monday_8z, &berlin));
+    assert!(open(monday_8z, &tokyo));
+    assert!(!open(monday_8z + 3600, &tokyo));
+    assert!(open(monday_8z + 3600, &berlin));
 }
 
 #[test]

@@ -96,7 +96,7 @@ fn to_event((key, tally): (AggregateKey, Tally)) -> Event {
     let start = UNIX_EPOCH + Duration::from_secs(key.minute.saturating_mul(60));
     let mut event = Event::new(key.kind, Outcome::Failure, key.peer.clone())
         .with_detail("service", key.service)
-        .with_detail("minute", crate::bans::format_time(start))
+        .with_detail("minute", crate::time::format_time(start))
         .with_detail("count", tally.count);
     event.src = tally.src;
     event.dst = tally.dst;

@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use data_encoding::HEXLOWER;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -199,7 +200,7 @@ pub(crate) fn write_checkpoint(
     };
     let repr = CheckpointRepr {
         seq: checkpoint.seq,
-        mac: hex::encode(checkpoint.mac),
+        mac: HEXLOWER.encode(&checkpoint.mac),
     };
     let mut text = serde_json::to_string(&repr).map_err(|e| err(io::Error::other(e)))?;
     text.push('\n');
@@ -208,11 +209,12 @@ pub(crate) fn write_checkpoint(
 
 /// The 32 bytes of a MAC written as 64 lowercase hex digits; `None` for any other spelling.
 pub(crate) fn decode_mac(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+    // `HEXLOWER` refuses upper case, so one MAC has one spelling.
+    if HEXLOWER.decode_len(text.len()).ok()? != 32 {
         return None;
     }
     let mut mac = [0u8; 32];
-    hex::decode_to_slice(text, &mut mac).ok()?;
+    HEXLOWER.decode_mut(text.as_bytes(), &mut mac).ok()?;
     Some(mac)
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use data_encoding::HEXLOWER;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -156,7 +157,7 @@ pub(crate) fn encode_line(
     prev: &[u8; 32],
 ) -> Result<(Vec<u8>, [u8; 32]), serde_json::Error> {
     let repr = Repr {
-        ts: crate::bans::format_time(ts),
+        ts: crate::time::format_time(ts),
         seq,
         kind: event.kind.as_str().to_owned(),
         outcome: event.outcome.as_str().to_owned(),
@@ -164,7 +165,7 @@ pub(crate) fn encode_line(
         src: event.src.clone(),
         dst: event.dst.clone(),
         detail: event.detail.clone(),
-        prev: hex::encode(prev),
+        prev: HEXLOWER.encode(prev),
         mac: None,
     };
     let canonical = serde_json::to_vec(&repr)?;
@@ -173,7 +174,7 @@ pub(crate) fn encode_line(
     // `canonical` ends with the object's `}`; the MAC goes in front of it.
     line.pop();
     line.extend_from_slice(MAC_PREFIX);
-    line.extend_from_slice(hex::encode(mac).as_bytes());
+    line.extend_from_slice(HEXLOWER.encode(&mac).as_bytes());
     line.extend_from_slice(b"\"}\n");
     Ok((line, mac))
 }
@@ -224,7 +225,7 @@ pub(crate) fn check_line(key: &AuditKey, line: &[u8]) -> Result<Checked, LineErr
     if serde_json::to_vec(&repr).ok().as_deref() != Some(line) {
         return Err(LineError::Form("not in canonical form"));
     }
-    if crate::bans::parse_time(&repr.ts).is_none() {
+    if crate::time::parse_time(&repr.ts).is_none() {
         return Err(LineError::Form("`ts` is not an RFC 3339 UTC time"));
     }
     // An unknown `type` is accepted: a newer crmguard may record events this one does not know.

@@ -30,7 +30,8 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{format_time, parse_time, Ban, BanSource, BanStore, RestoreError};
+use super::{Ban, BanSource, BanStore, RestoreError};
+use crate::time::{format_time, parse_time};
 
 /// The name of the ban list inside `state_dir`.
 pub const FILE_NAME: &str = "bans.json";

@@ -26,13 +26,16 @@ mod validate;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 pub use duration::{parse_duration, DurationError};
 pub use error::{ConfigError, ConfigErrors};
 pub use hours::{Hours, HoursError};
+
+/// A peer's `created` date, kept here by name because the configuration is where it is read.
+pub use crate::time::Date;
 
 pub(crate) use error::Source;
 
@@ -454,83 +457,6 @@ pub struct Role {
     pub hours: Option<Hours>,
     /// `mfa`, default false: whether peers need an open MFA session.
     pub mfa: bool,
-}
-
-/// A calendar date, as used for `created` of a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Date {
-    /// The year, 1970 to 9999.
-    pub year: u16,
-    /// The month, 1 to 12.
-    pub month: u8,
-    /// The day of the month, 1 to 28, 29, 30 or 31 as the month has.
-    pub day: u8,
-}
-
-impl Date {
-    /// Builds a date, or `None` when the day does not exist or the year is before 1970.
-    pub fn new(year: u16, month: u8, day: u8) -> Option<Date> {
-        let days_in_month = match month {
-            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-            4 | 6 | 9 | 11 => 30,
-            2 if is_leap_year(year) => 29,
-            2 => 28,
-            _ => return None,
-        };
-        if !(1970..=9999).contains(&year) || day == 0 || day > days_in_month {
-            return None;
-        }
-        Some(Date { year, month, day })
-    }
-
-    /// Parses `YYYY-MM-DD`.
-    pub fn parse(text: &str) -> Option<Date> {
-        let bytes = text.as_bytes();
-        if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
-            return None;
-        }
-        let digits = |range: std::ops::Range<usize>| {
-            let part = text.get(range)?;
-            if !part.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            part.parse::<u16>().ok()
-        };
-        let year = digits(0..4)?;
-        let month = u8::try_from(digits(5..7)?).ok()?;
-        let day = u8::try_from(digits(8..10)?).ok()?;
-        Date::new(year, month, day)
-    }
-
-    /// Days from 1970-01-01 to this date (Howard Hinnant's `days_from_civil`).
-    pub fn days_since_unix_epoch(&self) -> i64 {
-        let month = i64::from(self.month);
-        let year = i64::from(self.year) - i64::from(month <= 2);
-        let era = year.div_euclid(400);
-        let year_of_era = year - era * 400;
-        let shifted_month = (month + 9) % 12;
-        let day_of_year = (153 * shifted_month + 2) / 5 + i64::from(self.day) - 1;
-        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-        era * 146_097 + day_of_era - 719_468
-    }
-
-    /// Midnight UTC at the start of this date.
-    pub fn midnight_utc(&self) -> SystemTime {
-        // A `Date` is never before 1970, so the day count is never negative; a `Date` is never
-        // after 9999, so the sum fits a `SystemTime`.
-        let days = u64::try_from(self.days_since_unix_epoch()).unwrap_or(0);
-        UNIX_EPOCH + Duration::from_secs(days.saturating_mul(86_400))
-    }
-}
-
-impl fmt::Display for Date {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
-    }
-}
-
-fn is_leap_year(year: u16) -> bool {
-    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
 }
 
 /// One `[[peer]]`: a WireGuard client.

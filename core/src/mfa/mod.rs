@@ -14,14 +14,6 @@ pub mod totp;
 
 pub use secrets::Secret;
 
-/// The wall clock in Unix seconds, the time TOTP codes and MFA sessions are counted in (0
-/// before 1970).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
-
 /// The `otpauth://` URI an authenticator app scans to enroll `peer`'s secret (PRODUCT.md
 /// section 2a): `otpauth://totp/ISSUER:NAME?secret=BASE32&issuer=ISSUER&algorithm=SHA1&digits=6&period=30`.
 ///

@@ -65,7 +65,7 @@ fn secret_id(secret: &Secret) -> String {
         .chain_update(b"crmguard mfa secret id\0")
         .chain_update(secret.as_bytes())
         .finalize();
-    hex::encode(&digest[..8])
+    data_encoding::HEXLOWER.encode(&digest[..8])
 }
 
 /// Why a session ended by itself.

@@ -9,37 +9,8 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::PeersFile;
-use crate::config::{Config, Date};
+use crate::config::Config;
 pub use crate::peers::{key_expired, key_expires_at};
-
-const SECONDS_PER_DAY: u64 = 24 * 60 * 60;
-
-/// The UTC calendar date at `time`, such as the `today` of [`PeersFile::add`]; `None` before
-/// 1970 or after 9999.
-pub fn utc_date(time: SystemTime) -> Option<Date> {
-    let seconds = time.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    let days = i64::try_from(seconds / SECONDS_PER_DAY).ok()?;
-    // Howard Hinnant's `civil_from_days`, the inverse of `Date::days_since_unix_epoch`.
-    let z = days.checked_add(719_468)?;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    Date::new(
-        u16::try_from(year).ok()?,
-        u8::try_from(month).ok()?,
-        u8::try_from(day).ok()?,
-    )
-}
 
 /// Signed whole seconds from `now` to `then`, rounded down, so that the result is negative
 /// exactly when `then` is before `now`.
@@ -99,9 +70,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::Peer;
+    use crate::config::{Date, Peer};
+    use crate::time::utc_date;
 
-    const DAY: u64 = SECONDS_PER_DAY;
+    const DAY: u64 = 24 * 60 * 60;
 
     fn date(text: &str) -> Date {
         Date::parse(text).expect("date")

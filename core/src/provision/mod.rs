@@ -42,7 +42,7 @@ pub use client::{client_config, qr_terminal, ClientParams, PERSISTENT_KEEPALIVE}
 pub use document::PeersFile;
 pub use edit::Added;
 pub use enabled::{load_enabled_at, record_enabled};
-pub use lifecycle::{inactive_peers, key_expired, key_expires_at, seconds_until, utc_date};
+pub use lifecycle::{inactive_peers, key_expired, key_expires_at, seconds_until};
 
 /// Why a peers-file operation failed.
 #[derive(Debug, thiserror::Error)]
