@@ -397,3 +397,56 @@ fn the_stamp_map_matches_the_object() {
     };
     assert_eq!(stamp, Some(expected));
 }
+
+/// The ABI as the XDP object's BTF describes it, one line per struct and
+/// per map, in name order.
+fn abi_description(btf: &Btf) -> String {
+    let mut lines = Vec::new();
+    for (c_name, _) in mirrors() {
+        let id = btf.find(KIND_STRUCT, c_name).expect("checked above");
+        let layout = btf.layout(id);
+        let members: Vec<String> = layout
+            .members
+            .iter()
+            .map(|(name, offset, size)| format!("{name}@{offset}+{size}"))
+            .collect();
+        lines.push(format!(
+            "struct {c_name} {}: {}",
+            layout.size,
+            members.join(" ")
+        ));
+    }
+    for (name, def) in btf.maps() {
+        lines.push(format!(
+            "map {name}: key {} value {} max {}",
+            def.key_size, def.value_size, def.max_entries
+        ));
+    }
+    lines.sort();
+    lines.join("\n")
+}
+
+/// FNV-1a, 64 bits: a short, stable fingerprint of a text.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The fingerprint of the ABI at each version. A change of a struct or a
+/// map changes the fingerprint; it must come with a new `CG_ABI_VERSION`
+/// (and `abi::ABI_VERSION`), so that agents refuse each other's pinned maps
+/// instead of misreading them. Record the new pair here.
+const FINGERPRINT: (u32, u64) = (2, 0x0f71fb9a35ee23e7);
+
+#[test]
+fn the_abi_changes_only_with_its_version() {
+    let (_, btf) = &objects()[0];
+    let description = abi_description(btf);
+    let found = (abi::ABI_VERSION, fnv1a(&description));
+    assert_eq!(
+        found, FINGERPRINT,
+        "the ABI is now:\n{description}\nIf it changed, raise CG_ABI_VERSION and \
+         abi::ABI_VERSION and record (version, fingerprint) in FINGERPRINT"
+    );
+}
