@@ -25,7 +25,8 @@ static __always_inline __u64 cg_now(void)
  * The CG_ABI_VERSION of the agent that created this set of pinned maps.
  * Created, written and pinned by the agent before it loads the program, so
  * that every pinned set carries its version; read by the agent on adoption,
- * which refuses a set of another version.  XDP never reads it.
+ * which refuses a set of another version.  XDP never reads it.  Its shape
+ * never changes, so that every version can read every other's stamp.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -48,6 +48,8 @@ pub enum StampError {
     },
     #[error("cannot create the ABI stamp")]
     Create(#[source] std::io::Error),
+    #[error("cannot open the ABI stamp just created")]
+    Open(#[source] MapError),
     #[error("cannot pin the ABI stamp at {path}")]
     Pin {
         path: PathBuf,
@@ -125,10 +127,7 @@ fn create(path: &Path) -> Result<(), StampError> {
         &abi::ABI_VERSION.to_ne_bytes(),
     )
     .map_err(StampError::Create)?;
-    let data = MapData::from_fd(fd).map_err(|source| StampError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let data = MapData::from_fd(fd).map_err(StampError::Open)?;
     data.pin(path).map_err(|source| StampError::Pin {
         path: path.to_owned(),
         source,
