@@ -19,6 +19,23 @@ static __always_inline __u64 cg_now(void)
 	return bpf_ktime_get_coarse_ns();
 }
 
+/* ---- the ABI stamp ---------------------------------------------------------- */
+
+/*
+ * The CG_ABI_VERSION of the agent that created this set of pinned maps.
+ * Created, written and pinned by the agent before it loads the program, so
+ * that every pinned set carries its version; read by the agent on adoption,
+ * which refuses a set of another version.  XDP never reads it.  Its shape
+ * never changes, so that every version can read every other's stamp.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_abi SEC(".maps");
+
 /* ---- the policy: written whole by the agent, one slot at a time ---------- */
 
 /* The slot in force.  Written by the agent, last; read by XDP. */
@@ -80,7 +97,9 @@ CG_INNER(cg_svc_from6_inner, BPF_MAP_TYPE_LPM_TRIE, struct cg_svc_lpm6, struct c
  * The key and value types above are named only by the templates, and BTF
  * would describe them as forward declarations, which the loader cannot size.
  * This read-only global gives BTF their complete definitions; it is never
- * read.
+ * read.  It also carries cg_event, which only passes through the ring
+ * buffer, so that every shared struct is in the object's BTF, where the
+ * datapath's tests compare each member's offset with the Rust mirror.
  */
 const volatile struct {
 	struct cg_addr6 addr6;
@@ -91,6 +110,7 @@ const volatile struct {
 	struct cg_svc svc;
 	struct cg_svc_lpm4 svc_lpm4;
 	struct cg_svc_lpm6 svc_lpm6;
+	struct cg_event event;
 } cg_btf_types;
 
 /* Deny set: single addresses in hashes, true prefixes in tries. */

@@ -276,6 +276,10 @@ fn exit_code(error: &DaemonError) -> u8 {
     match error {
         DaemonError::Config(_) | DaemonError::Policy(_) => exit::USAGE,
         DaemonError::BansFile(e) if e.is_invalid() => exit::USAGE,
+        DaemonError::Datapath(e) if e.is_foreign_abi() => {
+            eprintln!("crmguard: {}", crmguard_datapath::stamp::FOREIGN_ADVICE);
+            exit::UNAVAILABLE
+        }
         DaemonError::Datapath(e) => match e.missing_feature() {
             Some(feature) => {
                 eprintln!("crmguard: this kernel lacks {feature}");

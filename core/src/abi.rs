@@ -2,8 +2,10 @@
 //! XDP program and the agent.
 //!
 //! Every type here is `#[repr(C)]` with the size the header asserts; the
-//! compile-time asserts below fail the build if either side drifts, and the
-//! unit tests pin the byte layout. Fields ending in `_be` hold network byte
+//! compile-time asserts below fail the build if either side drifts, the unit
+//! tests here compare every constant and reason with the header's text, and
+//! the datapath's tests compare every member's offset with the BTF of the
+//! compiled objects. Fields ending in `_be` hold network byte
 //! order, exactly as in the header.
 #![allow(unsafe_code)]
 
@@ -566,38 +568,59 @@ mod tests {
         );
     }
 
+    /// The `NAME = value` entries of `enum NAME { ... }` in the header whose
+    /// names start with `prefix`, as (the name without the prefix, value).
+    fn header_enum(enum_name: &str, prefix: &str) -> Vec<(String, u64)> {
+        let open = format!("enum {enum_name} {{");
+        let body = HEADER
+            .lines()
+            .skip_while(|l| l.trim() != open)
+            .skip(1)
+            .take_while(|l| l.trim() != "};");
+        body.filter_map(|line| {
+            let (name, rest) = line.trim().strip_prefix(prefix)?.split_once('=')?;
+            let value = rest.split(',').next()?.trim().parse().ok()?;
+            Some((name.trim().to_owned(), value))
+        })
+        .collect()
+    }
+
     #[test]
-    fn reasons_match_header() {
-        let c_names = [
-            ("CG_R_MALFORMED", Reason::Malformed),
-            ("CG_R_DENIED_SOURCE", Reason::DeniedSource),
-            ("CG_R_BANNED", Reason::Banned),
-            ("CG_R_DEFAULT_DROP", Reason::DefaultDrop),
-            ("CG_R_RATE_LIMITED", Reason::RateLimited),
-            ("CG_R_SYN_FLOOD", Reason::SynFlood),
-            ("CG_R_WG_MALFORMED", Reason::WgMalformed),
-            ("CG_R_WG_HANDSHAKE_RATE", Reason::WgHandshakeRate),
-            ("CG_R_FRAGMENT_ORPHAN", Reason::FragmentOrphan),
-            ("CG_R_IPV6_EXT_HEADER", Reason::Ipv6ExtHeader),
-            ("CG_R_ICMP_RATE", Reason::IcmpRate),
-            ("CG_R_NON_IP", Reason::NonIp),
-            ("CG_R_SERVICE", Reason::Service),
-            ("CG_R_ICMP", Reason::Icmp),
-            ("CG_R_ESTABLISHED", Reason::Established),
-            ("CG_R_WIREGUARD", Reason::Wireguard),
-            ("CG_R_DEFAULT_ALLOW", Reason::DefaultAllow),
-            ("CG_R_FRAGMENT", Reason::Fragment),
-        ];
-        assert_eq!(c_names.len(), Reason::ALL.len());
-        for (c_name, reason) in c_names {
-            assert_eq!(header_value(c_name), u64::from(reason as u8), "{c_name}");
-            assert_eq!(Reason::from_u32(u32::from(reason as u8)), Some(reason));
+    fn every_reason_of_the_header_has_a_variant_of_that_number_and_name() {
+        let in_header: Vec<(String, u64)> = header_enum("cg_reason", "CG_R_")
+            .into_iter()
+            .filter(|(name, _)| name != "NONE")
+            .collect();
+        assert!(!in_header.is_empty(), "no CG_R_ entries in enum cg_reason");
+        for (name, value) in &in_header {
+            let reason = u32::try_from(*value)
+                .ok()
+                .and_then(Reason::from_u32)
+                .unwrap_or_else(|| panic!("CG_R_{name} = {value} has no Reason variant"));
+            assert_eq!(reason.name(), name.to_lowercase(), "CG_R_{name} = {value}");
         }
-        assert_eq!(header_value("CG_ACT_DROP"), u64::from(Action::Drop as u8));
-        assert_eq!(
-            header_value("CG_ACT_WOULD_DROP"),
-            u64::from(Action::WouldDrop as u8)
-        );
+        let mirrored: Vec<(String, u64)> = Reason::ALL
+            .iter()
+            .map(|r| (r.name().to_uppercase(), u64::from(*r as u8)))
+            .collect();
+        assert_eq!(mirrored, in_header, "Reason::ALL against enum cg_reason");
+        assert_eq!(header_value("CG_R_NON_IP"), u64::from(Reason::NonIp as u8));
+        assert!(Reason::ALL
+            .iter()
+            .all(|r| u32::from(*r as u8) < REASON_SLOTS));
+    }
+
+    #[test]
+    fn every_action_of_the_header_has_a_variant_of_that_number_and_name() {
+        let in_header: Vec<(String, u64)> = header_enum("cg_action", "CG_ACT_")
+            .into_iter()
+            .filter(|(name, _)| name != "COUNT")
+            .collect();
+        let mirrored: Vec<(String, u64)> = Action::ALL
+            .iter()
+            .map(|a| (a.name().to_uppercase(), u64::from(*a as u8)))
+            .collect();
+        assert_eq!(mirrored, in_header, "Action::ALL against enum cg_action");
     }
 
     #[test]

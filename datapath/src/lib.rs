@@ -6,6 +6,8 @@
 //!
 //! ```text
 //! maps/cg_*                      every map of the program, pinned by name
+//! maps/cg_abi                    the ABI version of the set (stamp.rs); a set of
+//!                                another version is refused, never replaced
 //! links/<mode>-<ifname>          one XDP link per interface; the name says the mode
 //!                                (native or generic); bpffs forbids dots in names,
 //!                                so a `.` of the interface name is stored as `:`,
@@ -20,9 +22,12 @@
 
 pub mod bans;
 pub mod bpffs;
+#[cfg(test)]
+mod btf_layout;
 pub mod events;
 pub mod maps;
 pub mod metrics;
+pub mod stamp;
 pub mod sys;
 pub mod tc;
 
@@ -31,7 +36,6 @@ use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use aya::maps::MapData;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp, XdpMode};
@@ -44,7 +48,8 @@ use crmguard_core::policy::CompiledPolicy;
 pub use maps::{Divergence, MapsError, PolicyMaps};
 
 /// The XDP program, compiled by build.rs and embedded in the binary.
-static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_firewall.o"));
+pub(crate) static XDP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_firewall.o"));
 
 /// The program's entry point (its C function name).
 pub const XDP_PROGRAM: &str = "xdp_firewall";
@@ -153,6 +158,8 @@ pub enum DatapathError {
     #[error(transparent)]
     Maps(#[from] MapsError),
     #[error(transparent)]
+    Stamp(#[from] stamp::StampError),
+    #[error(transparent)]
     Egress(Box<tc::EgressError>),
 }
 
@@ -163,6 +170,16 @@ impl From<tc::EgressError> for DatapathError {
 }
 
 impl DatapathError {
+    /// Whether the pinned maps belong to another ABI version; the command
+    /// then exits 69 with [`stamp::FOREIGN_ADVICE`].
+    pub fn is_foreign_abi(&self) -> bool {
+        match self {
+            DatapathError::Stamp(e) => e.is_foreign(),
+            DatapathError::Egress(e) => matches!(&**e, tc::EgressError::Stamp(s) if s.is_foreign()),
+            _ => false,
+        }
+    }
+
     /// The kernel feature whose absence caused this error, when that is the
     /// cause (the command then exits 69 and names it).
     pub fn missing_feature(&self) -> Option<&'static str> {
@@ -293,30 +310,12 @@ fn link_ifindex(link: &FdLink) -> Option<u32> {
     None
 }
 
-/// Checks the maps a previous agent pinned against this build's definitions
-/// and unpins those that differ: the loader would otherwise reuse them
-/// as they are. The running program keeps its own references to them.
-fn discard_incompatible_maps(dir: &Path) -> Result<(), DatapathError> {
-    for spec in maps::MAP_SPECS {
-        let path = dir.join(spec.name);
-        if !path.exists() {
-            continue;
-        }
-        let compatible = MapData::from_pin(&path)
-            .and_then(|m| m.info())
-            .is_ok_and(|info| {
-                info.key_size() == spec.key_size
-                    && info.value_size() == spec.value_size
-                    && info.max_entries() == spec.max_entries
-            });
-        if !compatible {
-            tracing::warn!(
-                map = spec.name,
-                "pinned map differs from this version's definition; replacing it"
-            );
-            std::fs::remove_file(&path).map_err(|source| DatapathError::Remove { path, source })?;
-        }
-    }
+/// Prepares the maps directory: accepts a pinned set of this ABI version,
+/// or stamps an empty directory before the loader creates the maps in it.
+fn prepare_maps(bpffs_dir: &Path) -> Result<(), DatapathError> {
+    let dir = maps_dir(bpffs_dir);
+    bpffs::ensure(&dir)?;
+    stamp::claim(&dir)?;
     Ok(())
 }
 
@@ -364,9 +363,10 @@ impl Datapath {
         if interfaces.len() > usize::try_from(abi::MAX_IFSLOTS).unwrap_or(usize::MAX) {
             return Err(DatapathError::TooManyInterfaces);
         }
-        bpffs::ensure(&maps_dir(bpffs_dir))?;
+        // Before anything is loaded or attached: a refused set leaves the
+        // kernel exactly as it was, the old filter enforcing.
+        prepare_maps(bpffs_dir)?;
         bpffs::ensure(&links_dir(bpffs_dir))?;
-        discard_incompatible_maps(&maps_dir(bpffs_dir))?;
 
         let mut programs = Vec::new();
         for slot in 0..interfaces.len() {
@@ -676,7 +676,7 @@ pub fn uninstall(bpffs_dir: &Path) -> Result<Vec<String>, DatapathError> {
 /// A load that fails removes what it pinned, so that a failing test leaves
 /// nothing behind.
 pub fn load_for_test(bpffs_dir: &Path) -> Result<(Ebpf, PolicyMaps), DatapathError> {
-    bpffs::ensure(&maps_dir(bpffs_dir))?;
+    prepare_maps(bpffs_dir)?;
     let loaded = load_program(bpffs_dir, 0)
         .and_then(|ebpf| Ok((ebpf, PolicyMaps::open(&maps_dir(bpffs_dir))?)));
     if loaded.is_err() {

@@ -56,8 +56,9 @@ pub enum MapsError {
     Cpus(#[source] std::io::Error),
 }
 
-/// Name, key size, value size and capacity of every pinned map, checked on
-/// adoption: the loader reuses a pinned map without comparing its definition.
+/// Name, key size, value size and capacity of every map of the XDP object,
+/// as this agent expects them. A unit test compares them with the object's
+/// BTF; the pinned set's ABI stamp (stamp.rs) stands for them at runtime.
 pub struct MapSpec {
     pub name: &'static str,
     pub key_size: u32,
@@ -75,6 +76,7 @@ const fn spec<K, V>(name: &'static str, max_entries: u32) -> MapSpec {
 }
 
 pub const MAP_SPECS: &[MapSpec] = &[
+    spec::<u32, u32>("cg_abi", 1),
     spec::<u32, u32>("cg_active", 1),
     spec::<u32, abi::Config>("cg_config", abi::POLICY_SLOTS),
     spec::<u32, u32>("cg_deny4", abi::POLICY_SLOTS),
@@ -95,6 +97,7 @@ pub const MAP_SPECS: &[MapSpec] = &[
     spec::<abi::FlowKey, abi::Flow>("cg_flows", abi::FLOW_MAX),
     spec::<u32, abi::Stats>("cg_stats", abi::STATS_ENTRIES),
     spec::<u32, abi::Rl>("cg_event_budget", 1),
+    spec::<(), ()>("cg_events", abi::EVENTS_BYTES),
 ];
 
 /// One kind of per-slot policy map: its outer map and the shape of its

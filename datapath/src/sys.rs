@@ -15,6 +15,7 @@ const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
+pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
 pub const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 

@@ -31,7 +31,8 @@ use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 /// The egress program, compiled by build.rs and embedded in the binary.
-static TC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_egress.o"));
+pub(crate) static TC_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_egress.o"));
 
 /// The program's entry point (its C function name).
 pub const TC_PROGRAM: &str = "tc_egress";
@@ -92,6 +93,10 @@ pub struct EgressAttachment {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
+    #[error("preparing the BPF filesystem")]
+    Bpffs(#[source] super::bpffs::BpffsError),
+    #[error(transparent)]
+    Stamp(super::stamp::StampError),
     #[error("loading the tc egress program")]
     Load(#[source] EbpfError),
     #[error("the tc egress program has no entry point `{TC_PROGRAM}`")]
@@ -288,8 +293,11 @@ pub struct Egress {
 impl Egress {
     /// Loads the program against the maps pinned under `bpffs_dir/maps`
     /// (creating those that are missing), so that it writes the `cg_flows`
-    /// that XDP reads.
+    /// that XDP reads. The set's ABI stamp is claimed first, as for XDP.
     pub fn load(bpffs_dir: &Path) -> Result<Egress, EgressError> {
+        let maps_dir = super::maps_dir(bpffs_dir);
+        super::bpffs::ensure(&maps_dir).map_err(EgressError::Bpffs)?;
+        super::stamp::claim(&maps_dir).map_err(EgressError::Stamp)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(super::maps_dir(bpffs_dir))
             .load(TC_OBJECT)

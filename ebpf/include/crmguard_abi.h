@@ -3,9 +3,11 @@
  * crmguard_abi.h - the one contract between the XDP program and the agent.
  *
  * Every map key and value, every reason code and every size the kernel and
- * user space exchange is defined here and nowhere else.  agent/src/abi.rs
+ * user space exchange is defined here and nowhere else.  core/src/abi.rs
  * mirrors these definitions with #[repr(C)] types and asserts the same sizes
- * at compile time; a unit test pins the byte layout.
+ * at compile time; its unit tests compare every constant and reason with this
+ * text, and the datapath's unit tests compare every member's offset with the
+ * BTF of the compiled objects.
  *
  * Endianness is part of the name: a field ending in _be is in network byte
  * order, every other multi-byte field is in host order.
@@ -18,6 +20,11 @@
 
 #include <linux/types.h>
 
+/*
+ * The version of this contract.  Raise it whenever a struct, a map or the
+ * meaning of a number changes: the agent stamps it into the cg_abi map of
+ * the maps it pins, and an agent of another version refuses to adopt them.
+ */
 #define CG_ABI_VERSION 2
 
 /* Actions: what the program did with a packet (the `action` metric label). */

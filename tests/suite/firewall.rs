@@ -555,3 +555,100 @@ fn generic_mode_attaches_and_enforces() -> Result<()> {
     }
     Ok(())
 }
+
+/// Starts `crmguard run` with the agent's configuration and waits for it to exit; returns its
+/// exit code and standard error.
+fn run_to_exit(t: &Topology, agent: &Agent, label: &str) -> Result<(Option<i32>, String)> {
+    let mut cmd = std::process::Command::new(crmguard_lab::agent::binary()?);
+    cmd.arg("run").arg("--config").arg(agent.config_path());
+    let mut run = crmguard_lab::process::Process::spawn(&t.host, cmd, agent.dir(), label)?;
+    let status = wait_for(
+        crmguard_lab::agent::READY_TIMEOUT,
+        "`crmguard run` to refuse the pinned maps and exit",
+        || run.try_wait(),
+    )?;
+    Ok((status.code(), run.stderr()))
+}
+
+/// What a test does to the ABI stamp of a pinned set of maps.
+#[derive(Debug)]
+enum Tamper {
+    /// The set was made by an agent of this ABI version.
+    Version(u32),
+    /// The set was made by an agent that did not stamp.
+    Remove,
+}
+
+/// Writes `version` into the ABI stamp of the agent's pinned maps, as an agent of another ABI
+/// version would have left it.
+fn write_stamp(agent: &Agent, version: u32) -> Result<()> {
+    let path = agent
+        .bpffs_dir()
+        .join("maps")
+        .join(crmguard_datapath::stamp::STAMP_MAP);
+    let data = aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut stamp: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data)?)?;
+    stamp.set(0, version, 0)?;
+    Ok(())
+}
+
+#[test]
+fn pinned_maps_of_another_abi_version_are_refused_and_keep_enforcing() -> Result<()> {
+    if !privileged::require(
+        "firewall::pinned_maps_of_another_abi_version_are_refused_and_keep_enforcing",
+    ) {
+        return Ok(());
+    }
+    let t = Topology::dual_stack(108, 1)?;
+    t.pin_neighbours()?;
+    let _servers = start_servers(&t)?;
+    let mut agent = Agent::start(&t.host, &policy(&t, "native"))?;
+    expect_attached(&t, &agent, "native")?;
+    agent.kill9()?;
+
+    let foreign = crmguard_core::abi::ABI_VERSION + 1;
+    let stamp = agent
+        .bpffs_dir()
+        .join("maps")
+        .join(crmguard_datapath::stamp::STAMP_MAP);
+    // (what is done to the stamp, what the refusal must name)
+    let cases = [
+        (Tamper::Version(foreign), format!("ABI version {foreign}")),
+        (Tamper::Remove, "record no ABI version".to_owned()),
+    ];
+    for (i, (tamper, names)) in cases.iter().enumerate() {
+        let case = format!("{tamper:?}");
+        match tamper {
+            Tamper::Version(version) => write_stamp(&agent, *version)?,
+            Tamper::Remove => std::fs::remove_file(&stamp)?,
+        }
+        let (code, stderr) = run_to_exit(&t, &agent, &format!("crmguard-refused-{i}"))?;
+        ensure!(
+            code == Some(69),
+            "{case}: `crmguard run` exited with {code:?}, not 69:\n{stderr}"
+        );
+        for expected in [names, "crmguard uninstall", "keeps enforcing"] {
+            ensure!(
+                stderr.contains(expected),
+                "{case}: the refusal does not say {expected:?}:\n{stderr}"
+            );
+        }
+        // Nothing was detached or replaced: the old filter still enforces its policy.
+        ensure!(
+            t.host_if.xdp()?.is_some(),
+            "{case}: no XDP program on {} after the refusal",
+            t.host_if.name()
+        );
+        probe(&t, &enforcing_cases(&t)).with_context(|| format!("{case}: after the refusal"))?;
+        if let Tamper::Version(version) = tamper {
+            let found = crmguard_datapath::stamp::read(&stamp)?;
+            ensure!(
+                found == *version,
+                "{case}: the refused set was restamped with {found}"
+            );
+        }
+    }
+    Ok(())
+}
