@@ -4,8 +4,13 @@
 //! The loader reuses a pinned map by name without comparing its definition,
 //! so an agent of another ABI version would read and write the old maps with
 //! its own layout. The stamp is created, written and pinned before the loader
-//! creates any other map, so every set this agent makes carries it; a set
-//! without it comes from an agent that did not stamp, whose layout is unknown.
+//! creates any other map, so every set this agent makes carries it.
+//!
+//! A set without a stamp was pinned by an agent from before stamps. Those
+//! agents all spoke [`LAST_UNSTAMPED_VERSION`], so while this agent speaks it
+//! too such a set is adopted and stamped: an upgrade from them keeps the
+//! filter enforcing, as every upgrade must. An agent of any later version
+//! refuses an unstamped set, whose layout it cannot know.
 //!
 //! Refusing a set changes nothing in the kernel: the program attached to the
 //! old set keeps enforcing its last policy. This module must never remove or
@@ -69,6 +74,10 @@ impl StampError {
     }
 }
 
+/// The ABI version of every agent that pinned maps without stamping them: the
+/// version of the header when the stamp was introduced. Never change it.
+pub const LAST_UNSTAMPED_VERSION: u32 = 2;
+
 /// What an operator can do about a refused set, for the command's message.
 pub const FOREIGN_ADVICE: &str = "refusing to adopt the filter of another crmguard version. \
     Nothing was detached: the filter already attached keeps enforcing the last policy it was \
@@ -77,7 +86,8 @@ pub const FOREIGN_ADVICE: &str = "refusing to adopt the filter of another crmgua
     filter managed instead, start the crmguard version that pinned it";
 
 /// Accepts the set pinned in `dir` when it carries this agent's ABI version,
-/// stamps `dir` when it holds no maps yet, and refuses anything else.
+/// stamps `dir` when it holds no maps yet or holds an unstamped set of
+/// [`LAST_UNSTAMPED_VERSION`] that this agent speaks, and refuses anything else.
 pub fn claim(dir: &Path) -> Result<(), StampError> {
     let path = dir.join(STAMP_MAP);
     if path.exists() {
@@ -95,9 +105,16 @@ pub fn claim(dir: &Path) -> Result<(), StampError> {
         source,
     })?;
     if entries.filter_map(Result::ok).next().is_some() {
-        return Err(StampError::Unstamped {
-            dir: dir.to_owned(),
-        });
+        if abi::ABI_VERSION != LAST_UNSTAMPED_VERSION {
+            return Err(StampError::Unstamped {
+                dir: dir.to_owned(),
+            });
+        }
+        tracing::warn!(
+            dir = %dir.display(),
+            version = LAST_UNSTAMPED_VERSION,
+            "adopting maps pinned before ABI stamps existed, and stamping them"
+        );
     }
     create(&path)
 }

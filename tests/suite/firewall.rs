@@ -570,15 +570,6 @@ fn run_to_exit(t: &Topology, agent: &Agent, label: &str) -> Result<(Option<i32>,
     Ok((status.code(), run.stderr()))
 }
 
-/// What a test does to the ABI stamp of a pinned set of maps.
-#[derive(Debug)]
-enum Tamper {
-    /// The set was made by an agent of this ABI version.
-    Version(u32),
-    /// The set was made by an agent that did not stamp.
-    Remove,
-}
-
 /// Writes `version` into the ABI stamp of the agent's pinned maps, as an agent of another ABI
 /// version would have left it.
 fn write_stamp(agent: &Agent, version: u32) -> Result<()> {
@@ -595,9 +586,9 @@ fn write_stamp(agent: &Agent, version: u32) -> Result<()> {
 }
 
 #[test]
-fn pinned_maps_of_another_abi_version_are_refused_and_keep_enforcing() -> Result<()> {
+fn pinned_maps_of_another_abi_version_are_refused_and_unstamped_ones_adopted() -> Result<()> {
     if !privileged::require(
-        "firewall::pinned_maps_of_another_abi_version_are_refused_and_keep_enforcing",
+        "firewall::pinned_maps_of_another_abi_version_are_refused_and_unstamped_ones_adopted",
     ) {
         return Ok(());
     }
@@ -613,42 +604,54 @@ fn pinned_maps_of_another_abi_version_are_refused_and_keep_enforcing() -> Result
         .bpffs_dir()
         .join("maps")
         .join(crmguard_datapath::stamp::STAMP_MAP);
-    // (what is done to the stamp, what the refusal must name)
-    let cases = [
-        (Tamper::Version(foreign), format!("ABI version {foreign}")),
-        (Tamper::Remove, "record no ABI version".to_owned()),
-    ];
-    for (i, (tamper, names)) in cases.iter().enumerate() {
-        let case = format!("{tamper:?}");
-        match tamper {
-            Tamper::Version(version) => write_stamp(&agent, *version)?,
-            Tamper::Remove => std::fs::remove_file(&stamp)?,
-        }
-        let (code, stderr) = run_to_exit(&t, &agent, &format!("crmguard-refused-{i}"))?;
+    write_stamp(&agent, foreign)?;
+    let (code, stderr) = run_to_exit(&t, &agent, "crmguard-refused")?;
+    ensure!(
+        code == Some(69),
+        "`crmguard run` exited with {code:?}, not 69:\n{stderr}"
+    );
+    for expected in [
+        format!("ABI version {foreign}").as_str(),
+        "crmguard uninstall",
+        "keeps enforcing",
+    ] {
         ensure!(
-            code == Some(69),
-            "{case}: `crmguard run` exited with {code:?}, not 69:\n{stderr}"
+            stderr.contains(expected),
+            "the refusal does not say {expected:?}:\n{stderr}"
         );
-        for expected in [names, "crmguard uninstall", "keeps enforcing"] {
-            ensure!(
-                stderr.contains(expected),
-                "{case}: the refusal does not say {expected:?}:\n{stderr}"
-            );
-        }
-        // Nothing was detached or replaced: the old filter still enforces its policy.
-        ensure!(
-            t.host_if.xdp()?.is_some(),
-            "{case}: no XDP program on {} after the refusal",
-            t.host_if.name()
-        );
-        probe(&t, &enforcing_cases(&t)).with_context(|| format!("{case}: after the refusal"))?;
-        if let Tamper::Version(version) = tamper {
-            let found = crmguard_datapath::stamp::read(&stamp)?;
-            ensure!(
-                found == *version,
-                "{case}: the refused set was restamped with {found}"
-            );
-        }
     }
+    // Nothing was detached or replaced: the old filter still enforces its policy.
+    ensure!(
+        t.host_if.xdp()?.is_some(),
+        "no XDP program on {} after the refusal",
+        t.host_if.name()
+    );
+    probe(&t, &enforcing_cases(&t)).context("after the refusal")?;
+    let found = crmguard_datapath::stamp::read(&stamp)?;
+    ensure!(
+        found == foreign,
+        "the refused set was restamped with {found}"
+    );
+
+    // A set pinned before stamps existed (no stamp at all) is of the last unstamped version:
+    // this agent speaks it, so it adopts the set, stamps it and keeps enforcing.
+    std::fs::remove_file(&stamp)?;
+    ensure!(
+        crmguard_core::abi::ABI_VERSION == crmguard_datapath::stamp::LAST_UNSTAMPED_VERSION,
+        "this agent no longer speaks the unstamped version: the case below must expect a refusal"
+    );
+    agent.restart()?;
+    expect_attached(&t, &agent, "native")?;
+    let adopted = agent.status()?["interfaces"][0]["adopted"].as_bool();
+    ensure!(
+        adopted == Some(true),
+        "the unstamped set was not adopted: {adopted:?}"
+    );
+    let found = crmguard_datapath::stamp::read(&stamp)?;
+    ensure!(
+        found == crmguard_core::abi::ABI_VERSION,
+        "the adopted set was stamped {found}"
+    );
+    probe(&t, &enforcing_cases(&t)).context("after adopting an unstamped set")?;
     Ok(())
 }
