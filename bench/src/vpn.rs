@@ -32,7 +32,6 @@
 use std::fmt::Write as _;
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +45,10 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 use crmguard_lab::cmd;
+use crmguard_lab::netns::{self, Iface, NetNs};
+use crmguard_lab::privileged::{self, BPFFS};
+use crmguard_lab::process::Process;
+use crmguard_lab::wg::{self, Keys, SOCKET_DIR};
 use crmguard_lab::workspace::Workspace;
 
 /// The gateways' WireGuard port.
@@ -59,8 +62,6 @@ const CLIENT: &str = "10.77.0.10";
 const PREFIX: &str = "cgbv-";
 /// Prefix of its tunnel interfaces (and so of their sockets in /var/run/wireguard).
 const IF_PREFIX: &str = "cgb";
-const SOCKET_DIR: &str = "/var/run/wireguard";
-const BPFFS: &str = "/sys/fs/bpf";
 /// Syscall counts per pair and direction, of which the median is shown.
 const SYSCALL_WINDOWS: u32 = 3;
 /// Peers configured for the memory measurement.
@@ -143,143 +144,25 @@ fn wait_for<T>(
 
 // ---- namespaces and processes -----------------------------------------------------------------
 
-/// A network namespace, deleted with everything still running in it on drop.
-struct Netns {
-    name: String,
+/// Starts a long-running program (a tunnel end, the agent, the iperf3 server), both of its
+/// streams going to `log`; on drop it gets SIGTERM and 5 s to exit before SIGKILL.
+fn spawn(command: Command, label: &str, log: &Path) -> Result<Process> {
+    eprintln!("$ {} >{} 2>&1 &", cmd::display(&command), log.display());
+    Process::spawn_logged(command, label, log, Duration::from_secs(5))
 }
 
-impl Netns {
-    fn create(name: String) -> Result<Netns> {
-        cmd::stdout_of(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// `program` with only this network namespace entered: nsenter execs it, so the child's
-    /// pid is the program's.
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.name))
-            .arg(program);
-        cmd
-    }
-
-    fn ip(&self, args: &[&str]) -> Result<String> {
-        cmd::stdout_of(Command::new("ip").args(["-n", &self.name]).args(args))
-    }
-
-    /// The packets a device has received and sent.
-    fn link_packets(&self, dev: &str) -> Result<u64> {
-        let text = self.ip(&["-j", "-s", "link", "show", "dev", dev])?;
-        let links: Value = serde_json::from_str(&text).context("`ip -j -s link` output")?;
-        let stats = &links[0]["stats64"];
-        Ok(stats["rx"]["packets"].as_u64().unwrap_or(0)
-            + stats["tx"]["packets"].as_u64().unwrap_or(0))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        kill_all_in(&self.name);
-        let _ = cmd::output(Command::new("ip").args(["netns", "del", &self.name]));
-    }
-}
-
-fn kill_all_in(ns: &str) {
-    if let Ok(pids) = cmd::stdout_of(Command::new("ip").args(["netns", "pids", ns])) {
-        for pid in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
-/// A long-running program (a tunnel end, the agent, the iperf3 server), stopped on drop.
-struct Daemon {
-    label: String,
-    child: Child,
-    log: PathBuf,
-    /// A control socket to remove once the program is gone.
-    socket: Option<PathBuf>,
-}
-
-impl Daemon {
-    fn spawn(command: &mut Command, label: &str, log: PathBuf) -> Result<Daemon> {
-        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let err = out.try_clone()?;
-        eprintln!("$ {} >{} 2>&1 &", cmd::display(command), log.display());
-        // A process group of its own: Ctrl-C reaches the bench, which stops it in order.
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start `{}`", cmd::display(command)))?;
-        Ok(Daemon {
-            label: label.to_owned(),
-            child,
-            log,
-            socket: None,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails with the end of its log when the program has exited.
-    fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited ({status})\n{}", self.label, self.log_tail(8));
-        }
-        Ok(())
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// Waits until its control socket exists.
-    fn wait_socket(&mut self, socket: PathBuf) -> Result<()> {
-        self.socket = Some(socket.clone());
-        wait_for(
-            &format!("{} to create {}", self.label, socket.display()),
-            SETTLE,
-            || {
-                self.check_alive()?;
-                Ok(socket.exists().then_some(()))
-            },
-        )
-    }
-
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            if let Ok(pid) = i32::try_from(self.child.id()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if let Some(socket) = &self.socket {
-            let _ = std::fs::remove_file(socket);
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Waits until `process` has created its control socket, which is removed when the process is
+/// dropped.
+fn wait_socket(process: &mut Process, socket: PathBuf) -> Result<()> {
+    process.remove_on_drop(socket.clone());
+    wait_for(
+        &format!("{} to create {}", process.label(), socket.display()),
+        SETTLE,
+        || {
+            process.check_alive()?;
+            Ok(socket.exists().then_some(()))
+        },
+    )
 }
 
 /// CPU seconds (user + system, all threads) a process has used.
@@ -349,11 +232,6 @@ fn listens(pid: u32, port: u16) -> bool {
 
 // ---- WireGuard ends ---------------------------------------------------------------------------
 
-struct Keys {
-    private: String,
-    public: String,
-}
-
 fn keypair() -> Result<Keys> {
     let private = keys::fresh_private_key().context("reading /dev/urandom")?;
     Ok(Keys {
@@ -377,7 +255,7 @@ fn write_key(path: &Path, key: &str) -> Result<()> {
 }
 
 fn wg(args: &[&str]) -> Result<String> {
-    cmd::stdout_of(Command::new("wg").args(args))
+    wg::wg(args, None)
 }
 
 /// A userspace WireGuard implementation run as a tunnel end.
@@ -391,10 +269,10 @@ enum Userspace {
 fn start_userspace(
     kind: Userspace,
     boringtun: Option<&Path>,
-    ns: &Netns,
+    ns: &NetNs,
     ifname: &str,
     work: &Path,
-) -> Result<Daemon> {
+) -> Result<Process> {
     let log = work.join(format!("{ifname}.log"));
     let mut command = match kind {
         Userspace::WireguardGo => {
@@ -415,13 +293,10 @@ fn start_userspace(
         Userspace::WireguardGo => format!("wireguard-go {ifname}"),
         Userspace::Boringtun => format!("boringtun-cli {ifname}"),
     };
-    let mut daemon = Daemon::spawn(
-        command.current_dir(work).env_remove("RUST_LOG"),
-        &label,
-        log,
-    )?;
-    daemon.wait_socket(Path::new(SOCKET_DIR).join(format!("{ifname}.sock")))?;
-    Ok(daemon)
+    command.current_dir(work).env_remove("RUST_LOG");
+    let mut process = spawn(command, &label, &log)?;
+    wait_socket(&mut process, wg::socket_path(ifname))?;
+    Ok(process)
 }
 
 /// `wg set` for one end: its key, its port if given, and its one peer.
@@ -452,16 +327,16 @@ fn configure_end(
 }
 
 /// Gives the tunnel interface its address and brings it up.
-fn address_end(ns: &Netns, ifname: &str, cidr: &str) -> Result<()> {
-    ns.ip(&["addr", "add", cidr, "dev", ifname])?;
-    ns.ip(&["link", "set", ifname, "up"])?;
-    Ok(())
+fn address_end(ns: &NetNs, ifname: &str, cidr: &str) -> Result<()> {
+    let tunnel = ns.iface(ifname);
+    tunnel.add_addr(cidr)?;
+    tunnel.up()
 }
 
 /// crmguard as the gateway: `crmguard run` in the gateway namespace. On drop the agent is
 /// stopped, its filter uninstalled and its pin directory removed.
 struct Agent {
-    daemon: Option<Daemon>,
+    daemon: Option<Process>,
     bin: PathBuf,
     config: PathBuf,
     ns: String,
@@ -489,7 +364,7 @@ fn quoted(path: &Path) -> String {
 }
 
 impl Agent {
-    fn start(bin: &Path, ns: &Netns, dir: &Path, setup: &AgentSetup<'_>) -> Result<Agent> {
+    fn start(bin: &Path, ns: &NetNs, dir: &Path, setup: &AgentSetup<'_>) -> Result<Agent> {
         std::fs::create_dir_all(dir.join("state"))?;
         let key_file = dir.join("wg.key");
         write_key(&key_file, setup.private_key)?;
@@ -548,26 +423,26 @@ key_file = {audit_key}
             .arg(&config)
             .env(crmguard_lab::agent::VPN_INTERFACE_ENV, setup.tun)
             .env("RUST_LOG", "warn");
-        let daemon = Daemon::spawn(
-            &mut command,
+        let daemon = spawn(
+            command,
             &format!("crmguard {}", setup.tun),
-            dir.join("agent.log"),
+            &dir.join("agent.log"),
         )?;
         let mut agent = Agent {
             daemon: Some(daemon),
             bin: bin.to_owned(),
             config,
-            ns: ns.name.clone(),
+            ns: ns.name().to_owned(),
             pin_dir,
         };
         agent.wait_endpoint()?;
         if let Some(daemon) = agent.daemon.as_mut() {
-            daemon.socket = Some(Path::new(SOCKET_DIR).join(format!("{}.sock", setup.tun)));
+            daemon.remove_on_drop(wg::socket_path(setup.tun));
         }
         Ok(agent)
     }
 
-    fn daemon(&mut self) -> Result<&mut Daemon> {
+    fn daemon(&mut self) -> Result<&mut Process> {
         self.daemon.as_mut().context("the agent was stopped")
     }
 
@@ -622,9 +497,7 @@ impl Drop for Agent {
         drop(self.daemon.take());
         // The agent leaves its filter attached when it stops (fail-static).
         let _ = cmd::output(
-            Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", self.ns))
-                .arg(&self.bin)
+            netns::nsenter(&self.ns, &self.bin)
                 .arg("uninstall")
                 .arg("--config")
                 .arg(&self.config),
@@ -636,12 +509,12 @@ impl Drop for Agent {
 }
 
 enum Gateway {
-    Userspace(Daemon),
+    Userspace(Process),
     Crmguard(Agent),
 }
 
 impl Gateway {
-    fn daemon(&mut self) -> Result<&mut Daemon> {
+    fn daemon(&mut self) -> Result<&mut Process> {
         match self {
             Gateway::Userspace(d) => Ok(d),
             Gateway::Crmguard(agent) => agent.daemon(),
@@ -716,12 +589,13 @@ impl Direction {
 /// One pair up and ready. Fields drop in order: processes first, namespaces last.
 struct Pair {
     kind: Kind,
-    server: Daemon,
-    client: Daemon,
+    server: Process,
+    client: Process,
     gateway: Gateway,
-    client_ns: Netns,
-    gateway_ns: Netns,
-    gateway_veth: String,
+    client_ns: NetNs,
+    /// Held so that the namespace outlives the processes in it.
+    _gateway_ns: NetNs,
+    gateway_veth: Iface,
 }
 
 /// One goodput transfer.
@@ -753,40 +627,19 @@ impl Pair {
         let pid = std::process::id();
         let tag = kind.tag();
         let i = kind.index();
-        let client_ns = Netns::create(format!("{PREFIX}{pid}-{tag}-c"))?;
-        let gateway_ns = Netns::create(format!("{PREFIX}{pid}-{tag}-g"))?;
-        let (client_veth, gateway_veth) = (format!("bv{tag}c"), format!("bv{tag}g"));
-        cmd::stdout_of(Command::new("ip").args([
-            "link",
-            "add",
-            &client_veth,
-            "netns",
-            &client_ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &gateway_veth,
-            "netns",
-            &gateway_ns.name,
-        ]))?;
+        let client_ns = NetNs::named(&format!("{PREFIX}{pid}-{tag}-c"))?;
+        let gateway_ns = NetNs::named(&format!("{PREFIX}{pid}-{tag}-g"))?;
+        let (client_veth, gateway_veth) = netns::veth_pair_named(
+            &client_ns,
+            &format!("bv{tag}c"),
+            &gateway_ns,
+            &format!("bv{tag}g"),
+        )?;
         let outer_gateway = format!("10.201.{i}.1");
-        client_ns.ip(&[
-            "addr",
-            "add",
-            &format!("10.201.{i}.2/24"),
-            "dev",
-            &client_veth,
-        ])?;
-        gateway_ns.ip(&[
-            "addr",
-            "add",
-            &format!("{outer_gateway}/24"),
-            "dev",
-            &gateway_veth,
-        ])?;
-        client_ns.ip(&["link", "set", &client_veth, "up"])?;
-        gateway_ns.ip(&["link", "set", &gateway_veth, "up"])?;
+        client_veth.add_addr(&format!("10.201.{i}.2/24"))?;
+        gateway_veth.add_addr(&format!("{outer_gateway}/24"))?;
+        client_veth.up()?;
+        gateway_veth.up()?;
 
         let work = env.work.join(tag);
         std::fs::create_dir_all(&work)?;
@@ -827,7 +680,7 @@ impl Pair {
                     &gateway_ns,
                     &work.join("agent"),
                     &AgentSetup {
-                        interface: &gateway_veth,
+                        interface: gateway_veth.name(),
                         tun: &gateway_if,
                         address: &format!("{GATEWAY}/24"),
                         private_key: &gateway_keys.private,
@@ -840,9 +693,8 @@ impl Pair {
 
         let mut server_cmd = gateway_ns.command("iperf3");
         server_cmd.args(["-s", "-p", &IPERF_PORT.to_string()]);
-        let mut server =
-            Daemon::spawn(&mut server_cmd, "iperf3 -s", work.join("iperf3-server.log"))?;
-        let server_pid = server.pid();
+        let mut server = spawn(server_cmd, "iperf3 -s", &work.join("iperf3-server.log"))?;
+        let server_pid = server.id();
         wait_for("the iperf3 server to listen", SETTLE, || {
             server.check_alive()?;
             Ok(listens(server_pid, IPERF_PORT).then_some(()))
@@ -855,7 +707,7 @@ impl Pair {
             client,
             gateway,
             client_ns,
-            gateway_ns,
+            _gateway_ns: gateway_ns,
             gateway_veth,
         };
         configure_end(
@@ -968,8 +820,8 @@ impl Pair {
 
     fn transfer(&mut self, direction: Direction, seconds: u32, env: &Env<'_>) -> Result<Transfer> {
         self.check_alive()?;
-        let gateway = self.gateway.daemon()?.pid();
-        let client = self.client.pid();
+        let gateway = self.gateway.daemon()?.id();
+        let client = self.client.id();
         let report = env.work.join(format!("iperf-{}.json", self.kind.tag()));
         let (gw0, cl0) = (
             cpu_seconds(gateway, env.ticks_per_s)?,
@@ -999,8 +851,8 @@ impl Pair {
         env: &Env<'_>,
     ) -> Result<Vec<SyscallCount>> {
         self.check_alive()?;
-        let gateway = self.gateway.daemon()?.pid();
-        let client = self.client.pid();
+        let gateway = self.gateway.daemon()?.id();
+        let client = self.client.id();
         let report = env
             .work
             .join(format!("iperf-syscalls-{}.json", self.kind.tag()));
@@ -1013,10 +865,10 @@ impl Pair {
             let mut windows = Vec::new();
             for _ in 0..SYSCALL_WINDOWS {
                 let segments0 = tcp_segments_sent(client)? + tcp_segments_sent(gateway)?;
-                let veth0 = self.gateway_ns.link_packets(&self.gateway_veth)?;
+                let veth0 = self.gateway_veth.packets()?;
                 let syscalls = counter.count(gateway, counter_s, env.work)?;
                 let segments1 = tcp_segments_sent(client)? + tcp_segments_sent(gateway)?;
-                let veth1 = self.gateway_ns.link_packets(&self.gateway_veth)?;
+                let veth1 = self.gateway_veth.packets()?;
                 if segments1 == segments0 {
                     bail!("no TCP segments crossed the tunnel while counting");
                 }
@@ -1132,13 +984,11 @@ struct Memory {
 /// /22) and the XDP filter on a veth, and reads its memory once the endpoint runs.
 fn memory_with_peers(bin: &Path, env: &Env<'_>) -> Result<Memory> {
     let pid = std::process::id();
-    let ns = Netns::create(format!("{PREFIX}{pid}-rss"))?;
-    ns.ip(&[
-        "link", "add", "bvrss0", "type", "veth", "peer", "name", "bvrss1",
-    ])?;
-    ns.ip(&["addr", "add", "10.202.0.1/24", "dev", "bvrss0"])?;
-    ns.ip(&["link", "set", "bvrss0", "up"])?;
-    ns.ip(&["link", "set", "bvrss1", "up"])?;
+    let ns = NetNs::named(&format!("{PREFIX}{pid}-rss"))?;
+    let (filtered, other) = netns::veth_pair_named(&ns, "bvrss0", &ns, "bvrss1")?;
+    filtered.add_addr("10.202.0.1/24")?;
+    filtered.up()?;
+    other.up()?;
     let mut peers = String::with_capacity(RSS_PEERS * 140);
     for i in 0..RSS_PEERS {
         // 10.77.0.10 onwards; the /22 holds them all.
@@ -1156,7 +1006,7 @@ fn memory_with_peers(bin: &Path, env: &Env<'_>) -> Result<Memory> {
         &ns,
         &env.work.join("rss"),
         &AgentSetup {
-            interface: "bvrss0",
+            interface: filtered.name(),
             tun: &tun,
             address: "10.77.0.1/22",
             private_key: &keypair()?.private,
@@ -1177,7 +1027,7 @@ fn memory_with_peers(bin: &Path, env: &Env<'_>) -> Result<Memory> {
             .unwrap_or_default();
         format!("excluded peers: {excluded:.300}")
     })?;
-    let agent_pid = agent.daemon()?.pid();
+    let agent_pid = agent.daemon()?.id();
     let memory = Memory {
         rss_kib: memory_kib(agent_pid, "VmRSS:")?,
         hwm_kib: memory_kib(agent_pid, "VmHWM:")?,
@@ -1223,11 +1073,12 @@ fn remove_stale() {
             })
             .unwrap_or_default()
     };
-    for ns in names(Path::new("/run/netns")) {
+    for ns in netns::list() {
         if dead(&ns, PREFIX) {
             eprintln!("bench: removing namespace {ns}, left by an earlier run");
-            kill_all_in(&ns);
-            let _ = cmd::output(Command::new("ip").args(["netns", "del", &ns]));
+            if let Err(e) = netns::delete(&ns) {
+                eprintln!("bench: {e:#}");
+            }
         }
     }
     for dir in [Path::new(BPFFS), &std::env::temp_dir()] {
@@ -1242,19 +1093,6 @@ fn remove_stale() {
             let _ = std::fs::remove_file(Path::new(SOCKET_DIR).join(name));
         }
     }
-}
-
-/// Mounts bpffs at /sys/fs/bpf when missing: the agent pins its filter there.
-fn ensure_bpffs() -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    let mounted = mounts.lines().any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.get(1) == Some(&BPFFS) && f.get(2) == Some(&"bpf")
-    });
-    if !mounted {
-        cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
-    }
-    Ok(())
 }
 
 /// `target/release/crmguard`, built now.
@@ -1392,7 +1230,8 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
     }
     std::fs::create_dir_all(out_dir)?;
     remove_stale();
-    ensure_bpffs()?;
+    // The agent pins its filter there.
+    privileged::ensure_bpffs()?;
     std::fs::create_dir_all(SOCKET_DIR)?;
     let work = WorkDir(std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id())));
     std::fs::create_dir_all(&work.0)?;

@@ -17,6 +17,8 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use crmguard_core::abi;
 use crmguard_core::policy;
+use crmguard_lab::frames;
+use crmguard_lab::netns::NetNs;
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
@@ -80,31 +82,37 @@ address = "10.77.0.1/24"
     )
 }
 
-/// A TCP SYN over IPv4 from `src` to `dport`, 54 bytes plus padding to 64.
-fn tcp_syn(src: Ipv4Addr, dport: u16) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    f.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&[192, 0, 2, 1]);
-    f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+/// A TCP segment over IPv4 to 192.0.2.1 with `flags`, 54 bytes padded to the 64 of the
+/// smallest Ethernet frame; don't-fragment set, as a real stack sends it.
+fn tcp4(src: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let header = frames::V4 {
+        src,
+        dst: frames::DST4,
+        proto: 6,
+        id: 1,
+        options: 0,
+        frag_off: 0x4000,
+        tot_len_extra: 0,
+    };
+    let tcp = frames::tcp_segment(sport, dport, flags, 5, 0);
+    let mut f = frames::eth(&[], frames::ETH_IP, &frames::ipv4(header, &tcp));
     f.resize(64, 0);
     f
 }
 
+/// A TCP SYN from `src` to `dport`.
+fn tcp_syn(src: Ipv4Addr, dport: u16) -> Vec<u8> {
+    tcp4(src, 40000, dport, frames::TCP_SYN)
+}
+
 /// A TCP segment (ACK) of a connection from `src` to `dport`.
 fn tcp_ack(src: Ipv4Addr, dport: u16) -> Vec<u8> {
-    let mut f = tcp_syn(src, dport);
-    f[47] = 0x10;
-    f
+    tcp4(src, 40000, dport, frames::TCP_ACK)
 }
 
 /// A reply (ACK) from 198.18.0.1:443 to this host's 192.0.2.1:40000.
 fn tcp_reply() -> Vec<u8> {
-    let mut f = tcp_ack(Ipv4Addr::new(198, 18, 0, 1), 40000);
-    f[34..36].copy_from_slice(&443u16.to_be_bytes());
-    f
+    tcp4(Ipv4Addr::new(198, 18, 0, 1), 443, 40000, frames::TCP_ACK)
 }
 
 /// The flow the host opened that `tcp_reply` answers, as tc egress records it.
@@ -242,10 +250,11 @@ impl Drop for Crmguard {
     }
 }
 
-/// xdp-filter (all features, deny mode) loaded in a private network namespace.
+/// xdp-filter (all features, deny mode) loaded in a private network namespace; deleting the
+/// namespace on drop takes its mount of bpffs and xdp-filter's program with it.
 struct XdpFilter {
-    netns: String,
     prog_id: u32,
+    _netns: NetNs,
 }
 
 impl XdpFilter {
@@ -256,30 +265,11 @@ impl XdpFilter {
             );
             return Ok(None);
         }
-        let netns = format!("cgbench-{}", std::process::id());
-        let sh = |script: &str| -> Result<String> {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &netns, "sh", "-c", script])
-                .output()
-                .context("ip netns exec")?;
-            if !out.status.success() {
-                bail!(
-                    "`{script}` failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        };
-        let status = Command::new("ip").args(["netns", "add", &netns]).status()?;
-        if !status.success() {
-            bail!("cannot create netns {netns}");
-        }
-        let mut filter = XdpFilter {
-            netns: netns.clone(),
-            prog_id: 0,
-        };
+        let netns = NetNs::named(&format!("cgbench-{}", std::process::id()))?;
+        // `ip netns exec`, unlike the agent's nsenter, gives each script a mount namespace of
+        // its own, so the bpffs it mounts and xdp-filter's pins stay out of the host's.
+        let sh = |script: &str| netns.exec(&["sh", "-c", script]);
         sh("ip link add xb0 type veth peer name xb1 && ip link set xb0 up && ip link set xb1 up")?;
-        // bpffs in that command's own mount namespace: xdp-filter pins there.
         let ids = sh(&format!(
             "mount -t bpf bpf /sys/fs/bpf && xdp-filter load -m skb -p deny xb0 >/dev/null && \
              xdp-filter ip 203.0.113.66 >/dev/null && xdp-filter port 8080 >/dev/null && \
@@ -297,8 +287,10 @@ impl XdpFilter {
             .filter_map(|p| p["id"].as_u64())
             .max()
             .context("xdp-filter's program not found in bpftool's list")?;
-        filter.prog_id = u32::try_from(prog_id)?;
-        Ok(Some(filter))
+        Ok(Some(XdpFilter {
+            prog_id: u32::try_from(prog_id)?,
+            _netns: netns,
+        }))
     }
 
     fn run(&self, work: &Path, frame: &[u8]) -> Result<f64> {
@@ -322,15 +314,6 @@ impl XdpFilter {
             .and_then(|n| n.trim().parse::<f64>().ok())
             .with_context(|| format!("cannot read bpftool's duration from: {text}"))?;
         Ok(ns)
-    }
-}
-
-impl Drop for XdpFilter {
-    fn drop(&mut self) {
-        // The namespace's mount of bpffs and xdp-filter's program go with it.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
     }
 }
 
@@ -489,4 +472,36 @@ pub fn run(out_dir: &Path) -> Result<()> {
     drop(small);
     drop(large);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frames are those every earlier run measured, byte for byte, so that figures stay
+    /// comparable across runs.
+    #[test]
+    fn frames_are_the_measured_ones() {
+        let syn_from_5_to_443: [u8; 54] = [
+            0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00, // Ethernet
+            0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 203, 0, 113, 5, 192, 0, 2, 1, // IPv4
+            0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0,
+            0, // TCP
+        ];
+        let mut syn = syn_from_5_to_443.to_vec();
+        syn.resize(64, 0);
+        let mut ack = syn.clone();
+        ack[47] = 0x10;
+        let mut reply = ack.clone();
+        reply[26..30].copy_from_slice(&[198, 18, 0, 1]);
+        reply[34..38].copy_from_slice(&[0x01, 0xbb, 0x9c, 0x40]);
+        let src = Ipv4Addr::new(203, 0, 113, 5);
+        for (name, built, expected) in [
+            ("syn", tcp_syn(src, 443), syn),
+            ("ack", tcp_ack(src, 443), ack),
+            ("reply", tcp_reply(), reply),
+        ] {
+            assert_eq!(built, expected, "{name}");
+        }
+    }
 }

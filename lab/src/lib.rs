@@ -8,6 +8,10 @@
 //!
 //! The harness knows nothing about policy decisions: the scenarios in `tests/suite/` state what
 //! the firewall must do, the harness only makes it observable.
+//!
+//! `cargo xtask demo` and the bench build their labs from the same pieces (namespaces they name
+//! themselves, veth pairs, programs logged to one file and stopped on drop, bpffs), so that
+//! xtask, which must build without clang, depends on this crate and never on the agent's.
 
 pub mod agent;
 pub mod browser;

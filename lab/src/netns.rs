@@ -7,9 +7,14 @@
 //! that namespace for their whole life), and [`NetNs::exec`] runs a command under
 //! `ip netns exec`, which also gives the command its own mount namespace and `/sys` (fine for
 //! `ip` and `sysctl`, wrong for anything that pins BPF objects: see `process.rs`).
+//!
+//! The suite names its namespaces uniquely ([`NetNs::new`]); the demo and the bench choose their
+//! own names ([`NetNs::named`]) so that a run killed before its cleanup can be found and removed
+//! by the next one ([`delete`]).
 
+use std::ffi::OsStr;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -26,7 +31,12 @@ pub struct NetNs {
 impl NetNs {
     /// Creates the namespace `{prefix}-{unique}` and brings its loopback up.
     pub fn new(prefix: &str) -> Result<NetNs> {
-        let name = format!("{prefix}-{}", crate::unique_suffix());
+        NetNs::named(&format!("{prefix}-{}", crate::unique_suffix()))
+    }
+
+    /// Creates the namespace `name` exactly and brings its loopback up; fails when it exists.
+    pub fn named(name: &str) -> Result<NetNs> {
+        let name = name.to_owned();
         run("ip", &["netns", "add", &name])?;
         let ns = NetNs { name };
         ns.ip(&["link", "set", "lo", "up"])?;
@@ -40,6 +50,21 @@ impl NetNs {
     /// The namespace's bind mount, what `setns` and `nsenter --net=` take.
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `program` with only this network namespace entered, through `nsenter --net` (see
+    /// [`nsenter`]).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        nsenter(&self.name, program)
+    }
+
+    /// An interface that already lives in this namespace (a TUN device, one end of a veth pair
+    /// made elsewhere).
+    pub fn iface(&self, name: &str) -> Iface {
+        Iface {
+            ns: self.name.clone(),
+            name: name.to_owned(),
+        }
     }
 
     /// Opens the namespace for `setns(2)`.
@@ -91,36 +116,71 @@ impl NetNs {
         self.run_in(|| std::fs::write(&path, value))?
             .with_context(|| format!("setting {} in netns {}", path.display(), self.name))
     }
-
-    /// The processes whose network namespace this is (`ip netns pids`).
-    fn pids(&self) -> Result<Vec<Pid>> {
-        let out = run("ip", &["netns", "pids", &self.name])?;
-        out.split_whitespace()
-            .map(|pid| {
-                pid.parse::<i32>()
-                    .map(Pid::from_raw)
-                    .with_context(|| format!("`ip netns pids` printed {pid:?}"))
-            })
-            .collect()
-    }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        // A process left inside would keep the namespace and its interfaces alive after the
-        // name is gone. The test process itself is never inside (only its threads enter).
-        match self.pids() {
-            Ok(pids) => {
-                for pid in pids.into_iter().filter(|pid| *pid != Pid::this()) {
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
-            }
-            Err(e) => eprintln!("listing processes in netns {}: {e:#}", self.name),
-        }
-        if let Err(e) = run("ip", &["netns", "delete", &self.name]) {
-            eprintln!("deleting netns {}: {e:#}", self.name);
+        if let Err(e) = delete(&self.name) {
+            eprintln!("{e:#}");
         }
     }
+}
+
+/// `program` run by `nsenter --net=/run/netns/NAME`: only the network namespace is entered, the
+/// host's mount namespace (and so its `/sys/fs/bpf`) is kept, and nsenter execs the program, so
+/// the child's pid is the program's. Unlike a `pre_exec` hook the command line shows where it
+/// runs, which is what the demo prints.
+pub fn nsenter(ns: &str, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{ns}")).arg(program);
+    cmd
+}
+
+/// Whether the namespace `name` exists.
+pub fn exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+/// Every namespace name under `/run/netns`, for finding what an earlier run left behind.
+pub fn list() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills every process inside the namespace `name` and deletes it, which also removes the
+/// interfaces that live there. A process left inside would keep the namespace and its
+/// interfaces alive after the name is gone. The calling process itself is never inside (only
+/// its threads enter).
+pub fn delete(name: &str) -> Result<()> {
+    // A namespace whose processes cannot be listed is still deleted: its name at least goes.
+    match pids(name) {
+        Ok(pids) => {
+            for pid in pids.into_iter().filter(|pid| *pid != Pid::this()) {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
+        Err(e) => eprintln!("listing processes in netns {name}: {e:#}"),
+    }
+    run("ip", &["netns", "delete", name])
+        .map(drop)
+        .with_context(|| format!("deleting netns {name}"))
+}
+
+/// The processes whose network namespace is `name` (`ip netns pids`).
+fn pids(name: &str) -> Result<Vec<Pid>> {
+    let out = run("ip", &["netns", "pids", name])?;
+    out.split_whitespace()
+        .map(|pid| {
+            pid.parse::<i32>()
+                .map(Pid::from_raw)
+                .with_context(|| format!("`ip netns pids` printed {pid:?}"))
+        })
+        .collect()
 }
 
 /// One end of a veth pair: an interface name inside a namespace.
@@ -134,28 +194,25 @@ pub struct Iface {
 /// addresses. The names are unique per test process and at most 15 bytes.
 pub fn veth_pair(a: &NetNs, b: &NetNs) -> Result<(Iface, Iface)> {
     let suffix = crate::unique_suffix();
-    let a_name = format!("cga{suffix}");
-    let b_name = format!("cgb{suffix}");
-    if a_name.len() > 15 {
-        bail!("interface name {a_name} is longer than 15 bytes");
+    veth_pair_named(a, &format!("cga{suffix}"), b, &format!("cgb{suffix}"))
+}
+
+/// Creates a veth pair `a_name` in `a` and `b_name` in `b` (which may be the same namespace),
+/// both down and without addresses.
+pub fn veth_pair_named(a: &NetNs, a_name: &str, b: &NetNs, b_name: &str) -> Result<(Iface, Iface)> {
+    for name in [a_name, b_name] {
+        if name.len() > 15 {
+            bail!("interface name {name} is longer than 15 bytes");
+        }
     }
     run(
         "ip",
         &[
-            "link", "add", &a_name, "netns", &a.name, "type", "veth", "peer", "name", &b_name,
+            "link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name,
             "netns", &b.name,
         ],
     )?;
-    Ok((
-        Iface {
-            ns: a.name.clone(),
-            name: a_name,
-        },
-        Iface {
-            ns: b.name.clone(),
-            name: b_name,
-        },
-    ))
+    Ok((a.iface(a_name), b.iface(b_name)))
 }
 
 impl Iface {
@@ -216,20 +273,64 @@ impl Iface {
     /// The XDP attachment `ip -d link` reports: `None`, or the mode (`"xdp"` for native,
     /// `"xdpgeneric"`) with the program id.
     pub fn xdp(&self) -> Result<Option<(String, u64)>> {
+        Ok(self.xdp_program()?.map(|prog| {
+            let mode = match prog.mode {
+                XdpMode::Native => "xdp",
+                XdpMode::Generic => "xdpgeneric",
+                XdpMode::Offload => "xdpoffload",
+                XdpMode::Unknown => "unknown",
+            };
+            (mode.to_owned(), prog.id)
+        }))
+    }
+
+    /// The XDP program attached here, as `ip -d link` reports it, or `None`.
+    pub fn xdp_program(&self) -> Result<Option<XdpProgram>> {
         let details = self.details()?;
         let xdp = &details["xdp"];
         if xdp.is_null() {
             return Ok(None);
         }
+        // Attach modes as iproute2 reports them (XDP_ATTACHED_* in the kernel's uapi).
         let mode = match xdp["mode"].as_u64() {
-            Some(1) => "xdp",
-            Some(2) => "xdpgeneric",
-            Some(3) => "xdpoffload",
-            _ => "unknown",
+            Some(1) => XdpMode::Native,
+            Some(2) => XdpMode::Generic,
+            Some(3) => XdpMode::Offload,
+            _ => XdpMode::Unknown,
         };
-        let id = xdp["prog"]["id"].as_u64().unwrap_or(0);
-        Ok(Some((mode.to_owned(), id)))
+        Ok(Some(XdpProgram {
+            mode,
+            id: xdp["prog"]["id"].as_u64().unwrap_or(0),
+            name: xdp["prog"]["name"].as_str().unwrap_or_default().to_owned(),
+        }))
     }
+
+    /// Packets the interface has received plus those it has sent (`ip -s link`).
+    pub fn packets(&self) -> Result<u64> {
+        let out = self.ip(&["-j", "-s", "link", "show", "dev", &self.name])?;
+        let links: serde_json::Value = serde_json::from_str(&out)
+            .with_context(|| format!("parsing `ip -j -s link show` output {out:?}"))?;
+        let stats = &links[0]["stats64"];
+        Ok(stats["rx"]["packets"].as_u64().unwrap_or(0)
+            + stats["tx"]["packets"].as_u64().unwrap_or(0))
+    }
+}
+
+/// How an XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    Native,
+    Generic,
+    Offload,
+    Unknown,
+}
+
+/// The XDP program attached to an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpProgram {
+    pub mode: XdpMode,
+    pub id: u64,
+    pub name: String,
 }
 
 fn parse_mac(text: &str) -> Result<[u8; 6]> {

@@ -93,11 +93,18 @@ fn create_array_map() -> std::io::Result<()> {
 
 /// Mounts bpffs at `/sys/fs/bpf` in the current (host) mount namespace unless one is there.
 pub fn ensure_bpffs() -> Result<()> {
+    mount_bpffs_if_missing().map(drop)
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` in the current (host) mount namespace unless one is there, and
+/// tells whether it did (systemd mounts it at boot; bare containers and minimal machines do
+/// not, and the demo says so).
+pub fn mount_bpffs_if_missing() -> Result<bool> {
     // Tests run in parallel threads: serialise the check-then-mount so it mounts once.
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if bpffs_mounted(Path::new(BPFFS))? {
-        return Ok(());
+        return Ok(false);
     }
     nix::mount::mount(
         Some("bpf"),
@@ -106,7 +113,8 @@ pub fn ensure_bpffs() -> Result<()> {
         MsFlags::empty(),
         None::<&str>,
     )
-    .with_context(|| format!("mounting bpffs at {BPFFS}"))
+    .with_context(|| format!("mounting bpffs at {BPFFS}"))?;
+    Ok(true)
 }
 
 /// Whether a bpffs is mounted exactly at `dir` (field 5 of mountinfo is the mount point, the

@@ -7,6 +7,12 @@
 //! A [`Process`] writes stdout and stderr to files and kills (SIGKILL) and reaps the child on
 //! drop. On drop it also prints the tail of both files: the test harness shows that output only
 //! for failing tests, which makes a failure diagnosable from the test log alone.
+//!
+//! The demo and the bench run long-lived programs differently ([`Process::spawn_logged`]): the
+//! command comes ready (usually from [`NetNs::command`]), both streams go to one log file the
+//! user can read afterwards, the child gets a process group of its own so that Ctrl-C reaches
+//! only the parent (which then stops its children in order), and on drop it is asked to exit
+//! with SIGTERM before it is killed, without printing anything.
 
 use std::fs::File;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -46,14 +52,33 @@ pub fn output_in(ns: &NetNs, mut cmd: Command) -> Result<Output> {
         .with_context(|| format!("running {cmd:?} in netns {}", ns.name()))
 }
 
-/// A running child whose output goes to files; killed and reaped on drop.
+/// A running child whose output goes to files; stopped and reaped on drop.
 #[derive(Debug)]
 pub struct Process {
     label: String,
     child: Child,
     status: Option<ExitStatus>,
-    stdout: PathBuf,
-    stderr: PathBuf,
+    logs: Logs,
+    /// How a child still running when the process is dropped is stopped.
+    on_drop: OnDrop,
+    /// Files the child leaves behind when it is killed (a control socket), removed on drop.
+    leftovers: Vec<PathBuf>,
+}
+
+#[derive(Debug)]
+enum Logs {
+    /// The suite's way: one file a stream, printed on drop.
+    Split { stdout: PathBuf, stderr: PathBuf },
+    /// The demo's and the bench's way: both streams in one file the user reads.
+    Combined(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum OnDrop {
+    /// SIGKILL, then print the tail of the logs.
+    KillAndPrint,
+    /// SIGTERM, this long to exit, then SIGKILL; nothing printed.
+    Terminate(Duration),
 }
 
 impl Process {
@@ -75,13 +100,78 @@ impl Process {
             label: label.to_owned(),
             child,
             status: None,
-            stdout,
-            stderr,
+            logs: Logs::Split { stdout, stderr },
+            on_drop: OnDrop::KillAndPrint,
+            leftovers: Vec::new(),
         })
+    }
+
+    /// Spawns `cmd` as it is, in a process group of its own, with stdin closed and stdout and
+    /// stderr both written to `log`. A child still running on drop gets SIGTERM and `grace` to
+    /// exit before SIGKILL; with a zero `grace` it is killed at once.
+    pub fn spawn_logged(
+        mut cmd: Command,
+        label: &str,
+        log: &Path,
+        grace: Duration,
+    ) -> Result<Process> {
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out
+            .try_clone()
+            .with_context(|| format!("duplicating the descriptor of {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("spawning {label}: {cmd:?}"))?;
+        Ok(Process {
+            label: label.to_owned(),
+            child,
+            status: None,
+            logs: Logs::Combined(log.to_path_buf()),
+            on_drop: OnDrop::Terminate(grace),
+            leftovers: Vec::new(),
+        })
+    }
+
+    /// Removes `path` when the process is dropped, after the child is gone: what a killed
+    /// program cannot clean up itself, such as wireguard-go's control socket.
+    pub fn remove_on_drop(&mut self, path: PathBuf) {
+        self.leftovers.push(path);
+    }
+
+    /// Fails naming the exit status and the end of the log when the child has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.try_wait()? {
+            bail!(
+                "{} exited ({})\n{}",
+                self.label,
+                describe(status),
+                self.log_tail(8)
+            );
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines of the child's output (both streams).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = match &self.logs {
+            Logs::Split { .. } => format!("{}{}", self.stdout(), self.stderr()),
+            Logs::Combined(log) => std::fs::read_to_string(log).unwrap_or_default(),
+        };
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     pub fn pid(&self) -> Pid {
         Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX))
+    }
+
+    /// The child's process id as the standard library and `/proc` give it.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn label(&self) -> &str {
@@ -134,12 +224,21 @@ impl Process {
         bail!("{} did not exit within {timeout:?} of SIGTERM", self.label)
     }
 
+    /// What the child wrote to stdout (both streams for a combined log).
     pub fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+        let path = match &self.logs {
+            Logs::Split { stdout, .. } => stdout,
+            Logs::Combined(log) => log,
+        };
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
+    /// What the child wrote to stderr (nothing apart for a combined log).
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        match &self.logs {
+            Logs::Split { stderr, .. } => std::fs::read_to_string(stderr).unwrap_or_default(),
+            Logs::Combined(_) => String::new(),
+        }
     }
 
     /// Prints the tail of both streams, labelled.
@@ -164,10 +263,31 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if let Err(e) = self.kill9() {
-            eprintln!("killing {}: {e:#}", self.label);
+        match self.on_drop {
+            OnDrop::KillAndPrint => {
+                if let Err(e) = self.kill9() {
+                    eprintln!("killing {}: {e:#}", self.label);
+                }
+                self.print_logs();
+            }
+            OnDrop::Terminate(grace) if grace.is_zero() => {
+                if let Err(e) = self.kill9() {
+                    eprintln!("killing {}: {e:#}", self.label);
+                }
+            }
+            OnDrop::Terminate(grace) => {
+                if let Err(e) = self.terminate(grace) {
+                    eprintln!("stopping {}: {e:#}", self.label);
+                }
+            }
         }
-        self.print_logs();
+        for path in &self.leftovers {
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    eprintln!("removing {}: {e}", path.display());
+                }
+            }
+        }
     }
 }
 

@@ -20,6 +20,11 @@ use crate::wait::wait_for;
 /// Where WireGuard tools keep the sockets of userspace devices.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 
+/// The control socket of the userspace WireGuard device `ifname`.
+pub fn socket_path(ifname: &str) -> PathBuf {
+    Path::new(SOCKET_DIR).join(format!("{ifname}.sock"))
+}
+
 /// A WireGuard key pair in base64.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -94,7 +99,7 @@ impl WgClient {
         let mut cmd = Command::new("wireguard-go");
         cmd.arg(&name).env("WG_PROCESS_FOREGROUND", "1");
         let process = Process::spawn(ns, cmd, dir.path(), &format!("wireguard-go-{name}"))?;
-        let socket = Path::new(SOCKET_DIR).join(format!("{name}.sock"));
+        let socket = socket_path(&name);
         let mut client = WgClient {
             name,
             ns_name: ns.name().to_owned(),

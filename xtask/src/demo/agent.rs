@@ -7,22 +7,24 @@
 //! directory across namespaces.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nix::sys::signal::{kill, Signal};
+use crmguard_lab::process::{self, Process};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use super::lab::{self, GATEWAY_WG_IF, HOST_NS};
+use super::lab::{GATEWAY_WG_IF, HOST_NS};
 use crmguard_lab::cmd;
+use crmguard_lab::netns::nsenter;
 
 /// Renames the agent's WireGuard TUN device (crmguard's `vpn::INTERFACE_ENV`).
 const VPN_INTERFACE_ENV: &str = "CRMGUARD_VPN_INTERFACE";
+
+/// How long the agent has to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The crmguard binary and the configuration file every call uses.
 #[derive(Clone)]
@@ -71,23 +73,22 @@ impl Cli {
 
     /// `crmguard uninstall`, run in the host namespace where the interfaces are.
     pub fn uninstall(&self) -> Result<()> {
-        let mut uninstall = lab::in_ns(HOST_NS, &self.bin);
+        let mut uninstall = nsenter(HOST_NS, &self.bin);
         uninstall.arg("uninstall").arg("--config").arg(&self.config);
         cmd::run(&mut uninstall)
     }
 }
 
+/// `crmguard run` in the host namespace; stopped with SIGTERM when dropped.
 pub struct Agent {
-    child: Child,
+    process: Process,
     log: PathBuf,
 }
 
 impl Agent {
     /// Starts `crmguard run` in the host namespace, its output going to `log`.
     pub fn start(cli: &Cli, log: &Path) -> Result<Agent> {
-        let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut run = lab::in_ns(HOST_NS, &cli.bin);
+        let mut run = nsenter(HOST_NS, &cli.bin);
         run.arg("run")
             .arg("--config")
             .arg(&cli.config)
@@ -97,21 +98,15 @@ impl Agent {
             cmd::display(&run),
             log.display()
         );
-        let child = run
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start `{}`", cmd::display(&run)))?;
+        let process = Process::spawn_logged(run, "the agent", log, STOP_GRACE)?;
         Ok(Agent {
-            child,
+            process,
             log: log.to_path_buf(),
         })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    pub fn pid(&self) -> Pid {
+        self.process.pid()
     }
 
     /// Polls `crmguard status` until it answers, the agent exits, or `timeout` passes.
@@ -119,9 +114,10 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         loop {
             super::check_interrupt()?;
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.process.try_wait()? {
                 bail!(
-                    "the agent exited ({status}) before it answered\n{}",
+                    "the agent exited ({}) before it answered\n{}",
+                    process::describe(status),
                     self.log_tail()
                 );
             }
@@ -141,60 +137,29 @@ impl Agent {
 
     /// SIGKILL: the agent gets no chance to clean up, like a crash or the OOM killer.
     pub fn kill9(mut self) -> Result<()> {
-        self.signal(Signal::SIGKILL)?;
-        self.child.wait()?;
-        Ok(())
+        self.process.kill9().map(drop)
     }
 
     /// SIGTERM and wait: the agent exits and leaves the filter attached.
     pub fn stop(mut self) -> Result<()> {
-        self.terminate()
-    }
-
-    fn terminate(&mut self) -> Result<()> {
-        if self.child.try_wait()?.is_some() {
-            return Ok(());
+        let status = self.process.terminate(STOP_GRACE)?;
+        if !status.success() {
+            eprintln!(
+                "demo: the agent exited with {}\n{}",
+                process::describe(status),
+                self.log_tail()
+            );
         }
-        self.signal(Signal::SIGTERM)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    eprintln!("demo: the agent exited with {status}\n{}", self.log_tail());
-                }
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.signal(Signal::SIGKILL)?;
-        self.child.wait()?;
-        bail!("the agent did not exit within 10 s of SIGTERM and was killed");
-    }
-
-    fn signal(&self, signal: Signal) -> Result<()> {
-        let pid = i32::try_from(self.child.id()).context("pid out of range")?;
-        kill(Pid::from_raw(pid), signal)
-            .with_context(|| format!("cannot send {signal} to the agent"))
+        Ok(())
     }
 
     /// The last lines of the agent's log, for error messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(20)..];
         format!(
             "--- last lines of {} ---\n{}",
             self.log.display(),
-            tail.join("\n")
+            self.process.log_tail(20)
         )
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Err(err) = self.terminate() {
-            eprintln!("demo: {err:#}");
-        }
     }
 }
 

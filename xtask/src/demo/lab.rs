@@ -19,15 +19,13 @@
 //! run. Commands run inside a namespace through `nsenter --net` only: they keep the host's mount
 //! namespace, so pins under the host's /sys/fs/bpf outlive the agent (fail-static).
 
-use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 
-use crmguard_lab::cmd;
+use crmguard_lab::netns::{self, Iface, NetNs, XdpMode};
+use crmguard_lab::{privileged, wg};
 
 pub const HOST_NS: &str = "cgdemo-host";
 pub const OUT_NS: &str = "cgdemo-out";
@@ -44,9 +42,6 @@ const STAFF_ROUTER: &str = "10.252.0.1";
 pub const GATEWAY_WG_IF: &str = "cgdemo-gw";
 /// The staff laptop's wireguard-go device.
 pub const STAFF_WG_IF: &str = "cgdemo-wg";
-/// Where userspace WireGuard devices keep their control sockets, `<interface>.sock`. The
-/// directory is shared by every network namespace, hence the demo's own interface names.
-pub const WG_SOCKET_DIR: &str = "/var/run/wireguard";
 
 /// Every namespace of the lab.
 const NAMESPACES: [&str; 3] = [OUT_NS, HOST_NS, STAFF_NS];
@@ -55,7 +50,7 @@ const NAMESPACES: [&str; 3] = [OUT_NS, HOST_NS, STAFF_NS];
 /// temporary directory); the demo's pid follows it.
 pub const PREFIX: &str = "cgdemo-";
 
-pub const BPFFS: &str = "/sys/fs/bpf";
+pub use crmguard_lab::privileged::BPFFS;
 
 pub struct Host {
     pub name: &'static str,
@@ -93,113 +88,87 @@ pub const STAFF: Host = Host {
     v6: None,
 };
 
-/// `program` run with only the network namespace `ns` entered.
-pub fn in_ns(ns: &str, program: impl AsRef<OsStr>) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{ns}")).arg(program);
-    cmd
+/// The lab's namespaces and the host's filtered interface; dropping it deletes the namespaces
+/// (and with them the veth pairs and anything still running inside) and the control sockets
+/// the WireGuard devices may have left.
+pub struct Lab {
+    pub host_if: Iface,
+    _namespaces: [NetNs; 3],
 }
 
-fn ip(ns: &str, args: &str) -> Result<()> {
-    cmd::stdout_of(
-        Command::new("ip")
-            .args(["-n", ns])
-            .args(args.split_whitespace()),
-    )?;
-    Ok(())
+impl Lab {
+    /// Creates the namespaces, the veth pairs, the addresses and the routes. Expects no
+    /// leftovers.
+    pub fn create() -> Result<Lab> {
+        let out = NetNs::named(OUT_NS)?;
+        let host = NetNs::named(HOST_NS)?;
+        let staff = NetNs::named(STAFF_NS)?;
+        let (host_if, out_if) = netns::veth_pair_named(&host, HOST_IF, &out, OUT_IF)?;
+        host_if.add_addr(&format!("{}/24", HOST.v4))?;
+        for host in [ADMIN, ATTACKER, CUSTOMER] {
+            out_if.add_addr(&format!("{}/24", host.v4))?;
+        }
+        // IPv6 addresses get `nodad`: usable at once instead of after duplicate detection.
+        for (iface, host) in [(&host_if, HOST), (&out_if, ADMIN), (&out_if, ATTACKER)] {
+            if let Some(v6) = host.v6 {
+                iface.add_addr(&format!("{v6}/64"))?;
+            }
+        }
+        host_if.up()?;
+        out_if.up()?;
+        // The customer's network is not the host's: the host reaches it over the same link.
+        host.ip(&["route", "add", "10.251.0.0/24", "dev", HOST_IF])?;
+        create_staff_link(&host, &out, &staff)?;
+        Ok(Lab {
+            host_if,
+            _namespaces: [out, host, staff],
+        })
+    }
+
+    /// The XDP program attached to the host-side interface.
+    pub fn xdp_on_host_if(&self) -> Result<Option<Xdp>> {
+        Ok(self.host_if.xdp_program()?.map(|prog| Xdp {
+            mode: match prog.mode {
+                XdpMode::Native => "native",
+                XdpMode::Generic => "generic",
+                XdpMode::Offload => "offload",
+                XdpMode::Unknown => "unknown",
+            },
+            prog_id: prog.id,
+            prog_name: prog.name,
+        }))
+    }
 }
 
-/// Creates the namespaces, the veth pairs, the addresses and the routes. Expects no leftovers.
-pub fn create() -> Result<()> {
-    for ns in NAMESPACES {
-        cmd::stdout_of(Command::new("ip").args(["netns", "add", ns]))?;
-    }
-    cmd::stdout_of(Command::new("ip").args([
-        "link", "add", HOST_IF, "netns", HOST_NS, "type", "veth", "peer", "name", OUT_IF, "netns",
-        OUT_NS,
-    ]))?;
-    ip(HOST_NS, "link set lo up")?;
-    ip(OUT_NS, "link set lo up")?;
-    ip(HOST_NS, &format!("addr add {}/24 dev {HOST_IF}", HOST.v4))?;
-    for host in [ADMIN, ATTACKER, CUSTOMER] {
-        ip(OUT_NS, &format!("addr add {}/24 dev {OUT_IF}", host.v4))?;
-    }
-    // `nodad`: the addresses are usable at once instead of after duplicate detection.
-    for (ns, dev, host) in [
-        (HOST_NS, HOST_IF, HOST),
-        (OUT_NS, OUT_IF, ADMIN),
-        (OUT_NS, OUT_IF, ATTACKER),
-    ] {
-        if let Some(v6) = host.v6 {
-            ip(ns, &format!("addr add {v6}/64 dev {dev} nodad"))?;
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // The namespaces go with the fields, after this.
+        for socket in [wg::socket_path(GATEWAY_WG_IF), wg::socket_path(STAFF_WG_IF)] {
+            if socket.exists() {
+                let _ = std::fs::remove_file(socket);
+            }
         }
     }
-    ip(HOST_NS, &format!("link set {HOST_IF} up"))?;
-    ip(OUT_NS, &format!("link set {OUT_IF} up"))?;
-    // The customer's network is not the host's: the host reaches it over the same link.
-    ip(HOST_NS, &format!("route add 10.251.0.0/24 dev {HOST_IF}"))?;
-    create_staff_link()
 }
 
 /// The staff laptop's link to the outside namespace, which forwards between it and the host.
-fn create_staff_link() -> Result<()> {
-    cmd::stdout_of(Command::new("ip").args([
-        "link",
+fn create_staff_link(host: &NetNs, out: &NetNs, staff: &NetNs) -> Result<()> {
+    let (staff_if, router_if) = netns::veth_pair_named(staff, STAFF_IF, out, OUT_STAFF_IF)?;
+    staff_if.add_addr(&format!("{}/24", STAFF.v4))?;
+    router_if.add_addr(&format!("{STAFF_ROUTER}/24"))?;
+    staff_if.up()?;
+    router_if.up()?;
+    staff.ip(&["route", "add", "default", "via", STAFF_ROUTER])?;
+    host.ip(&[
+        "route",
         "add",
-        STAFF_IF,
-        "netns",
-        STAFF_NS,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        OUT_STAFF_IF,
-        "netns",
-        OUT_NS,
-    ]))?;
-    ip(STAFF_NS, "link set lo up")?;
-    ip(
-        STAFF_NS,
-        &format!("addr add {}/24 dev {STAFF_IF}", STAFF.v4),
-    )?;
-    ip(
-        OUT_NS,
-        &format!("addr add {STAFF_ROUTER}/24 dev {OUT_STAFF_IF}"),
-    )?;
-    ip(STAFF_NS, &format!("link set {STAFF_IF} up"))?;
-    ip(OUT_NS, &format!("link set {OUT_STAFF_IF} up"))?;
-    ip(STAFF_NS, &format!("route add default via {STAFF_ROUTER}"))?;
-    ip(
-        HOST_NS,
-        &format!("route add 10.252.0.0/24 via {} dev {HOST_IF}", ADMIN.v4),
-    )?;
-    // /proc/sys/net belongs to the network namespace of the process that opens it.
-    cmd::stdout_of(in_ns(OUT_NS, "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
-    Ok(())
-}
-
-/// Deletes the namespaces (and with them the veth pairs) and the control sockets the
-/// WireGuard devices may have left; quiet and best effort.
-pub fn destroy() {
-    for ns in NAMESPACES {
-        if netns_exists(ns) {
-            let _ = cmd::output(Command::new("ip").args(["netns", "del", ns]));
-        }
-    }
-    for socket in [wg_socket(GATEWAY_WG_IF), wg_socket(STAFF_WG_IF)] {
-        if socket.exists() {
-            let _ = std::fs::remove_file(socket);
-        }
-    }
-}
-
-/// The control socket of the userspace WireGuard device `ifname`.
-pub fn wg_socket(ifname: &str) -> PathBuf {
-    Path::new(WG_SOCKET_DIR).join(format!("{ifname}.sock"))
-}
-
-fn netns_exists(ns: &str) -> bool {
-    Path::new("/run/netns").join(ns).exists()
+        "10.252.0.0/24",
+        "via",
+        &ADMIN.v4.to_string(),
+        "dev",
+        HOST_IF,
+    ])?;
+    out.sysctl("net/ipv4/ip_forward", "1")
 }
 
 /// Removes what an earlier demo left behind when it was killed before its cleanup: processes in
@@ -214,21 +183,10 @@ pub fn remove_stale() -> Result<()> {
         }
     }
     for ns in NAMESPACES {
-        if !netns_exists(ns) {
-            continue;
+        if netns::exists(ns) {
+            eprintln!("demo: removing namespace {ns} and what runs in it, left by an earlier demo");
+            netns::delete(ns)?;
         }
-        let pids = cmd::stdout_of(Command::new("ip").args(["netns", "pids", ns]))?;
-        for pid in pids
-            .split_whitespace()
-            .filter_map(|pid| pid.parse::<i32>().ok())
-        {
-            eprintln!("demo: stopping pid {pid}, left in namespace {ns} by an earlier demo");
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        eprintln!("demo: removing namespace {ns}, left by an earlier demo");
     }
     for (pid, dir) in with_prefix(Path::new(BPFFS))? {
         if pid != own {
@@ -237,7 +195,11 @@ pub fn remove_stale() -> Result<()> {
                 .with_context(|| format!("cannot remove {}", dir.display()))?;
         }
     }
-    destroy();
+    for socket in [wg::socket_path(GATEWAY_WG_IF), wg::socket_path(STAFF_WG_IF)] {
+        if socket.exists() {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
     for (pid, dir) in workdirs {
         if pid != own {
             let _ = std::fs::remove_dir_all(dir);
@@ -282,15 +244,8 @@ fn is_demo(pid: u32) -> bool {
 /// Mounts bpffs at /sys/fs/bpf when it is not mounted yet (systemd does this at boot; bare
 /// containers and minimal machines do not).
 pub fn ensure_bpffs() -> Result<()> {
-    let mounts =
-        std::fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
-    let mounted = mounts.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1) == Some(&BPFFS) && fields.get(2) == Some(&"bpf")
-    });
-    if !mounted {
-        eprintln!("demo: mounting bpffs at {BPFFS} (pinned filters live there)");
-        cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
+    if privileged::mount_bpffs_if_missing()? {
+        eprintln!("demo: mounted bpffs at {BPFFS} (pinned filters live there)");
     }
     Ok(())
 }
@@ -310,29 +265,4 @@ impl std::fmt::Display for Xdp {
             self.mode, self.prog_name, self.prog_id
         )
     }
-}
-
-/// The XDP program attached to the host-side interface, from `ip -j -d link show`.
-pub fn xdp_on_host_if() -> Result<Option<Xdp>> {
-    let text = cmd::stdout_of(
-        Command::new("ip").args(["-n", HOST_NS, "-j", "-d", "link", "show", "dev", HOST_IF]),
-    )?;
-    let links: Value = serde_json::from_str(&text).context("cannot parse `ip -j link` output")?;
-    let xdp = &links[0]["xdp"];
-    let Some(prog_id) = xdp["prog"]["id"].as_u64() else {
-        return Ok(None);
-    };
-    // Attach modes as iproute2 reports them (XDP_ATTACHED_* in the kernel's uapi).
-    let mode = match xdp["mode"].as_u64() {
-        Some(1) => "native",
-        Some(2) => "generic",
-        Some(3) => "offload",
-        _ => "unknown",
-    };
-    let prog_name = xdp["prog"]["name"].as_str().unwrap_or_default().to_owned();
-    Ok(Some(Xdp {
-        mode,
-        prog_id,
-        prog_name,
-    }))
 }

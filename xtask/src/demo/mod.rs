@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use self::agent::{Agent, Cli, Status};
-use self::lab::{Host, ADMIN, ATTACKER, CUSTOMER, HOST, HOST_IF, HOST_NS, OUT_NS, STAFF, STAFF_NS};
+use self::lab::{
+    Host, Lab, ADMIN, ATTACKER, CUSTOMER, HOST, HOST_IF, HOST_NS, OUT_NS, STAFF, STAFF_NS,
+};
 use self::probe::{Outcome, Servers};
 use crate::deps;
 use crmguard_lab::cmd;
@@ -101,6 +103,8 @@ struct Demo {
     cli: Cli,
     workdir: PathBuf,
     pin_dir: PathBuf,
+    /// The namespaces; `None` until they are created and once they are removed.
+    lab: Option<Lab>,
     /// A filter for this configuration may be attached or pinned: cleanup uninstalls it.
     installed: bool,
     /// Steps that did not behave as expected.
@@ -150,17 +154,18 @@ impl Demo {
             .mode(0o700)
             .create(&workdir)
             .with_context(|| format!("cannot create {}", workdir.display()))?;
-        let demo = Demo {
+        let mut demo = Demo {
             cli: Cli {
                 bin,
                 config: workdir.join("crmguard.toml"),
             },
             pin_dir: Path::new(lab::BPFFS).join(&name),
             workdir,
+            lab: None,
             installed: false,
             failures: Vec::new(),
         };
-        lab::create()?;
+        demo.lab = Some(Lab::create()?);
         let state_dir = demo.state_dir();
         std::fs::DirBuilder::new().mode(0o700).create(&state_dir)?;
         let text = config::render(&config::Paths {
@@ -215,7 +220,7 @@ impl Demo {
         println!("  crmguard check: the configuration is valid");
 
         section("Start");
-        let _servers = Servers::start()?;
+        let _servers = Servers::start(&self.workdir)?;
         println!("  servers in {HOST_NS}, verified over loopback:");
         for (port, name, _) in probe::SERVERS {
             println!("    tcp/{port:<5} {name}");
@@ -297,7 +302,7 @@ impl Demo {
         self.show_metrics();
 
         section("Fail-static: kill -9 the agent");
-        let before = lab::xdp_on_host_if()?;
+        let before = self.xdp()?;
         let pid = agent.pid();
         eprintln!("$ kill -9 {pid}");
         agent.kill9()?;
@@ -529,12 +534,20 @@ impl Demo {
     }
 
     fn show_xdp(&self, label: &str) -> Result<Option<lab::Xdp>> {
-        let xdp = lab::xdp_on_host_if()?;
+        let xdp = self.xdp()?;
         match &xdp {
             Some(xdp) => println!("  {label}: XDP on {HOST_IF}: {xdp}"),
             None => println!("  {label}: no XDP program on {HOST_IF}"),
         }
         Ok(xdp)
+    }
+
+    /// What is attached at XDP on the host-side interface.
+    fn xdp(&self) -> Result<Option<lab::Xdp>> {
+        self.lab
+            .as_ref()
+            .context("the lab is not there")?
+            .xdp_on_host_if()
     }
 
     fn fail(&mut self, problem: String) {
@@ -555,7 +568,7 @@ impl Drop for Demo {
                 eprintln!("demo: {err:#}");
             }
         }
-        lab::destroy();
+        drop(self.lab.take());
         for dir in [&self.pin_dir, &self.workdir] {
             if dir.exists() {
                 if let Err(err) = std::fs::remove_dir_all(dir) {

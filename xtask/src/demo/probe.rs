@@ -2,15 +2,16 @@
 //! the servers on the host that answer them.
 
 use std::net::IpAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::config;
-use super::lab::{self, HOST_NS};
+use super::lab::HOST_NS;
 use crmguard_lab::cmd;
+use crmguard_lab::netns::nsenter;
+use crmguard_lab::process::Process;
 
 /// How long a probe waits for an answer.
 pub const TIMEOUT_S: u32 = 2;
@@ -26,24 +27,23 @@ pub const SERVERS: &[(u16, &str, &str)] = &[
     (9999, "internal api", "echo CRM-INTERNAL-API ready"),
 ];
 
-/// The servers, stopped when dropped.
-pub struct Servers(Vec<Child>);
+/// The servers, killed when dropped.
+pub struct Servers(Vec<Process>);
 
 impl Servers {
-    /// Starts every server in the host namespace and waits until each accepts on loopback.
-    pub fn start() -> Result<Servers> {
+    /// Starts every server in the host namespace, their output in `log_dir`, and waits until
+    /// each accepts on loopback.
+    pub fn start(log_dir: &Path) -> Result<Servers> {
         let mut servers = Servers(Vec::new());
-        for (port, _, reply) in SERVERS {
-            let mut ncat = lab::in_ns(HOST_NS, "ncat");
+        for (port, name, reply) in SERVERS {
+            let mut ncat = nsenter(HOST_NS, "ncat");
             ncat.args(["-lk", &port.to_string(), "-c", reply]);
             eprintln!("$ {} &", cmd::display(&ncat));
-            let child = ncat
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .with_context(|| format!("cannot start `{}`", cmd::display(&ncat)))?;
-            servers.0.push(child);
+            let log = log_dir.join(format!("server-{port}.log"));
+            let label = format!("the {name} server");
+            servers
+                .0
+                .push(Process::spawn_logged(ncat, &label, &log, Duration::ZERO)?);
         }
         for (port, name, _) in SERVERS {
             wait_listening(*port).with_context(|| format!("the {name} server did not start"))?;
@@ -52,19 +52,10 @@ impl Servers {
     }
 }
 
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn wait_listening(port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut probe = lab::in_ns(HOST_NS, "ncat");
+        let mut probe = nsenter(HOST_NS, "ncat");
         probe.args(["-z", "-w", "1", "127.0.0.1", &port.to_string()]);
         if cmd::succeeds(&mut probe) {
             return Ok(());
@@ -121,7 +112,7 @@ pub fn line(outcome: &Outcome, who: &str, src: IpAddr, dst: IpAddr, what: &str) 
 /// line.
 pub fn tcp(ns: &str, src: IpAddr, dst: IpAddr, port: u16) -> Result<Outcome> {
     let timeout = TIMEOUT_S.to_string();
-    let mut ncat = lab::in_ns(ns, "ncat");
+    let mut ncat = nsenter(ns, "ncat");
     ncat.args(["--recv-only", "-w", &timeout, "-i", &timeout, "-s"])
         .arg(src.to_string())
         .arg(dst.to_string())
@@ -144,7 +135,7 @@ pub fn tcp(ns: &str, src: IpAddr, dst: IpAddr, port: u16) -> Result<Outcome> {
 
 /// One ICMP echo request from `src` in namespace `ns` to `dst`.
 pub fn ping(ns: &str, src: IpAddr, dst: IpAddr) -> Result<Outcome> {
-    let mut ping = lab::in_ns(ns, "ping");
+    let mut ping = nsenter(ns, "ping");
     ping.args(["-n", "-c", "1", "-W", &TIMEOUT_S.to_string(), "-I"])
         .arg(src.to_string())
         .arg(dst.to_string());
@@ -165,7 +156,7 @@ pub fn ping(ns: &str, src: IpAddr, dst: IpAddr) -> Result<Outcome> {
 
 /// Fetches a URL from inside the host namespace.
 pub fn http_get_in_host(url: &str) -> Result<String> {
-    let mut curl = lab::in_ns(HOST_NS, "curl");
+    let mut curl = nsenter(HOST_NS, "curl");
     curl.args(["-sS", "-m", &TIMEOUT_S.to_string(), url]);
     cmd::stdout_of(&mut curl)
 }

@@ -10,13 +10,12 @@
 //! This module owns the laptop's wireguard-go process and its control socket and removes both
 //! when done, also on an error or Ctrl-C; the namespaces belong to lab.rs.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -24,10 +23,12 @@ use serde_json::Value;
 
 use super::agent::Status;
 use super::config::{self, CRM_PORT, ISSUER, PORTAL_PORT, ROLE, VPN_GATEWAY, WG_PORT};
-use super::lab::{self, HOST, STAFF_NS, STAFF_WG_IF};
+use super::lab::{HOST, STAFF_NS, STAFF_WG_IF};
 use super::probe::{self, Outcome};
 use super::{check_interrupt, Demo};
-use crmguard_lab::cmd;
+use crmguard_lab::netns::nsenter;
+use crmguard_lab::process::{self, Process};
+use crmguard_lab::{cmd, wg};
 
 /// The staff member whose laptop the section provisions.
 const PEER: &str = "alice";
@@ -470,7 +471,7 @@ fn on_laptop(program: &str, args: &[&str]) -> Result<String> {
     let mut shown = Command::new(program);
     shown.args(args);
     println!("  staff$ {}", cmd::display(&shown));
-    let mut command = lab::in_ns(STAFF_NS, program);
+    let mut command = nsenter(STAFF_NS, program);
     command.args(args);
     cmd::stdout_of(&mut command)
 }
@@ -571,9 +572,8 @@ impl ClientConfig {
 /// with it, and removes the control socket, which a killed wireguard-go leaves behind.
 struct WgDevice {
     ifname: &'static str,
-    child: Child,
+    process: Process,
     socket: PathBuf,
-    log: PathBuf,
 }
 
 impl WgDevice {
@@ -581,25 +581,18 @@ impl WgDevice {
     /// process) and in a process group of its own (so that Ctrl-C reaches only the demo), and
     /// waits for its control socket.
     fn start(ns: &str, ifname: &'static str, log: &Path) -> Result<WgDevice> {
-        let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut wireguard = lab::in_ns(ns, "wireguard-go");
+        let mut wireguard = nsenter(ns, "wireguard-go");
         wireguard
             .args(["-f", ifname])
             .env("WG_PROCESS_FOREGROUND", "1");
         println!("  staff$ WG_PROCESS_FOREGROUND=1 wireguard-go -f {ifname} &");
-        let child = wireguard
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start `{}`", cmd::display(&wireguard)))?;
+        let mut process = Process::spawn_logged(wireguard, "wireguard-go", log, Duration::ZERO)?;
+        let socket = wg::socket_path(ifname);
+        process.remove_on_drop(socket.clone());
         let mut device = WgDevice {
             ifname,
-            child,
-            socket: lab::wg_socket(ifname),
-            log: log.to_path_buf(),
+            process,
+            socket,
         };
         device.wait_socket()?;
         Ok(device)
@@ -612,11 +605,12 @@ impl WgDevice {
             if self.socket.exists() {
                 return Ok(());
             }
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.process.try_wait()? {
                 bail!(
-                    "wireguard-go exited ({status}) before it opened {}:\n{}",
+                    "wireguard-go exited ({}) before it opened {}:\n{}",
+                    process::describe(status),
                     self.socket.display(),
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                    self.process.stdout()
                 );
             }
             if Instant::now() >= deadline {
@@ -658,18 +652,6 @@ impl WgDevice {
             on_laptop("ip", &["route", "add", net, "dev", self.ifname])?;
         }
         Ok(())
-    }
-}
-
-impl Drop for WgDevice {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if self.socket.exists() {
-            if let Err(err) = std::fs::remove_file(&self.socket) {
-                eprintln!("demo: cannot remove {}: {err}", self.socket.display());
-            }
-        }
     }
 }
 
