@@ -4,18 +4,63 @@
 //! the target, and then the directory itself is flushed. Missing parent
 //! directories are created with mode 0700. No temporary file is left
 //! behind, also when writing fails.
+//!
+//! This module is the one place state files are written whole: [`write`]
+//! replaces a file, [`create_new`] creates one that must never be replaced
+//! (a key), and [`sync_dir`] flushes the directory entry of a file opened
+//! in place (the audit log).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Replaces the file at `path` with `bytes`.
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
+    let temp = temp_path(path)?;
+    let result = write_synced(&temp, bytes)
+        .and_then(|()| fs::rename(&temp, path))
+        .and_then(|()| sync_dir(path));
+    if result.is_err() {
+        // The rename may not have happened; a leftover would be picked up by nobody.
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Creates the file at `path` with `bytes` unless it exists, and tells whether it did. The
+/// file appears whole or not at all (a flushed temporary file is linked into place), and when
+/// two processes race, exactly one file wins and neither is replaced: the loser finds the
+/// winner's.
+pub fn create_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    let temp = temp_path(path)?;
+    let result = write_synced(&temp, bytes).and_then(|()| match fs::hard_link(&temp, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    });
+    let _ = fs::remove_file(&temp);
+    let created = result?;
+    sync_dir(path)?;
+    Ok(created)
+}
+
+/// Flushes the directory that holds `path`, so that a file created or renamed there survives
+/// a crash.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(parent(path))?.sync_all()
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
-    };
+    }
+}
+
+/// `.NAME.tmp.PID` next to `path`, creating the directory (mode 0700) when missing.
+fn temp_path(path: &Path) -> io::Result<PathBuf> {
+    let dir = parent(path);
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -28,15 +73,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(name);
     temp_name.push(format!(".tmp.{}", std::process::id()));
-    let temp = dir.join(temp_name);
-    let result = write_synced(&temp, bytes)
-        .and_then(|()| fs::rename(&temp, path))
-        .and_then(|()| File::open(dir)?.sync_all());
-    if result.is_err() {
-        // The rename may not have happened; a leftover would be picked up by nobody.
-        let _ = fs::remove_file(&temp);
-    }
-    result
+    Ok(dir.join(temp_name))
 }
 
 /// Writes `bytes` to a fresh file at `path` and flushes it to disk.

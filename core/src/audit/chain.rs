@@ -2,9 +2,8 @@
 //! remembers the end of the chain.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use data_encoding::HEXLOWER;
@@ -124,14 +123,8 @@ pub fn load_or_create_key(path: &Path) -> Result<AuditKey, KeyError> {
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut key))
         .map_err(err)?;
-    let temp = temp_path(path, ".new").map_err(err)?;
-    let result = write_synced(&temp, &key).and_then(|()| match fs::hard_link(&temp, path) {
-        // Another process created the key first; its key is the one in use.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        other => other,
-    });
-    let _ = fs::remove_file(&temp);
-    result.and_then(|()| sync_dir(path)).map_err(err)?;
+    // When another process created the key first, its key is the one in use.
+    crate::atomic_file::create_new(path, &key).map_err(err)?;
     load_key(path)
 }
 
@@ -225,45 +218,3 @@ fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     crate::atomic_file::write(path, bytes)
 }
 
-/// `.NAME<suffix>` next to `path`, creating the directory (mode 0700) when missing.
-fn temp_path(path: &Path, suffix: &str) -> io::Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let dir = parent(path);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(suffix);
-    Ok(dir.join(temp_name))
-}
-
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
-}
-
-pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
-    File::open(parent(path))?.sync_all()
-}
-
-/// Writes `bytes` to a fresh file at `path` (mode 0600, not through a symbolic link) and
-/// flushes it to disk.
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    // The mode of `open` applies only when it creates the file; a leftover keeps its own.
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}

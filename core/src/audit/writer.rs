@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::chain::{read_checkpoint, write_checkpoint, AuditKey, Checkpoint, CheckpointError};
-use super::chain::{sync_dir, ZERO_MAC};
+use super::chain::ZERO_MAC;
+use crate::atomic_file::sync_dir;
 use super::record::{check_line, encode_line, Event};
 
 /// Why a record could not be written.
