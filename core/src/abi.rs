@@ -7,7 +7,6 @@
 //! the datapath's tests compare every member's offset with the BTF of the
 //! compiled objects. Fields ending in `_be` hold network byte
 //! order, exactly as in the header.
-#![allow(unsafe_code)]
 
 use std::fmt;
 
@@ -402,6 +401,7 @@ const _: () = assert!(std::mem::size_of::<SvcLpm6>() == 24);
 /// `aya::Pod` for the structs the datapath stores in maps, only when the `aya` feature is on
 /// (the datapath crate turns it on; the core builds without aya).
 #[cfg(feature = "aya")]
+#[allow(unsafe_code)]
 mod pod {
     use super::*;
 
@@ -448,7 +448,9 @@ mod pod {
 /// The header itself, so that tests can check the mirror against it.
 pub const HEADER: &str = include_str!("../../ebpf/include/crmguard_abi.h");
 
+// `unsafe`: the byte-layout tests look at the structs' bytes with `transmute`.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
 

@@ -32,7 +32,6 @@ pub mod sys;
 pub mod tc;
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -283,10 +282,7 @@ fn pinned_links(bpffs_dir: &Path) -> Vec<(String, AttachMode, PathBuf)> {
 }
 
 fn ifindex(name: &str) -> Option<u32> {
-    let c_name = CString::new(name).ok()?;
-    // SAFETY: c_name is a valid NUL-terminated string that outlives the call.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    (index != 0).then_some(index)
+    nix::net::if_::if_nametoindex(name).ok()
 }
 
 /// The interface a pinned XDP link is attached to, from the kernel's fdinfo

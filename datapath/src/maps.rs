@@ -66,6 +66,8 @@ pub struct MapSpec {
     pub max_entries: u32,
 }
 
+// `try_from` is not const: the sizes are those of the ABI structs, far below 2^32.
+#[allow(clippy::cast_possible_truncation)]
 const fn spec<K, V>(name: &'static str, max_entries: u32) -> MapSpec {
     MapSpec {
         name,
@@ -111,6 +113,8 @@ struct Kind {
     flags: u32,
 }
 
+// `try_from` is not const: the sizes are those of the ABI structs, far below 2^32.
+#[allow(clippy::cast_possible_truncation)]
 const fn kind<K, V>(outer: &'static str, map_type: u32, max_entries: u32, flags: u32) -> Kind {
     Kind {
         outer,

@@ -16,6 +16,9 @@
 //! A [`Page`] is a flattened DevTools session on the first page target: `Input.*` events are
 //! real user input (`isTrusted` is true), not DOM manipulation.
 
+// `unsafe`: the pre-exec hook that hands Chromium its DevTools pipes on fds 3 and 4.
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;

@@ -4,6 +4,14 @@
 //! suite, and by the unit tests of the core's reference model. Checksums are
 //! left zero: the XDP program never reads them.
 
+// The builders write lengths as the wire holds them, including deliberately wrong ones: a
+// length that does not fit its field is truncated on purpose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const ETH_IP: u16 = 0x0800;

@@ -8,6 +8,9 @@
 //! itself: this kernel has no 802.1Q module, so VLAN-tagged frames are built here with
 //! etherparse and written to an `AF_PACKET` socket on the far end of the veth.
 
+// `unsafe`: poll(2) on a borrowed socket, and AF_PACKET frame injection (sockaddr_ll, sendto).
+#![allow(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -368,7 +371,7 @@ impl RawSocket {
         };
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as libc::c_ushort;
+        addr.sll_family = libc::c_ushort::try_from(libc::AF_PACKET)?;
         // The EtherType as it appears on the wire: already in network byte order.
         addr.sll_protocol = u16::from_ne_bytes([t0, t1]);
         addr.sll_ifindex = self.ifindex;

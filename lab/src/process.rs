@@ -14,6 +14,9 @@
 //! only the parent (which then stops its children in order), and on drop it is asked to exit
 //! with SIGTERM before it is killed, without printing anything.
 
+// `unsafe`: the pre-exec hook that enters a network namespace with setns(2).
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};

@@ -740,7 +740,7 @@ impl Programs {
         ensure!(
             result.return_value == TC_ACT_UNSPEC,
             "the egress program returned {} instead of TC_ACT_UNSPEC",
-            result.return_value as i32
+            i32::from_ne_bytes(result.return_value.to_ne_bytes())
         );
         Ok(())
     }
@@ -768,14 +768,10 @@ impl Drop for Programs {
 const CLOCK_SLACK_NS: u64 = 1_000_000_000;
 
 fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the duration of the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("clock_gettime(CLOCK_MONOTONIC)");
+    u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
+        + u64::try_from(ts.tv_nsec()).unwrap_or(0)
 }
 
 const TCP: u8 = 6;
@@ -806,8 +802,12 @@ fn eth(tags: &[u16], ethertype: u16, payload: &[u8]) -> Vec<u8> {
 /// IPv4 from `src` to `dst` with `options` bytes of NOP options and the raw `frag` field.
 fn ip4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, options: usize, frag: u16, l4: &[u8]) -> Vec<u8> {
     let hl = 20 + options;
-    let mut p = vec![0x40 | (hl / 4) as u8, 0];
-    p.extend_from_slice(&((hl + l4.len()) as u16).to_be_bytes());
+    let mut p = vec![0x40 | u8::try_from(hl / 4).expect("an IHL"), 0];
+    p.extend_from_slice(
+        &u16::try_from(hl + l4.len())
+            .expect("a total length")
+            .to_be_bytes(),
+    );
     p.extend_from_slice(&[0x12, 0x34]);
     p.extend_from_slice(&frag.to_be_bytes());
     p.extend_from_slice(&[64, proto, 0, 0]);
@@ -835,7 +835,11 @@ fn ip6(src: Ipv6Addr, dst: Ipv6Addr, tags: &[u16], exts: &[Ext], proto: u8, l4: 
     }
     let first = exts.first().map_or(proto, Ext::number);
     let mut p = vec![0x60, 0, 0, 0];
-    p.extend_from_slice(&((chain.len() + l4.len()) as u16).to_be_bytes());
+    p.extend_from_slice(
+        &u16::try_from(chain.len() + l4.len())
+            .expect("a payload length")
+            .to_be_bytes(),
+    );
     p.extend_from_slice(&[first, 64]);
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());

@@ -113,7 +113,7 @@ fn monitor_mode_counts_would_be_drops_and_drops_nothing() -> Result<()> {
         &t.out,
         t.addrs.out4,
         t.host_addr(t.addrs.out4, INGEST),
-        &vec![b"x".to_vec(); BURST as usize],
+        &vec![b"x".to_vec(); usize::try_from(BURST).expect("a small burst")],
     )?;
     wait_for(SETTLE, "all 100 datagrams at the ingest port", || {
         Ok((receiver.total() == BURST).then_some(()))

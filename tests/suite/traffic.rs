@@ -7,6 +7,9 @@
 //! and exact counter deltas. Every socket is created inside its namespace; every thread stops and
 //! is joined on drop.
 
+// `unsafe`: poll(2) over the receivers' sockets and AF_PACKET frame injection.
+#![allow(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -67,7 +70,7 @@ fn checksum(bytes: &[u8]) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    !u16::try_from(sum).expect("the sum is folded to 16 bits")
 }
 
 /// An IPv4 packet (no options) carrying `payload` at fragment offset `offset` (bytes, a multiple
@@ -244,7 +247,9 @@ pub fn is_syn_ack(frame: &[u8], sport: u16, dport: u16) -> bool {
 
 /// A WireGuard message of `msg_type` and `len` bytes: three zero reserved bytes, then filler.
 pub fn wg_message(msg_type: u8, len: usize) -> Vec<u8> {
-    let mut msg: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) | 1).collect();
+    let mut msg: Vec<u8> = (0..len)
+        .map(|i| i.to_le_bytes()[0].wrapping_mul(31) | 1)
+        .collect();
     for (i, byte) in [msg_type, 0, 0, 0].into_iter().enumerate() {
         if let Some(slot) = msg.get_mut(i) {
             *slot = byte;
@@ -648,6 +653,8 @@ const JITTER: Duration = Duration::from_millis(10);
 /// [`JITTER`] worth of packets, and the upper one a packet more than the burst: the exact size
 /// of a burst is `limits::a_burst_admits_exactly_its_size_back_to_back`'s business, so that the
 /// rate tests check the rate alone.
+// The bounds are whole packet counts rounded from non-negative products.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 pub fn gcra_expected(rate: u32, burst: u32, active: Duration) -> (u64, u64) {
     let steady = f64::from(rate) * active.as_secs_f64();
     let slack = (f64::from(rate) * JITTER.as_secs_f64()).ceil() as u64;
@@ -835,8 +842,10 @@ impl Capture {
             socket::setsockopt(&fd, sockopt::RcvBufForce, &(8 << 20))?;
             // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
             let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as libc::c_ushort;
-            addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+            addr.sll_family = libc::c_ushort::try_from(libc::AF_PACKET).expect("AF_PACKET fits");
+            addr.sll_protocol = u16::try_from(libc::ETH_P_ALL)
+                .expect("an EtherType")
+                .to_be();
             addr.sll_ifindex = i32::try_from(ifindex).context("ifindex out of range")?;
             // SAFETY: `addr` is an initialised sockaddr_ll and its size is passed; the fd is a live
             // AF_PACKET socket.
@@ -844,7 +853,8 @@ impl Capture {
                 libc::bind(
                     fd.as_raw_fd(),
                     std::ptr::from_ref(&addr).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                    libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>())
+                        .expect("a small struct"),
                 )
             };
             if rc < 0 {

@@ -607,7 +607,8 @@ fn denials_are_counted_by_role_and_service() {
                     .map(|pair| pair.value().to_owned())
                     .unwrap_or_default()
             };
-            // Counts in tests are small integers.
+            // Counts in tests are small whole numbers, exact in an f64.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let value = metric.get_counter().get_value() as u64;
             (label("role"), label("service"), value)
         })
