@@ -3,7 +3,7 @@
  * verdict.h - the policy decision for one packet.
  *
  * decide() returns a reason; the reason alone says pass or drop (pass reasons
- * are >= CG_R_NON_IP).  The order is the one PRODUCT.md section 1 gives:
+ * are >= CG_R_NON_IP).  The order is the one CONTRACT.md section 1 gives:
  * malformed, deny set, bans, fragments, then by transport: ICMP, the
  * WireGuard port, public services (with their rate limits), replies to the
  * host's own connections, and the default.

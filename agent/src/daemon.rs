@@ -45,7 +45,7 @@ use metrics::DaemonMetrics;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
     File(PathBuf),
-    /// PRODUCT.md section 3: no config file exists.
+    /// CONTRACT.md section 3: no config file exists.
     Embedded,
 }
 

@@ -1,4 +1,4 @@
-//! The MFA portal (PRODUCT.md section 2a): the small HTTP/1.1 server where a staff member
+//! The MFA portal (CONTRACT.md section 2a): the small HTTP/1.1 server where a staff member
 //! whose role requires MFA types the code from their authenticator app.
 //!
 //! The agent serves it on the gateway's VPN addresses at `[mfa] portal_port`. Until a peer

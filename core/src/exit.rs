@@ -1,4 +1,4 @@
-//! Exit codes of the `crmguard` command (PRODUCT.md section 2).
+//! Exit codes of the `crmguard` command (CONTRACT.md section 2).
 
 /// Success.
 pub const OK: u8 = 0;

@@ -36,7 +36,7 @@ enum cg_action {
 };
 
 /*
- * Reasons: why.  1..15 are drop reasons (PRODUCT.md section 4), 16..31 are
+ * Reasons: why.  1..15 are drop reasons (CONTRACT.md section 4), 16..31 are
  * pass reasons.  0 is never counted.
  */
 enum cg_reason {

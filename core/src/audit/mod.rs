@@ -1,4 +1,4 @@
-//! The audit log (PRODUCT.md section 5): a hash-chained, keyed record of what happened to the
+//! The audit log (CONTRACT.md section 5): a hash-chained, keyed record of what happened to the
 //! host's firewall, its VPN peers and their sessions, written one JSON object per line.
 //!
 //! This module owns the record format, the audit key, the writer and the verifier. It decides

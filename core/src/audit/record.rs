@@ -40,7 +40,7 @@ macro_rules! names {
 }
 
 names! {
-    /// The `type` of a record (PRODUCT.md section 5).
+    /// The `type` of a record (CONTRACT.md section 5).
     pub enum EventType {
         AgentStart => "agent_start",
         AgentStop => "agent_stop",
@@ -52,12 +52,12 @@ names! {
         PeerRemoved => "peer_removed",
         PeerDisabled => "peer_disabled",
         PeerExpired => "peer_expired",
-        /// `crmguard peer enable` (an extension of PRODUCT.md section 5).
+        /// `crmguard peer enable` (an extension of CONTRACT.md section 5).
         PeerEnabled => "peer_enabled",
         MfaSuccess => "mfa_success",
         MfaFailure => "mfa_failure",
         MfaSessionEnd => "mfa_session_end",
-        /// `crmguard mfa enroll` (an extension of PRODUCT.md section 5).
+        /// `crmguard mfa enroll` (an extension of CONTRACT.md section 5).
         MfaEnrolled => "mfa_enrolled",
         /// Per packet; recorded through the [`super::Aggregator`].
         AclDenied => "acl_denied",

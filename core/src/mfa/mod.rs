@@ -1,4 +1,4 @@
-//! The TOTP second factor (PRODUCT.md section 2a): codes, the per-peer session and lockout
+//! The TOTP second factor (CONTRACT.md section 2a): codes, the per-peer session and lockout
 //! state, the peers' secrets on disk and the `otpauth://` URI that enrolls an authenticator.
 //!
 //! `totp`, `base32` and `sessions` are pure: they take the time as an argument and touch no
@@ -14,7 +14,7 @@ pub mod totp;
 
 pub use secrets::Secret;
 
-/// The `otpauth://` URI an authenticator app scans to enroll `peer`'s secret (PRODUCT.md
+/// The `otpauth://` URI an authenticator app scans to enroll `peer`'s secret (CONTRACT.md
 /// section 2a): `otpauth://totp/ISSUER:NAME?secret=BASE32&issuer=ISSUER&algorithm=SHA1&digits=6&period=30`.
 ///
 /// The issuer and the name are percent-encoded where they hold anything but unreserved URI
