@@ -32,6 +32,7 @@ const FAMILIES: [(&str, &str, &[&str]); 18] = [
     ("crmguard_build_info", "gauge", &["version"]),
     ("crmguard_mfa_attempts_total", "counter", &["result"]),
     ("crmguard_policy_divergence_entries", "gauge", &[]),
+    ("crmguard_policy_fallback", "gauge", &[]),
     ("crmguard_policy_generation", "gauge", &[]),
     ("crmguard_vpn_dropped_total", "counter", &["reason"]),
     ("crmguard_vpn_handshakes_total", "counter", &["result"]),
