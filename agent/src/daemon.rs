@@ -171,6 +171,9 @@ fn start_policy(source: &ConfigSource) -> Result<Start, DaemonError> {
         }
         None => {
             let mut config = config::default_policy();
+            // The embedded default has no peers, so its WireGuard endpoint would admit nobody;
+            // starting one the operator did not configure would only create a key in /etc.
+            config.vpn = None;
             if let Some(p) = plumbing {
                 config.agent = p.agent;
                 config.interfaces = p.interfaces;
@@ -182,7 +185,7 @@ fn start_policy(source: &ConfigSource) -> Result<Start, DaemonError> {
                 error = %error,
                 config = %source.describe(),
                 policy = PolicySource::Embedded.as_str(),
-                "the configuration cannot be loaded and there is no last good policy; enforcing the embedded default policy: SSH and WireGuard open, everything else dropped (fix the configuration and run `crmguard reload`)"
+                "the configuration cannot be loaded and there is no last good policy; enforcing the embedded default policy without its VPN: SSH open, everything else dropped (fix the configuration and run `crmguard reload`)"
             );
             Ok(Start {
                 config,
