@@ -169,7 +169,6 @@ fn a_bad_deny_file_at_start_enforces_the_last_good_policy() -> Result<()> {
     crate::traffic::replace_config(&agent, &good)?;
     agent.spawn()?;
     agent.wait_ready()?;
-    expect_source(&agent, "config")?;
     let enforcing = [
         (a.out4, WEB, true),
         (a.out4, CLOSED, false),
