@@ -5,8 +5,13 @@
 //! signals stop it (SIGTERM, SIGINT) or reload it (SIGHUP). Stopping leaves the
 //! filter attached and pinned unless the operator asked for `--detach-on-exit`.
 //!
+//! A configuration that does not load or compile at start does not stop it: the
+//! last good policy saved in `state_dir` is enforced, or the embedded default
+//! (see [`start_policy`]), and reported until a reload succeeds.
+//!
 //! Bans: the ban list is loaded from `state_dir/bans.json` before the kernel is
-//! touched (a list that cannot be read stops the start), written to the kernel
+//! touched (a list that cannot be read stops the start once the filter is
+//! attached, leaving the bans pinned in the kernel as they are), written to the kernel
 //! once the datapath is up, and every change goes to the list, then to the
 //! file, then to the kernel. Ended bans are swept every second; the kernel's ban
 //! maps are compared with the list on the reconcile tick and repaired.
