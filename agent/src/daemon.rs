@@ -7,7 +7,7 @@
 //!
 //! A configuration that does not load or compile at start does not stop it: the
 //! last good policy saved in `state_dir` is enforced, or the embedded default
-//! (see [`start_policy`]), and reported until a reload succeeds.
+//! (see `start_policy`), and reported until a reload succeeds.
 //!
 //! Bans: the ban list is loaded from `state_dir/bans.json` before the kernel is
 //! touched (a list that cannot be read stops the start once the filter is
