@@ -5,8 +5,13 @@
 //! signals stop it (SIGTERM, SIGINT) or reload it (SIGHUP). Stopping leaves the
 //! filter attached and pinned unless the operator asked for `--detach-on-exit`.
 //!
+//! A configuration that does not load or compile at start does not stop it: the
+//! last good policy saved in `state_dir` is enforced, or the embedded default
+//! (see `start_policy`), and reported until a reload succeeds.
+//!
 //! Bans: the ban list is loaded from `state_dir/bans.json` before the kernel is
-//! touched (a list that cannot be read stops the start), written to the kernel
+//! touched (a list that cannot be read stops the start once the filter is
+//! attached, leaving the bans pinned in the kernel as they are), written to the kernel
 //! once the datapath is up, and every change goes to the list, then to the
 //! file, then to the kernel. Ended bans are swept every second; the kernel's ban
 //! maps are compared with the list on the reconcile tick and repaired.
@@ -34,6 +39,7 @@ use crate::metrics::MetricsError;
 use crmguard_core::audit::{self, Event, EventType, Outcome};
 use crmguard_core::bans::persist::{self, PersistError};
 use crmguard_core::bans::{Ban, BanStore, KernelKey, KernelValue, ManualBan, Safeguards};
+use crmguard_core::config::last_good::Snapshot;
 use crmguard_core::config::{self, Config, ConfigErrors, Mode};
 use crmguard_core::policy::{self, CompiledPolicy, PolicyError};
 use crmguard_datapath::bans::{self as kernel_bans, KernelBans, KernelBansError};
@@ -57,11 +63,189 @@ impl ConfigSource {
         }
     }
 
+    /// [`ConfigSource::load`], with the files it was read from, to be saved as the last good
+    /// policy once it is applied.
+    pub fn load_snapshot(&self) -> Result<(Config, Snapshot), ConfigErrors> {
+        match self {
+            ConfigSource::File(path) => Snapshot::load(path),
+            ConfigSource::Embedded => Ok((config::default_policy(), Snapshot::embedded())),
+        }
+    }
+
+    /// Where the agent keeps its state, attaches and is reached, also when the configuration
+    /// does not load: the file's own sections when they are valid, else the defaults.
+    pub fn plumbing(&self) -> Option<config::Plumbing> {
+        match self {
+            ConfigSource::File(path) => config::plumbing(path),
+            ConfigSource::Embedded => Some(config::Plumbing::of(&config::default_policy())),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             ConfigSource::File(path) => path.display().to_string(),
             ConfigSource::Embedded => "embedded default policy".to_owned(),
         }
+    }
+}
+
+/// Which policy the agent enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicySource {
+    /// The configuration's (the file's, or the embedded default when there is no file).
+    Config,
+    /// The configuration could not be loaded at start; the last policy applied is enforced.
+    LastGood,
+    /// The configuration could not be loaded at start and no last good policy could be used;
+    /// the embedded default is enforced.
+    Embedded,
+}
+
+impl PolicySource {
+    /// The name `status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicySource::Config => "config",
+            PolicySource::LastGood => "last-good",
+            PolicySource::Embedded => "embedded",
+        }
+    }
+}
+
+/// The policy the agent starts with.
+struct Start {
+    config: Config,
+    policy: CompiledPolicy,
+    /// The configuration's files, saved as the last good policy once applied; `None` for a
+    /// fallback, which leaves the saved one as it is.
+    snapshot: Option<Snapshot>,
+    source: PolicySource,
+    /// Why the configuration could not be used, for a fallback.
+    error: Option<String>,
+}
+
+/// Loads and compiles the configuration; when that fails, the last good policy saved in the
+/// state directory, else the embedded default. Only an embedded default that does not compile,
+/// a build defect, is an error: a bad configuration at start must not leave the host
+/// unfiltered.
+fn start_policy(source: &ConfigSource) -> Result<Start, DaemonError> {
+    let error = match source.load_snapshot() {
+        Ok((config, snapshot)) => match policy::compile(&config) {
+            Ok(policy) => {
+                return Ok(Start {
+                    config,
+                    policy,
+                    snapshot: Some(snapshot),
+                    source: PolicySource::Config,
+                    error: None,
+                })
+            }
+            Err(e) => describe(&DaemonError::Policy(e)),
+        },
+        Err(errors) => describe(&DaemonError::Config(errors)),
+    };
+    let plumbing = source.plumbing();
+    let state_dir = match &plumbing {
+        Some(p) => p.agent.state_dir.clone(),
+        None => {
+            let state_dir = config::default_policy().agent.state_dir;
+            tracing::error!(
+                config = %source.describe(),
+                state_dir = %state_dir.display(),
+                "the configuration's [agent] section cannot be read; looking for the last good policy in the default state directory, with the default paths"
+            );
+            state_dir
+        }
+    };
+    match last_good(&state_dir) {
+        Some((config, policy, saved_at)) => {
+            tracing::error!(
+                error = %error,
+                config = %source.describe(),
+                policy = PolicySource::LastGood.as_str(),
+                saved_at = %saved_at,
+                "the configuration cannot be loaded; enforcing the last good policy, as applied before (fix the configuration and run `crmguard reload`)"
+            );
+            Ok(Start {
+                config,
+                policy,
+                snapshot: None,
+                source: PolicySource::LastGood,
+                error: Some(error),
+            })
+        }
+        None => {
+            let mut config = config::default_policy();
+            // The embedded default has no peers, so its WireGuard endpoint would admit nobody;
+            // starting one the operator did not configure would only create a key in /etc.
+            config.vpn = None;
+            if let Some(p) = plumbing {
+                config.agent = p.agent;
+                config.interfaces = p.interfaces;
+                config.metrics = p.metrics;
+                config.audit = p.audit;
+            }
+            let policy = policy::compile(&config)?;
+            tracing::error!(
+                error = %error,
+                config = %source.describe(),
+                policy = PolicySource::Embedded.as_str(),
+                "the configuration cannot be loaded and there is no last good policy; enforcing the embedded default policy without its VPN: SSH open, everything else dropped (fix the configuration and run `crmguard reload`)"
+            );
+            Ok(Start {
+                config,
+                policy,
+                snapshot: None,
+                source: PolicySource::Embedded,
+                error: Some(error),
+            })
+        }
+    }
+}
+
+/// The last good policy saved in `state_dir`, compiled, and when it was saved; `None`, with
+/// the reason logged, when there is none or it cannot be used.
+fn last_good(state_dir: &Path) -> Option<(Config, CompiledPolicy, String)> {
+    let snapshot = match Snapshot::read(state_dir) {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => {
+            tracing::warn!(state_dir = %state_dir.display(), "no last good policy was saved");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %crmguard_core::error_chain(&e), "the last good policy cannot be read");
+            return None;
+        }
+    };
+    let config = match snapshot.config() {
+        Ok(config) => config,
+        Err(errors) => {
+            tracing::error!(error = %errors, "the last good policy no longer validates");
+            return None;
+        }
+    };
+    match policy::compile(&config) {
+        Ok(policy) => Some((
+            config,
+            policy,
+            snapshot.saved_at().unwrap_or("an unknown time").to_owned(),
+        )),
+        Err(e) => {
+            tracing::error!(error = %crmguard_core::error_chain(&e), "the last good policy no longer compiles");
+            None
+        }
+    }
+}
+
+/// Saves the policy just applied as the last good one. A failure is logged: the policy is in
+/// force, only the fallback of a later start is older.
+fn save_last_good(snapshot: &Snapshot, state_dir: &Path) {
+    match snapshot.save(state_dir, SystemTime::now()) {
+        Ok(()) => tracing::debug!(state_dir = %state_dir.display(), "last good policy saved"),
+        Err(e) => tracing::error!(
+            error = %crmguard_core::error_chain(&e),
+            "cannot save the applied policy as the last good one; a start with a broken configuration would enforce an older one"
+        ),
     }
 }
 
@@ -159,6 +343,10 @@ struct Agent {
     access: Access,
     /// The MFA portal's listeners.
     portal: portal::PortalHost,
+    /// Which policy is enforced: the configuration's, or a fallback.
+    policy_source: PolicySource,
+    /// Why the configuration could not be used, while a fallback is enforced.
+    fallback_error: Option<String>,
     /// When an administrator last enabled each peer (`state_dir/peers-enabled.json`), which
     /// counts as activity for `vpn.disable_inactive_after`.
     enabled_at: BTreeMap<String, u64>,
@@ -221,6 +409,8 @@ impl Agent {
             mfa_sessions: self.mfa_sessions(),
             key_expiry: self.key_expiry(),
             portal: self.portal.status(),
+            policy_source: self.policy_source.as_str().to_owned(),
+            policy_error: self.fallback_error.clone(),
         })
     }
 
@@ -246,7 +436,7 @@ impl Agent {
     /// Re-reads the config and applies it. A config that does not load or
     /// compile is refused and the running policy stays in force.
     fn reload(&mut self) -> Result<u32, DaemonError> {
-        let config = self.source.load()?;
+        let (config, snapshot) = self.source.load_snapshot()?;
         // Handshakes and session changes since the last tick are recorded before peers
         // that the new configuration drops are cut.
         self.access_tick();
@@ -258,6 +448,16 @@ impl Agent {
         }
         let previous = std::mem::replace(&mut self.config, config);
         self.policy = policy;
+        save_last_good(&snapshot, &self.config.agent.state_dir);
+        if self.policy_source != PolicySource::Config {
+            tracing::info!(
+                previous = self.policy_source.as_str(),
+                "the configuration loads again; its policy replaces the fallback"
+            );
+            self.policy_source = PolicySource::Config;
+            self.fallback_error = None;
+        }
+        self.metrics.fallback(self.policy_source);
         let connected = self.connected_peers();
         self.vpn.apply(&self.config, true);
         self.access.reload(&self.config);
@@ -568,19 +768,43 @@ const SWEEP_BANS_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
-    let config = options.source.load()?;
-    let policy = policy::compile(&config)?;
+    let Start {
+        config,
+        policy,
+        snapshot,
+        source: policy_source,
+        error: fallback_error,
+    } = start_policy(&options.source)?;
     if options.source == ConfigSource::Embedded {
         tracing::warn!("no configuration file; running the embedded default policy (SSH and WireGuard open, everything else dropped)");
     }
-    // Read before the kernel is touched: a ban list that cannot be read stops the start,
-    // because going on without it would lift every ban in it.
+    // Read before the kernel is touched, and not written to the kernel when it cannot be read:
+    // going on without it would lift every ban in it. The filter is attached all the same,
+    // with the bans already pinned in the kernel, before the start stops.
     let bans_path = config.agent.state_dir.join(persist::FILE_NAME);
-    let (bans, ended) = persist::load(&bans_path, SystemTime::now())?;
+    let loaded_bans = persist::load(&bans_path, SystemTime::now());
     // Bound first: a second agent must stop before it touches the kernel.
     let control_listener = control::bind(&config.agent.control_socket)?;
     let requests = interface_requests(&config)?;
     let datapath = Datapath::start(&config.agent.bpffs_dir, &requests, &policy)?;
+    if let Some(snapshot) = &snapshot {
+        save_last_good(snapshot, &config.agent.state_dir);
+    }
+    let (bans, ended) = match loaded_bans {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::error!(
+                error = %crmguard_core::error_chain(&e),
+                generation = datapath.generation(),
+                interfaces = datapath.attachments().len(),
+                policy = policy_source.as_str(),
+                "the ban list cannot be read; the filter is attached and the bans already in the kernel stay in force, but the agent stops: repair or restore the file and start it again"
+            );
+            drop(control_listener);
+            let _ = std::fs::remove_file(&config.agent.control_socket);
+            return Err(e.into());
+        }
+    };
     // The maps directory of the datapath's pin layout (see `datapath`).
     let config_maps_dir = config.agent.bpffs_dir.join("maps");
     let mut kernel_bans = KernelBans::open(&config_maps_dir)?;
@@ -595,6 +819,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         generation = datapath.generation(),
         interfaces = datapath.attachments().len(),
         config = %options.source.describe(),
+        policy = policy_source.as_str(),
         "crmguard is enforcing"
     );
 
@@ -608,6 +833,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     let registry = prometheus::Registry::new();
     crmguard_datapath::metrics::register(&registry, &config_maps_dir, datapath.attachments())?;
     let metrics = DaemonMetrics::register(&registry).map_err(MetricsError::Register)?;
+    metrics.fallback(policy_source);
     let (refresh_tx, mut refresh_rx) = mpsc::channel::<crate::metrics::Refresh>(1);
     let metrics_listener = crate::metrics::bind(config.metrics.listen).await?;
     tokio::spawn(crate::metrics::serve(
@@ -625,6 +851,14 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
             .with_detail("config", options.source.describe())
             .with_detail("generation", datapath.generation()),
     );
+    if let Some(error) = &fallback_error {
+        audit.record(
+            &Event::new(EventType::ConfigRejected, Outcome::Failure, "system")
+                .with_detail("config", options.source.describe())
+                .with_detail("error", error.clone())
+                .with_detail("enforced", policy_source.as_str()),
+        );
+    }
     let access = Access::open(&config);
     let config_state_dir = config.agent.state_dir.clone();
     let mut portal = portal::PortalHost::new(portal_tx);
@@ -646,6 +880,8 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         vpn,
         access,
         portal,
+        policy_source,
+        fallback_error,
         enabled_at: crmguard_core::provision::load_enabled_at(&config_state_dir),
     };
     if !ended.is_empty() {

@@ -198,9 +198,19 @@ fn dispatch(cli: Cli) -> u8 {
             detach_on_exit,
         }),
         Command::Check => check(&source),
-        Command::Status { json } => match load(&source) {
+        Command::Status { json } => match source.load() {
             Ok(config) => status(&config.agent.control_socket, json),
-            Err(code) => code,
+            // The agent may be enforcing a fallback policy because of these very errors:
+            // its socket is found from the file's [agent] section, or the default.
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("crmguard: the configuration does not load; asking the agent anyway");
+                let socket = source.plumbing().map_or_else(
+                    || config::default_policy().agent.control_socket,
+                    |p| p.agent.control_socket,
+                );
+                status(&socket, json)
+            }
         },
         Command::Reload => match load(&source) {
             Ok(config) => reload(&config.agent.control_socket),
@@ -242,14 +252,20 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(options: RunOptions) -> u8 {
-    let config = match options.source.load() {
-        Ok(config) => config,
+    // A configuration that does not load does not stop the start: the agent enforces a
+    // fallback policy and says why (daemon::run). Its log format is the file's when its
+    // [agent] section can be read.
+    let log_format = match options.source.load() {
+        Ok(config) => config.agent.log_format,
         Err(errors) => {
             eprintln!("{errors}");
-            return exit::USAGE;
+            options
+                .source
+                .plumbing()
+                .map_or(LogFormat::Text, |p| p.agent.log_format)
         }
     };
-    init_logging(config.agent.log_format);
+    init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -341,6 +357,18 @@ fn print_status(status: &Status) {
         status.version, status.mode, status.generation
     );
     println!("config: {}", status.config);
+    if status.policy_source != "config" {
+        println!(
+            "POLICY FALLBACK: enforcing the {} policy; the configuration could not be loaded at start:",
+            status.policy_source
+        );
+        if let Some(error) = &status.policy_error {
+            for line in error.lines() {
+                println!("  {line}");
+            }
+        }
+        println!("  fix it, then run `crmguard reload`");
+    }
     println!();
     println!(
         "{:<16} {:>8} {:<8} {:<8} ATTACHED",

@@ -13,6 +13,7 @@ mod bans;
 mod browser;
 mod differential;
 mod established;
+mod fallback;
 mod firewall;
 mod golden;
 mod limits;

@@ -23,7 +23,7 @@ const COUNT: Duration = Duration::from_secs(10);
 /// counted traffic exports. Families that need a handshake or a provisioned key
 /// (`crmguard_vpn_last_handshake_timestamp_seconds`, `crmguard_vpn_key_expiry_seconds`) are
 /// checked by the daemon's unit tests and the VPN tests.
-const FAMILIES: [(&str, &str, &[&str]); 18] = [
+const FAMILIES: [(&str, &str, &[&str]); 19] = [
     ("crmguard_acl_denied_total", "counter", &["role", "service"]),
     ("crmguard_audit_events_total", "counter", &["type"]),
     ("crmguard_audit_write_errors_total", "counter", &[]),
@@ -32,6 +32,7 @@ const FAMILIES: [(&str, &str, &[&str]); 18] = [
     ("crmguard_build_info", "gauge", &["version"]),
     ("crmguard_mfa_attempts_total", "counter", &["result"]),
     ("crmguard_policy_divergence_entries", "gauge", &[]),
+    ("crmguard_policy_fallback", "gauge", &[]),
     ("crmguard_policy_generation", "gauge", &[]),
     ("crmguard_vpn_dropped_total", "counter", &["reason"]),
     ("crmguard_vpn_handshakes_total", "counter", &["result"]),

@@ -200,6 +200,18 @@ pub struct Status {
     /// Where the MFA portal listens, or why it does not.
     #[serde(default)]
     pub portal: Option<PortalStatus>,
+    /// Which policy is enforced: `config`, or a fallback because the configuration could not
+    /// be loaded at start: `last-good` (the last policy applied) or `embedded` (the embedded
+    /// default).
+    #[serde(default = "config_source")]
+    pub policy_source: String,
+    /// Why the configuration could not be loaded, while a fallback is enforced.
+    #[serde(default)]
+    pub policy_error: Option<String>,
+}
+
+fn config_source() -> String {
+    "config".to_owned()
 }
 
 /// The MFA portal, as `status` shows it.

@@ -20,6 +20,8 @@ use super::Agent;
 pub(super) struct DaemonMetrics {
     generation: IntGauge,
     divergence: IntGauge,
+    /// `crmguard_policy_fallback`.
+    fallback: IntGauge,
     bans_active: IntGauge,
     bans_total: IntCounterVec,
     audit_events: IntCounterVec,
@@ -85,6 +87,10 @@ impl DaemonMetrics {
                 "crmguard_policy_divergence_entries",
                 "Entries in which the kernel's policy differed from the configuration at the last check (repaired since)",
             )?,
+            fallback: gauge(
+                "crmguard_policy_fallback",
+                "1 while the agent enforces a last-good or embedded policy because the configuration could not be loaded",
+            )?,
             bans_active: gauge(
                 "crmguard_bans_active",
                 "Bans in force (addresses and prefixes the XDP filter drops)",
@@ -111,6 +117,12 @@ impl DaemonMetrics {
     /// `crmguard_acl_denied_total`, counted by the VPN endpoint as it applies the ACL.
     pub(super) fn acl(&self) -> &AclMetrics {
         &self.acl
+    }
+
+    /// Sets `crmguard_policy_fallback` from the policy in force.
+    pub(super) fn fallback(&self, source: super::PolicySource) {
+        self.fallback
+            .set(i64::from(source != super::PolicySource::Config));
     }
 
     /// Counts one added ban. `reason` is `BanSource::label`: `manual` or a detector's name,
@@ -184,7 +196,7 @@ mod tests {
     /// or type changes fails here. The kernel's `crmguard_xdp_*` and the ACL's
     /// `crmguard_acl_denied_total`, which has no sample before a peer is denied, are checked by
     /// the suite's `metrics::every_family_is_exported`.
-    const CONTRACT: [(&str, &str, &str); 16] = [
+    const CONTRACT: [(&str, &str, &str); 17] = [
         ("crmguard_audit_events_total", "counter", "Audit records written, by type"),
         ("crmguard_audit_write_errors_total", "counter", "Audit records that could not be written"),
         ("crmguard_bans_active", "gauge", "Bans in force (addresses and prefixes the XDP filter drops)"),
@@ -192,6 +204,7 @@ mod tests {
         ("crmguard_build_info", "gauge", "crmguard build information (always 1)"),
         ("crmguard_mfa_attempts_total", "counter", "MFA codes tried at the portal, by result"),
         ("crmguard_policy_divergence_entries", "gauge", "Entries in which the kernel's policy differed from the configuration at the last check (repaired since)"),
+        ("crmguard_policy_fallback", "gauge", "1 while the agent enforces a last-good or embedded policy because the configuration could not be loaded"),
         ("crmguard_policy_generation", "gauge", "Generation of the policy the kernel enforces"),
         ("crmguard_vpn_dropped_total", "counter", "Packets the VPN endpoint dropped: source_check (inner source not the sending peer's), no_route (to a tunnel address no peer owns), invalid (did not authenticate)"),
         ("crmguard_vpn_handshakes_total", "counter", "WireGuard handshake messages by result: ok (completed), rejected, cookie (cookie reply sent under load), rate_limited"),
@@ -223,6 +236,7 @@ mod tests {
     fn fed() -> (Registry, DaemonMetrics) {
         let registry = Registry::new();
         let mut metrics = DaemonMetrics::register(&registry).expect("register");
+        metrics.fallback(super::super::PolicySource::LastGood);
         metrics.ban_added("manual");
         metrics.ban_added("auth_failures");
         set_counter(&metrics.audit_events.with_label_values(&["agent_start"]), 1);
@@ -250,6 +264,7 @@ mod tests {
             "crmguard_bans_total{reason=\"manual\"} 1",
             "crmguard_bans_total{reason=\"auth_failures\"} 1",
             "crmguard_audit_write_errors_total 0",
+            "crmguard_policy_fallback 1",
             "crmguard_vpn_key_expiry_seconds{peer=\"alice\"} -5",
             "crmguard_vpn_last_handshake_timestamp_seconds{peer=\"alice\"} 1700000000",
         ] {

@@ -20,6 +20,7 @@ mod duration;
 mod error;
 mod hours;
 mod keypath;
+pub mod last_good;
 mod raw;
 mod validate;
 
@@ -59,16 +60,80 @@ pub const MAX_INTERFACE_NAME_LEN: usize = 15;
 /// whose `[[peer]]` entries are merged after the inline ones. All problems found in all of these
 /// files are returned together; a syntax error stops the checks of the file that contains it.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| ConfigErrors(vec![ConfigError::unreadable(path, &err)]))?;
+    load_with(path, &mut |file: &Path| std::fs::read_to_string(file))
+}
+
+/// How [`load_with`] reads a file: from the disk for [`load`], from a saved copy for
+/// [`last_good::Snapshot::config`].
+pub type ReadFile<'a> = dyn FnMut(&Path) -> std::io::Result<String> + 'a;
+
+/// [`load`], reading the configuration file, the deny files and the peers file through `read`.
+pub fn load_with(path: &Path, read: &mut ReadFile<'_>) -> Result<Config, ConfigErrors> {
+    let text = read(path).map_err(|err| ConfigErrors(vec![ConfigError::unreadable(path, &err)]))?;
     let src = Source::new(path, &text);
     let raw = src
         .deserialize::<raw::RawConfig>()
         .map_err(ConfigErrors::from)?;
     let mut checked = validate::config(&src, raw);
-    validate::deny_files(&src, &mut checked);
-    validate::peers_file(&src, &mut checked);
+    validate::deny_files(&src, &mut checked, read);
+    validate::peers_file(&src, &mut checked, read);
     checked.finish()
+}
+
+/// The sections of a configuration that say where the agent keeps its state, where it
+/// attaches and how it is reached, as opposed to the policy it enforces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plumbing {
+    /// `[agent]`.
+    pub agent: Agent,
+    /// `[[interface]]`.
+    pub interfaces: Vec<Interface>,
+    /// `[metrics]`.
+    pub metrics: Metrics,
+    /// `[audit]`.
+    pub audit: Audit,
+}
+
+impl Plumbing {
+    /// The plumbing of `config`.
+    pub fn of(config: &Config) -> Plumbing {
+        Plumbing {
+            agent: config.agent.clone(),
+            interfaces: config.interfaces.clone(),
+            metrics: config.metrics,
+            audit: config.audit.clone(),
+        }
+    }
+}
+
+/// The plumbing sections of the configuration file at `path`, also when the rest of it (its
+/// policy, its deny files, its peers file) does not validate; `None` when the file cannot be
+/// read or parsed, or when one of these sections is itself invalid.
+///
+/// A configuration that cannot be loaded must still not leave the host unfiltered: the agent
+/// then enforces a fallback policy, and needs to know where its state, its pins and its
+/// control socket are.
+pub fn plumbing(path: &Path) -> Option<Plumbing> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let src = Source::new(path, &text);
+    let raw = src.deserialize::<raw::RawConfig>().ok()?;
+    let checked = validate::config(&src, raw);
+    let own = |key: &str| {
+        ["agent", "interface", "metrics", "audit"]
+            .iter()
+            .any(|section| {
+                key.strip_prefix(section)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            })
+    };
+    if checked
+        .errors
+        .iter()
+        .any(|e| e.key.is_empty() || own(&e.key))
+    {
+        return None;
+    }
+    Some(Plumbing::of(&checked.config))
 }
 
 /// Parses and validates configuration text as if it had been read from `file`.

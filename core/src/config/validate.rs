@@ -162,12 +162,12 @@ pub(super) fn config(src: &Source, raw: RawConfig) -> Checked {
 
 /// Reads each file of `firewall.deny.files` into the deny set. A file that cannot be read is
 /// reported at the key that names it; a bad line is reported in the deny file itself.
-pub(super) fn deny_files(src: &Source, checked: &mut Checked) {
+pub(super) fn deny_files(src: &Source, checked: &mut Checked, read: &mut super::ReadFile<'_>) {
     let files = checked.config.firewall.deny_files.clone();
     let spans = checked.deny_file_spans.clone();
     for (i, (path, span)) in files.iter().zip(spans).enumerate() {
         let key = format!("firewall.deny.files[{i}]");
-        match std::fs::read_to_string(path) {
+        match read(path) {
             Ok(text) => deny_file(&Source::new(path, &text), &key, checked),
             Err(err) => checked.errors.push(src.error(
                 &span,
@@ -216,12 +216,12 @@ fn deny_file(src: &Source, key: &str, checked: &mut Checked) {
 
 /// Reads the peers file, when `[vpn]` is configured and the file exists, and adds its peers
 /// after the inline ones.
-pub(super) fn peers_file(src: &Source, checked: &mut Checked) {
+pub(super) fn peers_file(src: &Source, checked: &mut Checked, read: &mut super::ReadFile<'_>) {
     let Some(vpn) = &checked.config.vpn else {
         return;
     };
     let path = vpn.peers_file.clone();
-    let text = match std::fs::read_to_string(&path) {
+    let text = match read(&path) {
         Ok(text) => text,
         // No peers have been added yet.
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
