@@ -25,6 +25,7 @@ pub mod bpffs;
 #[cfg(test)]
 mod btf_layout;
 pub mod events;
+pub mod links;
 pub mod maps;
 pub mod metrics;
 pub mod stamp;
