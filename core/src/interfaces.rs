@@ -86,10 +86,16 @@ impl fmt::Display for Chosen {
 pub enum LeftOut {
     Loopback,
     VpnTunnel,
-    BridgePort { bridge: String },
-    BondPort { bond: String },
+    BridgePort {
+        bridge: String,
+    },
+    BondPort {
+        bond: String,
+    },
     /// A global address on a kind that does not carry the host's uplink.
-    Kind { kind: String },
+    Kind {
+        kind: String,
+    },
     NoRole,
 }
 
@@ -120,7 +126,9 @@ pub struct Verdict {
 }
 
 /// Kinds whose global address makes them an uplink (rule 4); `None` is a physical device.
-const UPLINK_KINDS: [&str; 7] = ["vlan", "bond", "team", "macvlan", "ipvlan", "veth", "netkit"];
+const UPLINK_KINDS: [&str; 7] = [
+    "vlan", "bond", "team", "macvlan", "ipvlan", "veth", "netkit",
+];
 
 /// Kinds of master whose ports are left out (rule 2).
 const BRIDGE_KINDS: [&str; 2] = ["bridge", "openvswitch"];
@@ -161,7 +169,10 @@ fn judge(
     if link.name == vpn_interface {
         return Err(LeftOut::VpnTunnel);
     }
-    if let Some(master) = link.master.and_then(|m| links.iter().find(|l| l.index == m)) {
+    if let Some(master) = link
+        .master
+        .and_then(|m| links.iter().find(|l| l.index == m))
+    {
         let kind = master.kind.as_deref().unwrap_or("");
         if BRIDGE_KINDS.contains(&kind) {
             return Err(LeftOut::BridgePort {
@@ -282,8 +293,18 @@ mod tests {
                 ],
                 vec![4],
                 vec![
-                    ("eth0", Err(LeftOut::BondPort { bond: "bond0".into() })),
-                    ("eth1", Err(LeftOut::BondPort { bond: "bond0".into() })),
+                    (
+                        "eth0",
+                        Err(LeftOut::BondPort {
+                            bond: "bond0".into(),
+                        }),
+                    ),
+                    (
+                        "eth1",
+                        Err(LeftOut::BondPort {
+                            bond: "bond0".into(),
+                        }),
+                    ),
                     ("bond0", Ok(Chosen::DefaultRoute)),
                     ("bond0.100", Ok(Chosen::GlobalAddress)),
                     ("eth2", Ok(Chosen::GlobalAddress)),
@@ -336,7 +357,10 @@ mod tests {
     #[test]
     fn reasons_read_as_sentences() {
         let verdicts = select(
-            &[link(2, "eth0", "", 0, true), link(3, "docker0", "bridge", 0, true)],
+            &[
+                link(2, "eth0", "", 0, true),
+                link(3, "docker0", "bridge", 0, true),
+            ],
             &BTreeSet::new(),
             "cg0",
         );

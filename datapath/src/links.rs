@@ -51,7 +51,12 @@ pub fn read() -> Result<Namespace, LinksError> {
         .connect(&SocketAddr::new(0, 0))
         .map_err(LinksError::Socket)?;
     let mut links = Vec::new();
-    for message in dump(&socket, 1, "links", RouteNetlinkMessage::GetLink(LinkMessage::default()))? {
+    for message in dump(
+        &socket,
+        1,
+        "links",
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+    )? {
         if let RouteNetlinkMessage::NewLink(link) = message {
             links.push(link_of(&link));
         }
@@ -80,7 +85,12 @@ pub fn read() -> Result<Namespace, LinksError> {
         }
     }
     let mut default_routes = BTreeSet::new();
-    for message in dump(&socket, 3, "routes", RouteNetlinkMessage::GetRoute(RouteMessage::default()))? {
+    for message in dump(
+        &socket,
+        3,
+        "routes",
+        RouteNetlinkMessage::GetRoute(RouteMessage::default()),
+    )? {
         if let RouteNetlinkMessage::NewRoute(route) = message {
             default_routes.extend(default_route_interfaces(&route));
         }
@@ -172,12 +182,13 @@ fn dump(
         let mut offset = 0;
         while offset < size {
             let bytes = receive.get(offset..size).unwrap_or_default();
-            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(
-                |e| LinksError::Decode {
-                    what,
-                    detail: e.to_string(),
-                },
-            )?;
+            let message =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|e| {
+                    LinksError::Decode {
+                        what,
+                        detail: e.to_string(),
+                    }
+                })?;
             let length = usize::try_from(message.header.length).unwrap_or(0);
             if message.header.sequence_number == sequence {
                 match message.payload {
@@ -204,7 +215,12 @@ mod tests {
     use super::*;
     use netlink_packet_route::route::RouteHeader;
 
-    fn route(prefix: u8, table: u8, kind: RouteType, attributes: Vec<RouteAttribute>) -> RouteMessage {
+    fn route(
+        prefix: u8,
+        table: u8,
+        kind: RouteType,
+        attributes: Vec<RouteAttribute>,
+    ) -> RouteMessage {
         let mut message = RouteMessage::default();
         message.header.destination_prefix_length = prefix;
         message.header.table = table;
@@ -217,12 +233,26 @@ mod tests {
     fn default_routes_are_unicast_zero_prefixes_outside_the_local_table() {
         let main = RouteHeader::RT_TABLE_MAIN;
         let cases = [
-            (route(0, main, RouteType::Unicast, vec![RouteAttribute::Oif(2)]), vec![2]),
-            (route(24, main, RouteType::Unicast, vec![RouteAttribute::Oif(3)]), vec![]),
-            (route(0, 255, RouteType::Unicast, vec![RouteAttribute::Oif(4)]), vec![]),
+            (
+                route(0, main, RouteType::Unicast, vec![RouteAttribute::Oif(2)]),
+                vec![2],
+            ),
+            (
+                route(24, main, RouteType::Unicast, vec![RouteAttribute::Oif(3)]),
+                vec![],
+            ),
+            (
+                route(0, 255, RouteType::Unicast, vec![RouteAttribute::Oif(4)]),
+                vec![],
+            ),
             (route(0, main, RouteType::BlackHole, vec![]), vec![]),
             (
-                route(0, 0, RouteType::Unicast, vec![RouteAttribute::Table(1000), RouteAttribute::Oif(5)]),
+                route(
+                    0,
+                    0,
+                    RouteType::Unicast,
+                    vec![RouteAttribute::Table(1000), RouteAttribute::Oif(5)],
+                ),
                 vec![5],
             ),
         ];

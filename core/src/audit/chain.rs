@@ -217,4 +217,3 @@ pub(crate) fn decode_mac(text: &str) -> Option<[u8; 32]> {
 fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     crate::atomic_file::write(path, bytes)
 }
-

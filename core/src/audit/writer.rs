@@ -6,10 +6,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::chain::{read_checkpoint, write_checkpoint, AuditKey, Checkpoint, CheckpointError};
 use super::chain::ZERO_MAC;
-use crate::atomic_file::sync_dir;
+use super::chain::{read_checkpoint, write_checkpoint, AuditKey, Checkpoint, CheckpointError};
 use super::record::{check_line, encode_line, Event};
+use crate::atomic_file::sync_dir;
 
 /// Why a record could not be written.
 #[derive(Debug, thiserror::Error)]
