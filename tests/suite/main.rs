@@ -15,6 +15,7 @@ mod differential;
 mod established;
 mod firewall;
 mod golden;
+mod interfaces;
 mod limits;
 mod metrics;
 mod monitor;
