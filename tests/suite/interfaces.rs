@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use crmguard_lab::agent::Agent;
+use crmguard_lab::agent::{metric_value, Agent};
 use crmguard_lab::net::{self, TcpOutcome, TcpServer};
 use crmguard_lab::netns::{veth_pair_named, NetNs};
 use crmguard_lab::privileged;
@@ -137,6 +137,85 @@ fn embedded_default_filters_the_uplink_not_the_containers() -> Result<()> {
     ensure!(
         late_probe == TcpOutcome::TimedOut,
         "a closed port through the new uplink: {late_probe:?}"
+    );
+    Ok(())
+}
+
+/// Another XDP program already on one chosen uplink (here a second agent's, pinned to `up1`)
+/// does not stop the agent: `up0` is filtered, `up1` is reported in `status` and in
+/// `crmguard_xdp_attach_failed`.
+#[test]
+fn a_foreign_xdp_program_does_not_stop_the_others() -> Result<()> {
+    if !privileged::require("interfaces::a_foreign_xdp_program_does_not_stop_the_others") {
+        return Ok(());
+    }
+    let out = NetNs::new("cgio")?;
+    let host = NetNs::new("cgih")?;
+    let (uplink, outer) = veth_pair_named(&host, "up0", &out, "o0")?;
+    let (other, other_outer) = veth_pair_named(&host, "up1", &out, "o1")?;
+    for (inside, outside, net) in [
+        (&uplink, &outer, "198.51.100"),
+        (&other, &other_outer, "203.0.113"),
+    ] {
+        inside.add_addr(&format!("{net}.2/24"))?;
+        outside.add_addr(&format!("{net}.1/24"))?;
+        inside.up()?;
+        outside.up()?;
+    }
+    host.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+    let _server = TcpServer::start(&host, CLOSED, "crmguard-test\n")?;
+    let firewall = embedded_firewall();
+    let _foreign = Agent::start(
+        &host,
+        &format!("[[interface]]\nname = \"up1\"\nxdp_mode = \"native\"\n\n{firewall}"),
+    )?;
+    let foreign_program = other.xdp()?;
+    ensure!(
+        foreign_program.is_some(),
+        "the foreign program is not on up1"
+    );
+
+    let agent = Agent::start(&host, &firewall)?;
+    let names = interface_names(&agent)?;
+    ensure!(names == ["up0".to_owned()], "filtered: {names:?}");
+    let status = agent.status()?;
+    let failed = &status["interfaces_failed"];
+    ensure!(
+        failed.as_array().map(Vec::len) == Some(1) && failed[0]["name"] == "up1",
+        "interfaces_failed: {failed}"
+    );
+    ensure!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exists")),
+        "the error names the cause: {failed}"
+    );
+    let metrics = agent.metrics()?;
+    ensure!(
+        metric_value(
+            &metrics,
+            "crmguard_xdp_attach_failed",
+            &[("interface", "up1")]
+        ) == Some(1.0),
+        "no failure sample for up1 in\n{metrics}"
+    );
+    ensure!(
+        metric_value(&metrics, "crmguard_xdp_attached", &[("interface", "up0")]) == Some(1.0),
+        "no attached sample for up0 in\n{metrics}"
+    );
+    ensure!(
+        other.xdp()? == foreign_program,
+        "the foreign program was replaced"
+    );
+    let from_outside = net::tcp_connect(
+        &out,
+        None,
+        SocketAddr::from(([198, 51, 100, 2], CLOSED)),
+        NO_ANSWER,
+    )?;
+    ensure!(
+        from_outside == TcpOutcome::TimedOut,
+        "a closed port through the filtered uplink: {from_outside:?}"
     );
     Ok(())
 }
