@@ -274,10 +274,13 @@ impl Agent {
                 return;
             }
         };
-        let failures_before = self.datapath.failures().to_vec();
+        let before = (
+            self.datapath.attachments().to_vec(),
+            self.datapath.failures().to_vec(),
+        );
         let attached = self.datapath.attach_more(&requests);
-        let changed =
-            !attached.is_empty() || self.datapath.failures() != failures_before.as_slice();
+        let changed = self.datapath.attachments() != before.0.as_slice()
+            || self.datapath.failures() != before.1.as_slice();
         for name in attached {
             let reason = reasons.get(&name).cloned().unwrap_or_default();
             tracing::info!(interface = %name, %reason, "a new interface took the uplink's role: filtering it");

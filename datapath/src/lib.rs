@@ -440,6 +440,15 @@ impl Datapath {
     /// uplink's role after the start. A failure is recorded in [`Datapath::failures`] and
     /// logged once per distinct error; the others go on. Returns the names attached.
     pub fn attach_more(&mut self, requests: &[InterfaceRequest]) -> Vec<String> {
+        // An interface deleted since (and perhaps created again under its name) lost its
+        // filter with it: it is forgotten, so that a new device of that name is filtered.
+        self.attachments.retain(|a| {
+            let present = ifindex(&a.name) == Some(a.ifindex);
+            if !present {
+                tracing::info!(interface = %a.name, "the filtered interface was removed");
+            }
+            present
+        });
         let mut attached = Vec::new();
         for request in requests {
             if self.attachments.iter().any(|a| a.name == request.name) {

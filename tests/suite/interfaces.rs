@@ -138,6 +138,19 @@ fn embedded_default_filters_the_uplink_not_the_containers() -> Result<()> {
         late_probe == TcpOutcome::TimedOut,
         "a closed port through the new uplink: {late_probe:?}"
     );
+
+    // Deleted and created again under the same name, it is filtered again.
+    host.ip(&["link", "del", "up1"])?;
+    let (again, again_outer) = veth_pair_named(&host, "up1", &out, "o1")?;
+    again.add_addr("203.0.113.2/24")?;
+    again_outer.add_addr("203.0.113.1/24")?;
+    again.up()?;
+    again_outer.up()?;
+    wait_for(
+        NEW_INTERFACE,
+        "the re-created uplink to be filtered",
+        || Ok(again.xdp()?.map(drop)),
+    )?;
     Ok(())
 }
 
