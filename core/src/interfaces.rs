@@ -25,7 +25,11 @@
 //!    uplink). Bridges (`docker0` has a global address), ifb, dummy, tun/tap, WireGuard
 //!    and other tunnels, VRFs and any kind not named here are left out: their addresses
 //!    serve containers, tunnels or local services, not the host's uplink.
-//! 5. Every other link is left out: it has no default route and no global address.
+//! 5. A physical device (no kind) is chosen even without a role: at boot the service starts
+//!    before the network is configured, and the host must be filtered from its first
+//!    address on, not from the agent's next look.
+//! 6. Every other link is left out: a virtual device with no default route and no global
+//!    address.
 //!
 //! Interfaces that come later are judged by the same rule when the agent looks again; a
 //! link once filtered keeps its filter while the agent runs, even when it loses its role,
@@ -70,6 +74,7 @@ pub struct Link {
 pub enum Chosen {
     DefaultRoute,
     GlobalAddress,
+    Physical,
 }
 
 impl fmt::Display for Chosen {
@@ -77,6 +82,7 @@ impl fmt::Display for Chosen {
         f.write_str(match self {
             Chosen::DefaultRoute => "carries a default route",
             Chosen::GlobalAddress => "has a global address",
+            Chosen::Physical => "a physical device, filtered before it has an address",
         })
     }
 }
@@ -112,7 +118,9 @@ impl fmt::Display for LeftOut {
                 f,
                 "a {kind} without a default route: its addresses serve containers, tunnels or local services"
             ),
-            LeftOut::NoRole => f.write_str("no default route and no global address"),
+            LeftOut::NoRole => {
+                f.write_str("a virtual device with no default route and no global address")
+            }
         }
     }
 }
@@ -197,6 +205,9 @@ fn judge(
             }),
         };
     }
+    if link.kind.is_none() {
+        return Ok(Chosen::Physical);
+    }
     Err(LeftOut::NoRole)
 }
 
@@ -268,6 +279,15 @@ mod tests {
                 ],
             ),
             (
+                "boot: the network is not configured yet",
+                vec![link(1, "lo", "", 0, false), link(2, "eno1", "", 0, false)],
+                vec![],
+                vec![
+                    ("lo", Err(LeftOut::Loopback)),
+                    ("eno1", Ok(Chosen::Physical)),
+                ],
+            ),
+            (
                 "kvm host: the host is reached through its bridge",
                 vec![
                     link(2, "eno1", "", 10, false),
@@ -308,7 +328,7 @@ mod tests {
                     ("bond0", Ok(Chosen::DefaultRoute)),
                     ("bond0.100", Ok(Chosen::GlobalAddress)),
                     ("eth2", Ok(Chosen::GlobalAddress)),
-                    ("eth3", Err(LeftOut::NoRole)),
+                    ("eth3", Ok(Chosen::Physical)),
                 ],
             ),
             (
