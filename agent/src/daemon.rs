@@ -32,8 +32,8 @@ use tokio::sync::mpsc;
 
 use crate::access::Access;
 use crate::control::{
-    self, BanAdded, BanStatus, Command, CounterStatus, DropStatus, InterfaceStatus, Request,
-    Response, Status,
+    self, BanAdded, BanStatus, Command, CounterStatus, DropStatus, InterfaceFailure,
+    InterfaceStatus, Request, Response, Status,
 };
 use crate::metrics::MetricsError;
 use crmguard_core::audit::{self, Event, EventType, Outcome};
@@ -41,6 +41,7 @@ use crmguard_core::bans::persist::{self, PersistError};
 use crmguard_core::bans::{Ban, BanStore, KernelKey, KernelValue, ManualBan, Safeguards};
 use crmguard_core::config::last_good::Snapshot;
 use crmguard_core::config::{self, Config, ConfigErrors, Mode};
+use crmguard_core::interfaces;
 use crmguard_core::policy::{self, CompiledPolicy, PolicyError};
 use crmguard_datapath::bans::{self as kernel_bans, KernelBans, KernelBansError};
 use crmguard_datapath::events::{DropEvent, EventReader, Recent};
@@ -262,7 +263,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Metrics(#[from] MetricsError),
     #[error("cannot list network interfaces")]
-    Interfaces(#[source] std::io::Error),
+    Interfaces(#[source] crmguard_datapath::links::LinksError),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
     #[error(transparent)]
@@ -282,33 +283,54 @@ pub struct RunOptions {
     pub detach_on_exit: bool,
 }
 
-/// The interfaces to attach to: the configured ones, or every interface but
-/// loopback and the VPN's own TUN when none is configured.
-fn interface_requests(config: &Config) -> Result<Vec<InterfaceRequest>, DaemonError> {
+/// The interfaces to attach to: the configured ones (each required), or the ones
+/// [`crmguard_core::interfaces::select`] chooses by role among the links of the agent's own
+/// namespace when none is configured, with the reason of each. `log` says which links were
+/// chosen and which left out, and why (at the start; the periodic re-check is quiet).
+fn interface_requests(
+    config: &Config,
+    log: bool,
+) -> Result<(Vec<InterfaceRequest>, BTreeMap<String, String>), DaemonError> {
     if !config.interfaces.is_empty() {
-        return Ok(config
+        let requests = config
             .interfaces
             .iter()
             .map(|i| InterfaceRequest {
                 name: i.name.clone(),
                 mode: i.xdp_mode,
+                required: true,
             })
-            .collect());
+            .collect();
+        return Ok((requests, BTreeMap::new()));
     }
-    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .map_err(DaemonError::Interfaces)?
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n != "lo" && *n != crmguard_vpn::interface_name())
-        .collect();
-    names.sort();
-    Ok(names
-        .into_iter()
-        .map(|name| InterfaceRequest {
-            name,
-            mode: config::XdpMode::Auto,
-        })
-        .collect())
+    let namespace = crmguard_datapath::links::read().map_err(DaemonError::Interfaces)?;
+    let verdicts = interfaces::select(
+        &namespace.links,
+        &namespace.default_routes,
+        &crmguard_vpn::interface_name(),
+    );
+    let mut requests = Vec::new();
+    let mut reasons = BTreeMap::new();
+    for verdict in verdicts {
+        match verdict.outcome {
+            Ok(chosen) => {
+                if log {
+                    tracing::info!(interface = %verdict.name, reason = %chosen, "no [[interface]] listed: filtering this interface");
+                }
+                reasons.insert(verdict.name.clone(), chosen.to_string());
+                requests.push(InterfaceRequest {
+                    name: verdict.name,
+                    mode: config::XdpMode::Auto,
+                    required: false,
+                });
+            }
+            Err(left_out) if log => {
+                tracing::info!(interface = %verdict.name, reason = %left_out, "no [[interface]] listed: not filtering this interface");
+            }
+            Err(_) => {}
+        }
+    }
+    Ok((requests, reasons))
 }
 
 /// The default name of the VPN's TUN device, never filtered by XDP (see
@@ -320,6 +342,10 @@ struct Agent {
     config: Config,
     policy: CompiledPolicy,
     datapath: Datapath,
+    /// The datapath's metrics that follow the filtered interfaces.
+    datapath_metrics: crmguard_datapath::metrics::DatapathMetrics,
+    /// Why each interface the agent chose by itself was chosen.
+    chosen_because: BTreeMap<String, String>,
     /// The daemon's metrics, and the VPN's and the ACL's, which it feeds.
     metrics: DaemonMetrics,
     bans: BanStore,
@@ -385,6 +411,16 @@ impl Agent {
                     mode: a.mode.name().to_owned(),
                     adopted: a.adopted,
                     egress: a.egress.map(|m| m.name().to_owned()),
+                    chosen_because: self.chosen_because.get(&a.name).cloned(),
+                })
+                .collect(),
+            interfaces_failed: self
+                .datapath
+                .failures()
+                .iter()
+                .map(|f| InterfaceFailure {
+                    name: f.name.clone(),
+                    error: f.error.clone(),
                 })
                 .collect(),
             counters,
@@ -412,6 +448,38 @@ impl Agent {
             policy_source: self.policy_source.as_str().to_owned(),
             policy_error: self.fallback_error.clone(),
         })
+    }
+
+    /// With no `[[interface]]` listed, judges the namespace's links again and attaches the
+    /// filter to those that took the uplink's role since the start (or failed before). A
+    /// filtered interface keeps its filter even when it loses the role.
+    fn recheck_interfaces(&mut self) {
+        if !self.config.interfaces.is_empty() {
+            return;
+        }
+        let (requests, reasons) = match interface_requests(&self.config, false) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %crmguard_core::error_chain(&e), "cannot list the network interfaces; new interfaces are not filtered");
+                return;
+            }
+        };
+        let before = (
+            self.datapath.attachments().to_vec(),
+            self.datapath.failures().to_vec(),
+        );
+        let attached = self.datapath.attach_more(&requests);
+        let changed = self.datapath.attachments() != before.0.as_slice()
+            || self.datapath.failures() != before.1.as_slice();
+        for name in attached {
+            let reason = reasons.get(&name).cloned().unwrap_or_default();
+            tracing::info!(interface = %name, %reason, "a new interface took the uplink's role: filtering it");
+            self.chosen_because.insert(name, reason);
+        }
+        if changed {
+            self.datapath_metrics
+                .track(self.datapath.attachments(), self.datapath.failures());
+        }
     }
 
     fn drop_status(&self, event: &DropEvent) -> DropStatus {
@@ -785,7 +853,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     let loaded_bans = persist::load(&bans_path, SystemTime::now());
     // Bound first: a second agent must stop before it touches the kernel.
     let control_listener = control::bind(&config.agent.control_socket)?;
-    let requests = interface_requests(&config)?;
+    let (requests, chosen_because) = interface_requests(&config, true)?;
     let datapath = Datapath::start(&config.agent.bpffs_dir, &requests, &policy)?;
     if let Some(snapshot) = &snapshot {
         save_last_good(snapshot, &config.agent.state_dir);
@@ -831,7 +899,12 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     // One registry; each part registers the metrics it owns. Scrapes ask the main loop to
     // refresh the daemon's metrics over a channel of their own, never the admin commands'.
     let registry = prometheus::Registry::new();
-    crmguard_datapath::metrics::register(&registry, &config_maps_dir, datapath.attachments())?;
+    let datapath_metrics = crmguard_datapath::metrics::register(
+        &registry,
+        &config_maps_dir,
+        datapath.attachments(),
+        datapath.failures(),
+    )?;
     let metrics = DaemonMetrics::register(&registry).map_err(MetricsError::Register)?;
     metrics.fallback(policy_source);
     let (refresh_tx, mut refresh_rx) = mpsc::channel::<crate::metrics::Refresh>(1);
@@ -868,6 +941,8 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         config,
         policy,
         datapath,
+        datapath_metrics,
+        chosen_because,
         metrics,
         bans,
         kernel_bans,
@@ -934,6 +1009,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
                         tracing::error!(error = %crmguard_core::error_chain(&e), "releasing the previous policy's maps failed");
                     }
                 }
+                agent.recheck_interfaces();
                 // Peers whose keys aged past key_max_age are cut.
                 agent.vpn.apply(&agent.config, false);
                 agent.disable_inactive();

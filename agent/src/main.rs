@@ -385,6 +385,12 @@ fn print_status(status: &Status) {
             "{:<16} {:>8} {:<8} {:<8} {}",
             i.name, i.ifindex, i.mode, egress, how
         );
+        if let Some(reason) = &i.chosen_because {
+            println!("{:<16} chosen: {reason}", "");
+        }
+    }
+    for f in &status.interfaces_failed {
+        println!("{:<16} NOT FILTERED: {}", f.name, f.error);
     }
     if status.policy_divergence_entries > 0 {
         println!(

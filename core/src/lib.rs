@@ -20,6 +20,7 @@ pub mod bans;
 pub mod config;
 mod error_chain;
 pub mod exit;
+pub mod interfaces;
 pub mod keys;
 pub mod mfa;
 pub mod model;

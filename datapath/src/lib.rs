@@ -25,6 +25,7 @@ pub mod bpffs;
 #[cfg(test)]
 mod btf_layout;
 pub mod events;
+pub mod links;
 pub mod maps;
 pub mod metrics;
 pub mod stamp;
@@ -102,6 +103,17 @@ pub struct Attachment {
 pub struct InterfaceRequest {
     pub name: String,
     pub mode: ModeSetting,
+    /// A listed `[[interface]]`: failing to attach to it stops the start. An interface the
+    /// agent chose by itself is skipped when it fails, and reported in [`Datapath::failures`].
+    pub required: bool,
+}
+
+/// An interface the filter could not be attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachFailure {
+    pub name: String,
+    /// The error with its causes.
+    pub error: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -344,6 +356,10 @@ pub struct Datapath {
     bpffs_dir: PathBuf,
     maps: PolicyMaps,
     attachments: Vec<Attachment>,
+    /// Chosen interfaces the filter could not be attached to.
+    failures: Vec<AttachFailure>,
+    /// The counter slot the next attachment gets.
+    next_slot: u32,
     generation: u32,
 }
 
@@ -381,17 +397,104 @@ impl Datapath {
             bpffs_dir: bpffs_dir.to_owned(),
             maps,
             attachments: Vec::new(),
+            failures: Vec::new(),
+            next_slot: u32::try_from(interfaces.len()).unwrap_or(abi::MAX_IFSLOTS),
             generation,
         };
         let pinned = pinned_links(bpffs_dir);
+        let mut first_failure = None;
         for (slot, (request, ebpf)) in interfaces.iter().zip(programs.iter_mut()).enumerate() {
             let slot = u32::try_from(slot).unwrap_or(0);
-            let attachment = datapath.attach_one(xdp(ebpf)?, request, slot, &pinned)?;
-            datapath.attachments.push(attachment);
+            match datapath.attach_one(xdp(ebpf)?, request, slot, &pinned) {
+                Ok(attachment) => datapath.attachments.push(attachment),
+                Err(e) if request.required => return Err(e),
+                Err(e) => {
+                    datapath.record_failure(&request.name, &e);
+                    first_failure.get_or_insert(e);
+                }
+            }
+        }
+        // One chosen interface that fails must not leave the others unfiltered; none at all
+        // is as fatal as a listed one failing.
+        if datapath.attachments.is_empty() {
+            if let Some(e) = first_failure {
+                return Err(e);
+            }
         }
         datapath.remove_stale_links(&pinned)?;
         datapath.attach_egress()?;
         Ok(datapath)
+    }
+
+    fn record_failure(&mut self, name: &str, error: &DatapathError) {
+        let error = crmguard_core::error_chain(error);
+        tracing::error!(interface = name, %error, "cannot attach the XDP filter; this interface is NOT filtered, the others are");
+        self.failures.retain(|f| f.name != name);
+        self.failures.push(AttachFailure {
+            name: name.to_owned(),
+            error,
+        });
+    }
+
+    /// Attaches the filter, with its egress recorder, to interfaces that appeared or took the
+    /// uplink's role after the start. A failure is recorded in [`Datapath::failures`] and
+    /// logged once per distinct error; the others go on. Returns the names attached.
+    pub fn attach_more(&mut self, requests: &[InterfaceRequest]) -> Vec<String> {
+        // An interface deleted since (and perhaps created again under its name) lost its
+        // filter with it: it is forgotten, so that a new device of that name is filtered.
+        self.attachments.retain(|a| {
+            let present = ifindex(&a.name) == Some(a.ifindex);
+            if !present {
+                tracing::info!(interface = %a.name, "the filtered interface was removed");
+            }
+            present
+        });
+        let mut attached = Vec::new();
+        for request in requests {
+            if self.attachments.iter().any(|a| a.name == request.name) {
+                continue;
+            }
+            match self.attach_late(request) {
+                Ok(()) => {
+                    self.failures.retain(|f| f.name != request.name);
+                    attached.push(request.name.clone());
+                }
+                Err(e) => {
+                    let error = crmguard_core::error_chain(&e);
+                    let known = self
+                        .failures
+                        .iter()
+                        .any(|f| f.name == request.name && f.error == error);
+                    if !known {
+                        self.record_failure(&request.name, &e);
+                    }
+                }
+            }
+        }
+        attached
+    }
+
+    fn attach_late(&mut self, request: &InterfaceRequest) -> Result<(), DatapathError> {
+        let slot = self.next_slot;
+        if slot >= abi::MAX_IFSLOTS {
+            return Err(DatapathError::TooManyInterfaces);
+        }
+        let mut ebpf = load_program(&self.bpffs_dir, slot)?;
+        let pinned = pinned_links(&self.bpffs_dir);
+        let mut attachment = self.attach_one(xdp(&mut ebpf)?, request, slot, &pinned)?;
+        self.next_slot = slot.saturating_add(1);
+        // The XDP filter is in place and pinned; an egress recorder that fails is logged, as
+        // the flow records then miss this interface but the filter holds.
+        match tc::Egress::load(&self.bpffs_dir).and_then(|mut egress| {
+            egress.attach(&attachment.name, attachment.ifindex, tc::Mechanism::Auto)
+        }) {
+            Ok(attached) => attachment.egress = Some(attached.mode),
+            Err(e) => {
+                tracing::error!(interface = %request.name, error = %crmguard_core::error_chain(&e), "cannot attach the egress flow recorder")
+            }
+        }
+        self.attachments.push(attachment);
+        Ok(())
     }
 
     fn attach_one(
@@ -598,6 +701,11 @@ impl Datapath {
 
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
+    }
+
+    /// Chosen interfaces the filter could not be attached to, in the order they failed.
+    pub fn failures(&self) -> &[AttachFailure] {
+        &self.failures
     }
 
     /// Counters of every attached interface.

@@ -1,4 +1,5 @@
-//! The datapath's Prometheus metrics: `crmguard_xdp_attached`, and the XDP program's packet
+//! The datapath's Prometheus metrics: `crmguard_xdp_attached`, `crmguard_xdp_attach_failed`,
+//! and the XDP program's packet
 //! and byte counters, `crmguard_xdp_packets_total` and `crmguard_xdp_bytes_total`.
 //!
 //! The counters live in the kernel, in the per-CPU array `cg_stats` pinned under the maps
@@ -8,7 +9,7 @@
 //! loop. No label carries an address.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use aya::maps::{MapData, PerCpuArray};
 use crmguard_core::abi::{self, Action, Reason};
@@ -16,7 +17,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::{Attachment, MapsError};
+use crate::{AttachFailure, Attachment, MapsError};
 
 /// The pinned map of the counters, as the XDP program names it.
 const STATS_MAP: &str = "cg_stats";
@@ -32,14 +33,51 @@ pub enum DatapathMetricsError {
     Register(#[from] prometheus::Error),
 }
 
-/// Registers the datapath's metrics for the interfaces in `attachments`, whose counters are
-/// in the maps pinned in `maps_dir`. The interfaces an agent filters are fixed when it
-/// starts, so they are given once.
+/// The counter slot and name of each filtered interface, shared with the collector.
+type Interfaces = Arc<Mutex<Vec<(u32, String)>>>;
+
+/// The datapath's metrics that follow the set of filtered interfaces, which grows when an
+/// interface takes the uplink's role after the start.
+pub struct DatapathMetrics {
+    attached: IntGaugeVec,
+    failed: IntGaugeVec,
+    interfaces: Interfaces,
+}
+
+impl DatapathMetrics {
+    /// Brings the metrics to the interfaces filtered and those that could not be.
+    pub fn track(&self, attachments: &[Attachment], failures: &[AttachFailure]) {
+        self.attached.reset();
+        for attachment in attachments {
+            self.attached
+                .with_label_values(&[attachment.name.as_str(), attachment.mode.name()])
+                .set(1);
+        }
+        self.failed.reset();
+        for failure in failures {
+            self.failed
+                .with_label_values(&[failure.name.as_str()])
+                .set(1);
+        }
+        let mut interfaces = self
+            .interfaces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *interfaces = attachments
+            .iter()
+            .map(|a| (a.slot, a.name.clone()))
+            .collect();
+    }
+}
+
+/// Registers the datapath's metrics for the interfaces in `attachments` and `failures`, whose
+/// counters are in the maps pinned in `maps_dir`.
 pub fn register(
     registry: &Registry,
     maps_dir: &Path,
     attachments: &[Attachment],
-) -> Result<(), DatapathMetricsError> {
+    failures: &[AttachFailure],
+) -> Result<DatapathMetrics, DatapathMetricsError> {
     let attached = IntGaugeVec::new(
         Opts::new(
             "crmguard_xdp_attached",
@@ -47,21 +85,37 @@ pub fn register(
         ),
         &["interface", "mode"],
     )?;
-    for attachment in attachments {
-        attached
-            .with_label_values(&[attachment.name.as_str(), attachment.mode.name()])
-            .set(1);
-    }
-    registry.register(Box::new(attached))?;
-    registry.register(Box::new(XdpCounters::open(maps_dir, attachments)?))?;
-    Ok(())
+    let failed = failure_gauge()?;
+    registry.register(Box::new(attached.clone()))?;
+    registry.register(Box::new(failed.clone()))?;
+    let counters = XdpCounters::open(maps_dir, attachments)?;
+    let metrics = DatapathMetrics {
+        attached,
+        failed,
+        interfaces: counters.interfaces.clone(),
+    };
+    registry.register(Box::new(counters))?;
+    metrics.track(attachments, failures);
+    Ok(metrics)
+}
+
+/// `crmguard_xdp_attach_failed`: one sample per chosen interface the filter could not be
+/// attached to, labelled by the host's interface names only.
+fn failure_gauge() -> Result<IntGaugeVec, prometheus::Error> {
+    IntGaugeVec::new(
+        Opts::new(
+            "crmguard_xdp_attach_failed",
+            "1 when the agent chose the interface but could not attach the XDP filter to it (see crmguard status)",
+        ),
+        &["interface"],
+    )
 }
 
 /// The collector of `crmguard_xdp_packets_total` and `crmguard_xdp_bytes_total`.
 pub struct XdpCounters {
     stats: PerCpuArray<MapData, abi::Stats>,
     /// The counter slot and name of each interface.
-    interfaces: Vec<(u32, String)>,
+    interfaces: Interfaces,
     /// Refilled from the kernel at each scrape.
     packets: IntCounterVec,
     bytes: IntCounterVec,
@@ -81,10 +135,12 @@ impl XdpCounters {
             .map_err(|source| MapsError::Open { path, source })?;
         Ok(Self {
             stats,
-            interfaces: attachments
-                .iter()
-                .map(|a| (a.slot, a.name.clone()))
-                .collect(),
+            interfaces: Arc::new(Mutex::new(
+                attachments
+                    .iter()
+                    .map(|a| (a.slot, a.name.clone()))
+                    .collect(),
+            )),
             packets: IntCounterVec::new(
                 Opts::new(
                     "crmguard_xdp_packets_total",
@@ -145,7 +201,12 @@ impl Collector for XdpCounters {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.packets.reset();
         self.bytes.reset();
-        for (slot, interface) in &self.interfaces {
+        let interfaces = self
+            .interfaces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (slot, interface) in &interfaces {
             let counters = match self.read(*slot) {
                 Ok(counters) => counters,
                 Err(e) => {

@@ -16,6 +16,7 @@ mod established;
 mod fallback;
 mod firewall;
 mod golden;
+mod interfaces;
 mod limits;
 mod metrics;
 mod monitor;

@@ -164,6 +164,10 @@ pub struct Status {
     pub mode: String,
     pub generation: u32,
     pub interfaces: Vec<InterfaceStatus>,
+    /// Interfaces the agent chose (no `[[interface]]` listed) but could not attach the
+    /// filter to: they are NOT filtered.
+    #[serde(default)]
+    pub interfaces_failed: Vec<InterfaceFailure>,
     /// Non-zero counters only.
     pub counters: Vec<CounterStatus>,
     /// The bans in force, in network order.
@@ -245,6 +249,17 @@ pub struct InterfaceStatus {
     /// How the egress flow recorder is attached ("tcx" or "netlink").
     #[serde(default)]
     pub egress: Option<String>,
+    /// Why the agent chose this interface ("carries a default route", "has a global
+    /// address"); `None` for a listed `[[interface]]`.
+    #[serde(default)]
+    pub chosen_because: Option<String>,
+}
+
+/// A chosen interface the filter could not be attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceFailure {
+    pub name: String,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

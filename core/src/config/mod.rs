@@ -151,7 +151,7 @@ pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
 
 /// Returns the embedded default policy (`config/default.toml`).
 ///
-/// Enforce mode on every non-loopback interface, default drop, replies to the host's own
+/// Enforce mode on the interfaces chosen by role (`crate::interfaces`), default drop, replies to the host's own
 /// connections pass, ICMP essentials, SSH (tcp/22) open from anywhere within per-source limits,
 /// and the WireGuard endpoint on udp/51820 with the address 10.77.0.1/24 and no peers yet.
 pub fn default_policy() -> Config {
@@ -345,8 +345,8 @@ config_enum! {
 pub struct Config {
     /// `[agent]`: how the daemon runs.
     pub agent: Agent,
-    /// `[[interface]]`: where XDP attaches. Empty means every non-loopback interface except the
-    /// VPN's own TUN device.
+    /// `[[interface]]`: where XDP attaches. Empty means the interfaces
+    /// [`crate::interfaces::select`] chooses by role.
     pub interfaces: Vec<Interface>,
     /// `[firewall]`: the XDP policy.
     pub firewall: Firewall,
