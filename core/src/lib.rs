@@ -18,6 +18,7 @@ pub mod atomic_file;
 pub mod audit;
 pub mod bans;
 pub mod config;
+pub mod counters;
 mod error_chain;
 pub mod exit;
 pub mod interfaces;

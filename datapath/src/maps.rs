@@ -464,26 +464,7 @@ impl PolicyMaps {
 
     /// The packet and byte counters of one interface slot, summed over CPUs.
     pub fn read_counters(&self, slot: u32) -> Result<Vec<(Action, Reason, abi::Stats)>, MapsError> {
-        let mut out = Vec::new();
-        for action in Action::ALL {
-            for reason in Reason::ALL {
-                let index = abi::stats_index(slot, action, reason);
-                let per_cpu = self
-                    .stats
-                    .get(&index, 0)
-                    .map_err(|source| MapsError::Read {
-                        map: "cg_stats",
-                        source,
-                    })?;
-                let mut total = abi::Stats::default();
-                for s in per_cpu.iter() {
-                    total.packets = total.packets.wrapping_add(s.packets);
-                    total.bytes = total.bytes.wrapping_add(s.bytes);
-                }
-                out.push((action, reason, total));
-            }
-        }
-        Ok(out)
+        read_stats(&self.stats, slot)
     }
 
     /// Zeroes the counters of a slot, for an interface newly given that slot.
@@ -572,4 +553,29 @@ fn collect_trie<K: Pod>(
         out.insert(key, v.to_vec());
     }
     Ok(())
+}
+
+/// The packet and byte counters of one interface slot in `cg_stats`, summed over CPUs, for
+/// every action and reason.
+pub(crate) fn read_stats(
+    stats: &PerCpuArray<MapData, abi::Stats>,
+    slot: u32,
+) -> Result<Vec<(Action, Reason, abi::Stats)>, MapsError> {
+    let mut out = Vec::new();
+    for action in Action::ALL {
+        for reason in Reason::ALL {
+            let index = abi::stats_index(slot, action, reason);
+            let per_cpu = stats.get(&index, 0).map_err(|source| MapsError::Read {
+                map: "cg_stats",
+                source,
+            })?;
+            let mut total = abi::Stats::default();
+            for s in per_cpu.iter() {
+                total.packets = total.packets.wrapping_add(s.packets);
+                total.bytes = total.bytes.wrapping_add(s.bytes);
+            }
+            out.push((action, reason, total));
+        }
+    }
+    Ok(out)
 }

@@ -161,26 +161,7 @@ impl XdpCounters {
 
     /// Counters of one interface slot, summed over CPUs.
     fn read(&self, slot: u32) -> Result<Vec<(Action, Reason, abi::Stats)>, MapsError> {
-        let mut out = Vec::new();
-        for action in Action::ALL {
-            for reason in Reason::ALL {
-                let index = abi::stats_index(slot, action, reason);
-                let per_cpu = self
-                    .stats
-                    .get(&index, 0)
-                    .map_err(|source| MapsError::Read {
-                        map: STATS_MAP,
-                        source,
-                    })?;
-                let mut total = abi::Stats::default();
-                for s in per_cpu.iter() {
-                    total.packets = total.packets.wrapping_add(s.packets);
-                    total.bytes = total.bytes.wrapping_add(s.bytes);
-                }
-                out.push((action, reason, total));
-            }
-        }
-        Ok(out)
+        crate::maps::read_stats(&self.stats, slot)
     }
 }
 

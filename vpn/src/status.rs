@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 
 /// A peer counts as connected while its last handshake is younger than this: the lifetime
@@ -251,7 +251,7 @@ impl VpnMetrics {
             ("cookie", h.cookie),
             ("rate_limited", h.rate_limited),
         ] {
-            set_counter(&self.handshakes.with_label_values(&[result]), n);
+            crmguard_core::counters::mirror(&self.handshakes.with_label_values(&[result]), n);
         }
         let d = vpn.dropped;
         for (reason, n) in [
@@ -259,13 +259,13 @@ impl VpnMetrics {
             ("no_route", d.no_route),
             ("invalid", d.invalid),
         ] {
-            set_counter(&self.dropped.with_label_values(&[reason]), n);
+            crmguard_core::counters::mirror(&self.dropped.with_label_values(&[reason]), n);
         }
         let mut labelled = BTreeSet::new();
         for peer in &vpn.peers {
             let name = [peer.name.as_str()];
-            set_counter(&self.rx_bytes.with_label_values(&name), peer.rx_bytes);
-            set_counter(&self.tx_bytes.with_label_values(&name), peer.tx_bytes);
+            crmguard_core::counters::mirror(&self.rx_bytes.with_label_values(&name), peer.rx_bytes);
+            crmguard_core::counters::mirror(&self.tx_bytes.with_label_values(&name), peer.tx_bytes);
             match peer.latest_handshake {
                 Some(at) => self
                     .last_handshake
@@ -289,18 +289,6 @@ impl VpnMetrics {
         self.up
             .with_label_values::<&str>(&[])
             .set(i64::from(vpn.running));
-    }
-}
-
-/// Sets a counter that mirrors a count kept elsewhere. A count lower than the counter means
-/// the count started over (the endpoint restarted), which Prometheus understands as a reset.
-fn set_counter(counter: &IntCounter, count: u64) {
-    let current = counter.get();
-    if count < current {
-        counter.reset();
-        counter.inc_by(count);
-    } else {
-        counter.inc_by(count - current);
     }
 }
 

@@ -162,27 +162,14 @@ impl Agent {
         m.bans_active
             .set(i64::try_from(self.bans.len()).unwrap_or(i64::MAX));
         for (kind, n) in self.audit.events() {
-            set_counter(&m.audit_events.with_label_values(&[*kind]), *n);
+            crmguard_core::counters::mirror(&m.audit_events.with_label_values(&[*kind]), *n);
         }
-        set_counter(&m.audit_write_errors, self.audit.errors());
+        crmguard_core::counters::mirror(&m.audit_write_errors, self.audit.errors());
         for (result, n) in self.access.attempts() {
-            set_counter(&m.mfa_attempts.with_label_values(&[*result]), *n);
+            crmguard_core::counters::mirror(&m.mfa_attempts.with_label_values(&[*result]), *n);
         }
         m.key_expiry(&expiry);
         m.vpn.observe(vpn.as_ref());
-    }
-}
-
-/// Sets a counter that mirrors a count kept elsewhere. The counts kept by the daemon only
-/// grow while it runs; a lower one would be a count that started over, which Prometheus
-/// understands as a reset.
-fn set_counter(counter: &IntCounter, count: u64) {
-    let current = counter.get();
-    if count < current {
-        counter.reset();
-        counter.inc_by(count);
-    } else {
-        counter.inc_by(count - current);
     }
 }
 
@@ -239,8 +226,11 @@ mod tests {
         metrics.fallback(super::super::PolicySource::LastGood);
         metrics.ban_added("manual");
         metrics.ban_added("auth_failures");
-        set_counter(&metrics.audit_events.with_label_values(&["agent_start"]), 1);
-        set_counter(&metrics.mfa_attempts.with_label_values(&["ok"]), 2);
+        crmguard_core::counters::mirror(
+            &metrics.audit_events.with_label_values(&["agent_start"]),
+            1,
+        );
+        crmguard_core::counters::mirror(&metrics.mfa_attempts.with_label_values(&["ok"]), 2);
         metrics.key_expiry(&[("alice".to_owned(), -5)].into());
         metrics
             .vpn
