@@ -70,7 +70,7 @@ const RSS_PEERS: usize = 1_000;
 /// How long a tunnel end may take to come up, and a handshake to complete.
 const SETTLE: Duration = Duration::from_secs(20);
 
-/// Targets of PERFORMANCE.md.
+/// The VPN gateway's targets, printed next to the measured ratios (README, "Performance").
 const GOODPUT_TARGET: f64 = 1.8;
 const CPU_TARGET: f64 = 0.4;
 const SYSCALLS_TARGET: f64 = 0.3;
