@@ -46,7 +46,7 @@ pub enum PeerCommand {
         public_key: Option<String>,
         /// How clients reach this gateway, for the printed configuration [default: this
         /// host's name]
-        #[arg(long, value_name = "HOST")]
+        #[arg(long, value_name = "HOST", value_parser = parse_endpoint_host)]
         endpoint: Option<String>,
     },
     /// List every peer: role, address, key age and expiry, last handshake, MFA state
@@ -491,5 +491,15 @@ fn describe_secs(secs: u64) -> String {
         120..=7199 => format!("{}m", secs / 60),
         7200..=172_799 => format!("{}h", secs / 3600),
         _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// `--endpoint`: an address or a DNS name, nothing that could add lines to the printed
+/// configuration.
+fn parse_endpoint_host(host: &str) -> Result<String, String> {
+    if provision::valid_endpoint_host(host) {
+        Ok(host.to_owned())
+    } else {
+        Err("not an IP address or a DNS name".to_owned())
     }
 }

@@ -448,9 +448,11 @@ fn negotiate(request: &Request) -> Format {
 
 /// Refuses a form posted by a page of another site, which a browser would send with the
 /// staff member's tunnel address: it could log them out, or spend their attempts until they
-/// are locked out. Browsers mark such requests with `Sec-Fetch-Site`, older ones with an
-/// `Origin` that differs from the portal's. Scripts send neither header. (The portal's own
-/// pages send `Origin: null`, because of `Referrer-Policy: no-referrer`.)
+/// are locked out. Browsers mark such requests with `Sec-Fetch-Site`, and with an `Origin`
+/// that is not the portal's. `Origin: null` is refused too: it is what a sandboxed frame, a
+/// `data:` page or a cross-site redirect sends, so it proves nothing about who posted. The
+/// portal's own pages send its exact origin (`Referrer-Policy: same-origin`). Scripts send
+/// neither header and are let through: they cannot be made to post by a web page.
 fn check_same_origin(request: &Request) -> Result<(), Refusal> {
     if let Some(site) = &request.sec_fetch_site {
         if !matches!(site.as_str(), "same-origin" | "none") {
@@ -461,7 +463,7 @@ fn check_same_origin(request: &Request) -> Result<(), Refusal> {
         return Ok(());
     };
     let own = request.host.as_deref().map(|host| format!("http://{host}"));
-    if origin == "null" || own.is_some_and(|own| own.eq_ignore_ascii_case(origin)) {
+    if own.is_some_and(|own| own.eq_ignore_ascii_case(origin)) {
         Ok(())
     } else {
         Err(Refusal::CrossOrigin)

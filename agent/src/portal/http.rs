@@ -25,7 +25,7 @@ pub const JSON: &str = "application/json";
 const SECURITY_HEADERS: &str = "Cache-Control: no-store\r\n\
     Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'\r\n\
     X-Content-Type-Options: nosniff\r\n\
-    Referrer-Policy: no-referrer\r\n\
+    Referrer-Policy: same-origin\r\n\
     Connection: close\r\n";
 
 impl Response {
@@ -154,7 +154,7 @@ mod tests {
             "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\
              Cache-Control: no-store\r\n\
              Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'\r\n\
-             X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n\
+             X-Content-Type-Options: nosniff\r\nReferrer-Policy: same-origin\r\nConnection: close\r\n\
              Allow: POST\r\n\r\n{}"
         );
     }

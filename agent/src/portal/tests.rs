@@ -178,7 +178,7 @@ fn assert_has_portal_headers(answer: &Answer) {
             "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
         ),
         ("X-Content-Type-Options", "nosniff"),
-        ("Referrer-Policy", "no-referrer"),
+        ("Referrer-Policy", "same-origin"),
         ("Connection", "close"),
     ];
     for (name, value) in expected {
@@ -366,7 +366,12 @@ async fn log_out_by_delete_or_by_the_form() {
     let form = request(
         "POST",
         "/session/end",
-        &[FORM, BROWSER, "Origin: null", "Sec-Fetch-Site: same-origin"],
+        &[
+            FORM,
+            BROWSER,
+            "Origin: http://127.0.0.1:8443",
+            "Sec-Fetch-Site: same-origin",
+        ],
         "",
     );
     let answer = exchange(server, ALICE, &form).await;
@@ -381,12 +386,17 @@ async fn forms_from_other_sites_are_refused() {
         "Sec-Fetch-Site: cross-site",
         "Sec-Fetch-Site: same-site",
         "Origin: http://evil.example",
+        // A sandboxed frame or a data: page of any site posts with a null origin.
+        "Origin: null",
+        "Origin: http://127.0.0.1:8443.evil.example",
     ];
     for header in from_elsewhere {
-        let post = request("POST", "/session", &[FORM, header], "code=000000");
-        let answer = exchange(server, ALICE, &post).await;
-        assert_eq!(answer.status, 403, "{header}");
-        assert_eq!(answer.json()["error"], "cross_origin", "{header}");
+        for path in ["/session", "/session/end"] {
+            let post = request("POST", path, &[FORM, header], "code=000000");
+            let answer = exchange(server, ALICE, &post).await;
+            assert_eq!(answer.status, 403, "{path} {header}");
+            assert_eq!(answer.json()["error"], "cross_origin", "{path} {header}");
+        }
     }
     let own = request(
         "POST",

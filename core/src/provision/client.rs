@@ -44,6 +44,28 @@ impl std::fmt::Debug for ClientParams<'_> {
     }
 }
 
+/// Whether `host` may stand as the `Endpoint` host of a printed client configuration: an IPv4
+/// or IPv6 address, or a DNS name (labels of letters, digits and inner hyphens, at most 63
+/// bytes each and 253 in all). Anything else, a newline above all, could add lines of its own
+/// to the configuration a user imports, so it is refused.
+pub fn valid_endpoint_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 /// The client's wg-quick configuration: its private key and tunnel addresses, and the gateway
 /// as its one peer, reached at `endpoint_host` and the listen port, routing the tunnel subnets
 /// (and nothing else) through the tunnel.
@@ -98,6 +120,26 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn endpoint_hosts() {
+        for (host, valid) in [
+            ("vpn.example.com", true),
+            ("vpn.example.com.", true),
+            ("gw-1", true),
+            ("203.0.113.7", true),
+            ("2001:db8::5", true),
+            ("", false),
+            ("vpn.example.com\nPostUp = rm -rf /", false),
+            ("vpn example", false),
+            ("-gw.example", false),
+            ("gw..example", false),
+            ("[2001:db8::5]", false),
+            ("vpn.example.com:51820", false),
+        ] {
+            assert_eq!(valid_endpoint_host(host), valid, "{host:?}");
+        }
+    }
     use crate::config::Date;
 
     /// RFC 7748 section 6.1: Alice's private key and Bob's.

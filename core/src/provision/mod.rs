@@ -38,7 +38,9 @@ use std::path::PathBuf;
 
 use crate::config::{ConfigErrors, MAX_NAME_LEN};
 
-pub use client::{client_config, qr_terminal, ClientParams, PERSISTENT_KEEPALIVE};
+pub use client::{
+    client_config, qr_terminal, valid_endpoint_host, ClientParams, PERSISTENT_KEEPALIVE,
+};
 pub use document::PeersFile;
 pub use edit::Added;
 pub use enabled::{load_enabled_at, record_enabled};
