@@ -389,6 +389,10 @@ fn semantic_errors_are_located() {
             "2:13: inspection.max_flows: -1 is out of range (1 to 4294967295)",
         ),
         (
+            "[mfa]\nportal_port = 8443\n[[role]]\nname = \"sales\"\nallow = [\"tcp/443\", \"tcp/8443\"]\n",
+            "5:21: role[0].allow[1]: `tcp/8443` is the MFA portal's port (`mfa.portal_port`), which every peer reaches; give the portal or the service another port",
+        ),
+        (
             "[mfa]\nissuer = \"ACME:CRM\"\n",
             "2:10: mfa.issuer: must not contain `:` or control characters (it is part of the otpauth:// label)",
         ),

@@ -98,6 +98,7 @@ pub(super) fn config(src: &Source, raw: RawConfig) -> Checked {
     let inspection = inspection(&mut c, &raw.inspection);
     let detection = detection(&mut c, &raw.detection);
     let mfa = mfa(&mut c, &raw.mfa);
+    portal_port_in_no_role(&mut c, &raw.role, mfa.portal_port);
     let audit = Audit {
         path: c.path_or(
             &raw.audit.path,
@@ -793,6 +794,28 @@ fn mfa(c: &mut Check, raw: &RawMfa) -> Mfa {
         idle: c.duration_or(&raw.idle, "mfa.idle", 30 * 60),
         max_failures: c.count_or(&raw.max_failures, "mfa.max_failures", 5, 1),
         lockout: c.duration_or(&raw.lockout, "mfa.lockout", 15 * 60),
+    }
+}
+
+/// Refuses a role that lists the MFA portal's own port. Every peer reaches the portal, with or
+/// without a role or a session, so a service of a role on that port would be open to all of
+/// them whenever crmguard's portal is not the one listening there.
+fn portal_port_in_no_role(c: &mut Check, raw: &[RawRole], portal_port: u16) {
+    for (i, role) in raw.iter().enumerate() {
+        for (j, spec) in role.allow.iter().flat_map(|a| a.get_ref()).enumerate() {
+            let Ok(parsed) = parse_service_spec(spec.get_ref()) else {
+                continue;
+            };
+            if parsed.proto == Proto::Tcp && parsed.port == portal_port {
+                c.fail(
+                    &spec.span(),
+                    &format!("role[{i}].allow[{j}]"),
+                    format!(
+                        "`{parsed}` is the MFA portal's port (`mfa.portal_port`), which every peer reaches; give the portal or the service another port"
+                    ),
+                );
+            }
+        }
     }
 }
 
