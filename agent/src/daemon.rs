@@ -612,9 +612,22 @@ impl Agent {
     fn ban_add(&mut self, request: ManualBan) -> Response {
         let now = SystemTime::now();
         let host_addrs = host_addresses();
+        let tunnel_nets: Vec<IpNet> = self
+            .config
+            .vpn
+            .iter()
+            .flat_map(|vpn| {
+                [
+                    Some(IpNet::V4(vpn.address.trunc())),
+                    vpn.address6.map(|a| IpNet::V6(a.trunc())),
+                ]
+            })
+            .flatten()
+            .collect();
         let guard = Safeguards {
             allowlist: &self.config.detection.allowlist,
             host_addrs: &host_addrs,
+            tunnel_nets: &tunnel_nets,
         };
         let added = match self.bans.add_manual(request, &guard, now) {
             Ok(added) => added,

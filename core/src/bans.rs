@@ -166,6 +166,9 @@ pub struct Safeguards<'a> {
     pub allowlist: &'a [IpNet],
     /// The addresses of the host's own interfaces.
     pub host_addrs: &'a [IpAddr],
+    /// The VPN's tunnel networks (`[vpn] address` and `address6`), whose addresses XDP never
+    /// sees: tunnel traffic reaches it encrypted, from the peers' outer addresses.
+    pub tunnel_nets: &'a [IpNet],
 }
 
 /// Something an administrator should know about a ban that was nevertheless applied.
@@ -221,6 +224,12 @@ pub enum BanError {
     HostAddress { net: IpNet, addr: IpAddr },
     #[error("{net} overlaps {entry} of [detection] allowlist, which detectors never ban")]
     Allowlisted { net: IpNet, entry: IpNet },
+    #[error(
+        "{net} lies inside the VPN's tunnel network {tunnel}: the XDP filter sees WireGuard traffic \
+         from the peers' outer addresses only, so this ban would never match; cut the device \
+         with `crmguard peer disable NAME` instead"
+    )]
+    TunnelNetwork { net: IpNet, tunnel: IpNet },
     #[error("{net} has host bits set; write {normalised}")]
     HostBits { net: IpNet, normalised: IpNet },
     #[error("the ban would end too far in the future")]
@@ -440,6 +449,12 @@ impl BanStore {
     ) -> Result<Added, BanError> {
         let net = request.net.trunc();
         check_bannable(&net)?;
+        if let Some(tunnel) = guard.tunnel_nets.iter().find(|t| t.contains(&net)) {
+            return Err(BanError::TunnelNetwork {
+                net,
+                tunnel: *tunnel,
+            });
+        }
         if !request.force {
             check_breadth(&net)?;
             if let Some(addr) = host_address_in(&net, guard.host_addrs) {

@@ -31,13 +31,16 @@ fn manual(text: &str, ttl: Option<u64>, force: bool) -> ManualBan {
 
 const HOST: [&str; 2] = ["192.0.2.10", "fd00:1::10"];
 const ALLOW: [&str; 2] = ["198.51.100.0/28", "2001:db8:aa::/48"];
+const TUNNEL: [&str; 2] = ["10.77.0.0/24", "fd77::/64"];
 
 fn with_guard<T>(f: impl FnOnce(&Safeguards<'_>) -> T) -> T {
     let host_addrs: Vec<IpAddr> = HOST.iter().map(|a| a.parse().expect("addr")).collect();
     let allowlist: Vec<IpNet> = ALLOW.iter().map(|a| net(a)).collect();
+    let tunnel_nets: Vec<IpNet> = TUNNEL.iter().map(|a| net(a)).collect();
     f(&Safeguards {
         allowlist: &allowlist,
         host_addrs: &host_addrs,
+        tunnel_nets: &tunnel_nets,
     })
 }
 
@@ -740,4 +743,27 @@ fn the_file_format_is_stable() {
 fn capacities_match_the_abi() {
     assert_eq!(Ok(HOST_MAX), usize::try_from(crate::abi::BAN_HOST_MAX));
     assert_eq!(Ok(PREFIX_MAX), usize::try_from(crate::abi::BAN_PREFIX_MAX));
+}
+
+#[test]
+fn tunnel_addresses_are_refused_even_with_force() {
+    for force in [false, true] {
+        for (text, tunnel) in [
+            ("10.77.0.5/32", "10.77.0.0/24"),
+            ("10.77.0.128/25", "10.77.0.0/24"),
+            ("fd77::5/128", "fd77::/64"),
+        ] {
+            check_manual(
+                text,
+                force,
+                Err(BanError::TunnelNetwork {
+                    net: net(text),
+                    tunnel: net(tunnel),
+                }),
+            );
+        }
+    }
+    check_manual("10.78.0.5/32", false, Ok("10.78.0.5/32"));
+    // A broader ban also covers outer addresses, which XDP does see.
+    check_manual("10.77.0.0/16", false, Ok("10.77.0.0/16"));
 }
