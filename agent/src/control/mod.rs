@@ -334,7 +334,16 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ControlError> 
     serde_json::from_str(&answer).map_err(ControlError::Decode)
 }
 
-/// Binds the control socket, replacing a stale one left by a dead agent.
+/// How long a start waits for an agent that still holds the control socket to go away. An
+/// agent killed a moment ago (`kill -9`, then `crmguard run` at once) keeps its listening
+/// socket until the kernel has finished tearing it down; it accepts connections but never
+/// answers them.
+const PREDECESSOR_EXIT: Duration = Duration::from_secs(5);
+
+/// Binds the control socket, replacing a stale one left by a dead agent. A socket whose owner
+/// answers a status request belongs to a running agent and is refused at once; one that
+/// accepts but does not answer belongs to an agent on its way out, which is waited for (up to
+/// [`PREDECESSOR_EXIT`]).
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     let err = |source| ControlError::Listen {
         path: path.to_owned(),
@@ -343,18 +352,61 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(err)?;
     }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "another crmguard agent is running",
-            )));
+    let deadline = std::time::Instant::now() + PREDECESSOR_EXIT;
+    while path.exists() {
+        match owner(path) {
+            Owner::Nobody => {
+                std::fs::remove_file(path).map_err(err)?;
+            }
+            Owner::Running => {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another crmguard agent is running",
+                )));
+            }
+            Owner::Silent if std::time::Instant::now() >= deadline => {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process holds the control socket and does not answer; stop it",
+                )));
+            }
+            Owner::Silent => std::thread::sleep(Duration::from_millis(50)),
         }
-        std::fs::remove_file(path).map_err(err)?;
     }
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     Ok(listener)
+}
+
+/// Who is behind an existing control socket.
+enum Owner {
+    /// Nobody listens: a stale socket of a dead agent.
+    Nobody,
+    /// An agent answered a status request.
+    Running,
+    /// A connection was accepted but got no answer in time: an agent being torn down.
+    Silent,
+}
+
+fn owner(path: &Path) -> Owner {
+    let Ok(mut stream) = UnixStream::connect(path) else {
+        return Owner::Nobody;
+    };
+    let Ok(mut line) = serde_json::to_string(&Request::Status) else {
+        return Owner::Silent;
+    };
+    line.push('\n');
+    let asked = stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .and_then(|()| stream.write_all(line.as_bytes()));
+    if asked.is_err() {
+        return Owner::Silent;
+    }
+    let mut answer = String::new();
+    match BufReader::new(stream).read_line(&mut answer) {
+        Ok(n) if n > 0 => Owner::Running,
+        _ => Owner::Silent,
+    }
 }
 
 /// Serves the control socket until the daemon goes away.
@@ -402,6 +454,7 @@ pub async fn ask(commands: &mpsc::Sender<Command>, request: Request) -> Response
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crmguard_core::error_chain;
 
     /// The wire format of the ban requests: what `crmguard ban ...` of one version sends to the
     /// agent of another.
@@ -454,5 +507,61 @@ mod tests {
             panic!("{json} does not decode");
         };
         assert_eq!(status.bans, Vec::new());
+    }
+
+    /// Binds `path` in a thread that serves it as `serve`: `answer` says whether a request gets
+    /// an answer; the listener goes away after `lifetime`.
+    fn squatter(path: &Path, answer: bool, lifetime: Duration) -> std::thread::JoinHandle<()> {
+        let listener = std::os::unix::net::UnixListener::bind(path).expect("bind the squatter");
+        listener.set_nonblocking(true).expect("nonblocking");
+        std::thread::spawn(move || {
+            let end = std::time::Instant::now() + lifetime;
+            let mut held = Vec::new();
+            while std::time::Instant::now() < end {
+                match listener.accept() {
+                    Ok((mut stream, _)) if answer => {
+                        let _ = stream.write_all(b"{\"status\":\"ok\"}\n");
+                    }
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_start_waits_for_a_dying_agent_and_refuses_a_running_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+
+        // A stale socket: nobody listens.
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+        assert!(bind(&stale).is_ok(), "a stale socket is replaced");
+
+        // An agent on its way out: accepts, never answers, gone after 300 ms.
+        let dying = dir.path().join("dying.sock");
+        let owner = squatter(&dying, false, Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let bound = bind(&dying);
+        owner.join().expect("squatter");
+        assert!(
+            bound.is_ok(),
+            "waited for the dying agent: {:?}",
+            bound.err()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(250));
+
+        // A running agent answers: refused at once.
+        let running = dir.path().join("running.sock");
+        let owner = squatter(&running, true, Duration::from_secs(2));
+        let started = std::time::Instant::now();
+        let refused = bind(&running);
+        let message = refused.err().map(|e| error_chain(&e)).unwrap_or_default();
+        assert!(
+            message.contains("another crmguard agent is running"),
+            "{message}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        owner.join().expect("squatter");
     }
 }
