@@ -924,13 +924,16 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     let metrics_listener = crate::metrics::bind(config.metrics.listen).await?;
     tokio::spawn(crate::metrics::serve(
         metrics_listener,
-        registry,
+        registry.clone(),
         refresh_tx,
     ));
     // After the datapath: XDP lets WireGuard through to the endpoint's port.
     let vpn = crmguard_vpn::Supervisor::start(&config, metrics.acl().clone());
 
     let mut audit = audit::Sink::open(&config.audit, &config.agent.state_dir);
+    audit
+        .register_metrics(&registry)
+        .map_err(MetricsError::Register)?;
     audit.record(
         &Event::new(EventType::AgentStart, Outcome::Info, "system")
             .with_detail("version", env!("CARGO_PKG_VERSION"))
@@ -946,6 +949,9 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         );
     }
     let access = Access::open(&config);
+    access
+        .register_metrics(&registry)
+        .map_err(MetricsError::Register)?;
     let config_state_dir = config.agent.state_dir.clone();
     let mut portal = portal::PortalHost::new(portal_tx);
     portal.apply(&config);

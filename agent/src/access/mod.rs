@@ -15,6 +15,7 @@
 pub mod listing;
 
 use crmguard_core::time::unix_now;
+use prometheus::{IntCounterVec, Opts, Registry};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -47,6 +48,23 @@ const SAVE_ACTIVITY_EVERY: Duration = Duration::from_secs(60);
 /// The results of `crmguard_mfa_attempts_total`.
 pub const ATTEMPT_RESULTS: [&str; 5] = ["ok", "wrong", "locked_out", "not_enrolled", "refused"];
 
+/// `crmguard_mfa_attempts_total`, with a zero sample for every result.
+fn attempts_total() -> IntCounterVec {
+    // The name and help are constants that prometheus accepts; the tests register them.
+    let counters = IntCounterVec::new(
+        Opts::new(
+            "crmguard_mfa_attempts_total",
+            "MFA codes tried at the portal, by result",
+        ),
+        &["result"],
+    )
+    .expect("a valid metric definition");
+    for result in ATTEMPT_RESULTS {
+        counters.with_label_values(&[result]);
+    }
+    counters
+}
+
 /// What the agent keeps between portal requests and ticks.
 pub struct Access {
     state_dir: PathBuf,
@@ -62,6 +80,8 @@ pub struct Access {
     /// log wants to see after a restart too).
     expired: BTreeSet<String>,
     attempts: BTreeMap<&'static str, u64>,
+    /// `crmguard_mfa_attempts_total`, which this module owns (see [`Access::register_metrics`]).
+    attempts_total: IntCounterVec,
     /// Unix seconds when the agent started.
     started: u64,
     /// Sessions ended while loading secrets, to be audited at the next tick.
@@ -98,6 +118,7 @@ impl Access {
             seen: HashMap::new(),
             expired: BTreeSet::new(),
             attempts: ATTEMPT_RESULTS.iter().map(|r| (*r, 0)).collect(),
+            attempts_total: attempts_total(),
             started: unix_now(),
             ended: Vec::new(),
             futile: audit::Aggregator::new(),
@@ -156,6 +177,12 @@ impl Access {
     /// `crmguard_mfa_attempts_total` by result.
     pub fn attempts(&self) -> &BTreeMap<&'static str, u64> {
         &self.attempts
+    }
+
+    /// Registers `crmguard_mfa_attempts_total` in `registry`, every result present from the
+    /// start so that `rate()` sees the first attempt.
+    pub fn register_metrics(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.attempts_total.clone()))
     }
 
     /// The saved session state, read-only (for `status` and `peer list`).
@@ -325,6 +352,7 @@ impl Access {
 
     fn count(&mut self, result: &'static str) {
         *self.attempts.entry(result).or_default() += 1;
+        self.attempts_total.with_label_values(&[result]).inc();
     }
 
     /// Records a session that already ended, and closes it for the ACL.

@@ -263,6 +263,22 @@ fn wrong_codes_lock_out_and_other_peers_are_answered_without_a_code() {
     assert_eq!(f.access.attempts()["wrong"], 1);
     assert_eq!(f.access.attempts()["locked_out"], 2);
     assert_eq!(f.access.attempts()["refused"], 2);
+
+    // The same counts in the metric the module registers, every result present.
+    let registry = prometheus::Registry::new();
+    f.access.register_metrics(&registry).expect("register");
+    let text = crate::metrics::render(&registry);
+    for line in [
+        "# HELP crmguard_mfa_attempts_total MFA codes tried at the portal, by result\n",
+        "# TYPE crmguard_mfa_attempts_total counter\n",
+        "crmguard_mfa_attempts_total{result=\"ok\"} 0\n",
+        "crmguard_mfa_attempts_total{result=\"wrong\"} 1\n",
+        "crmguard_mfa_attempts_total{result=\"locked_out\"} 2\n",
+        "crmguard_mfa_attempts_total{result=\"not_enrolled\"} 0\n",
+        "crmguard_mfa_attempts_total{result=\"refused\"} 2\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! The daemon's own metrics: the build, the policy it enforces, the bans, the audit log's
-//! counts, the MFA attempts and the peers' key expiry; and [`Agent::refresh_metrics`], which
-//! brings every metric kept from a snapshot up to the agent's state.
+//! The daemon's own metrics: the build, the policy it enforces, the bans and the peers' key
+//! expiry (the audit log and the MFA portal's attempts register their own); and
+//! [`Agent::refresh_metrics`], which brings every metric kept from a snapshot up to the
+//! agent's state.
 //!
 //! The daemon's state is owned by its main loop, so these metrics are set from it: counts
 //! that change at one place (bans added) where they change, the rest when a scrape asks
@@ -12,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crmguard_core::acl::AclMetrics;
 use crmguard_vpn::status::VpnMetrics;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::Agent;
 
@@ -24,9 +25,6 @@ pub(super) struct DaemonMetrics {
     fallback: IntGauge,
     bans_active: IntGauge,
     bans_total: IntCounterVec,
-    audit_events: IntCounterVec,
-    audit_write_errors: IntCounter,
-    mfa_attempts: IntCounterVec,
     key_expiry: IntGaugeVec,
     /// The peers with a key expiry sample, whose samples go when the peer goes.
     key_expiry_peers: BTreeSet<String>,
@@ -65,11 +63,6 @@ impl DaemonMetrics {
         )?;
         // Present from the start, so that rate() sees the first manual ban.
         bans_total.with_label_values(&["manual"]);
-        let audit_write_errors = IntCounter::new(
-            "crmguard_audit_write_errors_total",
-            "Audit records that could not be written",
-        )?;
-        registry.register(Box::new(audit_write_errors.clone()))?;
         let key_expiry = IntGaugeVec::new(
             Opts::new(
                 "crmguard_vpn_key_expiry_seconds",
@@ -96,17 +89,6 @@ impl DaemonMetrics {
                 "Bans in force (addresses and prefixes the XDP filter drops)",
             )?,
             bans_total,
-            audit_events: counters(
-                "crmguard_audit_events_total",
-                "Audit records written, by type",
-                "type",
-            )?,
-            audit_write_errors,
-            mfa_attempts: counters(
-                "crmguard_mfa_attempts_total",
-                "MFA codes tried at the portal, by result",
-                "result",
-            )?,
             key_expiry,
             key_expiry_peers: BTreeSet::new(),
             vpn: VpnMetrics::register(registry)?,
@@ -161,13 +143,6 @@ impl Agent {
             .set(i64::try_from(self.divergence).unwrap_or(i64::MAX));
         m.bans_active
             .set(i64::try_from(self.bans.len()).unwrap_or(i64::MAX));
-        for (kind, n) in self.audit.events() {
-            crmguard_core::counters::mirror(&m.audit_events.with_label_values(&[*kind]), *n);
-        }
-        crmguard_core::counters::mirror(&m.audit_write_errors, self.audit.errors());
-        for (result, n) in self.access.attempts() {
-            crmguard_core::counters::mirror(&m.mfa_attempts.with_label_values(&[*result]), *n);
-        }
         m.key_expiry(&expiry);
         m.vpn.observe(vpn.as_ref());
     }
@@ -183,13 +158,10 @@ mod tests {
     /// or type changes fails here. The kernel's `crmguard_xdp_*` and the ACL's
     /// `crmguard_acl_denied_total`, which has no sample before a peer is denied, are checked by
     /// the suite's `metrics::every_family_is_exported`.
-    const CONTRACT: [(&str, &str, &str); 17] = [
-        ("crmguard_audit_events_total", "counter", "Audit records written, by type"),
-        ("crmguard_audit_write_errors_total", "counter", "Audit records that could not be written"),
+    const CONTRACT: [(&str, &str, &str); 14] = [
         ("crmguard_bans_active", "gauge", "Bans in force (addresses and prefixes the XDP filter drops)"),
         ("crmguard_bans_total", "counter", "Bans added since the agent started, by reason: manual or the detector's name"),
         ("crmguard_build_info", "gauge", "crmguard build information (always 1)"),
-        ("crmguard_mfa_attempts_total", "counter", "MFA codes tried at the portal, by result"),
         ("crmguard_policy_divergence_entries", "gauge", "Entries in which the kernel's policy differed from the configuration at the last check (repaired since)"),
         ("crmguard_policy_fallback", "gauge", "1 while the agent enforces a last-good or embedded policy because the configuration could not be loaded"),
         ("crmguard_policy_generation", "gauge", "Generation of the policy the kernel enforces"),
@@ -226,11 +198,6 @@ mod tests {
         metrics.fallback(super::super::PolicySource::LastGood);
         metrics.ban_added("manual");
         metrics.ban_added("auth_failures");
-        crmguard_core::counters::mirror(
-            &metrics.audit_events.with_label_values(&["agent_start"]),
-            1,
-        );
-        crmguard_core::counters::mirror(&metrics.mfa_attempts.with_label_values(&["ok"]), 2);
         metrics.key_expiry(&[("alice".to_owned(), -5)].into());
         metrics
             .vpn
@@ -253,7 +220,6 @@ mod tests {
         for line in [
             "crmguard_bans_total{reason=\"manual\"} 1",
             "crmguard_bans_total{reason=\"auth_failures\"} 1",
-            "crmguard_audit_write_errors_total 0",
             "crmguard_policy_fallback 1",
             "crmguard_vpn_key_expiry_seconds{peer=\"alice\"} -5",
             "crmguard_vpn_last_handshake_timestamp_seconds{peer=\"alice\"} 1700000000",

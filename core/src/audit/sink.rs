@@ -1,5 +1,6 @@
 //! The daemon's audit log: the writer when the log could be opened, what to
-//! do when it cannot be written, and the counts the metrics report.
+//! do when it cannot be written, and its metrics (`crmguard_audit_events_total`,
+//! `crmguard_audit_write_errors_total`), which it owns and registers.
 //!
 //! An audit log that cannot be written never stops the firewall: the event
 //! is logged as an error and counted in `crmguard_audit_write_errors_total`,
@@ -10,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use super::{load_or_create_key, Event, Writer, CHECKPOINT_FILE};
 use crate::config::{Audit, OnWriteFailure};
@@ -24,6 +27,36 @@ pub struct Sink {
     failing: bool,
     errors: u64,
     events: BTreeMap<&'static str, u64>,
+    metrics: AuditMetrics,
+}
+
+/// The audit log's Prometheus metrics, counted as records are written.
+#[derive(Clone)]
+struct AuditMetrics {
+    events: IntCounterVec,
+    write_errors: IntCounter,
+}
+
+impl AuditMetrics {
+    fn new() -> AuditMetrics {
+        // The names and help texts are constants that prometheus accepts; a failure here is a
+        // programming error caught by the tests.
+        AuditMetrics {
+            events: IntCounterVec::new(
+                Opts::new(
+                    "crmguard_audit_events_total",
+                    "Audit records written, by type",
+                ),
+                &["type"],
+            )
+            .expect("a valid metric definition"),
+            write_errors: IntCounter::new(
+                "crmguard_audit_write_errors_total",
+                "Audit records that could not be written",
+            )
+            .expect("a valid metric definition"),
+        }
+    }
 }
 
 impl Sink {
@@ -39,6 +72,7 @@ impl Sink {
             failing: false,
             errors: 0,
             events: BTreeMap::new(),
+            metrics: AuditMetrics::new(),
         };
         sink.ensure_open();
         sink
@@ -88,8 +122,13 @@ impl Sink {
             };
         if written {
             *self.events.entry(event.kind.as_str()).or_default() += 1;
+            self.metrics
+                .events
+                .with_label_values(&[event.kind.as_str()])
+                .inc();
         } else {
             self.errors += 1;
+            self.metrics.write_errors.inc();
         }
         self.failing = !written;
         written
@@ -109,5 +148,57 @@ impl Sink {
     /// Records that could not be written since start.
     pub fn errors(&self) -> u64 {
         self.errors
+    }
+
+    /// Registers the log's metrics in `registry`, where they count from then on (and include
+    /// what was counted before).
+    pub fn register_metrics(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.metrics.events.clone()))?;
+        registry.register(Box::new(self.metrics.write_errors.clone()))
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+    use prometheus::Encoder;
+
+    #[test]
+    fn the_log_counts_its_records_and_failures() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audit = crate::config::Audit {
+            path: dir.path().join("audit.jsonl"),
+            key_file: dir.path().join("audit.key"),
+            on_write_failure: OnWriteFailure::FailOpen,
+        };
+        let mut sink = Sink::open(&audit, dir.path());
+        let registry = Registry::new();
+        sink.register_metrics(&registry).expect("register");
+        let event = Event::new(
+            super::super::EventType::AgentStart,
+            super::super::Outcome::Info,
+            "system",
+        );
+        assert!(sink.record(&event));
+        std::fs::remove_file(&audit.key_file).expect("remove the key");
+        std::fs::remove_file(&audit.path).expect("remove the log");
+        std::fs::create_dir(&audit.path).expect("a directory where the log was");
+        sink.writer = None;
+        assert!(!sink.record(&event));
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .expect("encode");
+        let text = String::from_utf8(text).expect("utf-8");
+        for line in [
+            "# HELP crmguard_audit_events_total Audit records written, by type\n",
+            "# TYPE crmguard_audit_events_total counter\n",
+            "crmguard_audit_events_total{type=\"agent_start\"} 1\n",
+            "# HELP crmguard_audit_write_errors_total Audit records that could not be written\n",
+            "# TYPE crmguard_audit_write_errors_total counter\n",
+            "crmguard_audit_write_errors_total 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 }
