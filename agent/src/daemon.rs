@@ -928,7 +928,13 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         refresh_tx,
     ));
     // After the datapath: XDP lets WireGuard through to the endpoint's port.
-    let vpn = crmguard_vpn::Supervisor::start(&config, metrics.acl().clone());
+    // Whether the MFA portal listens: the ACL lets every peer reach its port only then.
+    let portal_listening = std::sync::Arc::new(crmguard_core::acl::PortalListening::default());
+    let vpn = crmguard_vpn::Supervisor::start(
+        &config,
+        metrics.acl().clone(),
+        std::sync::Arc::clone(&portal_listening),
+    );
 
     let mut audit = audit::Sink::open(&config.audit, &config.agent.state_dir);
     audit
@@ -953,7 +959,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         .register_metrics(&registry)
         .map_err(MetricsError::Register)?;
     let config_state_dir = config.agent.state_dir.clone();
-    let mut portal = portal::PortalHost::new(portal_tx);
+    let mut portal = portal::PortalHost::new(portal_tx, portal_listening);
     portal.apply(&config);
     let mut agent = Agent {
         source: options.source.clone(),

@@ -234,6 +234,24 @@ pub enum Verdict<'a> {
     },
 }
 
+/// Whether crmguard's own MFA portal listens on `[mfa] portal_port` right now. Every peer may
+/// reach that port only while it does: were another program to own the port (the portal failed
+/// to bind), the exemption would hand it to every peer, of any role and without MFA. The daemon
+/// sets it as the portal's listeners bind and close; the ACL reads it on every packet.
+#[derive(Debug, Default)]
+pub struct PortalListening(std::sync::atomic::AtomicBool);
+
+impl PortalListening {
+    pub fn set(&self, listening: bool) {
+        self.0
+            .store(listening, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The identity ACL built from one configuration. Rebuild it on reload.
 #[derive(Debug, Clone)]
 pub struct Acl {
@@ -242,6 +260,8 @@ pub struct Acl {
     /// The broadcast address of the tunnel subnet, to which nothing is ever answered.
     tunnel_broadcast: Option<Ipv4Addr>,
     mfa_portal_port: u16,
+    /// Whether the portal listens, shared with the daemon across rebuilds.
+    portal_listening: std::sync::Arc<PortalListening>,
     roles: Vec<RoleRule>,
     peers: HashMap<String, PeerRule>,
     /// Every service some role lists with its label, sorted by service.
@@ -278,12 +298,14 @@ impl PeerRule {
 impl Acl {
     /// Builds the ACL of `config`'s roles and peers. `gateway_v4` and `gateway_v6` are the
     /// gateway's tunnel addresses (`[vpn] address` and `address6` without their prefixes) and
-    /// `mfa_portal_port` is `[mfa] portal_port`.
+    /// `mfa_portal_port` is `[mfa] portal_port`, exempt only while `portal_listening` says
+    /// crmguard's portal listens on it.
     pub fn new(
         config: &Config,
         gateway_v4: Ipv4Addr,
         gateway_v6: Option<Ipv6Addr>,
         mfa_portal_port: u16,
+        portal_listening: std::sync::Arc<PortalListening>,
     ) -> Acl {
         let roles: Vec<RoleRule> = config
             .roles
@@ -328,6 +350,7 @@ impl Acl {
             gateway_v6,
             tunnel_broadcast: config.vpn.as_ref().map(|vpn| vpn.address.broadcast()),
             mfa_portal_port,
+            portal_listening,
             roles,
             peers,
             labels,
@@ -385,7 +408,9 @@ impl Acl {
                     service: Service::Echo,
                 }
             }
-            Transport::Tcp(tcp) if tcp.dst_port == self.mfa_portal_port => {
+            Transport::Tcp(tcp)
+                if tcp.dst_port == self.mfa_portal_port && self.portal_listening.get() =>
+            {
                 return Verdict::Allow {
                     service: Service::MfaPortal,
                 }

@@ -48,7 +48,7 @@ use super::tun::{self, Tun};
 use super::tunnel::{Action, Core, Held, Now, PeerCell, Scratch, Snapshot, Tx};
 use super::uapi_server::UapiServer;
 use super::udp::{self, Target, Udp};
-use crmguard_core::acl::{Acl, AclMetrics, LocalTime};
+use crmguard_core::acl::{Acl, AclMetrics, LocalTime, PortalListening};
 use crmguard_core::config::{Config, Role};
 use crmguard_core::keys::{self, KeyError};
 use crmguard_core::peers::{self, Conflict, Entry, PeerInfo, Table};
@@ -204,6 +204,8 @@ struct Shared {
     tun: Tun,
     snapshot: Published<Snapshot>,
     acl_metrics: AclMetrics,
+    /// Whether the daemon's MFA portal listens; every ACL built reads it.
+    portal: Arc<PortalListening>,
     /// The local time for the ACL, `weekday << 16 | minute_of_day`, refreshed every second.
     local_time: AtomicU32,
     state_file: PathBuf,
@@ -269,6 +271,7 @@ impl Endpoint {
         settings: Settings,
         config: &Config,
         acl_metrics: AclMetrics,
+        portal: Arc<PortalListening>,
     ) -> Result<Endpoint, VpnError> {
         let (keys, created) = keys::load_or_create(&settings.private_key_file)?;
         if created {
@@ -288,7 +291,7 @@ impl Endpoint {
                 source,
             },
         )?;
-        let acl = acl_for(config, &settings);
+        let acl = acl_for(config, &settings, &portal);
         acl_metrics.prepare(&acl);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -300,6 +303,7 @@ impl Endpoint {
                 acl,
             }),
             acl_metrics,
+            portal,
             local_time: AtomicU32::new(0),
             state_file: settings.state_file.clone(),
         });
@@ -420,7 +424,7 @@ impl Endpoint {
         for (name, why) in &inputs.excluded {
             tracing::debug!(peer = %name, reason = why.as_str(), "VPN peer not admitted");
         }
-        let acl = acl_for(config, &self.settings);
+        let acl = acl_for(config, &self.settings, &self.shared.portal);
         self.shared.acl_metrics.prepare(&acl);
         self.shared.snapshot.publish(Snapshot { table, acl });
         self.cells = cells;
@@ -584,12 +588,13 @@ impl Drop for Endpoint {
 }
 
 /// The ACL of `config` for the gateway's tunnel addresses.
-fn acl_for(config: &Config, settings: &Settings) -> Acl {
+fn acl_for(config: &Config, settings: &Settings, portal: &Arc<PortalListening>) -> Acl {
     Acl::new(
         config,
         settings.address.addr(),
         settings.address6.map(|a| a.addr()),
         config.mfa.portal_port,
+        Arc::clone(portal),
     )
 }
 

@@ -6,7 +6,9 @@
 //! the next reload. A reload that changes the endpoint's own settings (port, addresses, key
 //! file) restarts it; one that changes only peers or roles keeps every surviving session.
 
-use crmguard_core::acl::AclMetrics;
+use std::sync::Arc;
+
+use crmguard_core::acl::{AclMetrics, PortalListening};
 use crmguard_core::config::Config;
 
 use super::status::VpnStatus;
@@ -21,14 +23,21 @@ enum State {
 pub struct Supervisor {
     state: State,
     acl_metrics: AclMetrics,
+    /// Whether the daemon's MFA portal listens, which the ACL's portal exemption follows.
+    portal: Arc<PortalListening>,
 }
 
 impl Supervisor {
     /// Starts the endpoint if `config` has `[vpn]`.
-    pub fn start(config: &Config, acl_metrics: AclMetrics) -> Supervisor {
+    pub fn start(
+        config: &Config,
+        acl_metrics: AclMetrics,
+        portal: Arc<PortalListening>,
+    ) -> Supervisor {
         let mut supervisor = Supervisor {
             state: State::Off,
             acl_metrics,
+            portal,
         };
         supervisor.apply(config, true);
         supervisor
@@ -65,7 +74,12 @@ impl Supervisor {
     }
 
     fn launch(&mut self, settings: Settings, config: &Config) {
-        match Endpoint::start(settings.clone(), config, self.acl_metrics.clone()) {
+        match Endpoint::start(
+            settings.clone(),
+            config,
+            self.acl_metrics.clone(),
+            Arc::clone(&self.portal),
+        ) {
             Ok(endpoint) => self.state = State::Running(Box::new(endpoint)),
             Err(e) => {
                 let error = crmguard_core::error_chain(&e);

@@ -6,12 +6,14 @@
 //! next tick.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::control::PortalStatus;
 use crate::portal::{self, PortalReply, PortalRequest};
+use crmguard_core::acl::PortalListening;
 use crmguard_core::config::Config;
 
 /// A portal request with the way to answer it.
@@ -19,6 +21,8 @@ pub type PortalCommand = (PortalRequest, tokio::sync::oneshot::Sender<PortalRepl
 
 pub struct PortalHost {
     requests: mpsc::Sender<PortalCommand>,
+    /// Told whether the listeners are up: the ACL exempts the portal's port only then.
+    listening: Arc<PortalListening>,
     /// What the listeners are bound to.
     bound: Option<Binding>,
     tasks: Vec<JoinHandle<()>>,
@@ -26,9 +30,14 @@ pub struct PortalHost {
 }
 
 impl PortalHost {
-    pub fn new(requests: mpsc::Sender<PortalCommand>) -> PortalHost {
+    pub fn new(
+        requests: mpsc::Sender<PortalCommand>,
+        listening: Arc<PortalListening>,
+    ) -> PortalHost {
+        listening.set(false);
         PortalHost {
             requests,
+            listening,
             bound: None,
             tasks: Vec::new(),
             error: None,
@@ -64,6 +73,7 @@ impl PortalHost {
                 tracing::info!(port, addresses = ?addrs, device = %binding.device, ifindex, "MFA portal listening inside the tunnel");
                 self.bound = Some(binding);
                 self.error = None;
+                self.listening.set(true);
             }
             Err(e) => self.fail(crmguard_core::error_chain(&e)),
         }
@@ -78,6 +88,7 @@ impl PortalHost {
     }
 
     fn close(&mut self) {
+        self.listening.set(false);
         for task in self.tasks.drain(..) {
             task.abort();
         }

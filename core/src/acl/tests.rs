@@ -59,7 +59,13 @@ fn config() -> config::Config {
 }
 
 fn acl() -> Acl {
-    Acl::new(&config(), GATEWAY4, Some(GATEWAY6), PORTAL)
+    Acl::new(&config(), GATEWAY4, Some(GATEWAY6), PORTAL, listening(true))
+}
+
+fn listening(listening: bool) -> std::sync::Arc<PortalListening> {
+    let portal = PortalListening::default();
+    portal.set(listening);
+    std::sync::Arc::new(portal)
 }
 
 fn builder(src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
@@ -308,6 +314,37 @@ fn unknown_time_is_outside_even_a_window_of_the_whole_week() {
 }
 
 #[test]
+fn the_portal_port_is_exempt_only_while_the_portal_listens() {
+    let portal = listening(false);
+    let acl = Acl::new(
+        &config(),
+        GATEWAY4,
+        Some(GATEWAY6),
+        PORTAL,
+        std::sync::Arc::clone(&portal),
+    );
+    for (peer, src4) in [("alice", ALICE4), ("bob", BOB4)] {
+        for session in [false, true] {
+            let verdict = acl.decide(peer, &syn(src4, GATEWAY4, PORTAL), MONDAY, session);
+            assert!(
+                matches!(verdict, Verdict::Deny { .. }),
+                "{peer} session={session}: {verdict:?} while another program may own the port"
+            );
+        }
+    }
+    // The same ACL follows the daemon's flag without being rebuilt.
+    portal.set(true);
+    check(
+        &acl,
+        "alice",
+        &syn(ALICE4, GATEWAY4, PORTAL),
+        MONDAY,
+        false,
+        allow(Service::MfaPortal),
+    );
+}
+
+#[test]
 fn portal_and_echo_are_reachable_without_session_at_any_hour() {
     let acl = acl();
     for (peer, src4) in [("alice", ALICE4), ("bob", BOB4)] {
@@ -504,7 +541,7 @@ fn malformed_packets_and_fragments_are_never_answered() {
 
 #[test]
 fn without_an_ipv6_gateway_ipv6_is_not_to_the_gateway() {
-    let acl = Acl::new(&config(), GATEWAY4, None, PORTAL);
+    let acl = Acl::new(&config(), GATEWAY4, None, PORTAL, listening(true));
     check(
         &acl,
         "alice",

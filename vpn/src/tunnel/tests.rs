@@ -91,7 +91,11 @@ impl Gateway {
             core: Core::new(keys, handshakes_before_cookies),
             snapshot: Snapshot {
                 table: Table::default(),
-                acl: Acl::new(&config, Ipv4Addr::from(GATEWAY), None, PORTAL),
+                acl: Acl::new(&config, Ipv4Addr::from(GATEWAY), None, PORTAL, {
+                    let portal = crmguard_core::acl::PortalListening::default();
+                    portal.set(true);
+                    Arc::new(portal)
+                }),
             },
             cells,
             scratch: Scratch::new(),
