@@ -892,3 +892,46 @@ fn an_expired_key_is_refused_until_rekeyed_and_inactive_peers_are_disabled() -> 
     audit_verifies(&agent)?;
     Ok(())
 }
+
+#[test]
+fn the_portal_port_reaches_only_crmguards_own_portal() -> Result<()> {
+    if !privileged::require("access::the_portal_port_reaches_only_crmguards_own_portal") {
+        return Ok(());
+    }
+    let t = Topology::dual_stack(161, 3)?;
+    let carol = PeerSpec::new("carol", 3)?;
+    let lab = Lab::new(&t, "", "", &[(&carol, "staff")])?;
+
+    // While crmguard's portal listens, every peer reaches it on its port.
+    let mut agent = Agent::start(&t.host, &lab.body)?;
+    let gateway = gateway_key(&agent)?;
+    let _wg = carol.connect(&t.out, &gateway, gateway_endpoint(t.addrs.host4))?;
+    wait_reachable(&t.out, IpAddr::V4(GATEWAY4))?;
+    let (status, body) = portal(&t.out, "GET", "/session", None)?;
+    ensure!(
+        status == 200 && body.contains("\"peer\":\"carol\""),
+        "crmguard's portal did not answer: {status} {body}"
+    );
+    agent.stop()?;
+
+    // Another program that owns the port first keeps the portal from binding. The port is
+    // then judged by the role like any other, and no role may list it: the peer gets a reset
+    // and the program is not reachable through the tunnel.
+    let squatter = TcpServer::start(&t.host, PORTAL, "squatter\n")?;
+    agent.spawn()?;
+    agent.wait_ready()?;
+    wait_for(
+        Duration::from_secs(10),
+        "the portal to report it cannot listen",
+        || Ok((!agent.status()?["portal"]["error"].is_null()).then_some(())),
+    )?;
+    wait_reachable(&t.out, IpAddr::V4(GATEWAY4))?;
+    let dst = SocketAddr::new(IpAddr::V4(GATEWAY4), PORTAL);
+    let outcome = net::tcp_connect(&t.out, None, dst, Duration::from_secs(3))?;
+    ensure!(
+        outcome == TcpOutcome::Refused && squatter.accepted() == 0,
+        "a peer reached the portal's port while crmguard's portal was not listening: {outcome:?}, {} accepted",
+        squatter.accepted()
+    );
+    Ok(())
+}
