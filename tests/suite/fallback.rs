@@ -8,14 +8,15 @@
 //! deny file. Servers listen on tcp/22 (open in the embedded default), tcp/8080 and tcp/8081
 //! (which no policy opens).
 
+use crate::firewall::{self, banner, Expect};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use crmguard_lab::agent::{metric_value, Agent};
-use crmguard_lab::net::{self, TcpOutcome, TcpServer};
+use crmguard_lab::net::TcpServer;
 use crmguard_lab::privileged;
 use crmguard_lab::topology::Topology;
 use crmguard_lab::wait::wait_for;
@@ -26,15 +27,8 @@ const WEB: u16 = 8080;
 /// A port with a listening server that no policy admits.
 const CLOSED: u16 = 8081;
 
-const CONNECT: Duration = Duration::from_secs(5);
-/// One SYN retransmission (after 1 s) falls inside it.
-const NO_ANSWER: Duration = Duration::from_millis(1500);
 /// How long the agent may take to stop on its own.
 const EXIT: Duration = Duration::from_secs(20);
-
-fn banner(port: u16) -> String {
-    format!("crmguard-test port {port}\n")
-}
 
 fn deny_file(agent: &Agent) -> PathBuf {
     agent.dir().join("deny.txt")
@@ -71,38 +65,20 @@ fn servers(t: &Topology) -> Result<Vec<TcpServer>> {
 }
 
 /// Connects from each source to each port concurrently: `true` expects the banner, `false` no
-/// answer at all. Every failure is reported.
+/// answer at all (the firewall tests' probe).
 fn probe(t: &Topology, cases: &[(IpAddr, u16, bool)]) -> Result<()> {
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = cases
-            .iter()
-            .map(|&(src, port, answered)| {
-                scope.spawn(move || -> Result<()> {
-                    let dst = t.host_addr(src, port);
-                    let timeout = if answered { CONNECT } else { NO_ANSWER };
-                    let outcome = net::tcp_connect(&t.out, Some(src), dst, timeout)?;
-                    let ok = match &outcome {
-                        TcpOutcome::Connected { banner: got } => answered && *got == banner(port),
-                        TcpOutcome::TimedOut => !answered,
-                        _ => false,
-                    };
-                    let want = if answered { "the banner" } else { "no answer" };
-                    ensure!(ok, "{src} -> {dst}: expected {want}, got {outcome:?}");
-                    Ok(())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a probe panicked")))
-            })
-            .filter_map(|r| r.err().map(|e| format!("{e:#}")))
-            .collect()
-    });
-    ensure!(failures.is_empty(), "{}", failures.join("\n"));
-    Ok(())
+    let cases: Vec<_> = cases
+        .iter()
+        .map(|&(src, port, answered)| {
+            let expect = if answered {
+                Expect::Banner
+            } else {
+                Expect::NoAnswer
+            };
+            (src, port, expect)
+        })
+        .collect();
+    firewall::probe(t, &cases)
 }
 
 fn fallback_metric(agent: &Agent) -> Result<f64> {

@@ -73,7 +73,7 @@ from = ["{admin4}", "{admin6}"]
     )
 }
 
-fn banner(port: u16) -> String {
+pub(crate) fn banner(port: u16) -> String {
     format!("crmguard-test port {port}\n")
 }
 
@@ -91,7 +91,7 @@ fn start_servers(t: &Topology) -> Result<Servers> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
+pub(crate) enum Expect {
     /// The connection completes and the server's banner arrives.
     Banner,
     /// Nothing answers: the SYN was dropped.
@@ -101,7 +101,7 @@ enum Expect {
 /// Connects from each `(source address in out, host port)` to the host and checks the outcome.
 /// The probes run concurrently (each `NoAnswer` costs a full timeout); every failure is
 /// reported, not only the first.
-fn probe(t: &Topology, cases: &[(IpAddr, u16, Expect)]) -> Result<()> {
+pub(crate) fn probe(t: &Topology, cases: &[(IpAddr, u16, Expect)]) -> Result<()> {
     let failures: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = cases
             .iter()
