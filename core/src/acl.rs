@@ -134,6 +134,21 @@ pub enum Service {
     Echo,
 }
 
+/// The reason names of allowed packets, as `crmguard explain` and policy tests write them:
+/// [`Service::reason`] of each kind.
+pub const ALLOW_REASONS: [&str; 3] = ["service", "mfa_portal", "echo"];
+
+impl Service {
+    /// Why the packet was allowed, one of [`ALLOW_REASONS`].
+    pub fn reason(self) -> &'static str {
+        match self {
+            Service::Role(_) => ALLOW_REASONS[0],
+            Service::MfaPortal => ALLOW_REASONS[1],
+            Service::Echo => ALLOW_REASONS[2],
+        }
+    }
+}
+
 /// Why a packet was denied. The spelling of [`DenyReason::as_str`] is used in logs, audit
 /// records and metrics and never changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -21,6 +21,7 @@ pub mod config;
 pub mod counters;
 mod error_chain;
 pub mod exit;
+pub mod explain;
 pub mod interfaces;
 pub mod keys;
 pub mod mfa;

@@ -27,6 +27,9 @@
 pub mod packet;
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::abi::{self, Action, Reason};
 use crate::policy::CompiledPolicy;
@@ -47,6 +50,51 @@ pub struct Bans {
     pub hosts6: BTreeMap<[u8; 16], abi::Ban>,
     pub prefixes4: BTreeMap<abi::Lpm4, abi::Ban>,
     pub prefixes6: BTreeMap<abi::Lpm6, abi::Ban>,
+}
+
+impl Bans {
+    /// The ban maps as the agent writes `entries` ([`crate::bans::BanStore::kernel_entries`]),
+    /// with the flag of each map that holds one.
+    pub fn from_kernel(
+        entries: &BTreeMap<crate::bans::KernelKey, crate::bans::KernelValue>,
+    ) -> Bans {
+        use crate::bans::KernelKey;
+        let mut bans = Bans::default();
+        for (key, value) in entries {
+            let ban = abi::Ban {
+                expires_ns: value.expires_ns,
+                reason: value.reason,
+                _pad: 0,
+            };
+            match *key {
+                KernelKey::Host4(addr) => {
+                    bans.flags |= abi::BAN_HOSTS4;
+                    bans.hosts4.insert(addr, ban);
+                }
+                KernelKey::Host6(addr) => {
+                    bans.flags |= abi::BAN_HOSTS6;
+                    bans.hosts6.insert(addr, ban);
+                }
+                KernelKey::Prefix4 { len, addr } => {
+                    bans.flags |= abi::BAN_PREFIXES4;
+                    let key = abi::Lpm4 {
+                        prefixlen: len,
+                        addr_be: addr,
+                    };
+                    bans.prefixes4.insert(key, ban);
+                }
+                KernelKey::Prefix6 { len, addr } => {
+                    bans.flags |= abi::BAN_PREFIXES6;
+                    let key = abi::Lpm6 {
+                        prefixlen: len,
+                        addr,
+                    };
+                    bans.prefixes6.insert(key, ban);
+                }
+            }
+        }
+        bans
+    }
 }
 
 /// Everything the XDP program reads or writes besides the frame.
@@ -84,41 +132,94 @@ impl ModelState {
 /// clock: the action and the reason it counts. `Action::WouldDrop` is a pass on the
 /// wire (monitor mode).
 pub fn decide(state: &mut ModelState, frame: &[u8], now_ns: u64) -> (Action, Reason) {
-    let reason = reason_for(state, frame, now_ns);
-    if reason.is_pass() {
-        (Action::Pass, reason)
+    let decision = decide_with_match(state, frame, now_ns);
+    (decision.action, decision.reason)
+}
+
+/// The entry of the policy or of the dynamic state that decided a frame: what
+/// `crmguard explain` and the policy tests name next to the reason. The
+/// decision itself is [`decide`]'s; this only says which entry it met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matched {
+    /// No entry: a check of the frame itself (its headers, fragments, the
+    /// WireGuard message shape, the ICMP type) or the default action.
+    Nothing,
+    /// A deny rule, by id: `CompiledPolicy::deny_rules[rule_id - 1]`.
+    Deny { rule_id: u32 },
+    /// A ban, by the network of its kernel entry and its expiry on the
+    /// kernel's clock (0: never).
+    Ban { net: IpNet, expires_ns: u64 },
+    /// A public service, by id (its index in `[[firewall.service]]` plus
+    /// one), with the `from` prefix that admitted the source (`None`: the
+    /// service admits any source).
+    Service { svc_id: u32, from: Option<IpNet> },
+    /// A public service owns the port but its `from` does not hold the
+    /// source, so the frame went on to the later rules.
+    ServiceNotFrom { svc_id: u32 },
+    /// A connection this host opened, which the frame answers.
+    Flow,
+}
+
+/// [`decide`]'s answer with the entry that decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    pub reason: Reason,
+    pub matched: Matched,
+}
+
+/// [`decide`], also naming the entry that decided.
+pub fn decide_with_match(state: &mut ModelState, frame: &[u8], now_ns: u64) -> Decision {
+    let (reason, matched) = reason_for(state, frame, now_ns);
+    let action = if reason.is_pass() {
+        Action::Pass
     } else if state.policy.config.mode == abi::MODE_MONITOR {
-        (Action::WouldDrop, reason)
+        Action::WouldDrop
     } else {
-        (Action::Drop, reason)
+        Action::Drop
+    };
+    Decision {
+        action,
+        reason,
+        matched,
     }
 }
 
 /// `decide()` of verdict.h.
-fn reason_for(state: &mut ModelState, frame: &[u8], now: u64) -> Reason {
+fn reason_for(state: &mut ModelState, frame: &[u8], now: u64) -> (Reason, Matched) {
     let p = match packet::parse(frame) {
         Ok(p) => p,
-        Err(reason) => return reason,
+        Err(reason) => return (reason, Matched::Nothing),
     };
-    if denied(&state.policy, &p) {
-        return Reason::DeniedSource;
+    if let Some(rule_id) = denied(&state.policy, &p) {
+        return (Reason::DeniedSource, Matched::Deny { rule_id });
     }
-    if banned(&state.bans, &p, now) {
-        return Reason::Banned;
+    if let Some(ban) = banned(&state.bans, &p, now) {
+        return (Reason::Banned, ban);
     }
     if p.frag_off != 0 {
-        return later_fragment_reason(state, &p, now);
+        return (later_fragment_reason(state, &p, now), Matched::Nothing);
     }
-    let reason = match p.proto {
+    let (reason, matched) = match p.proto {
         IPPROTO_TCP | IPPROTO_UDP => transport_reason(state, &p, frame, now),
-        IPPROTO_ICMP if p.family == 4 => icmp_reason(state, &p, frame, now),
-        IPPROTO_ICMPV6 if p.family == 6 => icmp_reason(state, &p, frame, now),
-        _ => default_reason(&state.policy.config),
+        IPPROTO_ICMP if p.family == 4 => icmp_match(icmp_reason(state, &p, frame, now)),
+        IPPROTO_ICMPV6 if p.family == 6 => icmp_match(icmp_reason(state, &p, frame, now)),
+        _ => (default_reason(&state.policy.config), Matched::Nothing),
     };
     if p.more_frags {
         remember_first_fragment(state, &p, reason, now);
     }
-    reason
+    (reason, matched)
+}
+
+/// An ICMP message meets an entry only when it answers this host's echo.
+fn icmp_match(reason: Reason) -> (Reason, Matched) {
+    let matched = if reason == Reason::Established {
+        Matched::Flow
+    } else {
+        Matched::Nothing
+    };
+    (reason, matched)
 }
 
 fn default_reason(cfg: &abi::Config) -> Reason {
@@ -160,63 +261,98 @@ fn longest_match<'a, K, V>(
     trie: &'a BTreeMap<K, V>,
     key: &[u8],
     entry: impl Fn(&K) -> (u32, &[u8]),
-) -> Option<&'a V> {
+) -> Option<(&'a K, &'a V)> {
     trie.iter()
         .filter(|(k, _)| {
             let (bits, data) = entry(k);
             prefix_matches(data, key, bits)
         })
         .max_by_key(|(k, _)| entry(k).0)
-        .map(|(_, v)| v)
+}
+
+fn net4(addr: [u8; 4], bits: u32) -> IpNet {
+    let bits = u8::try_from(bits.min(32)).unwrap_or(32);
+    IpNet::V4(Ipv4Net::new(Ipv4Addr::from(addr), bits).unwrap_or_default())
+}
+
+fn net6(addr: [u8; 16], bits: u32) -> IpNet {
+    let bits = u8::try_from(bits.min(128)).unwrap_or(128);
+    IpNet::V6(Ipv6Net::new(Ipv6Addr::from(addr), bits).unwrap_or_default())
 }
 
 // ---- the deny set and bans ----------------------------------------------------
 
-/// `denied`: the hash of single addresses, then the trie of prefixes.
-fn denied(policy: &CompiledPolicy, p: &Packet) -> bool {
+/// `denied`: the hash of single addresses, then the trie of prefixes. The
+/// id of the deny rule that holds the source, if one does.
+fn denied(policy: &CompiledPolicy, p: &Packet) -> Option<u32> {
     // The tries are consulted only when the slot's flags say they hold
     // prefixes, as in the C.
     let flags = policy.config.flags;
-    if p.family == 4 {
-        policy.deny4.contains_key(&p.src4)
-            || (flags & abi::CFG_DENY4_PREFIXES != 0
-                && longest_match(&policy.deny4_lpm, &p.src4, |k| {
-                    (k.prefixlen, &k.addr_be[..])
+    let rule = if p.family == 4 {
+        policy.deny4.get(&p.src4).or_else(|| {
+            (flags & abi::CFG_DENY4_PREFIXES != 0)
+                .then(|| {
+                    longest_match(&policy.deny4_lpm, &p.src4, |k| {
+                        (k.prefixlen, &k.addr_be[..])
+                    })
                 })
-                .is_some())
+                .flatten()
+                .map(|(_, rule)| rule)
+        })
     } else {
-        policy.deny6.contains_key(&p.src)
-            || (flags & abi::CFG_DENY6_PREFIXES != 0
-                && longest_match(&policy.deny6_lpm, &p.src, |k| (k.prefixlen, &k.addr[..]))
-                    .is_some())
-    }
+        policy.deny6.get(&p.src).or_else(|| {
+            (flags & abi::CFG_DENY6_PREFIXES != 0)
+                .then(|| longest_match(&policy.deny6_lpm, &p.src, |k| (k.prefixlen, &k.addr[..])))
+                .flatten()
+                .map(|(_, rule)| rule)
+        })
+    };
+    rule.map(|rule| rule.rule_id)
 }
 
-/// `ban_active`.
-fn ban_active(ban: Option<&abi::Ban>, now: u64) -> bool {
-    ban.is_some_and(|b| b.expires_ns == 0 || b.expires_ns > now)
+/// `ban_active`: the ban as [`Matched`] when it is in force.
+fn ban_active(ban: Option<(IpNet, &abi::Ban)>, now: u64) -> Option<Matched> {
+    let (net, ban) = ban?;
+    (ban.expires_ns == 0 || ban.expires_ns > now).then_some(Matched::Ban {
+        net,
+        expires_ns: ban.expires_ns,
+    })
 }
 
 /// `banned`: a host ban in force, else the longest ban prefix, if that one
 /// is in force; each only when its map's flag is set. An expired longer
 /// prefix hides a shorter one in force, as the trie returns only the
 /// longest.
-fn banned(bans: &Bans, p: &Packet, now: u64) -> bool {
+fn banned(bans: &Bans, p: &Packet, now: u64) -> Option<Matched> {
     let flag = |bit: u32| bans.flags & bit != 0;
     if p.family == 4 {
-        (flag(abi::BAN_HOSTS4) && ban_active(bans.hosts4.get(&p.src4), now))
-            || (flag(abi::BAN_PREFIXES4)
-                && ban_active(
-                    longest_match(&bans.prefixes4, &p.src4, |k| (k.prefixlen, &k.addr_be[..])),
-                    now,
-                ))
+        let host = || {
+            let ban = bans.hosts4.get(&p.src4).map(|b| (net4(p.src4, 32), b));
+            ban_active(ban, now)
+        };
+        let prefix = || {
+            let ban = longest_match(&bans.prefixes4, &p.src4, |k| (k.prefixlen, &k.addr_be[..]))
+                .map(|(k, b)| (net4(k.addr_be, k.prefixlen), b));
+            ban_active(ban, now)
+        };
+        flag(abi::BAN_HOSTS4)
+            .then(host)
+            .flatten()
+            .or_else(|| flag(abi::BAN_PREFIXES4).then(prefix).flatten())
     } else {
-        (flag(abi::BAN_HOSTS6) && ban_active(bans.hosts6.get(&p.src), now))
-            || (flag(abi::BAN_PREFIXES6)
-                && ban_active(
-                    longest_match(&bans.prefixes6, &p.src, |k| (k.prefixlen, &k.addr[..])),
-                    now,
-                ))
+        let host = || {
+            let ban = bans.hosts6.get(&p.src).map(|b| (net6(p.src, 128), b));
+            ban_active(ban, now)
+        };
+        let prefix = || {
+            let ban = longest_match(&bans.prefixes6, &p.src, |k| (k.prefixlen, &k.addr[..]))
+                .map(|(k, b)| (net6(k.addr, k.prefixlen), b));
+            ban_active(ban, now)
+        };
+        flag(abi::BAN_HOSTS6)
+            .then(host)
+            .flatten()
+            .or_else(|| flag(abi::BAN_PREFIXES6).then(prefix).flatten())
     }
 }
 
@@ -485,9 +621,11 @@ fn wireguard_reason(
 // ---- public services ------------------------------------------------------------------
 
 /// `from_allowed`: `from` tries are keyed by (service id, source prefix).
-fn from_allowed(policy: &CompiledPolicy, svc: &abi::Svc, p: &Packet) -> bool {
+/// `Some(None)` when the service admits any source, `Some(prefix)` for the
+/// longest `from` prefix that holds the source, `None` when none does.
+fn from_allowed(policy: &CompiledPolicy, svc: &abi::Svc, p: &Packet) -> Option<Option<IpNet>> {
     if svc.flags & abi::SVC_FROM_ANY != 0 {
-        return true;
+        return Some(None);
     }
     let id = svc.svc_id.to_be_bytes();
     if p.family == 6 {
@@ -500,20 +638,30 @@ fn from_allowed(policy: &CompiledPolicy, svc: &abi::Svc, p: &Packet) -> bool {
             data[4..].copy_from_slice(&k.addr);
             (k.prefixlen, data)
         };
-        policy.svc_from6.keys().any(|k| {
-            let (bits, data) = entry(k);
-            prefix_matches(&data, &key, bits)
-        })
+        policy
+            .svc_from6
+            .keys()
+            .filter(|k| {
+                let (bits, data) = entry(k);
+                prefix_matches(&data, &key, bits)
+            })
+            .max_by_key(|k| k.prefixlen)
+            .map(|k| Some(net6(k.addr, k.prefixlen.saturating_sub(32))))
     } else {
         let mut key = [0u8; 8];
         key[..4].copy_from_slice(&id);
         key[4..].copy_from_slice(&p.src4);
-        policy.svc_from4.keys().any(|k| {
-            let mut data = [0u8; 8];
-            data[..4].copy_from_slice(&k.svc_id_be);
-            data[4..].copy_from_slice(&k.addr_be);
-            prefix_matches(&data, &key, k.prefixlen)
-        })
+        policy
+            .svc_from4
+            .keys()
+            .filter(|k| {
+                let mut data = [0u8; 8];
+                data[..4].copy_from_slice(&k.svc_id_be);
+                data[4..].copy_from_slice(&k.addr_be);
+                prefix_matches(&data, &key, k.prefixlen)
+            })
+            .max_by_key(|k| k.prefixlen)
+            .map(|k| Some(net4(k.addr_be, k.prefixlen.saturating_sub(32))))
     }
 }
 
@@ -580,46 +728,54 @@ const TCP_FLAG_ACK: u8 = 0x10;
 
 /// `transport_reason`: TCP and UDP headers bounded by both the frame and the
 /// IP lengths, the WireGuard port, services, replies, the default.
-fn transport_reason(state: &mut ModelState, p: &Packet, frame: &[u8], now: u64) -> Reason {
+fn transport_reason(
+    state: &mut ModelState,
+    p: &Packet,
+    frame: &[u8],
+    now: u64,
+) -> (Reason, Matched) {
     let l4 = p.l4;
     let Some(ports) = frame.get(l4..l4 + 4) else {
-        return Reason::Malformed;
+        return (Reason::Malformed, Matched::Nothing);
     };
     let (sport, dport) = ([ports[0], ports[1]], [ports[2], ports[3]]);
     let mut syn = false;
     if p.proto == IPPROTO_TCP {
         let Some(tcp) = frame.get(l4..l4 + 20) else {
-            return Reason::Malformed;
+            return (Reason::Malformed, Matched::Nothing);
         };
         if p.l4_len < 20 {
-            return Reason::Malformed;
+            return (Reason::Malformed, Matched::Nothing);
         }
         let doff = usize::from(tcp[12] >> 4);
         if doff < 5
             || l4 + doff * 4 > frame.len()
             || p.l4_len < u32::try_from(doff * 4).unwrap_or(0)
         {
-            return Reason::Malformed;
+            return (Reason::Malformed, Matched::Nothing);
         }
         syn = tcp[13] & TCP_FLAG_SYN != 0 && tcp[13] & TCP_FLAG_ACK == 0;
     } else {
         let Some(udp) = frame.get(l4..l4 + 8) else {
-            return Reason::Malformed;
+            return (Reason::Malformed, Matched::Nothing);
         };
         if p.l4_len < 8 {
-            return Reason::Malformed;
+            return (Reason::Malformed, Matched::Nothing);
         }
         let len = u16::from_be_bytes([udp[4], udp[5]]);
         if len < 8 {
-            return Reason::Malformed;
+            return (Reason::Malformed, Matched::Nothing);
         }
         // A first fragment carries the length of the whole datagram.
         if !p.more_frags && (l4 + usize::from(len) > frame.len() || u32::from(len) > p.l4_len) {
-            return Reason::Malformed;
+            return (Reason::Malformed, Matched::Nothing);
         }
         let wg_port = state.policy.config.wg_port_be;
         if wg_port != 0 && u16::from_ne_bytes(dport) == wg_port {
-            return wireguard_reason(state, p, frame, len, now);
+            return (
+                wireguard_reason(state, p, frame, len, now),
+                Matched::Nothing,
+            );
         }
     }
 
@@ -628,16 +784,22 @@ fn transport_reason(state: &mut ModelState, p: &Packet, frame: &[u8], now: u64) 
         _pad: 0,
         port_be: dport,
     };
+    let mut matched = Matched::Nothing;
     if let Some(svc) = state.policy.services.get(&key).copied() {
-        if from_allowed(&state.policy, &svc, p) {
-            return service_limits(state, p, &svc, syn, now);
+        if let Some(from) = from_allowed(&state.policy, &svc, p) {
+            let matched = Matched::Service {
+                svc_id: svc.svc_id,
+                from,
+            };
+            return (service_limits(state, p, &svc, syn, now), matched);
         }
+        matched = Matched::ServiceNotFrom { svc_id: svc.svc_id };
     }
     // A SYN without ACK opens a connection; it is never a reply.
     if !syn && established(state, p, dport, sport, now) {
-        return Reason::Established;
+        return (Reason::Established, Matched::Flow);
     }
-    default_reason(&state.policy.config)
+    (default_reason(&state.policy.config), matched)
 }
 
 #[cfg(test)]

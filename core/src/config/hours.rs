@@ -30,6 +30,9 @@ pub enum HoursError {
     /// The spec is not `DAYS HH:MM-HH:MM`.
     #[error("`{0}` is not of the form `Mon-Fri 07:00-21:00`")]
     Shape(String),
+    /// A time of the week is not `DAY HH:MM`.
+    #[error("`{0}` is not a time of the week such as `Tue 22:00`")]
+    WeekShape(String),
     /// A day name is not one of `Mon` to `Sun`.
     #[error("`{0}` is not a day; the days are Mon, Tue, Wed, Thu, Fri, Sat and Sun")]
     Day(String),
@@ -127,6 +130,59 @@ impl fmt::Display for Hours {
             self.start_minute % 60,
             self.end_minute / 60,
             self.end_minute % 60
+        )
+    }
+}
+
+/// A minute of the week in the host's local time, written `Tue 22:00`: when a policy test or
+/// `crmguard explain --peer` asks whether a role's hours allow a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WeekTime {
+    /// The day of the week, 0 for Monday to 6 for Sunday.
+    pub weekday: u8,
+    /// Minutes since local midnight, 0 to 1439.
+    pub minute_of_day: u16,
+}
+
+impl WeekTime {
+    /// Every minute of the week, from Monday 00:00.
+    pub fn all() -> impl Iterator<Item = WeekTime> {
+        (0..7u8).flat_map(|weekday| {
+            (0..MINUTES_PER_DAY).map(move |minute_of_day| WeekTime {
+                weekday,
+                minute_of_day,
+            })
+        })
+    }
+
+    /// Parses `Tue 22:00` (any letter case for the day).
+    pub fn parse(text: &str) -> Result<WeekTime, HoursError> {
+        let shape = || HoursError::WeekShape(text.to_owned());
+        let mut parts = text.split_whitespace();
+        let (Some(day), Some(time), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(shape());
+        };
+        let weekday = parse_day(day)?;
+        let minute_of_day = parse_time(time)?;
+        if minute_of_day >= MINUTES_PER_DAY {
+            return Err(HoursError::Time(time.to_owned()));
+        }
+        Ok(WeekTime {
+            weekday,
+            minute_of_day,
+        })
+    }
+}
+
+/// `Tue 22:00`.
+impl fmt::Display for WeekTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let day = DAY_NAMES.get(usize::from(self.weekday)).unwrap_or(&"?");
+        write!(
+            f,
+            "{day} {:02}:{:02}",
+            self.minute_of_day / 60,
+            self.minute_of_day % 60
         )
     }
 }

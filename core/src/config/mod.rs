@@ -33,7 +33,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 pub use duration::{parse_duration, DurationError};
 pub use error::{ConfigError, ConfigErrors};
-pub use hours::{Hours, HoursError};
+pub use hours::{Hours, HoursError, WeekTime};
 
 /// A peer's `created` date, kept here by name because the configuration is where it is read.
 pub use crate::time::Date;
@@ -77,6 +77,8 @@ pub fn load_with(path: &Path, read: &mut ReadFile<'_>) -> Result<Config, ConfigE
     let mut checked = validate::config(&src, raw);
     validate::deny_files(&src, &mut checked, read);
     validate::peers_file(&src, &mut checked, read);
+    validate::test_files(&src, &mut checked, read);
+    validate::test_peers(&mut checked);
     checked.finish()
 }
 
@@ -138,6 +140,8 @@ pub fn plumbing(path: &Path) -> Option<Plumbing> {
 
 /// Parses and validates configuration text as if it had been read from `file`.
 ///
+/// Policy tests may name only the inline peers, and the files of `[tests] files` are not read.
+///
 /// This reads no file: deny files and the peers file are left to [`load`], so the result holds
 /// only the inline deny sources and the inline peers. `file` names the text in errors and is the
 /// base for relative paths.
@@ -146,7 +150,9 @@ pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
     let raw = src
         .deserialize::<raw::RawConfig>()
         .map_err(ConfigErrors::from)?;
-    validate::config(&src, raw).finish()
+    let mut checked = validate::config(&src, raw);
+    validate::test_peers(&mut checked);
+    checked.finish()
 }
 
 /// Returns the embedded default policy (`config/default.toml`).
@@ -370,6 +376,11 @@ pub struct Config {
     pub metrics: Metrics,
     /// `[alerts]`: where alerts go.
     pub alerts: Alerts,
+    /// `[[test]]`: the policy's own tests, those of the configuration file and then those of
+    /// each file of `[tests] files`, in order.
+    pub tests: Vec<PolicyTest>,
+    /// `[tests] files`, resolved against the configuration file's directory.
+    pub test_files: Vec<PathBuf>,
 }
 
 impl Config {
@@ -509,6 +520,123 @@ impl fmt::Display for ServiceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.proto, self.port)
     }
+}
+
+/// What a policy test or `crmguard explain` sends: a TCP segment or UDP datagram to a port, written
+/// `tcp/22` or `udp/53`, or an ICMP echo request, written `icmp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Probe {
+    /// TCP to this port.
+    Tcp(u16),
+    /// UDP to this port.
+    Udp(u16),
+    /// An ICMP (or, from an IPv6 source, ICMPv6) echo request.
+    Icmp,
+}
+
+impl Probe {
+    /// Parses `tcp/22`, `udp/53` or `icmp`.
+    pub fn parse(text: &str) -> Result<Probe, String> {
+        if text.eq_ignore_ascii_case("icmp") {
+            return Ok(Probe::Icmp);
+        }
+        let spec = validate::parse_service_spec(text).map_err(|_| {
+            format!("`{text}` is not a packet such as `tcp/22`, `udp/53` or `icmp`")
+        })?;
+        Ok(match spec.proto {
+            Proto::Tcp => Probe::Tcp(spec.port),
+            Proto::Udp => Probe::Udp(spec.port),
+        })
+    }
+
+    /// The service a TCP or UDP probe reaches; `None` for ICMP.
+    pub fn service(self) -> Option<ServiceSpec> {
+        match self {
+            Probe::Tcp(port) => Some(ServiceSpec {
+                proto: Proto::Tcp,
+                port,
+            }),
+            Probe::Udp(port) => Some(ServiceSpec {
+                proto: Proto::Udp,
+                port,
+            }),
+            Probe::Icmp => None,
+        }
+    }
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.service() {
+            Some(spec) => spec.fmt(f),
+            None => f.write_str("icmp"),
+        }
+    }
+}
+
+impl std::str::FromStr for Probe {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Probe::parse(text)
+    }
+}
+
+/// One `[[test]]`: a packet or connection and the verdict the policy promises for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTest {
+    /// `name`, as failures print it.
+    pub name: String,
+    /// Where the test's `expect` is written: failures point there.
+    pub place: Place,
+    /// What is sent.
+    pub case: TestCase,
+    /// `expect = "pass"` (true) or `"drop"` (false).
+    pub expect_pass: bool,
+    /// `reason`: the reason name the verdict must come with, if the test names one.
+    pub expect_reason: Option<String>,
+}
+
+/// A place in a configuration or test file, shown as `FILE:LINE:COLUMN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub file: PathBuf,
+    /// Counted from 1.
+    pub line: usize,
+    /// In characters, counted from 1.
+    pub column: usize,
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// What a policy test sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestCase {
+    /// A packet from outside (`from`) to the host, through the XDP filter.
+    Outside {
+        /// `from`: the source address.
+        from: std::net::IpAddr,
+        /// `to`.
+        to: Probe,
+        /// `syn`, default true for TCP: the packet opens a connection (SYN without ACK);
+        /// false for a packet of a connection already open.
+        syn: bool,
+    },
+    /// A packet from a VPN peer to the gateway, through the identity ACL.
+    Tunnel {
+        /// `peer`: a configured peer's name.
+        peer: String,
+        /// `to`.
+        to: Probe,
+        /// `at`: the time of the week; `None` means the promise holds at every minute of it.
+        at: Option<WeekTime>,
+        /// `mfa`, default false: whether the peer has an open MFA session.
+        mfa: bool,
+    },
 }
 
 /// One `[[role]]`: what its peers may reach.

@@ -44,6 +44,40 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub alerts: RawAlerts,
+    #[serde(default)]
+    pub test: Vec<RawTest>,
+    #[serde(default)]
+    pub tests: RawTests,
+}
+
+/// `[[test]]`: one case of the policy's own tests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTest {
+    pub name: Text,
+    pub from: Option<Text>,
+    pub peer: Option<Text>,
+    pub to: Text,
+    pub syn: Option<Spanned<bool>>,
+    pub at: Option<Text>,
+    pub mfa: Option<Spanned<bool>>,
+    pub expect: Text,
+    pub reason: Option<Text>,
+}
+
+/// `[tests]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTests {
+    pub files: Option<List<String>>,
+}
+
+/// A file of `[tests] files`: `[[test]]` entries and nothing else.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTestFile {
+    #[serde(default)]
+    pub test: Vec<RawTest>,
 }
 
 /// The peers file: `[[peer]]` entries and nothing else.

@@ -23,6 +23,9 @@ use super::raw::{
     Int, List, RawAgent, RawConfig, RawDetection, RawFirewall, RawInspection, RawInterface, RawMfa,
     RawPeer, RawPeersFile, RawRole, RawVpn, Text,
 };
+
+mod policy_tests;
+
 use super::{
     parse_duration, Agent, Alerts, Audit, AuthFailures, Backup, Config, ConfigWord, Date,
     DefaultAction, DenyEntry, Detection, Firewall, Hours, IcmpPolicy, Inspection, Interface,
@@ -30,6 +33,7 @@ use super::{
     Peer, PortScan, Proto, ResponseAction, Role, Service, ServiceSpec, SniPattern, TlsVersion,
     ViolationAction, Volume, Vpn, XdpMode, MAX_INTERFACE_NAME_LEN, MAX_NAME_LEN,
 };
+pub(super) use policy_tests::{test_files, test_peers};
 
 const DEFAULT_VPN_ADDRESS: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 77, 0, 1), 24);
 const DEFAULT_METRICS_LISTEN: SocketAddr =
@@ -52,6 +56,10 @@ pub(super) struct Checked {
     peer_rules: PeerRules,
     /// The peers seen so far, to find duplicates across files.
     peer_index: PeerIndex,
+    /// The span of each entry of `tests.files`, parallel to `config.test_files`.
+    test_file_spans: Vec<Range<usize>>,
+    /// The peers that policy tests name, each with the error to report if it does not exist.
+    test_peer_refs: Vec<(String, ConfigError)>,
 }
 
 impl Checked {
@@ -136,6 +144,9 @@ pub(super) fn config(src: &Source, raw: RawConfig) -> Checked {
         .as_ref()
         .and_then(|v| v.peers_file.as_ref())
         .map(|p| p.span());
+    let mut test_peer_refs = Vec::new();
+    let tests = policy_tests::tests(&mut c, &raw.test, &mut test_peer_refs);
+    let (test_files, test_file_spans) = policy_tests::files(&mut c, &raw.tests);
     Checked {
         config: Config {
             agent,
@@ -151,6 +162,8 @@ pub(super) fn config(src: &Source, raw: RawConfig) -> Checked {
             backup,
             metrics,
             alerts,
+            tests,
+            test_files,
         },
         errors,
         deny_file_spans,
@@ -158,6 +171,8 @@ pub(super) fn config(src: &Source, raw: RawConfig) -> Checked {
         peers_file_span,
         peer_rules,
         peer_index,
+        test_file_spans,
+        test_peer_refs,
     }
 }
 
@@ -1316,7 +1331,7 @@ fn parse_prefix(text: &str) -> Result<IpNet, String> {
 }
 
 /// Parses `tcp/443`.
-fn parse_service_spec(text: &str) -> Result<ServiceSpec, String> {
+pub(super) fn parse_service_spec(text: &str) -> Result<ServiceSpec, String> {
     let bad = || format!("`{text}` is not a service such as `tcp/443` or `udp/53`");
     let (proto, port) = text.split_once('/').ok_or_else(bad)?;
     let proto = Proto::from_config_str(proto).ok_or_else(bad)?;
