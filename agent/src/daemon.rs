@@ -41,6 +41,7 @@ use crmguard_core::bans::persist::{self, PersistError};
 use crmguard_core::bans::{Ban, BanStore, KernelKey, KernelValue, ManualBan, Safeguards};
 use crmguard_core::config::last_good::Snapshot;
 use crmguard_core::config::{self, Config, ConfigErrors, Mode};
+use crmguard_core::explain;
 use crmguard_core::interfaces;
 use crmguard_core::policy::{self, CompiledPolicy, PolicyError};
 use crmguard_datapath::bans::{self as kernel_bans, KernelBans, KernelBansError};
@@ -131,7 +132,7 @@ struct Start {
 /// unfiltered.
 fn start_policy(source: &ConfigSource) -> Result<Start, DaemonError> {
     let error = match source.load_snapshot() {
-        Ok((config, snapshot)) => match policy::compile(&config) {
+        Ok((config, snapshot)) => match compile_tested(&config) {
             Ok(policy) => {
                 return Ok(Start {
                     config,
@@ -141,7 +142,7 @@ fn start_policy(source: &ConfigSource) -> Result<Start, DaemonError> {
                     error: None,
                 })
             }
-            Err(e) => describe(&DaemonError::Policy(e)),
+            Err(e) => describe(&e),
         },
         Err(errors) => describe(&DaemonError::Config(errors)),
     };
@@ -204,6 +205,18 @@ fn start_policy(source: &ConfigSource) -> Result<Start, DaemonError> {
     }
 }
 
+/// Compiles `config` and runs its own tests (`[[test]]`): a policy that breaks a promise of its
+/// configuration is refused like one that does not compile.
+fn compile_tested(config: &Config) -> Result<CompiledPolicy, DaemonError> {
+    let policy = policy::compile(config)?;
+    let failures = explain::check::run(config, &policy);
+    if failures.is_empty() {
+        Ok(policy)
+    } else {
+        Err(DaemonError::PolicyTests(failures))
+    }
+}
+
 /// The last good policy saved in `state_dir`, compiled, and when it was saved; `None`, with
 /// the reason logged, when there is none or it cannot be used.
 fn last_good(state_dir: &Path) -> Option<(Config, CompiledPolicy, String)> {
@@ -256,6 +269,8 @@ pub enum DaemonError {
     Config(#[from] ConfigErrors),
     #[error("invalid policy")]
     Policy(#[from] PolicyError),
+    #[error("the policy breaks {} of its own tests", .0.len())]
+    PolicyTests(Vec<explain::check::Failure>),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error(transparent)]
@@ -508,7 +523,7 @@ impl Agent {
         // Handshakes and session changes since the last tick are recorded before peers
         // that the new configuration drops are cut.
         self.access_tick();
-        let policy = policy::compile(&config)?;
+        let policy = compile_tested(&config)?;
         let generation = self.datapath.apply(&policy)?;
         self.last_swap = Instant::now();
         if config.interfaces != self.config.interfaces {
@@ -581,6 +596,7 @@ impl Agent {
                 self.access.enrolled(&name, &by, &self.vpn, &mut self.audit);
                 Response::Enrolled
             }
+            Request::Explain { query } => self.explain(&query),
             Request::Reload => match self.reload() {
                 Ok(generation) => {
                     tracing::info!(generation, "policy reloaded");
@@ -607,6 +623,30 @@ impl Agent {
 }
 
 impl Agent {
+    /// `crmguard explain`, from the policy in force, the bans in force and the peers' MFA
+    /// sessions as they stand.
+    fn explain(&self, query: &explain::Query) -> Response {
+        let now = SystemTime::now();
+        let unix_now = crmguard_core::time::unix_seconds(now);
+        let sessions = |peer: &str| self.access.sessions().is_open(peer, unix_now);
+        let ctx = explain::Context {
+            config: &self.config,
+            policy: &self.policy,
+            bans: &self.bans,
+            portal_listening: self.portal.is_listening(),
+            sessions: Some(&sessions),
+        };
+        match explain::answer(&ctx, query, now) {
+            Ok(explanation) => Response::Explained {
+                explanation,
+                generation: self.datapath.generation(),
+            },
+            Err(e) => Response::Refused {
+                message: e.to_string(),
+            },
+        }
+    }
+
     /// `crmguard ban add`: the list, then the file, then the kernel. A ban that cannot be
     /// saved or written to the kernel stays in the list, is retried, and the answer says so.
     fn ban_add(&mut self, request: ManualBan) -> Response {
@@ -829,6 +869,10 @@ fn host_addresses() -> Vec<IpAddr> {
 pub fn describe(error: &DaemonError) -> String {
     match error {
         DaemonError::Config(errors) => format!("invalid configuration:\n{errors}"),
+        DaemonError::PolicyTests(failures) => {
+            let lines: Vec<String> = failures.iter().map(ToString::to_string).collect();
+            format!("{error}:\n{}", lines.join("\n"))
+        }
         other => crmguard_core::error_chain(other),
     }
 }

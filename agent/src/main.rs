@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cli_explain;
 mod cli_peer;
 
 use clap::{Parser, Subcommand};
@@ -47,9 +48,20 @@ enum Command {
         #[arg(long)]
         detach_on_exit: bool,
     },
-    /// Validate the configuration and print every problem with its location
-    /// (exit 0 when valid, 64 when not)
+    /// Validate the configuration and run its own tests ([[test]]); print every
+    /// problem and broken test with its location (exit 0 when valid, 64 when not)
+    ///
+    /// Also warns, without failing, when the policy would drop the SSH connection the
+    /// command runs in (SSH_CONNECTION) or an admin network a service names in `from`.
     Check,
+    /// Say what the policy does with one packet, and why: the verdict, the reason (as
+    /// the metrics name it) and the rule that decided
+    ///
+    /// For a packet from outside (--from) the answer is the XDP filter's, with the bans
+    /// in force; for a peer's packet (--peer) it is the identity ACL's, with the role's
+    /// hours and the peer's MFA session. The running agent answers from the policy in
+    /// force; without an agent, or with --config-only, the configuration file answers.
+    Explain(cli_explain::ExplainArgs),
     /// Show the running agent's interfaces, attach modes, policy generation
     /// and counters
     Status {
@@ -198,6 +210,7 @@ fn dispatch(cli: Cli) -> u8 {
             detach_on_exit,
         }),
         Command::Check => check(&source),
+        Command::Explain(args) => cli_explain::run(&source, args),
         Command::Status { json } => match source.load() {
             Ok(config) => status(&config.agent.control_socket, json),
             // The agent may be enforcing a fallback policy because of these very errors:
@@ -213,7 +226,12 @@ fn dispatch(cli: Cli) -> u8 {
             }
         },
         Command::Reload => match load(&source) {
-            Ok(config) => reload(&config.agent.control_socket),
+            Ok(config) => {
+                if let Ok(policy) = crmguard_core::policy::compile(&config) {
+                    cli_explain::warn_lockout(&config, &policy);
+                }
+                reload(&config.agent.control_socket)
+            }
             Err(code) => code,
         },
         Command::Uninstall => match load(&source) {
@@ -290,7 +308,9 @@ fn run(options: RunOptions) -> u8 {
 
 fn exit_code(error: &DaemonError) -> u8 {
     match error {
-        DaemonError::Config(_) | DaemonError::Policy(_) => exit::USAGE,
+        DaemonError::Config(_) | DaemonError::Policy(_) | DaemonError::PolicyTests(_) => {
+            exit::USAGE
+        }
         DaemonError::BansFile(e) if e.is_invalid() => exit::USAGE,
         DaemonError::Datapath(e) if e.is_foreign_abi() => {
             eprintln!("crmguard: {}", crmguard_datapath::stamp::FOREIGN_ADVICE);
@@ -315,11 +335,21 @@ fn check(source: &ConfigSource) -> u8 {
             return exit::USAGE;
         }
     };
-    if let Err(e) = crmguard_core::policy::compile(&config) {
-        eprintln!("{}: {e}", source.describe());
+    let policy = match crmguard_core::policy::compile(&config) {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("{}: {e}", source.describe());
+            return exit::USAGE;
+        }
+    };
+    cli_explain::warn_lockout(&config, &policy);
+    if !cli_explain::run_tests(&config, &policy) {
         return exit::USAGE;
     }
-    println!("{}: ok", source.describe());
+    match config.tests.len() {
+        0 => println!("{}: ok", source.describe()),
+        n => println!("{}: ok, {n} policy tests pass", source.describe()),
+    }
     exit::OK
 }
 

@@ -542,6 +542,9 @@ impl Acl {
 #[derive(Debug, Clone)]
 pub struct AclMetrics {
     denied: IntCounterVec,
+    /// `crmguard_acl_denied_by_reason_total`: the reasons of `crmguard explain` and of the
+    /// policy tests, so that what they predict can be seen happening.
+    by_reason: IntCounterVec,
     denials: Arc<Mutex<Aggregator>>,
 }
 
@@ -556,8 +559,20 @@ impl AclMetrics {
             &["role", "service"],
         )?;
         registry.register(Box::new(denied.clone()))?;
+        let by_reason = IntCounterVec::new(
+            Opts::new(
+                "crmguard_acl_denied_by_reason_total",
+                "Packets from VPN peers denied by the identity ACL, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(by_reason.clone()))?;
+        for reason in DenyReason::ALL {
+            by_reason.with_label_values(&[reason.as_str()]);
+        }
         Ok(AclMetrics {
             denied,
+            by_reason,
             denials: Arc::default(),
         })
     }
@@ -582,6 +597,7 @@ impl AclMetrics {
         } = verdict
         {
             self.denied.with_label_values(&[role, service_label]).inc();
+            self.by_reason.with_label_values(&[reason.as_str()]).inc();
             let service = format!("{service_label} ({reason})");
             let src = src.to_string();
             self.denials

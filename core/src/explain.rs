@@ -180,6 +180,63 @@ fn unix_time(seconds: i64) -> SystemTime {
     }
 }
 
+/// A time as `crmguard explain --at` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    /// `Tue 22:00`: a time of the week in the host's local time.
+    Week(WeekTime),
+    /// `2026-12-08T22:00:00Z`, `2026-12-08 22:00` (local time) or `+2h` (from now).
+    Instant(SystemTime),
+}
+
+impl At {
+    /// Parses `--at`; `now` is the base of `+DURATION`.
+    pub fn parse(text: &str, now: SystemTime) -> Result<At, String> {
+        let text = text.trim();
+        if let Some(after) = text.strip_prefix('+') {
+            let after = crate::config::parse_duration(after).map_err(|e| e.to_string())?;
+            return Ok(At::Instant(now + after));
+        }
+        if let Ok(week) = WeekTime::parse(text) {
+            return Ok(At::Week(week));
+        }
+        if let Ok(stamp) = text.parse::<jiff::Timestamp>() {
+            return Ok(At::Instant(unix_time(stamp.as_second())));
+        }
+        if let Ok(civil) = text.parse::<jiff::civil::DateTime>() {
+            if let Ok(stamp) = jiff::tz::TimeZone::system().to_timestamp(civil) {
+                return Ok(At::Instant(unix_time(stamp.as_second())));
+            }
+        }
+        Err(format!(
+            "`{text}` is not a time such as `Tue 22:00`, `2026-12-08 22:00`, `2026-12-08T22:00:00Z` or `+2h`"
+        ))
+    }
+
+    /// The moment: a time of the week is the next one at or after `now`.
+    pub fn instant(self, now: SystemTime) -> SystemTime {
+        match self {
+            At::Instant(at) => at,
+            At::Week(week) => {
+                let current = week_time_now(now);
+                let minute = |w: WeekTime| i64::from(w.weekday) * 1440 + i64::from(w.minute_of_day);
+                let ahead = (minute(week) - minute(current)).rem_euclid(7 * 1440);
+                let seconds = crate::time::unix_seconds_signed(now);
+                // From the start of the current minute, so that `Tue 22:00` is 22:00:00.
+                unix_time(seconds - seconds.rem_euclid(60) + ahead * 60)
+            }
+        }
+    }
+
+    /// The time of the week.
+    pub fn week_time(self) -> WeekTime {
+        match self {
+            At::Week(week) => week,
+            At::Instant(at) => week_time_now(at),
+        }
+    }
+}
+
 /// The host's local time of the week at `now` (UTC when the zone cannot be read).
 pub fn week_time_now(now: SystemTime) -> WeekTime {
     let local = LocalTime::at(crate::time::unix_seconds_signed(now)).unwrap_or(LocalTime {

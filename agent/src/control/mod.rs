@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::access::listing::PeerListing;
 use crmguard_core::bans::Ban;
+use crmguard_core::explain::{Explanation, Query};
 
 /// A request to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +72,10 @@ pub enum Request {
         name: String,
         by: String,
     },
+    /// `crmguard explain`: what the policy in force does with one packet.
+    Explain {
+        query: Query,
+    },
 }
 
 /// The agent's answer.
@@ -107,6 +112,12 @@ pub enum Response {
     },
     /// `mfa enroll` was taken note of.
     Enrolled,
+    /// `explain`, answered from the policy in force, its bans and MFA sessions.
+    Explained {
+        explanation: Explanation,
+        /// The generation of the policy in force.
+        generation: u32,
+    },
     /// The request was invalid and changed nothing (the CLI exits 64).
     Refused {
         message: String,

@@ -95,6 +95,11 @@ impl PortalHost {
         self.bound = None;
     }
 
+    /// Whether the portal listens, so that the portal's port is exempt from the ACL.
+    pub fn is_listening(&self) -> bool {
+        self.listening.get()
+    }
+
     pub fn status(&self) -> Option<PortalStatus> {
         if self.bound.is_none() && self.error.is_none() {
             return None;

@@ -628,10 +628,33 @@ fn denials_are_counted_by_role_and_service() {
     let unknown = acl.decide("mallory", &syn(BOB4, GATEWAY4, 443), MONDAY, false);
     metrics.count("mallory", BOB4.into(), &unknown);
     let families = registry.gather();
-    let [family] = &families[..] else {
+    let [by_reason, family] = &families[..] else {
         panic!("{families:?}");
     };
     assert_eq!(family.name(), "crmguard_acl_denied_total");
+    assert_eq!(by_reason.name(), "crmguard_acl_denied_by_reason_total");
+    // Every reason has its series from the start; bob's two packets were not in his role and
+    // mallory is no configured peer.
+    let reasons: Vec<(String, u64)> = by_reason
+        .get_metric()
+        .iter()
+        .map(|metric| {
+            let reason = metric
+                .get_label()
+                .iter()
+                .map(|pair| pair.value().to_owned())
+                .collect::<String>();
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let value = metric.get_counter().get_value() as u64;
+            (reason, value)
+        })
+        .filter(|(_, value)| *value > 0)
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![("no_role".to_owned(), 1), ("not_in_role".to_owned(), 2)]
+    );
+    assert_eq!(by_reason.get_metric().len(), DenyReason::ALL.len());
     let mut series: Vec<(String, String, u64)> = family
         .get_metric()
         .iter()

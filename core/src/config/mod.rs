@@ -622,8 +622,8 @@ pub enum TestCase {
         from: std::net::IpAddr,
         /// `to`.
         to: Probe,
-        /// `syn`, default true for TCP: the packet opens a connection (SYN without ACK);
-        /// false for a packet of a connection already open.
+        /// `syn`, TCP only: the packet opens a connection (SYN without ACK). Default false: a
+        /// packet of a connection already open, as `crmguard explain` without `--syn`.
         syn: bool,
     },
     /// A packet from a VPN peer to the gateway, through the identity ACL.

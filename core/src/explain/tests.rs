@@ -674,3 +674,30 @@ fn the_lockout_guard_warns_about_the_session_it_runs_in_and_the_admin_networks()
         ]
     );
 }
+
+#[test]
+fn at_takes_a_week_time_a_date_or_a_delay() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+    let at = |text: &str| At::parse(text, now).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        at("tue 22:00"),
+        At::Week(WeekTime {
+            weekday: 1,
+            minute_of_day: 1320
+        })
+    );
+    assert_eq!(at("+2h"), At::Instant(now + Duration::from_secs(7200)));
+    assert_eq!(
+        at("2026-12-08T22:00:00Z"),
+        At::Instant(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_767_200))
+    );
+    assert!(At::parse("teatime", now).is_err());
+    // The next Tuesday 22:00 is within a week, on a Tuesday at 22:00.
+    let week = At::Week(WeekTime {
+        weekday: 1,
+        minute_of_day: 1320,
+    });
+    let next = week.instant(now);
+    assert!(next >= now - Duration::from_secs(60) && next < now + Duration::from_secs(7 * 86_400));
+    assert_eq!(At::Instant(next).week_time(), week.week_time());
+}

@@ -161,7 +161,7 @@ fn outside(
             ok = false;
         }
     }
-    let syn = raw.syn.as_ref().is_none_or(|syn| *syn.get_ref());
+    let syn = raw.syn.as_ref().is_some_and(|syn| *syn.get_ref());
     (ok).then_some(TestCase::Outside {
         from: addr?,
         to,
