@@ -13,6 +13,7 @@
 #define CRMGUARD_RATELIMIT_H
 
 #include "maps.h"
+#include "parse.h"
 
 static __always_inline int gcra_allow(struct cg_rl *b, __u64 now, __u32 rate, __u32 burst)
 {
@@ -35,14 +36,42 @@ static __always_inline int gcra_allow(struct cg_rl *b, __u64 now, __u32 rate, __
 	return 1;
 }
 
+/* The first `bits` (0..64) bits of a 64-bit word, in network byte order. */
+static __always_inline __u64 prefix_mask_be(int bits)
+{
+	if (bits <= 0)
+		return 0;
+	if (bits >= 64)
+		return ~0ULL;
+	return bpf_cpu_to_be64(~0ULL << (64 - bits));
+}
+
+/*
+ * The source as rate limits key it: an IPv6 source by its first `v6_prefix`
+ * bits (0 or 128: the whole address), because one site or one attacker holds
+ * a whole /64 and could otherwise make a fresh bucket for every packet.
+ * Two word masks, no loop: this runs for every rate-limited packet.
+ */
+static __always_inline void rl_source(__u8 *addr, const struct pkt *p, __u8 v6_prefix)
+{
+	__u64 words[2];
+
+	__builtin_memcpy(words, p->src, 16);
+	if (p->family == 6 && v6_prefix != 0 && v6_prefix < 128) {
+		words[0] &= prefix_mask_be(v6_prefix);
+		words[1] &= prefix_mask_be((int)v6_prefix - 64);
+	}
+	__builtin_memcpy(addr, words, 16);
+}
+
 /* Per-source bucket of `scope`; rate > 0. */
-static __always_inline int rl_check(const __u8 *src, __u32 scope, __u32 rate, __u32 burst,
-				    __u64 now)
+static __always_inline int rl_check(const struct pkt *p, const struct cg_config *cfg,
+				    __u32 scope, __u32 rate, __u32 burst, __u64 now)
 {
 	struct cg_rl_key key = { .scope = scope };
 	struct cg_rl *bucket;
 
-	__builtin_memcpy(key.addr, src, 16);
+	rl_source(key.addr, p, cfg->rl_v6_prefix);
 	bucket = bpf_map_lookup_elem(&cg_rl, &key);
 	if (!bucket) {
 		struct cg_rl fresh = { .tat_ns = now, .rate = rate, .burst = burst };

@@ -289,7 +289,7 @@ static __always_inline __u32 icmp_reason(const struct pkt *p, void *data_end,
 		echo_reply = icmp->type == ICMPV6_ECHO_REPLY;
 	}
 	if (reason == CG_R_ICMP && echo_request && cfg->icmp_echo_pps &&
-	    !rl_check(p->src, CG_RL_SCOPE(CG_RL_ICMP, 0), cfg->icmp_echo_pps, cfg->icmp_echo_pps,
+	    !rl_check(p, cfg, CG_RL_SCOPE(CG_RL_ICMP, 0), cfg->icmp_echo_pps, cfg->icmp_echo_pps,
 		      now))
 		return CG_R_ICMP_RATE;
 	if (reason != CG_R_NONE)
@@ -326,7 +326,7 @@ static __always_inline __u32 wireguard_reason(const struct pkt *p, struct udphdr
 		if (len != 148)
 			return CG_R_WG_MALFORMED;
 		if (cfg->wg_handshake_pps &&
-		    !rl_check(p->src, CG_RL_SCOPE(CG_RL_WG, 0), cfg->wg_handshake_pps,
+		    !rl_check(p, cfg, CG_RL_SCOPE(CG_RL_WG, 0), cfg->wg_handshake_pps,
 			      cfg->wg_handshake_burst, now))
 			return CG_R_WG_HANDSHAKE_RATE;
 		return CG_R_WIREGUARD;
@@ -377,11 +377,11 @@ static __always_inline __u32 service_limits(const struct pkt *p, const struct cg
 
 	if (syn) {
 		if (svc->syn_pps) {
-			if (!rl_check(p->src, CG_RL_SCOPE(CG_RL_SVC_SYN, svc->svc_id), svc->syn_pps,
+			if (!rl_check(p, cfg, CG_RL_SCOPE(CG_RL_SVC_SYN, svc->svc_id), svc->syn_pps,
 				      svc->syn_pps, now))
 				return CG_R_SYN_FLOOD;
 		} else if (cfg->src_syn_per_s) {
-			if (!rl_check(p->src, CG_RL_SCOPE(CG_RL_SYN, 0), cfg->src_syn_per_s,
+			if (!rl_check(p, cfg, CG_RL_SCOPE(CG_RL_SYN, 0), cfg->src_syn_per_s,
 				      cfg->src_syn_per_s, now))
 				return CG_R_SYN_FLOOD;
 		}
@@ -390,10 +390,10 @@ static __always_inline __u32 service_limits(const struct pkt *p, const struct cg
 	}
 	if (svc->src_pps) {
 		rate = svc->src_pps;
-		if (!rl_check(p->src, CG_RL_SCOPE(CG_RL_SVC, svc->svc_id), rate, rate, now))
+		if (!rl_check(p, cfg, CG_RL_SCOPE(CG_RL_SVC, svc->svc_id), rate, rate, now))
 			return CG_R_RATE_LIMITED;
 	} else if (cfg->src_pps) {
-		if (!rl_check(p->src, CG_RL_SCOPE(CG_RL_SRC, 0), cfg->src_pps, cfg->src_burst, now))
+		if (!rl_check(p, cfg, CG_RL_SCOPE(CG_RL_SRC, 0), cfg->src_pps, cfg->src_burst, now))
 			return CG_R_RATE_LIMITED;
 	}
 	return CG_R_SERVICE;

@@ -176,7 +176,10 @@ pub struct Config {
     pub icmp: u8,
     pub flags: u8,
     pub wg_port_be: u16,
-    pub _pad: u16,
+    /// Per-source rate limits key an IPv6 source by this many leading bits (0 or 128: the
+    /// whole address).
+    pub rl_v6_prefix: u8,
+    pub _pad: u8,
     pub src_pps: u32,
     pub src_burst: u32,
     pub src_syn_per_s: u32,

@@ -421,17 +421,39 @@ fn gcra_allow(b: &mut abi::Rl, now: u64, rate: u32, burst: u32) -> bool {
     true
 }
 
+/// `rl_source`: the source as rate limits key it, an IPv6 source by its
+/// first `v6_prefix` bits (0 or 128: the whole address).
+pub fn rl_source(p: &Packet, v6_prefix: u8) -> [u8; 16] {
+    let mut addr = p.src;
+    if p.family != 6 || v6_prefix == 0 || v6_prefix >= 128 {
+        return addr;
+    }
+    for (i, byte) in addr.iter_mut().enumerate() {
+        let keep = i32::from(v6_prefix) - i32::try_from(i * 8).unwrap_or(i32::MAX);
+        if keep <= 0 {
+            *byte = 0;
+        } else if keep < 8 {
+            *byte &= 0xffu8 << (8 - keep);
+        }
+    }
+    addr
+}
+
 /// `rl_check`: a source's first packet in a scope makes its bucket and
 /// always passes.
 fn rl_check(
     buckets: &mut BTreeMap<abi::RlKey, abi::Rl>,
-    src: &[u8; 16],
+    p: &Packet,
+    cfg: &abi::Config,
     scope: u32,
     rate: u32,
     burst: u32,
     now: u64,
 ) -> bool {
-    let key = abi::RlKey { addr: *src, scope };
+    let key = abi::RlKey {
+        addr: rl_source(p, cfg.rl_v6_prefix),
+        scope,
+    };
     if let Some(bucket) = buckets.get_mut(&key) {
         return gcra_allow(bucket, now, rate, burst);
     }
@@ -554,7 +576,8 @@ fn icmp_reason(state: &mut ModelState, p: &Packet, frame: &[u8], now: u64) -> Re
         && cfg.icmp_echo_pps != 0
         && !rl_check(
             &mut state.buckets,
-            &p.src,
+            p,
+            &cfg,
             abi::rl_scope(abi::RL_ICMP, 0),
             cfg.icmp_echo_pps,
             cfg.icmp_echo_pps,
@@ -601,7 +624,8 @@ fn wireguard_reason(
         1 if cfg.wg_handshake_pps != 0
             && !rl_check(
                 &mut state.buckets,
-                &p.src,
+                p,
+                &cfg,
                 abi::rl_scope(abi::RL_WG, 0),
                 cfg.wg_handshake_pps,
                 cfg.wg_handshake_burst,
@@ -680,7 +704,8 @@ fn service_limits(
             let scope = abi::rl_scope(abi::RL_SVC_SYN, svc.svc_id);
             if !rl_check(
                 &mut state.buckets,
-                &p.src,
+                p,
+                &cfg,
                 scope,
                 svc.syn_pps,
                 svc.syn_pps,
@@ -691,7 +716,7 @@ fn service_limits(
         } else if cfg.src_syn_per_s != 0 {
             let scope = abi::rl_scope(abi::RL_SYN, 0);
             let rate = cfg.src_syn_per_s;
-            if !rl_check(&mut state.buckets, &p.src, scope, rate, rate, now) {
+            if !rl_check(&mut state.buckets, p, &cfg, scope, rate, rate, now) {
                 return Reason::SynFlood;
             }
         }
@@ -704,14 +729,15 @@ fn service_limits(
     if svc.src_pps != 0 {
         let scope = abi::rl_scope(abi::RL_SVC, svc.svc_id);
         let rate = svc.src_pps;
-        if !rl_check(&mut state.buckets, &p.src, scope, rate, rate, now) {
+        if !rl_check(&mut state.buckets, p, &cfg, scope, rate, rate, now) {
             return Reason::RateLimited;
         }
     } else if cfg.src_pps != 0 {
         let scope = abi::rl_scope(abi::RL_SRC, 0);
         if !rl_check(
             &mut state.buckets,
-            &p.src,
+            p,
+            &cfg,
             scope,
             cfg.src_pps,
             cfg.src_burst,

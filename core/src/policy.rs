@@ -103,6 +103,7 @@ fn global_settings(config: &Config) -> abi::Config {
             .as_ref()
             .map_or(0, |vpn| vpn.handshake_per_source_pps),
         wg_handshake_burst: config.vpn.as_ref().map_or(0, |vpn| vpn.handshake_burst),
+        rl_v6_prefix: fw.limits.ipv6_prefix,
         ..abi::Config::default()
     }
 }

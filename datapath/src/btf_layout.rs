@@ -286,6 +286,7 @@ fn mirrors() -> Vec<(&'static str, Layout)> {
                 icmp,
                 flags,
                 wg_port_be,
+                rl_v6_prefix,
                 _pad,
                 src_pps,
                 src_burst,

@@ -105,7 +105,9 @@ struct cg_config {
 	__u8 icmp;           /* enum cg_icmp_policy */
 	__u8 flags;          /* CG_CFG_* */
 	__be16 wg_port_be;   /* WireGuard UDP port; 0 when the endpoint is off */
-	__u16 _pad;
+	__u8 rl_v6_prefix;   /* per-source rate limits key an IPv6 source by this
+			      * many leading bits (0 or 128: the whole address) */
+	__u8 _pad;
 	/* Rate limits in tokens per second (0: unlimited) and bursts in tokens. */
 	__u32 src_pps;            /* any allowed traffic, per source address */
 	__u32 src_burst;

@@ -351,6 +351,9 @@ struct Phase {
     limits: Limits,
     /// `cg_ban_flags[0]`: the ban maps the program looks into.
     ban_flags: u32,
+    /// `rl_v6_prefix`: how many leading bits of an IPv6 source key its rate limits; the
+    /// byte-aligned /64 fast path, an unaligned prefix and whole addresses.
+    v6_prefix: u8,
 }
 
 const ALL_BANS: u32 = abi::BAN_HOSTS4 | abi::BAN_HOSTS6 | abi::BAN_PREFIXES4 | abi::BAN_PREFIXES6;
@@ -364,6 +367,7 @@ const PHASES: [Phase; 5] = [
         established: true,
         limits: Limits::All,
         ban_flags: ALL_BANS,
+        v6_prefix: 64,
     },
     Phase {
         name: "enforce, drop, essential icmp, replies, no limits",
@@ -373,6 +377,7 @@ const PHASES: [Phase; 5] = [
         established: true,
         limits: Limits::None,
         ban_flags: ALL_BANS,
+        v6_prefix: 64,
     },
     Phase {
         name: "monitor, drop, all icmp, no replies, no limits",
@@ -382,6 +387,7 @@ const PHASES: [Phase; 5] = [
         established: false,
         limits: Limits::None,
         ban_flags: abi::BAN_HOSTS4 | abi::BAN_PREFIXES6,
+        v6_prefix: 64,
     },
     Phase {
         name: "enforce, allow, no icmp, replies, service limits",
@@ -391,6 +397,7 @@ const PHASES: [Phase; 5] = [
         established: true,
         limits: Limits::ServicesOnly,
         ban_flags: 0,
+        v6_prefix: 128,
     },
     Phase {
         name: "monitor, drop, no icmp, replies, limits",
@@ -400,6 +407,7 @@ const PHASES: [Phase; 5] = [
         established: true,
         limits: Limits::All,
         ban_flags: abi::BAN_HOSTS6 | abi::BAN_PREFIXES4,
+        v6_prefix: 57,
     },
 ];
 
@@ -409,6 +417,7 @@ fn variant(base: &CompiledPolicy, phase: &Phase) -> CompiledPolicy {
     cfg.mode = phase.mode;
     cfg.default_action = phase.default_action as u8;
     cfg.icmp = phase.icmp;
+    cfg.rl_v6_prefix = phase.v6_prefix;
     let prefixes = cfg.flags & (abi::CFG_DENY4_PREFIXES | abi::CFG_DENY6_PREFIXES);
     cfg.flags = prefixes
         | if phase.established {

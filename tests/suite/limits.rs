@@ -255,6 +255,85 @@ fn new_connections_are_limited_per_source_by_service_then_globally() -> Result<(
 }
 
 #[test]
+fn an_ipv6_64_with_rotating_addresses_is_limited_like_one_address() -> Result<()> {
+    if !privileged::require(
+        "limits::an_ipv6_64_with_rotating_addresses_is_limited_like_one_address",
+    ) {
+        return Ok(());
+    }
+    const PORT: u16 = 7210;
+    const RATE: u32 = 5;
+    const SOURCES: u16 = 60;
+    let t = Topology::dual_stack(127, 2)?;
+    let _server = TcpServer::start(&t.host, PORT, "ssh\n")?;
+    // 60 addresses of the outside client's /64, each opening one connection at once.
+    let IpAddr::V6(base) = t.addrs.out6 else {
+        anyhow::bail!("the topology's outside IPv6 address is not IPv6");
+    };
+    let prefix = base.segments();
+    let rotating: Vec<IpAddr> = (1..=SOURCES)
+        .map(|n| {
+            let mut s = prefix;
+            s[4] = 0xcafe;
+            s[7] = n;
+            IpAddr::V6(std::net::Ipv6Addr::from(s))
+        })
+        .collect();
+    for addr in &rotating {
+        add_out_addr(&t, *addr)?;
+    }
+    let config = |bits: u8| {
+        format!(
+            "{}\n[firewall]\ndefault = \"drop\"\n\n[firewall.limits]\nipv6_prefix = {bits}\n\n\
+             [[firewall.service]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [{PORT}]\nnew_conn_per_source_per_s = {RATE}\n",
+            interface(&t)
+        )
+    };
+    let agent = Agent::start(&t.host, &config(64))?;
+    let dst = t.host_addr(t.addrs.out6, PORT);
+    let window = Duration::from_millis(1600);
+    let per_64 = traffic::connect_from_each(&t.out, &rotating, dst, window)?;
+    let (low, high) = gcra_expected(RATE, RATE, window);
+    eprintln!(
+        "60 addresses of one /64, keyed by /64: {per_64:?}, one source's share {low}..={high}"
+    );
+    ensure!(
+        (per_64.connected as u64) <= high,
+        "60 addresses of one /64 at {RATE} new connections/s per source: {per_64:?}, expected at \
+         most {high} to connect within {window:?}, as for one address"
+    );
+    // Keyed by whole addresses, the same 60 are 60 sources: what the prefix closes.
+    traffic::replace_config(&agent, &traffic::config_with_body(&agent, &config(128))?)?;
+    let out = agent.cli(&["reload"])?;
+    ensure!(
+        out.status.success(),
+        "`crmguard reload` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let whole: Vec<IpAddr> = rotating
+        .iter()
+        .map(|addr| match addr {
+            IpAddr::V6(a) => {
+                let mut s = a.segments();
+                s[5] = 1;
+                IpAddr::V6(std::net::Ipv6Addr::from(s))
+            }
+            other => *other,
+        })
+        .collect();
+    for addr in &whole {
+        add_out_addr(&t, *addr)?;
+    }
+    let per_address = traffic::connect_from_each(&t.out, &whole, dst, window)?;
+    eprintln!("the same, keyed by address: {per_address:?}");
+    ensure!(
+        per_address.connected == whole.len(),
+        "keyed by whole addresses, 60 sources each get their own bucket: {per_address:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn the_global_syn_budget_caps_new_connections_from_all_sources() -> Result<()> {
     if !privileged::require("limits::the_global_syn_budget_caps_new_connections_from_all_sources") {
         return Ok(());

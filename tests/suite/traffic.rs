@@ -682,14 +682,24 @@ pub fn connect_many(
     n: usize,
     timeout: Duration,
 ) -> Result<Connects> {
+    connect_from_each(ns, &vec![src; n], dst, timeout)
+}
+
+/// [`connect_many`] with one connection from each of `sources`.
+pub fn connect_from_each(
+    ns: &NetNs,
+    sources: &[IpAddr],
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<Connects> {
     ns.run_in(|| -> Result<Connects> {
         let family = if dst.is_ipv4() {
             AddressFamily::Inet
         } else {
             AddressFamily::Inet6
         };
-        let mut pending = Vec::with_capacity(n);
-        for _ in 0..n {
+        let mut pending = Vec::with_capacity(sources.len());
+        for &src in sources {
             let fd = socket::socket(
                 family,
                 SockType::Stream,

@@ -453,6 +453,10 @@ pub struct Limits {
     pub syn_per_source_per_s: u32,
     /// `global_syn_per_s`, default 20000.
     pub global_syn_per_s: u32,
+    /// `ipv6_prefix`, default 64, from 16 to 128: the per-source limits above, ICMP echo and
+    /// WireGuard handshake limits count an IPv6 source by this many leading bits, since one site
+    /// (or one attacker) holds a whole /64; 128 counts each address.
+    pub ipv6_prefix: u8,
 }
 
 /// One entry of the deny set.

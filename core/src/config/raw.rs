@@ -127,6 +127,7 @@ pub(super) struct RawLimits {
     pub per_source_burst: Option<Int>,
     pub syn_per_source_per_s: Option<Int>,
     pub global_syn_per_s: Option<Int>,
+    pub ipv6_prefix: Option<Int>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -242,6 +242,10 @@ fn semantic_errors_are_located() {
             "2:8: interface[0].name: `a-very-long-interface` is not a name of 1 to 15 characters from A-Z, a-z, 0-9, `.`, `_` and `-`",
         ),
         (
+            "[firewall.limits]\nipv6_prefix = 8\n",
+            "2:15: firewall.limits.ipv6_prefix: 8 is not a prefix length from 16 to 128 (128 keys each address)",
+        ),
+        (
             "[[interface]]\nname = \"eth0\"\nxdp_mode = \"skb\"\n",
             "3:12: interface[0].xdp_mode: `skb` is not one of `auto`, `native`, `generic`",
         ),

@@ -40,6 +40,8 @@ const DEFAULT_METRICS_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9184);
 const DEFAULT_BYTES_PER_HOUR: u64 = 2 << 30;
 const DAY: u64 = 24 * 60 * 60;
+/// One site, or one attacker, holds a whole /64.
+const DEFAULT_RATE_LIMIT_V6_PREFIX: u8 = 64;
 
 /// A configuration that has been checked, with what [`super::load`] needs to read the deny files
 /// and the peers file and to check them against it.
@@ -335,6 +337,23 @@ fn firewall(
             20000,
             1,
         ),
+        ipv6_prefix: match &raw.limits.ipv6_prefix {
+            None => DEFAULT_RATE_LIMIT_V6_PREFIX,
+            Some(value) => match u8::try_from(*value.get_ref()) {
+                Ok(bits @ 16..=128) => bits,
+                _ => {
+                    c.fail(
+                        &value.span(),
+                        "firewall.limits.ipv6_prefix",
+                        format!(
+                            "{} is not a prefix length from 16 to 128 (128 keys each address)",
+                            value.get_ref()
+                        ),
+                    );
+                    DEFAULT_RATE_LIMIT_V6_PREFIX
+                }
+            },
+        },
     };
     let mut deny = Vec::new();
     if let Some(sources) = &raw.deny.sources {

@@ -70,6 +70,15 @@ fn state() -> ModelState {
     ModelState::new(compiled(POLICY))
 }
 
+/// [`state`] with `[firewall.limits] ipv6_prefix` set.
+fn state_with_v6_prefix(bits: u8) -> ModelState {
+    let policy = POLICY.replace(
+        "global_syn_per_s = 1000\n",
+        &format!("global_syn_per_s = 1000\nipv6_prefix = {bits}\n"),
+    );
+    ModelState::new(compiled(&policy))
+}
+
 /// Rate limits off, so that tables of many frames from one source only test
 /// what they are about.
 fn unlimited() -> ModelState {
@@ -978,6 +987,51 @@ fn rate_limits() {
     assert_eq!(run(&mut state, &syn("192.0.2.7", 22)), Service);
     assert_eq!(run(&mut state, &syn("192.0.2.8", 22)), SynFlood);
     assert_eq!(state.syn_budget.rate, 1);
+}
+
+#[test]
+fn ipv6_sources_share_their_rate_limits_by_prefix() {
+    let syn6 = |src: Ipv6Addr| {
+        eth(
+            &[],
+            ETH_IP6,
+            &ipv6_between(src, DST6, 6, &tcp_segment(40000, 22, TCP_SYN, 5, 0)),
+        )
+    };
+    // 60 addresses of one /64 open SSH connections at once against 1 new connection per
+    // second per source: under the default /64 key they are one source, so one connects.
+    let rotating = |n: u16| Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, n, n, 0, 1);
+    let connected = |state: &mut ModelState| {
+        (1..=60u16)
+            .filter(|&n| decide(state, &syn6(rotating(n)), NOW).1 == Service)
+            .count()
+    };
+    let mut default = state();
+    assert_eq!(default.policy.config.rl_v6_prefix, 64);
+    assert_eq!(connected(&mut default), 1);
+    // Another /64 has its own bucket.
+    let neighbour = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 1, 0, 0, 0, 1);
+    assert_eq!(decide(&mut default, &syn6(neighbour), NOW).1, Service);
+    // Keyed by whole addresses (128), each of the 60 is its own source.
+    let mut whole = state_with_v6_prefix(128);
+    assert_eq!(connected(&mut whole), 60);
+    // An unaligned prefix masks inside a byte: /57 keeps 2001:db8:a:0000-007f::.
+    let mut unaligned = state_with_v6_prefix(57);
+    let close = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0x7f, 1, 2, 3, 4);
+    let far = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0x80, 0, 0, 0, 1);
+    assert_eq!(decide(&mut unaligned, &syn6(rotating(1)), NOW).1, Service);
+    assert_eq!(decide(&mut unaligned, &syn6(close), NOW).1, SynFlood);
+    assert_eq!(decide(&mut unaligned, &syn6(far), NOW).1, Service);
+    // IPv4 sources are never masked.
+    let mut state = state();
+    for src in ["192.0.2.5", "192.0.2.6"] {
+        let frame = eth(
+            &[],
+            ETH_IP,
+            &ipv4(v4(src, 6), &tcp_segment(40000, 22, TCP_SYN, 5, 0)),
+        );
+        assert_eq!(decide(&mut state, &frame, NOW).1, Service);
+    }
 }
 
 #[test]
