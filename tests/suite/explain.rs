@@ -398,10 +398,7 @@ impl Counters {
         Ok(PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))?)
     }
 
-    fn read_slot(
-        stats: &PerCpuArray<MapData, abi::Stats>,
-        slot: u32,
-    ) -> Result<Snapshot> {
+    fn read_slot(stats: &PerCpuArray<MapData, abi::Stats>, slot: u32) -> Result<Snapshot> {
         let mut out = Snapshot::new();
         for action in Action::ALL {
             for reason in Reason::ALL {
@@ -458,36 +455,13 @@ fn send_and_count(
     })
 }
 
-#[test]
-fn outside_packets_agree_with_the_filter() -> Result<()> {
-    if !privileged::require("explain::outside_packets_agree_with_the_filter") {
-        return Ok(());
-    }
-    let started = Instant::now();
-    let mut rng = Rng::from_env("explain::outside_packets_agree_with_the_filter")?;
-    let n = cases(600)?;
-    // IPv6 is off on the outside end: nothing but the test's frames reaches the filter.
-    let t = Topology::ipv4_only(14, 3)?;
-    let scratch = tempfile::tempdir()?;
-    let deny_file = scratch.path().join("deny.txt");
-    std::fs::write(&deny_file, DENY_FILE)?;
-    let body = outside_policy(t.host_if.name(), &deny_file, scratch.path());
-    let agent = Agent::start(&t.host, &body)?;
-    for (net, ttl) in BANS {
-        let mut args = vec!["ban", "add", net, "--reason", "explain agreement test"];
-        if let Some(ttl) = ttl {
-            args.extend_from_slice(&["--ttl", ttl]);
-        }
-        cli_ok(&agent, &args)?;
-    }
-
-    // Find the interface's counter slot: the one a first frame moves.
-    let stats = Counters::open(&agent)?;
+/// Finds the counter slot of the filter's interface: the one a first frame moves.
+fn find_slot(agent: &Agent, raw: &RawSocket) -> Result<Counters> {
+    let stats = Counters::open(agent)?;
     let slots: Vec<Snapshot> = (0..abi::MAX_IFSLOTS)
         .map(|slot| Counters::read_slot(&stats, slot))
         .collect::<Result<_>>()?;
-    let raw = RawSocket::open(&t.out, t.out_if.name())?;
-    let warm_up = probe::ip_packet(
+    let first = probe::ip_packet(
         IpAddr::V4(Ipv4Addr::new(45, 255, 255, 254)),
         IpAddr::V4(probe::HOST_V4),
         Probe::Tcp(9),
@@ -495,7 +469,7 @@ fn outside_packets_agree_with_the_filter() -> Result<()> {
         Some(WG),
     )
     .context("building the first frame")?;
-    raw.send(&probe::ethernet_frame(&warm_up))?;
+    raw.send(&probe::ethernet_frame(&first))?;
     let slot = wait_for(COUNT, "the first frame to be counted", || {
         for (slot, before) in (0..abi::MAX_IFSLOTS).zip(&slots) {
             if total(&Counters::read_slot(&stats, slot)?) > total(before) {
@@ -504,17 +478,37 @@ fn outside_packets_agree_with_the_filter() -> Result<()> {
         }
         Ok(None)
     })?;
-    let counters = Counters { stats, slot };
+    Ok(Counters { stats, slot })
+}
 
-    let mut used = BTreeSet::new();
-    let mut failures = Vec::new();
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    let mut by_net: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut noisy = 0usize;
+/// What a run of outside cases saw.
+#[derive(Default)]
+struct Tally {
+    cases: usize,
+    failures: Vec<String>,
+    /// `verdict/reason` as `explain` gave it, with how many cases.
+    seen: BTreeMap<String, usize>,
+    /// Cases by the network of their source.
+    by_net: BTreeMap<&'static str, usize>,
+    /// Cases drawn again because other packets reached the filter with theirs.
+    noisy: usize,
+}
+
+/// Runs `n` outside cases against the running agent: explain, send, compare.
+fn outside_cases(
+    agent: &Agent,
+    raw: &RawSocket,
+    rng: &mut Rng,
+    used: &mut BTreeSet<IpAddr>,
+    n: usize,
+    mode: &str,
+    tally: &mut Tally,
+) -> Result<()> {
+    let counters = find_slot(agent, raw)?;
     let mut before = counters.read()?;
-    let mut index = 0;
-    while index < n {
-        let case = draw_outside(&mut rng, index, &mut used)?;
+    let mut done = 0;
+    while done < n {
+        let case = draw_outside(rng, tally.cases, used)?;
         let mut args = vec![
             "--from".to_owned(),
             case.src.to_string(),
@@ -524,7 +518,7 @@ fn outside_packets_agree_with_the_filter() -> Result<()> {
             args.push("--syn".to_owned());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let answer = explain(&agent, &args)?;
+        let answer = explain(agent, &args)?;
         let ip = probe::ip_packet(
             case.src,
             probe::host_address(case.src),
@@ -534,29 +528,31 @@ fn outside_packets_agree_with_the_filter() -> Result<()> {
         )
         .with_context(|| format!("building the packet of {case:?}"))?;
         let frame = probe::ethernet_frame(&ip);
-        let after = send_and_count(&raw, &counters, &before, &frame)
+        let after = send_and_count(raw, &counters, &before, &frame)
             .with_context(|| format!("case {}: {}", case.index, case.command()))?;
         let moved = moved(&before, &after);
         before = after;
         let [((action, reason), 1)] = moved.as_slice() else {
             // Something besides the frame reached the filter: this case proves nothing, draw
             // another one.
-            noisy += 1;
+            tally.noisy += 1;
             ensure!(
-                noisy <= n / 20,
-                "{noisy} cases saw other packets besides their own; the last: {}: {}",
+                tally.noisy <= tally.cases / 20 + 5,
+                "{} cases saw other packets besides their own; the last: {}: {}",
+                tally.noisy,
                 case.command(),
                 describe_moved(&moved)
             );
             continue;
         };
-        *seen
+        *tally
+            .seen
             .entry(format!("{}/{}", answer.verdict, answer.reason))
             .or_default() += 1;
-        *by_net.entry(case.net).or_default() += 1;
+        *tally.by_net.entry(case.net).or_default() += 1;
         if answer.verdict != action.name() || answer.reason != reason.name() {
-            failures.push(format!(
-                "case {} ({} source): {}\n  explain: {} / {} ({})\n  filter:  {} / {}\n  answer: {}",
+            tally.failures.push(format!(
+                "case {} ({mode}, {} source): {}\n  explain: {} / {} ({})\n  filter:  {} / {}\n  answer: {}",
                 case.index,
                 case.net,
                 case.command(),
@@ -568,16 +564,453 @@ fn outside_packets_agree_with_the_filter() -> Result<()> {
                 answer.json.trim()
             ));
         }
-        index += 1;
+        tally.cases += 1;
+        done += 1;
     }
+    Ok(())
+}
+
+#[test]
+fn outside_packets_agree_with_the_filter() -> Result<()> {
+    if !privileged::require("explain::outside_packets_agree_with_the_filter") {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut rng = Rng::from_env("explain::outside_packets_agree_with_the_filter")?;
+    let n = cases(650)?;
+    // IPv6 is off on the outside end: nothing but the test's frames reaches the filter.
+    let t = Topology::ipv4_only(14, 3)?;
+    let scratch = tempfile::tempdir()?;
+    let deny_file = scratch.path().join("deny.txt");
+    std::fs::write(&deny_file, DENY_FILE)?;
+    let body = outside_policy(t.host_if.name(), &deny_file, scratch.path());
+    let mut agent = Agent::start(&t.host, &body)?;
+    for (net, ttl) in BANS {
+        let mut args = vec!["ban", "add", net, "--reason", "explain agreement test"];
+        if let Some(ttl) = ttl {
+            args.extend_from_slice(&["--ttl", ttl]);
+        }
+        cli_ok(&agent, &args)?;
+    }
+    let raw = RawSocket::open(&t.out, t.out_if.name())?;
+    let mut used = BTreeSet::new();
+    let mut tally = Tally::default();
+    let monitor = n / 5;
+    outside_cases(
+        &agent,
+        &raw,
+        &mut rng,
+        &mut used,
+        n - monitor,
+        "enforce",
+        &mut tally,
+    )?;
+
+    // The same policy in monitor mode: what enforce drops is counted as would_drop. The bans
+    // are kept in the state directory across the restart.
+    agent.stop()?;
+    let text = std::fs::read_to_string(agent.config_path())?;
+    ensure!(
+        text.contains("mode = \"enforce\"\n"),
+        "the harness config has no enforce mode line"
+    );
+    std::fs::write(
+        agent.config_path(),
+        text.replacen("mode = \"enforce\"\n", "mode = \"monitor\"\n", 1),
+    )?;
+    agent.spawn()?;
+    agent.wait_ready()?;
+    outside_cases(
+        &agent, &raw, &mut rng, &mut used, monitor, "monitor", &mut tally,
+    )?;
+
     eprintln!(
-        "explain::outside_packets_agree_with_the_filter: {n} cases in {:.1?}, {} disagreements, {noisy} redrawn for other packets\n  verdicts: {seen:?}\n  sources: {by_net:?}",
+        "explain::outside_packets_agree_with_the_filter: {} cases ({monitor} in monitor mode) in {:.1?}, {} disagreements, {} redrawn for other packets\n  verdicts: {:?}\n  sources: {:?}",
+        tally.cases,
+        started.elapsed(),
+        tally.failures.len(),
+        tally.noisy,
+        tally.seen,
+        tally.by_net
+    );
+    if !tally.failures.is_empty() {
+        bail!(
+            "{} of {} packets from outside disagree with `crmguard explain`:\n{}",
+            tally.failures.len(),
+            tally.cases,
+            tally.failures.join("\n")
+        );
+    }
+    Ok(())
+}
+
+// ---- from a peer: the identity ACL ----------------------------------------------------------
+
+/// TCP ports the roles are about; a server listens on each of them on the gateway.
+const PEER_PORTS: [u16; 7] = [8080, 5432, 9000, 7001, 2222, 3389, 6379];
+/// The MFA portal's port.
+const PORTAL: u16 = 8443;
+/// How long an attempt through the tunnel may take to be answered. A disabled peer's attempts
+/// wait this long for nothing: its handshakes are refused.
+const TUNNEL_ANSWER: Duration = Duration::from_millis(400);
+
+/// The peers of the lab, their roles, and whether their client connects.
+struct LabPeer {
+    spec: crate::vpn::PeerSpec,
+    role: &'static str,
+    enabled: bool,
+}
+
+/// The ports `role` allows, as [`peer_policy`] writes them: half the cases ask about them.
+fn role_ports(role: &str) -> &'static [u16] {
+    match role {
+        "on_duty" => &[8080, 5432, 2222],
+        "off_duty" => &[8080, 5432],
+        _ => &[8080, 7001],
+    }
+}
+
+const DAY_NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+
+fn day(weekday: u8, ahead: u8) -> &'static str {
+    DAY_NAMES[usize::from((weekday + ahead) % 7)]
+}
+
+/// Roles: `on_duty` (hours today and tomorrow, all day, so that a run across midnight keeps
+/// them), `off_duty` (hours only on the day after tomorrow), `sales` (MFA), `none_allowed`
+/// reaching nothing but what every peer reaches.
+fn peer_policy(iface: &str, scratch: &Path, peers: &[LabPeer]) -> String {
+    let today = crmguard_core::explain::week_time_now(SystemTime::now()).weekday;
+    let mut body = format!(
+        r#"[[interface]]
+name = "{iface}"
+xdp_mode = "native"
+
+[firewall]
+default = "drop"
+
+[vpn]
+listen_port = {WG}
+address = "10.77.0.1/24"
+private_key_file = "{scratch}/wg.key"
+peers_file = "{scratch}/peers.toml"
+
+[mfa]
+issuer = "ACME CRM"
+portal_port = {PORTAL}
+session = "12h"
+idle = "30m"
+
+[[role]]
+name = "on_duty"
+allow = ["tcp/8080", "tcp/5432", "tcp/2222"]
+hours = "{d0},{d1} 00:00-24:00"
+
+[[role]]
+name = "off_duty"
+allow = ["tcp/8080", "tcp/5432"]
+hours = "{d2} 00:00-24:00"
+
+[[role]]
+name = "sales"
+allow = ["tcp/8080", "tcp/7001"]
+mfa = true
+
+"#,
+        scratch = scratch.display(),
+        d0 = day(today, 0),
+        d1 = day(today, 1),
+        d2 = day(today, 2),
+    );
+    for peer in peers {
+        body.push_str(&format!(
+            "[[peer]]\nname = \"{}\"\npublic_key = \"{}\"\naddress = \"{}\"\nrole = \"{}\"\nenabled = {}\n\n",
+            peer.spec.name,
+            peer.spec.keys.public,
+            peer.spec.v4(),
+            peer.role,
+            peer.enabled,
+        ));
+    }
+    body
+}
+
+/// What happened to a peer's packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// It reached what it was sent to: the server on the port, the portal, the echo reply.
+    Reached(&'static str),
+    /// Refused at once or never answered; `reason` is the ACL's, from the metrics.
+    Denied { how: String, reason: Option<String> },
+}
+
+/// The ACL's denials so far, by reason.
+fn denials(agent: &Agent) -> Result<BTreeMap<&'static str, u64>> {
+    let text = agent.metrics()?;
+    Ok(crmguard_core::acl::DenyReason::ALL
+        .iter()
+        .map(|reason| {
+            let value = crmguard_lab::agent::metric_value(
+                &text,
+                "crmguard_acl_denied_by_reason_total",
+                &[("reason", reason.as_str())],
+            )
+            .unwrap_or(0.0);
+            // The counter is a whole number of packets.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let packets = value as u64;
+            (reason.as_str(), packets)
+        })
+        .collect())
+}
+
+fn denial_delta(
+    before: &BTreeMap<&'static str, u64>,
+    after: &BTreeMap<&'static str, u64>,
+) -> Vec<(&'static str, u64)> {
+    after
+        .iter()
+        .filter_map(|(reason, now)| {
+            let was = before.get(reason).copied().unwrap_or(0);
+            (*now != was).then(|| (*reason, now.wrapping_sub(was)))
+        })
+        .collect()
+}
+
+fn server_banner(port: u16) -> String {
+    format!("explain agreement test, port {port}\n")
+}
+
+/// Sends `probe` from the peer's namespace to the gateway and says what happened.
+fn try_through_tunnel(ns: &crmguard_lab::netns::NetNs, probe: Probe) -> Result<Outcome> {
+    let gateway = IpAddr::V4(crate::vpn::GATEWAY4);
+    Ok(match probe {
+        Probe::Icmp => {
+            if crate::vpn::ping(ns, gateway, TUNNEL_ANSWER)? {
+                Outcome::Reached("echo")
+            } else {
+                Outcome::Denied {
+                    how: "no echo reply".to_owned(),
+                    reason: None,
+                }
+            }
+        }
+        Probe::Tcp(PORTAL) => {
+            match crmguard_lab::net::http_get(ns, std::net::SocketAddr::new(gateway, PORTAL), "/") {
+                Ok(_) => Outcome::Reached("mfa_portal"),
+                Err(e) => Outcome::Denied {
+                    how: format!("{e:#}"),
+                    reason: None,
+                },
+            }
+        }
+        Probe::Tcp(port) => {
+            let dst = std::net::SocketAddr::new(gateway, port);
+            match crmguard_lab::net::tcp_connect(ns, None, dst, TUNNEL_ANSWER)? {
+                crmguard_lab::net::TcpOutcome::Connected { banner } => {
+                    ensure!(
+                        banner == server_banner(port),
+                        "tcp/{port} answered with {banner:?}, not its server's banner"
+                    );
+                    Outcome::Reached("service")
+                }
+                other => Outcome::Denied {
+                    how: format!("{other:?}"),
+                    reason: None,
+                },
+            }
+        }
+        Probe::Udp(_) => bail!("the peer cases send no UDP"),
+    })
+}
+
+/// A TOTP session for `name`, opened through the portal from the peer's namespace.
+fn open_session(agent: &Agent, ns: &crmguard_lab::netns::NetNs, name: &str) -> Result<()> {
+    let out = agent.cli(&["mfa", "enroll", name])?;
+    ensure!(out.status.success(), "mfa enroll {name}: {out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let uri = stdout
+        .lines()
+        .find(|l| l.starts_with("otpauth://"))
+        .with_context(|| format!("no otpauth URI in:\n{stdout}"))?;
+    let secret = crmguard_lab::totp::secret_of_uri(uri)?;
+    let code = crmguard_lab::totp::code_now(&secret)?;
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-m",
+        "5",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        &format!("{{\"code\":\"{code}\"}}"),
+        &format!("http://{}:{PORTAL}/session", crate::vpn::GATEWAY4),
+    ]);
+    let out = process::output_in(ns, cmd)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && text.trim_end().ends_with("200"),
+        "opening {name}'s session at the portal: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn peer_packets_agree_with_the_acl() -> Result<()> {
+    if !privileged::require("explain::peer_packets_agree_with_the_acl") {
+        return Ok(());
+    }
+    crate::vpn::require_tools()?;
+    privileged::require_tools(&[("curl", "curl")])?;
+    let started = Instant::now();
+    let mut rng = Rng::from_env("explain::peer_packets_agree_with_the_acl")?;
+    let n = cases(400)?;
+    let t = Topology::ipv4_only(15, 1)?;
+    let scratch = tempfile::tempdir()?;
+    let peers = [
+        ("carol", "on_duty", true),
+        ("erin", "off_duty", true),
+        ("alice", "sales", true),
+        ("bob", "sales", true),
+        ("dave", "on_duty", false),
+    ]
+    .into_iter()
+    .zip(2u8..)
+    .map(|((name, role, enabled), last)| {
+        Ok(LabPeer {
+            spec: crate::vpn::PeerSpec::new(name, last)?,
+            role,
+            enabled,
+        })
+    })
+    .collect::<Result<Vec<_>>>()?;
+    let body = peer_policy(t.host_if.name(), scratch.path(), &peers);
+    let agent = Agent::start(&t.host, &body)?;
+    let gateway = crate::vpn::gateway_key(&agent)?;
+    let _servers = PEER_PORTS
+        .iter()
+        .map(|&port| crmguard_lab::net::TcpServer::start(&t.host, port, &server_banner(port)))
+        .collect::<Result<Vec<_>>>()?;
+
+    // Each peer has a namespace and a link of its own, so that their tunnels' routes do not
+    // meet; the first uses the topology's outside namespace.
+    let mut links = Vec::new();
+    for k in 1..peers.len() {
+        let y = u8::try_from(2 * k).context("link number")?;
+        links.push(crate::vpn::second_link(&t, 15, y)?);
+    }
+    let mut namespaces = vec![(&t.out, t.addrs.host4)];
+    namespaces.extend(links.iter().map(|(ns, _, _, host)| (ns, *host)));
+    let mut clients = Vec::new();
+    for (peer, (ns, host)) in peers.iter().zip(&namespaces) {
+        clients.push(
+            peer.spec
+                .connect(ns, &gateway, crate::vpn::gateway_endpoint(*host))?,
+        );
+        if peer.enabled {
+            crate::vpn::wait_reachable(ns, IpAddr::V4(crate::vpn::GATEWAY4))?;
+        }
+    }
+    let alice = peers
+        .iter()
+        .position(|p| p.spec.name == "alice")
+        .context("alice")?;
+    open_session(&agent, namespaces[alice].0, "alice")?;
+
+    let mut failures = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut before = denials(&agent)?;
+    for index in 0..n {
+        // The disabled peer's attempts each wait for nothing: a few of them show it.
+        let who = if rng.chance(4) {
+            peers.len() - 1
+        } else {
+            rng.below(peers.len() - 1)
+        };
+        let peer = &peers[who];
+        let probe = match rng.below(100) {
+            0..=34 => Probe::Tcp(*rng.pick(role_ports(peer.role))),
+            35..=69 => Probe::Tcp(*rng.pick(&PEER_PORTS)),
+            70..=84 => Probe::Tcp(PORTAL),
+            _ => Probe::Icmp,
+        };
+        let command = format!("crmguard explain --json --peer {} {probe}", peer.spec.name);
+        let answer = explain(&agent, &["--peer", peer.spec.name, &probe.to_string()])?;
+        let mut outcome = try_through_tunnel(namespaces[who].0, probe)
+            .with_context(|| format!("case {index}: {command}"))?;
+        // A denial is counted before the reset leaves; a packet that never reached the ACL
+        // (the disabled peer's) is counted nowhere, so waiting for it would only time out.
+        let after = if let Outcome::Denied { reason, .. } = &mut outcome {
+            let counted = if peer.enabled {
+                wait_for(COUNT, "the ACL to count the denial", || {
+                    let now = denials(&agent)?;
+                    Ok((now.values().sum::<u64>() > before.values().sum::<u64>()).then_some(now))
+                })?
+            } else {
+                denials(&agent)?
+            };
+            if let [(moved, 1)] = denial_delta(&before, &counted).as_slice() {
+                *reason = Some((*moved).to_owned());
+            }
+            counted
+        } else {
+            denials(&agent)?
+        };
+        let delta = denial_delta(&before, &after);
+        before = after;
+        let (verdict, reason) = match &outcome {
+            Outcome::Reached(reason) if delta.is_empty() => ("pass", (*reason).to_owned()),
+            Outcome::Reached(reason) => (
+                "pass",
+                format!("{reason}, yet the ACL counted denials {delta:?}"),
+            ),
+            Outcome::Denied {
+                reason: Some(r), ..
+            } => ("drop", r.clone()),
+            // The disabled peer: the endpoint refuses its handshakes, so none of its packets
+            // reaches the ACL, and nothing reaches the gateway. That is the drop `explain`
+            // names `peer_disabled` (the ACL's own check, behind the handshake's).
+            Outcome::Denied { reason: None, how }
+                if !peer.enabled && delta.is_empty() && how != "Refused" =>
+            {
+                ("drop", "peer_disabled".to_owned())
+            }
+            Outcome::Denied { reason: None, how } => (
+                "drop",
+                format!("unknown ({how}; the ACL counted {delta:?})"),
+            ),
+        };
+        *seen
+            .entry(format!("{}/{}", answer.verdict, answer.reason))
+            .or_default() += 1;
+        if answer.verdict != verdict || answer.reason != reason {
+            failures.push(format!(
+                "case {index} (peer {}, role {}): {command}\n  explain: {} / {} ({})\n  tunnel:  {verdict} / {reason} ({outcome:?})\n  answer: {}",
+                peer.spec.name,
+                peer.role,
+                answer.verdict,
+                answer.reason,
+                answer.rule,
+                answer.json.trim()
+            ));
+        }
+    }
+    drop(clients);
+    eprintln!(
+        "explain::peer_packets_agree_with_the_acl: {n} cases in {:.1?}, {} disagreements\n  verdicts: {seen:?}",
         started.elapsed(),
         failures.len()
     );
     if !failures.is_empty() {
         bail!(
-            "{} of {n} packets from outside disagree with `crmguard explain`:\n{}",
+            "{} of {n} packets from peers disagree with `crmguard explain`:\n{}",
             failures.len(),
             failures.join("\n")
         );
