@@ -8,9 +8,14 @@
 //!   counter of the interface that moved. Each case has a source of its own, so that the rate
 //!   limits start from nothing, as `explain` assumes; the few /32 entries of the deny list and
 //!   the bans are the exception, and their packets are dropped before any rate limit counts.
+//!   The last fifth of the cases run after a restart in monitor mode, where drops are
+//!   `would_drop`.
 //! - From a peer ([`peer_packets_agree_with_the_acl`]): wireguard-go peers of several roles
-//!   connect to listeners on the gateway's tunnel address, ping it, and the ACL's metrics say
-//!   why a denied packet was denied.
+//!   connect to servers listening on the gateway, reach the MFA portal and ping the gateway
+//!   through their tunnels; a denied connection is refused at once by the ACL's reset, and
+//!   `crmguard_acl_denied_by_reason_total` says why. A disabled peer is the exception: the
+//!   endpoint refuses its handshakes, so its packets never reach the ACL and nothing of it
+//!   reaches the gateway; that silence is the drop `explain` names `peer_disabled`.
 //!
 //! The cases are drawn from a seeded generator. `CRMGUARD_EXPLAIN_SEED` replays a run (the seed
 //! is printed at the start); `CRMGUARD_EXPLAIN_CASES` scales the number of cases.
@@ -744,35 +749,33 @@ enum Outcome {
     Denied { how: String, reason: Option<String> },
 }
 
-/// The ACL's denials so far, by reason.
-fn denials(agent: &Agent) -> Result<BTreeMap<&'static str, u64>> {
+/// The ACL's denials so far, by reason. The counters are whole numbers of packets, exact in
+/// an f64 far beyond what a test counts.
+fn denials(agent: &Agent) -> Result<BTreeMap<&'static str, f64>> {
     let text = agent.metrics()?;
     Ok(crmguard_core::acl::DenyReason::ALL
         .iter()
         .map(|reason| {
-            let value = crmguard_lab::agent::metric_value(
+            let packets = crmguard_lab::agent::metric_value(
                 &text,
                 "crmguard_acl_denied_by_reason_total",
                 &[("reason", reason.as_str())],
             )
             .unwrap_or(0.0);
-            // The counter is a whole number of packets.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let packets = value as u64;
             (reason.as_str(), packets)
         })
         .collect())
 }
 
 fn denial_delta(
-    before: &BTreeMap<&'static str, u64>,
-    after: &BTreeMap<&'static str, u64>,
-) -> Vec<(&'static str, u64)> {
+    before: &BTreeMap<&'static str, f64>,
+    after: &BTreeMap<&'static str, f64>,
+) -> Vec<(&'static str, f64)> {
     after
         .iter()
         .filter_map(|(reason, now)| {
-            let was = before.get(reason).copied().unwrap_or(0);
-            (*now != was).then(|| (*reason, now.wrapping_sub(was)))
+            let was = before.get(reason).copied().unwrap_or(0.0);
+            (*now != was).then(|| (*reason, now - was))
         })
         .collect()
 }
@@ -951,12 +954,12 @@ fn peer_packets_agree_with_the_acl() -> Result<()> {
             let counted = if peer.enabled {
                 wait_for(COUNT, "the ACL to count the denial", || {
                     let now = denials(&agent)?;
-                    Ok((now.values().sum::<u64>() > before.values().sum::<u64>()).then_some(now))
+                    Ok((now.values().sum::<f64>() > before.values().sum::<f64>()).then_some(now))
                 })?
             } else {
                 denials(&agent)?
             };
-            if let [(moved, 1)] = denial_delta(&before, &counted).as_slice() {
+            if let [(moved, 1.0)] = denial_delta(&before, &counted).as_slice() {
                 *reason = Some((*moved).to_owned());
             }
             counted
