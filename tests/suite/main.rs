@@ -13,6 +13,7 @@ mod bans;
 mod browser;
 mod differential;
 mod established;
+mod explain;
 mod fallback;
 mod firewall;
 mod golden;
