@@ -579,7 +579,9 @@ fn tunnel_decision(
                 DenyReason::MfaRequired => {
                     format!("role `{role_name}` needs an MFA session; peer {peer} has none open")
                 }
-                DenyReason::PeerDisabled => format!("peer {peer} is disabled"),
+                DenyReason::PeerDisabled => format!(
+                    "peer {peer} is disabled: the endpoint refuses its handshakes, so none of its packets reach the gateway"
+                ),
                 DenyReason::NoRole => format!("peer {peer} has no configured role"),
                 other => format!("the ACL's checks of the packet itself ({other})"),
             };

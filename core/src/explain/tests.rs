@@ -353,7 +353,11 @@ fn a_peer_is_answered_by_its_role_hours_and_session() {
     let e = ask_peer(&config, "carol", "tcp/5432", "Tue 10:00", true);
     assert_eq!(
         verdict(&e),
-        ("drop", "peer_disabled", "peer carol is disabled")
+        (
+            "drop",
+            "peer_disabled",
+            "peer carol is disabled: the endpoint refuses its handshakes, so none of its packets reach the gateway"
+        )
     );
 }
 
