@@ -1,0 +1,343 @@
+//! Accepting connections without letting clients exhaust the agent's file descriptors: the
+//! one accept loop of the control socket, `/metrics` and the MFA portal.
+//!
+//! Every listener bounds the connections it serves at once ([`Limiter`]), gives each
+//! connection one deadline for the whole request (read, handle and write; the callers own
+//! the constants), and survives accept errors: after a failure it waits ([`Backoff`], 10 ms
+//! doubling to 1 s, reset by the next success) instead of spinning, logs at most once a
+//! second ([`LogEvery`]), and, when the process has no descriptor left (`EMFILE`), frees a
+//! reserved one ([`Reserve`]) to accept and close the connection at the head of the backlog:
+//! without that, the pending connection keeps the listener readable and every accept fails
+//! again at once.
+//!
+//! At start the agent raises its soft `RLIMIT_NOFILE` to the hard limit
+//! ([`raise_nofile_limit`]); the systemd unit sets the hard limit (`LimitNOFILE`).
+
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The first pause after a failed accept.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+/// The longest pause between two accepts while they keep failing.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per this period about a listener's failing accepts.
+pub const LOG_PERIOD: Duration = Duration::from_secs(1);
+/// How long shedding a connection waits for it: the listener was readable a moment ago, so
+/// the connection is there unless its client reset it meanwhile.
+const SHED_WAIT: Duration = Duration::from_millis(10);
+
+/// The pause after each failed accept: doubling from [`BACKOFF_FIRST`] up to [`BACKOFF_MAX`],
+/// back to the start after a success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: BACKOFF_FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    /// The pause after one more failure.
+    pub fn failed(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = self.next.saturating_mul(2).min(BACKOFF_MAX);
+        pause
+    }
+
+    pub fn succeeded(&mut self) {
+        self.next = BACKOFF_FIRST;
+    }
+}
+
+/// Lets one log line through per [`LOG_PERIOD`] and counts the ones it held back, so that a
+/// listener failing thousands of times a second writes one line a second saying how often.
+#[derive(Debug, Clone, Default)]
+pub struct LogEvery {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl LogEvery {
+    /// `Some(n)` when a line may be logged at `now`, `n` being the lines held back since the
+    /// last one; `None` when this one is held back.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < LOG_PERIOD => {
+                self.held_back = self.held_back.saturating_add(1);
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
+}
+
+/// The connections a listener serves at once. What happens to one more is the listener's
+/// choice: [`Limiter::try_admit`] refuses it (the caller closes it at once),
+/// [`Limiter::admit`] waits for a slot (the caller accepts only then, so that clients wait in
+/// the kernel's backlog, where they cost the agent no descriptor).
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    slots: Arc<Semaphore>,
+    cap: usize,
+}
+
+impl Limiter {
+    pub fn new(cap: usize) -> Limiter {
+        Limiter {
+            slots: Arc::new(Semaphore::new(cap)),
+            cap,
+        }
+    }
+
+    /// A slot, held until the permit is dropped; `None` when all are taken.
+    pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.slots).try_acquire_owned().ok()
+    }
+
+    /// A slot, once one is free.
+    pub async fn admit(&self) -> OwnedSemaphorePermit {
+        match Arc::clone(&self.slots).acquire_owned().await {
+            Ok(permit) => permit,
+            // The semaphore is never closed; if it were, waiting forever is the right answer
+            // for a listener with no slot to give.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Slots taken now.
+    pub fn in_use(&self) -> usize {
+        self.cap.saturating_sub(self.slots.available_permits())
+    }
+}
+
+/// One descriptor held in reserve (`/dev/null`), given up for a moment when the process runs
+/// out of descriptors so that the listener can accept and close the connection that makes
+/// every accept fail.
+#[derive(Debug)]
+pub struct Reserve {
+    file: Option<File>,
+}
+
+impl Reserve {
+    pub fn open() -> Reserve {
+        let file = File::open("/dev/null")
+            .map_err(|e| tracing::warn!(error = %e, "cannot open /dev/null to keep a file descriptor in reserve"))
+            .ok();
+        Reserve { file }
+    }
+
+    /// Closes the reserved descriptor; false when there was none.
+    fn release(&mut self) -> bool {
+        self.file.take().is_some()
+    }
+
+    fn restore(&mut self) {
+        if self.file.is_none() {
+            self.file = File::open("/dev/null").ok();
+        }
+    }
+}
+
+/// Errors after which a listener cannot accept again; others concern one connection or pass
+/// (a connection reset before it was accepted, no descriptor left for now).
+pub fn is_listener_broken(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP)
+    )
+}
+
+/// Whether the process or the system is out of file descriptors.
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// A listener's accept loop state: its backoff, its log limiter and its reserve descriptor.
+#[derive(Debug)]
+pub struct Acceptor {
+    /// The listener, as log lines name it: `control socket`, `metrics`, `MFA portal`.
+    what: &'static str,
+    backoff: Backoff,
+    log: LogEvery,
+    reserve: Reserve,
+}
+
+impl Acceptor {
+    pub fn new(what: &'static str) -> Acceptor {
+        Acceptor {
+            what,
+            backoff: Backoff::default(),
+            log: LogEvery::default(),
+            reserve: Reserve::open(),
+        }
+    }
+
+    /// The next accepted connection, calling `accept` (the listener's accept) until one comes.
+    /// Fails only when the listener is broken for good ([`is_listener_broken`]).
+    pub async fn next<T, F, Fut>(&mut self, mut accept: F) -> io::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = io::Result<T>>,
+    {
+        loop {
+            let e = match accept().await {
+                Ok(accepted) => {
+                    self.backoff.succeeded();
+                    return Ok(accepted);
+                }
+                Err(e) if is_listener_broken(&e) => return Err(e),
+                Err(e) => e,
+            };
+            let mut shed = false;
+            if is_out_of_descriptors(&e) && self.reserve.release() {
+                // The connection is closed as soon as it is accepted: its client sees a reset
+                // rather than waiting in a backlog the agent cannot serve.
+                shed = matches!(
+                    tokio::time::timeout(SHED_WAIT, accept()).await,
+                    Ok(Ok(_))
+                );
+                self.reserve.restore();
+            }
+            let pause = self.backoff.failed();
+            if let Some(held_back) = self.log.allow(Instant::now()) {
+                tracing::warn!(
+                    listener = self.what,
+                    error = %e,
+                    ?pause,
+                    shed,
+                    failures_not_logged = held_back,
+                    "cannot accept a connection; pausing before the next accept"
+                );
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, so that the limit the service
+/// manager grants (`LimitNOFILE`) is the one in force; returns the limits before and after.
+pub fn raise_nofile_limit() -> Result<(u64, u64), nix::Error> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, hard))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_second_and_starts_over_after_a_success() {
+        let mut backoff = Backoff::default();
+        let expected_ms = [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000];
+        for (attempt, ms) in expected_ms.into_iter().enumerate() {
+            assert_eq!(
+                backoff.failed(),
+                Duration::from_millis(ms),
+                "failure {attempt}"
+            );
+        }
+        backoff.succeeded();
+        assert_eq!(backoff.failed(), BACKOFF_FIRST);
+    }
+
+    #[test]
+    fn one_log_line_a_second_counting_the_held_back() {
+        let start = Instant::now();
+        let mut log = LogEvery::default();
+        let ms = Duration::from_millis;
+        // (offset from start, expected answer)
+        let cases = [
+            (ms(0), Some(0)),
+            (ms(1), None),
+            (ms(500), None),
+            (ms(999), None),
+            (ms(1000), Some(3)),
+            (ms(1500), None),
+            (ms(2500), Some(1)),
+        ];
+        for (offset, expected) in cases {
+            assert_eq!(log.allow(start + offset), expected, "at {offset:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_limiter_admits_up_to_its_cap() {
+        let limiter = Limiter::new(2);
+        let first = limiter.try_admit().expect("a first slot");
+        let second = limiter.try_admit().expect("a second slot");
+        assert!(limiter.try_admit().is_none(), "no third slot");
+        assert_eq!(limiter.in_use(), 2);
+        drop(first);
+        assert_eq!(limiter.in_use(), 1);
+        let waiting = tokio::spawn({
+            let limiter = limiter.clone();
+            async move { limiter.admit().await }
+        });
+        let third = limiter.try_admit().expect("the freed slot");
+        drop(second);
+        let fourth = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("admitted once a slot was freed")
+            .expect("the task");
+        assert_eq!(limiter.in_use(), 2);
+        drop((third, fourth));
+        assert_eq!(limiter.in_use(), 0);
+    }
+
+    /// Accept errors pass through the backoff; a broken listener ends the loop; an `EMFILE`
+    /// sheds the pending connection with the reserved descriptor.
+    #[tokio::test]
+    async fn the_acceptor_backs_off_sheds_and_stops_on_a_broken_listener() {
+        let cases: [(&[i32], Result<u32, i32>, usize); 4] = [
+            // (errors returned before success, outcome, accept calls)
+            (&[], Ok(7), 1),
+            (&[libc::ECONNABORTED, libc::ENOBUFS], Ok(7), 3),
+            // One failed accept, one accept that sheds, then the connection served.
+            (&[libc::EMFILE], Ok(7), 3),
+            (&[libc::EBADF], Err(libc::EBADF), 1),
+        ];
+        for (errors, expected, calls_expected) in cases {
+            let mut acceptor = Acceptor::new("test");
+            let mut calls = 0usize;
+            let mut queue: Vec<i32> = errors.to_vec();
+            queue.reverse();
+            let shed_pending = errors.contains(&libc::EMFILE);
+            let mut shed_done = false;
+            let accepted = acceptor
+                .next(|| {
+                    calls += 1;
+                    let next = match queue.pop() {
+                        Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+                        None if shed_pending && !shed_done => {
+                            shed_done = true;
+                            Ok(0)
+                        }
+                        None => Ok(7),
+                    };
+                    async move { next }
+                })
+                .await;
+            let accepted = accepted.map_err(|e| e.raw_os_error().unwrap_or_default());
+            assert_eq!(accepted, expected, "{errors:?}");
+            assert_eq!(calls, calls_expected, "{errors:?}");
+            assert!(acceptor.reserve.file.is_some(), "the reserve is back");
+        }
+    }
+}
