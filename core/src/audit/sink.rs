@@ -112,6 +112,12 @@ impl Sink {
                 .map(|w| w.append(event, SystemTime::now()))
             {
                 Some(Ok(_)) => true,
+                Some(Err(e)) if e.written().is_some() => {
+                    // The record is in the log; the writer rewrites the checkpoint with the
+                    // next one.
+                    tracing::error!(path = %self.path.display(), error = %crate::error_chain(&e), "the audit checkpoint is behind the log");
+                    true
+                }
                 Some(Err(e)) => {
                     tracing::error!(path = %self.path.display(), error = %e, "cannot write the audit log");
                     // Reopen on the next event: the writer re-reads where the chain stands.
