@@ -205,10 +205,7 @@ impl Acceptor {
             if is_out_of_descriptors(&e) && self.reserve.release() {
                 // The connection is closed as soon as it is accepted: its client sees a reset
                 // rather than waiting in a backlog the agent cannot serve.
-                shed = matches!(
-                    tokio::time::timeout(SHED_WAIT, accept()).await,
-                    Ok(Ok(_))
-                );
+                shed = matches!(tokio::time::timeout(SHED_WAIT, accept()).await, Ok(Ok(_)));
                 self.reserve.restore();
             }
             let pause = self.backoff.failed();

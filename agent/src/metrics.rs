@@ -81,10 +81,13 @@ pub async fn serve(listener: TcpListener, registry: Registry, refresh: mpsc::Sen
         let registry = registry.clone();
         let refresh = refresh.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(REQUEST_DEADLINE, handle(stream, &registry, &refresh)).await {
+            match tokio::time::timeout(REQUEST_DEADLINE, handle(stream, &registry, &refresh)).await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "cannot answer a metrics request"),
-                Err(_) => tracing::debug!("a metrics request took longer than its deadline; connection closed"),
+                Err(_) => tracing::debug!(
+                    "a metrics request took longer than its deadline; connection closed"
+                ),
             }
             drop(slot);
         });

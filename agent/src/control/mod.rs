@@ -458,7 +458,9 @@ pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) {
                 .await
                 .is_err()
             {
-                tracing::debug!("a control socket request took longer than its deadline; connection closed");
+                tracing::debug!(
+                    "a control socket request took longer than its deadline; connection closed"
+                );
             }
             drop(slot);
         });
