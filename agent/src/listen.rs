@@ -201,12 +201,25 @@ impl Acceptor {
                 Err(e) if is_listener_broken(&e) => return Err(e),
                 Err(e) => e,
             };
-            let mut shed = false;
             if is_out_of_descriptors(&e) && self.reserve.release() {
                 // The connection is closed as soon as it is accepted: its client sees a reset
-                // rather than waiting in a backlog the agent cannot serve.
-                shed = matches!(tokio::time::timeout(SHED_WAIT, accept()).await, Ok(Ok(_)));
+                // at once rather than waiting in a backlog the agent cannot serve.
+                let shed = matches!(tokio::time::timeout(SHED_WAIT, accept()).await, Ok(Ok(_)));
                 self.reserve.restore();
+                if shed {
+                    // No pause: each round takes one connection off the backlog, so this
+                    // cannot spin, and it empties the backlog of clients that would only time
+                    // out. The next accept fails at once again while descriptors are short.
+                    if let Some(held_back) = self.log.allow(Instant::now()) {
+                        tracing::warn!(
+                            listener = self.what,
+                            error = %e,
+                            failures_not_logged = held_back,
+                            "out of file descriptors: connections are closed as soon as they are accepted"
+                        );
+                    }
+                    continue;
+                }
             }
             let pause = self.backoff.failed();
             if let Some(held_back) = self.log.allow(Instant::now()) {
@@ -214,7 +227,6 @@ impl Acceptor {
                     listener = self.what,
                     error = %e,
                     ?pause,
-                    shed,
                     failures_not_logged = held_back,
                     "cannot accept a connection; pausing before the next accept"
                 );

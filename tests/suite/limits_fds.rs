@@ -35,6 +35,8 @@ const RELEASE: Duration = Duration::from_secs(30);
 /// Descriptors above the baseline still tolerated after the connections are gone (a
 /// connection being accepted as the count is taken, a map reopened by the reconcile).
 const SLACK: usize = 8;
+/// Connections opened to the control socket of an agent whose descriptors are lowered.
+const EXHAUST: usize = 200;
 /// Pause between two trickled bytes.
 const TRICKLE_EVERY: Duration = Duration::from_millis(500);
 
@@ -218,5 +220,135 @@ fn thousands_of_held_connections_leave_the_agent_answering() -> Result<()> {
         peak <= baseline + 256 + 16 + 32,
         "the agent held {peak} descriptors (baseline {baseline})"
     );
+    Ok(())
+}
+
+/// The agent's CPU time so far (user and system), from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("a stat line")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields
+        .get(11..13)
+        .context("utime and stime")?
+        .iter()
+        .map(|f| f.parse::<u64>())
+        .sum::<Result<u64, _>>()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
+        .and_then(|t| u64::try_from(t).ok())
+        .unwrap_or(100);
+    Ok(Duration::from_millis(ticks * 1000 / per_second))
+}
+
+/// Sets the agent's limit on open files with `prlimit`.
+fn set_nofile(pid: u32, soft: u64, hard: u64) -> Result<()> {
+    let out = std::process::Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--nofile={soft}:{hard}"))
+        .output()
+        .context("running prlimit")?;
+    ensure!(out.status.success(), "prlimit: {out:?}");
+    Ok(())
+}
+
+/// An agent out of descriptors neither spins nor stops: it closes what it cannot serve (the
+/// reserve descriptor), answers again as descriptors come back, and its audit chain stays
+/// whole although a checkpoint may not have been written meanwhile.
+#[test]
+fn an_agent_out_of_descriptors_sheds_connections_and_recovers() -> Result<()> {
+    if !privileged::require(
+        "limits_fds::an_agent_out_of_descriptors_sheds_connections_and_recovers",
+    ) {
+        return Ok(());
+    }
+    privileged::require_tools(&[("prlimit", "util-linux")])?;
+    raise_own_limit()?;
+    let t = Topology::ipv4_only(192, 1)?;
+    let mut agent = Agent::start(&t.host, &policy(&t))?;
+    let pid = agent.pid().context("the agent's pid")?;
+    let baseline = open_descriptors(pid)?;
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    // Room for a dozen connections, then none.
+    let lowered = u64::try_from(baseline + 12)?;
+    set_nofile(pid, lowered, hard)?;
+
+    let socket = agent.dir().join("control.sock");
+    let cpu_before = cpu_time(pid)?;
+    let flooded = Instant::now();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..EXHAUST {
+        match UnixStream::connect(&socket) {
+            Ok(stream) => held.push(stream),
+            Err(_) => refused += 1,
+        }
+    }
+    // The descriptors are exhausted while the first connections are held: the agent answers
+    // once their deadline frees them, though its accept keeps failing for the rest.
+    let (_, status_took) = timed(|| {
+        wait_for(
+            ANSWER,
+            "`crmguard status` with descriptors exhausted",
+            || {
+                let out = agent.cli(&["status", "--json"])?;
+                Ok(out.status.success().then_some(()))
+            },
+        )
+    })?;
+    let banned = t.addrs.denied4.to_string();
+    let (_, add_took) = timed(|| {
+        wait_for(ANSWER, "`crmguard ban add` with descriptors short", || {
+            let out = agent.cli(&["ban", "add", &banned, "--reason", "fds test"])?;
+            Ok(out.status.success().then_some(()))
+        })
+    })?;
+    let elapsed = flooded.elapsed();
+    let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
+    drop(held);
+    set_nofile(pid, hard, hard)?;
+    let after = wait_for(
+        RELEASE,
+        "the agent's descriptors back near the baseline",
+        || {
+            let now = open_descriptors(pid)?;
+            Ok((now <= baseline + SLACK).then_some(now))
+        },
+    )?;
+    let out = agent.cli(&["ban", "remove", &banned])?;
+    ensure!(out.status.success(), "ban remove: {out:?}");
+    agent.stop()?;
+
+    let stderr = std::fs::read_to_string(agent.dir().join("crmguard-run-1.stderr"))?;
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("out of file descriptors") || l.contains("cannot accept"))
+        .count();
+    eprintln!(
+        "limits_fds: limit {lowered} (baseline {baseline}); {} connections held, {refused} \
+         refused at connect; status {status_took:?}, ban add {add_took:?}; agent CPU {cpu:?} \
+         in {elapsed:?}; {warnings} accept warnings; descriptors after {after}",
+        EXHAUST - refused
+    );
+    ensure!(
+        warnings > 0,
+        "the agent said nothing about its failing accepts"
+    );
+    // At most one line a second per listener, and a few more for the second boundaries.
+    let seconds = usize::try_from(elapsed.as_secs())?;
+    ensure!(
+        warnings <= seconds + 2,
+        "{warnings} accept warnings in {elapsed:?}"
+    );
+    // A spinning accept loop would take a whole core.
+    ensure!(
+        cpu < elapsed / 2,
+        "the agent used {cpu:?} of CPU in {elapsed:?}"
+    );
+    let path = agent.dir().join("audit.jsonl");
+    let verify = agent.cli(&["audit", "verify", &path.to_string_lossy()])?;
+    ensure!(verify.status.success(), "audit verify: {verify:?}");
     Ok(())
 }
