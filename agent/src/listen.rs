@@ -19,7 +19,10 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use tokio::sync::{oneshot, Notify};
 
 /// The first pause after a failed accept.
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(10);
@@ -84,42 +87,157 @@ impl LogEvery {
     }
 }
 
-/// The connections a listener serves at once. What happens to one more is the listener's
-/// choice: [`Limiter::try_admit`] refuses it (the caller closes it at once),
-/// [`Limiter::admit`] waits for a slot (the caller accepts only then, so that clients wait in
-/// the kernel's backlog, where they cost the agent no descriptor).
+/// The connections a listener serves at once, oldest first. When all slots are taken, a new
+/// connection takes the slot of the oldest connection still sending its request (a client that
+/// sends nothing, or trickles, loses its slot to one that arrives after it), so that idle
+/// connections cannot keep a scrape or a command out; connections whose request has arrived
+/// are never cut for a newcomer. When every slot is busy with a request, what happens to the
+/// newcomer is the listener's choice: [`Limiter::try_admit`] refuses it (the caller closes it
+/// at once), [`Limiter::admit`] waits for a slot (the caller accepts only then, so that clients
+/// wait in the kernel's backlog, where they cost the agent no descriptor).
 #[derive(Debug, Clone)]
 pub struct Limiter {
-    slots: Arc<Semaphore>,
+    table: Arc<Mutex<Table>>,
+    freed: Arc<Notify>,
     cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next_id: u64,
+    /// By admission order: the first entry still reading is the one a newcomer evicts.
+    slots: BTreeMap<u64, Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Still sending its request.
+    reading: bool,
+    evict: Option<oneshot::Sender<()>>,
+}
+
+/// A taken slot, freed when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    id: u64,
+    table: Arc<Mutex<Table>>,
+    freed: Arc<Notify>,
+}
+
+/// Resolves when the connection's slot was given to a newer connection: the connection is
+/// then closed.
+#[derive(Debug)]
+pub struct Evicted(oneshot::Receiver<()>);
+
+impl Evicted {
+    pub async fn wait(self) {
+        // A slot dropped without eviction drops its sender: that is no eviction.
+        if self.0.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Slot {
+    /// The request has arrived: the connection is no longer one a newcomer may evict.
+    pub fn request_read(&self) {
+        if let Some(entry) = lock(&self.table).slots.get_mut(&self.id) {
+            entry.reading = false;
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.table).slots.remove(&self.id);
+        self.freed.notify_one();
+    }
+}
+
+/// The table, even when a thread panicked holding it: every update leaves it consistent.
+fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
+    table
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Limiter {
     pub fn new(cap: usize) -> Limiter {
         Limiter {
-            slots: Arc::new(Semaphore::new(cap)),
+            table: Arc::new(Mutex::new(Table::default())),
+            freed: Arc::new(Notify::new()),
             cap,
         }
     }
 
-    /// A slot, held until the permit is dropped; `None` when all are taken.
-    pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.slots).try_acquire_owned().ok()
+    /// A slot, free or taken from the oldest connection still reading; `None` when every slot
+    /// serves a request.
+    pub fn try_admit(&self) -> Option<(Slot, Evicted)> {
+        let mut table = lock(&self.table);
+        if table.slots.len() >= self.cap {
+            let oldest = table
+                .slots
+                .iter()
+                .find(|(_, entry)| entry.reading)
+                .map(|(id, _)| *id)?;
+            if let Some(evict) = table.slots.remove(&oldest).and_then(|e| e.evict) {
+                // The connection may have ended meanwhile; then there is nobody to tell.
+                let _ = evict.send(());
+            }
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let (evict, evicted) = oneshot::channel();
+        table.slots.insert(
+            id,
+            Entry {
+                reading: true,
+                evict: Some(evict),
+            },
+        );
+        let slot = Slot {
+            id,
+            table: Arc::clone(&self.table),
+            freed: Arc::clone(&self.freed),
+        };
+        Some((slot, Evicted(evicted)))
     }
 
-    /// A slot, once one is free.
-    pub async fn admit(&self) -> OwnedSemaphorePermit {
-        match Arc::clone(&self.slots).acquire_owned().await {
-            Ok(permit) => permit,
-            // The semaphore is never closed; if it were, waiting forever is the right answer
-            // for a listener with no slot to give.
-            Err(_) => std::future::pending().await,
+    /// A slot, once one is free or can be taken.
+    pub async fn admit(&self) -> (Slot, Evicted) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(admitted) = self.try_admit() {
+                return admitted;
+            }
+            // Every slot serves a request: wait until one is freed.
+            freed.await;
+        }
+    }
+
+    /// Returns once [`Limiter::try_admit`] would give a slot, without taking it: a listener
+    /// whose clients wait in the backlog accepts only then, and evicts nobody before a
+    /// newcomer is there.
+    pub async fn admittable(&self) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let table = lock(&self.table);
+                if table.slots.len() < self.cap || table.slots.values().any(|e| e.reading) {
+                    return;
+                }
+            }
+            freed.await;
         }
     }
 
     /// Slots taken now.
     pub fn in_use(&self) -> usize {
-        self.cap.saturating_sub(self.slots.available_permits())
+        lock(&self.table).slots.len()
     }
 }
 
@@ -286,22 +404,30 @@ mod tests {
         }
     }
 
+    /// A newcomer takes the slot of the oldest connection still reading; connections whose
+    /// request arrived keep theirs; with none to evict, the newcomer is refused or waits.
     #[tokio::test]
-    async fn the_limiter_admits_up_to_its_cap() {
+    async fn the_limiter_evicts_the_oldest_reader_and_never_a_busy_connection() {
         let limiter = Limiter::new(2);
-        let first = limiter.try_admit().expect("a first slot");
-        let second = limiter.try_admit().expect("a second slot");
-        assert!(limiter.try_admit().is_none(), "no third slot");
+        let (first, first_evicted) = limiter.try_admit().expect("a first slot");
+        let (second, _second_evicted) = limiter.try_admit().expect("a second slot");
+        second.request_read();
+        // Full: the third takes the first's slot, which is still reading.
+        let (third, _third_evicted) = limiter.try_admit().expect("the first's slot");
+        tokio::time::timeout(Duration::from_secs(5), first_evicted.wait())
+            .await
+            .expect("the first connection is told");
         assert_eq!(limiter.in_use(), 2);
         drop(first);
-        assert_eq!(limiter.in_use(), 1);
+        assert_eq!(limiter.in_use(), 2, "an evicted slot is not freed twice");
+        third.request_read();
+        assert!(limiter.try_admit().is_none(), "both connections are busy");
         let waiting = tokio::spawn({
             let limiter = limiter.clone();
             async move { limiter.admit().await }
         });
-        let third = limiter.try_admit().expect("the freed slot");
         drop(second);
-        let fourth = tokio::time::timeout(Duration::from_secs(5), waiting)
+        let (fourth, _) = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("admitted once a slot was freed")
             .expect("the task");

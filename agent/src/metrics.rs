@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::http::{self, ReadError};
-use crate::listen::{Acceptor, Limiter};
+use crate::listen::{Acceptor, Limiter, Slot};
 
 /// A scrape's request to the daemon to refresh its metrics; answered when they are.
 pub type Refresh = oneshot::Sender<()>;
@@ -34,10 +34,12 @@ const LIMITS: http::Limits = http::Limits {
 /// one: a busy main loop delays a scrape by this much at most.
 const REFRESH_WAIT: Duration = Duration::from_secs(2);
 
-/// Connections served at once. One more is closed as soon as it is accepted rather than left
-/// in the kernel's backlog: Prometheus scrapes one at a time and retries at the next interval,
-/// so a scrape that waited behind a flood would only report stale values late, and closing
-/// keeps a flood of connections from costing more than a few buffers.
+/// Connections served at once. One more takes the slot of the oldest connection that has not
+/// sent its request yet, so that idle connections cannot keep a scrape out; when every slot
+/// serves a scrape it is closed as soon as it is accepted rather than left in the kernel's
+/// backlog: Prometheus scrapes one at a time and retries at the next interval, so a scrape that
+/// waited behind a flood would only report stale values late, and closing keeps a flood of
+/// connections from costing more than a few buffers.
 pub const CONNECTIONS: usize = 16;
 
 /// One deadline for the whole request: reading it ([`LIMITS`]), the daemon's refresh
@@ -74,20 +76,24 @@ pub async fn serve(listener: TcpListener, registry: Registry, refresh: mpsc::Sen
                 return;
             }
         };
-        let Some(slot) = limiter.try_admit() else {
+        let Some((slot, evicted)) = limiter.try_admit() else {
             tracing::debug!("the metrics endpoint is busy; connection closed");
             continue;
         };
         let registry = registry.clone();
         let refresh = refresh.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(REQUEST_DEADLINE, handle(stream, &registry, &refresh)).await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "cannot answer a metrics request"),
-                Err(_) => tracing::debug!(
-                    "a metrics request took longer than its deadline; connection closed"
-                ),
+            let served =
+                tokio::time::timeout(REQUEST_DEADLINE, handle(stream, &registry, &refresh, &slot));
+            tokio::select! {
+                outcome = served => match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "cannot answer a metrics request"),
+                    Err(_) => tracing::debug!("a metrics request took longer than its deadline; connection closed"),
+                },
+                () = evicted.wait() => {
+                    tracing::debug!("a metrics connection that sent no request gave its slot to a newer one; closed");
+                }
             }
             drop(slot);
         });
@@ -98,8 +104,11 @@ async fn handle(
     mut stream: TcpStream,
     registry: &Registry,
     refresh: &mpsc::Sender<Refresh>,
+    slot: &Slot,
 ) -> std::io::Result<()> {
-    let (code, content_type, body) = match http::read_request(&mut stream, &LIMITS).await {
+    let read = http::read_request(&mut stream, &LIMITS).await;
+    slot.request_read();
+    let (code, content_type, body) = match read {
         Ok(request) if request.method == "GET" && request.path == "/metrics" => {
             ask_refresh(refresh).await;
             ("200 OK", "text/plain; version=0.0.4", render(registry))

@@ -422,10 +422,10 @@ fn owner(path: &Path) -> Owner {
 
 /// Connections the control socket serves at once. Only root can connect, so the bound is
 /// against a leaking or runaway local client rather than an attacker. One more connection
-/// waits in the kernel's backlog until a slot is free instead of being closed: a `crmguard`
-/// command should be answered late rather than fail, a queued connection costs the agent no
-/// descriptor, and every slot is freed within [`REQUEST_LINE_DEADLINE`] by a client that
-/// sends nothing.
+/// takes the slot of the oldest one that has not sent its request line yet; when every slot
+/// serves a request, it waits in the kernel's backlog until one is free instead of being
+/// closed: a `crmguard` command should be answered late rather than fail, and a queued
+/// connection costs the agent no descriptor.
 pub const CONNECTIONS: usize = 256;
 
 /// Time a client has to send its request line: the CLI sends it at once.
@@ -443,8 +443,8 @@ pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) {
     let limiter = crate::listen::Limiter::new(CONNECTIONS);
     let mut acceptor = crate::listen::Acceptor::new("control socket");
     loop {
-        // The slot is taken before the accept: see CONNECTIONS.
-        let slot = limiter.admit().await;
+        // Accepted only when there is a slot for it: see CONNECTIONS.
+        limiter.admittable().await;
         let stream = match acceptor.next(|| listener.accept()).await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -452,15 +452,22 @@ pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) {
                 return;
             }
         };
+        // The connection that made a slot takeable may have sent its request meanwhile.
+        let (slot, evicted) = match limiter.try_admit() {
+            Some(admitted) => admitted,
+            None => limiter.admit().await,
+        };
         let commands = commands.clone();
         tokio::spawn(async move {
-            if tokio::time::timeout(REQUEST_DEADLINE, connection(stream, &commands))
-                .await
-                .is_err()
-            {
-                tracing::debug!(
-                    "a control socket request took longer than its deadline; connection closed"
-                );
+            let served =
+                tokio::time::timeout(REQUEST_DEADLINE, connection(stream, &commands, &slot));
+            tokio::select! {
+                outcome = served => if outcome.is_err() {
+                    tracing::debug!("a control socket request took longer than its deadline; connection closed");
+                },
+                () = evicted.wait() => {
+                    tracing::debug!("a control connection that sent no request gave its slot to a newer one; closed");
+                }
             }
             drop(slot);
         });
@@ -468,7 +475,11 @@ pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) {
 }
 
 /// Serves one connection: one request line, one answer line.
-async fn connection(stream: tokio::net::UnixStream, commands: &mpsc::Sender<Command>) {
+async fn connection(
+    stream: tokio::net::UnixStream,
+    commands: &mpsc::Sender<Command>,
+    slot: &crate::listen::Slot,
+) {
     use tokio::io::AsyncReadExt;
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -478,6 +489,7 @@ async fn connection(stream: tokio::net::UnixStream, commands: &mpsc::Sender<Comm
         // Nothing, too slowly, or a failed read: no answer.
         _ => return,
     }
+    slot.request_read();
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => ask(commands, request).await,
         Err(e) => Response::Error {
