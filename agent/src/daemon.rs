@@ -893,6 +893,16 @@ const SWEEP_BANS_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
+    // Connections are bounded per listener; the rest of the descriptors (maps, sockets, the
+    // audit log) need room too, so the agent takes every descriptor the service manager allows.
+    match crate::listen::raise_nofile_limit() {
+        Ok((soft, hard)) => {
+            tracing::info!(soft_before = soft, limit = hard, "open files limit")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open files limit; keeping the one inherited")
+        }
+    }
     let Start {
         config,
         policy,

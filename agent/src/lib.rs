@@ -4,12 +4,14 @@
 //! kernel side is the datapath's (`crmguard_datapath`) and the tunnel is the VPN crate's
 //! (`crmguard_vpn`); here live the daemon that owns them (`daemon`), the control socket
 //! (`control`), the endpoint that serves the Prometheus registry (`metrics`), the MFA portal
-//! (`portal`), the one HTTP request reader of both (`http`), the daemon's MFA state (`access`)
+//! (`portal`), the one HTTP request reader of both (`http`), the bounded accept loop of all three
+//! (`listen`), the daemon's MFA state (`access`)
 //! and, in the binary, the CLI.
 
 pub mod access;
 pub mod control;
 pub mod daemon;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod portal;

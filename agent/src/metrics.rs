@@ -10,15 +10,15 @@
 //! address.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::http::{self, ReadError};
+use crate::listen::{Acceptor, Limiter, Slot};
 
 /// A scrape's request to the daemon to refresh its metrics; answered when they are.
 pub type Refresh = oneshot::Sender<()>;
@@ -34,9 +34,17 @@ const LIMITS: http::Limits = http::Limits {
 /// one: a busy main loop delays a scrape by this much at most.
 const REFRESH_WAIT: Duration = Duration::from_secs(2);
 
-/// Connections served at once; more are closed when accepted. Prometheus scrapes one at a
-/// time; the bound keeps a flood of connections from costing more than a few buffers.
-const CONNECTIONS: usize = 16;
+/// Connections served at once. One more takes the slot of the oldest connection that has not
+/// sent its request yet, so that idle connections cannot keep a scrape out; when every slot
+/// serves a scrape it is closed as soon as it is accepted rather than left in the kernel's
+/// backlog: Prometheus scrapes one at a time and retries at the next interval, so a scrape that
+/// waited behind a flood would only report stale values late, and closing keeps a flood of
+/// connections from costing more than a few buffers.
+pub const CONNECTIONS: usize = 16;
+
+/// One deadline for the whole request: reading it ([`LIMITS`]), the daemon's refresh
+/// ([`REFRESH_WAIT`]) and writing the answer.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -58,20 +66,34 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
 
 /// Serves `/metrics` from `registry`, asking for a refresh over `refresh` before each scrape.
 pub async fn serve(listener: TcpListener, registry: Registry, refresh: mpsc::Sender<Refresh>) {
-    let slots = Arc::new(Semaphore::new(CONNECTIONS));
+    let limiter = Limiter::new(CONNECTIONS);
+    let mut acceptor = Acceptor::new("metrics");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match acceptor.next(|| listener.accept()).await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::error!(error = %e, "the metrics endpoint stopped: its listener failed");
+                return;
+            }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some((slot, evicted)) = limiter.try_admit() else {
             tracing::debug!("the metrics endpoint is busy; connection closed");
             continue;
         };
         let registry = registry.clone();
         let refresh = refresh.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &registry, &refresh).await {
-                tracing::debug!(error = %e, "cannot answer a metrics request");
+            let served =
+                tokio::time::timeout(REQUEST_DEADLINE, handle(stream, &registry, &refresh, &slot));
+            tokio::select! {
+                outcome = served => match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "cannot answer a metrics request"),
+                    Err(_) => tracing::debug!("a metrics request took longer than its deadline; connection closed"),
+                },
+                () = evicted.wait() => {
+                    tracing::debug!("a metrics connection that sent no request gave its slot to a newer one; closed");
+                }
             }
             drop(slot);
         });
@@ -82,8 +104,11 @@ async fn handle(
     mut stream: TcpStream,
     registry: &Registry,
     refresh: &mpsc::Sender<Refresh>,
+    slot: &Slot,
 ) -> std::io::Result<()> {
-    let (code, content_type, body) = match http::read_request(&mut stream, &LIMITS).await {
+    let read = http::read_request(&mut stream, &LIMITS).await;
+    slot.request_read();
+    let (code, content_type, body) = match read {
         Ok(request) if request.method == "GET" && request.path == "/metrics" => {
             ask_refresh(refresh).await;
             ("200 OK", "text/plain; version=0.0.4", render(registry))

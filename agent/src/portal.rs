@@ -249,9 +249,15 @@ const LIMITS: Limits = Limits {
     per_source: 8,
 };
 
-/// How long to pause after a failed accept, so that running out of file descriptors does not
-/// become a busy loop.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+impl Limits {
+    /// One deadline for the whole connection: the request, the agent's answer and sending it.
+    /// Each step has its own bound as well; this one holds whatever the steps do.
+    fn request_deadline(&self) -> Duration {
+        self.io_timeout
+            .saturating_add(self.agent_timeout)
+            .saturating_add(self.io_timeout)
+    }
+}
 
 /// Serves the portal on `listener` until the listener fails or the task is aborted; aborting
 /// it also ends the connections in progress. Each request goes to the agent over `requests`.
@@ -264,8 +270,9 @@ async fn serve_with(listener: TcpListener, requests: mpsc::Sender<PortalQuery>, 
     // The source of each connection in progress, by task, and how many each source has.
     let mut sources: HashMap<tokio::task::Id, IpAddr> = HashMap::new();
     let mut per_source: HashMap<IpAddr, usize> = HashMap::new();
+    let mut acceptor = crate::listen::Acceptor::new("MFA portal");
     loop {
-        let accepted = listener.accept().await;
+        let accepted = acceptor.next(|| listener.accept()).await;
         while let Some(done) = connections.try_join_next_with_id() {
             let id = match done {
                 Ok((id, ())) => id,
@@ -285,14 +292,10 @@ async fn serve_with(listener: TcpListener, requests: mpsc::Sender<PortalQuery>, 
         }
         let (stream, from) = match accepted {
             Ok(accepted) => accepted,
-            Err(e) if is_listener_broken(&e) => {
+            // The acceptor backs off and retries every other error itself.
+            Err(e) => {
                 tracing::warn!(error = %e, "the MFA portal stopped: its listener failed");
                 return;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "the MFA portal could not accept a connection");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
             }
         };
         if connections.len() >= limits.connections {
@@ -312,17 +315,24 @@ async fn serve_with(listener: TcpListener, requests: mpsc::Sender<PortalQuery>, 
     }
 }
 
-/// Errors after which the listener cannot accept again; others concern one connection or
-/// pass (a connection reset before it was accepted, no file descriptors left for now).
-fn is_listener_broken(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP)
-    )
+/// Serves one connection within [`Limits::request_deadline`].
+async fn connection(
+    stream: TcpStream,
+    from: IpAddr,
+    requests: mpsc::Sender<PortalQuery>,
+    limits: Limits,
+) {
+    let served = connection_steps(stream, from, requests, limits);
+    if tokio::time::timeout(limits.request_deadline(), served)
+        .await
+        .is_err()
+    {
+        tracing::debug!(%from, "an MFA portal connection took longer than its deadline; closed");
+    }
 }
 
 /// Serves one connection: one request, one answer, then close.
-async fn connection(
+async fn connection_steps(
     mut stream: TcpStream,
     from: IpAddr,
     requests: mpsc::Sender<PortalQuery>,

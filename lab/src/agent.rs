@@ -190,6 +190,11 @@ impl<'ns> Agent<'ns> {
         Ok(())
     }
 
+    /// The process id of the last started daemon (its descriptors are in /proc/PID/fd).
+    pub fn pid(&self) -> Option<u32> {
+        self.runs.last().map(Process::id)
+    }
+
     /// Whether the last started daemon is still running.
     pub fn is_running(&mut self) -> Result<bool> {
         match self.runs.last_mut() {

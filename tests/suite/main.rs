@@ -19,6 +19,7 @@ mod firewall;
 mod golden;
 mod interfaces;
 mod limits;
+mod limits_fds;
 mod metrics;
 mod monitor;
 mod reconcile;

@@ -420,33 +420,87 @@ fn owner(path: &Path) -> Owner {
     }
 }
 
-/// Serves the control socket until the daemon goes away.
+/// Connections the control socket serves at once. Only root can connect, so the bound is
+/// against a leaking or runaway local client rather than an attacker. One more connection
+/// takes the slot of the oldest one that has not sent its request line yet; when every slot
+/// serves a request, it waits in the kernel's backlog until one is free instead of being
+/// closed: a `crmguard` command should be answered late rather than fail, and a queued
+/// connection costs the agent no descriptor.
+pub const CONNECTIONS: usize = 256;
+
+/// Time a client has to send its request line: the CLI sends it at once.
+pub const REQUEST_LINE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The longest request line: the largest request (`peer add`, `explain`) is well under 2 KiB.
+const MAX_REQUEST_LINE: u64 = 64 * 1024;
+
+/// One deadline for the whole request: reading it, the daemon's handling (a reload loads and
+/// swaps the policy) and writing the answer. The CLI gives up after 30 seconds as well.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Serves the control socket until the daemon goes away or the listener breaks.
 pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) {
+    let limiter = crate::listen::Limiter::new(CONNECTIONS);
+    let mut acceptor = crate::listen::Acceptor::new("control socket");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        // Accepted only when there is a slot for it: see CONNECTIONS.
+        limiter.admittable().await;
+        let stream = match acceptor.next(|| listener.accept()).await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::error!(error = %e, "the control socket stopped: its listener failed; `crmguard` commands cannot reach the agent");
+                return;
+            }
+        };
+        // The connection that made a slot takeable may have sent its request meanwhile.
+        let (slot, evicted) = match limiter.try_admit() {
+            Some(admitted) => admitted,
+            None => limiter.admit().await,
         };
         let commands = commands.clone();
         tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let mut reader = AsyncBufReader::new(read);
-            if reader.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let response = match serde_json::from_str::<Request>(&line) {
-                Ok(request) => ask(&commands, request).await,
-                Err(e) => Response::Error {
-                    message: format!("bad request: {e}"),
+            let served =
+                tokio::time::timeout(REQUEST_DEADLINE, connection(stream, &commands, &slot));
+            tokio::select! {
+                outcome = served => if outcome.is_err() {
+                    tracing::debug!("a control socket request took longer than its deadline; connection closed");
                 },
-            };
-            let Ok(mut out) = serde_json::to_string(&response) else {
-                return;
-            };
-            out.push('\n');
-            let _ = write.write_all(out.as_bytes()).await;
+                () = evicted.wait() => {
+                    tracing::debug!("a control connection that sent no request gave its slot to a newer one; closed");
+                }
+            }
+            drop(slot);
         });
     }
+}
+
+/// Serves one connection: one request line, one answer line.
+async fn connection(
+    stream: tokio::net::UnixStream,
+    commands: &mpsc::Sender<Command>,
+    slot: &crate::listen::Slot,
+) {
+    use tokio::io::AsyncReadExt;
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = AsyncBufReader::new(read.take(MAX_REQUEST_LINE));
+    match tokio::time::timeout(REQUEST_LINE_DEADLINE, reader.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        // Nothing, too slowly, or a failed read: no answer.
+        _ => return,
+    }
+    slot.request_read();
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => ask(commands, request).await,
+        Err(e) => Response::Error {
+            message: format!("bad request: {e}"),
+        },
+    };
+    let Ok(mut out) = serde_json::to_string(&response) else {
+        return;
+    };
+    out.push('\n');
+    let _ = write.write_all(out.as_bytes()).await;
 }
 
 /// Passes a request to the daemon loop and waits for its answer.

@@ -4,7 +4,8 @@
 //!
 //! An audit log that cannot be written never stops the firewall: the event
 //! is logged as an error and counted in `crmguard_audit_write_errors_total`,
-//! and the next event tries to open the log again. `on_write_failure =
+//! and the next event tries to open the log again. A record written while only its checkpoint
+//! could not be updated counts as written: the next record updates it. `on_write_failure =
 //! "fail-closed"` additionally makes `writable()` false, which is what the
 //! MFA portal consults before opening new sessions.
 
@@ -112,6 +113,12 @@ impl Sink {
                 .map(|w| w.append(event, SystemTime::now()))
             {
                 Some(Ok(_)) => true,
+                Some(Err(e)) if e.written().is_some() => {
+                    // The record is in the log; the writer rewrites the checkpoint with the
+                    // next one.
+                    tracing::error!(path = %self.path.display(), error = %crate::error_chain(&e), "the audit checkpoint is behind the log");
+                    true
+                }
                 Some(Err(e)) => {
                     tracing::error!(path = %self.path.display(), error = %e, "cannot write the audit log");
                     // Reopen on the next event: the writer re-reads where the chain stands.
@@ -200,5 +207,37 @@ mod metrics_tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+    }
+
+    /// A record written while its checkpoint cannot be is counted as written and does not make
+    /// a fail-closed log refuse audited actions; the next record brings the checkpoint up.
+    #[test]
+    fn a_checkpoint_behind_the_log_is_not_a_lost_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audit = crate::config::Audit {
+            path: dir.path().join("audit.jsonl"),
+            key_file: dir.path().join("audit.key"),
+            on_write_failure: OnWriteFailure::FailClosed,
+        };
+        let mut sink = Sink::open(&audit, dir.path());
+        let event = Event::new(
+            super::super::EventType::AgentStart,
+            super::super::Outcome::Info,
+            "system",
+        );
+        assert!(sink.record(&event));
+        let checkpoint = dir.path().join(CHECKPOINT_FILE);
+        std::fs::remove_file(&checkpoint).expect("remove the checkpoint");
+        std::fs::create_dir(&checkpoint).expect("a directory where the checkpoint was");
+        assert!(sink.record(&event), "the record is in the log");
+        assert!(sink.writable());
+        assert_eq!(
+            (sink.errors(), sink.events().get("agent_start")),
+            (0, Some(&2))
+        );
+        std::fs::remove_dir(&checkpoint).expect("remove the directory");
+        assert!(sink.record(&event));
+        let head = super::super::read_checkpoint(&checkpoint).expect("read");
+        assert_eq!(head.map(|c| c.seq), Some(3));
     }
 }

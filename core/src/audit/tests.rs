@@ -479,3 +479,94 @@ fn per_packet_events_are_counted_per_peer_service_and_minute() {
     }
     assert_eq!(log.verify(), ok(1));
 }
+
+/// What a failed append left in the log, as the next append finds it.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// Nothing reached the file (the disk was full before the first byte).
+    Nothing,
+    /// Part of the line reached the file.
+    Torn,
+    /// The whole line reached the file although the write or the flush reported an error.
+    Landed,
+}
+
+/// A failed append does not break the writer: the next append opens the log again and the
+/// chain goes on from what is in the file, with no `seq` reused or skipped.
+#[test]
+fn the_writer_recovers_from_a_failed_append() {
+    for failure in [Failure::Nothing, Failure::Torn, Failure::Landed] {
+        let log = Log::new();
+        let mut writer = log.write(0..5);
+        match failure {
+            Failure::Nothing => {}
+            Failure::Torn => {
+                let mut content = std::fs::read(&log.path).expect("audit test");
+                content.extend_from_slice(b"{\"ts\":\"2025-03");
+                std::fs::write(&log.path, &content).expect("audit test");
+            }
+            Failure::Landed => {
+                let mut other =
+                    Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
+                other.append(&event(5), ts(5)).expect("audit test");
+            }
+        }
+        writer.break_file().expect("audit test");
+        let failed = writer.append(&event(5), ts(5));
+        assert!(
+            matches!(failed, Err(WriteError::Append { .. })),
+            "{failure:?}: {failed:?}"
+        );
+        let first_after = match failure {
+            Failure::Landed => 7,
+            Failure::Nothing | Failure::Torn => 6,
+        };
+        let seq = writer.append(&event(6), ts(6)).expect("audit test");
+        assert_eq!(seq, first_after, "{failure:?}");
+        writer.append(&event(7), ts(7)).expect("audit test");
+        assert_eq!(log.checkpoint().map(|c| c.seq), Some(first_after + 1));
+        let report = log.verify();
+        match failure {
+            Failure::Nothing | Failure::Landed => {
+                assert_eq!(report, ok(first_after + 1), "{failure:?}")
+            }
+            Failure::Torn => {
+                assert_eq!(writer.torn_line(), Some(6));
+                let broken = report.broken.expect("the tear is reported");
+                assert_eq!(broken.line, 6);
+                let content = std::fs::read(&log.path).expect("audit test");
+                let mut healed = lines(&content);
+                healed.remove(5);
+                assert_eq!(
+                    verify_bytes(&healed.concat(), &key(), log.checkpoint()),
+                    ok(7)
+                );
+            }
+        }
+    }
+}
+
+/// A checkpoint that cannot be written leaves the record in the log and the writer working;
+/// the next record writes the checkpoint again.
+#[test]
+fn a_failed_checkpoint_write_is_retried_by_the_next_record() {
+    let log = Log::new();
+    let mut writer = log.write(0..3);
+    std::fs::remove_file(&log.checkpoint_path).expect("audit test");
+    // A directory where the checkpoint goes: the rename over it fails.
+    std::fs::create_dir(&log.checkpoint_path).expect("audit test");
+    let behind = writer.append(&event(3), ts(3));
+    let Err(e) = behind else {
+        panic!("the checkpoint write should fail");
+    };
+    assert_eq!(e.written(), Some(4), "{e:?}");
+    assert_eq!(writer.head().seq, 4);
+    assert_eq!(
+        verify_bytes(&std::fs::read(&log.path).expect("audit test"), &key(), None),
+        ok(4)
+    );
+    std::fs::remove_dir(&log.checkpoint_path).expect("audit test");
+    assert_eq!(writer.append(&event(4), ts(4)).expect("audit test"), 5);
+    assert_eq!(log.checkpoint().map(|c| c.seq), Some(5));
+    assert_eq!(log.verify(), ok(5));
+}

@@ -30,12 +30,37 @@ pub enum WriteError {
     Encode(#[source] serde_json::Error),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The record is in the log, fsynced, but the checkpoint still names an older one: a log
+    /// cut after the checkpoint's record would not be seen as cut. The next record writes the
+    /// checkpoint again.
+    #[error("audit record {seq} was written but the checkpoint could not be updated")]
+    CheckpointBehind {
+        seq: u64,
+        #[source]
+        source: CheckpointError,
+    },
+}
+
+impl WriteError {
+    /// The `seq` of the record when it was written despite the error.
+    pub fn written(&self) -> Option<u64> {
+        match self {
+            WriteError::CheckpointBehind { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
 }
 
 /// The audit log open for appending. One writer per log: the agent holds it.
+///
+/// A failed append does not leave the writer broken: the next append opens the log again and
+/// finds where the chain stands from what is in the file (a record that reached the disk
+/// despite the error continues the chain; a line torn by the failure is ended and reported,
+/// as after a crash). A failed checkpoint write is retried by the next append.
 #[derive(Debug)]
 pub struct Writer {
-    file: File,
+    /// `None` after a failed append, until the next append opens the log again.
+    file: Option<File>,
     path: PathBuf,
     checkpoint_path: PathBuf,
     key: AuditKey,
@@ -89,7 +114,7 @@ impl Writer {
                 })?;
         }
         Ok(Writer {
-            file,
+            file: Some(file),
             path: path.to_owned(),
             checkpoint_path: checkpoint_path.to_owned(),
             key,
@@ -112,22 +137,44 @@ impl Writer {
     /// Appends `event` as the next record, stamped `ts`, flushes it to disk, then updates the
     /// checkpoint. Returns the record's `seq`.
     ///
-    /// When the append fails the chain head does not move, so the next record reuses the
-    /// `seq`; a partial line is left for `audit verify` to report.
+    /// When the append fails the next one first opens the log again ([`Writer::open`]): the
+    /// chain continues from the last good record in the file, or from the checkpoint when that
+    /// is further on, and a partial line is ended and left for `audit verify` to report. When
+    /// only the checkpoint cannot be written the record stands
+    /// ([`WriteError::CheckpointBehind`]) and the next append writes the checkpoint again.
     pub fn append(&mut self, event: &Event, ts: SystemTime) -> Result<u64, WriteError> {
+        if self.file.is_none() {
+            *self = Writer::open(&self.path, &self.checkpoint_path, self.key.clone())?;
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(WriteError::Append {
+                path: self.path.clone(),
+                source: io::Error::other("the audit log is not open"),
+            });
+        };
         let seq = self.head.seq + 1;
         let (line, mac) =
             encode_line(&self.key, ts, seq, event, &self.head.mac).map_err(WriteError::Encode)?;
-        self.file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|source| WriteError::Append {
+        if let Err(source) = file.write_all(&line).and_then(|()| file.sync_data()) {
+            // What reached the file is unknown; the next append reads it back.
+            self.file = None;
+            return Err(WriteError::Append {
                 path: self.path.clone(),
                 source,
-            })?;
+            });
+        }
         self.head = Checkpoint { seq, mac };
-        write_checkpoint(&self.checkpoint_path, &self.head)?;
+        write_checkpoint(&self.checkpoint_path, &self.head)
+            .map_err(|source| WriteError::CheckpointBehind { seq, source })?;
         Ok(seq)
+    }
+
+    /// Makes the next append fail as a full disk would, to test recovery: the log is left
+    /// open read-only, so the write is refused.
+    #[cfg(test)]
+    pub(crate) fn break_file(&mut self) -> io::Result<()> {
+        self.file = Some(File::open(&self.path)?);
+        Ok(())
     }
 }
 
