@@ -317,6 +317,41 @@ config_enum! {
 }
 
 config_enum! {
+    /// What a parser error (bytes that claimed a protocol and then broke its rules) does to its
+    /// flow.
+    pub enum ParserErrorAction {
+        /// Let the flow go on uninspected; count it.
+        Pass => "pass",
+        /// End the flow with a reset to both sides; count it and record a violation.
+        Drop => "drop",
+    }
+}
+
+config_enum! {
+    /// The application protocol a tunnel service carries, for `[inspection.protocols]`.
+    pub enum AppProtocol {
+        /// TLS from the first byte (HTTPS, SMTPS, IMAPS...).
+        Tls => "tls",
+        /// HTTP/1.x in the clear.
+        Http => "http",
+        /// HTTP/2 in the clear with prior knowledge.
+        Http2 => "http2",
+        /// PostgreSQL.
+        Postgresql => "postgresql",
+        /// MySQL or MariaDB.
+        Mysql => "mysql",
+        /// Redis.
+        Redis => "redis",
+        /// SSH.
+        Ssh => "ssh",
+        /// SMTP (with or without STARTTLS).
+        Smtp => "smtp",
+        /// Anything: no protocol check for this service.
+        Any => "any",
+    }
+}
+
+config_enum! {
     /// What happens when inspection finds a violation.
     pub enum ViolationAction {
         /// Let the flow go on; record the violation and alert.
@@ -693,6 +728,25 @@ pub struct Inspection {
     pub protocol_mismatch: ViolationAction,
     /// `max_flows`, default 65536: the bound on inspected flows held at once.
     pub max_flows: u32,
+    /// `parser_error`, default `pass`.
+    pub parser_error: ParserErrorAction,
+    /// `[inspection.protocols]`: the protocol of each listed tunnel service, in service order.
+    /// Services not listed take the well-known port's default, if any.
+    pub protocols: Vec<(ServiceSpec, AppProtocol)>,
+    /// `[[inspection.login_failure]]`: web logins that answer a failure with 200 or 302.
+    pub login_failures: Vec<LoginFailureRule>,
+}
+
+/// One `[[inspection.login_failure]]`: a request to `path` answered with `status` is a failed
+/// login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginFailureRule {
+    /// `method`, such as `POST`; `None` matches any method.
+    pub method: Option<String>,
+    /// `path`: the exact path of the request target, without its query, starting with `/`.
+    pub path: String,
+    /// `status`: 100 to 599.
+    pub status: u16,
 }
 
 /// An entry of `sni_allow`, stored in lower case without a trailing dot.

@@ -194,6 +194,19 @@ pub(super) struct RawInspection {
     pub plaintext_credentials: Option<Text>,
     pub protocol_mismatch: Option<Text>,
     pub max_flows: Option<Int>,
+    pub parser_error: Option<Text>,
+    /// `"tcp/8443" = "tls"`: the protocol each tunnel service carries.
+    pub protocols: Option<Spanned<std::collections::BTreeMap<String, Text>>>,
+    #[serde(default)]
+    pub login_failure: Vec<RawLoginFailure>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLoginFailure {
+    pub method: Option<Text>,
+    pub path: Text,
+    pub status: Int,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,11 +27,12 @@ use super::raw::{
 mod policy_tests;
 
 use super::{
-    parse_duration, Agent, Alerts, Audit, AuthFailures, Backup, Config, ConfigWord, Date,
-    DefaultAction, DenyEntry, Detection, Firewall, Hours, IcmpPolicy, Inspection, Interface,
-    Limits, LogFormat, LogSource, Metrics, Mfa, Mode, NewEndpoint, NoSniAction, OnWriteFailure,
-    Peer, PortScan, Proto, ResponseAction, Role, Service, ServiceSpec, SniPattern, TlsVersion,
-    ViolationAction, Volume, Vpn, XdpMode, MAX_INTERFACE_NAME_LEN, MAX_NAME_LEN,
+    parse_duration, Agent, Alerts, AppProtocol, Audit, AuthFailures, Backup, Config, ConfigWord,
+    Date, DefaultAction, DenyEntry, Detection, Firewall, Hours, IcmpPolicy, Inspection, Interface,
+    Limits, LogFormat, LogSource, LoginFailureRule, Metrics, Mfa, Mode, NewEndpoint, NoSniAction,
+    OnWriteFailure, ParserErrorAction, Peer, PortScan, Proto, ResponseAction, Role, Service,
+    ServiceSpec, SniPattern, TlsVersion, ViolationAction, Volume, Vpn, XdpMode,
+    MAX_INTERFACE_NAME_LEN, MAX_NAME_LEN,
 };
 pub(super) use policy_tests::{test_files, test_peers};
 
@@ -699,7 +700,89 @@ fn inspection(c: &mut Check, raw: &RawInspection) -> Inspection {
             ViolationAction::Alert,
         ),
         max_flows: c.count_or(&raw.max_flows, "inspection.max_flows", 65536, 1),
+        parser_error: c.word_or(
+            &raw.parser_error,
+            "inspection.parser_error",
+            ParserErrorAction::Pass,
+        ),
+        protocols: inspection_protocols(c, raw),
+        login_failures: login_failures(c, raw),
     }
+}
+
+fn inspection_protocols(c: &mut Check, raw: &RawInspection) -> Vec<(ServiceSpec, AppProtocol)> {
+    let mut protocols = Vec::new();
+    let Some(table) = &raw.protocols else {
+        return protocols;
+    };
+    for (service, protocol) in table.get_ref() {
+        let key = format!("inspection.protocols.\"{service}\"");
+        let spec = match parse_service_spec(service) {
+            Ok(spec) => spec,
+            Err(message) => {
+                c.fail(&protocol.span(), &key, message);
+                continue;
+            }
+        };
+        if let Some(protocol) = c.word::<AppProtocol>(protocol, &key) {
+            protocols.push((spec, protocol));
+        }
+    }
+    protocols.sort_by_key(|(spec, _)| *spec);
+    protocols
+}
+
+fn login_failures(c: &mut Check, raw: &RawInspection) -> Vec<LoginFailureRule> {
+    let mut rules = Vec::new();
+    for (i, rule) in raw.login_failure.iter().enumerate() {
+        let key = |field: &str| format!("inspection.login_failure[{i}].{field}");
+        let path = rule.path.get_ref();
+        let path_ok = path.starts_with('/')
+            && !path.contains('?')
+            && path.bytes().all(|b| b.is_ascii_graphic());
+        if !path_ok {
+            c.fail(
+                &rule.path.span(),
+                &key("path"),
+                format!("`{path}` is not a request path such as `/login` (no query, no spaces)"),
+            );
+        }
+        let method = rule
+            .method
+            .as_ref()
+            .map(|m| m.get_ref().to_ascii_uppercase());
+        if let (Some(text), Some(method)) = (&rule.method, &method) {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+                c.fail(
+                    &text.span(),
+                    &key("method"),
+                    format!("`{}` is not an HTTP method such as `POST`", text.get_ref()),
+                );
+            }
+        }
+        let status = match u16::try_from(*rule.status.get_ref()) {
+            Ok(status) if (100..=599).contains(&status) => Some(status),
+            _ => {
+                c.fail(
+                    &rule.status.span(),
+                    &key("status"),
+                    format!(
+                        "{} is not an HTTP status (100 to 599)",
+                        rule.status.get_ref()
+                    ),
+                );
+                None
+            }
+        };
+        if let (true, Some(status)) = (path_ok, status) {
+            rules.push(LoginFailureRule {
+                method,
+                path: path.clone(),
+                status,
+            });
+        }
+    }
+    rules
 }
 
 fn detection(c: &mut Check, raw: &RawDetection) -> Detection {
