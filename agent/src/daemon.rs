@@ -380,6 +380,10 @@ struct Agent {
     last_swap: Instant,
     /// The WireGuard endpoint.
     vpn: crmguard_vpn::Supervisor,
+    /// Inspection's flow table (shared with the endpoint's threads).
+    inspector: std::sync::Arc<crmguard_inspect::Inspector>,
+    /// Inspection's events: folded audit records and the subscribers'.
+    inspection_events: std::sync::Arc<crate::inspection::InspectionEvents>,
     /// The peers' MFA sessions and lifecycle.
     access: Access,
     /// The MFA portal's listeners.
@@ -451,6 +455,12 @@ impl Agent {
                 .collect(),
             audit_write_errors: self.audit.errors(),
             vpn: self.vpn.status(),
+            inspection: self.vpn.status().map(|_| {
+                crate::inspection::InspectionStatus::from(
+                    self.inspector
+                        .status(&crmguard_inspect::Policy::new(&self.config.inspection)),
+                )
+            }),
             mfa_attempts: self
                 .access
                 .attempts()
@@ -984,10 +994,18 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     // After the datapath: XDP lets WireGuard through to the endpoint's port.
     // Whether the MFA portal listens: the ACL lets every peer reach its port only then.
     let portal_listening = std::sync::Arc::new(crmguard_core::acl::PortalListening::default());
+    // Inspection's table and counters outlive endpoint restarts; its events come back here.
+    let inspection_events = std::sync::Arc::new(crate::inspection::InspectionEvents::default());
+    let inspector = std::sync::Arc::new(crmguard_inspect::Inspector::new(
+        config.inspection.max_flows,
+        crmguard_inspect::InspectMetrics::register(&registry).map_err(MetricsError::Register)?,
+        Box::new(std::sync::Arc::clone(&inspection_events)),
+    ));
     let vpn = crmguard_vpn::Supervisor::start(
         &config,
         metrics.acl().clone(),
         std::sync::Arc::clone(&portal_listening),
+        std::sync::Arc::clone(&inspector),
     );
 
     let mut audit = audit::Sink::open(&config.audit, &config.agent.state_dir);
@@ -1032,6 +1050,8 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         divergence: 0,
         last_swap: Instant::now(),
         vpn,
+        inspector,
+        inspection_events,
         access,
         portal,
         policy_source,
@@ -1109,6 +1129,12 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     agent.access_tick();
     agent.access.flush(&mut agent.audit);
     for event in agent.metrics.acl().take_denials(SystemTime::now(), true) {
+        agent.audit.record(&event);
+    }
+    for event in agent
+        .inspection_events
+        .take_records(SystemTime::now(), true)
+    {
         agent.audit.record(&event);
     }
     agent.audit.record(

@@ -12,6 +12,7 @@ pub mod access;
 pub mod control;
 pub mod daemon;
 pub mod http;
+pub mod inspection;
 pub mod listen;
 pub mod metrics;
 pub mod portal;

@@ -443,6 +443,10 @@ fn print_status(status: &Status) {
     if let Some(vpn) = &status.vpn {
         print!("{}", vpn.describe());
         println!();
+        if let Some(inspection) = &status.inspection {
+            print!("{}", inspection.describe());
+            println!();
+        }
         print_access(status);
     }
     print_bans(&status.bans);

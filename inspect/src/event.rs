@@ -135,3 +135,9 @@ pub struct Discard;
 impl EventSink for Discard {
     fn event(&self, _event: Event) {}
 }
+
+impl<T: EventSink + ?Sized> EventSink for std::sync::Arc<T> {
+    fn event(&self, event: Event) {
+        (**self).event(event);
+    }
+}

@@ -52,6 +52,7 @@ use crmguard_core::acl::{Acl, AclMetrics, LocalTime, PortalListening};
 use crmguard_core::config::{Config, Role};
 use crmguard_core::keys::{self, KeyError};
 use crmguard_core::peers::{self, Conflict, Entry, PeerInfo, Table};
+use crmguard_inspect::{Inspector, Policy, Tick};
 
 pub use super::tunnel::HANDSHAKES_BEFORE_COOKIES;
 
@@ -128,6 +129,7 @@ struct Inputs {
     excluded: Vec<(String, peers::Excluded)>,
     roles: Vec<Role>,
     config_peers: Vec<crmguard_core::config::Peer>,
+    inspection: crmguard_core::config::Inspection,
     mfa_portal_port: u16,
 }
 
@@ -139,6 +141,7 @@ impl Inputs {
             excluded,
             roles: config.roles.clone(),
             config_peers: config.peers.clone(),
+            inspection: config.inspection.clone(),
             mfa_portal_port: config.mfa.portal_port,
         }
     }
@@ -209,6 +212,8 @@ struct Shared {
     /// The local time for the ACL, `weekday << 16 | minute_of_day`, refreshed every second.
     local_time: AtomicU32,
     state_file: PathBuf,
+    /// The start of inspection's monotonic seconds.
+    started: Instant,
 }
 
 impl Shared {
@@ -217,6 +222,14 @@ impl Shared {
         LocalTime {
             weekday: u8::try_from(packed >> 16).unwrap_or(0),
             minute_of_day: u16::try_from(packed & 0xffff).unwrap_or(0),
+        }
+    }
+
+    /// Inspection's clock, read now.
+    fn tick(&self) -> Tick {
+        Tick {
+            secs: u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX),
+            unix: unix_secs(SystemTime::now()).unwrap_or(0),
         }
     }
 
@@ -272,6 +285,7 @@ impl Endpoint {
         config: &Config,
         acl_metrics: AclMetrics,
         portal: Arc<PortalListening>,
+        inspector: Arc<Inspector>,
     ) -> Result<Endpoint, VpnError> {
         let (keys, created) = keys::load_or_create(&settings.private_key_file)?;
         if created {
@@ -295,17 +309,19 @@ impl Endpoint {
         acl_metrics.prepare(&acl);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            core: Core::new(keys, HANDSHAKES_BEFORE_COOKIES),
+            core: Core::new(keys, HANDSHAKES_BEFORE_COOKIES, inspector),
             udp,
             tun,
             snapshot: Published::new(Snapshot {
                 table: Table::default(),
                 acl,
+                inspect: Policy::new(&config.inspection),
             }),
             acl_metrics,
             portal,
             local_time: AtomicU32::new(0),
             state_file: settings.state_file.clone(),
+            started: Instant::now(),
         });
         shared.refresh_local_time();
         let mut endpoint = Endpoint {
@@ -426,7 +442,11 @@ impl Endpoint {
         }
         let acl = acl_for(config, &self.settings, &self.shared.portal);
         self.shared.acl_metrics.prepare(&acl);
-        self.shared.snapshot.publish(Snapshot { table, acl });
+        self.shared.snapshot.publish(Snapshot {
+            table,
+            acl,
+            inspect: Policy::new(&config.inspection),
+        });
         self.cells = cells;
         self.inputs = Some(inputs);
         // After the publish, so that the answers find their peer.
@@ -694,18 +714,22 @@ impl RxBuffers {
     fn new() -> RxBuffers {
         RxBuffers {
             scratch: Scratch::new(),
-            queue: TunQueue {
-                bufs: (0..tun::IDEAL_BATCH_SIZE)
-                    .map(|_| Vec::with_capacity(RX_BUFFER + tun::WRITE_OFFSET))
-                    .collect(),
-                len: 0,
-                gro: GROTable::default(),
-            },
+            queue: TunQueue::new(),
         }
     }
 }
 
 impl TunQueue {
+    fn new() -> TunQueue {
+        TunQueue {
+            bufs: (0..tun::IDEAL_BATCH_SIZE)
+                .map(|_| Vec::with_capacity(RX_BUFFER + tun::WRITE_OFFSET))
+                .collect(),
+            len: 0,
+            gro: GROTable::default(),
+        }
+    }
+
     fn push(&mut self, packet: &[u8]) {
         let buf = &mut self.bufs[self.len];
         buf.clear();
@@ -762,6 +786,7 @@ fn rx_thread(shared: Arc<Shared>) {
             let now = Now {
                 wall: SystemTime::now(),
                 local: shared.local_time(),
+                tick: shared.tick(),
             };
             for (m, buf) in meta.iter().zip(storage.iter()).take(n) {
                 let from = Target {
@@ -843,6 +868,8 @@ fn tx_thread(shared: Arc<Shared>) {
         target: None,
     };
     let mut snapshot = Cached::new(&shared.snapshot);
+    // Resets for the services whose flows inspection ends on their way to a peer.
+    let mut resets = TunQueue::new();
     while !shared.stop.load(Ordering::Relaxed) {
         match shared.tun.wait_readable(POLL) {
             Ok(true) => {}
@@ -854,7 +881,7 @@ fn tx_thread(shared: Arc<Shared>) {
             }
         }
         snapshot.refresh(&shared.snapshot);
-        let table = &snapshot.value.table;
+        let current = &*snapshot.value;
         for _ in 0..64 {
             let n = match shared.tun.recv(&mut scratch, &mut packets, &mut sizes) {
                 Ok(n) => n,
@@ -865,6 +892,7 @@ fn tx_thread(shared: Arc<Shared>) {
                 }
             };
             let max_segments = shared.udp.max_gso_segments().max(1);
+            let tick = shared.tick();
             // The lock of the peer of the previous packet, kept while packets go to it.
             let mut held = Held::default();
             for (packet, &size) in packets.iter().zip(sizes.iter()).take(n) {
@@ -876,9 +904,18 @@ fn tx_thread(shared: Arc<Shared>) {
                     to: target,
                     len: written,
                     data: is_data,
-                } = shared
-                    .core
-                    .encrypt(table, &mut held, packet, &mut batch.buf[batch.end..])
+                } = shared.core.encrypt(
+                    current,
+                    &mut held,
+                    packet,
+                    tick,
+                    &mut batch.buf[batch.end..],
+                    &mut |reset| {
+                        if !resets.is_full() {
+                            resets.push(reset);
+                        }
+                    },
+                )
                 else {
                     continue;
                 };
@@ -903,6 +940,7 @@ fn tx_thread(shared: Arc<Shared>) {
             }
             held.release();
             batch.flush(&shared.udp);
+            resets.flush(&shared.tun);
         }
     }
 }
@@ -924,6 +962,10 @@ fn timer_thread(shared: Arc<Shared>) {
             last_second = Instant::now();
             shared.core.reset_load();
             shared.refresh_local_time();
+            shared
+                .core
+                .inspector()
+                .expire(shared.tick(), snapshot.value.inspect.max_flows);
         }
         if last_save.elapsed() >= Duration::from_secs(1) {
             last_save = Instant::now();

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crmguard_core::acl::{AclMetrics, PortalListening};
 use crmguard_core::config::Config;
+use crmguard_inspect::Inspector;
 
 use super::status::VpnStatus;
 use super::{Endpoint, Settings};
@@ -25,6 +26,8 @@ pub struct Supervisor {
     acl_metrics: AclMetrics,
     /// Whether the daemon's MFA portal listens, which the ACL's portal exemption follows.
     portal: Arc<PortalListening>,
+    /// Inspection's flow table and counters, kept across restarts of the endpoint.
+    inspector: Arc<Inspector>,
 }
 
 impl Supervisor {
@@ -33,11 +36,13 @@ impl Supervisor {
         config: &Config,
         acl_metrics: AclMetrics,
         portal: Arc<PortalListening>,
+        inspector: Arc<Inspector>,
     ) -> Supervisor {
         let mut supervisor = Supervisor {
             state: State::Off,
             acl_metrics,
             portal,
+            inspector,
         };
         supervisor.apply(config, true);
         supervisor
@@ -79,6 +84,7 @@ impl Supervisor {
             config,
             self.acl_metrics.clone(),
             Arc::clone(&self.portal),
+            Arc::clone(&self.inspector),
         ) {
             Ok(endpoint) => self.state = State::Running(Box::new(endpoint)),
             Err(e) => {

@@ -36,6 +36,7 @@ use super::udp::Target;
 use crmguard_core::acl::{reject, Acl, DenyReason, LocalTime, Reject, Verdict};
 use crmguard_core::keys::KeyPair;
 use crmguard_core::peers::{Entry, Table};
+use crmguard_inspect::{Dir, Inspector, Policy, Tick};
 
 /// Handshake messages per second the endpoint handles before it answers new ones with cookie
 /// replies only.
@@ -106,10 +107,11 @@ impl Session {
     }
 }
 
-/// The peer table and the ACL that go with one configuration.
+/// The peer table, the ACL and the inspection policy that go with one configuration.
 pub struct Snapshot {
     pub table: Table<Arc<PeerCell>>,
     pub acl: Acl,
+    pub inspect: Policy,
 }
 
 /// The time as the core needs it, read by the caller.
@@ -119,6 +121,8 @@ pub struct Now {
     pub wall: SystemTime,
     /// The local time of the week: the ACL's hours.
     pub local: LocalTime,
+    /// Inspection's clock: flow timeouts and when a violation was seen.
+    pub tick: Tick,
 }
 
 /// What the caller must do. Every slice borrows a buffer the caller passed in.
@@ -145,8 +149,11 @@ pub enum Rx {
     /// A cookie reply went back instead of the handshake work: the endpoint or the peer's
     /// session is under load.
     Cookie,
-    /// A decrypted packet passed the source check and the ACL.
+    /// A decrypted packet passed the source check, the ACL and inspection.
     Delivered,
+    /// Inspection ended the packet's flow: the packet was dropped and both sides were sent a
+    /// TCP reset.
+    Reset,
     /// The identity ACL denied the decrypted packet.
     Denied(DenyReason),
     /// Authenticated, nothing to deliver: a keepalive, or a cookie reply to the gateway's own
@@ -173,6 +180,8 @@ pub enum Discard {
     Unauthenticated,
     /// A decrypted packet whose inner source is not the sending peer's tunnel address.
     SourceCheck,
+    /// A packet of a flow that inspection ended.
+    Inspection,
 }
 
 impl Discard {
@@ -185,6 +194,7 @@ impl Discard {
             Discard::UnknownSession => "unknown_session",
             Discard::Unauthenticated => "unauthenticated",
             Discard::SourceCheck => "source_check",
+            Discard::Inspection => "inspection",
         }
     }
 }
@@ -210,6 +220,8 @@ pub enum TxSkip {
     NoEndpoint,
     /// The session could not encrypt the packet, or queued it without sending anything.
     NotSent,
+    /// A packet of a flow that inspection ended.
+    Inspection,
 }
 
 /// Endpoint-wide counters, as `status` shows them.
@@ -222,6 +234,10 @@ pub struct Counters {
     pub source_check: AtomicU64,
     pub no_route: AtomicU64,
     pub invalid: AtomicU64,
+    /// Packets dropped because inspection ended their flow, both directions.
+    pub inspection: AtomicU64,
+    /// Flows inspection ended with resets.
+    pub inspection_resets: AtomicU64,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -279,18 +295,25 @@ pub struct Core {
     /// The endpoint-wide handshake check (MAC and load).
     limiter: RateLimiter,
     counters: Counters,
+    /// Application-protocol inspection of the peers' TCP flows, both directions.
+    inspector: Arc<Inspector>,
 }
 
 impl Core {
     /// A core that answers handshakes with cookie replies beyond `handshakes_before_cookies`
     /// a second (see [`Core::reset_load`]).
-    pub fn new(keys: KeyPair, handshakes_before_cookies: u64) -> Core {
+    pub fn new(keys: KeyPair, handshakes_before_cookies: u64, inspector: Arc<Inspector>) -> Core {
         let limiter = RateLimiter::new(&keys.public, handshakes_before_cookies);
         Core {
             keys,
             limiter,
             counters: Counters::default(),
+            inspector,
         }
+    }
+
+    pub fn inspector(&self) -> &Inspector {
+        &self.inspector
     }
 
     pub fn keys(&self) -> &KeyPair {
@@ -508,8 +531,41 @@ impl Core {
         );
         let Verdict::Deny { reason, reject, .. } = verdict else {
             session.inner_packets += 1;
-            act(Action::Deliver(packet));
-            return Rx::Delivered;
+            return match self.inspector.packet(
+                &snapshot.inspect,
+                Dir::FromPeer,
+                &entry.info.name,
+                packet,
+                now.tick,
+            ) {
+                crmguard_inspect::Verdict::Pass => {
+                    act(Action::Deliver(packet));
+                    Rx::Delivered
+                }
+                crmguard_inspect::Verdict::Drop => {
+                    inc(&self.counters.inspection);
+                    Rx::Dropped(Discard::Inspection)
+                }
+                crmguard_inspect::Verdict::Reset => {
+                    inc(&self.counters.inspection);
+                    inc(&self.counters.inspection_resets);
+                    // The service's side: a reset in the peer's name, at the sequence number
+                    // the service expects next.
+                    if let Some(to_service) = reject::tcp_reset_onward(packet) {
+                        act(Action::Deliver(&to_service));
+                    }
+                    // The peer's side: a reset answering its packet, through the tunnel.
+                    if let Some(answer) = reject::tcp_reset(packet) {
+                        if let TunnResult::WriteToNetwork(datagram) =
+                            session.tunn.encapsulate(&answer, reply)
+                        {
+                            let n = datagram.len();
+                            session.send(from, &reply[..n], act);
+                        }
+                    }
+                    Rx::Reset
+                }
+            };
         };
         act(Action::Denied {
             peer: &entry.info.name,
@@ -534,14 +590,19 @@ impl Core {
 
     /// Encrypts `packet`, read from the TUN device, for the peer that owns its destination,
     /// into the front of `out` (which must hold the packet plus 32 bytes, or a handshake
-    /// initiation). `held` keeps the peer's lock for the next packet.
+    /// initiation). `held` keeps the peer's lock for the next packet. When inspection ends the
+    /// packet's flow, the peer gets a reset instead of the packet and `to_service` is handed
+    /// the reset for the service, to be written to the TUN device.
     pub fn encrypt<'t>(
         &self,
-        table: &'t Table<Arc<PeerCell>>,
+        snapshot: &'t Snapshot,
         held: &mut Held<'t>,
         packet: &[u8],
+        tick: Tick,
         out: &mut [u8],
+        to_service: &mut impl FnMut(&[u8]),
     ) -> Tx {
+        let table = &snapshot.table;
         let Some(dst) = Tunn::dst_address(packet) else {
             return Tx::Skipped(TxSkip::NotIp);
         };
@@ -562,6 +623,32 @@ impl Core {
         };
         let Some(to) = session.endpoint else {
             return Tx::Skipped(TxSkip::NoEndpoint);
+        };
+        let reset;
+        let packet = match self.inspector.packet(
+            &snapshot.inspect,
+            Dir::ToPeer,
+            &entry.info.name,
+            packet,
+            tick,
+        ) {
+            crmguard_inspect::Verdict::Pass => packet,
+            crmguard_inspect::Verdict::Drop => {
+                inc(&self.counters.inspection);
+                return Tx::Skipped(TxSkip::Inspection);
+            }
+            crmguard_inspect::Verdict::Reset => {
+                inc(&self.counters.inspection);
+                inc(&self.counters.inspection_resets);
+                if let Some(answer) = reject::tcp_reset(packet) {
+                    to_service(&answer);
+                }
+                let Some(onward) = reject::tcp_reset_onward(packet) else {
+                    return Tx::Skipped(TxSkip::Inspection);
+                };
+                reset = onward;
+                &reset
+            }
         };
         let len = match session.tunn.encapsulate(packet, out) {
             TunnResult::WriteToNetwork(datagram) => datagram.len(),

@@ -203,6 +203,9 @@ pub struct Status {
     /// The WireGuard endpoint, when `[vpn]` is configured.
     #[serde(default)]
     pub vpn: Option<crmguard_vpn::status::VpnStatus>,
+    /// Inspection's flow table and its recent violations, when the VPN endpoint is configured.
+    #[serde(default)]
+    pub inspection: Option<crate::inspection::InspectionStatus>,
     /// MFA codes tried at the portal since start, by result.
     #[serde(default)]
     pub mfa_attempts: std::collections::BTreeMap<String, u64>,

@@ -356,6 +356,12 @@ impl Agent {
         for event in self.metrics.acl().take_denials(SystemTime::now(), false) {
             self.audit.record(&event);
         }
+        for event in self
+            .inspection_events
+            .take_records(SystemTime::now(), false)
+        {
+            self.audit.record(&event);
+        }
         self.portal.apply(&self.config);
     }
 

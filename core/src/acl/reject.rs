@@ -75,6 +75,36 @@ pub fn tcp_reset(original: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// A TCP reset that takes the place of the TCP segment `original`: from its source to its
+/// destination, with `SEQ = SEG.SEQ` (the sequence number the receiver expects next, which
+/// RFC 5961 requires of a reset it accepts at once) and the flag RST. It ends the connection
+/// for the receiver of a segment the gateway drops. `None` as for [`tcp_reset`].
+pub fn tcp_reset_onward(original: &[u8]) -> Option<Vec<u8>> {
+    let parsed = packet::parse(original).ok()?;
+    let Transport::Tcp(tcp) = parsed.transport else {
+        return None;
+    };
+    if tcp.has(TCP_RST) || !is_unicast(parsed.src) || !is_unicast(parsed.dst) {
+        return None;
+    }
+    let seq = if tcp.has(TCP_SYN) {
+        tcp.seq.wrapping_add(1)
+    } else {
+        tcp.seq
+    };
+    let mut segment = [0u8; TCP_HEADER_LEN];
+    segment[0..2].copy_from_slice(&tcp.src_port.to_be_bytes());
+    segment[2..4].copy_from_slice(&tcp.dst_port.to_be_bytes());
+    segment[4..8].copy_from_slice(&seq.to_be_bytes());
+    segment[12] = 5 << 4;
+    segment[13] = TCP_RST;
+    match (parsed.src, parsed.dst) {
+        (IpAddr::V4(from), IpAddr::V4(to)) => Some(ipv4(from, to, PROTO_TCP, &segment)),
+        (IpAddr::V6(from), IpAddr::V6(to)) => Some(ipv6(from, to, PROTO_TCP, &segment)),
+        _ => None,
+    }
+}
+
 /// An ICMP "administratively prohibited" from `gateway` to the source of `original`: ICMPv4
 /// type 3 code 13 quoting the original IP header (with its options) and the first 8 bytes of its
 /// payload, or ICMPv6 type 1 code 1 quoting as much of the original as fits in 1280 bytes.

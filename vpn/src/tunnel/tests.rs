@@ -25,6 +25,7 @@ const NOW: Now = Now {
         weekday: 0,
         minute_of_day: 600,
     },
+    tick: crmguard_inspect::Tick { secs: 0, unix: 0 },
 };
 
 fn secret(n: u8) -> StaticSecret {
@@ -40,6 +41,17 @@ fn gateway_keys() -> KeyPair {
 }
 
 /// Alice is a DBA (PostgreSQL on the gateway), Bob is in sales (HTTPS with MFA).
+/// An inspector whose events go nowhere.
+fn inspector() -> Arc<crmguard_inspect::Inspector> {
+    let metrics =
+        crmguard_inspect::InspectMetrics::unregistered().unwrap_or_else(|e| panic!("{e}"));
+    Arc::new(crmguard_inspect::Inspector::new(
+        65_536,
+        metrics,
+        Box::new(crmguard_inspect::event::Discard),
+    ))
+}
+
 fn config() -> config::Config {
     let text = format!(
         "[vpn]\naddress = \"10.77.0.1/24\"\n\
@@ -88,7 +100,7 @@ impl Gateway {
             })
             .collect();
         let mut gateway = Gateway {
-            core: Core::new(keys, handshakes_before_cookies),
+            core: Core::new(keys, handshakes_before_cookies, inspector()),
             snapshot: Snapshot {
                 table: Table::default(),
                 acl: Acl::new(&config, Ipv4Addr::from(GATEWAY), None, PORTAL, {
@@ -96,6 +108,7 @@ impl Gateway {
                     portal.set(true);
                     Arc::new(portal)
                 }),
+                inspect: crmguard_inspect::Policy::new(&config.inspection),
             },
             cells,
             scratch: Scratch::new(),
@@ -156,9 +169,14 @@ impl Gateway {
 
     fn send(&mut self, packet: &[u8]) -> (Tx, Vec<u8>) {
         let mut held = Held::default();
-        let tx = self
-            .core
-            .encrypt(&self.snapshot.table, &mut held, packet, &mut self.out);
+        let tx = self.core.encrypt(
+            &self.snapshot,
+            &mut held,
+            packet,
+            NOW.tick,
+            &mut self.out,
+            &mut |_| {},
+        );
         let bytes = match tx {
             Tx::Datagram { len, .. } => self.out[..len].to_vec(),
             Tx::Skipped(_) => Vec::new(),
