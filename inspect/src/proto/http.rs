@@ -6,7 +6,8 @@
 //! responses in the window with `httparse` (bodies by `Content-Length` or chunked encoding) and
 //! pairs them in order. It reports:
 //!
-//! - a credential in the clear: an `Authorization: Basic` header ([`Credential::HttpBasic`]),
+//! - a credential in the clear: an `Authorization: Basic` (or `Proxy-Authorization: Basic`)
+//!   header ([`Credential::HttpBasic`]),
 //!   or a field named like a password ([`is_password_field`]) in the query string, in an
 //!   `application/x-www-form-urlencoded` body or as a `multipart/form-data` part
 //!   ([`Credential::HttpForm`]);
@@ -233,9 +234,13 @@ fn credential(target: &[u8], headers: &[Header<'_>], body: &[u8]) -> Option<Cred
             .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v.trim_ascii())
     };
-    let basic = header("authorization").is_some_and(|v| {
+    let is_basic = |v: &[u8]| {
         v.len() > 6 && v[..5].eq_ignore_ascii_case(b"basic") && matches!(v[5], b' ' | b'\t')
-    });
+    };
+    // A proxy's credentials travel the same way, and are as readable.
+    let basic = ["authorization", "proxy-authorization"]
+        .into_iter()
+        .any(|name| header(name).is_some_and(is_basic));
     if basic {
         return Some(Credential::HttpBasic);
     }

@@ -367,6 +367,27 @@ fn password_field_names() {
     check(b"/login?p%61ssword=x", Some(Credential::HttpForm));
     check(b"/login?user=a&pass", None);
     check(b"/login?user=a#password=x", None);
+    let (_, _, s) = fixture("curl-page");
+    let proxy = b"GET http://crm.example.com/ HTTP/1.1\r\nProxy-Authorization: basic dTpw\r\n\r\n";
+    assert_eq!(run(proxy, s).credential, Some(Credential::HttpBasic));
+    let bearer = b"GET / HTTP/1.1\r\nAuthorization: Bearer Basic\r\n\r\n";
+    assert_eq!(run(bearer, s).credential, None);
+}
+
+#[test]
+fn the_identification_order_names_every_capture_http() {
+    for (name, c, s) in FIXTURES {
+        let streams = Streams {
+            client: c,
+            server: s,
+            ..Streams::default()
+        };
+        assert_eq!(
+            crate::proto::identify(&streams),
+            crate::proto::Identified::Known(crate::protocol::Protocol::Http),
+            "{name}"
+        );
+    }
 }
 
 #[test]

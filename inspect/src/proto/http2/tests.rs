@@ -92,3 +92,19 @@ fn near_misses_are_not_http2() {
     };
     assert_eq!(identify(&server_first), Ident::No);
 }
+
+#[test]
+fn the_identification_order_names_the_capture_http2() {
+    for (name, c, s) in FIXTURES {
+        let streams = Streams {
+            client: c,
+            server: s,
+            ..Streams::default()
+        };
+        assert_eq!(
+            crate::proto::identify(&streams),
+            crate::proto::Identified::Known(crate::protocol::Protocol::Http2),
+            "{name}"
+        );
+    }
+}

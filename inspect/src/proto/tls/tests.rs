@@ -392,3 +392,14 @@ fn grease_values_are_recognized() {
         assert!(!super::is_grease(v), "{v:#06x}");
     }
 }
+
+#[test]
+fn the_identification_order_names_every_capture_tls() {
+    for (name, c, s) in FIXTURES {
+        assert_eq!(
+            crate::proto::identify(&both(c, s)),
+            crate::proto::Identified::Known(crate::protocol::Protocol::Tls),
+            "{name}"
+        );
+    }
+}
