@@ -31,7 +31,7 @@ fn inspection() -> Inspection {
     default_policy().inspection
 }
 
-fn inspector(config: &Inspection) -> (Inspector, Policy, Recorder) {
+fn setup(config: &Inspection) -> (Inspector, Policy, Recorder) {
     let recorder = Recorder::default();
     let metrics = InspectMetrics::unregistered().unwrap_or_else(|e| panic!("{e}"));
     let inspector = Inspector::new(config.max_flows, metrics, Box::new(recorder.clone()));
@@ -135,7 +135,7 @@ fn open(c: &Conn) -> Vec<(Dir, Vec<u8>)> {
 fn bytes_that_are_no_protocol_on_a_tls_service_end_the_flow_under_drop() {
     let mut config = inspection();
     config.protocol_mismatch = ViolationAction::Drop;
-    let (inspector, policy, events) = inspector(&config);
+    let (inspector, policy, events) = setup(&config);
     let c = Conn::new(40_000, 443);
     let mut packets = open(&c);
     let junk: Vec<u8> = (0u8..200)
@@ -179,7 +179,7 @@ fn bytes_that_are_no_protocol_on_a_tls_service_end_the_flow_under_drop() {
 
 #[test]
 fn under_alert_a_mismatch_is_recorded_and_the_flow_goes_on() {
-    let (inspector, policy, events) = inspector(&inspection());
+    let (inspector, policy, events) = setup(&inspection());
     let c = Conn::new(40_001, 443);
     let mut packets = open(&c);
     packets.push((Dir::FromPeer, c.up(c.client_seq + 1, "AP", &[0xee; 64])));
@@ -202,7 +202,7 @@ fn under_alert_a_mismatch_is_recorded_and_the_flow_goes_on() {
 
 #[test]
 fn a_service_without_a_known_protocol_is_not_checked() {
-    let (inspector, policy, events) = inspector(&inspection());
+    let (inspector, policy, events) = setup(&inspection());
     let c = Conn::new(40_002, 9999);
     let mut packets = open(&c);
     packets.push((Dir::FromPeer, c.up(c.client_seq + 1, "AP", &[0xee; 64])));
@@ -216,7 +216,7 @@ fn a_service_without_a_known_protocol_is_not_checked() {
 fn a_flow_picked_up_midstream_is_counted_and_never_a_mismatch() {
     let mut config = inspection();
     config.protocol_mismatch = ViolationAction::Drop;
-    let (inspector, policy, events) = inspector(&config);
+    let (inspector, policy, events) = setup(&config);
     let c = Conn::new(40_003, 443);
     let packets = vec![
         (
@@ -233,7 +233,7 @@ fn a_flow_picked_up_midstream_is_counted_and_never_a_mismatch() {
 
 #[test]
 fn a_bare_ack_or_reset_of_an_unknown_flow_creates_nothing_and_rst_ends_a_flow() {
-    let (inspector, policy, _) = inspector(&inspection());
+    let (inspector, policy, _) = setup(&inspection());
     let c = Conn::new(40_004, 8080);
     run(
         &inspector,
@@ -258,7 +258,7 @@ fn a_bare_ack_or_reset_of_an_unknown_flow_creates_nothing_and_rst_ends_a_flow() 
 
 #[test]
 fn fins_from_both_sides_end_a_flow() {
-    let (inspector, policy, _) = inspector(&inspection());
+    let (inspector, policy, _) = setup(&inspection());
     let c = Conn::new(40_005, 8080);
     let mut packets = open(&c);
     packets.push((Dir::FromPeer, c.up(c.client_seq + 1, "AF", b"")));
@@ -271,7 +271,7 @@ fn fins_from_both_sides_end_a_flow() {
 fn a_full_table_passes_new_flows_and_counts_them_and_never_grows() {
     let mut config = inspection();
     config.max_flows = 32;
-    let (inspector, policy, _) = inspector(&config);
+    let (inspector, policy, _) = setup(&config);
     for port in 0..100u16 {
         let c = Conn::new(30_000 + port, 9999);
         let verdicts = run(&inspector, &policy, &open(&c));
@@ -286,7 +286,7 @@ fn a_full_table_passes_new_flows_and_counts_them_and_never_grows() {
 fn idle_flows_expire_and_a_full_shard_evicts_idle_decided_flows() {
     let mut config = inspection();
     config.max_flows = 16;
-    let (inspector, policy, _) = inspector(&config);
+    let (inspector, policy, _) = setup(&config);
     // One flow per shard at most 1 per shard: fill with decided flows (unknown on 9999).
     let mut opened = 0;
     for port in 0..200u16 {
@@ -326,7 +326,7 @@ fn idle_flows_expire_and_a_full_shard_evicts_idle_decided_flows() {
 
 #[test]
 fn reassembly_buffers_are_released_when_flows_are_decided_or_end() {
-    let (inspector, policy, _) = inspector(&inspection());
+    let (inspector, policy, _) = setup(&inspection());
     for port in 0..50u16 {
         let c = Conn::new(10_000 + port, 9999);
         let mut packets = open(&c);
@@ -352,7 +352,7 @@ fn inspection_off_passes_everything_without_a_flow() {
     let mut config = inspection();
     config.enabled = false;
     config.protocol_mismatch = ViolationAction::Drop;
-    let (inspector, policy, _) = inspector(&config);
+    let (inspector, policy, _) = setup(&config);
     let c = Conn::new(40_006, 443);
     let mut packets = open(&c);
     packets.push((Dir::FromPeer, c.up(c.client_seq + 1, "AP", &[0xee; 64])));
@@ -364,7 +364,7 @@ fn inspection_off_passes_everything_without_a_flow() {
 
 #[test]
 fn malformed_and_non_tcp_packets_pass_untouched() {
-    let (inspector, policy, _) = inspector(&inspection());
+    let (inspector, policy, _) = setup(&inspection());
     for bytes in [&b""[..], &[0x45, 0, 0][..], &[0x60; 39][..]] {
         assert_eq!(
             inspector.packet(&policy, Dir::FromPeer, "alice-laptop", bytes, T0),
@@ -381,4 +381,300 @@ fn malformed_and_non_tcp_packets_pass_untouched() {
         Verdict::Pass
     );
     assert_eq!(inspector.status(&policy).flows, 0);
+}
+
+// ---- real captures through the engine ---------------------------------------------------
+
+fn fixture(path: &str) -> Vec<u8> {
+    let full = format!("{}/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+/// The packets of a whole connection: the handshake, `client` in segments of `mss` bytes
+/// (the first cut at `first` when given), then `server` in segments of `mss`.
+fn connection(
+    c: &Conn,
+    client: &[u8],
+    server: &[u8],
+    mss: usize,
+    first: Option<usize>,
+) -> Vec<(Dir, Vec<u8>)> {
+    let mut packets = open(c);
+    let mut seq = c.client_seq + 1;
+    let mut rest = client;
+    if let Some(cut) = first {
+        let (a, b) = rest.split_at(cut.min(rest.len()));
+        packets.push((Dir::FromPeer, c.up(seq, "AP", a)));
+        seq = seq.wrapping_add(u32::try_from(a.len()).unwrap_or(0));
+        rest = b;
+    }
+    for chunk in rest.chunks(mss) {
+        packets.push((Dir::FromPeer, c.up(seq, "AP", chunk)));
+        seq = seq.wrapping_add(u32::try_from(chunk.len()).unwrap_or(0));
+    }
+    let mut seq = c.server_seq + 1;
+    for chunk in server.chunks(mss) {
+        packets.push((Dir::ToPeer, c.down(seq, "AP", chunk)));
+        seq = seq.wrapping_add(u32::try_from(chunk.len()).unwrap_or(0));
+    }
+    packets
+}
+
+fn violations(events: &[Event]) -> Vec<(ViolationKind, Response)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.what {
+            What::Violation { kind, response, .. } => Some((*kind, *response)),
+            What::AuthFailure => None,
+        })
+        .collect()
+}
+
+#[test]
+fn chromiums_two_segment_client_hello_is_identified_and_its_sni_checked_at_every_split() {
+    let client = fixture("tls/chromium-mlkem.client");
+    let server = fixture("tls/chromium-mlkem.server");
+    let mut allowed = inspection();
+    allowed.sni_allow = vec![crmguard_core::config::SniPattern::Exact(
+        "crm.example.com".into(),
+    )];
+    let mut refused = allowed.clone();
+    refused.sni_allow = vec![crmguard_core::config::SniPattern::Exact(
+        "mail.example.com".into(),
+    )];
+    // The ClientHello is longer than one tunnel MSS (1380 bytes); cut it at every byte too.
+    for cut in (1..client.len().min(2100)).step_by(7).chain([1380]) {
+        let c = Conn::new(41_000, 443);
+        let (inspector, policy, events) = setup(&allowed);
+        let verdicts = run(
+            &inspector,
+            &policy,
+            &connection(&c, &client, &server, 1380, Some(cut)),
+        );
+        assert!(
+            verdicts.iter().all(|v| *v == Verdict::Pass),
+            "cut {cut}: {verdicts:?}"
+        );
+        assert!(events.take().is_empty(), "cut {cut}");
+        assert_eq!(inspector.metrics().flows_of(Protocol::Tls), 1, "cut {cut}");
+
+        let (inspector, policy, events) = setup(&refused);
+        let verdicts = run(
+            &inspector,
+            &policy,
+            &connection(&c, &client, &server, 1380, Some(cut)),
+        );
+        assert!(
+            verdicts.contains(&Verdict::Reset),
+            "cut {cut}: {verdicts:?}"
+        );
+        assert_eq!(
+            violations(&events.take()),
+            [(ViolationKind::Sni, Response::Reset)],
+            "cut {cut}"
+        );
+    }
+}
+
+#[test]
+fn a_client_hello_whose_segments_arrive_reversed_is_read_once_both_are_there() {
+    let client = fixture("tls/chromium-mlkem.client");
+    let mut refused = inspection();
+    refused.sni_allow = vec![crmguard_core::config::SniPattern::Exact(
+        "mail.example.com".into(),
+    )];
+    let (inspector, policy, events) = setup(&refused);
+    let c = Conn::new(41_001, 443);
+    let mut packets = open(&c);
+    let (a, b) = client.split_at(1380);
+    packets.push((Dir::FromPeer, c.up(c.client_seq + 1 + 1380, "AP", b)));
+    // A retransmission of the second segment changes nothing.
+    packets.push((Dir::FromPeer, c.up(c.client_seq + 1 + 1380, "AP", b)));
+    packets.push((Dir::FromPeer, c.up(c.client_seq + 1, "AP", a)));
+    let verdicts = run(&inspector, &policy, &packets);
+    assert_eq!(
+        verdicts[3..],
+        [Verdict::Pass, Verdict::Pass, Verdict::Reset]
+    );
+    assert_eq!(
+        violations(&events.take()),
+        [(ViolationKind::Sni, Response::Reset)]
+    );
+}
+
+#[test]
+fn tls_versions_come_from_the_client_offer_and_the_servers_choice() {
+    // openssl -tls1_1 offers nothing acceptable at the default minimum, 1.2.
+    let (inspector, policy, events) = setup(&inspection());
+    let c = Conn::new(41_002, 443);
+    let packets = connection(
+        &c,
+        &fixture("tls/openssl-tls11-refused.client"),
+        &fixture("tls/openssl-tls11-refused.server"),
+        1380,
+        None,
+    );
+    let verdicts = run(&inspector, &policy, &packets);
+    assert_eq!(verdicts[3], Verdict::Reset);
+    assert_eq!(
+        violations(&events.take()),
+        [(ViolationKind::TlsVersion, Response::Reset)]
+    );
+
+    // A TLS 1.2 handshake passes at 1.2; at 1.3 the client's offer (1.2 only) is refused.
+    let client = fixture("tls/openssl-tls12.client");
+    let server = fixture("tls/openssl-tls12.server");
+    let (inspector, policy, events) = setup(&inspection());
+    let verdicts = run(
+        &inspector,
+        &policy,
+        &connection(&c, &client, &server, 1380, None),
+    );
+    assert!(verdicts.iter().all(|v| *v == Verdict::Pass));
+    assert!(events.take().is_empty());
+    let mut strict = inspection();
+    strict.tls_min_version = crmguard_core::config::TlsVersion::Tls13;
+    let (inspector, policy, events) = setup(&strict);
+    run(
+        &inspector,
+        &policy,
+        &connection(&c, &client, &server, 1380, None),
+    );
+    assert_eq!(
+        violations(&events.take()),
+        [(ViolationKind::TlsVersion, Response::Reset)]
+    );
+
+    // Chromium offers 1.2 and 1.3; a server that chose 1.2 (its ServerHello from the
+    // openssl capture) is what a 1.3 minimum refuses, on its way to the peer.
+    let (inspector, policy, events) = setup(&strict);
+    let packets = connection(
+        &c,
+        &fixture("tls/chromium-mlkem.client"),
+        &fixture("tls/openssl-tls12.server"),
+        1380,
+        None,
+    );
+    let verdicts = run(&inspector, &policy, &packets);
+    let reset_at = verdicts.iter().position(|v| *v == Verdict::Reset);
+    assert!(
+        matches!(reset_at, Some(i) if packets[i].0 == Dir::ToPeer),
+        "{verdicts:?}"
+    );
+    assert_eq!(
+        violations(&events.take()),
+        [(ViolationKind::TlsVersion, Response::Reset)]
+    );
+}
+
+#[test]
+fn no_sni_follows_its_setting() {
+    let client = fixture("tls/curl-ip-no-sni.client");
+    let server = fixture("tls/curl-ip-no-sni.server");
+    let c = Conn::new(41_003, 443);
+    let (inspector, policy, events) = setup(&inspection());
+    run(
+        &inspector,
+        &policy,
+        &connection(&c, &client, &server, 1380, None),
+    );
+    assert!(events.take().is_empty());
+    let mut strict = inspection();
+    strict.no_sni = crmguard_core::config::NoSniAction::Drop;
+    let (inspector, policy, events) = setup(&strict);
+    run(
+        &inspector,
+        &policy,
+        &connection(&c, &client, &server, 1380, None),
+    );
+    assert_eq!(
+        violations(&events.take()),
+        [(ViolationKind::NoSni, Response::Reset)]
+    );
+}
+
+#[test]
+fn basic_auth_over_plain_http_is_flagged_or_dropped_and_401s_are_failed_logins() {
+    let client = fixture("http/curl-basic-401.client");
+    let server = fixture("http/curl-basic-401.server");
+    let c = Conn::new(41_004, 80);
+    let (inspector, policy, events) = setup(&inspection());
+    let verdicts = run(
+        &inspector,
+        &policy,
+        &connection(&c, &client, &server, 1380, None),
+    );
+    assert!(verdicts.iter().all(|v| *v == Verdict::Pass));
+    let events = events.take();
+    assert_eq!(
+        violations(&events),
+        [(ViolationKind::PlaintextCredentials, Response::Alert)]
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.what == What::AuthFailure)
+            .count(),
+        1
+    );
+    assert_eq!(inspector.metrics().auth_failures_of(Protocol::Http), 1);
+
+    let mut strict = inspection();
+    strict.plaintext_credentials = ViolationAction::Drop;
+    let (inspector, policy, events) = setup(&strict);
+    let verdicts = run(
+        &inspector,
+        &policy,
+        &connection(&c, &client, &server, 1380, None),
+    );
+    assert_eq!(
+        verdicts[3],
+        Verdict::Reset,
+        "the request never reaches the service"
+    );
+    assert!(verdicts[4..].iter().all(|v| *v == Verdict::Drop));
+    assert_eq!(
+        violations(&events.take()),
+        [(ViolationKind::PlaintextCredentials, Response::Reset)]
+    );
+}
+
+#[test]
+fn failed_logins_on_a_kept_alive_connection_are_each_counted() {
+    let client = fixture("http/curl-keepalive-401x2.client");
+    let server = fixture("http/curl-keepalive-401x2.server");
+    let c = Conn::new(41_005, 8080);
+    let (inspector, policy, events) = setup(&inspection());
+    // Each request and each answer in its own segment, in conversation order.
+    let requests = split_messages(&client, b"GET ");
+    let answers = split_messages(&server, b"HTTP/1.1 ");
+    assert_eq!((requests.len(), answers.len()), (2, 2));
+    let mut packets = open(&c);
+    let (mut cseq, mut sseq) = (c.client_seq + 1, c.server_seq + 1);
+    for (request, answer) in requests.iter().zip(&answers) {
+        packets.push((Dir::FromPeer, c.up(cseq, "AP", request)));
+        cseq = cseq.wrapping_add(u32::try_from(request.len()).unwrap_or(0));
+        packets.push((Dir::ToPeer, c.down(sseq, "AP", answer)));
+        sseq = sseq.wrapping_add(u32::try_from(answer.len()).unwrap_or(0));
+    }
+    run(&inspector, &policy, &packets);
+    assert_eq!(
+        events
+            .take()
+            .iter()
+            .filter(|e| e.what == What::AuthFailure)
+            .count(),
+        2
+    );
+}
+
+/// `bytes` cut before each occurrence of `start` at the start of a line.
+fn split_messages(bytes: &[u8], start: &[u8]) -> Vec<Vec<u8>> {
+    let mut cuts: Vec<usize> = (0..bytes.len())
+        .filter(|&i| bytes[i..].starts_with(start) && (i == 0 || bytes[i - 1] == b'\n'))
+        .collect();
+    cuts.push(bytes.len());
+    cuts.windows(2)
+        .map(|w| bytes[w[0]..w[1]].to_vec())
+        .collect()
 }
