@@ -6,6 +6,7 @@
 //! (clang builds the XDP program this binary links), then builds and runs this crate in release
 //! mode: parse and apply times are only meaningful from an optimised build.
 
+mod inspect_table;
 mod vpn;
 mod xdp;
 

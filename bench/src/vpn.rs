@@ -72,6 +72,11 @@ const SETTLE: Duration = Duration::from_secs(20);
 
 /// The VPN gateway's targets, printed next to the measured ratios (README, "Performance").
 const GOODPUT_TARGET: f64 = 1.8;
+/// Goodput with inspection on, against the same gateway with it off: inspection must not show
+/// in goodput.
+const INSPECT_GOODPUT_TARGET: f64 = 0.95;
+/// The `max_flows` whose full table's memory is reported.
+const TABLE_FLOWS: u32 = 1_000_000;
 const CPU_TARGET: f64 = 0.4;
 const SYSCALLS_TARGET: f64 = 0.3;
 const RSS_TARGET_MIB: f64 = 40.0;
@@ -356,6 +361,8 @@ struct AgentSetup<'a> {
     peers: &'a str,
     /// `[[peer]]` entries written to the peers file.
     peers_file: &'a str,
+    /// `[inspection] enabled`.
+    inspection: bool,
 }
 
 fn quoted(path: &Path) -> String {
@@ -399,6 +406,9 @@ name = "bench"
 allow = ["tcp/{IPERF_PORT}"]
 mfa = false
 
+[inspection]
+enabled = {inspection}
+
 [audit]
 path = {audit}
 key_file = {audit_key}
@@ -412,6 +422,7 @@ key_file = {audit_key}
             key = quoted(&key_file),
             peers = quoted(&peers_file),
             inline = setup.peers,
+            inspection = setup.inspection,
             audit = quoted(&dir.join("audit.jsonl")),
             audit_key = quoted(&dir.join("audit.key")),
         );
@@ -529,16 +540,24 @@ enum Kind {
     WireguardGo,
     Boringtun,
     Crmguard,
+    /// crmguard with `[inspection] enabled = false`: what inspection costs.
+    CrmguardUninspected,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::WireguardGo, Kind::Boringtun, Kind::Crmguard];
+    const ALL: [Kind; 4] = [
+        Kind::WireguardGo,
+        Kind::Boringtun,
+        Kind::Crmguard,
+        Kind::CrmguardUninspected,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Kind::WireguardGo => "wireguard-go <-> wireguard-go",
             Kind::Boringtun => "boringtun-cli <-> boringtun-cli",
             Kind::Crmguard => "wireguard-go -> crmguard",
+            Kind::CrmguardUninspected => "wireguard-go -> crmguard, no inspect",
         }
     }
 
@@ -547,6 +566,7 @@ impl Kind {
             Kind::WireguardGo => "wireguard_go",
             Kind::Boringtun => "boringtun_cli",
             Kind::Crmguard => "crmguard",
+            Kind::CrmguardUninspected => "crmguard_uninspected",
         }
     }
 
@@ -555,6 +575,7 @@ impl Kind {
             Kind::WireguardGo => "wg",
             Kind::Boringtun => "bt",
             Kind::Crmguard => "cg",
+            Kind::CrmguardUninspected => "cn",
         }
     }
 
@@ -563,6 +584,7 @@ impl Kind {
             Kind::WireguardGo => 0,
             Kind::Boringtun => 1,
             Kind::Crmguard => 2,
+            Kind::CrmguardUninspected => 3,
         }
     }
 }
@@ -669,7 +691,7 @@ impl Pair {
                 address_end(&gateway_ns, &gateway_if, &format!("{GATEWAY}/24"))?;
                 Gateway::Userspace(daemon)
             }
-            Kind::Crmguard => {
+            Kind::Crmguard | Kind::CrmguardUninspected => {
                 let bin = env.crmguard.context("crmguard was not built")?;
                 let peer = format!(
                     "[[peer]]\nname = \"bench-client\"\npublic_key = \"{}\"\naddress = \"{CLIENT}\"\nrole = \"bench\"\n",
@@ -686,6 +708,7 @@ impl Pair {
                         private_key: &gateway_keys.private,
                         peers: &peer,
                         peers_file: "",
+                        inspection: kind == Kind::Crmguard,
                     },
                 )?)
             }
@@ -1012,6 +1035,7 @@ fn memory_with_peers(bin: &Path, env: &Env<'_>) -> Result<Memory> {
             private_key: &keypair()?.private,
             peers: "",
             peers_file: &peers,
+            inspection: true,
         },
     )?;
     let admitted = wait_for("the endpoint to admit the peers", SETTLE, || {
@@ -1264,9 +1288,10 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
     }
     if let Err(e) = &crmguard {
         results[2].unavailable = Some(format!("building crmguard failed: {e:#}"));
+        results[3].unavailable = Some(format!("building crmguard failed: {e:#}"));
     }
 
-    eprintln!("bench: starting the three pairs");
+    eprintln!("bench: starting the four pairs");
     let mut pairs: Vec<Option<Pair>> = Vec::new();
     for result in &mut results {
         if result.unavailable.is_some() {
@@ -1357,8 +1382,12 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
         None => Err("crmguard was not built".to_owned()),
     };
     check_interrupt()?;
+    eprintln!("bench: inspection's flow table at max_flows = {TABLE_FLOWS}");
+    let table = [false, true].map(|decided| {
+        crate::inspect_table::measure(TABLE_FLOWS, decided).map_err(|e| format!("{e:#}"))
+    });
 
-    report(out_dir, plan, counter, &results, &memory)
+    report(out_dir, plan, counter, &results, &memory, &table)
 }
 
 fn fmt_opt(value: Option<f64>, precision: usize) -> String {
@@ -1379,6 +1408,7 @@ fn report(
     counter: Option<SyscallCounter>,
     results: &[Results],
     memory: &std::result::Result<Memory, String>,
+    table: &[std::result::Result<crate::inspect_table::TableMemory, String>; 2],
 ) -> Result<()> {
     println!();
     println!(
@@ -1418,9 +1448,13 @@ fn report(
 
     let wg = &results[0];
     let cg = &results[2];
+    let uninspected = &results[3];
     let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
     let goodput = [0, 1].map(|d| ratio(cg.goodput(d), wg.goodput(d)));
     let cpu = [0, 1].map(|d| ratio(cg.cpu_per_gb(d, false), wg.cpu_per_gb(d, false)));
+    let inspect_goodput = [0, 1].map(|d| ratio(cg.goodput(d), uninspected.goodput(d)));
+    let inspect_cpu =
+        [0, 1].map(|d| ratio(cg.cpu_per_gb(d, false), uninspected.cpu_per_gb(d, false)));
     let syscalls = [0, 1].map(|d| cg.syscalls_per_packet(d));
     let rss_mib = memory.as_ref().ok().map(|m| m.rss_kib as f64 / 1024.0);
 
@@ -1429,7 +1463,7 @@ fn report(
         "{:<52} {:>9} {:>9}",
         "crmguard against its targets", "measured", "target"
     );
-    let rows: [(&str, Option<f64>, String, &str); 7] = [
+    let rows: [(&str, Option<f64>, String, &str); 11] = [
         (
             "goodput crmguard / wireguard-go, forward",
             goodput[0],
@@ -1467,6 +1501,30 @@ fn report(
             verdict(syscalls[1], SYSCALLS_TARGET, false),
         ),
         (
+            "goodput inspection on / off, forward",
+            inspect_goodput[0],
+            format!(">= {INSPECT_GOODPUT_TARGET}x"),
+            verdict(inspect_goodput[0], INSPECT_GOODPUT_TARGET, true),
+        ),
+        (
+            "goodput inspection on / off, reverse",
+            inspect_goodput[1],
+            format!(">= {INSPECT_GOODPUT_TARGET}x"),
+            verdict(inspect_goodput[1], INSPECT_GOODPUT_TARGET, true),
+        ),
+        (
+            "CPU s/GB inspection on / off, forward",
+            inspect_cpu[0],
+            "-".to_owned(),
+            "",
+        ),
+        (
+            "CPU s/GB inspection on / off, reverse",
+            inspect_cpu[1],
+            "-".to_owned(),
+            "",
+        ),
+        (
             "agent RSS with 1,000 peers, MiB",
             rss_mib,
             format!("<= {RSS_TARGET_MIB}"),
@@ -1481,6 +1539,18 @@ fn report(
     }
     if let Err(reason) = memory {
         println!("agent RSS unavailable: {}", first_line(reason));
+    }
+    for (shape, measured) in ["just opened", "decided"].iter().zip(table) {
+        match measured {
+            Ok(t) => println!(
+                "inspection table, {} flows {shape}: {:.1} MiB ({:.0} B per flow), filled in {:.2} s",
+                t.flows,
+                t.rss_growth_kib as f64 / 1024.0,
+                t.bytes_per_flow,
+                t.fill_seconds
+            ),
+            Err(reason) => println!("inspection table, {shape}: {}", first_line(reason)),
+        }
     }
     if let Some(counter) = counter {
         println!(
@@ -1528,7 +1598,19 @@ fn report(
             "goodput_crmguard_vs_wireguard_go": { "forward": goodput[0], "reverse": goodput[1], "target_at_least": GOODPUT_TARGET },
             "cpu_per_gb_crmguard_vs_wireguard_go": { "forward": cpu[0], "reverse": cpu[1], "target_at_most": CPU_TARGET },
             "crmguard_syscalls_per_packet": { "forward": syscalls[0], "reverse": syscalls[1], "target_at_most": SYSCALLS_TARGET },
+            "goodput_inspection_on_vs_off": { "forward": inspect_goodput[0], "reverse": inspect_goodput[1], "target_at_least": INSPECT_GOODPUT_TARGET },
+            "cpu_per_gb_inspection_on_vs_off": { "forward": inspect_cpu[0], "reverse": inspect_cpu[1] },
         },
+        "inspection_table": table.iter().zip(["just_opened", "decided"]).map(|(t, shape)| match t {
+            Ok(t) => json!({
+                "shape": shape,
+                "flows": t.flows,
+                "rss_growth_mib": t.rss_growth_kib as f64 / 1024.0,
+                "bytes_per_flow": t.bytes_per_flow,
+                "fill_seconds": t.fill_seconds,
+            }),
+            Err(reason) => json!({ "shape": shape, "unavailable": reason }),
+        }).collect::<Vec<_>>(),
         "memory": match memory {
             Ok(m) => json!({
                 "peers": m.peers,

@@ -74,6 +74,8 @@ pub struct Inspector {
     metrics: InspectMetrics,
     sink: Box<dyn EventSink>,
     budget_used: AtomicUsize,
+    /// Flows in the table, all shards together: what `max_flows` bounds.
+    count: AtomicUsize,
     recent: Mutex<VecDeque<Recent>>,
 }
 
@@ -101,6 +103,7 @@ impl Inspector {
             metrics,
             sink,
             budget_used: AtomicUsize::new(0),
+            count: AtomicUsize::new(0),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
         }
     }
@@ -130,16 +133,18 @@ impl Inspector {
                 // A reset or a bare ACK of a flow not in the table starts nothing.
                 return Verdict::Pass;
             }
-            let cap = self.table.shard_cap(policy.max_flows);
-            if shard.flows.len() >= cap && now.secs != shard.last_sweep {
-                let swept = shard.sweep(now.secs, cap, 1);
-                self.release(swept.released);
-                self.metrics.flows_removed(swept.expired + swept.evicted);
+            let max = usize::try_from(policy.max_flows).unwrap_or(usize::MAX);
+            let count = self.count.load(Ordering::Relaxed);
+            if count >= max && now.secs != shard.last_sweep {
+                let swept = shard.sweep(now.secs, count + 1 - max);
+                self.forget(swept.expired + swept.evicted, swept.released);
                 for _ in 0..swept.evicted {
                     self.metrics.evicted();
                 }
             }
-            if shard.flows.len() >= cap {
+            // The bound holds for the whole table: a flow is counted before it is inserted.
+            if self.count.fetch_add(1, Ordering::Relaxed) >= max {
+                self.count.fetch_sub(1, Ordering::Relaxed);
                 self.metrics.exception(Exception::TableFull);
                 return Verdict::Pass;
             }
@@ -158,8 +163,7 @@ impl Inspector {
         }
         if segment.has(TCP_RST) || flow.fins == 3 {
             if let Some(flow) = shard.flows.remove(&segment.key) {
-                self.release(flow.held());
-                self.metrics.flows_removed(1);
+                self.forget(1, flow.held());
             }
         }
         verdict
@@ -167,15 +171,20 @@ impl Inspector {
 
     /// Removes the flows idle past their timeout; the endpoint's timer calls it every second
     /// or so, and each call sweeps every shard.
-    pub fn expire(&self, now: Tick, max_flows: u32) {
-        let cap = self.table.shard_cap(max_flows);
-        let mut total = 0;
+    pub fn expire(&self, now: Tick) {
         self.table.each_shard(|shard| {
-            let swept = shard.sweep(now.secs, cap, 0);
-            self.release(swept.released);
-            total += shard.flows.len();
+            let swept = shard.sweep(now.secs, 0);
+            self.forget(swept.expired, swept.released);
         });
-        self.metrics.set_active(total);
+    }
+
+    /// Accounts for `flows` removed from the table, which held `bytes` of the budget.
+    fn forget(&self, flows: usize, bytes: usize) {
+        if flows > 0 {
+            self.count.fetch_sub(flows, Ordering::Relaxed);
+            self.metrics.flows_removed(flows);
+        }
+        self.release(bytes);
     }
 
     /// The table's state for `crmguard status`.

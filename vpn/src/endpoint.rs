@@ -962,10 +962,7 @@ fn timer_thread(shared: Arc<Shared>) {
             last_second = Instant::now();
             shared.core.reset_load();
             shared.refresh_local_time();
-            shared
-                .core
-                .inspector()
-                .expire(shared.tick(), snapshot.value.inspect.max_flows);
+            shared.core.inspector().expire(shared.tick());
         }
         if last_save.elapsed() >= Duration::from_secs(1) {
             last_save = Instant::now();

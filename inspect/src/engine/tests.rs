@@ -318,7 +318,7 @@ fn idle_flows_expire_and_a_full_shard_evicts_idle_decided_flows() {
         secs: T0.secs + crate::table::DECIDED_IDLE + 1,
         unix: T0.unix,
     };
-    inspector.expire(much_later, policy.max_flows);
+    inspector.expire(much_later);
     assert_eq!(inspector.status(&policy).flows, 0);
     assert_eq!(inspector.metrics().active(), 0);
     assert_eq!(inspector.status(&policy).reassembly_bytes, 0);
