@@ -592,13 +592,9 @@ fn http2_client(run: usize, port: u16) -> ClientRun {
     if run % 4 == 2 {
         client = client.arg("-I");
     }
-    client = client
-        .args(web_request(run))
-        .arg(format!("{base}{}", web_path(run)));
-    if run % 5 == 1 {
-        client = client.args(["-o", "/dev/null"]).arg(format!("{base}/"));
-    }
     client
+        .args(web_request(run))
+        .arg(format!("{base}{}", web_path(run)))
 }
 
 fn postgresql_client(run: usize, port: u16) -> ClientRun {
