@@ -718,7 +718,7 @@ def authenticate(server, session, envelope, mechanism, auth_data):
         and auth_data.login == user.encode()
         and auth_data.password == password.encode()
     )
-    return AuthResult(success=ok)
+    return AuthResult(success=ok, handled=False)
 
 
 tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
