@@ -21,6 +21,7 @@ pub mod net;
 pub mod netns;
 pub mod privileged;
 pub mod process;
+pub mod servers;
 pub mod topology;
 pub mod totp;
 pub mod wait;

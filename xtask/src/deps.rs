@@ -97,6 +97,43 @@ const TEST: &[Package] = &[
         "chromium",
         "headless Chromium: signs in at the MFA portal through the tunnel",
     ),
+    pkg(
+        "openssl",
+        "self-signed server certificates, s_client: TLS flows",
+    ),
+    pkg(
+        "nginx-light",
+        "a real TLS, HTTP/1.x and h2c server (corpus)",
+    ),
+    pkg(
+        "postgresql-15",
+        "a real PostgreSQL server: initdb, postgres (corpus)",
+    ),
+    pkg(
+        "postgresql-client-15",
+        "psql: real PostgreSQL client flows (corpus)",
+    ),
+    pkg("mariadb-server", "a real MySQL-protocol server (corpus)"),
+    pkg(
+        "mariadb-client",
+        "mysql: real MySQL-protocol client flows (corpus)",
+    ),
+    pkg("redis-server", "a real Redis server (corpus)"),
+    pkg("redis-tools", "redis-cli: real Redis client flows (corpus)"),
+    pkg("openssh-server", "sshd: a real SSH server (corpus)"),
+    pkg(
+        "openssh-client",
+        "ssh, ssh-keygen: SSH client flows, host keys (corpus)",
+    ),
+    pkg(
+        "python3-aiosmtpd",
+        "an SMTP server offering AUTH before STARTTLS (corpus)",
+    ),
+    pkg(
+        "swaks",
+        "real SMTP client flows with AUTH and STARTTLS (corpus)",
+    ),
+    pkg("libnet-ssleay-perl", "STARTTLS in swaks (corpus)"),
 ];
 
 const DEMO: &[Package] = &[

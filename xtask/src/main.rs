@@ -6,6 +6,7 @@
 //! Debian package, and long differential runs of the XDP program against its reference model.
 
 mod bench;
+mod corpus;
 mod deb;
 mod demo;
 mod deps;
@@ -42,6 +43,8 @@ enum Task {
     Bench(bench::Args),
     /// Compare the XDP program with the agent's reference model on 10^7 generated frames.
     FuzzXdp(fuzz::Args),
+    /// Record real protocol flows (inspect/corpus) from real clients and servers in a lab.
+    Corpus(corpus::Args),
     /// Install the Debian packages and Rust components a task needs, and nothing else.
     Deps {
         #[arg(value_enum)]
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Task::Deb(args) => deb::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::FuzzXdp(args) => fuzz::run(&args),
+        Task::Corpus(args) => corpus::run(&args),
         Task::Deps { task } => deps::ensure(task),
     };
     match result {
