@@ -98,6 +98,11 @@ impl Browser {
     /// Starts Chromium on `about:blank`, inside the network namespace `netns` when given (under
     /// `ip netns exec NAME`), and waits until it answers on its DevTools pipe.
     pub fn start(netns: Option<&str>) -> Result<Browser> {
+        Browser::start_with(netns, &[])
+    }
+
+    /// [`Browser::start`] with more command-line flags, such as `--host-resolver-rules`.
+    pub fn start_with(netns: Option<&str>, extra: &[&str]) -> Result<Browser> {
         if !Path::new(CHROMIUM).is_file() {
             bail!("{CHROMIUM} is missing: apt-get install chromium");
         }
@@ -131,6 +136,7 @@ impl Browser {
             None => Command::new(CHROMIUM),
         };
         cmd.args(FLAGS)
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
             // Whatever Chromium writes outside its profile ($HOME/.config, .cache, .pki) stays

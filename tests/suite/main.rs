@@ -17,6 +17,7 @@ mod explain;
 mod fallback;
 mod firewall;
 mod golden;
+mod inspection;
 mod interfaces;
 mod limits;
 mod limits_fds;

@@ -84,7 +84,7 @@ impl PeerSpec {
         Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, self.last.into())
     }
 
-    fn toml(&self) -> String {
+    pub(crate) fn toml(&self) -> String {
         format!(
             "[[peer]]\nname = \"{}\"\npublic_key = \"{}\"\naddress = \"{}\"\naddress6 = \"{}\"\nrole = \"staff\"\n",
             self.name,
