@@ -23,8 +23,18 @@ const COUNT: Duration = Duration::from_secs(10);
 /// counted traffic exports. Families that need a handshake or a provisioned key
 /// (`crmguard_vpn_last_handshake_timestamp_seconds`, `crmguard_vpn_key_expiry_seconds`) are
 /// checked by the daemon's unit tests and the VPN tests.
-const FAMILIES: [(&str, &str, &[&str]); 19] = [
+const FAMILIES: [(&str, &str, &[&str]); 25] = [
     ("crmguard_acl_denied_total", "counter", &["role", "service"]),
+    ("crmguard_auth_failures_total", "counter", &["protocol"]),
+    ("crmguard_inspect_evictions_total", "counter", &[]),
+    (
+        "crmguard_inspect_exceptions_total",
+        "counter",
+        &["exception"],
+    ),
+    ("crmguard_inspect_flows_active", "gauge", &[]),
+    ("crmguard_inspect_flows_total", "counter", &["protocol"]),
+    ("crmguard_inspect_violations_total", "counter", &["kind"]),
     ("crmguard_audit_events_total", "counter", &["type"]),
     ("crmguard_audit_write_errors_total", "counter", &[]),
     ("crmguard_bans_active", "gauge", &[]),

@@ -49,6 +49,19 @@ const FORBIDDEN_DEPENDENCIES: &[(&str, &[&str], &str)] = &[
         "the core is pure: no build script of ours, no kernel, no async runtime",
     ),
     (
+        "crmguard-inspect",
+        &[
+            "crmguard-datapath",
+            "crmguard-vpn",
+            "crmguard",
+            "aya",
+            "tokio",
+            "tun-rs",
+            "quinn-udp",
+        ],
+        "inspection is pure like the core: it decides, the endpoint does the IO",
+    ),
+    (
         "crmguard-vpn",
         &["crmguard-datapath", "crmguard", "aya", "tokio"],
         "the tunnel does not depend on the XDP side or on the daemon",
