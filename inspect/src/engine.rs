@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crmguard_core::acl::packet::{self, Transport, TCP_FIN, TCP_RST, TCP_SYN};
+use crmguard_core::acl::packet::{self, Transport, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crmguard_core::config::{NoSniAction, ParserErrorAction, ViolationAction};
 
 use crate::event::{Event, EventSink, Response, ViolationKind, What};
@@ -20,7 +20,7 @@ use crate::metrics::{Exception, InspectMetrics};
 use crate::policy::{compatible, version_name, Policy};
 use crate::proto::{self, Identified};
 use crate::protocol::{Context, Progress, Protocol, Streams};
-use crate::reasm::Reassembly;
+use crate::reasm::{Added, Reassembly};
 use crate::table::{Flow, FlowKey, Pending, Stage, Table};
 
 /// Bytes of each client stream kept for identification and analysis.
@@ -128,15 +128,43 @@ impl Inspector {
             return Verdict::Pass;
         };
         let mut shard = self.table.shard(&segment.key);
+        let checked = segment.from_peer && !checksum_ok(packet);
+        let opening = segment.has(TCP_SYN) && !segment.has(TCP_ACK);
+        if let Some(flow) = shard.flows.get(&segment.key) {
+            // A new connection on the 4-tuple of an old one starts a new flow; a retransmitted
+            // SYN does not.
+            if opening && !checked && !flow.opened_by(segment.from_peer, segment.seq) {
+                if let Some(old) = shard.flows.remove(&segment.key) {
+                    self.forget(1, old.held());
+                }
+            }
+        }
         if !shard.flows.contains_key(&segment.key) {
-            if segment.has(TCP_RST) || (segment.payload.is_empty() && !segment.has(TCP_SYN)) {
-                // A reset or a bare ACK of a flow not in the table starts nothing.
+            if checked
+                || segment.has(TCP_RST)
+                || (segment.payload.is_empty() && !segment.has(TCP_SYN))
+            {
+                // A reset, a bare ACK or a segment the receiver will discard (bad checksum)
+                // starts nothing.
                 return Verdict::Pass;
             }
             let max = usize::try_from(policy.max_flows).unwrap_or(usize::MAX);
             let count = self.count.load(Ordering::Relaxed);
             if count >= max && now.secs != shard.last_sweep {
-                let swept = shard.sweep(now.secs, count + 1 - max);
+                let need = count + 1 - max;
+                let mut swept = shard.sweep(now.secs, need);
+                if swept.expired + swept.evicted < need {
+                    // The idle flows may sit in other shards: sweep those that are free now
+                    // (never waiting on another shard's lock while holding this one).
+                    let more = self.table.sweep_others(
+                        &segment.key,
+                        now.secs,
+                        need - swept.expired - swept.evicted,
+                    );
+                    swept.expired += more.expired;
+                    swept.evicted += more.evicted;
+                    swept.released += more.released;
+                }
                 self.forget(swept.expired + swept.evicted, swept.released);
                 for _ in 0..swept.evicted {
                     self.metrics.evicted();
@@ -155,16 +183,22 @@ impl Inspector {
         let Some(flow) = shard.flows.get_mut(&segment.key) else {
             return Verdict::Pass;
         };
+        if checked {
+            // The service's stack drops a segment whose checksum is wrong: so does the parser,
+            // or a decoy could show it bytes the service never gets.
+            return Verdict::Pass;
+        }
         flow.last_seen = now.secs;
         let verdict = self.on_segment(policy, flow, &segment, peer, now);
         let from_client = segment.from_peer == flow.peer_is_client;
         if segment.has(TCP_FIN) {
             flow.fins |= if from_client { 1 } else { 2 };
         }
-        if segment.has(TCP_RST) || flow.fins == 3 {
-            if let Some(flow) = shard.flows.remove(&segment.key) {
-                self.forget(1, flow.held());
-            }
+        if (segment.has(TCP_RST) || flow.fins == 3) && !matches!(flow.stage, Stage::Blocked) {
+            // The connection is over: nothing but bare segments may follow (a stray reset, the
+            // last ACK). The flow stays until it times out, so that data sent after a reset the
+            // receiver may have ignored is not inspected from the middle as a new flow.
+            self.set_stage(flow, Stage::Closed);
         }
         verdict
     }
@@ -229,12 +263,15 @@ impl Inspector {
     }
 
     fn new_flow(&self, policy: &Policy, s: &Segment<'_>, now: Tick) -> Flow {
-        let opening = s.has(TCP_SYN) && s.flags & 0x10 == 0;
+        let opening = s.has(TCP_SYN) && !s.has(TCP_ACK);
         let peer_is_client = if opening {
             s.from_peer
+        } else if s.has(TCP_SYN) {
+            // A SYN-ACK comes from the server.
+            !s.from_peer
         } else {
-            // Picked up midstream: the side on a service port is the server.
-            policy.expected(s.key.gateway_port).is_some() || s.key.gateway_port < s.key.peer_port
+            // Picked up midstream: peers are the clients of the gateway's services.
+            true
         };
         if !opening {
             self.metrics.exception(Exception::Midstream);
@@ -267,6 +304,9 @@ impl Inspector {
         match &mut flow.stage {
             Stage::Blocked => Verdict::Drop,
             Stage::Passing => Verdict::Pass,
+            // An ended connection carries no more data: whatever claims to is dropped.
+            Stage::Closed if !s.payload.is_empty() => Verdict::Drop,
+            Stage::Closed => Verdict::Pass,
             Stage::Watching => {
                 if s.payload.is_empty() {
                     return Verdict::Pass;
@@ -289,7 +329,7 @@ impl Inspector {
                 self.act(flow, s, peer, found, now)
             }
             Stage::Pending(pending) => {
-                let grew = feed(pending, s, from_client);
+                let added = feed(pending, s, from_client);
                 let held = pending.client.as_ref().map_or(0, Reassembly::held)
                     + pending.server.as_ref().map_or(0, Reassembly::held);
                 let before = pending.held;
@@ -306,7 +346,16 @@ impl Inspector {
                 } else {
                     self.release(before - held);
                 }
-                if !grew {
+                if added.conflict {
+                    let mut found = Found::default();
+                    found.violation(
+                        ViolationKind::Overlap,
+                        true,
+                        "a segment rewrote bytes already seen".to_owned(),
+                    );
+                    return self.act(flow, s, peer, found, now);
+                }
+                if !added.grew {
                     return Verdict::Pass;
                 }
                 let found = self.decide(policy, flow);
@@ -335,7 +384,8 @@ impl Inspector {
                     flow.protocol = protocol;
                     self.metrics.flow(protocol);
                     if let Some(expected) = flow.expected {
-                        if !flow.midstream && !compatible(expected, protocol) {
+                        // Also midstream: bytes identified as another protocol are that.
+                        if !compatible(expected, protocol) {
                             found.violation(
                                 ViolationKind::ProtocolMismatch,
                                 drops(policy.protocol_mismatch),
@@ -386,6 +436,22 @@ impl Inspector {
                     found.violation(ViolationKind::NoSni, true, String::new());
                 }
                 _ => {}
+            }
+        }
+        if flow.protocol == Protocol::Tls
+            && analysis.client_hello.is_none()
+            && streams.client_done
+            && !pending.client_hello_checked
+        {
+            // A ClientHello that does not fit in the window cannot be read: with rules on the
+            // server name, it is refused rather than let through unread.
+            pending.client_hello_checked = true;
+            if !policy.sni_allow.is_empty() || policy.no_sni == NoSniAction::Drop {
+                found.violation(
+                    ViolationKind::Sni,
+                    true,
+                    format!("a ClientHello beyond the {CLIENT_WINDOW}-byte inspection window"),
+                );
             }
         }
         if let (Some(hello), false) = (&analysis.server_hello, pending.server_hello_checked) {
@@ -566,8 +632,8 @@ fn ends(s: &Segment<'_>) -> (SocketAddr, SocketAddr) {
     )
 }
 
-/// Adds a segment's bytes to its direction; true when the bytes a parser sees changed.
-fn feed(pending: &mut Pending, s: &Segment<'_>, from_client: bool) -> bool {
+/// Adds a segment's bytes to its direction.
+fn feed(pending: &mut Pending, s: &Segment<'_>, from_client: bool) -> Added {
     let window = if from_client {
         CLIENT_WINDOW
     } else {
@@ -612,6 +678,50 @@ fn segment(dir: Dir, packet: &[u8]) -> Option<Segment<'_>> {
         flags: tcp.flags,
         payload,
     })
+}
+
+/// Whether the TCP checksum of `packet` (an IPv4 or IPv6 TCP segment, which `segment` parsed)
+/// is right.
+fn checksum_ok(packet: &[u8]) -> bool {
+    let Ok(parsed) = packet::parse(packet) else {
+        return false;
+    };
+    let Some(segment) = packet.get(parsed.transport_offset..parsed.len) else {
+        return false;
+    };
+    let Ok(len) = u32::try_from(segment.len()) else {
+        return false;
+    };
+    let mut sum: u64 = 0;
+    match (parsed.src, parsed.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            sum = add_words(sum, &src.octets());
+            sum = add_words(sum, &dst.octets());
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            sum = add_words(sum, &src.octets());
+            sum = add_words(sum, &dst.octets());
+        }
+        _ => return false,
+    }
+    sum += u64::from(packet::PROTO_TCP) + u64::from(len);
+    sum = add_words(sum, segment);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// `sum` plus the 16-bit big-endian words of `data` (an odd last byte padded with zero).
+fn add_words(mut sum: u64, data: &[u8]) -> u64 {
+    let mut chunks = data.chunks_exact(2);
+    for pair in &mut chunks {
+        sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u64::from(u16::from_be_bytes([*last, 0]));
+    }
+    sum
 }
 
 fn canonical(addr: IpAddr) -> IpAddr {

@@ -24,17 +24,21 @@ pub enum ViolationKind {
     PlaintextCredentials,
     /// Bytes that claimed a protocol and broke its rules, under `parser_error = "drop"`.
     ParserError,
+    /// A segment that rewrote bytes already seen with other bytes: an evasion, since no TCP
+    /// stack does it.
+    Overlap,
 }
 
 impl ViolationKind {
     /// Every kind, in label order.
-    pub const ALL: [ViolationKind; 6] = [
+    pub const ALL: [ViolationKind; 7] = [
         ViolationKind::ProtocolMismatch,
         ViolationKind::TlsVersion,
         ViolationKind::Sni,
         ViolationKind::NoSni,
         ViolationKind::PlaintextCredentials,
         ViolationKind::ParserError,
+        ViolationKind::Overlap,
     ];
 
     /// The metric label and audit detail.
@@ -46,6 +50,7 @@ impl ViolationKind {
             ViolationKind::NoSni => "no_sni",
             ViolationKind::PlaintextCredentials => "plaintext_credentials",
             ViolationKind::ParserError => "parser_error",
+            ViolationKind::Overlap => "overlap",
         }
     }
 

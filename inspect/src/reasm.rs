@@ -3,8 +3,9 @@
 //! Only a window at the start of the stream is kept (a few KiB: what identification and the
 //! policy need). Segments may arrive split at any byte, retransmitted, overlapping, out of
 //! order, or as one super-packet of up to 64 KiB; each byte of the window is written once (the
-//! first copy wins, as in the receiving stack, so an overlapping segment cannot show the parser
-//! other bytes than the server got) and the parsers see the prefix that is contiguous.
+//! first copy wins) and the parsers see the prefix that is contiguous. A segment that rewrites
+//! bytes already seen with other bytes is reported: no TCP stack does that, but an evasion does
+//! (a decoy the receiver drops, then the real bytes), so the engine ends such a flow.
 
 /// The bytes of one direction from its first byte, up to a fixed window.
 #[derive(Debug, Clone)]
@@ -36,6 +37,11 @@ impl Reassembly {
         }
     }
 
+    /// The sequence number of the stream's first byte.
+    pub fn base(&self) -> u32 {
+        self.base
+    }
+
     /// The contiguous bytes from the start.
     pub fn bytes(&self) -> &[u8] {
         &self.data[..self.contiguous]
@@ -53,8 +59,9 @@ impl Reassembly {
     }
 
     /// Adds the segment `payload` that starts at sequence number `seq`; `fin` marks the end of
-    /// the stream after it. Returns whether the contiguous prefix grew (or the stream ended).
-    pub fn add(&mut self, seq: u32, payload: &[u8], fin: bool) -> bool {
+    /// the stream after it (a FIN before bytes already seen is stale and ignored, as the
+    /// receiver ignores it).
+    pub fn add(&mut self, seq: u32, payload: &[u8], fin: bool) -> Added {
         let before = (self.contiguous, self.done());
         // Offsets are taken modulo 2^32 from the base: a segment before the base (a
         // retransmitted SYN's data, or old bytes) has an offset near 2^32 and is clipped.
@@ -67,18 +74,26 @@ impl Reassembly {
         } else {
             (0, usize::try_from(offset).unwrap_or(usize::MAX))
         };
-        if fin && skip <= payload.len() {
-            let end = start.saturating_add(payload.len() - skip);
-            self.end = Some(self.end.map_or(end, |e| e.min(end)));
-        }
+        let mut conflict = false;
         if skip < payload.len() && start < self.cap {
             let take = (payload.len() - skip).min(self.cap - start);
-            self.write(start, &payload[skip..skip + take]);
+            conflict = self.write(start, &payload[skip..skip + take]);
         }
-        before != (self.contiguous, self.done())
+        if fin && skip <= payload.len() {
+            let end = start.saturating_add(payload.len() - skip);
+            if end >= self.data.len() && self.end.is_none_or(|e| end <= e) {
+                self.end = Some(end);
+            }
+        }
+        Added {
+            grew: before != (self.contiguous, self.done()),
+            conflict,
+        }
     }
 
-    fn write(&mut self, start: usize, bytes: &[u8]) {
+    /// Writes the bytes not written yet; true when a byte already written differs.
+    fn write(&mut self, start: usize, bytes: &[u8]) -> bool {
+        let mut conflict = false;
         let end = start + bytes.len();
         if self.data.len() < end {
             self.data.resize(end, 0);
@@ -90,6 +105,8 @@ impl Reassembly {
             if self.written[word] & bit == 0 {
                 self.written[word] |= bit;
                 self.data[at] = byte;
+            } else if self.data[at] != byte {
+                conflict = true;
             }
         }
         while self.contiguous < self.data.len() {
@@ -99,7 +116,17 @@ impl Reassembly {
             }
             self.contiguous += 1;
         }
+        conflict
     }
+}
+
+/// What adding a segment did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Added {
+    /// The contiguous prefix grew, or the stream ended.
+    pub grew: bool,
+    /// The segment rewrote bytes already seen with other bytes.
+    pub conflict: bool,
 }
 
 #[cfg(test)]
@@ -111,8 +138,8 @@ mod tests {
     #[test]
     fn in_order_segments_join() {
         let mut r = Reassembly::new(1000, 4096);
-        assert!(r.add(1000, &TEXT[..10], false));
-        assert!(r.add(1010, &TEXT[10..], false));
+        assert!(r.add(1000, &TEXT[..10], false).grew);
+        assert!(r.add(1010, &TEXT[10..], false).grew);
         assert_eq!(r.bytes(), TEXT);
         assert!(!r.done());
     }
@@ -141,10 +168,12 @@ mod tests {
     fn the_first_copy_of_a_byte_wins() {
         let mut r = Reassembly::new(0, 4096);
         r.add(4, b"WXYZ", false);
-        r.add(0, b"abcdefgh", false);
+        assert!(r.add(0, b"abcdWXYZ", false).grew);
         assert_eq!(r.bytes(), b"abcdWXYZ");
-        // A retransmission with other bytes changes nothing.
-        assert!(!r.add(0, b"ABCDEFGH", false));
+        // The same bytes again are a retransmission; other bytes are a conflict, never written.
+        assert_eq!(r.add(0, b"abcd", false), super::Added::default());
+        let rewrite = r.add(0, b"ABCDEFGH", false);
+        assert!(rewrite.conflict && !rewrite.grew);
         assert_eq!(r.bytes(), b"abcdWXYZ");
     }
 
@@ -158,6 +187,16 @@ mod tests {
         assert_eq!(r.bytes().len(), 8);
         assert!(r.done());
         assert!(r.held() < 1024);
+    }
+
+    #[test]
+    fn a_stale_fin_before_bytes_already_seen_does_not_end_the_stream() {
+        let mut r = Reassembly::new(0, 4096);
+        r.add(0, b"GET / HTTP/1.1\r\n", false);
+        r.add(0, b"", true);
+        assert!(!r.done());
+        r.add(16, b"Host: x\r\n\r\n", true);
+        assert!(r.done());
     }
 
     #[test]

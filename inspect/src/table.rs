@@ -20,7 +20,10 @@ use crate::reasm::Reassembly;
 pub const SHARDS: usize = 16;
 
 /// Seconds an unidentified flow may stay idle.
-pub const PENDING_IDLE: u32 = 60;
+pub const PENDING_IDLE: u32 = 300;
+/// Seconds a flow ended by a violation, a reset or FINs stays, so that what still arrives is
+/// recognised.
+pub const CLOSED_IDLE: u32 = 60;
 /// Seconds a decided flow may stay idle.
 pub const DECIDED_IDLE: u32 = 600;
 /// Seconds a decided flow must have been idle before a full shard evicts it.
@@ -48,6 +51,8 @@ pub enum Stage {
     Passing,
     /// Ended by a violation: what still arrives is dropped.
     Blocked,
+    /// Ended by a reset or a FIN from both sides: bare segments pass, data is dropped.
+    Closed,
 }
 
 /// One flow's fixed state.
@@ -86,9 +91,24 @@ pub struct Pending {
 }
 
 impl Flow {
+    /// Whether a SYN with sequence number `seq` (from the peer when `from_peer`) is the one
+    /// that opened this flow, retransmitted.
+    pub fn opened_by(&self, from_peer: bool, seq: u32) -> bool {
+        match &self.stage {
+            Stage::Pending(p) => {
+                self.peer_is_client == from_peer
+                    && p.client
+                        .as_ref()
+                        .is_none_or(|c| c.base() == seq.wrapping_add(1))
+            }
+            _ => false,
+        }
+    }
+
     fn idle_limit(&self) -> u32 {
         match self.stage {
-            Stage::Pending(_) | Stage::Blocked => PENDING_IDLE,
+            Stage::Pending(_) => PENDING_IDLE,
+            Stage::Blocked | Stage::Closed => CLOSED_IDLE,
             Stage::Watching | Stage::Passing => DECIDED_IDLE,
         }
     }
@@ -181,9 +201,31 @@ impl Table {
 
     /// The shard of `key`, locked.
     pub fn shard(&self, key: &FlowKey) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[self.index(key)])
+    }
+
+    /// Sweeps every shard but `key`'s whose lock is free now, until `room` flows are gone.
+    pub fn sweep_others(&self, key: &FlowKey, now: u32, room: usize) -> Swept {
+        let mine = self.index(key);
+        let mut total = Swept::default();
+        for (i, shard) in self.shards.iter().enumerate() {
+            let done = total.expired + total.evicted;
+            if i == mine || done >= room {
+                continue;
+            }
+            if let Ok(mut shard) = shard.try_lock() {
+                let swept = shard.sweep(now, room - done);
+                total.expired += swept.expired;
+                total.evicted += swept.evicted;
+                total.released += swept.released;
+            }
+        }
+        total
+    }
+
+    fn index(&self, key: &FlowKey) -> usize {
         let hash = self.hasher.hash_one(key);
-        let index = usize::try_from(hash % (self.shards.len() as u64)).unwrap_or(0);
-        lock(&self.shards[index])
+        usize::try_from(hash % (self.shards.len() as u64)).unwrap_or(0)
     }
 
     /// Every shard in turn, locked one at a time.

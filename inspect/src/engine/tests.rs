@@ -232,7 +232,7 @@ fn a_flow_picked_up_midstream_is_counted_and_never_a_mismatch() {
 }
 
 #[test]
-fn a_bare_ack_or_reset_of_an_unknown_flow_creates_nothing_and_rst_ends_a_flow() {
+fn a_bare_ack_or_reset_of_an_unknown_flow_creates_nothing_and_rst_closes_a_flow() {
     let (inspector, policy, _) = setup(&inspection());
     let c = Conn::new(40_004, 8080);
     run(
@@ -247,24 +247,145 @@ fn a_bare_ack_or_reset_of_an_unknown_flow_creates_nothing_and_rst_ends_a_flow() 
     run(&inspector, &policy, &open(&c));
     assert_eq!(inspector.status(&policy).flows, 1);
     assert_eq!(inspector.metrics().active(), 1);
-    run(
+    // After a reset the flow is closed: data claiming to be on it is dropped, and it goes
+    // when its time is up.
+    let verdicts = run(
         &inspector,
         &policy,
-        &[(Dir::ToPeer, c.down(c.server_seq + 1, "R", b""))],
+        &[
+            (Dir::ToPeer, c.down(c.server_seq + 1, "R", b"")),
+            (
+                Dir::FromPeer,
+                c.up(c.client_seq + 1, "AP", b"after the reset"),
+            ),
+            (Dir::FromPeer, c.up(c.client_seq + 1, "A", b"")),
+        ],
     );
+    assert_eq!(verdicts, [Verdict::Pass, Verdict::Drop, Verdict::Pass]);
+    assert_eq!(inspector.status(&policy).flows, 1);
+    inspector.expire(Tick {
+        secs: T0.secs + crate::table::CLOSED_IDLE,
+        unix: T0.unix,
+    });
     assert_eq!(inspector.status(&policy).flows, 0);
     assert_eq!(inspector.metrics().active(), 0);
 }
 
 #[test]
-fn fins_from_both_sides_end_a_flow() {
+fn a_new_connection_on_an_old_four_tuple_is_inspected_from_its_start() {
+    let mut config = inspection();
+    config.protocol_mismatch = ViolationAction::Drop;
+    let (inspector, policy, events) = setup(&config);
+    let c = Conn::new(40_010, 443);
+    let hello = fixture("tls/curl-tls13-sni.client");
+    let mut packets = open(&c);
+    packets.push((Dir::FromPeer, c.up(c.client_seq + 1, "AP", &hello)));
+    let verdicts = run(&inspector, &policy, &packets);
+    assert!(verdicts.iter().all(|v| *v == Verdict::Pass));
+    // The server closed long ago; the same source port now carries something else.
+    let again = Conn {
+        client_seq: 900_000,
+        ..Conn::new(40_010, 443)
+    };
+    let mut packets = open(&again);
+    packets.push((
+        Dir::FromPeer,
+        again.up(again.client_seq + 1, "AP", b"GET / HTTP/1.1\r\n\r\n"),
+    ));
+    let verdicts = run(&inspector, &policy, &packets);
+    assert_eq!(verdicts[3], Verdict::Reset, "{verdicts:?}");
+    assert_eq!(
+        violations(&events.take()),
+        [(ViolationKind::ProtocolMismatch, Response::Reset)]
+    );
+}
+
+#[test]
+fn a_decoy_with_a_bad_checksum_is_ignored_and_a_rewrite_ends_the_flow() {
+    let mut config = inspection();
+    config.sni_allow = vec![crmguard_core::config::SniPattern::Exact(
+        "crm.example.com".into(),
+    )];
+    let forbidden = fixture("tls/chromium-mlkem.client");
+    let allowed = fixture("tls/curl-tls13-sni.client");
+
+    // The decoy (an allowed ClientHello) has a wrong checksum: the service drops it, so the
+    // parser never sees it, and the real bytes that follow are judged.
+    let (inspector, mut policy, events) = setup(&config);
+    policy.sni_allow = vec![crmguard_core::config::SniPattern::Exact(
+        "other.example.com".into(),
+    )];
+    let c = Conn::new(40_011, 443);
+    let mut packets = open(&c);
+    let mut decoy = c.up(c.client_seq + 1, "AP", &allowed);
+    let last = decoy.len() - 1;
+    decoy[last] ^= 0x55;
+    packets.push((Dir::FromPeer, decoy));
+    for (i, chunk) in forbidden.chunks(1380).enumerate() {
+        let seq = c.client_seq + 1 + u32::try_from(i * 1380).unwrap_or(0);
+        packets.push((Dir::FromPeer, c.up(seq, "AP", chunk)));
+    }
+    let verdicts = run(&inspector, &policy, &packets);
+    assert!(verdicts.contains(&Verdict::Reset), "{verdicts:?}");
+    assert_eq!(
+        violations(&events.take()),
+        [(ViolationKind::Sni, Response::Reset)]
+    );
+
+    // A valid segment that rewrites bytes already seen with others: no stack does that.
+    let (inspector, policy, events) = setup(&config);
+    let mut packets = open(&c);
+    packets.push((Dir::FromPeer, c.up(c.client_seq + 1, "AP", &allowed[..100])));
+    packets.push((
+        Dir::FromPeer,
+        c.up(c.client_seq + 1, "AP", &forbidden[..100]),
+    ));
+    let verdicts = run(&inspector, &policy, &packets);
+    assert_eq!(verdicts[4], Verdict::Reset, "{verdicts:?}");
+    assert_eq!(
+        violations(&events.take()),
+        [(ViolationKind::Overlap, Response::Reset)]
+    );
+}
+
+#[test]
+fn a_midstream_flow_is_still_held_to_the_rules_of_what_it_turns_out_to_be() {
+    let mut config = inspection();
+    config.sni_allow = vec![crmguard_core::config::SniPattern::Exact(
+        "mail.example.com".into(),
+    )];
+    let (inspector, policy, events) = setup(&config);
+    // No SYN seen (the agent started after it), from a low source port on an unlisted port.
+    let c = Conn::new(1000, 8443);
+    let hello = fixture("tls/curl-tls13-sni.client");
+    let verdicts = run(
+        &inspector,
+        &policy,
+        &[(Dir::FromPeer, c.up(c.client_seq + 1, "AP", &hello))],
+    );
+    assert_eq!(verdicts, [Verdict::Reset]);
+    assert_eq!(
+        violations(&events.take()),
+        [(ViolationKind::Sni, Response::Reset)]
+    );
+}
+
+#[test]
+fn fins_from_both_sides_close_a_flow() {
     let (inspector, policy, _) = setup(&inspection());
     let c = Conn::new(40_005, 8080);
     let mut packets = open(&c);
     packets.push((Dir::FromPeer, c.up(c.client_seq + 1, "AF", b"")));
     packets.push((Dir::ToPeer, c.down(c.server_seq + 1, "AF", b"")));
-    run(&inspector, &policy, &packets);
-    assert_eq!(inspector.status(&policy).flows, 0);
+    packets.push((Dir::FromPeer, c.up(c.client_seq + 2, "A", b"")));
+    packets.push((
+        Dir::FromPeer,
+        c.up(c.client_seq + 2, "AP", b"data after both FINs"),
+    ));
+    let verdicts = run(&inspector, &policy, &packets);
+    // The last ACK passes; data after both FINs is dropped.
+    assert_eq!(verdicts[5..], [Verdict::Pass, Verdict::Drop]);
+    assert_eq!(inspector.status(&policy).pending, 0);
 }
 
 #[test]
@@ -344,7 +465,10 @@ fn reassembly_buffers_are_released_when_flows_are_decided_or_end() {
         );
     }
     let status = inspector.status(&policy);
-    assert_eq!((status.flows, status.reassembly_bytes), (0, 0));
+    assert_eq!(
+        (status.flows, status.pending, status.reassembly_bytes),
+        (50, 0, 0)
+    );
 }
 
 #[test]

@@ -186,6 +186,9 @@ fn parameter<'a>(value: &'a [u8], name: &str) -> Option<&'a [u8]> {
     })
 }
 
+/// The longest multipart boundary RFC 2046 allows.
+const MAX_BOUNDARY: usize = 70;
+
 /// Where `needle` first occurs in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() {
@@ -198,6 +201,11 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Only the parts' own headers are read, not their contents (an uploaded HTML page may well
 /// hold `name="password"`).
 fn multipart_has_password(body: &[u8], boundary: &[u8]) -> bool {
+    // RFC 2046 bounds a boundary at 70 characters; a longer one is no form a browser sends, and
+    // searching for it would cost its length times the body's.
+    if boundary.is_empty() || boundary.len() > MAX_BOUNDARY {
+        return false;
+    }
     let mut delimiter = b"--".to_vec();
     delimiter.extend_from_slice(boundary);
     let mut rest = body;
@@ -329,10 +337,12 @@ fn dechunk(b: &[u8]) -> Result<(Option<usize>, Vec<u8>), ()> {
         }
         let available = b.len().saturating_sub(at).min(size);
         data.extend_from_slice(&b[at..at + available]);
-        if at + size + 2 > b.len() {
-            return Ok((None, data));
+        // A size that runs past the bytes seen (however large: it comes from the peer) means
+        // the body goes on beyond the window.
+        match at.checked_add(size).and_then(|end| end.checked_add(2)) {
+            Some(next) if next <= b.len() => at = next,
+            _ => return Ok((None, data)),
         }
-        at += size + 2;
     }
 }
 

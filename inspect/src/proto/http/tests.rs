@@ -420,3 +420,50 @@ fn watch_sees_401s_and_credentials_at_a_segment_start() {
     assert!(!watch(true, b"HTTP/1.1 4011 x\r\n", &cx).auth_failure);
     assert!(watch(true, b"HTTP/1.0 401", &cx).auth_failure);
 }
+
+#[test]
+fn a_chunk_size_near_the_top_of_usize_ends_the_body_instead_of_wrapping() {
+    for size in ["FFFFFFFFFFFFFFEC", "FFFFFFFFFFFFFFFF", "FFFFFFFFFFFFFFFE"] {
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: crm\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\npassword=x&rest"
+        );
+        let s = crate::protocol::Streams {
+            client: request.as_bytes(),
+            server: b"",
+            client_done: true,
+            server_done: false,
+        };
+        // Returns at once; what it says about the body does not matter here.
+        let _ = super::analyze(&s, &crate::protocol::Context::default());
+        let response =
+            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nbody");
+        let s = crate::protocol::Streams {
+            client: b"GET / HTTP/1.1\r\nHost: crm\r\n\r\n",
+            server: response.as_bytes(),
+            client_done: false,
+            server_done: true,
+        };
+        let _ = super::analyze(&s, &crate::protocol::Context::default());
+    }
+}
+
+#[test]
+fn a_multipart_boundary_longer_than_rfc_2046_allows_is_not_searched() {
+    let boundary = "b".repeat(2_700);
+    let body = format!("--{}\r\n", "b".repeat(2_699)).repeat(2);
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: crm\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let started = std::time::Instant::now();
+    for cut in (0..request.len()).step_by(97) {
+        let s = crate::protocol::Streams {
+            client: &request.as_bytes()[..cut],
+            server: b"",
+            client_done: false,
+            server_done: false,
+        };
+        let _ = super::analyze(&s, &crate::protocol::Context::default());
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
