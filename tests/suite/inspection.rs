@@ -43,6 +43,11 @@ sni_allow = ["crm.example.com", "*.crm.example.com"]
 no_sni = "allow"
 plaintext_credentials = "PLAINTEXT"
 protocol_mismatch = "drop"
+
+[[inspection.login_failure]]
+method = "POST"
+path = "/login"
+status = 200
 "#;
 
 /// One lab: the topology and the agent's configuration.
@@ -577,6 +582,56 @@ fn smtp_auth_before_starttls_ssh_and_basic_auth_under_alert_then_drop() -> Resul
         text(&out)
     );
     lab.wait_count("Basic in the clear", flagged + 1.0, || {
+        lab.violations("plaintext_credentials")
+    })?;
+
+    // A wrong password: 401, a failed login. A web form whose failure answers 200 (the
+    // operator's login_failure rule): a failed login too, and its password field is flagged.
+    let failures = lab.failures("http")?;
+    let out = lab.client(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            &format!("{NGINX_USER}:{WRONG}"),
+            &url,
+        ],
+        &[],
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "401",
+        "a wrong password: {}",
+        text(&out)
+    );
+    lab.wait_count("the 401", failures + 1.0, || lab.failures("http"))?;
+    let flagged = lab.violations("plaintext_credentials")?;
+    let out = lab.client(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-d",
+            "user=alice&password=guess",
+            &format!("http://{GATEWAY4}/login"),
+        ],
+        &[],
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == "200",
+        "the login form: {}",
+        text(&out)
+    );
+    lab.wait_count("the form's failed login", failures + 2.0, || {
+        lab.failures("http")
+    })?;
+    lab.wait_count("the form's password", flagged + 1.0, || {
         lab.violations("plaintext_credentials")
     })?;
 
