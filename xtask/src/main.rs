@@ -3,13 +3,15 @@
 //! Plain `cargo build` and `cargo test` work without this crate. xtask only chains what a
 //! developer, CI or a packager would otherwise type by hand: installing the Debian packages a
 //! task needs, running the privileged suite as root, the network-namespace demo, lints, the
-//! Debian package, and long differential runs of the XDP program against its reference model.
+//! Debian package, long differential runs of the XDP program against its reference model, and the
+//! coverage-guided fuzzing of inspection.
 
 mod bench;
 mod deb;
 mod demo;
 mod deps;
 mod fuzz;
+mod fuzz_parsers;
 mod lint;
 mod test;
 
@@ -42,6 +44,8 @@ enum Task {
     Bench(bench::Args),
     /// Compare the XDP program with the agent's reference model on 10^7 generated frames.
     FuzzXdp(fuzz::Args),
+    /// Run the coverage-guided fuzz targets of inspection: every parser, the reassembly, the engine.
+    Fuzz(fuzz_parsers::Args),
     /// Install the Debian packages and Rust components a task needs, and nothing else.
     Deps {
         #[arg(value_enum)]
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Task::Deb(args) => deb::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::FuzzXdp(args) => fuzz::run(&args),
+        Task::Fuzz(args) => fuzz_parsers::run(&args),
         Task::Deps { task } => deps::ensure(task),
     };
     match result {
