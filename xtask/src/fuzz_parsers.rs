@@ -13,8 +13,8 @@
 //! Each target runs for `--seconds` on its corpus `fuzz/corpus/TARGET/`: the captures in
 //! `inspect/fixtures/` packed into the target's input format (files named `fixture-*`, written
 //! again before each run), plus what earlier runs found interesting. After a run the corpus is
-//! minimized in place with libFuzzer's merge, so committing it keeps only inputs that add
-//! coverage.
+//! minimized in place to a smallest set of inputs that reach every edge reached (libFuzzer's
+//! set-cover merge over edges, not hit counts), so what is committed stays a few hundred KiB.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -116,13 +116,19 @@ pub fn run(args: &Args) -> Result<()> {
         "xtask: building the fuzz targets with the stable toolchain: libFuzzer from the \
          libfuzzer-sys crate, SanitizerCoverage instrumentation, overflow checks on"
     );
+    // The fuzz crate is outside the workspace, with a lock file of its own: start it from the
+    // workspace's, so the parsers' dependencies are the versions crmguard ships; cargo adds
+    // only libfuzzer-sys and what it needs.
+    let lock = fuzz_dir.join("Cargo.lock");
+    fs::copy(ws.root.join("Cargo.lock"), &lock)
+        .with_context(|| format!("cannot write {}", lock.display()))?;
     let mut build = ws.cargo();
     build
         .current_dir(&fuzz_dir)
         .env("CARGO_TARGET_DIR", &out_dir)
         .env("RUSTFLAGS", RUSTFLAGS.join(" "))
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .args(["build", "--locked", "--release", "--target", &host]);
+        .args(["build", "--release", "--target", &host]);
     for (target, _) in &targets {
         build.args(["--bin", target]);
     }
@@ -267,14 +273,19 @@ fn describe_failure(bin: &Path, log: &str, status: String) -> String {
     report.join("\n")
 }
 
-/// Replaces the corpus by the smallest subset libFuzzer finds with the same coverage. The
+/// Replaces the corpus by the smallest subset libFuzzer finds that reaches the same edges. The
 /// seeds keep their `fixture-*` names.
 fn minimize(bin: &Path, target: &str, corpus: &Path, work: &Path) -> Result<()> {
     if work.exists() {
         fs::remove_dir_all(work).with_context(|| format!("cannot remove {}", work.display()))?;
     }
     fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
-    let out = cmd::output(Command::new(bin).arg("-merge=1").arg(work).arg(corpus))?;
+    let out = cmd::output(
+        Command::new(bin)
+            .args(["-set_cover_merge=1", "-use_counters=0"])
+            .arg(work)
+            .arg(corpus),
+    )?;
     if !out.status.success() {
         eprintln!(
             "xtask: minimizing the `{target}` corpus failed ({}); it is left as the run left it",
