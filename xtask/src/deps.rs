@@ -23,6 +23,8 @@ pub enum Task {
     Lint,
     /// `cargo xtask bench`: the XDP and VPN measurements.
     Bench,
+    /// `cargo xtask fuzz`: the fuzz targets of inspection.
+    Fuzz,
 }
 
 impl Task {
@@ -33,6 +35,7 @@ impl Task {
             Task::Deb => "cargo xtask deb",
             Task::Lint => "cargo xtask lint",
             Task::Bench => "cargo xtask bench",
+            Task::Fuzz => "cargo xtask fuzz",
         }
     }
 }
@@ -205,6 +208,13 @@ const BENCH: &[Package] = &[
     ),
 ];
 
+/// The fuzz targets need nothing but a C++ compiler: libFuzzer is built from source by the
+/// `libfuzzer-sys` crate, and the instrumentation is the stable compiler's own.
+const FUZZ: &[Package] = &[pkg(
+    "g++",
+    "compiles libFuzzer, which the libfuzzer-sys crate builds from its C++ source",
+)];
+
 /// Lint checks the alert rules with promtool when it is there, without installing it.
 const LINT: &[Package] = &[];
 
@@ -215,13 +225,14 @@ pub fn packages(task: Task) -> &'static [Package] {
         Task::Deb => DEB,
         Task::Lint => LINT,
         Task::Bench => BENCH,
+        Task::Fuzz => FUZZ,
     }
 }
 
 fn components(task: Task) -> &'static [&'static str] {
     match task {
         Task::Test | Task::Lint => &["rustfmt", "clippy"],
-        Task::Demo | Task::Deb | Task::Bench => &[],
+        Task::Demo | Task::Deb | Task::Bench | Task::Fuzz => &[],
     }
 }
 

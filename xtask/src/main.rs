@@ -3,7 +3,8 @@
 //! Plain `cargo build` and `cargo test` work without this crate. xtask only chains what a
 //! developer, CI or a packager would otherwise type by hand: installing the Debian packages a
 //! task needs, running the privileged suite as root, the network-namespace demo, lints, the
-//! Debian package, and long differential runs of the XDP program against its reference model.
+//! Debian package, long differential runs of the XDP program against its reference model, and the
+//! coverage-guided fuzzing of inspection.
 
 mod bench;
 mod corpus;
@@ -11,6 +12,7 @@ mod deb;
 mod demo;
 mod deps;
 mod fuzz;
+mod fuzz_parsers;
 mod lint;
 mod test;
 
@@ -45,6 +47,8 @@ enum Task {
     FuzzXdp(fuzz::Args),
     /// Record real protocol flows (inspect/corpus) from real clients and servers in a lab.
     Corpus(corpus::Args),
+    /// Run the coverage-guided fuzz targets of inspection: every parser, the reassembly, the engine.
+    Fuzz(fuzz_parsers::Args),
     /// Install the Debian packages and Rust components a task needs, and nothing else.
     Deps {
         #[arg(value_enum)]
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::FuzzXdp(args) => fuzz::run(&args),
         Task::Corpus(args) => corpus::run(&args),
+        Task::Fuzz(args) => fuzz_parsers::run(&args),
         Task::Deps { task } => deps::ensure(task),
     };
     match result {
