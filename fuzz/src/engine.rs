@@ -215,15 +215,17 @@ pub fn run(data: &[u8]) {
     }
 
     let later = secs + 100_000;
-    inspector.expire(
-        Tick {
-            secs: later,
-            unix: 1_800_000_000 + u64::from(later),
-        },
-        MAX_FLOWS,
-    );
+    inspector.expire(Tick {
+        secs: later,
+        unix: 1_800_000_000 + u64::from(later),
+    });
     let status = inspector.status(policy);
     assert_eq!(status.flows, 0, "flows left after expiring every flow");
+    assert_eq!(
+        inspector.metrics().active(),
+        0,
+        "the active-flows gauge drifted from the table"
+    );
     assert_eq!(
         status.reassembly_bytes, 0,
         "reassembly bytes held after expiring every flow"

@@ -7,8 +7,9 @@
 //! FIN. The window is `1 + (window % 9000)` bytes.
 //!
 //! After each `add`: the contiguous bytes are the model's (the first copy of a byte wins),
-//! `add` says whether they or `done` changed, `done` is right, and the memory held stays
-//! within a small multiple of the window.
+//! `add` says whether they or `done` changed and whether a byte was offered again with another
+//! value, `done` is right (a FIN before bytes already written is stale), and the memory held
+//! stays within a small multiple of the window.
 
 use crmguard_inspect::reasm::Reassembly;
 
@@ -17,6 +18,8 @@ use crmguard_inspect::reasm::Reassembly;
 struct Model {
     bytes: Vec<Option<u8>>,
     contiguous: usize,
+    /// One past the furthest byte written.
+    furthest: usize,
     end: Option<usize>,
 }
 
@@ -27,7 +30,9 @@ impl Model {
 
     /// Byte `i` of a segment whose first byte is `offset` (mod 2^32) from the base lands at
     /// `offset + i`; offsets past half the sequence space are before the base.
-    fn add(&mut self, offset: u32, payload: &[u8], fin: bool) {
+    /// Returns whether a byte already written was offered with another value.
+    fn add(&mut self, offset: u32, payload: &[u8], fin: bool) -> bool {
+        let mut conflict = false;
         let start = i64::from(offset) - if offset > u32::MAX / 2 { 1 << 32 } else { 0 };
         let len = i64::try_from(payload.len()).unwrap_or(i64::MAX);
         let window = i64::try_from(self.bytes.len()).unwrap_or(i64::MAX);
@@ -36,16 +41,22 @@ impl Model {
         let last = usize::try_from((window - start).clamp(0, len)).unwrap_or(0);
         for (i, &byte) in payload.iter().enumerate().take(last).skip(first) {
             let at = usize::try_from(start + i64::try_from(i).unwrap_or(0)).unwrap_or(0);
-            if self.bytes[at].is_none() {
-                self.bytes[at] = Some(byte);
+            match self.bytes[at] {
+                None => self.bytes[at] = Some(byte),
+                Some(old) => conflict |= old != byte,
             }
+            self.furthest = self.furthest.max(at + 1);
         }
         while self.bytes.get(self.contiguous).is_some_and(Option::is_some) {
             self.contiguous += 1;
         }
+        // A FIN before bytes already written is stale; a later one does not move the end.
         if let (true, Ok(end)) = (fin, usize::try_from(start + len)) {
-            self.end = Some(self.end.map_or(end, |e| e.min(end)));
+            if end >= self.furthest && self.end.is_none_or(|e| end <= e) {
+                self.end = Some(end);
+            }
         }
+        conflict
     }
 
     /// Whether `bytes` are the contiguous bytes from the start.
@@ -77,6 +88,7 @@ pub fn run(data: &[u8]) {
     let mut model = Model {
         bytes: vec![None; window],
         contiguous: 0,
+        furthest: 0,
         end: None,
     };
     let mut rest = data.get(6..).unwrap_or(&[]);
@@ -96,8 +108,10 @@ pub fn run(data: &[u8]) {
         let fin = op & 1 != 0;
 
         let before = (stream.bytes().len(), stream.done());
-        let grew = stream.add(base.wrapping_add(offset), payload, fin);
-        model.add(offset, payload, fin);
+        let added = stream.add(base.wrapping_add(offset), payload, fin);
+        let conflict = model.add(offset, payload, fin);
+        assert_eq!(added.conflict, conflict, "conflict differs");
+        let grew = added.grew;
         assert!(
             model.holds(stream.bytes()),
             "contiguous bytes differ: {} bytes, the model has {}",

@@ -80,6 +80,14 @@ pub fn run() -> Result<()> {
     deps::ensure(deps::Task::Lint)?;
     let ws = Workspace::load()?;
     cmd::run(ws.cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // The fuzz crate is outside the workspace (it builds with coverage instrumentation).
+    cmd::run(ws.cargo().args([
+        "fmt",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--",
+        "--check",
+    ]))?;
     cmd::run(ws.cargo().args([
         "clippy",
         "--workspace",
