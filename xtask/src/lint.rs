@@ -81,13 +81,10 @@ pub fn run() -> Result<()> {
     let ws = Workspace::load()?;
     cmd::run(ws.cargo().args(["fmt", "--all", "--", "--check"]))?;
     // The fuzz crate is outside the workspace (it builds with coverage instrumentation).
-    cmd::run(ws.cargo().args([
-        "fmt",
-        "--manifest-path",
-        "fuzz/Cargo.toml",
-        "--",
-        "--check",
-    ]))?;
+    cmd::run(
+        ws.cargo()
+            .args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]),
+    )?;
     cmd::run(ws.cargo().args([
         "clippy",
         "--workspace",
