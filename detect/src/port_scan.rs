@@ -4,7 +4,8 @@
 //! Memory is bounded: at most [`crate::MAX_KEYS`] addresses, each with at most
 //! `distinct_ports` ports (counting stops at the threshold, which acts), and at most
 //! [`crate::MAX_WEIGHT`] ports in all; the least recently seen addresses go first.
-//! A port is a pair of IP protocol and port: tcp/53 and udp/53 are two.
+//! A port is a pair of IP protocol and port: tcp/53 and udp/53 are two. Drops of an address
+//! during its ban are not counted again.
 
 use std::net::IpAddr;
 use std::time::SystemTime;
@@ -21,12 +22,17 @@ use crate::{MAX_KEYS, MAX_WEIGHT};
 /// IP protocols whose drops carry a destination port.
 const PORT_PROTOCOLS: [u8; 3] = [6, 17, 132];
 
-/// The ports one address hit, each with when it was last hit.
-struct Ports(Vec<(u8, u16, SystemTime)>);
+/// The ports one address hit, each with when it was last hit; or, once banned, until when
+/// its drops are ignored (the filter keeps dropping, and sampling, a banned address's
+/// packets, which must not ban it again and again).
+struct Ports {
+    hits: Vec<(u8, u16, SystemTime)>,
+    banned_until: Option<SystemTime>,
+}
 
 impl Weigh for Ports {
     fn weight(&self) -> usize {
-        self.0.len()
+        self.hits.len().max(1)
     }
 }
 
@@ -54,8 +60,10 @@ impl PortScan {
     /// Forgets the addresses with no port hit within `window` before `now`.
     pub(crate) fn sweep(&mut self, now: SystemTime) {
         let window = self.config.window;
-        self.sources
-            .retain(|ports| ports.0.iter().any(|(_, _, at)| since(*at, now) < window));
+        self.sources.retain(|ports| {
+            ports.banned_until.is_some_and(|until| until > now)
+                || ports.hits.iter().any(|(_, _, at)| since(*at, now) < window)
+        });
     }
 
     /// `memory` is how long the history remembers an offence.
@@ -73,30 +81,42 @@ impl PortScan {
         }
         let limit = usize::try_from(self.config.distinct_ports.max(2)).unwrap_or(usize::MAX);
         let window = self.config.window;
+        let ban = self.config.ban;
         let count = self.sources.with(
             &source,
-            || Ports(Vec::new()),
+            || Ports {
+                hits: Vec::new(),
+                banned_until: None,
+            },
             |ports| {
-                ports.0.retain(|(_, _, seen)| since(*seen, at) < window);
+                if ports.banned_until.is_some_and(|until| at < until) {
+                    return 0;
+                }
+                ports.banned_until = None;
+                ports.hits.retain(|(_, _, seen)| since(*seen, at) < window);
                 match ports
-                    .0
+                    .hits
                     .iter_mut()
                     .find(|(p, port, _)| *p == proto && *port == dst_port)
                 {
                     Some(entry) => entry.2 = at,
-                    None => ports.0.push((proto, dst_port, at)),
+                    None => ports.hits.push((proto, dst_port, at)),
                 }
-                ports.0.len()
+                let count = ports.hits.len();
+                if count >= limit {
+                    ports.hits.clear();
+                    ports.banned_until = at.checked_add(ban);
+                }
+                count
             },
         );
         if count < limit {
             return;
         }
-        self.sources.remove(&source);
         let offence = history.record(source, unix_secs(at), memory);
         out.push(Action::Ban {
             net: IpNet::from(source),
-            duration: self.config.ban,
+            duration: ban,
             detector: Detector::PortScan,
             offence,
             why: clean(&format!(

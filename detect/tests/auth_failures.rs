@@ -18,7 +18,10 @@ fn fail(d: &mut Detectors, source: &str, from: u64, n: u64) -> Vec<Action> {
 #[test]
 fn below_at_and_above_the_threshold() {
     let mut d = detectors(CONFIG);
-    assert!(fail(&mut d, "203.0.113.7", 0, 4).is_empty(), "4 of 5 is below");
+    assert!(
+        fail(&mut d, "203.0.113.7", 0, 4).is_empty(),
+        "4 of 5 is below"
+    );
     let actions = fail(&mut d, "203.0.113.7", 4, 1);
     assert_eq!(bans(&actions), [("203.0.113.7/32".into(), min(30), 1)]);
     match &actions[0] {
@@ -105,7 +108,10 @@ fn history_round_trips_and_forgets() {
     // After a week without offences (more than 4 * max_ban), an address starts again.
     let mut d = Detectors::new(&detection(CONFIG), back);
     let week = 7 * 24 * 3600;
-    assert_eq!(bans(&fail(&mut d, "203.0.113.7", 300 + week, 5))[0], ("203.0.113.7/32".into(), min(30), 1));
+    assert_eq!(
+        bans(&fail(&mut d, "203.0.113.7", 300 + week, 5))[0],
+        ("203.0.113.7/32".into(), min(30), 1)
+    );
     // The other address was forgotten by the sweep.
     assert_eq!(d.history().get(ip("2001:db8:1::9")), None);
     assert_eq!(d.history().len(), 1);
@@ -125,7 +131,12 @@ fn history_rejects_nothing_it_wrote_and_ignores_empty_entries() {
 #[test]
 fn the_allowlist_is_never_acted_on() {
     let mut d = detectors(CONFIG);
-    for source in ["192.0.2.10", "192.0.2.255", "2001:db8:aa:1::5", "::ffff:192.0.2.7"] {
+    for source in [
+        "192.0.2.10",
+        "192.0.2.255",
+        "2001:db8:aa:1::5",
+        "::ffff:192.0.2.7",
+    ] {
         assert!(
             fail(&mut d, source, 0, 50).is_empty(),
             "{source} is inside the allowlist"
@@ -149,7 +160,10 @@ fn peers_are_suspended_not_banned() {
     for s in 0..3 {
         actions.extend(d.observe(peer_failure(s, "alice-laptop", "10.77.0.10")));
     }
-    assert!(bans(&actions).is_empty(), "a tunnel address is never banned");
+    assert!(
+        bans(&actions).is_empty(),
+        "a tunnel address is never banned"
+    );
     assert_eq!(actions.len(), 2, "{actions:?}");
     match &actions[0] {
         Action::Suspend {
@@ -173,8 +187,12 @@ fn peers_are_suspended_not_banned() {
     }
     // Two failures after acting do not act again; a peer's failures do not count for its
     // address seen in a log.
-    assert!(d.observe(peer_failure(4, "alice-laptop", "10.77.0.10")).is_empty());
-    assert!(d.observe(peer_failure(5, "alice-laptop", "10.77.0.10")).is_empty());
+    assert!(d
+        .observe(peer_failure(4, "alice-laptop", "10.77.0.10"))
+        .is_empty());
+    assert!(d
+        .observe(peer_failure(5, "alice-laptop", "10.77.0.10"))
+        .is_empty());
     assert!(d.history().is_empty());
 }
 
