@@ -786,6 +786,8 @@ pub struct Detection {
     pub volume: Volume,
     /// `[detection.new_endpoint]`.
     pub new_endpoint: NewEndpoint,
+    /// `[detection.off_hours]`.
+    pub off_hours: OffHours,
     /// `[[detection.log_source]]`, in file order.
     pub log_sources: Vec<LogSource>,
 }
@@ -793,7 +795,8 @@ pub struct Detection {
 /// `[detection.auth_failures]`: banning sources of repeated login failures.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AuthFailures {
-    /// `threshold`, default 5 failures within `window`.
+    /// `threshold`, default 5 (1 to [`MAX_DETECTION_COUNT`]) failures of one source address
+    /// within `window`.
     pub threshold: u32,
     /// `window`, default 10 minutes.
     pub window: Duration,
@@ -804,12 +807,24 @@ pub struct AuthFailures {
     pub escalate: f64,
     /// `max_ban`, default 24 hours; never shorter than `ban`.
     pub max_ban: Duration,
+    /// `per_peer_threshold`, default `threshold`: failures within `window` of one VPN peer's
+    /// logins through the tunnel (seen by inspection) before its MFA session is ended. A peer's
+    /// tunnel address is never banned, as it is not an outside address.
+    pub per_peer_threshold: u32,
+    /// `suspend_disable`, default none: when set, a peer suspended for login failures is also
+    /// refused for this long, not only sent back to the MFA portal.
+    pub suspend_disable: Option<Duration>,
 }
+
+/// The largest `threshold`, `per_peer_threshold` and `distinct_ports` of `[detection]`: the
+/// detectors keep one timestamp or port per counted event, so this bounds their memory per
+/// tracked source.
+pub const MAX_DETECTION_COUNT: u32 = 10_000;
 
 /// `[detection.port_scan]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortScan {
-    /// `distinct_ports`, default 20 (at least 2) within `window`.
+    /// `distinct_ports`, default 20 (2 to [`MAX_DETECTION_COUNT`]) within `window`.
     pub distinct_ports: u32,
     /// `window`, default 1 minute.
     pub window: Duration,
@@ -829,6 +844,13 @@ pub struct Volume {
 /// `[detection.new_endpoint]`: a peer connecting from a network it never used before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewEndpoint {
+    /// `action`, default `alert`.
+    pub action: ResponseAction,
+}
+
+/// `[detection.off_hours]`: a peer trying a service outside its role's `hours`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffHours {
     /// `action`, default `alert`.
     pub action: ResponseAction,
 }

@@ -222,6 +222,8 @@ pub(super) struct RawDetection {
     #[serde(default)]
     pub new_endpoint: RawNewEndpoint,
     #[serde(default)]
+    pub off_hours: RawOffHours,
+    #[serde(default)]
     pub log_source: Vec<RawLogSource>,
 }
 
@@ -233,6 +235,8 @@ pub(super) struct RawAuthFailures {
     pub ban: Option<Text>,
     pub escalate: Option<Spanned<f64>>,
     pub max_ban: Option<Text>,
+    pub per_peer_threshold: Option<Int>,
+    pub suspend_disable: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -254,6 +258,12 @@ pub(super) struct RawVolume {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNewEndpoint {
+    pub action: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOffHours {
     pub action: Option<Text>,
 }
 

@@ -101,6 +101,9 @@ fn example_is_accepted() {
     assert_eq!(config.inspection.protocol_mismatch, ViolationAction::Drop);
     assert_eq!(config.detection.volume.per_peer_bytes_per_hour, 2 << 30);
     assert_eq!(config.detection.volume.action, ResponseAction::Suspend);
+    assert_eq!(config.detection.auth_failures.per_peer_threshold, 5);
+    assert_eq!(config.detection.auth_failures.suspend_disable, None);
+    assert_eq!(config.detection.off_hours.action, ResponseAction::Alert);
     let source = &config.detection.log_sources[0];
     let caps = source
         .pattern
@@ -168,6 +171,26 @@ fn empty_file_gets_the_default_values() {
     assert_eq!(section_only.vpn, default.vpn);
 }
 
+/// `per_peer_threshold` follows `threshold` unless it is set; `suspend_disable` is off unless set.
+#[test]
+fn detection_peer_keys_default_and_parse() {
+    let config = parsed("[detection.auth_failures]\nthreshold = 8\n");
+    assert_eq!(config.detection.auth_failures.per_peer_threshold, 8);
+    assert_eq!(config.detection.auth_failures.suspend_disable, None);
+    assert_eq!(config.detection.off_hours.action, ResponseAction::Alert);
+    let config = parsed(
+        "[detection.auth_failures]\nthreshold = 8\nper_peer_threshold = 3\nsuspend_disable = \"2h\"\n\
+         [detection.off_hours]\naction = \"suspend\"\n",
+    );
+    assert_eq!(config.detection.auth_failures.threshold, 8);
+    assert_eq!(config.detection.auth_failures.per_peer_threshold, 3);
+    assert_eq!(
+        config.detection.auth_failures.suspend_disable,
+        Some(Duration::from_secs(2 * 3600))
+    );
+    assert_eq!(config.detection.off_hours.action, ResponseAction::Suspend);
+}
+
 #[test]
 fn unknown_keys_name_the_key_file_and_line() {
     check(
@@ -190,7 +213,7 @@ fn unknown_keys_name_the_key_file_and_line() {
     check(
         "[detection]\nauth_failures = { threshold = 3, windw = \"1m\" }\n",
         &["/etc/crmguard/crmguard.toml:2:34: detection.auth_failures.windw: unknown field `windw`, expected one of \
-           `threshold`, `window`, `ban`, `escalate`, `max_ban`"],
+           `threshold`, `window`, `ban`, `escalate`, `max_ban`, `per_peer_threshold`, `suspend_disable`"],
     );
 }
 
@@ -363,6 +386,26 @@ fn semantic_errors_are_located() {
         (
             "[detection.volume]\nper_peer_bytes_per_hour = \"2 gigs\"\n",
             "2:27: detection.volume.per_peer_bytes_per_hour: is not a positive size such as \"2GiB\", \"500MB\" or a number of bytes",
+        ),
+        (
+            "[detection.auth_failures]\nthreshold = 10001\n",
+            "2:13: detection.auth_failures.threshold: 10001 is out of range (1 to 10000)",
+        ),
+        (
+            "[detection.auth_failures]\nper_peer_threshold = 0\n",
+            "2:22: detection.auth_failures.per_peer_threshold: 0 is out of range (1 to 10000)",
+        ),
+        (
+            "[detection.auth_failures]\nsuspend_disable = \"1 hour\"\n",
+            "2:19: detection.auth_failures.suspend_disable: `1 hour` has an unknown unit; the units are `s`, `m`, `h`, `d` and `w`",
+        ),
+        (
+            "[detection.port_scan]\ndistinct_ports = 1\n",
+            "2:18: detection.port_scan.distinct_ports: 1 is out of range (2 to 10000)",
+        ),
+        (
+            "[detection.off_hours]\naction = \"ban\"\n",
+            "2:10: detection.off_hours.action: `ban` is not one of `alert`, `suspend`",
         ),
         (
             "[detection.volume]\naction = \"ban\"\n",

@@ -30,9 +30,9 @@ use super::{
     parse_duration, Agent, Alerts, AppProtocol, Audit, AuthFailures, Backup, Config, ConfigWord,
     Date, DefaultAction, DenyEntry, Detection, Firewall, Hours, IcmpPolicy, Inspection, Interface,
     Limits, LogFormat, LogSource, LoginFailureRule, Metrics, Mfa, Mode, NewEndpoint, NoSniAction,
-    OnWriteFailure, ParserErrorAction, Peer, PortScan, Proto, ResponseAction, Role, Service,
-    ServiceSpec, SniPattern, TlsVersion, ViolationAction, Volume, Vpn, XdpMode,
-    MAX_INTERFACE_NAME_LEN, MAX_NAME_LEN,
+    OffHours, OnWriteFailure, ParserErrorAction, Peer, PortScan, Proto, ResponseAction, Role,
+    Service, ServiceSpec, SniPattern, TlsVersion, ViolationAction, Volume, Vpn, XdpMode,
+    MAX_DETECTION_COUNT, MAX_INTERFACE_NAME_LEN, MAX_NAME_LEN,
 };
 pub(super) use policy_tests::{test_files, test_peers};
 
@@ -814,16 +814,30 @@ fn detection(c: &mut Check, raw: &RawDetection) -> Detection {
         Some(value) => *value.get_ref(),
         None => 2.0,
     };
+    let threshold = c.detection_count(&auth.threshold, "detection.auth_failures.threshold", 5, 1);
+    let per_peer_threshold = c.detection_count(
+        &auth.per_peer_threshold,
+        "detection.auth_failures.per_peer_threshold",
+        threshold,
+        1,
+    );
+    let suspend_disable = auth.suspend_disable.as_ref().and_then(|text| {
+        parse_duration(text.get_ref())
+            .map_err(|err| c.fail(&text.span(), "detection.auth_failures.suspend_disable", err))
+            .ok()
+    });
     let auth_failures = AuthFailures {
-        threshold: c.count_or(&auth.threshold, "detection.auth_failures.threshold", 5, 1),
+        threshold,
         window: c.duration_or(&auth.window, "detection.auth_failures.window", 10 * 60),
         ban,
         escalate,
         max_ban,
+        per_peer_threshold,
+        suspend_disable,
     };
     let scan = &raw.port_scan;
     let port_scan = PortScan {
-        distinct_ports: c.count_or(
+        distinct_ports: c.detection_count(
             &scan.distinct_ports,
             "detection.port_scan.distinct_ports",
             20,
@@ -852,6 +866,13 @@ fn detection(c: &mut Check, raw: &RawDetection) -> Detection {
             ResponseAction::Alert,
         ),
     };
+    let off_hours = OffHours {
+        action: c.word_or(
+            &raw.off_hours.action,
+            "detection.off_hours.action",
+            ResponseAction::Alert,
+        ),
+    };
     let mut seen = Seen::new("log source");
     let mut log_sources = Vec::new();
     for (i, raw) in raw.log_source.iter().enumerate() {
@@ -876,6 +897,7 @@ fn detection(c: &mut Check, raw: &RawDetection) -> Detection {
         port_scan,
         volume,
         new_endpoint,
+        off_hours,
         log_sources,
     }
 }
@@ -1052,6 +1074,25 @@ impl Check<'_, '_> {
             .as_ref()
             .and_then(|value| self.count(value, key, min))
             .unwrap_or(default)
+    }
+
+    /// A count of `[detection]` (`min` to [`MAX_DETECTION_COUNT`]), `default` when unset.
+    fn detection_count(&mut self, value: &Option<Int>, key: &str, default: u32, min: u32) -> u32 {
+        let Some(value) = value else {
+            return default;
+        };
+        let number = *value.get_ref();
+        match u32::try_from(number) {
+            Ok(count) if (min..=MAX_DETECTION_COUNT).contains(&count) => count,
+            _ => {
+                self.fail(
+                    &value.span(),
+                    key,
+                    format!("{number} is out of range ({min} to {MAX_DETECTION_COUNT})"),
+                );
+                default
+            }
+        }
     }
 
     fn port(&mut self, value: &Int, key: &str) -> Option<u16> {
