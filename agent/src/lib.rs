@@ -9,6 +9,7 @@
 //! and, in the binary, the CLI.
 
 pub mod access;
+pub mod alerts;
 pub mod control;
 pub mod daemon;
 pub mod http;
