@@ -11,6 +11,7 @@
 pub mod access;
 pub mod alerts;
 pub mod control;
+pub mod crowdsec;
 pub mod daemon;
 pub mod http;
 pub mod inspection;
