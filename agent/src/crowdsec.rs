@@ -441,10 +441,11 @@ impl Bouncer {
         let thread = std::thread::Builder::new()
             .name("crowdsec-bouncer".to_owned())
             .spawn(move || loop {
-                if let Ok(update) = self.poll() {
+                let pulled = self.poll();
+                *shared.lock().unwrap_or_else(PoisonError::into_inner) = self.status();
+                if let Ok(update) = pulled {
                     on_update(update);
                 }
-                *shared.lock().unwrap_or_else(PoisonError::into_inner) = self.status();
                 match stopped.recv_timeout(self.interval) {
                     Err(RecvTimeoutError::Timeout) => {}
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
