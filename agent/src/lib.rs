@@ -9,7 +9,9 @@
 //! and, in the binary, the CLI.
 
 pub mod access;
+pub mod alerts;
 pub mod control;
+pub mod crowdsec;
 pub mod daemon;
 pub mod http;
 pub mod inspection;

@@ -14,6 +14,7 @@
 //! xtask, which must build without clang, depends on this crate and never on the agent's.
 
 pub mod agent;
+pub mod alerting;
 pub mod browser;
 pub mod cmd;
 pub mod frames;

@@ -6,11 +6,13 @@
 //! reference model) run everywhere.
 
 mod access;
+mod alerts;
 mod atomic;
 mod attacks;
 mod audit;
 mod bans;
 mod browser;
+mod crowdsec;
 mod differential;
 mod established;
 mod explain;

@@ -137,6 +137,14 @@ const TEST: &[Package] = &[
         "real SMTP client flows with AUTH and STARTTLS (corpus)",
     ),
     pkg("libnet-ssleay-perl", "STARTTLS in swaks (corpus)"),
+    pkg(
+        "prometheus-alertmanager",
+        "a real Alertmanager receiving crmguard's alerts on its v2 API",
+    ),
+    pkg(
+        "crowdsec",
+        "a real CrowdSec Local API and cscli for the bouncer and watcher clients",
+    ),
 ];
 
 const DEMO: &[Package] = &[
