@@ -280,6 +280,9 @@ fn ensure_packages(task: Task) -> Result<()> {
         );
     };
     eprintln!("xtask: installing them with apt-get");
+    if missing.contains(&"crowdsec") {
+        offline_crowdsec()?;
+    }
     cmd::run(update.arg("update"))?;
     let mut install = cmd::as_root("apt-get", &[("DEBIAN_FRONTEND", "noninteractive".into())])?;
     cmd::run(
@@ -295,6 +298,22 @@ fn ensure_packages(task: Task) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Debian's crowdsec package registers with CrowdSec's central API while it installs, and its
+/// installation fails where that API cannot be reached (CI, a lab without the Internet). A
+/// credentials file that exists before the install opts out, as the package's README says; the
+/// tests only run the Local API, which needs none of it.
+fn offline_crowdsec() -> Result<()> {
+    const FILE: &str = "/etc/crowdsec/online_api_credentials.yaml";
+    eprintln!("xtask: creating {FILE} so that crowdsec installs without registering online");
+    let mut sh = cmd::as_root("sh", &[])?;
+    cmd::run(sh.args([
+        "-c",
+        &format!(
+            "mkdir -p /etc/crowdsec && {{ [ -e {FILE} ] || echo '# no online API: crmguard tests use the Local API only' > {FILE}; }}"
+        ),
+    ]))
 }
 
 /// The subset of `names` that dpkg does not list as installed.

@@ -49,6 +49,20 @@ const FORBIDDEN_DEPENDENCIES: &[(&str, &[&str], &str)] = &[
         "the core is pure: no build script of ours, no kernel, no async runtime",
     ),
     (
+        "crmguard-detect",
+        &[
+            "crmguard-datapath",
+            "crmguard-vpn",
+            "crmguard-inspect",
+            "crmguard",
+            "aya",
+            "tokio",
+            "tun-rs",
+            "quinn-udp",
+        ],
+        "detectors are pure state machines: the daemon feeds them and carries out their actions",
+    ),
+    (
         "crmguard-inspect",
         &[
             "crmguard-datapath",
