@@ -1,0 +1,523 @@
+//! Following a log file across rotation, on a thread of its own.
+//!
+//! The follower polls: every [`POLL`] it reads what was appended to the file it has open, and
+//! compares the inode at the path with that file's.
+//!
+//! - **Start.** Without a saved position it starts at the end of the file (history is not
+//!   replayed); with one for the same inode it continues at the saved offset. When the path
+//!   holds another inode, the saved one was rotated while the agent was down: the follower
+//!   looks for it in the same directory (`auth.log.1`), reads it from the saved offset to its
+//!   end, and reads the new file from its start.
+//! - **Rotation by rename** (logrotate's default `create`): once the path holds a new inode,
+//!   the old file is read to its end, then the new one from its start. The old file stays
+//!   open for [`ROTATED_GRACE`] and is read on every poll, because a writer keeps appending to
+//!   it until it is told to reopen its log (the `postrotate` signal).
+//! - **Truncation** (`copytruncate`): when the file is shorter than what was read, reading
+//!   starts again at offset 0; the lines already read are not read again.
+//! - **A missing file** is waited for; a file that appears is read from its start.
+//!
+//! Limits that polling and the rotation schemes themselves set: with `copytruncate`, lines
+//! written between logrotate's copy and its truncation are in neither file and are lost to
+//! every reader, and lines the follower had not read yet when the file was truncated are only
+//! in the copy; a truncated file that has grown past the old offset again before the next poll
+//! looks unchanged, and the follower continues at the old offset. A file that is created and
+//! rotated away again within one poll interval is never seen.
+//!
+//! The position is saved at most every [`SAVE_EVERY`] while lines arrive and when the
+//! follower stops, so an orderly restart loses and repeats nothing; after a crash the lines
+//! read since the last save are read again.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::lines::{self, Lines, Split};
+use super::position::{self, FilePosition};
+use super::stop::Stop;
+use super::{error_chain, journal, Counters, Line, Origin};
+
+/// How often the file is looked at.
+pub const POLL: Duration = Duration::from_millis(100);
+/// How long a rotated file is still read after the path got a new one.
+pub const ROTATED_GRACE: Duration = Duration::from_secs(5);
+/// The shortest interval between two saves of the position while lines arrive.
+pub const SAVE_EVERY: Duration = Duration::from_millis(250);
+/// Bytes read per `read` call.
+const CHUNK: usize = 64 * 1024;
+/// Bytes read from one file before the follower looks at rotation and the stop signal again,
+/// so a writer faster than the follower cannot starve them.
+const BURST: u64 = 16 * 1024 * 1024;
+
+/// Starting a follower.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("starting the thread that follows log source {name}")]
+    Spawn {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A running follower: a thread that hands each line of one source to a callback. Dropping
+/// it (or [`Follower::stop`]) stops the thread, saves the position and waits for it.
+pub struct Follower {
+    stop: Arc<Stop>,
+    counters: Arc<Counters>,
+    /// Called by `stop` before joining: wakes a thread blocked outside [`Stop::wait`].
+    on_stop: Option<Box<dyn FnOnce() + Send>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Follower {
+    /// Follows `origin`, keeping its position in the file `state`, and calls `sink` with
+    /// every line on the follower's thread. `name` is the source's configured name, used in
+    /// the thread's name and in log messages.
+    pub fn start<F>(
+        name: &str,
+        origin: Origin,
+        state: PathBuf,
+        sink: F,
+    ) -> Result<Follower, FollowError>
+    where
+        F: FnMut(Line) + Send + 'static,
+    {
+        match origin {
+            Origin::File(path) => Follower::file(name, path, state, sink),
+            Origin::Journal(unit) => journal::start(name, unit, state, sink),
+        }
+    }
+
+    /// Follows the log file at `path`.
+    pub fn file<F>(
+        name: &str,
+        path: PathBuf,
+        state: PathBuf,
+        sink: F,
+    ) -> Result<Follower, FollowError>
+    where
+        F: FnMut(Line) + Send + 'static,
+    {
+        let source = name.to_owned();
+        Follower::spawn(name, None, move |stop, counters| {
+            let mut deliver = Deliver { sink, counters };
+            follow_file(&source, &path, &state, stop, &mut deliver);
+        })
+    }
+
+    /// Runs `body` on a new thread named after the source.
+    pub(crate) fn spawn<B>(
+        name: &str,
+        on_stop: Option<Box<dyn FnOnce() + Send>>,
+        body: B,
+    ) -> Result<Follower, FollowError>
+    where
+        B: FnOnce(&Stop, &Counters) + Send + 'static,
+    {
+        let stop = Arc::new(Stop::default());
+        let counters = Arc::new(Counters::default());
+        let thread = thread::Builder::new()
+            .name(format!("log-{name}"))
+            .spawn({
+                let stop = Arc::clone(&stop);
+                let counters = Arc::clone(&counters);
+                move || body(&stop, &counters)
+            })
+            .map_err(|source| FollowError::Spawn {
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(Follower {
+            stop,
+            counters,
+            on_stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// What the follower has done so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Stops the thread after the line it is handing over, saves the position and waits.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.stop();
+        if let Some(wake) = self.on_stop.take() {
+            wake();
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("a log source's thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// The callback and the counters, as the reading code hands lines to them.
+pub(crate) struct Deliver<'a, F> {
+    pub(crate) sink: F,
+    pub(crate) counters: &'a Counters,
+}
+
+impl<F: FnMut(Line)> Deliver<'_, F> {
+    pub(crate) fn line(&mut self, split: Split<'_>) {
+        Counters::bump(&self.counters.lines);
+        if split.cut {
+            Counters::bump(&self.counters.cut_lines);
+        }
+        (self.sink)(Line {
+            text: lines::text(split.bytes),
+            read_at: SystemTime::now(),
+            cut: split.cut,
+        });
+    }
+}
+
+/// A file's identity: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(meta: &fs::Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// One open file and how far it was read.
+struct Reader {
+    file: File,
+    id: FileId,
+    /// Bytes read from the file, including those of a partial line held in `lines`.
+    read: u64,
+    lines: Lines,
+}
+
+impl Reader {
+    /// Opens `path` at `offset`, or at its end when `offset` is `None`; an offset past the end
+    /// (the file was truncated) starts at 0.
+    fn open(path: &Path, offset: Option<u64>) -> io::Result<Reader> {
+        let mut file = File::open(path)?;
+        let meta = file.metadata()?;
+        let at = match offset {
+            Some(offset) if offset <= meta.len() => offset,
+            Some(_) => 0,
+            None => meta.len(),
+        };
+        file.seek(SeekFrom::Start(at))?;
+        Ok(Reader {
+            file,
+            id: FileId::of(&meta),
+            read: at,
+            lines: Lines::default(),
+        })
+    }
+
+    /// Reads what was appended, up to [`BURST`] bytes; true when there may be more.
+    fn drain<F: FnMut(Line)>(&mut self, deliver: &mut Deliver<'_, F>) -> io::Result<bool> {
+        let mut buf = vec![0; CHUNK];
+        let mut burst = 0;
+        loop {
+            let n = self.file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let n64 = u64::try_from(n).unwrap_or(u64::MAX);
+            self.read += n64;
+            burst += n64;
+            self.lines.feed(&buf[..n], &mut |split| deliver.line(split));
+            if burst >= BURST {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Reads to the end, however much there is.
+    fn drain_all<F: FnMut(Line)>(&mut self, deliver: &mut Deliver<'_, F>) -> io::Result<()> {
+        while self.drain(deliver)? {}
+        Ok(())
+    }
+
+    /// Whether the file is now shorter than what was read from it.
+    fn truncated(&self) -> io::Result<bool> {
+        Ok(self.file.metadata()?.len() < self.read)
+    }
+
+    fn rewind(&mut self) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(0))?;
+        self.read = 0;
+        self.lines.discard();
+        Ok(())
+    }
+
+    fn position(&self) -> FilePosition {
+        let pending = u64::try_from(self.lines.pending()).unwrap_or(u64::MAX);
+        FilePosition {
+            dev: self.id.dev,
+            ino: self.id.ino,
+            offset: self.read.saturating_sub(pending),
+        }
+    }
+}
+
+/// A file the path no longer names, still read for a while.
+struct Rotated {
+    reader: Reader,
+    since: Instant,
+}
+
+impl Rotated {
+    /// Hands over a last line without newline: nothing more will be appended.
+    fn finish<F: FnMut(Line)>(mut self, deliver: &mut Deliver<'_, F>) {
+        self.reader.lines.finish(&mut |split| deliver.line(split));
+    }
+}
+
+fn follow_file<F: FnMut(Line)>(
+    name: &str,
+    path: &Path,
+    state: &Path,
+    stop: &Stop,
+    deliver: &mut Deliver<'_, F>,
+) {
+    let saved = position::load::<FilePosition>(state).unwrap_or_else(|e| {
+        tracing::warn!(source = name, error = %error_chain(&e), "ignoring the saved position; starting at the end of the file");
+        None
+    });
+    let (mut current, mut rotated) = resume(path, saved);
+    if current.is_none() {
+        tracing::info!(source = name, path = %path.display(), "waiting for the log file to appear");
+    }
+    let mut saver = Saver::new(state);
+    let mut warned = false;
+    loop {
+        let mut more = false;
+        let mut trouble = None;
+        if let Some(old) = &mut rotated {
+            match old.reader.drain(deliver) {
+                Ok(m) => more |= m,
+                Err(e) => trouble = Some(e),
+            }
+            if !more && old.since.elapsed() >= ROTATED_GRACE {
+                if let Some(old) = rotated.take() {
+                    old.finish(deliver);
+                }
+            }
+        }
+        if let Some(cur) = &mut current {
+            let step = cur.truncated().and_then(|truncated| {
+                if truncated {
+                    Counters::bump(&deliver.counters.truncations);
+                    tracing::debug!(source = name, "log file truncated; reading from its start");
+                    cur.rewind()?;
+                }
+                cur.drain(deliver)
+            });
+            match step {
+                Ok(m) => more |= m,
+                Err(e) => trouble = Some(e),
+            }
+        }
+        match switch(path, &mut current, &mut rotated, deliver) {
+            Ok(switched) => more |= switched,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => trouble = Some(e),
+        }
+        match trouble {
+            Some(e) if !warned => {
+                tracing::warn!(source = name, path = %path.display(), error = %e, "cannot read the log file");
+                warned = true;
+            }
+            Some(_) => {}
+            None => warned = false,
+        }
+        if let Some(position) = position_of(&current, &rotated) {
+            saver.save_soon(&position, name);
+        }
+        if more {
+            if stop.is_stopped() {
+                break;
+            }
+            continue;
+        }
+        if stop.wait(POLL) {
+            break;
+        }
+    }
+    if let Some(position) = position_of(&current, &rotated) {
+        saver.save(&position, name);
+    }
+}
+
+/// The position worth saving: the current file's, or while the path is missing the rotated
+/// one's.
+fn position_of(current: &Option<Reader>, rotated: &Option<Rotated>) -> Option<FilePosition> {
+    current
+        .as_ref()
+        .or(rotated.as_ref().map(|r| &r.reader))
+        .map(Reader::position)
+}
+
+/// Opens where the last run stopped; see the module's comment.
+fn resume(path: &Path, saved: Option<FilePosition>) -> (Option<Reader>, Option<Rotated>) {
+    let Some(saved) = saved else {
+        return (Reader::open(path, None).ok(), None);
+    };
+    let saved_id = FileId {
+        dev: saved.dev,
+        ino: saved.ino,
+    };
+    let current = Reader::open(path, Some(0)).ok();
+    if let Some(mut current) = current {
+        if current.id == saved_id {
+            let resumed = current
+                .file
+                .metadata()
+                .map(|meta| meta.len() >= saved.offset)
+                .unwrap_or(false);
+            if resumed && current.file.seek(SeekFrom::Start(saved.offset)).is_ok() {
+                current.read = saved.offset;
+            }
+            return (Some(current), None);
+        }
+        let rotated = find_sibling(path, saved_id, saved.offset);
+        return (Some(current), rotated);
+    }
+    (None, find_sibling(path, saved_id, saved.offset))
+}
+
+/// The file in `path`'s directory with inode `id`, opened at `offset`.
+fn find_sibling(path: &Path, id: FileId, offset: u64) -> Option<Rotated> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.is_file() && FileId::of(&meta) == id {
+            let reader = Reader::open(&entry.path(), Some(offset)).ok()?;
+            if reader.id != id {
+                return None;
+            }
+            return Some(Rotated {
+                reader,
+                since: Instant::now(),
+            });
+        }
+    }
+    None
+}
+
+/// Moves to the file the path names when it is not the one open: the old one is read to its
+/// end first and kept as the rotated file. True when it switched.
+fn switch<F: FnMut(Line)>(
+    path: &Path,
+    current: &mut Option<Reader>,
+    rotated: &mut Option<Rotated>,
+    deliver: &mut Deliver<'_, F>,
+) -> io::Result<bool> {
+    let id = FileId::of(&fs::metadata(path)?);
+    if current.as_ref().map(|c| c.id) == Some(id) {
+        return Ok(false);
+    }
+    let new = Reader::open(path, Some(0))?;
+    if current.as_ref().map(|c| c.id) == Some(new.id) {
+        return Ok(false);
+    }
+    if let Some(mut old) = current.take() {
+        let drained = old.drain_all(deliver);
+        if let Some(previous) = rotated.take() {
+            previous.finish(deliver);
+        }
+        Counters::bump(&deliver.counters.rotations);
+        *rotated = Some(Rotated {
+            reader: old,
+            since: Instant::now(),
+        });
+        *current = Some(new);
+        drained?;
+    } else {
+        *current = Some(new);
+    }
+    Ok(true)
+}
+
+/// Saves positions, at most every [`SAVE_EVERY`] unless told to save now, and warns once per
+/// run of failures.
+pub(crate) struct Saver<T> {
+    path: PathBuf,
+    saved: Option<T>,
+    at: Option<Instant>,
+    failing: bool,
+}
+
+impl<T: Serialize + PartialEq + Clone> Saver<T> {
+    pub(crate) fn new(path: &Path) -> Saver<T> {
+        Saver {
+            path: path.to_path_buf(),
+            saved: None,
+            at: None,
+            failing: false,
+        }
+    }
+
+    /// Saves `position` if it changed and the last save is [`SAVE_EVERY`] old.
+    pub(crate) fn save_soon(&mut self, position: &T, name: &str) {
+        if self.at.is_some_and(|at| at.elapsed() < SAVE_EVERY) {
+            return;
+        }
+        self.save(position, name);
+    }
+
+    /// Saves `position` if it changed.
+    pub(crate) fn save(&mut self, position: &T, name: &str) {
+        if self.saved.as_ref() == Some(position) {
+            return;
+        }
+        self.at = Some(Instant::now());
+        match position::save(&self.path, position) {
+            Ok(()) => {
+                self.saved = Some(position.clone());
+                self.failing = false;
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!(source = name, error = %error_chain(&e), "cannot save the log position; a restart may read lines again");
+                }
+                self.failing = true;
+            }
+        }
+    }
+}
