@@ -521,3 +521,260 @@ impl<T: Serialize + PartialEq + Clone> Saver<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs::OpenOptions;
+    use std::io::Write;
+    use std::sync::mpsc::{self, Receiver};
+
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    fn start(path: &Path, state: &Path) -> (Follower, Receiver<Line>) {
+        let (tx, rx) = mpsc::channel();
+        let follower = Follower::file(
+            "test",
+            path.to_path_buf(),
+            state.to_path_buf(),
+            move |line| {
+                // The receiver is gone only when the test is over.
+                let _ = tx.send(line);
+            },
+        )
+        .unwrap_or_else(|e| panic!("start: {e}"));
+        (follower, rx)
+    }
+
+    /// Waits until the follower has looked at the file once: it saves its first position then.
+    fn wait_started(state: &Path) {
+        let deadline = Instant::now() + DEADLINE;
+        while !state.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the follower never saved a position"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn append(path: &Path, bytes: &[u8]) {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        file.write_all(bytes)
+            .unwrap_or_else(|e| panic!("write: {e}"));
+    }
+
+    fn receive(rx: &Receiver<Line>, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => got.push(line.text),
+                Err(e) => panic!("after {} of {n} lines: {e}: {got:?}", got.len()),
+            }
+        }
+        got
+    }
+
+    /// Nothing more arrives within a few poll intervals.
+    fn assert_quiet(rx: &Receiver<Line>) {
+        if let Ok(line) = rx.recv_timeout(POLL * 4) {
+            panic!("unexpected line {:?}", line.text);
+        }
+    }
+
+    fn numbered(range: std::ops::Range<u32>) -> Vec<String> {
+        range.map(|n| format!("line {n}")).collect()
+    }
+
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"))
+    }
+
+    #[test]
+    fn appends_partial_lines_and_odd_bytes() {
+        let dir = dir();
+        let path = dir.path().join("auth.log");
+        let state = dir.path().join("auth.pos");
+        append(&path, b"history, not replayed\n");
+        let (follower, rx) = start(&path, &state);
+        wait_started(&state);
+        append(&path, b"first\nsec");
+        assert_eq!(receive(&rx, 1), ["first"]);
+        assert_quiet(&rx);
+        append(&path, b"ond\r\nbad \xff byte\n");
+        assert_eq!(receive(&rx, 2), ["second", "bad \u{fffd} byte"]);
+        let mut long = vec![b'x'; lines::MAX_LINE + 100];
+        long.extend_from_slice(b"\nafter\n");
+        append(&path, &long);
+        let got = receive(&rx, 2);
+        assert_eq!(got[0].len(), lines::MAX_LINE);
+        assert_eq!(got[1], "after");
+        assert_eq!(Counters::get(&follower.counters().cut_lines), 1);
+        assert_eq!(Counters::get(&follower.counters().lines), 5);
+        follower.stop();
+    }
+
+    #[test]
+    fn a_missing_file_is_read_from_its_start_when_it_appears() {
+        let dir = dir();
+        let path = dir.path().join("app.log");
+        let state = dir.path().join("app.pos");
+        let (follower, rx) = start(&path, &state);
+        assert_quiet(&rx);
+        append(&path, b"one\ntwo\n");
+        assert_eq!(receive(&rx, 2), ["one", "two"]);
+        follower.stop();
+    }
+
+    /// A writer appending numbered lines at a steady pace and rotating the file with
+    /// `rotate` after every `every` lines.
+    fn write_stream(path: &Path, total: u32, every: u32, mut rotate: impl FnMut(u32)) {
+        let mut file: Option<File> = None;
+        for n in 0..total {
+            if n > 0 && n % every == 0 {
+                file = None;
+                rotate(n / every);
+            }
+            let out = file.get_or_insert_with(|| {
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap_or_else(|e| panic!("open: {e}"))
+            });
+            out.write_all(format!("line {n}\n").as_bytes())
+                .unwrap_or_else(|e| panic!("write: {e}"));
+            if n % 20 == 0 {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    #[test]
+    fn rename_rotation_under_a_steady_writer() {
+        let dir = dir();
+        let path = dir.path().join("auth.log");
+        let state = dir.path().join("auth.pos");
+        append(&path, b"");
+        let (follower, rx) = start(&path, &state);
+        wait_started(&state);
+        let writer = {
+            let path = path.clone();
+            thread::spawn(move || {
+                write_stream(&path, 20_000, 3_500, |k| {
+                    let rotated = path.with_extension(format!("log.{k}"));
+                    fs::rename(&path, rotated).unwrap_or_else(|e| panic!("rename: {e}"));
+                });
+            })
+        };
+        let got = receive(&rx, 20_000);
+        writer.join().unwrap_or_else(|_| panic!("writer panicked"));
+        assert!(
+            got == numbered(0..20_000),
+            "lines lost, repeated or out of order"
+        );
+        assert_quiet(&rx);
+        assert_eq!(Counters::get(&follower.counters().rotations), 5);
+        follower.stop();
+    }
+
+    #[test]
+    fn copytruncate_rotation_under_a_steady_writer() {
+        let dir = dir();
+        let path = dir.path().join("app.log");
+        let state = dir.path().join("app.pos");
+        append(&path, b"");
+        let (follower, rx) = start(&path, &state);
+        wait_started(&state);
+        let (seen_tx, seen_rx) = mpsc::channel::<usize>();
+        let writer = {
+            let path = path.clone();
+            thread::spawn(move || {
+                write_stream(&path, 20_000, 3_500, |k| {
+                    // Lines the follower has not read when the file is truncated are only in
+                    // the copy; this test checks what the follower promises, so it truncates
+                    // after the follower read everything.
+                    let written = usize::try_from(k * 3_500).unwrap_or(usize::MAX);
+                    while seen_rx.recv().unwrap_or(usize::MAX) < written {}
+                    fs::copy(&path, path.with_extension(format!("log.{k}")))
+                        .unwrap_or_else(|e| panic!("copy: {e}"));
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_len(0))
+                        .unwrap_or_else(|e| panic!("truncate: {e}"));
+                });
+            })
+        };
+        let deadline = Instant::now() + DEADLINE;
+        let mut got = Vec::new();
+        while got.len() < 20_000 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("after {}: {e}", got.len()));
+            got.push(line.text);
+            let _ = seen_tx.send(got.len());
+        }
+        writer.join().unwrap_or_else(|_| panic!("writer panicked"));
+        assert!(
+            got == numbered(0..20_000),
+            "lines lost, repeated or out of order"
+        );
+        assert_quiet(&rx);
+        assert_eq!(Counters::get(&follower.counters().truncations), 5);
+        follower.stop();
+    }
+
+    #[test]
+    fn a_restart_resumes_where_the_last_run_stopped() {
+        let dir = dir();
+        let path = dir.path().join("auth.log");
+        let state = dir.path().join("auth.pos");
+        append(&path, b"");
+        let (follower, rx) = start(&path, &state);
+        wait_started(&state);
+        append(&path, numbered(0..100).join("\n").as_bytes());
+        append(&path, b"\nhalf");
+        assert_eq!(receive(&rx, 100), numbered(0..100));
+        follower.stop();
+
+        // Written while the agent is down: the partial line's end and more lines.
+        append(&path, b" and its end\n");
+        append(&path, (numbered(100..200).join("\n") + "\n").as_bytes());
+        let (follower, rx) = start(&path, &state);
+        let mut expected = vec!["half and its end".to_owned()];
+        expected.extend(numbered(100..200));
+        assert_eq!(receive(&rx, 101), expected);
+        assert_quiet(&rx);
+        follower.stop();
+
+        // Rotated while the agent is down: the rest of the old file, then the new one.
+        append(&path, b"old tail\n");
+        fs::rename(&path, dir.path().join("auth.log.1")).unwrap_or_else(|e| panic!("{e}"));
+        append(&path, b"new head\n");
+        let (follower, rx) = start(&path, &state);
+        assert_eq!(receive(&rx, 2), ["old tail", "new head"]);
+        assert_quiet(&rx);
+        follower.stop();
+
+        // Truncated while the agent is down: the new content from its start.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(0))
+            .unwrap_or_else(|e| panic!("truncate: {e}"));
+        append(&path, b"x\n");
+        let (follower, rx) = start(&path, &state);
+        assert_eq!(receive(&rx, 1), ["x"]);
+        assert_quiet(&rx);
+        follower.stop();
+    }
+}

@@ -245,3 +245,139 @@ pub(crate) fn parse_entry(line: &[u8]) -> Option<Entry> {
     };
     Some(Entry { cursor, message })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    #[test]
+    fn entries_give_their_message_and_cursor() {
+        let check = |line: &str, expected: Option<Entry>| {
+            assert_eq!(parse_entry(line.as_bytes()), expected, "{line}");
+        };
+        check(
+            r#"{"__CURSOR":"s=1;i=2","MESSAGE":"Failed password for root from 192.0.2.1 port 22 ssh2","_SYSTEMD_UNIT":"ssh.service"}"#,
+            Some(Entry {
+                cursor: Some("s=1;i=2".to_owned()),
+                message: Some(b"Failed password for root from 192.0.2.1 port 22 ssh2".to_vec()),
+            }),
+        );
+        check(
+            r#"{"__CURSOR":"c","MESSAGE":[104,105,255]}"#,
+            Some(Entry {
+                cursor: Some("c".to_owned()),
+                message: Some(b"hi\xff".to_vec()),
+            }),
+        );
+        check(
+            r#"{"__CURSOR":"c","MESSAGE":null}"#,
+            Some(Entry {
+                cursor: Some("c".to_owned()),
+                message: None,
+            }),
+        );
+        check(
+            r#"{"__CURSOR":"c","MESSAGE":[300]}"#,
+            Some(Entry {
+                cursor: Some("c".to_owned()),
+                message: None,
+            }),
+        );
+        check("-- No entries --", None);
+        check("[1,2]", None);
+    }
+
+    #[test]
+    fn the_first_run_skips_history_and_later_runs_continue_after_the_cursor() {
+        assert_eq!(
+            arguments("ssh.service", None),
+            [
+                "--follow",
+                "--quiet",
+                "--no-pager",
+                "--unit=ssh.service",
+                "--output=json",
+                "--lines=0"
+            ]
+        );
+        assert_eq!(
+            arguments("ssh.service", Some("s=1;i=2"))
+                .last()
+                .map(String::as_str),
+            Some("--after-cursor=s=1;i=2")
+        );
+    }
+
+    /// A stand-in for journalctl: records its arguments, prints two entries and exits on its
+    /// first run, prints one more and keeps following on its second.
+    const FAKE: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+echo "$*" >> "$dir/args"
+runs=$(wc -l < "$dir/args")
+if [ "$runs" -eq 1 ]; then
+  echo '{"__CURSOR":"c1","MESSAGE":"one"}'
+  echo '{"__CURSOR":"c2","MESSAGE":[116,119,111]}'
+  exit 1
+fi
+echo '{"__CURSOR":"c3","MESSAGE":"three"}'
+exec sleep 60
+"#;
+
+    #[test]
+    fn journalctl_is_restarted_after_the_last_cursor_and_stopped_at_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let program = dir.path().join("journalctl");
+        fs::write(&program, FAKE).unwrap_or_else(|e| panic!("{e}"));
+        fs::set_permissions(&program, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let state = dir.path().join("ssh.pos");
+        let (tx, rx) = mpsc::channel();
+        let runner = Runner {
+            program,
+            min_backoff: Duration::from_millis(50),
+        };
+        let follower = start_with(
+            "ssh",
+            "ssh.service".to_owned(),
+            state.clone(),
+            runner,
+            move |line: Line| {
+                let _ = tx.send(line.text);
+            },
+        )
+        .unwrap_or_else(|e| panic!("start: {e}"));
+        let got: Vec<String> = (0..3)
+            .map(|_| {
+                rx.recv_timeout(Duration::from_secs(20))
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        assert_eq!(got, ["one", "two", "three"]);
+        assert_eq!(Counters::get(&follower.counters().journal_restarts), 1);
+        let stopping = Instant::now();
+        follower.stop();
+        assert!(
+            stopping.elapsed() < Duration::from_secs(5),
+            "stopping waited for journalctl"
+        );
+        let args = fs::read_to_string(dir.path().join("args")).unwrap_or_else(|e| panic!("{e}"));
+        let runs: Vec<&str> = args.lines().collect();
+        assert_eq!(
+            runs,
+            [
+                "--follow --quiet --no-pager --unit=ssh.service --output=json --lines=0",
+                "--follow --quiet --no-pager --unit=ssh.service --output=json --after-cursor=c2",
+            ]
+        );
+        assert_eq!(
+            position::load::<JournalPosition>(&state).ok(),
+            Some(Some(JournalPosition {
+                cursor: "c3".to_owned()
+            }))
+        );
+    }
+}
