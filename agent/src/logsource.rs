@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-pub use follow::Follower;
+pub use follow::{FollowError, Follower};
 pub use pattern::{builtin, match_line, LogMatch, BUILTIN};
 
 /// Where a source's lines come from.
@@ -45,19 +45,29 @@ pub struct Line {
     pub cut: bool,
 }
 
-/// What a follower has done, for the daemon's metrics. Each counter only grows.
+/// What a follower has done, updated by its thread.
 #[derive(Debug, Default)]
 pub struct Counters {
+    lines: AtomicU64,
+    cut_lines: AtomicU64,
+    rotations: AtomicU64,
+    truncations: AtomicU64,
+    journal_restarts: AtomicU64,
+}
+
+/// The [`Counters`] at one moment, for the daemon's metrics. Each only grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
     /// Lines handed to the callback.
-    pub lines: AtomicU64,
+    pub lines: u64,
     /// Lines longer than [`lines::MAX_LINE`] bytes, handed over cut.
-    pub cut_lines: AtomicU64,
+    pub cut_lines: u64,
     /// Rotations by rename followed (a new file took the path).
-    pub rotations: AtomicU64,
+    pub rotations: u64,
     /// Truncations followed (copytruncate): reading restarted at the file's start.
-    pub truncations: AtomicU64,
+    pub truncations: u64,
     /// Times `journalctl` exited and was started again.
-    pub journal_restarts: AtomicU64,
+    pub journal_restarts: u64,
 }
 
 impl Counters {
@@ -65,9 +75,16 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A counter's current value.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    /// The counters' current values.
+    pub fn totals(&self) -> Totals {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Totals {
+            lines: get(&self.lines),
+            cut_lines: get(&self.cut_lines),
+            rotations: get(&self.rotations),
+            truncations: get(&self.truncations),
+            journal_restarts: get(&self.journal_restarts),
+        }
     }
 }
 

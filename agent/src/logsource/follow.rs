@@ -687,8 +687,8 @@ mod tests {
         let got = receive(&rx, 2);
         assert_eq!(got[0].len(), lines::MAX_LINE);
         assert_eq!(got[1], "after");
-        assert_eq!(Counters::get(&follower.counters().cut_lines), 1);
-        assert_eq!(Counters::get(&follower.counters().lines), 5);
+        assert_eq!(follower.counters().totals().cut_lines, 1);
+        assert_eq!(follower.counters().totals().lines, 5);
         follower.stop();
     }
 
@@ -752,7 +752,7 @@ mod tests {
             "lines lost, repeated or out of order"
         );
         assert_quiet(&rx);
-        assert_eq!(Counters::get(&follower.counters().rotations), 5);
+        assert_eq!(follower.counters().totals().rotations, 5);
         follower.stop();
     }
 
@@ -788,7 +788,7 @@ mod tests {
             "lines lost, repeated or out of order"
         );
         assert_quiet(&rx);
-        assert_eq!(Counters::get(&follower.counters().truncations), 5);
+        assert_eq!(follower.counters().totals().truncations, 5);
         follower.stop();
     }
 

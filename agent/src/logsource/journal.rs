@@ -6,7 +6,8 @@
 //! handed over. Without a saved cursor it starts with `--lines=0`: history is not replayed.
 //! When `journalctl` exits it is started again after a pause that doubles from
 //! [`MIN_BACKOFF`] to [`MAX_BACKOFF`], and falls back to the minimum once a run lasted
-//! [`MAX_BACKOFF`].
+//! [`MAX_BACKOFF`]. A saved cursor that `journalctl` refuses (it exits at once, having printed
+//! nothing) is dropped, and the next run starts at the journal's end.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -96,6 +97,7 @@ fn follow_journal<F: FnMut(Line)>(
     let mut backoff = runner.min_backoff;
     while !stop.is_stopped() {
         let started = Instant::now();
+        let resumed_from = cursor.clone();
         let result = run_once(
             name,
             unit,
@@ -118,6 +120,19 @@ fn follow_journal<F: FnMut(Line)>(
             break;
         }
         Counters::bump(&deliver.counters.journal_restarts);
+        // journalctl refuses a cursor it cannot parse (and exits) before printing anything;
+        // starting again with it would fail forever.
+        let refused = resumed_from.is_some()
+            && resumed_from == cursor
+            && result.as_ref().map_or(true, |status| !status.success());
+        if refused {
+            tracing::warn!(
+                source = name,
+                unit,
+                "journalctl refused the saved cursor; continuing at the journal's end"
+            );
+            cursor = None;
+        }
         match result {
             Ok(status) => {
                 tracing::warn!(source = name, unit, %status, "journalctl exited; starting it again")
@@ -144,6 +159,8 @@ pub(crate) fn arguments(unit: &str, cursor: Option<&str>) -> Vec<String> {
         "--no-pager".to_owned(),
         format!("--unit={unit}"),
         "--output=json".to_owned(),
+        // Without it, fields longer than 4096 bytes are printed as null.
+        "--all".to_owned(),
     ];
     match cursor {
         Some(cursor) => args.push(format!("--after-cursor={cursor}")),
@@ -301,6 +318,7 @@ mod tests {
                 "--no-pager",
                 "--unit=ssh.service",
                 "--output=json",
+                "--all",
                 "--lines=0"
             ]
         );
@@ -357,7 +375,7 @@ exec sleep 60
             })
             .collect();
         assert_eq!(got, ["one", "two", "three"]);
-        assert_eq!(Counters::get(&follower.counters().journal_restarts), 1);
+        assert_eq!(follower.counters().totals().journal_restarts, 1);
         let stopping = Instant::now();
         follower.stop();
         assert!(
@@ -369,14 +387,71 @@ exec sleep 60
         assert_eq!(
             runs,
             [
-                "--follow --quiet --no-pager --unit=ssh.service --output=json --lines=0",
-                "--follow --quiet --no-pager --unit=ssh.service --output=json --after-cursor=c2",
+                "--follow --quiet --no-pager --unit=ssh.service --output=json --all --lines=0",
+                "--follow --quiet --no-pager --unit=ssh.service --output=json --all --after-cursor=c2",
             ]
         );
         assert_eq!(
             position::load::<JournalPosition>(&state).ok(),
             Some(Some(JournalPosition {
                 cursor: "c3".to_owned()
+            }))
+        );
+    }
+
+    #[test]
+    fn a_refused_cursor_is_dropped() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let program = dir.path().join("journalctl");
+        let script = r#"#!/bin/sh
+echo "$*" >> "$(dirname "$0")/args"
+case "$*" in
+  *--after-cursor=*) echo "Failed to seek to cursor: Invalid argument" >&2; exit 1 ;;
+esac
+echo '{"__CURSOR":"good","MESSAGE":"fresh"}'
+exec sleep 60
+"#;
+        fs::write(&program, script).unwrap_or_else(|e| panic!("{e}"));
+        fs::set_permissions(&program, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let state = dir.path().join("ssh.pos");
+        position::save(
+            &state,
+            &JournalPosition {
+                cursor: "bad".to_owned(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (tx, rx) = mpsc::channel();
+        let runner = Runner {
+            program,
+            min_backoff: Duration::from_millis(50),
+        };
+        let follower = start_with(
+            "ssh",
+            "ssh.service".to_owned(),
+            state.clone(),
+            runner,
+            move |line: Line| {
+                let _ = tx.send(line.text);
+            },
+        )
+        .unwrap_or_else(|e| panic!("start: {e}"));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(20)).ok().as_deref(),
+            Some("fresh")
+        );
+        follower.stop();
+        let args = fs::read_to_string(dir.path().join("args")).unwrap_or_else(|e| panic!("{e}"));
+        let last: Vec<&str> = args
+            .lines()
+            .map(|run| run.rsplit(' ').next().unwrap_or(""))
+            .collect();
+        assert_eq!(last, ["--after-cursor=bad", "--lines=0"]);
+        assert_eq!(
+            position::load::<JournalPosition>(&state).ok(),
+            Some(Some(JournalPosition {
+                cursor: "good".to_owned()
             }))
         );
     }
