@@ -75,7 +75,13 @@ pub enum FollowError {
 }
 
 /// A running follower: a thread that hands each line of one source to a callback. Dropping
-/// it (or [`Follower::stop`]) stops the thread, saves the position and waits for it.
+/// it (or [`Follower::stop`]) stops the thread, saves the position and waits for it; that
+/// wait lasts at most the callback's current call and one save, but it blocks, so an async
+/// caller stops followers from a blocking context.
+///
+/// The callback runs on the follower's thread. When it blocks (a full bounded channel), the
+/// follower waits and the lines wait in the file: nothing is lost, and the position saved is
+/// that of the last line handed over.
 pub struct Follower {
     stop: Arc<Stop>,
     counters: Arc<Counters>,
@@ -473,8 +479,10 @@ fn find_sibling(path: &Path, id: FileId, offset: u64) -> Option<Rotated> {
 }
 
 /// The copy `copytruncate` made of `reader`'s file before truncating it, opened at the offset
-/// `reader` had read to: a recent regular file beside it, at least that long, whose bytes
-/// before that offset are the ones `reader` read last.
+/// `reader` had read to: of the regular files beside it modified in the last [`COPY_AGE`],
+/// at least that long and whose bytes before that offset are the ones `reader` read last, the
+/// one modified last (an older copy can end the same way when a program logs the same line
+/// over and over).
 fn find_copy(path: &Path, reader: &Reader) -> Option<File> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -486,16 +494,21 @@ fn find_copy(path: &Path, reader: &Reader) -> Option<File> {
         return None;
     }
     let mut bytes = vec![0; reader.recent.len()];
+    let mut best: Option<(SystemTime, File)> = None;
     for entry in fs::read_dir(dir).ok()?.flatten() {
         let Ok(meta) = entry.metadata() else {
             continue;
         };
-        let young = meta
-            .modified()
-            .ok()
-            .and_then(|at| at.elapsed().ok())
-            .is_some_and(|age| age < COPY_AGE);
-        if !meta.is_file() || FileId::of(&meta) == reader.id || meta.len() < reader.read || !young {
+        let Ok(modified) = meta.modified() else {
+            continue;
+        };
+        let young = modified.elapsed().is_ok_and(|age| age < COPY_AGE);
+        if !meta.is_file()
+            || !young
+            || FileId::of(&meta) == reader.id
+            || meta.len() < reader.read
+            || best.as_ref().is_some_and(|(newest, _)| *newest >= modified)
+        {
             continue;
         }
         let Ok(mut file) = File::open(entry.path()) else {
@@ -505,10 +518,10 @@ fn find_copy(path: &Path, reader: &Reader) -> Option<File> {
             && file.read_exact(&mut bytes).is_ok()
             && bytes == reader.recent;
         if same {
-            return Some(file);
+            best = Some((modified, file));
         }
     }
-    None
+    best.map(|(_, file)| file)
 }
 
 /// Moves to the file the path names when it is not the one open: the old one is read to its
