@@ -9,14 +9,20 @@
 //! every line in a file (the live one or a copy, where the follower finds the lines it had not
 //! read yet when the file was truncated) was read.
 //!
+//! The journal: a systemd-journald of the test's own, in a mount namespace whose `/run` is
+//! private and whose journal directory is a temporary one, gets entries from `logger
+//! --journald`; crmguard reads them with the real `journalctl --directory` and must hand over
+//! the unit's new entries only, and after a restart continue after the last one.
+//!
 //! No network namespace is needed; root is, as logrotate refuses configurations it does not
-//! trust.
+//! trust and journald's entries only match `--unit` from root.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
@@ -24,7 +30,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use crmguard::logsource::{Follower, Line};
+use crmguard::logsource::journal::{self, Journalctl};
+use crmguard::logsource::{match_line, pattern, Follower, Line};
 use crmguard_lab::privileged;
 use tempfile::TempDir;
 
@@ -252,5 +259,201 @@ fn logrotate_copytruncate_under_a_steady_stream_reads_every_line_in_a_file_once(
         got.len(),
         written.saturating_sub(read_count)
     );
+    Ok(())
+}
+
+// ---- the journal -----------------------------------------------------------------------------
+
+/// A systemd-journald in a mount namespace of its own, writing to a temporary directory.
+/// Killed and reaped when dropped.
+struct Journald {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Journald {
+    fn start() -> Result<Journald> {
+        let dir = tempfile::tempdir()?;
+        let script = format!(
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/log/journal /run/systemd/journal \
+             && mount --bind {} /run/log/journal && exec /lib/systemd/systemd-journald",
+            dir.path().display()
+        );
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting systemd-journald")?;
+        let journald = Journald { child, dir };
+        let socket = format!(
+            "/proc/{}/root/run/systemd/journal/socket",
+            journald.child.id()
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Path::new(&socket).exists() {
+            ensure!(
+                Instant::now() < deadline,
+                "journald never opened its socket"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(journald)
+    }
+
+    /// Writes one entry with `OBJECT_SYSTEMD_UNIT=unit`, which `journalctl --unit` matches in
+    /// entries from root, as it does `_SYSTEMD_UNIT` for the unit's own processes.
+    fn log(&self, unit: &str, message: &str) -> Result<()> {
+        let mut logger = Command::new("nsenter")
+            .arg(format!("--target={}", self.child.id()))
+            .args(["--mount", "logger", "--journald"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("running logger")?;
+        let entry =
+            format!("MESSAGE={message}\nOBJECT_SYSTEMD_UNIT={unit}\nSYSLOG_IDENTIFIER=sshd\n");
+        logger
+            .stdin
+            .take()
+            .context("logger's input")?
+            .write_all(entry.as_bytes())?;
+        let status = logger.wait()?;
+        ensure!(status.success(), "logger failed: {status}");
+        Ok(())
+    }
+
+    /// `journalctl` reading this journal: a wrapper that adds `--directory`.
+    fn journalctl(&self, scratch: &Path) -> Result<Journalctl> {
+        let program = scratch.join("journalctl");
+        fs::write(
+            &program,
+            format!(
+                "#!/bin/sh\nexec journalctl --directory={} \"$@\"\n",
+                self.dir.path().display()
+            ),
+        )?;
+        fs::set_permissions(&program, fs::Permissions::from_mode(0o755))?;
+        Ok(Journalctl {
+            program,
+            min_backoff: Duration::from_millis(200),
+        })
+    }
+}
+
+impl Drop for Journald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn follow_journal(journald: &Journald, scratch: &Path) -> Result<(Follower, Receiver<Line>)> {
+    let (tx, rx) = mpsc::channel();
+    let follower = journal::start_with(
+        "ssh",
+        "ssh.service".to_owned(),
+        scratch.join("ssh.pos"),
+        journald.journalctl(scratch)?,
+        move |line| {
+            // The receiver is gone only when the test is over.
+            let _ = tx.send(line);
+        },
+    )?;
+    Ok((follower, rx))
+}
+
+/// The next line, within a deadline.
+fn next(rx: &Receiver<Line>) -> Result<String> {
+    Ok(rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("no line from the journal")?
+        .text)
+}
+
+#[test]
+fn journal_of_a_unit_from_its_end_and_after_the_last_cursor() -> Result<()> {
+    if !privileged::require("logsource::journal_of_a_unit_from_its_end_and_after_the_last_cursor") {
+        return Ok(());
+    }
+    privileged::require_tools(&[
+        ("journalctl", "systemd"),
+        ("logger", "bsdutils"),
+        ("unshare", "util-linux"),
+        ("nsenter", "util-linux"),
+    ])?;
+    ensure!(
+        Path::new("/lib/systemd/systemd-journald").exists(),
+        "systemd-journald is not installed: apt-get install systemd"
+    );
+    let journald = Journald::start()?;
+    let scratch = tempfile::tempdir()?;
+    journald.log(
+        "ssh.service",
+        "Failed password for root from 192.0.2.99 port 22 ssh2",
+    )?;
+    let (follower, rx) = follow_journal(&journald, scratch.path())?;
+
+    // journalctl starts at the journal's end: markers until the first arrives, and the entry
+    // written before it is never handed over.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut marker = 0;
+    loop {
+        ensure!(
+            Instant::now() < deadline,
+            "journalctl never followed the journal"
+        );
+        journald.log("ssh.service", &format!("marker {marker}"))?;
+        marker += 1;
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            ensure!(
+                line.text.starts_with("marker "),
+                "history replayed: {:?}",
+                line.text
+            );
+            break;
+        }
+    }
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+        ensure!(
+            line.text.starts_with("marker "),
+            "history replayed: {:?}",
+            line.text
+        );
+    }
+
+    let sshd = regex::Regex::new(pattern::SSHD)?;
+    journald.log(
+        "cron.service",
+        "Failed password for root from 192.0.2.50 port 22 ssh2",
+    )?;
+    journald.log(
+        "ssh.service",
+        "Failed password for root from 192.0.2.1 port 22 ssh2",
+    )?;
+    journald.log("ssh.service", "Invalid user bob from 2001:db8::7 port 4444")?;
+    let mut found = Vec::new();
+    for _ in 0..2 {
+        let line = next(&rx)?;
+        let m = match_line(&sshd, &line).with_context(|| format!("no match in {line:?}"))?;
+        found.push(m.addr.to_string());
+    }
+    ensure!(found == ["192.0.2.1", "2001:db8::7"], "{found:?}");
+    follower.stop();
+
+    // Written while the agent is down, then read after the saved cursor, once.
+    journald.log("ssh.service", "while down 1")?;
+    journald.log("ssh.service", "while down 2")?;
+    let (follower, rx) = follow_journal(&journald, scratch.path())?;
+    ensure!(next(&rx)? == "while down 1");
+    ensure!(next(&rx)? == "while down 2");
+    journald.log("ssh.service", "after restart")?;
+    ensure!(next(&rx)? == "after restart");
+    if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+        bail!("unexpected line {:?}", line.text);
+    }
+    ensure!(
+        follower.counters().totals().journal_restarts == 0,
+        "journalctl exited"
+    );
+    follower.stop();
     Ok(())
 }

@@ -26,11 +26,22 @@ pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest pause.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// The program to run and the first pause; tests replace `journalctl` with a script.
-#[derive(Debug, Clone)]
-pub(crate) struct Runner {
-    pub(crate) program: PathBuf,
-    pub(crate) min_backoff: Duration,
+/// How the journal is read: the program (the system's `journalctl`, or a wrapper that adds
+/// options such as `--directory` for a journal kept elsewhere) and the first pause before it
+/// is started again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Journalctl {
+    pub program: PathBuf,
+    pub min_backoff: Duration,
+}
+
+impl Default for Journalctl {
+    fn default() -> Journalctl {
+        Journalctl {
+            program: PathBuf::from("journalctl"),
+            min_backoff: MIN_BACKOFF,
+        }
+    }
 }
 
 /// Follows the journal of `unit` with the system's `journalctl`.
@@ -38,18 +49,15 @@ pub fn start<F>(name: &str, unit: String, state: PathBuf, sink: F) -> Result<Fol
 where
     F: FnMut(Line) + Send + 'static,
 {
-    let runner = Runner {
-        program: PathBuf::from("journalctl"),
-        min_backoff: MIN_BACKOFF,
-    };
-    start_with(name, unit, state, runner, sink)
+    start_with(name, unit, state, Journalctl::default(), sink)
 }
 
-pub(crate) fn start_with<F>(
+/// Follows the journal of `unit` with `journalctl`.
+pub fn start_with<F>(
     name: &str,
     unit: String,
     state: PathBuf,
-    runner: Runner,
+    runner: Journalctl,
     sink: F,
 ) -> Result<Follower, FollowError>
 where
@@ -82,7 +90,7 @@ fn follow_journal<F: FnMut(Line)>(
     name: &str,
     unit: &str,
     state: &Path,
-    runner: &Runner,
+    runner: &Journalctl,
     slot: &Mutex<Option<Child>>,
     stop: &Stop,
     deliver: &mut Deliver<'_, F>,
@@ -174,7 +182,7 @@ pub(crate) fn arguments(unit: &str, cursor: Option<&str>) -> Vec<String> {
 fn run_once<F: FnMut(Line)>(
     name: &str,
     unit: &str,
-    runner: &Runner,
+    runner: &Journalctl,
     slot: &Mutex<Option<Child>>,
     stop: &Stop,
     cursor: &mut Option<String>,
@@ -354,7 +362,7 @@ exec sleep 60
             .unwrap_or_else(|e| panic!("{e}"));
         let state = dir.path().join("ssh.pos");
         let (tx, rx) = mpsc::channel();
-        let runner = Runner {
+        let runner = Journalctl {
             program,
             min_backoff: Duration::from_millis(50),
         };
@@ -423,7 +431,7 @@ exec sleep 60
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let (tx, rx) = mpsc::channel();
-        let runner = Runner {
+        let runner = Journalctl {
             program,
             min_backoff: Duration::from_millis(50),
         };
