@@ -7,6 +7,12 @@
 //! the journal cursor) in a small state file the caller names, so a restarted agent continues
 //! where the last one stopped instead of replaying old failures or missing new ones.
 //!
+//! The daemon starts one [`Follower`] per configured source with [`Follower::start`], giving
+//! it a state file of its own (one per source name) and a callback that runs [`match_line`]
+//! with the source's compiled pattern and passes each [`LogMatch`] on, for instance through a
+//! bounded channel to the runtime. [`BUILTIN`] and [`builtin`] give the patterns a
+//! configuration may name (`pattern = "sshd"`). [`Follower::counters`] feeds the metrics.
+//!
 //! This module reads and matches; it does not count failures, ban or write audit records
 //! (the detection layer does, from the [`LogMatch`]es it gets).
 
