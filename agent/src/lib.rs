@@ -16,5 +16,6 @@ pub mod daemon;
 pub mod http;
 pub mod inspection;
 pub mod listen;
+pub mod logsource;
 pub mod metrics;
 pub mod portal;

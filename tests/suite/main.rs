@@ -23,6 +23,7 @@ mod inspection;
 mod interfaces;
 mod limits;
 mod limits_fds;
+mod logsource;
 mod metrics;
 mod monitor;
 mod reconcile;

@@ -1,0 +1,119 @@
+//! The follower's position, kept in a small JSON state file between runs: for a file, the
+//! device and inode it was reading and the offset after the last line handed over; for the
+//! journal, the cursor of the last entry handed over.
+//!
+//! The file is replaced atomically (written beside it, then renamed), so a crash leaves the
+//! old position or the new one, never a torn one. It is not synced to disk on every save: it
+//! survives an agent crash, and after a power loss the follower may re-read a few lines.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Where a file follower stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePosition {
+    pub dev: u64,
+    pub ino: u64,
+    /// Bytes of the file handed over as lines (a partial last line is not counted).
+    pub offset: u64,
+}
+
+/// Where a journal follower stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalPosition {
+    /// The `__CURSOR` of the last entry handed over.
+    pub cursor: String,
+}
+
+/// Reading or writing a state file.
+#[derive(Debug, thiserror::Error)]
+pub enum PositionError {
+    #[error("reading the position file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("parsing the position file {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("writing the position file {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The saved position, or `None` when there is no state file yet.
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, PositionError> {
+    let text = match fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(PositionError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|source| PositionError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Replaces the saved position.
+pub fn save<T: Serialize>(path: &Path, position: &T) -> Result<(), PositionError> {
+    let write_err = |source| PositionError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut text = serde_json::to_vec(position)
+        .map_err(|e| write_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+    text.push(b'\n');
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, &text).map_err(write_err)?;
+    fs::rename(&tmp, path).map_err(write_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_a_missing_file_is_none() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("pos.json");
+        assert_eq!(load::<FilePosition>(&path).ok(), Some(None));
+        let pos = FilePosition {
+            dev: 2049,
+            ino: 1234,
+            offset: 99,
+        };
+        save(&path, &pos).unwrap_or_else(|e| panic!("save: {e}"));
+        assert_eq!(load::<FilePosition>(&path).ok(), Some(Some(pos)));
+        let cursor = JournalPosition {
+            cursor: "s=abc;i=1f".to_owned(),
+        };
+        save(&path, &cursor).unwrap_or_else(|e| panic!("save: {e}"));
+        assert_eq!(load::<JournalPosition>(&path).ok(), Some(Some(cursor)));
+        // A journal position is not a file position.
+        assert!(matches!(
+            load::<FilePosition>(&path),
+            Err(PositionError::Parse { .. })
+        ));
+    }
+}
