@@ -16,6 +16,7 @@
 //! file, then to the kernel. Ended bans are swept every second; the kernel's ban
 //! maps are compared with the list on the reconcile tick and repaired.
 
+mod detection;
 mod metrics;
 mod peers;
 mod portal;
@@ -384,6 +385,10 @@ struct Agent {
     inspector: std::sync::Arc<crmguard_inspect::Inspector>,
     /// Inspection's events: folded audit records and the subscribers'.
     inspection_events: std::sync::Arc<crate::inspection::InspectionEvents>,
+    /// The detectors and where their actions go.
+    detection: detection::Detection,
+    /// The log sources' followers (threads); stopped with the agent.
+    log_followers: Vec<crate::logsource::Follower>,
     /// The peers' MFA sessions and lifecycle.
     access: Access,
     /// The MFA portal's listeners.
@@ -455,6 +460,7 @@ impl Agent {
                 .collect(),
             audit_write_errors: self.audit.errors(),
             vpn: self.vpn.status(),
+            crowdsec: self.detection.crowdsec_status(),
             inspection: self.vpn.status().map(|_| {
                 crate::inspection::InspectionStatus::from(
                     self.inspector
@@ -556,6 +562,14 @@ impl Agent {
         self.access.reload(&self.config);
         self.cut_departed(&previous, &connected);
         self.portal.apply(&self.config);
+        self.detection.update(&previous, &self.config);
+        if previous.detection.log_sources != self.config.detection.log_sources {
+            for follower in std::mem::take(&mut self.log_followers) {
+                follower.stop();
+            }
+            self.log_followers =
+                detection::start_log_sources(&self.config, &self.detection.observer);
+        }
         Ok(generation)
     }
 
@@ -659,9 +673,8 @@ impl Agent {
 
     /// `crmguard ban add`: the list, then the file, then the kernel. A ban that cannot be
     /// saved or written to the kernel stays in the list, is retried, and the answer says so.
-    fn ban_add(&mut self, request: ManualBan) -> Response {
-        let now = SystemTime::now();
-        let host_addrs = host_addresses();
+    /// The host's own addresses and the tunnel's networks, which bans must not cover.
+    fn guarded_networks(&self) -> (Vec<IpAddr>, Vec<IpNet>) {
         let tunnel_nets: Vec<IpNet> = self
             .config
             .vpn
@@ -674,6 +687,12 @@ impl Agent {
             })
             .flatten()
             .collect();
+        (host_addresses(), tunnel_nets)
+    }
+
+    fn ban_add(&mut self, request: ManualBan) -> Response {
+        let now = SystemTime::now();
+        let (host_addrs, tunnel_nets) = self.guarded_networks();
         let guard = Safeguards {
             allowlist: &self.config.detection.allowlist,
             host_addrs: &host_addrs,
@@ -1007,6 +1026,10 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         std::sync::Arc::clone(&portal_listening),
         std::sync::Arc::clone(&inspector),
     );
+    let (detection, observer, mut detect_rx) =
+        detection::Detection::start(&config, &registry, &inspection_events)
+            .map_err(MetricsError::Register)?;
+    let log_followers = detection::start_log_sources(&config, &observer);
 
     let mut audit = audit::Sink::open(&config.audit, &config.agent.state_dir);
     audit
@@ -1052,6 +1075,8 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         vpn,
         inspector,
         inspection_events,
+        detection,
+        log_followers,
         access,
         portal,
         policy_source,
@@ -1087,8 +1112,19 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
                 let answer = agent.access.portal(&request, &agent.config, &agent.vpn, &mut agent.audit);
                 let _ = reply.send(answer);
             }
+            Some(incoming) = detect_rx.recv() => agent.detect(incoming),
             _ = drain_events.tick() => {
-                let undecodable = events.drain(&mut agent.recent);
+                let now = SystemTime::now();
+                let undecodable = events.drain(&mut agent.recent, |event| {
+                    observer.observe(
+                        now,
+                        crmguard_detect::Input::Dropped {
+                            source: event.src,
+                            dst_port: event.dport,
+                            proto: event.proto,
+                        },
+                    );
+                });
                 if undecodable > 0 {
                     tracing::warn!(records = undecodable, "drop events this agent cannot decode (is the program newer than the agent?)");
                 }
@@ -1121,11 +1157,15 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
             _ = sweep.tick() => {
                 agent.sweep_bans();
                 agent.access_tick();
+                agent.detection_tick(&observer);
             }
         }
     }
 
     // What happened since the last tick is recorded before the stop.
+    for follower in std::mem::take(&mut agent.log_followers) {
+        follower.stop();
+    }
     agent.access_tick();
     agent.access.flush(&mut agent.audit);
     for event in agent.metrics.acl().take_denials(SystemTime::now(), true) {

@@ -447,6 +447,19 @@ fn print_status(status: &Status) {
             print!("{}", inspection.describe());
             println!();
         }
+        if let Some(cs) = &status.crowdsec {
+            println!(
+                "CrowdSec {}: {}, {} decisions in force{}",
+                cs.url,
+                if cs.reachable { "reachable" } else { "NOT reachable" },
+                cs.decisions,
+                cs.last_error
+                    .as_deref()
+                    .map(|e| format!(", last error: {e}"))
+                    .unwrap_or_default()
+            );
+            println!();
+        }
         print_access(status);
     }
     print_bans(&status.bans);

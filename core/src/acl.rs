@@ -546,7 +546,14 @@ pub struct AclMetrics {
     /// policy tests, so that what they predict can be seen happening.
     by_reason: IntCounterVec,
     denials: Arc<Mutex<Aggregator>>,
+    /// Refusals outside a role's hours not yet handed to the detectors: (peer, service), at
+    /// most [`OUTSIDE_HOURS_KEPT`].
+    outside_hours: Arc<Mutex<Vec<(String, String)>>>,
 }
+
+/// Refusals outside hours kept between two reads by the daemon (one second); beyond, the
+/// detectors would learn nothing more.
+pub const OUTSIDE_HOURS_KEPT: usize = 256;
 
 impl AclMetrics {
     /// Creates the counters and registers them in `registry`.
@@ -574,6 +581,7 @@ impl AclMetrics {
             denied,
             by_reason,
             denials: Arc::default(),
+            outside_hours: Arc::default(),
         })
     }
 
@@ -598,6 +606,15 @@ impl AclMetrics {
         {
             self.denied.with_label_values(&[role, service_label]).inc();
             self.by_reason.with_label_values(&[reason.as_str()]).inc();
+            if *reason == DenyReason::OutsideHours {
+                let mut kept = self
+                    .outside_hours
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if kept.len() < OUTSIDE_HOURS_KEPT {
+                    kept.push((peer.to_owned(), (*service_label).to_owned()));
+                }
+            }
             let service = format!("{service_label} ({reason})");
             let src = src.to_string();
             self.denials
@@ -612,6 +629,16 @@ impl AclMetrics {
                     None,
                 );
         }
+    }
+
+    /// The refusals outside a role's hours since the last call: (peer, service).
+    pub fn take_outside_hours(&self) -> Vec<(String, String)> {
+        std::mem::take(
+            &mut *self
+                .outside_hours
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// The `acl_denied` audit records of the minutes that ended before `now`; with `all`,

@@ -24,6 +24,7 @@ pub mod exit;
 pub mod explain;
 pub mod interfaces;
 pub mod keys;
+pub mod log_patterns;
 pub mod mfa;
 pub mod model;
 pub mod peers;

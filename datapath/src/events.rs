@@ -105,12 +105,16 @@ impl EventReader {
         Ok(Self { ring })
     }
 
-    /// Takes every record waiting; returns how many could not be decoded.
-    pub fn drain(&mut self, recent: &mut Recent) -> u64 {
+    /// Takes every record waiting, shows each to `each` and keeps it in `recent`; returns how
+    /// many could not be decoded.
+    pub fn drain(&mut self, recent: &mut Recent, mut each: impl FnMut(&DropEvent)) -> u64 {
         let mut undecodable = 0;
         while let Some(item) = self.ring.next() {
             match decode(&item) {
-                Some(event) => recent.push(event),
+                Some(event) => {
+                    each(&event);
+                    recent.push(event);
+                }
                 None => undecodable += 1,
             }
         }

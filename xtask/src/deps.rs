@@ -145,6 +145,11 @@ const TEST: &[Package] = &[
         "crowdsec",
         "a real CrowdSec Local API and cscli for the bouncer and watcher clients",
     ),
+    pkg(
+        "logrotate",
+        "rotates followed log files both ways (create and copytruncate)",
+    ),
+    pkg("sshpass", "types wrong passwords into ssh for the brute-force tests"),
 ];
 
 const DEMO: &[Package] = &[

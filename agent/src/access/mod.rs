@@ -400,6 +400,26 @@ impl Access {
         was_open
     }
 
+    /// A detector suspended `peer`: its MFA session ends now (`reason` is the detector), so it
+    /// reaches only the portal until it signs in again. Returns whether a session was open.
+    pub fn suspend(
+        &mut self,
+        peer: &str,
+        reason: &str,
+        config: &crmguard_core::config::Config,
+        vpn: &dyn MfaGate,
+        audit: &mut audit::Sink,
+    ) -> bool {
+        let from = config
+            .peers
+            .iter()
+            .find(|p| p.name == peer)
+            .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |p| {
+                IpAddr::V4(p.address)
+            });
+        self.end_session(peer, &format!("suspended by {reason}"), from, vpn, audit)
+    }
+
     /// A peer was removed or disabled (`reason`): its session ends now.
     pub fn peer_cut(
         &mut self,

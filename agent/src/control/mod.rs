@@ -203,6 +203,9 @@ pub struct Status {
     /// The WireGuard endpoint, when `[vpn]` is configured.
     #[serde(default)]
     pub vpn: Option<crmguard_vpn::status::VpnStatus>,
+    /// The CrowdSec Local API, when `[crowdsec]` has a bouncer key.
+    #[serde(default)]
+    pub crowdsec: Option<crate::crowdsec::CrowdsecStatus>,
     /// Inspection's flow table and its recent violations, when the VPN endpoint is configured.
     #[serde(default)]
     pub inspection: Option<crate::inspection::InspectionStatus>,

@@ -80,73 +80,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// OpenSSH's sshd (`pattern = "sshd"`): one match per failed attempt, in auth.log form
-/// (`... sshd[PID]: MESSAGE`, also `sshd-session[PID]`) and as the bare message that the
-/// journal and `sshd -E` give. It matches:
-///
-/// - `Failed password for [invalid user ]USER from ADDR port N ssh2` (and
-///   `keyboard-interactive/pam`): each wrong password;
-/// - `Invalid user USER from ADDR port N`: a connection for an account that does not exist,
-///   also when the scanner then sends no password at all;
-/// - `error: maximum authentication attempts exceeded for [invalid user ]USER from ADDR port N
-///   ssh2 [preauth]`: the end of a connection that used up `MaxAuthTries`, the only line of
-///   public-key guessing.
-///
-/// It does not match lines that repeat an attempt already counted, so one mistyped password
-/// counts once: `pam_unix(sshd:auth): authentication failure; ... rhost=ADDR` (written with
-/// the `Failed password` line of the same attempt when sshd uses PAM),
-/// `Connection closed by authenticating user USER ADDR port N [preauth]` (the client left
-/// after failed attempts, or an administrator pressed Ctrl-C at the password prompt) and
-/// `PAM N more authentication failures`. A wrong password for an unknown account counts twice
-/// (`Invalid user` and `Failed password for invalid user`).
-///
-/// The address is the last `from ADDR port N` of the line (the message is anchored at its
-/// end), because sshd writes the user name, which the client chooses, before it.
-pub const SSHD: &str = concat!(
-    r"(?:^|\bsshd(?:-session)?\[\d+\]: )",
-    r"(?:Failed (?:password|keyboard-interactive/pam) for |Invalid user |",
-    r"error: maximum authentication attempts exceeded for )",
-    r"(?:invalid user )?(?P<user>.*) from (?P<addr>\S+) port \d+(?: ssh2)?(?: \[preauth\])?$",
-);
-
-/// The combined access log format of nginx and Apache with status 401, on any path and with
-/// any method (`pattern = "nginx-401"` or `"apache-401"`; the two formats are the same).
-///
-/// 401 is what HTTP basic authentication answers to wrong credentials and what CRM login
-/// APIs answer to a wrong password; a login form that answers 200 with an error page cannot be
-/// told from a success in an access log. 403 (authenticated but not allowed) is not a login
-/// failure and is not matched. The bare challenge a browser gets before it sends credentials
-/// is a 401 too and counts once per visit to a protected area.
-///
-/// The address is the line's first field (`$remote_addr`, `%h`): behind a reverse proxy it is
-/// the proxy's, unless the server logs the client's. The request and the user are quoted or
-/// escaped by both servers (nginx writes `"` as `\x22`, Apache as `\"`), so the status is
-/// found after the request's closing quote and a crafted path or User-Agent cannot supply it.
-/// `user` is the basic-authentication user name, absent when the client sent none (`-`).
-pub const COMBINED_401: &str = concat!(
-    r#"^(?P<addr>\S+) \S+ (?:-|(?P<user>.*?)) \[[^\]]*\] "#,
-    r#""(?:[^"\\]|\\.)*" 401(?: |$)"#,
-);
-
-/// nginx's `combined` access log, status 401: [`COMBINED_401`].
-pub const NGINX_401: &str = COMBINED_401;
-/// Apache's `combined` access log, status 401: [`COMBINED_401`].
-pub const APACHE_401: &str = COMBINED_401;
-
-/// The built-in patterns by the name a configuration gives them, in a fixed order.
-pub const BUILTIN: &[(&str, &str)] = &[
-    ("sshd", SSHD),
-    ("nginx-401", NGINX_401),
-    ("apache-401", APACHE_401),
-];
-
-/// The regular expression of the built-in pattern `name`.
-pub fn builtin(name: &str) -> Option<&'static str> {
-    BUILTIN
-        .iter()
-        .find(|(builtin, _)| *builtin == name)
-        .map(|(_, pattern)| *pattern)
-}
+pub use crmguard_core::log_patterns::{
+    builtin, APACHE_401, BUILTIN, COMBINED_401, NGINX_401, SSHD,
+};
 
 #[cfg(test)]
 mod tests {

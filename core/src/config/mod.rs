@@ -411,6 +411,8 @@ pub struct Config {
     pub metrics: Metrics,
     /// `[alerts]`: where alerts go.
     pub alerts: Alerts,
+    /// `[crowdsec]`: the fleet's shared decisions, if configured.
+    pub crowdsec: Option<Crowdsec>,
     /// `[[test]]`: the policy's own tests, those of the configuration file and then those of
     /// each file of `[tests] files`, in order.
     pub tests: Vec<PolicyTest>,
@@ -858,18 +860,29 @@ pub struct OffHours {
 /// One `[[detection.log_source]]`: a log file scanned for login failures.
 #[derive(Debug, Clone)]
 pub struct LogSource {
-    /// The source name, used as a metric label.
+    /// The source name, used as a metric label and as the protocol of its failures.
     pub name: String,
-    /// The log file.
-    pub path: PathBuf,
-    /// The failure pattern; it has a named group `addr` that captures the source address.
+    /// Where its lines come from: `path` (a file, followed across rotation) or `unit` (the
+    /// systemd journal of that unit).
+    pub origin: LogOrigin,
+    /// The failure pattern, a regular expression or a built-in name (`sshd`, `nginx-401`,
+    /// `apache-401`); it has a named group `addr` that captures the source address.
     pub pattern: regex::Regex,
+}
+
+/// Where a log source's lines come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOrigin {
+    /// `path`: a file.
+    File(PathBuf),
+    /// `unit`: the journal of a systemd unit, such as `ssh.service`.
+    Journal(String),
 }
 
 impl PartialEq for LogSource {
     fn eq(&self, other: &Self) -> bool {
         self.name == other.name
-            && self.path == other.path
+            && self.origin == other.origin
             && self.pattern.as_str() == other.pattern.as_str()
     }
 }
@@ -923,9 +936,27 @@ pub struct Metrics {
 /// `[alerts]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alerts {
-    /// `webhook`: an `http://` or `https://` URL that receives alerts as JSON; `None` disables
-    /// webhook alerts.
+    /// `webhook`: an `http://` URL that receives alerts as JSON; `None` disables webhook
+    /// alerts.
     pub webhook: Option<String>,
+    /// `alertmanager`: the `http://` base URL of a Prometheus Alertmanager (its v2 API).
+    pub alertmanager: Option<String>,
+    /// `queue`, default 1024: alerts waiting for delivery per destination; beyond, they are
+    /// dropped and counted.
+    pub queue: u32,
+}
+
+/// `[crowdsec]`: a CrowdSec Local API shared by a fleet of hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crowdsec {
+    /// `url`: the Local API's `http://` base URL, such as `http://127.0.0.1:8080`.
+    pub url: String,
+    /// `bouncer_key`: with it, the API's ban decisions are enforced in XDP.
+    pub bouncer_key: Option<String>,
+    /// `interval`, default 10 s: how often decisions are pulled.
+    pub interval: Duration,
+    /// `machine_id` and `password`: with them, crmguard's own bans are pushed to the API.
+    pub watcher: Option<(String, String)>,
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub alerts: RawAlerts,
+    pub crowdsec: Option<RawCrowdsec>,
     #[serde(default)]
     pub test: Vec<RawTest>,
     #[serde(default)]
@@ -271,7 +272,8 @@ pub(super) struct RawOffHours {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLogSource {
     pub name: Text,
-    pub path: Text,
+    pub path: Option<Text>,
+    pub unit: Option<Text>,
     pub pattern: Text,
 }
 
@@ -312,4 +314,16 @@ pub(super) struct RawMetrics {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAlerts {
     pub webhook: Option<Text>,
+    pub alertmanager: Option<Text>,
+    pub queue: Option<Int>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCrowdsec {
+    pub url: Text,
+    pub bouncer_key: Option<Text>,
+    pub interval: Option<Text>,
+    pub machine_id: Option<Text>,
+    pub password: Option<Text>,
 }

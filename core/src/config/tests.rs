@@ -116,8 +116,19 @@ fn example_is_accepted() {
     assert_eq!(config.backup.every, Duration::from_secs(86400));
     assert_eq!(
         config.alerts.webhook.as_deref(),
-        Some("http://127.0.0.1:9093/api/v2/alerts")
+        Some("http://127.0.0.1:8088/crmguard")
     );
+    assert_eq!(
+        config.alerts.alertmanager.as_deref(),
+        Some("http://127.0.0.1:9093")
+    );
+    let crowdsec = config.crowdsec.as_ref();
+    assert_eq!(
+        crowdsec.map(|c| c.url.as_str()),
+        Some("http://127.0.0.1:8080")
+    );
+    assert_eq!(crowdsec.map(|c| c.interval), Some(Duration::from_secs(10)));
+    assert!(crowdsec.is_some_and(|c| c.watcher.is_some() && c.bouncer_key.is_some()));
 }
 
 #[test]
@@ -202,7 +213,7 @@ fn unknown_keys_name_the_key_file_and_line() {
         "[agent]\nmode = \"monitor\"\n[firewal]\n",
         &["/etc/crmguard/crmguard.toml:3:2: firewal: unknown field `firewal`, expected one of \
            `agent`, `interface`, `firewall`, `vpn`, `role`, `peer`, `inspection`, `detection`, `mfa`, \
-           `audit`, `backup`, `metrics`, `alerts`, `test`, `tests`"],
+           `audit`, `backup`, `metrics`, `alerts`, `crowdsec`, `test`, `tests`"],
     );
     check(
         "[[firewall.service]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [22]\n\
@@ -458,6 +469,14 @@ fn semantic_errors_are_located() {
         (
             "[alerts]\nwebhook = \"ftp://example.com/alerts\"\n",
             "2:11: alerts.webhook: `ftp://example.com/alerts` is not an http:// or https:// URL",
+        ),
+        (
+            "[alerts]\nalertmanager = \"https://am.example.com\"\n",
+            "2:16: alerts.alertmanager: `https://am.example.com`: crmguard speaks plain http to this service; run it on the host or behind a local relay, and give its http:// address",
+        ),
+        (
+            "[crowdsec]\nurl = \"http://127.0.0.1:8080\"\nmachine_id = \"crm1\"\n",
+            "3:14: crowdsec.password: `machine_id` needs `password` (the watcher's credentials)",
         ),
     ];
     for (src, expected) in cases {

@@ -20,19 +20,19 @@ use toml::Spanned;
 
 use super::error::{ConfigError, ConfigErrors, Source};
 use super::raw::{
-    Int, List, RawAgent, RawConfig, RawDetection, RawFirewall, RawInspection, RawInterface, RawMfa,
-    RawPeer, RawPeersFile, RawRole, RawVpn, Text,
+    Int, List, RawAgent, RawConfig, RawCrowdsec, RawDetection, RawFirewall, RawInspection,
+    RawInterface, RawMfa, RawPeer, RawPeersFile, RawRole, RawVpn, Text,
 };
 
 mod policy_tests;
 
 use super::{
     parse_duration, Agent, Alerts, AppProtocol, Audit, AuthFailures, Backup, Config, ConfigWord,
-    Date, DefaultAction, DenyEntry, Detection, Firewall, Hours, IcmpPolicy, Inspection, Interface,
-    Limits, LogFormat, LogSource, LoginFailureRule, Metrics, Mfa, Mode, NewEndpoint, NoSniAction,
-    OffHours, OnWriteFailure, ParserErrorAction, Peer, PortScan, Proto, ResponseAction, Role,
-    Service, ServiceSpec, SniPattern, TlsVersion, ViolationAction, Volume, Vpn, XdpMode,
-    MAX_DETECTION_COUNT, MAX_INTERFACE_NAME_LEN, MAX_NAME_LEN,
+    Crowdsec, Date, DefaultAction, DenyEntry, Detection, Firewall, Hours, IcmpPolicy, Inspection,
+    Interface, Limits, LogFormat, LogOrigin, LogSource, LoginFailureRule, Metrics, Mfa, Mode,
+    NewEndpoint, NoSniAction, OffHours, OnWriteFailure, ParserErrorAction, Peer, PortScan, Proto,
+    ResponseAction, Role, Service, ServiceSpec, SniPattern, TlsVersion, ViolationAction, Volume,
+    Vpn, XdpMode, MAX_DETECTION_COUNT, MAX_INTERFACE_NAME_LEN, MAX_NAME_LEN,
 };
 pub(super) use policy_tests::{test_files, test_peers};
 
@@ -140,8 +140,19 @@ pub(super) fn config(src: &Source, raw: RawConfig) -> Checked {
         ),
     };
     let alerts = Alerts {
-        webhook: raw.alerts.webhook.as_ref().and_then(|url| c.webhook(url)),
+        webhook: raw
+            .alerts
+            .webhook
+            .as_ref()
+            .and_then(|url| c.plain_http_url(url, "alerts.webhook")),
+        alertmanager: raw
+            .alerts
+            .alertmanager
+            .as_ref()
+            .and_then(|url| c.plain_http_url(url, "alerts.alertmanager")),
+        queue: c.count_or(&raw.alerts.queue, "alerts.queue", 1024, 1),
     };
+    let crowdsec = raw.crowdsec.as_ref().and_then(|raw| crowdsec(&mut c, raw));
     let peers_file_span = raw
         .vpn
         .as_ref()
@@ -165,6 +176,7 @@ pub(super) fn config(src: &Source, raw: RawConfig) -> Checked {
             backup,
             metrics,
             alerts,
+            crowdsec,
             tests,
             test_files,
         },
@@ -785,6 +797,37 @@ fn login_failures(c: &mut Check, raw: &RawInspection) -> Vec<LoginFailureRule> {
     rules
 }
 
+fn crowdsec(c: &mut Check, raw: &RawCrowdsec) -> Option<Crowdsec> {
+    let url = c.plain_http_url(&raw.url, "crowdsec.url");
+    let interval = c.duration_or(&raw.interval, "crowdsec.interval", 10);
+    let watcher = match (&raw.machine_id, &raw.password) {
+        (Some(id), Some(password)) => Some((id.get_ref().clone(), password.get_ref().clone())),
+        (None, None) => None,
+        (Some(id), None) => {
+            c.fail(
+                &id.span(),
+                "crowdsec.password",
+                "`machine_id` needs `password` (the watcher's credentials)",
+            );
+            None
+        }
+        (None, Some(password)) => {
+            c.fail(
+                &password.span(),
+                "crowdsec.machine_id",
+                "`password` needs `machine_id` (the watcher's credentials)",
+            );
+            None
+        }
+    };
+    Some(Crowdsec {
+        url: url?,
+        bouncer_key: raw.bouncer_key.as_ref().map(|k| k.get_ref().clone()),
+        interval,
+        watcher,
+    })
+}
+
 fn detection(c: &mut Check, raw: &RawDetection) -> Detection {
     let allowlist = match &raw.allowlist {
         Some(list) => c.prefixes(list, "detection.allowlist"),
@@ -881,12 +924,52 @@ fn detection(c: &mut Check, raw: &RawDetection) -> Detection {
         let name = c
             .name(&raw.name, &name_key, MAX_NAME_LEN)
             .filter(|name| seen.check(c, name, &raw.name, &name_key));
-        let path = c.path(&raw.path, &format!("{key}.path"));
-        let pattern = c.address_pattern(&raw.pattern, &format!("{key}.pattern"));
-        if let (Some(name), Some(path), Some(pattern)) = (name, path, pattern) {
+        let origin = match (&raw.path, &raw.unit) {
+            (Some(path), None) => c.path(path, &format!("{key}.path")).map(LogOrigin::File),
+            (None, Some(unit)) => {
+                let text = unit.get_ref();
+                let valid = !text.is_empty()
+                    && text.len() <= 256
+                    && text
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "@._-:\\".contains(ch));
+                if valid {
+                    Some(LogOrigin::Journal(text.clone()))
+                } else {
+                    c.fail(
+                        &unit.span(),
+                        &format!("{key}.unit"),
+                        format!("`{text}` is not a systemd unit name such as `ssh.service`"),
+                    );
+                    None
+                }
+            }
+            (Some(path), Some(_)) => {
+                c.fail(
+                    &path.span(),
+                    &format!("{key}.path"),
+                    "give `path` (a log file) or `unit` (a systemd journal), not both",
+                );
+                None
+            }
+            (None, None) => {
+                c.fail(
+                    &raw.name.span(),
+                    &format!("{key}.path"),
+                    "a log source needs `path` (a log file) or `unit` (a systemd journal)",
+                );
+                None
+            }
+        };
+        // A built-in pattern by name, or a regular expression.
+        let pattern = match crate::log_patterns::builtin(raw.pattern.get_ref()) {
+            Some(builtin) => regex::Regex::new(builtin).ok(),
+            None => c.address_pattern(&raw.pattern, &format!("{key}.pattern")),
+        };
+        if let (Some(name), Some(origin), Some(pattern)) = (name, origin, pattern) {
             log_sources.push(LogSource {
                 name,
-                path,
+                origin,
                 pattern,
             });
         }
@@ -1190,11 +1273,24 @@ impl Check<'_, '_> {
         }
     }
 
-    fn webhook(&mut self, text: &Text) -> Option<String> {
-        match check_http_url(text.get_ref()) {
-            Ok(()) => Some(text.get_ref().clone()),
+    /// An `http://` URL: alerts and CrowdSec are spoken in plain HTTP, to a service on the host
+    /// or its management network.
+    fn plain_http_url(&mut self, text: &Text, key: &str) -> Option<String> {
+        let url = text.get_ref();
+        let checked = check_http_url(url).and_then(|()| {
+            if url.starts_with("https://") {
+                Err(format!(
+                    "`{url}`: crmguard speaks plain http to this service; run it on the host or \
+                     behind a local relay, and give its http:// address"
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        match checked {
+            Ok(()) => Some(url.trim_end_matches('/').to_owned()),
             Err(message) => {
-                self.fail(&text.span(), "alerts.webhook", message);
+                self.fail(&text.span(), key, message);
                 None
             }
         }
