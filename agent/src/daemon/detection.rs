@@ -553,9 +553,29 @@ impl super::Agent {
         }
     }
 
-    /// Adds a detector's ban (or CrowdSec's) to the list, the file and the kernel; true when
-    /// it is new or longer than the one in force.
+    /// Adds a detector's ban to the list, the file and the kernel; true when it is new or
+    /// longer than the one in force.
     fn ban_detected(&mut self, net: IpNet, duration: Duration, source: &str, why: &str) -> bool {
+        let Some(ban) = self.list_ban(net, duration, source) else {
+            return false;
+        };
+        self.audit.record(
+            &Event::new(EventType::BanAdded, Outcome::Success, ban.source.describe())
+                .with_src(ban.net.to_string())
+                .with_detail("reason", why.to_owned())
+                .with_detail("expires", super::describe_expiry(&ban)),
+        );
+        self.persist_bans(&[ban.net]);
+        true
+    }
+
+    /// Adds a ban to the list only (no file, no kernel, no record); the ban when it took.
+    fn list_ban(
+        &mut self,
+        net: IpNet,
+        duration: Duration,
+        source: &str,
+    ) -> Option<crmguard_core::bans::Ban> {
         let now = SystemTime::now();
         let (host_addrs, tunnel_nets) = self.guarded_networks();
         let guard = crmguard_core::bans::Safeguards {
@@ -563,37 +583,38 @@ impl super::Agent {
             host_addrs: &host_addrs,
             tunnel_nets: &tunnel_nets,
         };
-        let added = match self.bans.add_detected(net, duration, source, &guard, now) {
-            Ok(Some(added)) => added,
-            Ok(None) => return false,
+        match self.bans.add_detected(net, duration, source, &guard, now) {
+            Ok(Some(added)) => {
+                self.metrics.ban_added(added.ban.source.label());
+                Some(added.ban)
+            }
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(%net, source, error = %e, "a detector's ban was refused");
-                return false;
+                None
             }
-        };
-        let ban = &added.ban;
-        self.metrics.ban_added(ban.source.label());
-        self.audit.record(
-            &Event::new(EventType::BanAdded, Outcome::Success, ban.source.describe())
-                .with_src(ban.net.to_string())
-                .with_detail("reason", why.to_owned())
-                .with_detail("expires", super::describe_expiry(ban)),
-        );
+        }
+    }
+
+    /// Saves the ban list and brings the kernel's entries of `nets` to it.
+    fn persist_bans(&mut self, nets: &[IpNet]) {
+        if nets.is_empty() {
+            return;
+        }
         if let Err(e) = self.save_bans() {
             tracing::debug!(error = %e, "ban list unsaved; retried");
         }
-        if let Err(e) = self.update_kernel(&[ban.net]) {
-            tracing::error!(net = %ban.net, error = %crmguard_core::error_chain(&e), "the kernel refused a detector's ban (retried at the next reconciliation)");
+        if let Err(e) = self.update_kernel(nets) {
+            tracing::error!(error = %crmguard_core::error_chain(&e), "the kernel refused ban changes (retried at the next reconciliation)");
         }
-        true
     }
 
     /// CrowdSec's decisions: new bans enter the list as `detector:crowdsec`; deletions and, on
-    /// a startup pull, decisions no longer listed remove only CrowdSec's own bans.
+    /// a startup pull, decisions no longer listed remove only CrowdSec's own bans. One save,
+    /// one kernel update and one audit record per pull, however many decisions it carries.
     fn apply_crowdsec(&mut self, update: Update) {
         let now = SystemTime::now();
         let listed = nets(&update);
-        let mut removed = Vec::new();
         let stale: Vec<IpNet> = if update.startup {
             self.bans
                 .iter()
@@ -612,42 +633,38 @@ impl super::Agent {
                 })
                 .collect()
         };
+        let mut changed: Vec<IpNet> = Vec::new();
         for net in stale {
             if self.bans.remove(net).is_ok() {
-                removed.push(net);
+                changed.push(net);
             }
         }
-        let mut added = 0usize;
+        let removed = changed.len();
         for decision in &update.new {
             let Ok(ttl) = decision.until.duration_since(now) else {
                 continue;
             };
-            let why = format!("crowdsec {} ({})", decision.scenario, decision.origin);
-            if self.ban_quietly(decision.net, ttl, &why) {
-                added += 1;
+            if let Some(ban) = self.list_ban(decision.net, ttl, "crowdsec") {
+                changed.push(ban.net);
             }
         }
-        if !removed.is_empty() {
-            if let Err(e) = self.save_bans() {
-                tracing::debug!(error = %e, "ban list unsaved; retried");
-            }
-            if let Err(e) = self.update_kernel(&removed) {
-                tracing::error!(error = %crmguard_core::error_chain(&e), "the kernel refused CrowdSec's removals (retried)");
-            }
+        let added = changed.len() - removed;
+        if changed.is_empty() {
+            return;
         }
-        if added > 0 || !removed.is_empty() {
-            tracing::info!(
-                added,
-                removed = removed.len(),
-                startup = update.startup,
-                "CrowdSec decisions applied"
-            );
-        }
-    }
-
-    /// A CrowdSec ban: into the list and the kernel, audited, without an alert or a push back.
-    fn ban_quietly(&mut self, net: IpNet, ttl: Duration, why: &str) -> bool {
-        self.ban_detected(net, ttl, "crowdsec", why)
+        self.persist_bans(&changed);
+        tracing::info!(
+            added,
+            removed,
+            startup = update.startup,
+            "CrowdSec decisions applied"
+        );
+        self.audit.record(
+            &Event::new(EventType::BanAdded, Outcome::Success, "detector:crowdsec")
+                .with_detail("crowdsec_added", added)
+                .with_detail("crowdsec_removed", removed)
+                .with_detail("startup", update.startup),
+        );
     }
 
     /// The once-a-second work: the endpoint's handshakes and counters, the ACL's refusals
