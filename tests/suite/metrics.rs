@@ -23,8 +23,13 @@ const COUNT: Duration = Duration::from_secs(10);
 /// counted traffic exports. Families that need a handshake or a provisioned key
 /// (`crmguard_vpn_last_handshake_timestamp_seconds`, `crmguard_vpn_key_expiry_seconds`) are
 /// checked by the daemon's unit tests and the VPN tests.
-const FAMILIES: [(&str, &str, &[&str]); 25] = [
+const FAMILIES: [(&str, &str, &[&str]); 30] = [
     ("crmguard_acl_denied_total", "counter", &["role", "service"]),
+    ("crmguard_alerts_total", "counter", &["result", "sink"]),
+    ("crmguard_crowdsec_decisions", "gauge", &[]),
+    ("crmguard_crowdsec_errors_total", "counter", &["kind"]),
+    ("crmguard_detection_observations_lost_total", "counter", &[]),
+    ("crmguard_detections_total", "counter", &["detector"]),
     ("crmguard_auth_failures_total", "counter", &["protocol"]),
     ("crmguard_inspect_evictions_total", "counter", &[]),
     (
