@@ -486,6 +486,11 @@ impl super::Agent {
         match incoming {
             Incoming::Observe(observation) => {
                 let actions = self.detection.detectors.observe(observation);
+                // One observation makes at most one detection, whatever number of actions
+                // answer it (a suspension comes with its alert).
+                if let Some(first) = actions.first() {
+                    self.detection.counted(first.detector());
+                }
                 let banned = actions.iter().any(|a| matches!(a, Action::Ban { .. }));
                 for action in actions {
                     self.carry_out(action);
@@ -500,7 +505,6 @@ impl super::Agent {
 
     fn carry_out(&mut self, action: Action) {
         let detector = action.detector();
-        self.detection.counted(detector);
         tracing::warn!(detector = detector.name(), "{}", describe(&action));
         self.audit.record(&anomaly(&action));
         match action {
