@@ -73,8 +73,9 @@ pub(crate) struct Detection {
     alerts: Option<AlertSink>,
     watcher: Option<std::sync::mpsc::SyncSender<crowdsec::Ban>>,
     bouncer: Option<BouncerHandle>,
-    /// The last handshake time seen per peer, so each new one is observed once.
-    handshakes: BTreeMap<String, u64>,
+    /// The last handshake time and endpoint seen per peer, so each new handshake, and each
+    /// move of a roaming peer to another endpoint within its session, is observed once.
+    handshakes: BTreeMap<String, (u64, String)>,
     /// Peers disabled by a detector, and when they are enabled again.
     pub(crate) disabled_until: BTreeMap<String, SystemTime>,
     /// Where the log sources started on a reload send their lines.
@@ -214,8 +215,13 @@ impl Detection {
         }
     }
 
-    /// The observations of one second of the endpoint's state: new handshakes and the peers'
-    /// byte counters.
+    /// The observations of one second of the endpoint's state: new handshakes, peers seen at
+    /// a new endpoint, and the peers' byte counters.
+    ///
+    /// A roaming peer keeps its session: WireGuard follows it to the new endpoint on its next
+    /// authenticated packet, without a handshake. Its move is observed like a handshake from
+    /// there, so `new_endpoint` sees the network it moved to at once rather than at the next
+    /// rekey, up to two minutes later.
     pub(crate) fn observe_vpn(
         &mut self,
         status: &crmguard_vpn::status::VpnStatus,
@@ -224,8 +230,9 @@ impl Detection {
         let now = SystemTime::now();
         for peer in &status.peers {
             if let (Some(at), Some(endpoint)) = (peer.latest_handshake, peer.endpoint.as_deref()) {
-                let seen = self.handshakes.insert(peer.name.clone(), at);
-                if seen != Some(at) {
+                let now_seen = (at, endpoint.to_owned());
+                let seen = self.handshakes.insert(peer.name.clone(), now_seen.clone());
+                if seen != Some(now_seen) {
                     if let Ok(endpoint) = endpoint.parse::<SocketAddr>() {
                         observer.observe(
                             now,
@@ -479,6 +486,11 @@ impl super::Agent {
         match incoming {
             Incoming::Observe(observation) => {
                 let actions = self.detection.detectors.observe(observation);
+                // One observation makes at most one detection, whatever number of actions
+                // answer it (a suspension comes with its alert).
+                if let Some(first) = actions.first() {
+                    self.detection.counted(first.detector());
+                }
                 let banned = actions.iter().any(|a| matches!(a, Action::Ban { .. }));
                 for action in actions {
                     self.carry_out(action);
@@ -493,7 +505,6 @@ impl super::Agent {
 
     fn carry_out(&mut self, action: Action) {
         let detector = action.detector();
-        self.detection.counted(detector);
         tracing::warn!(detector = detector.name(), "{}", describe(&action));
         self.audit.record(&anomaly(&action));
         match action {
