@@ -492,8 +492,18 @@ impl super::Agent {
                     self.detection.counted(first.detector());
                 }
                 let banned = actions.iter().any(|a| matches!(a, Action::Ban { .. }));
+                let mut suspended = BTreeSet::new();
                 for action in actions {
-                    self.carry_out(action);
+                    // A suspension's own alert is not a second anomaly.
+                    let record = match &action {
+                        Action::Suspend { peer, .. } => {
+                            suspended.insert(peer.clone());
+                            true
+                        }
+                        Action::Alert { peer: Some(peer), .. } => !suspended.contains(peer),
+                        _ => true,
+                    };
+                    self.carry_out(action, record);
                 }
                 if banned {
                     self.detection.save_history();
@@ -503,10 +513,12 @@ impl super::Agent {
         }
     }
 
-    fn carry_out(&mut self, action: Action) {
+    fn carry_out(&mut self, action: Action, record: bool) {
         let detector = action.detector();
-        tracing::warn!(detector = detector.name(), "{}", describe(&action));
-        self.audit.record(&anomaly(&action));
+        if record {
+            tracing::warn!(detector = detector.name(), "{}", describe(&action));
+            self.audit.record(&anomaly(&action));
+        }
         match action {
             Action::Ban {
                 net, duration, why, ..
