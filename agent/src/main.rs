@@ -451,7 +451,11 @@ fn print_status(status: &Status) {
             println!(
                 "CrowdSec {}: {}, {} decisions in force{}",
                 cs.url,
-                if cs.reachable { "reachable" } else { "NOT reachable" },
+                if cs.reachable {
+                    "reachable"
+                } else {
+                    "NOT reachable"
+                },
                 cs.decisions,
                 cs.last_error
                     .as_deref()

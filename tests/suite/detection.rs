@@ -598,6 +598,46 @@ fn port_scan_from_outside_is_banned_and_an_admin_is_not() {
     admin_session(&t, admin, 2).unwrap_or_else(|e| fail(e));
     let bans = ban_list(&agent).unwrap_or_else(|e| fail(e));
     assert_eq!(bans.len(), 1, "only the scanner is banned: {bans:?}");
+
+    // A longer scan at the same pace (1,000 ports in a second) from another address: the ban
+    // must cut it short, and what got through before it shows how fast sampling and the
+    // detector act.
+    let second = {
+        let IpAddr::V4(admin) = admin else {
+            unreachable!("IPv4")
+        };
+        let [a, b, c, _] = admin.octets();
+        IpAddr::V4(Ipv4Addr::new(a, b, c, 4))
+    };
+    t.out_if
+        .add_addr(&format!("{second}/24"))
+        .unwrap_or_else(|e| fail(e));
+    let events_before = drop_events_total(&agent).unwrap_or_else(|e| fail(e));
+    let default_before = agent
+        .counter(&iface, "drop", "default_drop")
+        .unwrap_or_else(|e| fail(e));
+    let banned_before = agent
+        .counter(&iface, "drop", "banned")
+        .unwrap_or_else(|e| fail(e));
+    let scan = syn_scan(&t, second, 1_000).unwrap_or_else(|e| fail(e));
+    let (ban, _) = wait_ban(&agent, second, Duration::from_secs(5)).unwrap_or_else(|e| fail(e));
+    assert_eq!(ban["source"], "detector:port_scan", "{ban}");
+    let (default_drops, banned_drops) = wait_for(SETTLE, "the long scan's drops counted", || {
+        let d = agent.counter(&iface, "drop", "default_drop")? - default_before;
+        let b = agent.counter(&iface, "drop", "banned")? - banned_before;
+        Ok((usize::try_from(d + b)? >= scan.sent).then_some((d, b)))
+    })
+    .unwrap_or_else(|e| fail(e));
+    let sampled = drop_events_total(&agent).unwrap_or_else(|e| fail(e)) - events_before;
+    eprintln!(
+        "long scan: {} SYNs in {:?}; {default_drops} reached the default drop before the ban, \
+         {banned_drops} were dropped as banned; {sampled} drop samples reached the agent",
+        scan.sent, scan.took
+    );
+    assert!(
+        banned_drops > 0 && default_drops < 500,
+        "the ban did not cut the scan short: {default_drops} before, {banned_drops} after"
+    );
     assert_eq!(
         metric(
             &agent,
@@ -605,8 +645,9 @@ fn port_scan_from_outside_is_banned_and_an_admin_is_not() {
             &[("detector", "port_scan")]
         )
         .unwrap_or_else(|e| fail(e)),
-        1.0
+        2.0
     );
+    admin_session(&t, admin, 1).unwrap_or_else(|e| fail(e));
 }
 
 // ---------------------------------------------------------------------------------------------

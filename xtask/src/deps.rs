@@ -149,7 +149,10 @@ const TEST: &[Package] = &[
         "logrotate",
         "rotates followed log files both ways (create and copytruncate)",
     ),
-    pkg("sshpass", "types wrong passwords into ssh for the brute-force tests"),
+    pkg(
+        "sshpass",
+        "types wrong passwords into ssh for the brute-force tests",
+    ),
 ];
 
 const DEMO: &[Package] = &[
