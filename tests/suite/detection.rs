@@ -812,7 +812,6 @@ fn crowdsec_decisions_are_enforced_and_shared_between_agents() {
     // A decision added with cscli: dropped in XDP within a poll, lifted when deleted.
     let listed = ta.addrs.denied4;
     wait_answered(&ta, listed, SETTLE).unwrap_or_else(|e| fail(e));
-    let added = Instant::now();
     lapi.cscli(&[
         "decisions",
         "add",
@@ -822,20 +821,24 @@ fn crowdsec_decisions_are_enforced_and_shared_between_agents() {
         "1h",
     ])
     .unwrap_or_else(|e| fail(e));
-    let added = added.elapsed();
+    let returned = Instant::now();
     let (ban, seen) = wait_ban(&agent_a, listed, DECISION_WITHIN + Duration::from_secs(3))
         .unwrap_or_else(|e| panic!("{e:#}\n{}", lapi.log()));
-    let in_list = seen.elapsed();
+    let in_list = seen.saturating_duration_since(returned);
     assert_eq!(ban["source"], "detector:crowdsec", "{ban}");
-    let enforced = wait_dropped(&ta, &agent_a, listed, DECISION_WITHIN).unwrap_or_else(|e| fail(e));
+    assert!(
+        in_list <= DECISION_WITHIN,
+        "in the ban list after {in_list:?}"
+    );
+    wait_dropped(&ta, &agent_a, listed, DECISION_WITHIN).unwrap_or_else(|e| fail(e));
+    let dropped = returned.elapsed();
     eprintln!(
-        "cscli decisions add took {added:?}; in A's ban list {:?} later; dropped in XDP at most {enforced:?} after that",
-        seen.elapsed().saturating_sub(in_list)
+        "cscli decisions add: in A's ban list {in_list:?} after cscli returned; \
+         a probe from it timed out (300 ms) by {dropped:?}"
     );
     lapi.cscli(&["decisions", "delete", "--ip", &listed.to_string()])
         .unwrap_or_else(|e| fail(e));
-    let lifted = wait_answered(&ta, listed, DECISION_WITHIN + Duration::from_secs(1))
-        .unwrap_or_else(|e| fail(e));
+    let lifted = wait_answered(&ta, listed, DECISION_WITHIN).unwrap_or_else(|e| fail(e));
     eprintln!("cscli decisions delete: answered again after {lifted:?}");
     assert!(ban_of(&agent_a, listed)
         .unwrap_or_else(|e| fail(e))
@@ -845,7 +848,8 @@ fn crowdsec_decisions_are_enforced_and_shared_between_agents() {
     let scanner = ta.addrs.out4;
     wait_answered(&tb, scanner, SETTLE).unwrap_or_else(|e| fail(e));
     syn_scan(&ta, scanner, 100).unwrap_or_else(|e| fail(e));
-    let (ban, _) = wait_ban(&agent_a, scanner, Duration::from_secs(5)).unwrap_or_else(|e| fail(e));
+    let (ban, banned_by_a) =
+        wait_ban(&agent_a, scanner, Duration::from_secs(5)).unwrap_or_else(|e| fail(e));
     assert_eq!(ban["source"], "detector:port_scan", "{ban}");
     let decision = wait_for(SETTLE, "A's ban to become a decision", || {
         let decisions = lapi.decisions()?;
@@ -859,9 +863,13 @@ fn crowdsec_decisions_are_enforced_and_shared_between_agents() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", lapi.log()));
     assert_eq!(decision["scenario"], "crmguard/port_scan", "{decision}");
     assert_eq!(decision["type"], "ban", "{decision}");
-    let (ban_b, _) =
+    let (ban_b, banned_by_b) =
         wait_ban(&agent_b, scanner, Duration::from_secs(5)).unwrap_or_else(|e| fail(e));
     assert_eq!(ban_b["source"], "detector:crowdsec", "{ban_b}");
+    eprintln!(
+        "A's port-scan ban reached B's ban list {:?} later (pushed, then pulled each second)",
+        banned_by_b.saturating_duration_since(banned_by_a)
+    );
     wait_dropped(&tb, &agent_b, scanner, DECISION_WITHIN).unwrap_or_else(|e| fail(e));
     // A's own ban keeps its detector when its decision comes back from the API.
     let (ban, _) = wait_ban(&agent_a, scanner, SETTLE).unwrap_or_else(|e| fail(e));
