@@ -13,6 +13,7 @@ mod audit;
 mod bans;
 mod browser;
 mod crowdsec;
+mod detection;
 mod detection_vpn;
 mod differential;
 mod established;

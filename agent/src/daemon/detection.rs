@@ -34,6 +34,11 @@ use crmguard_detect::{Action, Detector, Detectors, History, Input, Observation};
 /// Observations and decisions waiting for the main loop.
 pub(crate) const CHANNEL: usize = 8_192;
 
+/// How much later than a ban of crmguard's own a CrowdSec decision for the same network may
+/// end and still count as that ban (pushed, then pulled back): the push and the pull take
+/// milliseconds; an hour's ban a detector escalated elsewhere is a different ban.
+const ECHO_SLACK: Duration = Duration::from_secs(10);
+
 /// What reaches the main loop.
 #[derive(Debug)]
 pub(crate) enum Incoming {
@@ -500,7 +505,9 @@ impl super::Agent {
                             suspended.insert(peer.clone());
                             true
                         }
-                        Action::Alert { peer: Some(peer), .. } => !suspended.contains(peer),
+                        Action::Alert {
+                            peer: Some(peer), ..
+                        } => !suspended.contains(peer),
                         _ => true,
                     };
                     self.carry_out(action, record);
@@ -667,6 +674,9 @@ impl super::Agent {
             let Ok(ttl) = decision.until.duration_since(now) else {
                 continue;
             };
+            if self.covered_locally(decision.net, decision.until, now) {
+                continue;
+            }
             if let Some(ban) = self.list_ban(decision.net, ttl, "crowdsec") {
                 changed.push(ban.net);
             }
@@ -688,6 +698,22 @@ impl super::Agent {
                 .with_detail("crowdsec_removed", removed)
                 .with_detail("startup", update.startup),
         );
+    }
+
+    /// Whether a ban of crmguard's own (a detector's or an administrator's) already covers a
+    /// CrowdSec decision for `net` ending at `until`. It does when it is in force and ends no
+    /// earlier than [`ECHO_SLACK`] before the decision: above all the decision that a ban this
+    /// agent pushed to the Local API becomes, pulled back a moment later with an end a few
+    /// milliseconds after the ban's. Taking it would turn the detector's ban into CrowdSec's
+    /// (its source, reason and metrics), and a `cscli decisions delete` would then lift it.
+    fn covered_locally(&self, net: IpNet, until: SystemTime, now: SystemTime) -> bool {
+        self.bans.get(net).is_some_and(|ban| {
+            ban.source.label() != "crowdsec"
+                && ban.is_active(now)
+                && ban
+                    .expires
+                    .is_none_or(|expires| expires + ECHO_SLACK >= until)
+        })
     }
 
     /// The once-a-second work: the endpoint's handshakes and counters, the ACL's refusals
