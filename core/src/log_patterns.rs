@@ -2,6 +2,76 @@
 //! pattern = "sshd"` and the like. Each is a regular expression with a named group `addr` (the
 //! source address) and optionally `user`; the agent's log sources match lines with them.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use regex::Regex;
+
+/// A login failure found in a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogMatch {
+    /// The source address; IPv4-mapped IPv6 addresses are given as IPv4.
+    pub addr: IpAddr,
+    /// The account tried, when the pattern has a `user` group that matched something other
+    /// than the empty string.
+    pub user: Option<String>,
+}
+
+/// The login failure in `line`, if `pattern` matches it and its `addr` group holds an IP
+/// address; `None` otherwise (also when the address is a host name or malformed).
+pub fn match_line(pattern: &Regex, line: &str) -> Option<LogMatch> {
+    let captures = pattern.captures(line)?;
+    let addr = parse_addr(captures.name("addr")?.as_str())?;
+    let user = captures
+        .name("user")
+        .map(|user| user.as_str())
+        .filter(|user| !user.is_empty())
+        .map(str::to_owned);
+    Some(LogMatch { addr, user })
+}
+
+/// An address as log lines write it. Accepted, and nothing else:
+///
+/// - an IPv4 or IPv6 literal as Rust's standard library parses it (`192.0.2.1`,
+///   `2001:db8::1`, `::ffff:192.0.2.1`; no leading zeros in IPv4, no zone index);
+/// - an IPv4 literal with a port: `192.0.2.1:22`;
+/// - an IPv6 literal in brackets, with or without a port: `[2001:db8::1]`, `[2001:db8::1]:22`.
+///
+/// A port is 1 to 5 digits with a value up to 65535. An IPv6 literal without brackets is never
+/// split at a colon, as its last group cannot be told from a port. IPv4-mapped IPv6 addresses
+/// (`::ffff:a.b.c.d`) come back as IPv4, so a client is one source whichever way a
+/// dual-stack server wrote it.
+pub fn parse_addr(text: &str) -> Option<IpAddr> {
+    let ip = if let Some(rest) = text.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        if !after.is_empty() && !is_port(after.strip_prefix(':')?) {
+            return None;
+        }
+        IpAddr::V6(inside.parse::<Ipv6Addr>().ok()?)
+    } else if let Ok(ip) = text.parse::<IpAddr>() {
+        ip
+    } else {
+        let (host, port) = text.rsplit_once(':')?;
+        if !is_port(port) {
+            return None;
+        }
+        IpAddr::V4(host.parse::<Ipv4Addr>().ok()?)
+    };
+    Some(canonical(ip))
+}
+
+fn is_port(text: &str) -> bool {
+    (1..=5).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && text.parse::<u16>().is_ok()
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// OpenSSH's sshd (`pattern = "sshd"`): one match per failed attempt, in auth.log form
 /// (`... sshd[PID]: MESSAGE`, also `sshd-session[PID]`) and as the bare message that the
 /// journal and `sshd -E` give. It matches:

@@ -6,13 +6,17 @@
 //! - [`engine`]: [`crmguard_inspect::Inspector::packet`] over a sequence of real IPv4 and IPv6
 //!   TCP packets, with the table's bounds checked after each one.
 //! - [`reasm`]: [`crmguard_inspect::reasm::Reassembly`] against a byte-by-byte model.
+//! - [`detect`]: the detectors over a stream of observations, with their bounds checked.
+//! - [`logline`]: log lines against the built-in patterns.
 //!
 //! `cargo xtask fuzz` writes the seed inputs (the captures in `inspect/fixtures/`) in these
 //! formats; a change here must change its packing too.
 
 #![forbid(unsafe_code)]
 
+pub mod detect;
 pub mod engine;
+pub mod logline;
 pub mod packet;
 pub mod parser;
 pub mod reasm;

@@ -28,7 +28,7 @@ use crmguard_lab::workspace::Workspace;
 use crate::deps;
 
 /// The targets, in the order they run, with the longest input each takes.
-const TARGETS: [(&str, usize); 10] = [
+const TARGETS: [(&str, usize); 12] = [
     ("tls", PARSER_MAX_LEN),
     ("http", PARSER_MAX_LEN),
     ("http2", PARSER_MAX_LEN),
@@ -39,6 +39,8 @@ const TARGETS: [(&str, usize); 10] = [
     ("smtp", PARSER_MAX_LEN),
     ("engine", 16 * 1024),
     ("reasm", 4 * 1024),
+    ("detect", 7 * 512),
+    ("logline", 4 * 1024),
 ];
 
 /// A parser input: three bytes of header, the client window (8 KiB), the server window (4 KiB).
@@ -407,10 +409,27 @@ fn captures(root: &Path) -> Result<Vec<Capture>> {
 /// Writes the captures `target` starts from into its corpus; returns how many.
 fn write_seeds(root: &Path, target: &str, corpus: &Path) -> Result<usize> {
     let mut written = 0;
+    if target == "logline" {
+        // The real sshd, nginx and Apache lines the log sources' tests use.
+        let dir = root.join("agent/src/logsource/fixtures");
+        for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let path = entry?.path();
+            let text = fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("log");
+            for (i, line) in text.lines().enumerate() {
+                let seed = corpus.join(format!("fixture-{stem}-{i}"));
+                fs::write(&seed, line)
+                    .with_context(|| format!("cannot write {}", seed.display()))?;
+                written += 1;
+            }
+        }
+        return Ok(written);
+    }
     for capture in captures(root)? {
         let input = match target {
             "engine" => engine_input(&capture),
-            "reasm" => continue,
+            "reasm" | "detect" | "logline" => continue,
             parser if parser == capture.protocol => parser_input(&capture),
             _ => continue,
         };
