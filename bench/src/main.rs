@@ -6,6 +6,7 @@
 //! (clang builds the XDP program this binary links), then builds and runs this crate in release
 //! mode: parse and apply times are only meaningful from an optimised build.
 
+mod detect;
 mod inspect_table;
 mod vpn;
 mod xdp;
@@ -23,6 +24,9 @@ enum Suite {
     /// VPN goodput, CPU per GB, syscalls per packet and memory against wireguard-go and
     /// boringtun-cli
     Vpn,
+    /// Detection: log line to kernel ban latency, a CrowdSec stream of 100,000 decisions,
+    /// log-source throughput
+    Detect,
 }
 
 #[derive(Parser)]
@@ -60,9 +64,11 @@ fn run(args: &Args) -> Result<()> {
     match args.suite {
         Some(Suite::Xdp) => xdp::run(&out),
         Some(Suite::Vpn) => vpn::run(&workspace, &out, plan),
+        Some(Suite::Detect) => detect::run(&workspace, &out),
         None => {
             xdp::run(&out)?;
-            vpn::run(&workspace, &out, plan)
+            vpn::run(&workspace, &out, plan)?;
+            detect::run(&workspace, &out)
         }
     }
 }
