@@ -9,7 +9,9 @@
 //!   it.
 //!
 //! After acting, the count of that address or peer starts again from zero, so the failures
-//! that follow do not fire once each.
+//! that follow do not fire once each; an address's failures while its ban lasts are not counted
+//! (they were logged late, or come from connections opened before the ban), so they neither ban
+//! it again nor escalate its next ban.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -31,8 +33,9 @@ enum Key {
     Peer(String),
 }
 
-/// The times of the last failures of one key, oldest first, at most the threshold of them.
-struct Failures(VecDeque<SystemTime>);
+/// The times of the last failures of one key, oldest first, at most the threshold of them;
+/// and, for an address this detector banned, when that ban ends.
+struct Failures(VecDeque<SystemTime>, Option<SystemTime>);
 
 impl Weigh for Failures {
     fn weight(&self) -> usize {
@@ -73,8 +76,10 @@ impl AuthFailures {
     /// Forgets the keys whose last failure is a `window` or more before `now`.
     pub(crate) fn sweep(&mut self, now: SystemTime) {
         let window = self.config.window;
-        self.failures
-            .retain(|f| f.0.back().is_some_and(|last| since(*last, now) < window));
+        self.failures.retain(|f| {
+            f.0.back().is_some_and(|last| since(*last, now) < window)
+                || f.1.is_some_and(|until| until > now)
+        });
     }
 
     /// The `max_ban`, for how long the history remembers.
@@ -97,8 +102,12 @@ impl AuthFailures {
         let window = self.config.window;
         let count = self.failures.with(
             &key,
-            || Failures(VecDeque::new()),
+            || Failures(VecDeque::new(), None),
             |failures| {
+                if failures.1.is_some_and(|until| at < until) {
+                    return 0;
+                }
+                failures.1 = None;
                 while failures
                     .0
                     .front()
@@ -137,6 +146,9 @@ impl AuthFailures {
                 let offence = history.record(failure.source, unix_secs(at), self.memory());
                 let c = &self.config;
                 let duration = escalated(c.ban, c.escalate, c.max_ban, offence);
+                let until = at.checked_add(duration);
+                self.failures
+                    .with(&key, || Failures(VecDeque::new(), until), |_| 0);
                 out.push(Action::Ban {
                     net: IpNet::from(failure.source),
                     duration,

@@ -31,9 +31,11 @@ fn below_at_and_above_the_threshold() {
         }
         other => panic!("not a ban: {other:?}"),
     }
-    // The count started again: the next four failures do not act, the fifth does.
-    assert!(fail(&mut d, "203.0.113.7", 5, 4).is_empty());
-    assert_eq!(bans(&fail(&mut d, "203.0.113.7", 9, 1)).len(), 1);
+    // Failures while the ban lasts (logged late) count for nothing: no new ban.
+    assert!(fail(&mut d, "203.0.113.7", 5, 20).is_empty());
+    // After it, the count starts again: four failures do not act, the fifth does.
+    assert!(fail(&mut d, "203.0.113.7", 1810, 4).is_empty());
+    assert_eq!(bans(&fail(&mut d, "203.0.113.7", 1814, 1)).len(), 1);
     // Another address has its own count.
     assert!(fail(&mut d, "198.51.100.1", 10, 4).is_empty());
 }
@@ -58,7 +60,7 @@ fn bans_escalate_up_to_max_ban() {
     let mut d = detectors(CONFIG);
     let mut lengths = Vec::new();
     for round in 0..4 {
-        let actions = fail(&mut d, "203.0.113.7", round * 3600, 5);
+        let actions = fail(&mut d, "203.0.113.7", round * 3 * 3600, 5);
         lengths.extend(bans(&actions).into_iter().map(|(_, d, n)| (d, n)));
     }
     assert_eq!(
@@ -73,7 +75,7 @@ fn bans_escalate_up_to_max_ban() {
 fn default_escalation_is_30m_60m_120m() {
     let mut d = detectors("[detection.auth_failures]\nmax_ban = \"2h\"\n");
     let got: Vec<_> = (0..4)
-        .flat_map(|round| bans(&fail(&mut d, "2001:db8:1::9", round * 7200, 5)))
+        .flat_map(|round| bans(&fail(&mut d, "2001:db8:1::9", round * 3 * 3600, 5)))
         .map(|(net, duration, _)| (net, duration))
         .collect();
     let net = String::from("2001:db8:1::9/128");
@@ -92,8 +94,8 @@ fn default_escalation_is_30m_60m_120m() {
 fn history_round_trips_and_forgets() {
     let mut d = detectors(CONFIG);
     fail(&mut d, "203.0.113.7", 0, 5);
-    fail(&mut d, "203.0.113.7", 100, 5);
-    fail(&mut d, "2001:db8:1::9", 200, 5);
+    fail(&mut d, "203.0.113.7", 2_000, 5);
+    fail(&mut d, "2001:db8:1::9", 2_100, 5);
     let json = serde_json::to_string(d.history())
         .unwrap_or_else(|e| panic!("history does not serialize: {e}"));
     assert!(json.contains("\"203.0.113.7\":{\"count\":2"), "{json}");
@@ -103,13 +105,13 @@ fn history_round_trips_and_forgets() {
 
     // A restarted daemon continues the escalation.
     let mut d = Detectors::new(&detection(CONFIG), back.clone());
-    assert_eq!(bans(&fail(&mut d, "203.0.113.7", 300, 5))[0].2, 3);
+    assert_eq!(bans(&fail(&mut d, "203.0.113.7", 9_000, 5))[0].2, 3);
 
     // After a week without offences (more than 4 * max_ban), an address starts again.
     let mut d = Detectors::new(&detection(CONFIG), back);
     let week = 7 * 24 * 3600;
     assert_eq!(
-        bans(&fail(&mut d, "203.0.113.7", 300 + week, 5))[0],
+        bans(&fail(&mut d, "203.0.113.7", 9_000 + week, 5))[0],
         ("203.0.113.7/32".into(), min(30), 1)
     );
     // The other address was forgotten by the sweep.
@@ -233,13 +235,13 @@ fn loopback_and_unspecified_are_never_banned() {
 fn update_keeps_counts_and_history() {
     let mut d = detectors(CONFIG);
     fail(&mut d, "203.0.113.7", 0, 5);
-    assert!(fail(&mut d, "203.0.113.7", 10, 2).is_empty());
+    assert!(fail(&mut d, "203.0.113.7", 1_810, 2).is_empty());
     d.update(&detection(
         "[detection.auth_failures]\nthreshold = 3\nban = \"1h\"\nescalate = 3.0\nmax_ban = \"24h\"\n",
     ));
     // Two failures already counted, the third reaches the new threshold; second offence.
     assert_eq!(
-        bans(&fail(&mut d, "203.0.113.7", 12, 1)),
+        bans(&fail(&mut d, "203.0.113.7", 1_812, 1)),
         [("203.0.113.7/32".into(), min(180), 2)]
     );
 }

@@ -34,6 +34,9 @@ use crmguard_detect::{Action, Detector, Detectors, History, Input, Observation};
 /// Observations and decisions waiting for the main loop.
 pub(crate) const CHANNEL: usize = 8_192;
 
+/// How long a log source waits for room in the channel before it drops a line's failure.
+const WAIT_FOR_ROOM: Duration = Duration::from_secs(2);
+
 /// How much later than a ban of crmguard's own a CrowdSec decision for the same network may
 /// end and still count as that ban (pushed, then pulled back): the push and the pull take
 /// milliseconds; an hour's ban a detector escalated elsewhere is a different ban.
@@ -63,6 +66,30 @@ impl Observer {
 
     pub(crate) fn observe(&self, at: SystemTime, input: Input) {
         self.send(Incoming::Observe(Observation { at, input }));
+    }
+
+    /// Hands an observation to the main loop, waiting up to [`WAIT_FOR_ROOM`] while the
+    /// channel is full: for the log sources, whose followers can simply read on later, so a
+    /// burst of lines loses none. The wait is bounded because the main loop stops a follower
+    /// (and waits for its thread) on a reload and at exit.
+    pub(crate) fn observe_waiting(&self, at: SystemTime, input: Input) {
+        let mut incoming = Incoming::Observe(Observation { at, input });
+        let deadline = std::time::Instant::now() + WAIT_FOR_ROOM;
+        loop {
+            match self.tx.try_send(incoming) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(back))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    incoming = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => {
+                    self.lost.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -775,7 +802,7 @@ pub(crate) fn start_log_sources(
         let observer = observer.clone();
         let started = crate::logsource::Follower::start(&source.name, origin, state, move |line| {
             if let Some(found) = crate::logsource::match_line(&pattern, &line.text) {
-                observer.observe(
+                observer.observe_waiting(
                     line.read_at,
                     Input::LoginFailure {
                         source: found.addr,

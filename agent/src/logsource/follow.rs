@@ -48,7 +48,7 @@ use super::stop::Stop;
 use super::{error_chain, journal, Counters, Line, Origin};
 
 /// How often the file is looked at.
-pub const POLL: Duration = Duration::from_millis(100);
+pub const POLL: Duration = Duration::from_millis(20);
 /// How long a rotated file is still read after the path got a new one.
 pub const ROTATED_GRACE: Duration = Duration::from_secs(5);
 /// The shortest interval between two saves of the position while lines arrive.
