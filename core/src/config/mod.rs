@@ -821,7 +821,7 @@ pub struct AuthFailures {
 /// The largest `threshold`, `per_peer_threshold` and `distinct_ports` of `[detection]`: the
 /// detectors keep one timestamp or port per counted event, so this bounds their memory per
 /// tracked source.
-pub const MAX_DETECTION_COUNT: u32 = 10_000;
+pub const MAX_DETECTION_COUNT: u32 = 65_535;
 
 /// `[detection.port_scan]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

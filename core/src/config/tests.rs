@@ -399,12 +399,12 @@ fn semantic_errors_are_located() {
             "2:27: detection.volume.per_peer_bytes_per_hour: is not a positive size such as \"2GiB\", \"500MB\" or a number of bytes",
         ),
         (
-            "[detection.auth_failures]\nthreshold = 10001\n",
-            "2:13: detection.auth_failures.threshold: 10001 is out of range (1 to 10000)",
+            "[detection.auth_failures]\nthreshold = 65536\n",
+            "2:13: detection.auth_failures.threshold: 65536 is out of range (1 to 65535)",
         ),
         (
             "[detection.auth_failures]\nper_peer_threshold = 0\n",
-            "2:22: detection.auth_failures.per_peer_threshold: 0 is out of range (1 to 10000)",
+            "2:22: detection.auth_failures.per_peer_threshold: 0 is out of range (1 to 65535)",
         ),
         (
             "[detection.auth_failures]\nsuspend_disable = \"1 hour\"\n",
@@ -412,7 +412,7 @@ fn semantic_errors_are_located() {
         ),
         (
             "[detection.port_scan]\ndistinct_ports = 1\n",
-            "2:18: detection.port_scan.distinct_ports: 1 is out of range (2 to 10000)",
+            "2:18: detection.port_scan.distinct_ports: 1 is out of range (2 to 65535)",
         ),
         (
             "[detection.off_hours]\naction = \"ban\"\n",
