@@ -86,11 +86,17 @@ struct Segment<'a> {
     seq: u32,
     flags: u8,
     payload: &'a [u8],
+    /// The addresses as the packet carries them and its TCP header and payload: what the
+    /// checksum covers.
+    src: IpAddr,
+    dst: IpAddr,
+    tcp: &'a [u8],
 }
 
 impl Segment<'_> {
-    fn has(&self, flag: u8) -> bool {
-        self.flags & flag != 0
+    /// Whether any of `flags` is set.
+    fn has(&self, flags: u8) -> bool {
+        self.flags & flags != 0
     }
 }
 
@@ -128,7 +134,14 @@ impl Inspector {
             return Verdict::Pass;
         };
         let mut shard = self.table.shard(&segment.key);
-        let checked = segment.from_peer && !checksum_ok(packet);
+        // A decided flow's plain segments pass whatever their checksum: only what the parser
+        // reads or the flow's life follows is checked, so the common packet costs no checksum.
+        let matters = segment.has(TCP_SYN | TCP_FIN | TCP_RST)
+            || !matches!(
+                shard.flows.get(&segment.key).map(|f| &f.stage),
+                Some(Stage::Passing)
+            );
+        let checked = segment.from_peer && matters && !checksum_ok(&segment);
         let opening = segment.has(TCP_SYN) && !segment.has(TCP_ACK);
         if let Some(flow) = shard.flows.get(&segment.key) {
             // A new connection on the 4-tuple of an old one starts a new flow; a retransmitted
@@ -677,23 +690,21 @@ fn segment(dir: Dir, packet: &[u8]) -> Option<Segment<'_>> {
         seq: tcp.seq,
         flags: tcp.flags,
         payload,
+        src: parsed.src,
+        dst: parsed.dst,
+        tcp: packet
+            .get(parsed.transport_offset..parsed.len)
+            .unwrap_or(&[]),
     })
 }
 
-/// Whether the TCP checksum of `packet` (an IPv4 or IPv6 TCP segment, which `segment` parsed)
-/// is right.
-fn checksum_ok(packet: &[u8]) -> bool {
-    let Ok(parsed) = packet::parse(packet) else {
-        return false;
-    };
-    let Some(segment) = packet.get(parsed.transport_offset..parsed.len) else {
-        return false;
-    };
-    let Ok(len) = u32::try_from(segment.len()) else {
+/// Whether the TCP checksum of `s` is right.
+fn checksum_ok(s: &Segment<'_>) -> bool {
+    let Ok(len) = u32::try_from(s.tcp.len()) else {
         return false;
     };
     let mut sum: u64 = 0;
-    match (parsed.src, parsed.dst) {
+    match (s.src, s.dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
             sum = add_words(sum, &src.octets());
             sum = add_words(sum, &dst.octets());
@@ -705,7 +716,7 @@ fn checksum_ok(packet: &[u8]) -> bool {
         _ => return false,
     }
     sum += u64::from(packet::PROTO_TCP) + u64::from(len);
-    sum = add_words(sum, segment);
+    sum = add_words(sum, s.tcp);
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -60,15 +60,32 @@ pub fn tcp_reset(original: &[u8]) -> Option<Vec<u8>> {
             + u32::from(tcp.has(TCP_FIN));
         (0, tcp.seq.wrapping_add(segment_len), TCP_RST | TCP_ACK)
     };
+    bare_segment(
+        (parsed.dst, tcp.dst_port),
+        (parsed.src, tcp.src_port),
+        seq,
+        ack,
+        flags,
+    )
+}
+
+/// An IP packet carrying a TCP header without options or payload from `from` to `to`.
+fn bare_segment(
+    (from, from_port): (IpAddr, u16),
+    (to, to_port): (IpAddr, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+) -> Option<Vec<u8>> {
     let mut segment = [0u8; TCP_HEADER_LEN];
-    segment[0..2].copy_from_slice(&tcp.dst_port.to_be_bytes());
-    segment[2..4].copy_from_slice(&tcp.src_port.to_be_bytes());
+    segment[0..2].copy_from_slice(&from_port.to_be_bytes());
+    segment[2..4].copy_from_slice(&to_port.to_be_bytes());
     segment[4..8].copy_from_slice(&seq.to_be_bytes());
     segment[8..12].copy_from_slice(&ack.to_be_bytes());
     segment[12] = 5 << 4; // data offset: 5 words, no options
     segment[13] = flags;
     // Window, checksum and urgent pointer stay zero; the checksum is filled in below.
-    match (parsed.dst, parsed.src) {
+    match (from, to) {
         (IpAddr::V4(from), IpAddr::V4(to)) => Some(ipv4(from, to, PROTO_TCP, &segment)),
         (IpAddr::V6(from), IpAddr::V6(to)) => Some(ipv6(from, to, PROTO_TCP, &segment)),
         _ => None,
@@ -92,17 +109,13 @@ pub fn tcp_reset_onward(original: &[u8]) -> Option<Vec<u8>> {
     } else {
         tcp.seq
     };
-    let mut segment = [0u8; TCP_HEADER_LEN];
-    segment[0..2].copy_from_slice(&tcp.src_port.to_be_bytes());
-    segment[2..4].copy_from_slice(&tcp.dst_port.to_be_bytes());
-    segment[4..8].copy_from_slice(&seq.to_be_bytes());
-    segment[12] = 5 << 4;
-    segment[13] = TCP_RST;
-    match (parsed.src, parsed.dst) {
-        (IpAddr::V4(from), IpAddr::V4(to)) => Some(ipv4(from, to, PROTO_TCP, &segment)),
-        (IpAddr::V6(from), IpAddr::V6(to)) => Some(ipv6(from, to, PROTO_TCP, &segment)),
-        _ => None,
-    }
+    bare_segment(
+        (parsed.src, tcp.src_port),
+        (parsed.dst, tcp.dst_port),
+        seq,
+        0,
+        TCP_RST,
+    )
 }
 
 /// An ICMP "administratively prohibited" from `gateway` to the source of `original`: ICMPv4
