@@ -751,7 +751,7 @@ fn provisioned_peers_connect_and_a_disabled_peer_is_cut_within_1s() -> Result<()
 }
 
 /// `YYYY-MM-DD` of `days` ago (UTC).
-fn date_days_ago(days: u64) -> Result<String> {
+pub(crate) fn date_days_ago(days: u64) -> Result<String> {
     let out = Command::new("date")
         .args(["-u", "-d", &format!("{days} days ago"), "+%Y-%m-%d"])
         .output()?;

@@ -1,10 +1,12 @@
 //! The metrics contract: the families that the alert rules and the Grafana dashboard in
 //! `packaging/` and operators' own queries rely on are exported by a real agent, with their
 //! type and their label names. A family that disappears, changes type or changes its labels
-//! fails here.
+//! fails here, and so does a dashboard panel or an alert rule whose query names a metric or a
+//! label that the real scrape does not have.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -15,15 +17,16 @@ use crmguard_lab::topology::Topology;
 use crmguard_lab::wait::wait_for;
 use crmguard_lab::wg;
 
+use crate::access::date_days_ago;
+use crate::vpn::{gateway_key, wait_reachable};
+
 const PROBE: u16 = 7300;
 const WG_PORT: u16 = 51830;
 const COUNT: Duration = Duration::from_secs(10);
 
-/// Name, type and label names of every family an agent with `[vpn]`, one peer, one ban and
-/// counted traffic exports. Families that need a handshake or a provisioned key
-/// (`crmguard_vpn_last_handshake_timestamp_seconds`, `crmguard_vpn_key_expiry_seconds`) are
-/// checked by the daemon's unit tests and the VPN tests.
-const FAMILIES: [(&str, &str, &[&str]); 30] = [
+/// Name, type and label names of every family an agent with `[vpn]`, one connected peer with a
+/// registration date, one ban and counted traffic exports.
+const FAMILIES: [(&str, &str, &[&str]); 32] = [
     ("crmguard_acl_denied_total", "counter", &["role", "service"]),
     ("crmguard_alerts_total", "counter", &["result", "sink"]),
     ("crmguard_crowdsec_decisions", "gauge", &[]),
@@ -51,6 +54,12 @@ const FAMILIES: [(&str, &str, &[&str]); 30] = [
     ("crmguard_policy_generation", "gauge", &[]),
     ("crmguard_vpn_dropped_total", "counter", &["reason"]),
     ("crmguard_vpn_handshakes_total", "counter", &["result"]),
+    ("crmguard_vpn_key_expiry_seconds", "gauge", &["peer"]),
+    (
+        "crmguard_vpn_last_handshake_timestamp_seconds",
+        "gauge",
+        &["peer"],
+    ),
     ("crmguard_vpn_peers", "gauge", &["state"]),
     ("crmguard_vpn_rx_bytes_total", "counter", &["peer"]),
     ("crmguard_vpn_tx_bytes_total", "counter", &["peer"]),
@@ -157,12 +166,23 @@ name = "alice"
 public_key = "{public}"
 address = "10.77.0.2"
 role = "staff"
+created = "{created}"
 "#,
         iface = t.host_if.name(),
         dir = scratch.path().display(),
         public = keys.public,
+        created = date_days_ago(3)?,
     );
     let agent = Agent::start(&t.host, &body)?;
+    // Alice's wireguard-go completes a handshake, so that the per-peer families have samples.
+    let gateway = gateway_key(&agent)?;
+    let client = wg::WgClient::start(&t.out, &keys, &["10.77.0.2/24"])?;
+    client.set_peer(
+        &gateway,
+        SocketAddr::new(t.addrs.host4, WG_PORT),
+        &["10.77.0.0/24"],
+    )?;
+    wait_reachable(&t.out, IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)))?;
     net::udp_send(
         &t.out,
         t.addrs.out4,
@@ -182,7 +202,230 @@ role = "staff"
         Ok(differences(&last).is_empty().then_some(()))
     });
     found.with_context(|| format!("{:?} in\n{last}", differences(&last)))?;
+
+    // What the dashboard and the alert rules ask of that scrape.
+    let exported = families(&last);
+    let mut wrong = Vec::new();
+    for (file, exprs) in [
+        (DASHBOARD, dashboard_queries()?),
+        (ALERT_RULES, rule_queries()?),
+    ] {
+        ensure!(!exprs.is_empty(), "{file} has no query");
+        for expr in exprs {
+            wrong.extend(
+                unknown_names(&expr, &exported)
+                    .into_iter()
+                    .map(|w| format!("{file}: {w} in `{expr}`")),
+            );
+        }
+    }
+    ensure!(wrong.is_empty(), "{wrong:#?}");
     Ok(())
+}
+
+const DASHBOARD: &str = "packaging/grafana/crmguard-dashboard.json";
+const ALERT_RULES: &str = "packaging/prometheus/crmguard-alerts.yml";
+
+/// Labels that Prometheus adds to every scraped series, or that PromQL makes itself.
+const TARGET_LABELS: [&str; 4] = ["instance", "job", "le", "__name__"];
+
+fn repository_file(path: &str) -> Result<String> {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    std::fs::read_to_string(&full).with_context(|| format!("reading {}", full.display()))
+}
+
+/// Every `expr` of the Grafana dashboard's panels and variables.
+fn dashboard_queries() -> Result<Vec<String>> {
+    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("expr", serde_json::Value::String(expr)) => out.push(expr.clone()),
+                        _ => walk(value, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(&repository_file(DASHBOARD)?)?;
+    let mut out = Vec::new();
+    walk(&dashboard, &mut out);
+    Ok(out)
+}
+
+/// Every `expr:` of the alert rules, with `expr: |` blocks joined.
+fn rule_queries() -> Result<Vec<String>> {
+    let text = repository_file(ALERT_RULES)?;
+    let mut out = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some((indent, value)) = line.split_once("expr:") else {
+            continue;
+        };
+        let value = value.trim();
+        if value != "|" && value != ">" {
+            out.push(value.to_owned());
+            continue;
+        }
+        let mut block = String::new();
+        while let Some(next) = lines.peek() {
+            let deeper = next.len() - next.trim_start().len() > indent.len();
+            if !deeper && !next.trim().is_empty() {
+                break;
+            }
+            block.push_str(next.trim());
+            block.push(' ');
+            lines.next();
+        }
+        out.push(block.trim().to_owned());
+    }
+    Ok(out)
+}
+
+/// The label names of a selector's matchers, `selector` starting after its `{`.
+fn selector_labels(selector: &str) -> Vec<String> {
+    let mut labels = Vec::new();
+    let mut chars = selector.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace() || *c == ',').is_some() {}
+        let mut label = String::new();
+        while let Some(c) = chars.next_if(|c| c.is_ascii_alphanumeric() || *c == '_') {
+            label.push(c);
+        }
+        if label.is_empty() {
+            return labels;
+        }
+        labels.push(label);
+        while chars.next_if(|c| *c != '"' && *c != '}').is_some() {}
+        if chars.next() != Some('"') {
+            return labels;
+        }
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => break,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The crmguard metrics and the labels that `expr` names but the scrape does not have.
+fn unknown_names(
+    expr: &str,
+    exported: &BTreeMap<String, (String, Vec<Vec<String>>)>,
+) -> Vec<String> {
+    let labels_of = |name: &str| -> Option<Vec<String>> {
+        let (_, samples) = exported.get(name)?;
+        let mut labels: Vec<String> = samples.iter().flatten().cloned().collect();
+        labels.sort();
+        labels.dedup();
+        Some(labels)
+    };
+    let known = |label: &str, allowed: &[String]| {
+        TARGET_LABELS.contains(&label) || allowed.iter().any(|l| l == label)
+    };
+    let mut out = Vec::new();
+    let mut all_labels: Vec<String> = Vec::new();
+    let mut grouped: Vec<String> = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b'"' {
+            // A string literal: label values and regexes are not names.
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+            continue;
+        }
+        if !(c.is_ascii_alphabetic() || c == b'_') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+            i += 1;
+        }
+        let word = &expr[start..i];
+        let rest = expr[i..].trim_start();
+        if matches!(
+            word,
+            "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+        ) && rest.starts_with('(')
+        {
+            let inside = rest[1..].split(')').next().unwrap_or_default();
+            grouped.extend(inside.split(',').map(|l| l.trim().to_owned()));
+            continue;
+        }
+        if !word.starts_with("crmguard_") {
+            continue;
+        }
+        let Some(labels) = labels_of(word) else {
+            out.push(format!("{word} is not exported"));
+            continue;
+        };
+        if let Some(selector) = rest.strip_prefix('{') {
+            for label in selector_labels(selector) {
+                if !known(&label, &labels) {
+                    out.push(format!("{word} has no label {label}"));
+                }
+            }
+        }
+        all_labels.extend(labels);
+    }
+    for label in grouped.iter().filter(|l| !l.is_empty()) {
+        if !known(label, &all_labels) {
+            out.push(format!("no metric of the query has the label {label}"));
+        }
+    }
+    out
+}
+
+#[test]
+fn unknown_names_finds_metrics_and_labels_the_scrape_lacks() {
+    let scrape = "# TYPE crmguard_bans_total counter\ncrmguard_bans_total{reason=\"manual\"} 1\n";
+    let exported = families(scrape);
+    assert!(unknown_names(
+        "sum by (instance, reason) (rate(crmguard_bans_total{instance=~\"$i\", reason!=\"x,y\"}[5m]))",
+        &exported
+    )
+    .is_empty());
+    assert_eq!(
+        unknown_names(
+            "sum by (peer) (crmguard_bans_total{kind=\"a\"}) + crmguard_bans_gone",
+            &exported
+        ),
+        [
+            "crmguard_bans_total has no label kind",
+            "crmguard_bans_gone is not exported",
+            "no metric of the query has the label peer",
+        ]
+    );
+}
+
+#[test]
+fn the_dashboard_and_the_rules_have_queries() {
+    let dashboard = dashboard_queries().unwrap_or_else(|e| panic!("{e:#}"));
+    let rules = rule_queries().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(dashboard.len() >= 20, "{dashboard:?}");
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.contains("crmguard_xdp_packets_total")),
+        "{rules:?}"
+    );
+    assert!(
+        rules.iter().all(|r| !r.is_empty() && !r.contains("expr")),
+        "{rules:?}"
+    );
 }
 
 #[test]
