@@ -382,6 +382,54 @@ fn a_torn_line_stays_reported_and_the_chain_continues_after_it() {
 }
 
 #[test]
+fn the_chain_is_found_from_the_end_of_a_log_many_chunks_long() {
+    let log = Log::new();
+    drop(log.write(0..1500));
+    assert!(std::fs::metadata(&log.path).expect("audit test").len() > 4 * 64 * 1024);
+    // Without the checkpoint, only the log itself says where the chain stands.
+    std::fs::remove_file(&log.checkpoint_path).expect("audit test");
+    let writer = log.write(1500..1501);
+    assert_eq!((writer.head().seq, writer.torn_line()), (1501, None));
+    assert_eq!(log.verify(), ok(1501));
+}
+
+#[test]
+fn an_overlong_line_is_stepped_over_without_losing_the_chain() {
+    let log = Log::new();
+    drop(log.write(0..20));
+    let good = std::fs::read(&log.path).expect("audit test");
+    std::fs::remove_file(&log.checkpoint_path).expect("audit test");
+
+    // A 3 MiB garbage line after the records, ended: the chain continues from record 20.
+    let mut content = good.clone();
+    content.extend(std::iter::repeat_n(b'x', 3 << 20));
+    content.push(b'\n');
+    std::fs::write(&log.path, &content).expect("audit test");
+    let writer = Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
+    assert_eq!((writer.head().seq, writer.torn_line()), (20, None));
+
+    // The same garbage left torn at the end: its line number is reported.
+    let mut content = good;
+    content.extend(std::iter::repeat_n(b'y', 3 << 20));
+    std::fs::write(&log.path, &content).expect("audit test");
+    let writer = Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
+    assert_eq!((writer.head().seq, writer.torn_line()), (20, Some(21)));
+}
+
+#[test]
+fn a_log_of_one_record_or_of_garbage_only_is_read() {
+    let log = Log::new();
+    drop(log.write(0..1));
+    std::fs::remove_file(&log.checkpoint_path).expect("audit test");
+    let writer = Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
+    assert_eq!(writer.head().seq, 1);
+
+    std::fs::write(&log.path, b"not a record\nnor this").expect("audit test");
+    let writer = Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
+    assert_eq!((writer.head().seq, writer.torn_line()), (0, Some(2)));
+}
+
+#[test]
 fn a_writer_after_a_lost_tail_leaves_a_gap() {
     let log = Log::new();
     drop(log.write(0..10));

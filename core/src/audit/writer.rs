@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -98,8 +98,7 @@ impl Writer {
             .open(path)
             .map_err(open_err)?;
         sync_dir(path).map_err(open_err)?;
-        let content = fs::read(path).map_err(open_err)?;
-        let (mut head, torn_line) = last_good(&key, &content);
+        let (mut head, torn_line) = last_good(&key, &file).map_err(open_err)?;
         if let Some(checkpoint) = read_checkpoint(checkpoint_path)? {
             if checkpoint.seq > head.seq {
                 head = checkpoint;
@@ -178,30 +177,98 @@ impl Writer {
     }
 }
 
+/// How much of the log is read at a time when looking for its last good record.
+const CHUNK: usize = 64 * 1024;
+
+/// A line longer than this is not a record the writer made: it is skipped without being held
+/// in memory whole.
+const MAX_LINE: usize = 1 << 20;
+
 /// The newest record whose MAC is good (`seq` 0 and zero `mac` when none), and the line number
 /// of a torn last line.
-fn last_good(key: &AuditKey, content: &[u8]) -> (Checkpoint, Option<u64>) {
-    let torn = !content.is_empty() && !content.ends_with(b"\n");
-    let complete = match content.iter().rposition(|&b| b == b'\n') {
-        Some(end) => &content[..end],
-        None => &[][..],
+///
+/// The log is read from its end, a chunk at a time, so that opening a log of any size holds at
+/// most a chunk and one line in memory. Only a torn last line, which needs its line number,
+/// makes a pass over the whole file, counting newlines through a fixed buffer.
+fn last_good(key: &AuditKey, file: &File) -> io::Result<(Checkpoint, Option<u64>)> {
+    let len = file.metadata()?.len();
+    let none = Checkpoint {
+        seq: 0,
+        mac: ZERO_MAC,
     };
-    let torn_line = torn.then(|| {
-        let newlines = content.iter().filter(|&&b| b == b'\n').count();
-        u64::try_from(newlines)
-            .unwrap_or(u64::MAX)
-            .saturating_add(1)
-    });
-    let head = complete
-        .rsplit(|&b| b == b'\n')
-        .find_map(|line| check_line(key, line).ok())
-        .map(|checked| Checkpoint {
-            seq: checked.seq,
-            mac: checked.mac,
-        })
-        .unwrap_or(Checkpoint {
-            seq: 0,
-            mac: ZERO_MAC,
-        });
-    (head, torn_line)
+    if len == 0 {
+        return Ok((none, None));
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    let torn_line = if last[0] == b'\n' {
+        None
+    } else {
+        Some(count_newlines(file, len)?.saturating_add(1))
+    };
+    let head = newest_good_line(key, file, len)?.unwrap_or(none);
+    Ok((head, torn_line))
+}
+
+/// The newest complete line of `file[..len]` that is a good record, reading backwards.
+fn newest_good_line(key: &AuditKey, file: &File, len: u64) -> io::Result<Option<Checkpoint>> {
+    // `buf` holds file[pos..end]: bytes read but not yet taken apart into lines.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut pos = len;
+    // Everything after the last newline is a torn line, never a record.
+    let mut complete = false;
+    // The line being assembled grew past MAX_LINE: it is dropped until its start is found.
+    let mut skipping = false;
+    loop {
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            if complete && !skipping {
+                if let Ok(checked) = check_line(key, &buf[i + 1..]) {
+                    return Ok(Some(Checkpoint {
+                        seq: checked.seq,
+                        mac: checked.mac,
+                    }));
+                }
+            }
+            complete = true;
+            skipping = false;
+            buf.truncate(i);
+            continue;
+        }
+        if pos == 0 {
+            // `buf` is the file's first line.
+            return Ok(complete
+                .then(|| check_line(key, &buf).ok())
+                .flatten()
+                .filter(|_| !skipping)
+                .map(|checked| Checkpoint {
+                    seq: checked.seq,
+                    mac: checked.mac,
+                }));
+        }
+        if buf.len() > MAX_LINE {
+            skipping = true;
+            buf.clear();
+        }
+        let step = pos.min(CHUNK as u64);
+        pos -= step;
+        let mut chunk = vec![0u8; usize::try_from(step).unwrap_or(CHUNK)];
+        file.read_exact_at(&mut chunk, pos)?;
+        chunk.extend_from_slice(&buf);
+        buf = chunk;
+    }
+}
+
+/// The number of newlines in `file[..len]`, read through a fixed buffer.
+fn count_newlines(file: &File, len: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    let mut count = 0u64;
+    while pos < len {
+        let want = usize::try_from((len - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
+        file.read_exact_at(&mut buf[..want], pos)?;
+        let newlines = buf[..want].iter().filter(|&&b| b == b'\n').count();
+        count += u64::try_from(newlines).unwrap_or(u64::MAX);
+        pos += u64::try_from(want).unwrap_or(u64::MAX);
+    }
+    Ok(count)
 }
