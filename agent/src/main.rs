@@ -538,14 +538,10 @@ fn print_bans(bans: &[BanStatus]) {
     }
 }
 
-/// The author of a manual ban: `admin:` and the name of the user running the command (its
-/// uid when the name cannot be found).
+/// Who runs this command, for the records the CLI writes itself (the agent attributes what it
+/// is asked from the connection's credentials instead).
 fn admin_actor() -> String {
-    let uid = nix::unistd::getuid();
-    match nix::unistd::User::from_uid(uid) {
-        Ok(Some(user)) => format!("admin:{}", user.name),
-        _ => format!("admin:{uid}"),
-    }
+    crmguard::control::caller::this_process()
 }
 
 fn ban(socket: &Path, command: BanCommand) -> u8 {

@@ -240,7 +240,7 @@ pub enum BanError {
     ReasonTooLong,
     #[error("the reason contains a control character")]
     ReasonControl,
-    #[error("`{0}` is not an author of the form admin:<unix user>")]
+    #[error("`{0}` is not an author of the form admin:<unix user> [(login <unix user>)]")]
     Author(String),
     #[error("`{0}` is not a detector name (1 to 64 of A-Z a-z 0-9 . _ -)")]
     Detector(String),
@@ -786,13 +786,21 @@ fn check_reason(reason: &str) -> Result<(), BanError> {
     Ok(())
 }
 
+/// `admin:USER`, or `admin:USER (login LOGIN)` when the user who logged in to the host is
+/// someone else (`sudo`), as the agent reads it from the kernel.
 fn check_author(by: &str) -> Result<(), BanError> {
-    let user = by.strip_prefix(ADMIN_PREFIX).unwrap_or("");
-    let valid = !user.is_empty()
-        && user.len() <= 64
-        && user
-            .chars()
-            .all(|c| !c.is_control() && !c.is_whitespace() && c != ':');
+    let name = |user: &str| {
+        !user.is_empty()
+            && user.len() <= 64
+            && user
+                .chars()
+                .all(|c| !c.is_control() && !c.is_whitespace() && !"():".contains(c))
+    };
+    let author = by.strip_prefix(ADMIN_PREFIX).unwrap_or("");
+    let valid = match author.split_once(" (login ") {
+        Some((user, login)) => name(user) && login.strip_suffix(')').is_some_and(name),
+        None => name(author),
+    };
     if !valid {
         return Err(BanError::Author(by.to_owned()));
     }

@@ -5,7 +5,8 @@
 //! `crmguard run` in `host` with a policy that opens tcp/8080 to anywhere and drops the rest,
 //! bans outside addresses with the command line, and probes the open port from them: a banned
 //! source gets no answer at all, any other source gets the server's banner. The command line
-//! runs as root, so manual bans are recorded as `admin:root`.
+//! runs as root, so manual bans are recorded as `admin:root`, with the login user when the
+//! suite runs under sudo from a login session (`admin:root (login alice)`).
 
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -233,7 +234,7 @@ fn a_ban_drops_a_source_until_it_expires() -> Result<()> {
         bans.len() == 1
             && bans[0]["net"] == host(a.out4)
             && bans[0]["reason"] == "suite test"
-            && bans[0]["source"] == "admin:root"
+            && bans[0]["source"] == crmguard::control::caller::this_process().as_str()
             && bans[0]["expires"].is_string(),
         "ban list: {bans:?}"
     );
@@ -574,6 +575,64 @@ fn an_unreadable_ban_list_stops_the_start() -> Result<()> {
     ensure!(
         t.host_if.xdp()?.is_some(),
         "an agent that refused the ban list left the host unfiltered"
+    );
+    Ok(())
+}
+
+#[test]
+fn manual_bans_name_the_admin_the_kernel_reports_not_the_request() -> Result<()> {
+    if !privileged::require("bans::manual_bans_name_the_admin_the_kernel_reports_not_the_request") {
+        return Ok(());
+    }
+    use std::io::{BufRead, BufReader, Write};
+
+    let (t, _server) = lab(119)?;
+    let agent = Agent::start(&t.host, &policy(&t))?;
+
+    // `sudo crmguard ban add` by someone who logged in as `nobody`: the kernel keeps the
+    // login user (loginuid) across sudo, and the agent reads it from the connection's pid.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("echo 65534 > /proc/self/loginuid && exec \"$0\" \"$@\"")
+        .arg(crmguard_lab::agent::binary()?)
+        .args(["ban", "add", "203.0.113.76", "--reason", "by a login user"])
+        .arg("--config")
+        .arg(agent.config_path());
+    let out = process::output_in(&t.host, cmd)?;
+    ensure!(out.status.success(), "ban add with a loginuid: {out:?}");
+
+    // A client that writes someone else's name into the request.
+    let mut stream = std::os::unix::net::UnixStream::connect(agent.dir().join("control.sock"))?;
+    stream.set_read_timeout(Some(SETTLE))?;
+    stream.write_all(
+        b"{\"cmd\":\"ban_add\",\"net\":\"203.0.113.77/32\",\"ttl_secs\":null,\
+          \"reason\":\"forged\",\"by\":\"admin:mallory\"}\n",
+    )?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    ensure!(
+        answer.contains("\"banned\""),
+        "the forged request: {answer}"
+    );
+
+    let bans = ban_list(&agent)?;
+    let source_of = |net: &str| {
+        bans.iter()
+            .find(|ban| ban["net"] == net)
+            .and_then(|ban| ban["source"].as_str())
+            .map(str::to_owned)
+    };
+    let login = source_of("203.0.113.76/32");
+    ensure!(
+        login.as_deref() == Some("admin:root (login nobody)"),
+        "the login user's ban: {login:?} in {bans:?}"
+    );
+    let forged = source_of("203.0.113.77/32");
+    ensure!(
+        forged
+            .as_deref()
+            .is_some_and(|s| s.starts_with("admin:root") && !s.contains("mallory")),
+        "the forged ban: {forged:?} in {bans:?}"
     );
     Ok(())
 }

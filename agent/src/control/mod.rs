@@ -5,6 +5,8 @@
 //! line back. The socket is created mode 0600 (root only): whoever can
 //! write to it can change the firewall.
 
+pub mod caller;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -437,6 +439,25 @@ pub const CONNECTIONS: usize = 256;
 /// Time a client has to send its request line: the CLI sends it at once.
 pub const REQUEST_LINE_DEADLINE: Duration = Duration::from_secs(5);
 
+impl Request {
+    /// Puts `actor` in every field that names who asked, over what the client sent.
+    pub fn attribute(&mut self, actor: &str) {
+        match self {
+            Request::BanAdd { by, .. }
+            | Request::PeerAdd { by, .. }
+            | Request::PeerRemove { by, .. }
+            | Request::PeerSetEnabled { by, .. }
+            | Request::MfaEnrolled { by, .. } => actor.clone_into(by),
+            Request::Status
+            | Request::Reload
+            | Request::BanList
+            | Request::BanRemove { .. }
+            | Request::PeerList
+            | Request::Explain { .. } => {}
+        }
+    }
+}
+
 /// The longest request line: the largest request (`peer add`, `explain`) is well under 2 KiB.
 const MAX_REQUEST_LINE: u64 = 64 * 1024;
 
@@ -487,6 +508,10 @@ async fn connection(
     slot: &crate::listen::Slot,
 ) {
     use tokio::io::AsyncReadExt;
+    // Who asks, from the kernel: see [`caller`].
+    let actor = stream
+        .peer_cred()
+        .map(|cred| caller::actor(cred.uid(), cred.pid()));
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = AsyncBufReader::new(read.take(MAX_REQUEST_LINE));
@@ -496,9 +521,15 @@ async fn connection(
         _ => return,
     }
     slot.request_read();
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => ask(commands, request).await,
-        Err(e) => Response::Error {
+    let response = match (serde_json::from_str::<Request>(&line), actor) {
+        (Ok(mut request), Ok(actor)) => {
+            request.attribute(&actor);
+            ask(commands, request).await
+        }
+        (Ok(_), Err(e)) => Response::Error {
+            message: format!("cannot tell who is asking (SO_PEERCRED): {e}"),
+        },
+        (Err(e), _) => Response::Error {
             message: format!("bad request: {e}"),
         },
     };

@@ -135,6 +135,15 @@ fn reasons_and_authors_are_checked() {
     check(None, "alice", Err(BanError::Author("alice".into())));
     check(None, "admin:", Err(BanError::Author("admin:".into())));
     check(None, "admin:a b", Err(BanError::Author("admin:a b".into())));
+    check(None, "admin:root (login alice)", Ok(DEFAULT_MANUAL_REASON));
+    for bad in [
+        "admin:root (login )",
+        "admin:root (login alice",
+        "admin:root (login a(b))",
+        "admin: (login alice)",
+    ] {
+        check(None, bad, Err(BanError::Author(bad.into())));
+    }
 }
 
 #[test]
@@ -665,7 +674,7 @@ fn a_corrupt_file_is_reported_with_what_is_wrong() {
     );
     check(
         &entry("203.0.113.7/32", "null", r#"{"manual":{"by":"root"}}"#),
-        "bans[0] (203.0.113.7/32): `root` is not an author of the form admin:<unix user>",
+        "bans[0] (203.0.113.7/32): `root` is not an author of the form admin:<unix user> [(login <unix user>)]",
     );
     check(
         &entry("203.0.113.7/32", "null", r#"{"detector":{"name":"a b"}}"#),
