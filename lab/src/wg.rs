@@ -166,6 +166,22 @@ impl WgClient {
         .map(drop)
     }
 
+    /// Sends a keepalive to `public` every `seconds` of silence (`persistent-keepalive`).
+    pub fn set_keepalive(&self, public: &str, seconds: u16) -> Result<()> {
+        wg(
+            &[
+                "set",
+                &self.name,
+                "peer",
+                public,
+                "persistent-keepalive",
+                &seconds.to_string(),
+            ],
+            None,
+        )
+        .map(drop)
+    }
+
     /// Moves the device to another UDP port.
     pub fn set_listen_port(&self, port: u16) -> Result<()> {
         wg(&["set", &self.name, "listen-port", &port.to_string()], None).map(drop)

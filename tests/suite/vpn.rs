@@ -1159,3 +1159,65 @@ hours = "{other} 00:00-24:00"
     })?;
     Ok(())
 }
+
+/// How many times the sysadmin's restart scenario is run.
+const RESTART_ROUNDS: usize = 20;
+
+#[test]
+fn sessions_come_back_within_2s_after_every_kill_9() -> Result<()> {
+    if !privileged::require("vpn::sessions_come_back_within_2s_after_every_kill_9") {
+        return Ok(());
+    }
+    let t = Topology::dual_stack(131, 16)?;
+    let (carol_ns, _carol_if, _carol_host_if, carol_gateway) = second_link(&t, 131, 16)?;
+    let alice = PeerSpec::new("alice", 2)?;
+    let carol = PeerSpec::new("carol", 3)?;
+    let s = setup(&[&t.host_if], &[&alice, &carol])?;
+    let mut agent = start_agent(&t.host, &s)?;
+    let gateway = gateway_key(&agent)?;
+    let endpoint = gateway_endpoint(t.addrs.host4);
+    let state = agent.dir().join("state").join("vpn-endpoints.json");
+    let mut took = Vec::new();
+    for round in 0..RESTART_ROUNDS {
+        // Alice connects with a keepalive; her client is deleted and made again, so it
+        // comes back from a new source port.
+        let first = alice.connect(&t.out, &gateway, endpoint)?;
+        first.set_keepalive(&gateway, 5)?;
+        wait_reachable(&t.out, IpAddr::V4(GATEWAY4))?;
+        drop(first);
+        let client = alice.connect(&t.out, &gateway, endpoint)?;
+        client.set_keepalive(&gateway, 5)?;
+        wait_reachable(&t.out, IpAddr::V4(GATEWAY4))?;
+        let port = client.listen_port()?;
+        // Carol connects from elsewhere and goes away.
+        let carols = carol.connect(&carol_ns, &gateway, gateway_endpoint(carol_gateway))?;
+        wait_reachable(&carol_ns, IpAddr::V4(GATEWAY4))?;
+        drop(carols);
+        // Alice's new port is remembered.
+        wait_for(SETTLE, "alice's new endpoint on disk", || {
+            Ok(std::fs::read_to_string(&state)
+                .map(|text| text.contains(&format!(":{port}\"")))
+                .unwrap_or(false)
+                .then_some(()))
+        })?;
+        agent.kill9()?;
+        agent.spawn()?;
+        agent.wait_ready()?;
+        let ready = Instant::now();
+        wait_for(Duration::from_secs(20), "alice's traffic again", || {
+            Ok(ping(&t.out, IpAddr::V4(GATEWAY4), Duration::from_millis(200))?.then_some(()))
+        })?;
+        took.push(ready.elapsed());
+        eprintln!(
+            "round {round}: alice's traffic back {:?} after the agent was ready",
+            ready.elapsed()
+        );
+        drop(client);
+    }
+    let slow: Vec<_> = took
+        .iter()
+        .filter(|d| **d > Duration::from_secs(2))
+        .collect();
+    ensure!(slow.is_empty(), "recovery took longer than 2 s: {took:?}");
+    Ok(())
+}
