@@ -17,6 +17,8 @@ use clap::Subcommand;
 use crmguard::access::listing::{self, PeerListing};
 use crmguard::control::{self, Request, Response};
 use crmguard::daemon::ConfigSource;
+use crmguard::handout::{self, ClientHandout};
+use crmguard::i18n::Lang;
 use crmguard_core::audit::{self, Event, EventType, Outcome};
 use crmguard_core::config::Config;
 use crmguard_core::error_chain;
@@ -48,6 +50,10 @@ pub enum PeerCommand {
         /// host's name]
         #[arg(long, value_name = "HOST", value_parser = parse_endpoint_host)]
         endpoint: Option<String>,
+        /// The language of the instructions printed for the device's user, en or ru
+        /// [default: from LC_ALL, LC_MESSAGES or LANG; else en]
+        #[arg(long, value_name = "LANG")]
+        lang: Option<Lang>,
     },
     /// List every peer: role, address, key age and expiry, last handshake, MFA state
     List {
@@ -72,21 +78,32 @@ pub enum PeerCommand {
     },
 }
 
-/// Runs one `peer` command as `actor` (`admin:<unix user>`).
-pub fn run(config: &Config, source: &ConfigSource, command: PeerCommand, actor: &str) -> u8 {
+/// Runs one `peer` command as `actor` (`admin:<unix user>`); `locale` is the language of the
+/// administrator's environment, for staff-facing text when `--lang` is not given.
+pub fn run(
+    config: &Config,
+    source: &ConfigSource,
+    command: PeerCommand,
+    actor: &str,
+    locale: Lang,
+) -> u8 {
     match command {
         PeerCommand::Add {
             name,
             role,
             public_key,
             endpoint,
+            lang,
         } => add(
             config,
             source,
-            &name,
-            &role,
-            public_key.as_deref(),
-            endpoint,
+            &New {
+                name: &name,
+                role: &role,
+                public_key: public_key.as_deref(),
+                endpoint,
+                lang: lang.unwrap_or(locale),
+            },
             actor,
         ),
         PeerCommand::List { json } => list(config, json),
@@ -105,15 +122,23 @@ enum Change {
     Enabled(bool),
 }
 
-fn add(
-    config: &Config,
-    source: &ConfigSource,
-    name: &str,
-    role: &str,
-    public_key: Option<&str>,
+/// What `peer add` was asked to do.
+struct New<'a> {
+    name: &'a str,
+    role: &'a str,
+    public_key: Option<&'a str>,
     endpoint: Option<String>,
-    actor: &str,
-) -> u8 {
+    /// The language of the handout for the device's user.
+    lang: Lang,
+}
+
+fn add(config: &Config, source: &ConfigSource, new: &New<'_>, actor: &str) -> u8 {
+    let New {
+        name,
+        role,
+        public_key,
+        ..
+    } = *new;
     let Some(vpn) = &config.vpn else {
         eprintln!("crmguard: {}", ProvisionError::NoVpn);
         return exit::USAGE;
@@ -178,7 +203,7 @@ fn add(
             return exit::FAILURE;
         }
     };
-    let host = endpoint.unwrap_or_else(|| {
+    let host = new.endpoint.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .ok()
@@ -192,11 +217,25 @@ fn add(
         vpn,
         endpoint_host: &host,
     });
-    match provision::qr_terminal(&text) {
-        Ok(qr) => println!("{qr}"),
-        Err(e) => eprintln!("crmguard: {e}; use the text below"),
-    }
-    println!("{text}");
+    let qr = provision::qr_terminal(&text)
+        .map_err(|e| eprintln!("crmguard: {e}; use the text below"))
+        .ok();
+    let mfa_portal = config
+        .role(&peer.role)
+        .filter(|role| role.mfa)
+        .and_then(|_| handout::portal_url(&config));
+    print!(
+        "{}",
+        handout::client(
+            new.lang,
+            &ClientHandout {
+                peer: name,
+                config: &text,
+                qr: qr.as_deref(),
+                mfa_portal: mfa_portal.as_deref(),
+            },
+        )
+    );
     println!(
         "This is the only copy of {name}'s private key: give the configuration to the user now; crmguard keeps only the public key."
     );

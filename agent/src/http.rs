@@ -36,6 +36,8 @@ pub struct Request {
     pub path: String,
     pub host: Option<String>,
     pub accept: Option<String>,
+    /// `Accept-Language`; several such headers are joined with `,` into one list.
+    pub accept_language: Option<String>,
     pub content_type: Option<String>,
     pub origin: Option<String>,
     pub sec_fetch_site: Option<String>,
@@ -181,6 +183,16 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Option<(Request, usize, u
             }
             "host" => &mut request.host,
             "accept" => &mut request.accept,
+            "accept-language" => {
+                let value = std::str::from_utf8(header.value)
+                    .map_err(|_| ReadError::Malformed("a header value is not UTF-8"))?
+                    .trim();
+                request.accept_language = Some(match request.accept_language.take() {
+                    Some(earlier) => format!("{earlier},{value}"),
+                    None => value.to_owned(),
+                });
+                continue;
+            }
             "content-type" => &mut request.content_type,
             "origin" => &mut request.origin,
             "sec-fetch-site" => &mut request.sec_fetch_site,

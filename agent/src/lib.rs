@@ -5,15 +5,17 @@
 //! (`crmguard_vpn`); here live the daemon that owns them (`daemon`), the control socket
 //! (`control`), the endpoint that serves the Prometheus registry (`metrics`), the MFA portal
 //! (`portal`), the one HTTP request reader of both (`http`), the bounded accept loop of all three
-//! (`listen`), the daemon's MFA state (`access`)
-//! and, in the binary, the CLI.
+//! (`listen`), the daemon's MFA state (`access`), what staff read in English or Russian
+//! (`i18n`, and the printed instructions for them in `handout`) and, in the binary, the CLI.
 
 pub mod access;
 pub mod alerts;
 pub mod control;
 pub mod crowdsec;
 pub mod daemon;
+pub mod handout;
 pub mod http;
+pub mod i18n;
 pub mod inspection;
 pub mod listen;
 pub mod logsource;

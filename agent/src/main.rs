@@ -14,6 +14,8 @@ use ipnet::IpNet;
 
 use crmguard::control::{self, BanAdded, BanStatus, Request, Response, Status};
 use crmguard::daemon::{self, ConfigSource, DaemonError, RunOptions};
+use crmguard::handout::{self, EnrollHandout};
+use crmguard::i18n::Lang;
 use crmguard_core::audit;
 use crmguard_core::config::{self, LogFormat};
 use crmguard_core::exit;
@@ -109,6 +111,10 @@ enum MfaCommand {
         /// The peer's name, as in the configuration or the peers file
         #[arg(value_name = "NAME")]
         name: String,
+        /// The language of the instructions printed for the staff member, en or ru
+        /// [default: from LC_ALL, LC_MESSAGES or LANG; else en]
+        #[arg(long, value_name = "LANG")]
+        lang: Option<Lang>,
     },
 }
 
@@ -247,11 +253,11 @@ fn dispatch(cli: Cli) -> u8 {
             Err(code) => code,
         },
         Command::Peer { command } => match load(&source) {
-            Ok(config) => cli_peer::run(&config, &source, command, &admin_actor()),
+            Ok(config) => cli_peer::run(&config, &source, command, &admin_actor(), locale()),
             Err(code) => code,
         },
         Command::Mfa { command } => match load(&source) {
-            Ok(config) => mfa(&config, &source, command),
+            Ok(config) => mfa(&config, &source, command, locale()),
             Err(code) => code,
         },
     }
@@ -625,13 +631,26 @@ fn ban_added(added: &BanAdded) -> u8 {
     }
 }
 
-fn mfa(config: &config::Config, source: &ConfigSource, command: MfaCommand) -> u8 {
+/// The language of the administrator's locale (LC_ALL, LC_MESSAGES, LANG), for what
+/// `peer add` and `mfa enroll` print for staff when `--lang` is not given.
+fn locale() -> Lang {
+    let var = |name| std::env::var(name).ok();
+    Lang::from_locale(
+        var("LC_ALL").as_deref(),
+        var("LC_MESSAGES").as_deref(),
+        var("LANG").as_deref(),
+    )
+}
+
+fn mfa(config: &config::Config, source: &ConfigSource, command: MfaCommand, locale: Lang) -> u8 {
     match command {
-        MfaCommand::Enroll { name } => mfa_enroll(config, source, &name),
+        MfaCommand::Enroll { name, lang } => {
+            mfa_enroll(config, source, &name, lang.unwrap_or(locale))
+        }
     }
 }
 
-fn mfa_enroll(config: &config::Config, source: &ConfigSource, name: &str) -> u8 {
+fn mfa_enroll(config: &config::Config, source: &ConfigSource, name: &str, lang: Lang) -> u8 {
     if config.peer(name).is_none() {
         eprintln!(
             "crmguard: no peer named `{name}` in {} or its peers file",
@@ -647,12 +666,18 @@ fn mfa_enroll(config: &config::Config, source: &ConfigSource, name: &str) -> u8 
         }
     };
     let uri = mfa::otpauth_uri(&config.mfa.issuer, name, &secret);
-    match crmguard_core::provision::qr_terminal(&uri) {
-        Ok(image) => println!("{image}"),
-        Err(e) => eprintln!("crmguard: {}; use the URI", crmguard_core::error_chain(&e)),
-    }
-    println!("{uri}");
-    println!("enrolled {name}: scan the code or enter the URI in an authenticator app");
+    let qr = crmguard_core::provision::qr_terminal(&uri)
+        .map_err(|e| eprintln!("crmguard: {}; use the URI", crmguard_core::error_chain(&e)))
+        .ok();
+    let portal = handout::portal_url(config);
+    let handout = EnrollHandout {
+        peer: name,
+        uri: &uri,
+        qr: qr.as_deref(),
+        portal: portal.as_deref(),
+    };
+    print!("{}", handout::enrollment(lang, &handout));
+    println!("enrolled {name}");
     // The running agent ends the session of the old authenticator and audits the enrollment;
     // with no agent running, the record is written here.
     let request = Request::MfaEnrolled {

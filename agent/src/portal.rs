@@ -14,7 +14,8 @@
 //! | `DELETE /session`, or `POST /session/end` from the page's form | [`PortalAction::Close`] | 200 |
 //!
 //! A client whose `Accept` header names `text/html` (a browser) gets the page with a message
-//! in place of JSON, under the same status code. Every request is bounded: an 8 KiB head, a
+//! in place of JSON, under the same status code. The page and the JSON `message` are in
+//! English or Russian, as the `Accept-Language` header prefers ([`crate::i18n`]). Every request is bounded: an 8 KiB head, a
 //! 1 KiB body, 10 seconds to send them, one request per connection and 64 connections at
 //! once, 8 of them from one tunnel address; more connections are closed as soon as they are
 //! accepted.
@@ -47,6 +48,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use crate::i18n::{Lang, Msg};
 use answer::{Format, Refusal};
 use http::{ReadError, Request, Response};
 
@@ -350,7 +352,7 @@ async fn connection_steps(
         }
         Err(ReadError::Closed | ReadError::Io(_)) => return,
         // The head may not have been read, so there is no `Accept` to go by.
-        Err(e) => answer::refusal(read_refusal(&e), Format::Json),
+        Err(e) => answer::refusal(read_refusal(&e), Format::Json, Lang::En),
         Ok(request) => match stream.local_addr() {
             Ok(local) => respond(&request, from, local, &requests, limits).await,
             Err(_) => return,
@@ -377,9 +379,9 @@ fn read_refusal(e: &ReadError) -> Refusal {
     match e {
         ReadError::HeadTooLarge(_) => Refusal::HeadTooLarge,
         ReadError::BodyTooLarge(_) => Refusal::BodyTooLarge,
-        ReadError::Malformed(why) => Refusal::BadRequest(why),
+        ReadError::Malformed(why) => Refusal::Malformed(why),
         ReadError::Closed | ReadError::Io(_) | ReadError::TimedOut(_) => {
-            Refusal::BadRequest("the request is incomplete")
+            Refusal::Malformed("the request is incomplete")
         }
     }
 }
@@ -393,17 +395,18 @@ async fn respond(
     requests: &mpsc::Sender<PortalQuery>,
     limits: Limits,
 ) -> Response {
+    let lang = Lang::from_accept_language(request.accept_language.as_deref());
     if !host_is_own(request.host.as_deref(), local) {
-        return answer::refusal(Refusal::WrongHost, negotiate(request));
+        return answer::refusal(Refusal::WrongHost, negotiate(request), lang);
     }
     let (action, format) = match route(request) {
         Ok(routed) => routed,
-        Err(refusal) => return answer::refusal(refusal, negotiate(request)),
+        Err(refusal) => return answer::refusal(refusal, negotiate(request), lang),
     };
     let question = PortalRequest { from, action };
     match ask(requests, question, limits.agent_timeout).await {
-        Some(reply) => answer::reply(&reply, format, unix_now()),
-        None => answer::refusal(Refusal::AgentUnavailable, format),
+        Some(reply) => answer::reply(&reply, format, lang, unix_now()),
+        None => answer::refusal(Refusal::AgentUnavailable, format, lang),
     }
 }
 
@@ -491,11 +494,11 @@ struct CodeBody {
 fn code(request: &Request) -> Result<String, Refusal> {
     let typed = match request.media_type().as_deref() {
         Some("application/x-www-form-urlencoded") => http::form_field(&request.body, "code")
-            .map_err(|_| Refusal::BadRequest("the form is not properly encoded"))?
-            .ok_or(Refusal::BadRequest("the form has no `code` field"))?,
+            .map_err(|_| Refusal::BadRequest(Msg::BadForm))?
+            .ok_or(Refusal::BadRequest(Msg::NoCodeField))?,
         Some("application/json") => {
             serde_json::from_slice::<CodeBody>(&request.body)
-                .map_err(|_| Refusal::BadRequest(r#"the body is not JSON like {"code":"123456"}"#))?
+                .map_err(|_| Refusal::BadRequest(Msg::BadJson))?
                 .code
         }
         _ => return Err(Refusal::UnsupportedMediaType),

@@ -207,9 +207,28 @@ fn audit_verifies(agent: &Agent) -> Result<()> {
     Ok(())
 }
 
-fn screenshot_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/img/mfa-portal.png")
+/// Where a screenshot of the portal goes: `docs/img/NAME`.
+fn screenshot_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/img")
+        .join(name)
 }
+
+/// Writes a screenshot after checking that it is a PNG.
+fn save_screenshot(png: &[u8], name: &str) -> Result<()> {
+    ensure!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "the screenshot is not a PNG"
+    );
+    let path = screenshot_path(name);
+    std::fs::create_dir_all(path.parent().context("docs/img")?)?;
+    std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Chromium's flags for a Russian-speaking user: the interface language, and the
+/// `Accept-Language` it sends (headless Chromium takes it from `--accept-lang` only), which
+/// it sends as `ru-RU,ru;q=0.9,en-US;q=0.8,en;q=0.7`.
+const RUSSIAN_BROWSER: &[&str] = &["--lang=ru", "--accept-lang=ru-RU,ru,en-US,en"];
 
 #[test]
 fn chromium_signs_in_at_the_portal_and_then_the_crm_answers() -> Result<()> {
@@ -255,14 +274,9 @@ fn chromium_signs_in_at_the_portal_and_then_the_crm_answers() -> Result<()> {
         "document.body.innerText.includes('Session open until')",
         SETTLE,
     )?;
-    let png = page.screenshot_png()?;
-    ensure!(
-        png.starts_with(b"\x89PNG\r\n\x1a\n"),
-        "the screenshot is not a PNG"
-    );
-    let path = screenshot_path();
-    std::fs::create_dir_all(path.parent().context("docs/img")?)?;
-    std::fs::write(&path, &png).with_context(|| format!("writing {}", path.display()))?;
+    let lang = page.eval("document.documentElement.lang")?;
+    ensure!(lang == "en", "<html lang> of the English page: {lang}");
+    save_screenshot(&page.screenshot_png()?, "mfa-portal.png")?;
     drop(page);
     drop(browser);
 
@@ -301,6 +315,52 @@ fn chromium_signs_in_at_the_portal_and_then_the_crm_answers() -> Result<()> {
     ensure!(
         closed == TcpOutcome::Refused,
         "the CRM after logging out: {closed:?}"
+    );
+
+    // The same person with a browser set to Russian: the portal speaks Russian, the code
+    // opens a session, and the page's own button ends it.
+    let mut browser = Browser::start_with(Some(t.out.name()), RUSSIAN_BROWSER)?;
+    let mut page = browser.page()?;
+    page.navigate(&format!("http://{GATEWAY4}:{PORTAL}/"), SETTLE)?;
+    let lang = page.eval("document.documentElement.lang")?;
+    ensure!(lang == "ru", "<html lang> of the Russian page: {lang}");
+    let shown = page.text("main")?;
+    ensure!(
+        shown.contains("Вы подключены как alice")
+            && shown.contains("Сеанс не открыт")
+            && !shown.contains("No session is open"),
+        "the Russian portal page: {shown}"
+    );
+    let button = page.text("button[type=submit]")?;
+    ensure!(button == "Открыть сеанс", "the Russian button: {button:?}");
+    let code = fresh_code(&secret, &mut used)?;
+    page.type_into("#code", &code)?;
+    page.click("button[type=submit]")?;
+    page.wait_for(
+        "document.body.innerText.includes('Сеанс открыт до')",
+        SETTLE,
+    )?;
+    save_screenshot(&page.screenshot_png()?, "mfa-portal-ru.png")?;
+    ensure!(
+        crm_answers(&t.out)?,
+        "the CRM after signing in in Russian: {:?}",
+        crm(&t.out)?
+    );
+    ensure!(
+        metric(&agent, "crmguard_mfa_attempts_total", &[("result", "ok")])? == 2.0,
+        "crmguard_mfa_attempts_total{{result=ok}} after the second sign-in"
+    );
+    page.click("form[action=\"/session/end\"] button")?;
+    page.wait_for(
+        "document.body.innerText.includes('Вы вышли: сеанс закрыт.')",
+        SETTLE,
+    )?;
+    drop(page);
+    drop(browser);
+    let closed = crm(&t.out)?;
+    ensure!(
+        closed == TcpOutcome::Refused,
+        "the CRM after logging out in Russian: {closed:?}"
     );
 
     // A denied packet is audited, folded per minute (flushed when the agent stops).
@@ -638,9 +698,25 @@ fn provisioned_peers_connect_and_a_disabled_peer_is_cut_within_1s() -> Result<()
         "staff",
         "--endpoint",
         &host2.to_string(),
+        "--lang",
+        "ru",
     ])?;
     ensure!(out.status.success(), "peer add erin: {out:?}");
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The instructions for erin are in Russian; staff needs no MFA, so no portal is named.
+    for expected in [
+        "Подключение WireGuard для erin\n",
+        "Телефон или планшет: установите приложение WireGuard",
+        "Компьютер: сохраните текст ниже в файл erin.conf",
+        "Затем включите туннель",
+        "Никому не передавайте эту конфигурацию",
+    ] {
+        ensure!(said.contains(expected), "no {expected:?} in:\n{said}");
+    }
+    ensure!(
+        !said.contains("второй фактор") && !said.contains("Phone or tablet"),
+        "{said}"
+    );
     let (private, address, gateway_in_config, endpoint) = parse_client_config(&said)?;
     ensure!(
         gateway_in_config == gateway,

@@ -2,14 +2,17 @@
 //! [`PortalReply`]s and for each request the portal refuses itself ([`Refusal`]).
 //!
 //! A browser and a script get the same status code for the same outcome; only the body
-//! differs ([`Format`]). JSON errors always carry `error`, a fixed name scripts can match, and
-//! `message`, the sentence a person reads on the page. Times are RFC 3339 UTC to the second.
+//! differs ([`Format`]). JSON errors always carry `error`, a fixed English name scripts can
+//! match, and `message`, the sentence a person reads on the page, in the language the request
+//! asked for ([`Lang`]; the sentences are in [`crate::i18n`]). Times are RFC 3339 UTC to the
+//! second.
 
 use serde_json::{json, Value};
 
 use super::http::{self, Response};
 use super::page::{self, Notice, Page, Tone};
 use super::{PeerView, PortalReply};
+use crate::i18n::{fill, Lang, Msg, Plural};
 
 /// The body a client gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +26,11 @@ pub enum Format {
 /// A request the portal answers without asking the agent, or could not get an answer for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// 400: the request is malformed; the text says how.
-    BadRequest(&'static str),
+    /// 400: the request could not be read; the text says how, in English (the head may not
+    /// have been read, so there is no language to go by).
+    Malformed(&'static str),
+    /// 400: the request was read, but its code is not in a form the portal understands.
+    BadRequest(Msg),
     /// 403: a browser posted from another site's page (cross-site request forgery, which
     /// could log the user out or spend their attempts until they are locked out).
     CrossOrigin,
@@ -45,20 +51,25 @@ pub enum Refusal {
     AgentUnavailable,
 }
 
-/// The answer to `reply` at Unix time `now`.
-pub fn reply(reply: &PortalReply, format: Format, now: u64) -> Response {
+/// The answer to `reply` at Unix time `now`, in `lang`.
+pub fn reply(reply: &PortalReply, format: Format, lang: Lang, now: u64) -> Response {
     let status = reply_status(reply);
+    let words = Words { lang, now };
     match format {
-        Format::Json => json_response(status, &reply_json(reply, now)),
-        Format::Html => html_response(status, &reply_page(reply, now)),
+        Format::Json => json_response(status, &reply_json(reply, words), lang),
+        Format::Html => html_response(status, &reply_page(reply, words), lang),
     }
 }
 
-/// The answer to a refused request.
-pub fn refusal(refusal: Refusal, format: Format) -> Response {
+/// The answer to a refused request, in `lang`.
+pub fn refusal(refusal: Refusal, format: Format, lang: Lang) -> Response {
     let (status, error, message) = refusal_text(refusal);
+    let message = match message {
+        Text::Msg(msg) => msg.text(lang),
+        Text::English(text) => text,
+    };
     let mut response = match format {
-        Format::Json => json_response(status, &json!({ "error": error, "message": message })),
+        Format::Json => json_response(status, &json!({ "error": error, "message": message }), lang),
         Format::Html => html_response(
             status,
             &Page {
@@ -66,6 +77,7 @@ pub fn refusal(refusal: Refusal, format: Format) -> Response {
                 home_link: true,
                 ..Page::default()
             },
+            lang,
         ),
     };
     if let Refusal::MethodNotAllowed { allow } = refusal {
@@ -74,42 +86,26 @@ pub fn refusal(refusal: Refusal, format: Format) -> Response {
     response
 }
 
-fn refusal_text(refusal: Refusal) -> (u16, &'static str, &'static str) {
-    match refusal {
-        Refusal::BadRequest(why) => (400, "bad_request", why),
-        Refusal::CrossOrigin => (
-            403,
-            "cross_origin",
-            "Requests from other sites' pages are refused. Open the portal's own page.",
-        ),
-        Refusal::WrongHost => (
-            403,
-            "wrong_host",
-            "Open the portal by the gateway's tunnel address, not by a name.",
-        ),
-        Refusal::NotFound => (404, "not_found", "There is no such page on the MFA portal."),
-        Refusal::MethodNotAllowed { .. } => (
-            405,
-            "method_not_allowed",
-            "This address does not accept that method.",
-        ),
-        Refusal::BodyTooLarge => (413, "body_too_large", "The request body is too large."),
-        Refusal::UnsupportedMediaType => (
-            415,
-            "unsupported_media_type",
-            "Send the code as a form field (application/x-www-form-urlencoded) or as JSON (application/json).",
-        ),
-        Refusal::HeadTooLarge => (
-            431,
-            "head_too_large",
-            "The request headers are too large.",
-        ),
-        Refusal::AgentUnavailable => (
-            503,
-            "agent_unavailable",
-            "The crmguard agent is not answering. Try again in a moment.",
-        ),
-    }
+/// A refusal's sentence: translated, or an English diagnostic from the request reader.
+enum Text {
+    Msg(Msg),
+    English(&'static str),
+}
+
+fn refusal_text(refusal: Refusal) -> (u16, &'static str, Text) {
+    let (status, error, msg) = match refusal {
+        Refusal::Malformed(why) => return (400, "bad_request", Text::English(why)),
+        Refusal::BadRequest(msg) => (400, "bad_request", msg),
+        Refusal::CrossOrigin => (403, "cross_origin", Msg::CrossOrigin),
+        Refusal::WrongHost => (403, "wrong_host", Msg::WrongHost),
+        Refusal::NotFound => (404, "not_found", Msg::NotFound),
+        Refusal::MethodNotAllowed { .. } => (405, "method_not_allowed", Msg::MethodNotAllowed),
+        Refusal::BodyTooLarge => (413, "body_too_large", Msg::BodyTooLarge),
+        Refusal::UnsupportedMediaType => (415, "unsupported_media_type", Msg::UnsupportedMediaType),
+        Refusal::HeadTooLarge => (431, "head_too_large", Msg::HeadTooLarge),
+        Refusal::AgentUnavailable => (503, "agent_unavailable", Msg::AgentUnavailable),
+    };
+    (status, error, Text::Msg(msg))
 }
 
 fn reply_status(reply: &PortalReply) -> u16 {
@@ -125,11 +121,11 @@ fn reply_status(reply: &PortalReply) -> u16 {
     }
 }
 
-fn reply_json(reply: &PortalReply, now: u64) -> Value {
+fn reply_json(reply: &PortalReply, words: Words) -> Value {
     match reply {
         PortalReply::UnknownPeer => json!({
             "error": "unknown_peer",
-            "message": unknown_peer_text(),
+            "message": words.msg(Msg::UnknownPeer),
         }),
         PortalReply::View(view) => view_json(view),
         PortalReply::Opened { peer, expires } => json!({
@@ -139,34 +135,34 @@ fn reply_json(reply: &PortalReply, now: u64) -> Value {
         PortalReply::Wrong { peer, remaining } => json!({
             "peer": peer,
             "error": "wrong_code",
-            "message": wrong_text(*remaining),
+            "message": words.wrong(*remaining),
             "remaining": remaining,
         }),
         PortalReply::LockedOut { peer, until } => json!({
             "peer": peer,
             "error": "locked_out",
-            "message": locked_text(*until, now),
+            "message": words.locked(*until),
             "until": rfc3339(*until),
         }),
         PortalReply::NotRequired { peer } => json!({
             "peer": peer,
             "error": "mfa_not_required",
-            "message": not_required_text(),
+            "message": words.msg(Msg::NotRequired),
         }),
         PortalReply::Disabled { peer } => json!({
             "peer": peer,
             "error": "peer_disabled",
-            "message": disabled_text(),
+            "message": words.msg(Msg::PeerDisabled),
         }),
         PortalReply::NotEnrolled { peer } => json!({
             "peer": peer,
             "error": "not_enrolled",
-            "message": not_enrolled_text(peer),
+            "message": words.not_enrolled(peer),
         }),
         PortalReply::Unavailable { peer, reason } => json!({
             "peer": peer,
             "error": "unavailable",
-            "message": unavailable_text(reason),
+            "message": words.unavailable(reason),
             "reason": reason,
         }),
         PortalReply::Closed { peer, had_session } => json!({
@@ -187,7 +183,7 @@ fn view_json(view: &PeerView) -> Value {
     })
 }
 
-fn reply_page(reply: &PortalReply, now: u64) -> Page {
+fn reply_page(reply: &PortalReply, words: Words) -> Page {
     let answered = |peer: &str, notice: Notice, code_form: bool| Page {
         peer: Some(peer.to_owned()),
         notice: Some(notice),
@@ -197,52 +193,59 @@ fn reply_page(reply: &PortalReply, now: u64) -> Page {
     };
     match reply {
         PortalReply::UnknownPeer => Page {
-            notice: Some(alert(unknown_peer_text().to_owned())),
+            notice: Some(alert(words.msg(Msg::UnknownPeer))),
             ..Page::default()
         },
-        PortalReply::View(view) => view_page(view, now),
+        PortalReply::View(view) => view_page(view, words),
         PortalReply::Opened { peer, expires } => Page {
             logout_form: true,
-            ..answered(peer, status(session_text(*expires, now)), false)
+            ..answered(peer, status(words.session(*expires)), false)
         },
         PortalReply::Wrong { peer, remaining } => {
-            answered(peer, alert(wrong_text(*remaining)), true)
+            answered(peer, alert(words.wrong(*remaining)), true)
         }
         PortalReply::LockedOut { peer, until } => {
-            answered(peer, alert(locked_text(*until, now)), false)
+            answered(peer, alert(words.locked(*until)), false)
         }
         PortalReply::NotRequired { peer } => {
-            answered(peer, status(not_required_text().to_owned()), false)
+            answered(peer, status(words.msg(Msg::NotRequired)), false)
         }
-        PortalReply::Disabled { peer } => answered(peer, alert(disabled_text().to_owned()), false),
-        PortalReply::NotEnrolled { peer } => answered(peer, alert(not_enrolled_text(peer)), false),
+        PortalReply::Disabled { peer } => {
+            answered(peer, alert(words.msg(Msg::PeerDisabled)), false)
+        }
+        PortalReply::NotEnrolled { peer } => answered(peer, alert(words.not_enrolled(peer)), false),
         PortalReply::Unavailable { peer, reason } => {
-            answered(peer, alert(unavailable_text(reason)), false)
+            answered(peer, alert(words.unavailable(reason)), false)
         }
         PortalReply::Closed { peer, had_session } => {
-            answered(peer, status(closed_text(*had_session).to_owned()), true)
+            let msg = if *had_session {
+                Msg::LoggedOut
+            } else {
+                Msg::NoSessionWasOpen
+            };
+            answered(peer, status(words.msg(msg)), true)
         }
     }
 }
 
 /// `GET /`: the caller's state, and the forms that make sense in it.
-fn view_page(view: &PeerView, now: u64) -> Page {
-    let locked = view.locked_until.filter(|&until| until > now);
+fn view_page(view: &PeerView, words: Words) -> Page {
+    let locked = view.locked_until.filter(|&until| until > words.now);
     let may_sign_in = view.enabled && view.mfa_required && view.enrolled && locked.is_none();
     let mut facts = Vec::new();
     if !view.enabled {
-        facts.push(disabled_text().to_owned());
+        facts.push(words.msg(Msg::PeerDisabled));
     } else if !view.mfa_required {
-        facts.push(not_required_text().to_owned());
+        facts.push(words.msg(Msg::NotRequired));
     } else if !view.enrolled {
-        facts.push(not_enrolled_text(&view.peer));
+        facts.push(words.not_enrolled(&view.peer));
     } else if let Some(expires) = view.session_expires {
-        facts.push(session_text(expires, now));
+        facts.push(words.session(expires));
     } else {
-        facts.push("No session is open: enter a code to reach your services.".to_owned());
+        facts.push(words.msg(Msg::NoSession));
     }
     if let Some(until) = locked {
-        facts.push(locked_text(until, now));
+        facts.push(words.locked(until));
     }
     Page {
         peer: Some(view.peer.clone()),
@@ -267,76 +270,74 @@ fn alert(text: String) -> Notice {
     }
 }
 
-fn unknown_peer_text() -> &'static str {
-    "This address belongs to no crmguard peer. Connect through your VPN profile and try again."
+/// The sentences of one answer: its language and the time they are relative to.
+#[derive(Debug, Clone, Copy)]
+struct Words {
+    lang: Lang,
+    now: u64,
 }
 
-fn session_text(expires: u64, now: u64) -> String {
-    format!("Session open until {}.", when(expires, now))
-}
-
-fn wrong_text(remaining: u32) -> String {
-    let attempts = if remaining == 1 {
-        "attempt"
-    } else {
-        "attempts"
-    };
-    format!("Wrong code, {remaining} {attempts} left.")
-}
-
-fn locked_text(until: u64, now: u64) -> String {
-    format!(
-        "Too many wrong codes. Locked out until {}.",
-        when(until, now)
-    )
-}
-
-fn not_required_text() -> &'static str {
-    "Your role needs no code: your services are reachable without a session."
-}
-
-fn disabled_text() -> &'static str {
-    "This peer is disabled. Ask the administrator."
-}
-
-fn not_enrolled_text(peer: &str) -> String {
-    format!(
-        "No authenticator is enrolled for you yet. Ask the administrator to run `crmguard mfa enroll {peer}`."
-    )
-}
-
-fn unavailable_text(reason: &str) -> String {
-    format!("New sessions cannot be opened right now ({reason}). Try again later.")
-}
-
-fn closed_text(had_session: bool) -> &'static str {
-    if had_session {
-        "Logged out: your session is closed."
-    } else {
-        "No session was open."
+impl Words {
+    fn msg(self, msg: Msg) -> String {
+        msg.text(self.lang).to_owned()
     }
-}
 
-/// `2025-03-01T12:00:00Z (in 7 h 59 min)`.
-fn when(unix: u64, now: u64) -> String {
-    let left = match unix.checked_sub(now) {
-        Some(secs) if secs > 0 => format!("in {}", duration_text(secs)),
-        _ => "now".to_owned(),
-    };
-    format!("{} ({left})", rfc3339(unix))
-}
-
-/// `45 s`, `3 min`, `2 h`, `7 h 59 min`; minutes are rounded up, so a lockout never ends
-/// earlier than the page says.
-fn duration_text(secs: u64) -> String {
-    if secs < 60 {
-        return format!("{secs} s");
+    fn session(self, expires: u64) -> String {
+        fill(
+            Msg::SessionOpen.text(self.lang),
+            &[("when", &self.when(expires))],
+        )
     }
-    let minutes = secs.div_ceil(60);
-    match (minutes / 60, minutes % 60) {
-        (0, m) => format!("{m} min"),
-        (h, 0) => format!("{h} h"),
-        (h, m) => format!("{h} h {m} min"),
+
+    fn wrong(self, remaining: u32) -> String {
+        let msg = match self.lang.plural(u64::from(remaining)) {
+            Plural::One => Msg::WrongCodeOne,
+            Plural::Few => Msg::WrongCodeFew,
+            Plural::Many => Msg::WrongCodeMany,
+        };
+        fill(msg.text(self.lang), &[("n", &remaining.to_string())])
+    }
+
+    fn locked(self, until: u64) -> String {
+        fill(
+            Msg::LockedOut.text(self.lang),
+            &[("when", &self.when(until))],
+        )
+    }
+
+    fn not_enrolled(self, peer: &str) -> String {
+        fill(Msg::NotEnrolled.text(self.lang), &[("peer", peer)])
+    }
+
+    fn unavailable(self, reason: &str) -> String {
+        fill(Msg::Unavailable.text(self.lang), &[("reason", reason)])
+    }
+
+    /// `2025-03-01T12:00:00Z (in 7 h 59 min)`.
+    fn when(self, unix: u64) -> String {
+        let left = match unix.checked_sub(self.now) {
+            Some(secs) if secs > 0 => fill(
+                Msg::TimeIn.text(self.lang),
+                &[("duration", &self.duration(secs))],
+            ),
+            _ => self.msg(Msg::TimeNow),
+        };
+        format!("{} ({left})", rfc3339(unix))
+    }
+
+    /// `45 s`, `3 min`, `2 h`, `7 h 59 min`; minutes are rounded up, so a lockout never ends
+    /// earlier than the page says.
+    fn duration(self, secs: u64) -> String {
+        let unit = |msg: Msg, n: u64| fill(msg.text(self.lang), &[("n", &n.to_string())]);
+        if secs < 60 {
+            return unit(Msg::Seconds, secs);
+        }
+        let minutes = secs.div_ceil(60);
+        match (minutes / 60, minutes % 60) {
+            (0, m) => unit(Msg::Minutes, m),
+            (h, 0) => unit(Msg::Hours, h),
+            (h, m) => format!("{} {}", unit(Msg::Hours, h), unit(Msg::Minutes, m)),
+        }
     }
 }
 
@@ -346,21 +347,23 @@ pub fn rfc3339(unix: u64) -> String {
     crmguard_core::time::format_unix_seconds(unix)
 }
 
-fn json_response(status: u16, body: &Value) -> Response {
+fn json_response(status: u16, body: &Value, lang: Lang) -> Response {
     Response {
         status,
         content_type: http::JSON,
         body: format!("{body}\n"),
         allow: None,
+        lang,
     }
 }
 
-fn html_response(status: u16, page: &Page) -> Response {
+fn html_response(status: u16, page: &Page, lang: Lang) -> Response {
     Response {
         status,
         content_type: http::HTML,
-        body: page::render(page),
+        body: page::render(page, lang),
         allow: None,
+        lang,
     }
 }
 
@@ -379,24 +382,42 @@ mod tests {
 
     #[test]
     fn durations_read_like_people_talk() {
-        let check = |secs: u64, expected: &str| assert_eq!(duration_text(secs), expected);
+        let en = Words {
+            lang: Lang::En,
+            now: 1_767_225_600 - 90,
+        };
+        let check = |secs: u64, expected: &str| assert_eq!(en.duration(secs), expected);
         check(1, "1 s");
         check(59, "59 s");
         check(60, "1 min");
         check(61, "2 min");
         check(3600, "1 h");
         check(12 * 3600 - 60, "11 h 59 min");
-        assert_eq!(
-            when(1_767_225_600, 1_767_225_600 - 90),
-            "2026-01-01T00:00:00Z (in 2 min)"
-        );
-        assert_eq!(when(10, 20), "1970-01-01T00:00:10Z (now)");
+        assert_eq!(en.when(1_767_225_600), "2026-01-01T00:00:00Z (in 2 min)");
+        assert_eq!(en.when(10), "1970-01-01T00:00:10Z (now)");
+        let ru = Words {
+            lang: Lang::Ru,
+            ..en
+        };
+        assert_eq!(ru.duration(45), "45 с");
+        assert_eq!(ru.duration(12 * 3600 - 60), "11 ч 59 мин");
+        assert_eq!(ru.when(1_767_225_600), "2026-01-01T00:00:00Z (через 2 мин)");
+        assert_eq!(ru.when(10), "1970-01-01T00:00:10Z (сейчас)");
     }
 
     #[test]
     fn wrong_code_counts_attempts() {
-        assert_eq!(wrong_text(1), "Wrong code, 1 attempt left.");
-        assert_eq!(wrong_text(4), "Wrong code, 4 attempts left.");
+        let check = |lang: Lang, remaining: u32, expected: &str| {
+            assert_eq!(Words { lang, now: 0 }.wrong(remaining), expected);
+        };
+        check(Lang::En, 1, "Wrong code, 1 attempt left.");
+        check(Lang::En, 4, "Wrong code, 4 attempts left.");
+        check(Lang::En, 0, "Wrong code, 0 attempts left.");
+        check(Lang::Ru, 1, "Неверный код. Осталась 1 попытка.");
+        check(Lang::Ru, 4, "Неверный код. Осталось 4 попытки.");
+        check(Lang::Ru, 5, "Неверный код. Осталось 5 попыток.");
+        check(Lang::Ru, 0, "Неверный код. Осталось 0 попыток.");
+        check(Lang::Ru, 21, "Неверный код. Осталась 21 попытка.");
     }
 
     #[test]
@@ -410,7 +431,13 @@ mod tests {
             locked_until: None,
         };
         let forms = |view: &PeerView| {
-            let page = view_page(view, 1000);
+            let page = view_page(
+                view,
+                Words {
+                    lang: Lang::En,
+                    now: 1000,
+                },
+            );
             (page.code_form, page.logout_form)
         };
         assert_eq!(forms(&view), (true, false));
@@ -434,5 +461,107 @@ mod tests {
             ..view.clone()
         };
         assert_eq!(forms(&exempt), (false, false));
+    }
+
+    #[test]
+    fn every_reply_speaks_the_asked_language() {
+        let now = 1_767_225_600;
+        let peer = "anna".to_owned();
+        let replies = [
+            (PortalReply::UnknownPeer, "Этот адрес не принадлежит"),
+            (
+                PortalReply::View(PeerView {
+                    peer: peer.clone(),
+                    mfa_required: true,
+                    enabled: true,
+                    enrolled: true,
+                    session_expires: None,
+                    locked_until: Some(now + 600),
+                }),
+                "Вход заблокирован до 2026-01-01T00:10:00Z (через 10 мин).",
+            ),
+            (
+                PortalReply::Opened {
+                    peer: peer.clone(),
+                    expires: now + 3600,
+                },
+                "Сеанс открыт до 2026-01-01T01:00:00Z (через 1 ч).",
+            ),
+            (
+                PortalReply::Wrong {
+                    peer: peer.clone(),
+                    remaining: 2,
+                },
+                "Осталось 2 попытки.",
+            ),
+            (
+                PortalReply::NotEnrolled { peer: peer.clone() },
+                "выполнить `crmguard mfa enroll anna`",
+            ),
+            (
+                PortalReply::Unavailable {
+                    peer: peer.clone(),
+                    reason: "the audit log cannot be written".to_owned(),
+                },
+                "Сейчас открыть новый сеанс нельзя (the audit log cannot be written).",
+            ),
+            (
+                PortalReply::Closed {
+                    peer: peer.clone(),
+                    had_session: true,
+                },
+                "Вы вышли: сеанс закрыт.",
+            ),
+            (
+                PortalReply::Closed {
+                    peer: peer.clone(),
+                    had_session: false,
+                },
+                "Открытого сеанса не было.",
+            ),
+            (
+                PortalReply::Disabled { peer: peer.clone() },
+                "Это подключение отключено.",
+            ),
+            (
+                PortalReply::NotRequired { peer },
+                "Для вашей роли код не нужен",
+            ),
+        ];
+        for (answer, expected) in &replies {
+            let page = reply(answer, Format::Html, Lang::Ru, now);
+            assert_eq!(page.lang, Lang::Ru);
+            let html = page.body;
+            assert!(html.contains(expected), "no {expected:?} in:\n{html}");
+            assert!(html.contains("<html lang=\"ru\">"), "{html}");
+            let english = reply(answer, Format::Html, Lang::En, now).body;
+            assert!(!english.contains(expected), "{english}");
+        }
+        let json = reply(&replies[3].0, Format::Json, Lang::Ru, now);
+        let value: Value = serde_json::from_str(&json.body).expect("JSON");
+        assert_eq!(value["error"], "wrong_code");
+        assert_eq!(value["message"], "Неверный код. Осталось 2 попытки.");
+    }
+
+    #[test]
+    fn refusals_speak_the_asked_language_except_reader_diagnostics() {
+        let ru = refusal(Refusal::NotFound, Format::Html, Lang::Ru);
+        assert_eq!(ru.status, 404);
+        assert!(
+            ru.body.contains("Такой страницы на портале нет."),
+            "{}",
+            ru.body
+        );
+        assert!(ru.body.contains("Показать мой сеанс"), "{}", ru.body);
+        let json = refusal(Refusal::AgentUnavailable, Format::Json, Lang::Ru);
+        assert_eq!(
+            json.body,
+            "{\"error\":\"agent_unavailable\",\"message\":\"Агент crmguard не отвечает. Попробуйте ещё раз чуть позже.\"}\n"
+        );
+        let malformed = refusal(Refusal::Malformed("bad header"), Format::Json, Lang::En);
+        assert_eq!(
+            malformed.body,
+            "{\"error\":\"bad_request\",\"message\":\"bad header\"}\n"
+        );
     }
 }

@@ -4,6 +4,8 @@
 
 pub use crate::http::{ReadError, Request};
 
+use crate::i18n::Lang;
+
 /// One answer. Every answer carries the portal's security headers and closes the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -12,6 +14,9 @@ pub struct Response {
     pub body: String,
     /// The `Allow` header of a 405 answer.
     pub allow: Option<&'static str>,
+    /// The language of the body's sentences (`Content-Language`), negotiated from the
+    /// request's `Accept-Language`; every answer says so with `Vary: Accept-Language`.
+    pub lang: Lang,
 }
 
 /// `Content-Type` of the portal's pages.
@@ -32,11 +37,13 @@ impl Response {
     /// The answer as it goes on the wire.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{SECURITY_HEADERS}",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+             Content-Language: {}\r\nVary: Accept-Language\r\n{SECURITY_HEADERS}",
             self.status,
             reason_phrase(self.status),
             self.content_type,
             self.body.len(),
+            self.lang.tag(),
         );
         if let Some(allow) = self.allow {
             head.push_str(&format!("Allow: {allow}\r\n"));
@@ -147,11 +154,13 @@ mod tests {
             content_type: JSON,
             body: "{}".to_owned(),
             allow: Some("POST"),
+            lang: Lang::Ru,
         };
         let text = String::from_utf8(response.to_bytes()).expect("UTF-8");
         assert_eq!(
             text,
             "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\
+             Content-Language: ru\r\nVary: Accept-Language\r\n\
              Cache-Control: no-store\r\n\
              Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'\r\n\
              X-Content-Type-Options: nosniff\r\nReferrer-Policy: same-origin\r\nConnection: close\r\n\

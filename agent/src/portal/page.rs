@@ -1,11 +1,14 @@
 //! The MFA portal's one HTML page, in every state a staff member can meet it.
 //!
 //! [`render`] turns a [`Page`], whose sentences the caller has already written, into a whole
-//! document. The page is plain on purpose: it works without CSS and without JavaScript (the
+//! document in the negotiated language: the page's own labels come from [`crate::i18n`], and
+//! `<html lang>` names the language. The page is plain on purpose: it works without CSS and without JavaScript (the
 //! portal's Content-Security-Policy allows neither scripts nor anything from elsewhere), it has
 //! a `<main>`, headings and labelled inputs for screen readers, and messages carry
 //! `role="status"` or `role="alert"` so that they are announced. Every string from outside
 //! this file goes through [`escape`].
+
+use crate::i18n::{Lang, Msg};
 
 /// What one page shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,13 +43,15 @@ pub enum Tone {
     Alert,
 }
 
+/// The document up to the page's `<title>`.
 const HEAD: &str = r#"<!DOCTYPE html>
-<html lang="en">
+<html lang="{lang}">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>crmguard – sign in</title>
-<style>
+"#;
+
+const STYLE: &str = r#"<style>
 body{font-family:system-ui,sans-serif;line-height:1.5;margin:0;padding:1rem;color:#1a1a1a;background:#fff}
 main{max-width:34rem;margin:1rem auto}
 [role=status],[role=alert]{padding:.5rem 1rem;border-left:.3rem solid}
@@ -59,28 +64,17 @@ button{font:inherit;padding:.4rem 1rem;margin:.5rem 0}
 </head>
 <body>
 <main>
-<h1>crmguard sign-in</h1>
-"#;
-
-const CODE_FORM: &str = r#"<h2>Enter your code</h2>
-<form method="post" action="/session">
-<label for="code">6-digit code from your authenticator app</label>
-<input id="code" name="code" type="text" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required autofocus>
-<button type="submit">Open session</button>
-</form>
-"#;
-
-const LOGOUT_FORM: &str = r#"<h2>Log out</h2>
-<form method="post" action="/session/end">
-<button type="submit">End my session</button>
-</form>
 "#;
 
 const FOOT: &str = "</main>\n</body>\n</html>\n";
 
-/// The whole HTML document for `page`.
-pub fn render(page: &Page) -> String {
-    let mut html = String::from(HEAD);
+/// The whole HTML document for `page`, in `lang`.
+pub fn render(page: &Page, lang: Lang) -> String {
+    let text = |msg: Msg| escape(msg.text(lang));
+    let mut html = HEAD.replace("{lang}", lang.tag());
+    html.push_str(&format!("<title>{}</title>\n", text(Msg::PageTitle)));
+    html.push_str(STYLE);
+    html.push_str(&format!("<h1>{}</h1>\n", text(Msg::PageHeading)));
     if let Some(notice) = &page.notice {
         let role = match notice.tone {
             Tone::Status => "status",
@@ -92,22 +86,46 @@ pub fn render(page: &Page) -> String {
         ));
     }
     if let Some(peer) = &page.peer {
+        let template = Msg::ConnectedAs.text(lang);
+        let (before, after) = template.split_once("{peer}").unwrap_or((template, ""));
         html.push_str(&format!(
-            "<p>You are connected as <strong>{}</strong>.</p>\n",
-            escape(peer)
+            "<p>{}<strong>{}</strong>{}</p>\n",
+            escape(before),
+            escape(peer),
+            escape(after)
         ));
     }
     for fact in &page.facts {
         html.push_str(&format!("<p>{}</p>\n", escape(fact)));
     }
     if page.code_form {
-        html.push_str(CODE_FORM);
+        html.push_str(&format!(
+            "<h2>{}</h2>\n\
+             <form method=\"post\" action=\"/session\">\n\
+             <label for=\"code\">{}</label>\n\
+             <input id=\"code\" name=\"code\" type=\"text\" inputmode=\"numeric\" autocomplete=\"one-time-code\" pattern=\"[0-9]{{6}}\" maxlength=\"6\" required autofocus>\n\
+             <button type=\"submit\">{}</button>\n\
+             </form>\n",
+            text(Msg::CodeHeading),
+            text(Msg::CodeLabel),
+            text(Msg::CodeButton),
+        ));
     }
     if page.logout_form {
-        html.push_str(LOGOUT_FORM);
+        html.push_str(&format!(
+            "<h2>{}</h2>\n\
+             <form method=\"post\" action=\"/session/end\">\n\
+             <button type=\"submit\">{}</button>\n\
+             </form>\n",
+            text(Msg::LogoutHeading),
+            text(Msg::LogoutButton),
+        ));
     }
     if page.home_link {
-        html.push_str("<p><a href=\"/\">Show my session</a></p>\n");
+        html.push_str(&format!(
+            "<p><a href=\"/\">{}</a></p>\n",
+            text(Msg::HomeLink)
+        ));
     }
     html.push_str(FOOT);
     html
@@ -144,7 +162,7 @@ mod tests {
 
     #[test]
     fn interpolated_text_is_escaped() {
-        let html = render(&Page {
+        let page = Page {
             peer: Some("<b>eve</b>".to_owned()),
             notice: Some(Notice {
                 tone: Tone::Alert,
@@ -152,29 +170,64 @@ mod tests {
             }),
             facts: vec!["\"quoted\"".to_owned()],
             ..Page::default()
-        });
-        assert!(
-            html.contains("<strong>&lt;b&gt;eve&lt;/b&gt;</strong>"),
-            "{html}"
-        );
-        assert!(html.contains("<p role=\"alert\">a &amp; b</p>"), "{html}");
-        assert!(html.contains("<p>&quot;quoted&quot;</p>"), "{html}");
-        assert!(!html.contains("<b>"), "{html}");
+        };
+        for lang in Lang::ALL {
+            let html = render(&page, lang);
+            assert!(
+                html.contains("<strong>&lt;b&gt;eve&lt;/b&gt;</strong>"),
+                "{html}"
+            );
+            assert!(html.contains("<p role=\"alert\">a &amp; b</p>"), "{html}");
+            assert!(html.contains("<p>&quot;quoted&quot;</p>"), "{html}");
+            assert!(!html.contains("<b>"), "{html}");
+        }
     }
 
     #[test]
     fn forms_appear_when_asked_for() {
-        let bare = render(&Page::default());
+        let bare = render(&Page::default(), Lang::En);
         assert!(bare.starts_with("<!DOCTYPE html>\n<html lang=\"en\">"));
         assert!(bare.contains("<main>") && bare.contains("<title>crmguard – sign in</title>"));
         assert!(!bare.contains("<form"));
-        let both = render(&Page {
-            code_form: true,
-            logout_form: true,
-            ..Page::default()
-        });
+        let both = render(
+            &Page {
+                code_form: true,
+                logout_form: true,
+                ..Page::default()
+            },
+            Lang::En,
+        );
         assert!(both.contains(r#"<form method="post" action="/session">"#));
         assert!(both.contains(r#"<label for="code">"#));
         assert!(both.contains(r#"<form method="post" action="/session/end">"#));
+    }
+
+    #[test]
+    fn the_russian_page_is_russian() {
+        let html = render(
+            &Page {
+                peer: Some("анна".to_owned()),
+                code_form: true,
+                logout_form: true,
+                home_link: true,
+                ..Page::default()
+            },
+            Lang::Ru,
+        );
+        for expected in [
+            "<html lang=\"ru\">",
+            "<title>crmguard — вход</title>",
+            "<h1>Вход в crmguard</h1>",
+            "<p>Вы подключены как <strong>анна</strong>.</p>",
+            "<h2>Введите код</h2>",
+            "<label for=\"code\">Шестизначный код из приложения-аутентификатора</label>",
+            "pattern=\"[0-9]{6}\"",
+            "<button type=\"submit\">Открыть сеанс</button>",
+            "<button type=\"submit\">Завершить сеанс</button>",
+            "<a href=\"/\">Показать мой сеанс</a>",
+        ] {
+            assert!(html.contains(expected), "no {expected:?} in:\n{html}");
+        }
+        assert!(!html.contains("Open session"), "{html}");
     }
 }

@@ -180,12 +180,18 @@ fn assert_has_portal_headers(answer: &Answer) {
         ("X-Content-Type-Options", "nosniff"),
         ("Referrer-Policy", "same-origin"),
         ("Connection", "close"),
+        ("Vary", "Accept-Language"),
     ];
     for (name, value) in expected {
         assert_eq!(answer.header(name), Some(value), "{name} in {answer:?}");
     }
     let length = answer.body.len().to_string();
     assert_eq!(answer.header("Content-Length"), Some(length.as_str()));
+    let lang = answer.header("Content-Language");
+    assert!(
+        matches!(lang, Some("en" | "ru")),
+        "Content-Language {lang:?}"
+    );
 }
 
 /// Sends `request` from 127.0.0.`peer` and reads the answer.
@@ -354,6 +360,94 @@ async fn browsers_get_the_page_with_the_message() {
         "{}",
         locked.body
     );
+}
+
+#[tokio::test]
+async fn accept_language_chooses_russian_or_english() {
+    let server = start(FAST).await;
+    let russian = "Accept-Language: ru-RU,ru;q=0.9,en;q=0.8";
+    let answer = exchange(server, ALICE, &request("GET", "/", &[BROWSER, russian], "")).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("Content-Language"), Some("ru"));
+    let html = answer.html();
+    for expected in [
+        "<html lang=\"ru\">",
+        "<p>Вы подключены как <strong>alice</strong>.</p>",
+        "Сеанс не открыт",
+        "<button type=\"submit\">Открыть сеанс</button>",
+    ] {
+        assert!(html.contains(expected), "no {expected:?} in:\n{html}");
+    }
+
+    let wrong = request("POST", "/session", &[FORM, BROWSER, russian], "code=000000");
+    let answer = exchange(server, ALICE, &wrong).await;
+    assert_eq!(answer.status, 401);
+    assert!(
+        answer
+            .html()
+            .contains(r#"<p role="alert">Неверный код. Осталось 4 попытки.</p>"#),
+        "{}",
+        answer.body
+    );
+    let locked = exchange(server, BOB_LOCKED, &wrong).await;
+    assert_eq!(locked.status, 423);
+    assert!(
+        locked
+            .html()
+            .contains("Вход заблокирован до 2026-01-01T00:00:00Z"),
+        "{}",
+        locked.body
+    );
+    let json = request(
+        "POST",
+        "/session",
+        &[JSON_BODY, CURL, russian],
+        r#"{"code":"1"}"#,
+    );
+    let answer = exchange(server, ALICE, &json).await;
+    assert_eq!(answer.header("Content-Language"), Some("ru"));
+    assert_eq!(
+        answer.json()["message"],
+        "Неверный код. Осталось 4 попытки."
+    );
+    assert_eq!(answer.json()["error"], "wrong_code");
+    let missing = exchange(
+        server,
+        ALICE,
+        &request("GET", "/nowhere", &[BROWSER, russian], ""),
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.html().contains("Такой страницы на портале нет."),
+        "{}",
+        missing.body
+    );
+
+    // English without the header, for another language, for `*`, and from a second
+    // `Accept-Language` header that outweighs the first.
+    for headers in [
+        &[BROWSER][..],
+        &[BROWSER, "Accept-Language: de, en;q=0.5"],
+        &[BROWSER, "Accept-Language: *"],
+        &[BROWSER, "Accept-Language: ru;q=0.5", "Accept-Language: en"],
+    ] {
+        let answer = exchange(server, ALICE, &request("GET", "/", headers, "")).await;
+        assert_eq!(answer.header("Content-Language"), Some("en"), "{headers:?}");
+        assert!(answer.html().contains("No session is open"), "{headers:?}");
+    }
+    let answer = exchange(
+        server,
+        ALICE,
+        &request(
+            "GET",
+            "/",
+            &[BROWSER, "Accept-Language: en;q=0.1", "Accept-Language: ru"],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(answer.header("Content-Language"), Some("ru"));
 }
 
 #[tokio::test]
