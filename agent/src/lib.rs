@@ -19,3 +19,4 @@ pub mod listen;
 pub mod logsource;
 pub mod metrics;
 pub mod portal;
+pub mod tally;
