@@ -12,6 +12,7 @@ mod attacks;
 mod audit;
 mod bans;
 mod browser;
+mod confirm;
 mod crowdsec;
 mod detection;
 mod detection_vpn;

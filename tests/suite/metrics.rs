@@ -23,7 +23,7 @@ const COUNT: Duration = Duration::from_secs(10);
 /// counted traffic exports. Families that need a handshake or a provisioned key
 /// (`crmguard_vpn_last_handshake_timestamp_seconds`, `crmguard_vpn_key_expiry_seconds`) are
 /// checked by the daemon's unit tests and the VPN tests.
-const FAMILIES: [(&str, &str, &[&str]); 30] = [
+const FAMILIES: [(&str, &str, &[&str]); 32] = [
     ("crmguard_acl_denied_total", "counter", &["role", "service"]),
     ("crmguard_alerts_total", "counter", &["result", "sink"]),
     ("crmguard_crowdsec_decisions", "gauge", &[]),
