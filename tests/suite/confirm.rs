@@ -346,6 +346,7 @@ fn a_confirmed_change_stays_and_becomes_the_last_good_policy() -> Result<()> {
         snapshot.contains(&format!("ports = [{NEW_ONLY}]")),
         "the last good policy is not the confirmed one"
     );
+    let _server = TcpServer::start(&t.host, NEW_ONLY, "new\n")?;
     let addr: SocketAddr = t.host_addr(t.addrs.out4, NEW_ONLY);
     let outcome = net::tcp_connect(&t.out, Some(t.addrs.out4), addr, CONNECT)?;
     ensure!(
