@@ -26,6 +26,7 @@ mod inspection;
 mod interfaces;
 mod limits;
 mod limits_fds;
+mod lockout;
 mod logsource;
 mod metrics;
 mod monitor;
