@@ -104,7 +104,7 @@ impl DropTally {
             })
             .collect();
         // Stable: equal counts keep the map's order.
-        entries.sort_by(|a, b| b.samples.cmp(&a.samples));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.samples));
         TallyStatus {
             sampled: self.sampled,
             unlisted: self.unlisted,

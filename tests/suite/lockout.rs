@@ -124,8 +124,7 @@ fn check_and_reload_warn_in_an_ssh_session_the_policy_would_drop() -> Result<()>
     privileged::require_tools(&[("ssh", "openssh-client"), ("sshd", "openssh-server")])?;
     let t = Topology::ipv4_only(211, 1)?;
     let admin = Admin::new(&t)?;
-    let _sshd =
-        Sshd::start_for_admin(&t.host, t.addrs.host4.into(), SSH, &admin.authorized_keys())?;
+    let _sshd = Sshd::start_for_admin(&t.host, t.addrs.host4, SSH, &admin.authorized_keys())?;
     let keeps = policy(&t, &format!("{}/32", t.addrs.out4));
     let drops = policy(&t, ELSEWHERE);
     let agent = Agent::start(&t.host, &keeps)?;
