@@ -958,3 +958,45 @@ fn audit_verify(config: &config::Config, file: &Path) -> u8 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_confirmation_time_is_a_duration_of_one_second_to_an_hour() {
+        let check = |text: &str, expected: Option<u64>| {
+            assert_eq!(
+                parse_confirm(text).ok().map(|d| d.as_secs()),
+                expected,
+                "{text}"
+            );
+        };
+        check("120s", Some(120));
+        check("5m", Some(300));
+        check("1s", Some(1));
+        check("1h", Some(3600));
+        check("0s", None);
+        check("2h", None);
+        check("soon", None);
+    }
+
+    #[test]
+    fn reload_takes_an_optional_confirmation_time() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(args)
+                .ok()
+                .map(|cli| format!("{:?}", cli.command))
+        };
+        assert_eq!(
+            parse(&["crmguard", "reload"]).as_deref(),
+            Some("Reload { confirm: None }")
+        );
+        assert_eq!(
+            parse(&["crmguard", "reload", "--confirm", "3s"]).as_deref(),
+            Some("Reload { confirm: Some(3s) }")
+        );
+        assert_eq!(parse(&["crmguard", "confirm"]).as_deref(), Some("Confirm"));
+        assert_eq!(parse(&["crmguard", "reload", "--confirm"]), None);
+    }
+}

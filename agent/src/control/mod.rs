@@ -618,6 +618,32 @@ mod tests {
         );
     }
 
+    /// The wire format of `reload --confirm` and `confirm`; `reload` stays as it was.
+    #[test]
+    fn confirm_requests_on_the_wire() {
+        let check = |request: Request, json: &str| {
+            assert_eq!(serde_json::to_string(&request).expect("encodes"), json);
+            assert_eq!(
+                serde_json::from_str::<Request>(json).expect("decodes"),
+                request
+            );
+        };
+        check(Request::Reload, r#"{"cmd":"reload"}"#);
+        check(
+            Request::ReloadConfirm {
+                timeout_secs: 120,
+                by: "admin:alice".into(),
+            },
+            r#"{"cmd":"reload_confirm","timeout_secs":120,"by":"admin:alice"}"#,
+        );
+        check(
+            Request::Confirm {
+                by: "admin:alice".into(),
+            },
+            r#"{"cmd":"confirm","by":"admin:alice"}"#,
+        );
+    }
+
     #[test]
     fn a_status_without_bans_still_decodes() {
         let json = r#"{"result":"status","version":"0","config":"c","mode":"enforce","generation":1,"interfaces":[],"counters":[]}"#;

@@ -80,6 +80,20 @@ pub(super) fn clear_mark(state_dir: &Path) {
     }
 }
 
+/// Puts back the mark that was there before a change that could not be applied.
+fn restore_mark(earlier: Option<&Unconfirmed>, state_dir: &Path) {
+    let Some(mark) = earlier else {
+        clear_mark(state_dir);
+        return;
+    };
+    if let Err(e) = mark.save(state_dir) {
+        tracing::error!(
+            error = %crmguard_core::error_chain(&e),
+            "cannot put back the mark of an earlier unconfirmed change"
+        );
+    }
+}
+
 /// Why the configuration files are not used at a start, when an unconfirmed change marks
 /// them; `None` when they are trusted.
 pub(super) fn distrusted(state_dir: &Path) -> Option<String> {
@@ -165,6 +179,8 @@ impl Agent {
             deadline: format_time(deadline_wall),
             by: by.to_owned(),
         };
+        // A mark left by an earlier change that was never confirmed stays if this one fails.
+        let earlier = Unconfirmed::read(&state_dir).ok().flatten();
         if let Err(e) = mark.save(&state_dir) {
             let message = format!(
                 "the change is not applied: a restart could not tell that it is unconfirmed: {}",
@@ -176,7 +192,7 @@ impl Agent {
         let generation = match self.install(config, policy) {
             Ok(generation) => generation,
             Err(e) => {
-                clear_mark(&state_dir);
+                restore_mark(earlier.as_ref(), &state_dir);
                 return self.rejected(&e);
             }
         };
