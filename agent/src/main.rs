@@ -64,6 +64,10 @@ enum Command {
     Explain(cli_explain::ExplainArgs),
     /// Show the running agent's interfaces, attach modes, policy generation
     /// and counters
+    ///
+    /// Also a change applied by `reload --confirm` that waits for `crmguard confirm` (with
+    /// its deadline), and in monitor mode, or under the embedded default policy, what enforcing
+    /// drops by reason (exact) and by service (from sampled drop events).
     Status {
         /// Print JSON instead of a table
         #[arg(long)]
