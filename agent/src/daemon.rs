@@ -16,8 +16,10 @@
 //! file, then to the kernel. Ended bans are swept every second; the kernel's ban
 //! maps are compared with the list on the reconcile tick and repaired.
 
+mod confirm;
 mod detection;
 mod metrics;
+mod monitor;
 mod peers;
 mod portal;
 
@@ -49,6 +51,8 @@ use crmguard_datapath::bans::{self as kernel_bans, KernelBans, KernelBansError};
 use crmguard_datapath::events::{DropEvent, EventReader, Recent};
 use crmguard_datapath::{Datapath, DatapathError, InterfaceRequest};
 use metrics::DaemonMetrics;
+
+pub use confirm::{MAX_TIMEOUT as CONFIRM_MAX, MIN_TIMEOUT as CONFIRM_MIN};
 
 /// Where the agent's configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +136,18 @@ struct Start {
 /// a build defect, is an error: a bad configuration at start must not leave the host
 /// unfiltered.
 fn start_policy(source: &ConfigSource) -> Result<Start, DaemonError> {
-    let error = match source.load_snapshot() {
+    // Files that hold a change applied by `reload --confirm` and never confirmed are not
+    // trusted: they may lock the administrator out (see `confirm`).
+    let distrusted = source
+        .plumbing()
+        .and_then(|p| confirm::distrusted(&p.agent.state_dir));
+    let loaded = match distrusted {
+        Some(reason) => Err(reason),
+        None => source
+            .load_snapshot()
+            .map_err(|errors| describe(&DaemonError::Config(errors))),
+    };
+    let error = match loaded {
         Ok((config, snapshot)) => match compile_tested(&config) {
             Ok(policy) => {
                 return Ok(Start {
@@ -145,7 +160,7 @@ fn start_policy(source: &ConfigSource) -> Result<Start, DaemonError> {
             }
             Err(e) => describe(&e),
         },
-        Err(errors) => describe(&DaemonError::Config(errors)),
+        Err(error) => error,
     };
     let plumbing = source.plumbing();
     let state_dir = match &plumbing {
@@ -167,7 +182,7 @@ fn start_policy(source: &ConfigSource) -> Result<Start, DaemonError> {
                 config = %source.describe(),
                 policy = PolicySource::LastGood.as_str(),
                 saved_at = %saved_at,
-                "the configuration cannot be loaded; enforcing the last good policy, as applied before (fix the configuration and run `crmguard reload`)"
+                "the configuration cannot be used; enforcing the last good policy, as applied before (fix the configuration and run `crmguard reload`)"
             );
             Ok(Start {
                 config,
@@ -193,7 +208,7 @@ fn start_policy(source: &ConfigSource) -> Result<Start, DaemonError> {
                 error = %error,
                 config = %source.describe(),
                 policy = PolicySource::Embedded.as_str(),
-                "the configuration cannot be loaded and there is no last good policy; enforcing the embedded default policy without its VPN: SSH open, everything else dropped (fix the configuration and run `crmguard reload`)"
+                "the configuration cannot be used and there is no last good policy; enforcing the embedded default policy without its VPN: SSH open, everything else dropped (fix the configuration and run `crmguard reload`)"
             );
             Ok(Start {
                 config,
@@ -288,6 +303,8 @@ pub enum DaemonError {
     KernelBans(#[from] KernelBansError),
     #[error("opening the XDP program's drop events")]
     EventMaps(#[from] crmguard_datapath::MapsError),
+    #[error("a change applied by `crmguard reload --confirm` waits for `crmguard confirm` until {deadline}; confirm it, or let it roll back, before changing the policy again")]
+    ChangePending { deadline: String },
     #[error(transparent)]
     DatapathMetrics(#[from] crmguard_datapath::metrics::DatapathMetricsError),
 }
@@ -400,6 +417,12 @@ struct Agent {
     /// When an administrator last enabled each peer (`state_dir/peers-enabled.json`), which
     /// counts as activity for `vpn.disable_inactive_after`.
     enabled_at: BTreeMap<String, u64>,
+    /// A change applied by `reload --confirm`, rolled back unless confirmed.
+    pending: Option<confirm::Pending>,
+    /// When the last unconfirmed change was rolled back, RFC 3339.
+    last_rollback: Option<String>,
+    /// Sampled drops by reason and service (see [`crate::tally`]).
+    tally: crate::tally::DropTally,
 }
 
 impl Agent {
@@ -478,6 +501,9 @@ impl Agent {
             portal: self.portal.status(),
             policy_source: self.policy_source.as_str().to_owned(),
             policy_error: self.fallback_error.clone(),
+            pending_change: self.pending_status(),
+            last_rollback: self.last_rollback.clone(),
+            drop_tally: self.tallying().then(|| self.tally.status()),
         })
     }
 
@@ -533,21 +559,27 @@ impl Agent {
     }
 
     /// Re-reads the config and applies it. A config that does not load or
-    /// compile is refused and the running policy stays in force.
+    /// compile is refused and the running policy stays in force, and so is any
+    /// reload while a `reload --confirm` change waits for its confirmation.
     fn reload(&mut self) -> Result<u32, DaemonError> {
-        let (config, snapshot) = self.source.load_snapshot()?;
-        // Handshakes and session changes since the last tick are recorded before peers
-        // that the new configuration drops are cut.
-        self.access_tick();
-        let policy = compile_tested(&config)?;
-        let generation = self.datapath.apply(&policy)?;
-        self.last_swap = Instant::now();
-        if config.interfaces != self.config.interfaces {
-            tracing::warn!("interface changes take effect when the agent restarts");
-        }
-        let previous = std::mem::replace(&mut self.config, config);
-        self.policy = policy;
+        self.refuse_while_pending()?;
+        let (config, snapshot, policy) = self.load_candidate()?;
+        let generation = self.install(config, policy)?;
+        self.config_in_force();
         save_last_good(&snapshot, &self.config.agent.state_dir);
+        confirm::clear_mark(&self.config.agent.state_dir);
+        Ok(generation)
+    }
+
+    /// Loads, compiles and tests the configuration, touching nothing.
+    fn load_candidate(&self) -> Result<(Config, Snapshot, CompiledPolicy), DaemonError> {
+        let (config, snapshot) = self.source.load_snapshot()?;
+        let policy = compile_tested(&config)?;
+        Ok((config, snapshot, policy))
+    }
+
+    /// Notes that the configuration's policy is in force, replacing a fallback.
+    fn config_in_force(&mut self) {
         if self.policy_source != PolicySource::Config {
             tracing::info!(
                 previous = self.policy_source.as_str(),
@@ -557,6 +589,23 @@ impl Agent {
             self.fallback_error = None;
         }
         self.metrics.fallback(self.policy_source);
+    }
+
+    /// Swaps `policy` into the kernel in one step (the datapath's atomic swap, so that no
+    /// packet meets a half-written policy), then brings the VPN, the access rules, the portal
+    /// and the detectors up to `config`. Returns the new generation; when the swap fails,
+    /// nothing changed.
+    fn install(&mut self, config: Config, policy: CompiledPolicy) -> Result<u32, DaemonError> {
+        // Handshakes and session changes since the last tick are recorded before peers
+        // that the new configuration drops are cut.
+        self.access_tick();
+        let generation = self.datapath.apply(&policy)?;
+        self.last_swap = Instant::now();
+        if config.interfaces != self.config.interfaces {
+            tracing::warn!("interface changes take effect when the agent restarts");
+        }
+        let previous = std::mem::replace(&mut self.config, config);
+        self.policy = policy;
         let connected = self.connected_peers();
         self.vpn.apply(&self.config, true);
         self.access.reload(&self.config);
@@ -621,6 +670,19 @@ impl Agent {
                 Response::Enrolled
             }
             Request::Explain { query } => self.explain(&query),
+            Request::ReloadConfirm { timeout_secs, by } => {
+                self.reload_confirm(Duration::from_secs(timeout_secs), &by)
+            }
+            Request::Confirm { by } => self.confirm(&by),
+            Request::Reload if self.pending.is_some() => {
+                let message = self
+                    .refuse_while_pending()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                tracing::warn!(error = %message, "reload refused");
+                Response::Refused { message }
+            }
             Request::Reload => match self.reload() {
                 Ok(generation) => {
                     tracing::info!(generation, "policy reloaded");
@@ -1082,6 +1144,9 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         policy_source,
         fallback_error,
         enabled_at: crmguard_core::provision::load_enabled_at(&config_state_dir),
+        pending: None,
+        last_rollback: None,
+        tally: crate::tally::DropTally::default(),
     };
     if !ended.is_empty() {
         // The file still lists the bans that ended while the agent was stopped. A failure is
@@ -1095,12 +1160,17 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     let mut events = EventReader::open(&config_maps_dir)?;
     let mut drain_events = tokio::time::interval(DRAIN_EVENTS_EVERY);
     let mut sweep = tokio::time::interval(SWEEP_BANS_EVERY);
+    let mut report = tokio::time::interval_at(
+        tokio::time::Instant::now() + monitor::FIRST_REPORT,
+        monitor::REPORT_EVERY,
+    );
 
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => { agent.handle(Request::Reload); }
+            () = confirm::expiry(agent.pending_deadline()) => agent.roll_back(),
             Some((request, reply)) = rx.recv() => {
                 let _ = reply.send(agent.handle(request));
             }
@@ -1115,7 +1185,9 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
             Some(incoming) = detect_rx.recv() => agent.detect(incoming),
             _ = drain_events.tick() => {
                 let now = SystemTime::now();
+                let tally = &mut agent.tally;
                 let undecodable = events.drain(&mut agent.recent, |event| {
+                    tally.add(&event.action, &event.reason, event.proto, event.dport);
                     observer.observe(
                         now,
                         crmguard_detect::Input::Dropped {
@@ -1154,6 +1226,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
                     Err(e) => tracing::error!(error = %crmguard_core::error_chain(&e), "reconciling the kernel's bans failed"),
                 }
             }
+            _ = report.tick() => agent.report_tally(),
             _ = sweep.tick() => {
                 agent.sweep_bans();
                 agent.access_tick();

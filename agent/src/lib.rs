@@ -21,3 +21,4 @@ pub mod listen;
 pub mod logsource;
 pub mod metrics;
 pub mod portal;
+pub mod tally;

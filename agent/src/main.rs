@@ -66,6 +66,10 @@ enum Command {
     Explain(cli_explain::ExplainArgs),
     /// Show the running agent's interfaces, attach modes, policy generation
     /// and counters
+    ///
+    /// Also a change applied by `reload --confirm` that waits for `crmguard confirm` (with
+    /// its deadline), and in monitor mode, or under the embedded default policy, what enforcing
+    /// drops by reason (exact) and by service (from sampled drop events).
     Status {
         /// Print JSON instead of a table
         #[arg(long)]
@@ -73,7 +77,21 @@ enum Command {
     },
     /// Re-read the configuration and apply it (same as SIGHUP); a bad
     /// configuration is refused and the running policy stays
-    Reload,
+    ///
+    /// Warns, without failing, when the new policy would drop the SSH connection the command
+    /// runs in (SSH_CONNECTION) or an admin network a service names in `from`. With --confirm
+    /// the policy in force now comes back by itself unless `crmguard confirm` follows in time.
+    /// While such a change waits, every other reload is refused (exit 64).
+    Reload {
+        /// Roll back to the policy in force now unless `crmguard confirm` follows within
+        /// DURATION, such as 120s or 5m (1s to 1h); only a confirmed policy becomes the last
+        /// good one
+        #[arg(long, value_name = "DURATION", value_parser = parse_confirm)]
+        confirm: Option<Duration>,
+    },
+    /// Keep the policy applied by `crmguard reload --confirm` (exit 1 when none is pending,
+    /// for instance because it was rolled back already)
+    Confirm,
     /// Remove the XDP filter from every interface and delete crmguard's
     /// pinned maps (the host is then unfiltered)
     Uninstall,
@@ -176,6 +194,21 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     config::parse_duration(text).map_err(|e| e.to_string())
 }
 
+/// The confirmation time of `reload --confirm`: a duration of 1s to 1h.
+fn parse_confirm(text: &str) -> Result<Duration, String> {
+    let duration = config::parse_duration(text).map_err(|e| e.to_string())?;
+    let (min, max) = (daemon::CONFIRM_MIN, daemon::CONFIRM_MAX);
+    if (min..=max).contains(&duration) {
+        Ok(duration)
+    } else {
+        Err(format!(
+            "`{text}` is not between {}s and {}s",
+            min.as_secs(),
+            max.as_secs()
+        ))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -231,14 +264,30 @@ fn dispatch(cli: Cli) -> u8 {
                 status(&socket, json)
             }
         },
-        Command::Reload => match load(&source) {
+        Command::Reload { confirm } => match load(&source) {
             Ok(config) => {
                 if let Ok(policy) = crmguard_core::policy::compile(&config) {
                     cli_explain::warn_lockout(&config, &policy);
                 }
-                reload(&config.agent.control_socket)
+                match confirm {
+                    None => reload(&config.agent.control_socket),
+                    Some(timeout) => reload_confirm(&config.agent.control_socket, timeout),
+                }
             }
             Err(code) => code,
+        },
+        Command::Confirm => match source.load() {
+            Ok(config) => confirm(&config.agent.control_socket),
+            // The pending change may be what broke the file: the socket is found from its
+            // [agent] section, or the default.
+            Err(errors) => {
+                eprintln!("{errors}");
+                let socket = source.plumbing().map_or_else(
+                    || config::default_policy().agent.control_socket,
+                    |p| p.agent.control_socket,
+                );
+                confirm(&socket)
+            }
         },
         Command::Uninstall => match load(&source) {
             Ok(config) => uninstall(&config.agent.bpffs_dir),
@@ -395,7 +444,7 @@ fn print_status(status: &Status) {
     println!("config: {}", status.config);
     if status.policy_source != "config" {
         println!(
-            "POLICY FALLBACK: enforcing the {} policy; the configuration could not be loaded at start:",
+            "POLICY FALLBACK: enforcing the {} policy; the configuration could not be used at start:",
             status.policy_source
         );
         if let Some(error) = &status.policy_error {
@@ -404,6 +453,15 @@ fn print_status(status: &Status) {
             }
         }
         println!("  fix it, then run `crmguard reload`");
+    }
+    if let Some(pending) = &status.pending_change {
+        println!(
+            "PENDING CHANGE: policy generation {} applied by {} is rolled back at {} ({}s left) unless `crmguard confirm` keeps it",
+            pending.generation, pending.by, pending.deadline, pending.seconds_left
+        );
+    }
+    if let Some(at) = &status.last_rollback {
+        println!("last unconfirmed change rolled back at {at}");
     }
     println!();
     println!(
@@ -473,7 +531,50 @@ fn print_status(status: &Status) {
         print_access(status);
     }
     print_bans(&status.bans);
+    print_tally(status);
     print_recent_drops(status);
+}
+
+/// In monitor mode, what enforce mode would have dropped; under the embedded default policy,
+/// what it drops: by reason from the counters (exact), by service from the sampled events.
+fn print_tally(status: &Status) {
+    let Some(tally) = &status.drop_tally else {
+        return;
+    };
+    let (action, title) = if status.mode == "monitor" {
+        (
+            "would_drop",
+            "MONITOR MODE: enforce mode would have dropped",
+        )
+    } else {
+        ("drop", "EMBEDDED DEFAULT POLICY: dropped")
+    };
+    let mut by_reason: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for c in status.counters.iter().filter(|c| c.action == action) {
+        *by_reason.entry(c.reason.as_str()).or_default() += c.packets;
+    }
+    println!();
+    println!("{title}, by reason (packets):");
+    if by_reason.is_empty() {
+        println!("  nothing");
+    }
+    for (reason, packets) in &by_reason {
+        println!("  {reason:<18} {packets:>12}");
+    }
+    println!(
+        "by reason and service ({} sampled drop events; a sample, not every packet):",
+        tally.sampled
+    );
+    println!("  {:<18} {:<12} {:>10}", "REASON", "SERVICE", "SAMPLES");
+    for e in tally.entries.iter().filter(|e| e.action == action) {
+        println!("  {:<18} {:<12} {:>10}", e.reason, e.service, e.samples);
+    }
+    if tally.unlisted > 0 {
+        println!(
+            "  {} samples of further services not listed",
+            tally.unlisted
+        );
+    }
 }
 
 /// The MFA portal, the open sessions and the code attempts.
@@ -724,6 +825,49 @@ fn reload(socket: &Path) -> u8 {
     }
 }
 
+fn reload_confirm(socket: &Path, timeout: Duration) -> u8 {
+    let request = Request::ReloadConfirm {
+        timeout_secs: timeout.as_secs(),
+        by: admin_actor(),
+    };
+    match call(socket, request) {
+        Ok(Response::ReloadedPending {
+            generation,
+            deadline,
+            timeout_secs,
+        }) => {
+            println!("reloaded: policy generation {generation}, PENDING CONFIRMATION");
+            println!(
+                "run `crmguard confirm` within {timeout_secs}s (before {deadline}) to keep it; without it the previous policy comes back"
+            );
+            exit::OK
+        }
+        Ok(Response::Error { message }) => {
+            eprintln!("crmguard: reload refused, the running policy stays in force:\n{message}");
+            exit::USAGE
+        }
+        Ok(other) => unexpected(other),
+        Err(code) => code,
+    }
+}
+
+fn confirm(socket: &Path) -> u8 {
+    match call(socket, Request::Confirm { by: admin_actor() }) {
+        Ok(Response::Confirmed { generation }) => {
+            println!(
+                "confirmed: policy generation {generation} stays and is now the last good policy"
+            );
+            exit::OK
+        }
+        Ok(Response::Error { message }) => {
+            eprintln!("crmguard: {message}");
+            exit::FAILURE
+        }
+        Ok(other) => unexpected(other),
+        Err(code) => code,
+    }
+}
+
 /// Reports an answer the command did not ask for: a refusal (exit 64), an error or anything
 /// else (exit 1).
 fn unexpected(response: Response) -> u8 {
@@ -837,5 +981,47 @@ fn audit_verify(config: &config::Config, file: &Path) -> u8 {
             );
             exit::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_confirmation_time_is_a_duration_of_one_second_to_an_hour() {
+        let check = |text: &str, expected: Option<u64>| {
+            assert_eq!(
+                parse_confirm(text).ok().map(|d| d.as_secs()),
+                expected,
+                "{text}"
+            );
+        };
+        check("120s", Some(120));
+        check("5m", Some(300));
+        check("1s", Some(1));
+        check("1h", Some(3600));
+        check("0s", None);
+        check("2h", None);
+        check("soon", None);
+    }
+
+    #[test]
+    fn reload_takes_an_optional_confirmation_time() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(args)
+                .ok()
+                .map(|cli| format!("{:?}", cli.command))
+        };
+        assert_eq!(
+            parse(&["crmguard", "reload"]).as_deref(),
+            Some("Reload { confirm: None }")
+        );
+        assert_eq!(
+            parse(&["crmguard", "reload", "--confirm", "3s"]).as_deref(),
+            Some("Reload { confirm: Some(3s) }")
+        );
+        assert_eq!(parse(&["crmguard", "confirm"]).as_deref(), Some("Confirm"));
+        assert_eq!(parse(&["crmguard", "reload", "--confirm"]), None);
     }
 }

@@ -618,6 +618,29 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start(ns: &NetNs, addr: IpAddr, port: u16) -> Result<Sshd> {
+        Sshd::start_with(ns, addr, port, "")
+    }
+
+    /// An sshd that lets root in with the keys of `authorized_keys` (and nothing else): an
+    /// administrator's session, in which commands run with `SSH_CONNECTION` set by sshd.
+    pub fn start_for_admin(
+        ns: &NetNs,
+        addr: IpAddr,
+        port: u16,
+        authorized_keys: &Path,
+    ) -> Result<Sshd> {
+        // sshd keeps the first value it reads of a keyword: these come before the defaults.
+        let login = format!(
+            "PermitRootLogin prohibit-password\n\
+             PubkeyAuthentication yes\n\
+             PasswordAuthentication no\n\
+             AuthorizedKeysFile {}\n",
+            authorized_keys.display()
+        );
+        Sshd::start_with(ns, addr, port, &login)
+    }
+
+    fn start_with(ns: &NetNs, addr: IpAddr, port: u16, first: &str) -> Result<Sshd> {
         let mut server = Server::prepare("sshd")?;
         let dir = server.dir().to_path_buf();
         fs::create_dir_all(SSHD_EMPTY_DIR).with_context(|| format!("creating {SSHD_EMPTY_DIR}"))?;
@@ -639,7 +662,8 @@ impl Sshd {
             host_keys.push(key);
         }
         let mut conf = format!(
-            "Port {port}\n\
+            "{first}\
+             Port {port}\n\
              ListenAddress {addr}\n\
              PidFile {pid}\n\
              UsePAM no\n\

@@ -26,7 +26,7 @@ const COUNT: Duration = Duration::from_secs(10);
 
 /// Name, type and label names of every family an agent with `[vpn]`, one connected peer with a
 /// registration date, one ban and counted traffic exports.
-const FAMILIES: [(&str, &str, &[&str]); 32] = [
+const FAMILIES: [(&str, &str, &[&str]); 34] = [
     ("crmguard_acl_denied_total", "counter", &["role", "service"]),
     ("crmguard_alerts_total", "counter", &["result", "sink"]),
     ("crmguard_crowdsec_decisions", "gauge", &[]),
@@ -49,9 +49,11 @@ const FAMILIES: [(&str, &str, &[&str]); 32] = [
     ("crmguard_bans_total", "counter", &["reason"]),
     ("crmguard_build_info", "gauge", &["version"]),
     ("crmguard_mfa_attempts_total", "counter", &["result"]),
+    ("crmguard_policy_change_pending", "gauge", &[]),
     ("crmguard_policy_divergence_entries", "gauge", &[]),
     ("crmguard_policy_fallback", "gauge", &[]),
     ("crmguard_policy_generation", "gauge", &[]),
+    ("crmguard_policy_rollbacks_total", "counter", &[]),
     ("crmguard_vpn_dropped_total", "counter", &["reason"]),
     ("crmguard_vpn_handshakes_total", "counter", &["result"]),
     ("crmguard_vpn_key_expiry_seconds", "gauge", &["peer"]),

@@ -105,6 +105,61 @@ fn monitor_mode_counts_would_be_drops_and_drops_nothing() -> Result<()> {
         "the two connections moved other counters: {tcp:?}"
     );
 
+    // Status names what enforce mode would have dropped by reason and service, from the
+    // sampled drop events; the log says it too.
+    let tally = wait_for(
+        SETTLE,
+        "both connections in the tally of would-be drops",
+        || {
+            let status = agent.status()?;
+            let has = |reason: &str, service: &str| {
+                status["drop_tally"]["entries"]
+                    .as_array()
+                    .is_some_and(|entries| {
+                        entries.iter().any(|e| {
+                            e["action"] == "would_drop"
+                                && e["reason"] == reason
+                                && e["service"] == service
+                                && e["samples"].as_u64().unwrap_or(0) >= 1
+                        })
+                    })
+            };
+            Ok((has("denied_source", &format!("tcp/{SSH}"))
+                && has("default_drop", &format!("tcp/{CLOSED}")))
+            .then_some(status))
+        },
+    )?;
+    ensure!(
+        tally["drop_tally"]["entries"]
+            .as_array()
+            .is_some_and(|entries| entries.iter().all(|e| e["action"] == "would_drop")),
+        "monitor mode tallied real drops: {}",
+        tally["drop_tally"]
+    );
+    let text = agent.cli(&["status"])?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    ensure!(
+        text.contains("MONITOR MODE: enforce mode would have dropped")
+            && text.contains(&format!("tcp/{CLOSED}")),
+        "status text: {text}"
+    );
+    let log = agent.dir().join("crmguard-run-1.stderr");
+    wait_for(
+        Duration::from_secs(30),
+        "the log to report the would-be drops by service",
+        || {
+            let text = std::fs::read_to_string(&log)?;
+            Ok(text
+                .lines()
+                .any(|line| {
+                    line.contains("monitor mode: what enforce mode would have dropped")
+                        && line.contains(&format!("denied_source tcp/{SSH}="))
+                        && line.contains(&format!("default_drop tcp/{CLOSED}="))
+                })
+                .then_some(()))
+        },
+    )?;
+
     // A source far over the ingest rate loses nothing; the excess is counted as would-be drops.
     let receiver = Receiver::start(&t.host, INGEST)?;
     let before = traffic::counters(&agent, iface)?;

@@ -29,6 +29,18 @@ use crmguard_core::explain::{Explanation, Query};
 pub enum Request {
     Status,
     Reload,
+    /// `crmguard reload --confirm`: applies the configuration as `Reload` does, and applies the
+    /// policy in force now again unless `Confirm` arrives within `timeout_secs`.
+    ReloadConfirm {
+        timeout_secs: u64,
+        /// `admin:<unix user>`.
+        by: String,
+    },
+    /// `crmguard confirm`: keeps the pending policy.
+    Confirm {
+        /// `admin:<unix user>`.
+        by: String,
+    },
     /// `crmguard ban add`.
     BanAdd {
         net: IpNet,
@@ -86,6 +98,17 @@ pub enum Request {
 pub enum Response {
     Status(Box<Status>),
     Reloaded {
+        generation: u32,
+    },
+    /// `reload --confirm` applied the policy; it is rolled back at `deadline` unless confirmed.
+    ReloadedPending {
+        generation: u32,
+        /// RFC 3339 UTC.
+        deadline: String,
+        timeout_secs: u64,
+    },
+    /// `confirm` kept the pending policy; it is now the last good one.
+    Confirmed {
         generation: u32,
     },
     Banned(BanAdded),
@@ -231,6 +254,30 @@ pub struct Status {
     /// Why the configuration could not be loaded, while a fallback is enforced.
     #[serde(default)]
     pub policy_error: Option<String>,
+    /// A change applied by `reload --confirm` that is rolled back unless confirmed.
+    #[serde(default)]
+    pub pending_change: Option<PendingStatus>,
+    /// When the last unconfirmed change was rolled back (RFC 3339), since the agent started.
+    #[serde(default)]
+    pub last_rollback: Option<String>,
+    /// What the filter dropped, or would drop in monitor mode, by reason and service, tallied
+    /// from the sampled drop events; kept in monitor mode and under the embedded default
+    /// policy, so that an operator sees what enforcing would cost before switching.
+    #[serde(default)]
+    pub drop_tally: Option<crate::tally::TallyStatus>,
+}
+
+/// A change applied by `reload --confirm`, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingStatus {
+    /// The generation of the pending policy.
+    pub generation: u32,
+    /// When it is rolled back without `crmguard confirm`, RFC 3339 UTC.
+    pub deadline: String,
+    /// Seconds left until then.
+    pub seconds_left: u64,
+    /// `admin:<unix user>`.
+    pub by: String,
 }
 
 fn config_source() -> String {
@@ -599,6 +646,32 @@ mod tests {
                 by: "admin:root".into(),
                 force: false,
             }
+        );
+    }
+
+    /// The wire format of `reload --confirm` and `confirm`; `reload` stays as it was.
+    #[test]
+    fn confirm_requests_on_the_wire() {
+        let check = |request: Request, json: &str| {
+            assert_eq!(serde_json::to_string(&request).expect("encodes"), json);
+            assert_eq!(
+                serde_json::from_str::<Request>(json).expect("decodes"),
+                request
+            );
+        };
+        check(Request::Reload, r#"{"cmd":"reload"}"#);
+        check(
+            Request::ReloadConfirm {
+                timeout_secs: 120,
+                by: "admin:alice".into(),
+            },
+            r#"{"cmd":"reload_confirm","timeout_secs":120,"by":"admin:alice"}"#,
+        );
+        check(
+            Request::Confirm {
+                by: "admin:alice".into(),
+            },
+            r#"{"cmd":"confirm","by":"admin:alice"}"#,
         );
     }
 

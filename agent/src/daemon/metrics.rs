@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crmguard_core::acl::AclMetrics;
 use crmguard_vpn::status::VpnMetrics;
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::Agent;
 
@@ -23,6 +23,10 @@ pub(super) struct DaemonMetrics {
     divergence: IntGauge,
     /// `crmguard_policy_fallback`.
     fallback: IntGauge,
+    /// `crmguard_policy_change_pending`.
+    change_pending: IntGauge,
+    /// `crmguard_policy_rollbacks_total`.
+    rollbacks: IntCounter,
     bans_active: IntGauge,
     bans_total: IntCounterVec,
     key_expiry: IntGaugeVec,
@@ -84,6 +88,18 @@ impl DaemonMetrics {
                 "crmguard_policy_fallback",
                 "1 while the agent enforces a last-good or embedded policy because the configuration could not be loaded",
             )?,
+            change_pending: gauge(
+                "crmguard_policy_change_pending",
+                "1 while a policy applied by `crmguard reload --confirm` waits for `crmguard confirm` and is rolled back without it",
+            )?,
+            rollbacks: {
+                let counter = IntCounter::new(
+                    "crmguard_policy_rollbacks_total",
+                    "Policies applied by `crmguard reload --confirm` that were not confirmed in time and were rolled back",
+                )?;
+                registry.register(Box::new(counter.clone()))?;
+                counter
+            },
             bans_active: gauge(
                 "crmguard_bans_active",
                 "Bans in force (addresses and prefixes the XDP filter drops)",
@@ -105,6 +121,16 @@ impl DaemonMetrics {
     pub(super) fn fallback(&self, source: super::PolicySource) {
         self.fallback
             .set(i64::from(source != super::PolicySource::Config));
+    }
+
+    /// Sets `crmguard_policy_change_pending`.
+    pub(super) fn change_pending(&self, pending: bool) {
+        self.change_pending.set(i64::from(pending));
+    }
+
+    /// Counts one rollback of an unconfirmed policy.
+    pub(super) fn rolled_back(&self) {
+        self.rollbacks.inc();
     }
 
     /// Counts one added ban. `reason` is `BanSource::label`: `manual` or a detector's name,
@@ -158,13 +184,15 @@ mod tests {
     /// or type changes fails here. The kernel's `crmguard_xdp_*` and the ACL's
     /// `crmguard_acl_denied_total`, which has no sample before a peer is denied, are checked by
     /// the suite's `metrics::every_family_is_exported`.
-    const CONTRACT: [(&str, &str, &str); 14] = [
+    const CONTRACT: [(&str, &str, &str); 16] = [
         ("crmguard_bans_active", "gauge", "Bans in force (addresses and prefixes the XDP filter drops)"),
         ("crmguard_bans_total", "counter", "Bans added since the agent started, by reason: manual or the detector's name"),
         ("crmguard_build_info", "gauge", "crmguard build information (always 1)"),
+        ("crmguard_policy_change_pending", "gauge", "1 while a policy applied by `crmguard reload --confirm` waits for `crmguard confirm` and is rolled back without it"),
         ("crmguard_policy_divergence_entries", "gauge", "Entries in which the kernel's policy differed from the configuration at the last check (repaired since)"),
         ("crmguard_policy_fallback", "gauge", "1 while the agent enforces a last-good or embedded policy because the configuration could not be loaded"),
         ("crmguard_policy_generation", "gauge", "Generation of the policy the kernel enforces"),
+        ("crmguard_policy_rollbacks_total", "counter", "Policies applied by `crmguard reload --confirm` that were not confirmed in time and were rolled back"),
         ("crmguard_vpn_dropped_total", "counter", "Packets the VPN endpoint dropped: source_check (inner source not the sending peer's), no_route (to a tunnel address no peer owns), invalid (did not authenticate)"),
         ("crmguard_vpn_handshakes_total", "counter", "WireGuard handshake messages by result: ok (completed), rejected, cookie (cookie reply sent under load), rate_limited"),
         ("crmguard_vpn_key_expiry_seconds", "gauge", "Seconds until the peer's key reaches vpn.key_max_age and is refused (negative once refused)"),
@@ -198,6 +226,8 @@ mod tests {
         metrics.fallback(super::super::PolicySource::LastGood);
         metrics.ban_added("manual");
         metrics.ban_added("auth_failures");
+        metrics.change_pending(true);
+        metrics.rolled_back();
         metrics.key_expiry(&[("alice".to_owned(), -5)].into());
         metrics
             .vpn
@@ -221,6 +251,8 @@ mod tests {
             "crmguard_bans_total{reason=\"manual\"} 1",
             "crmguard_bans_total{reason=\"auth_failures\"} 1",
             "crmguard_policy_fallback 1",
+            "crmguard_policy_change_pending 1",
+            "crmguard_policy_rollbacks_total 1",
             "crmguard_vpn_key_expiry_seconds{peer=\"alice\"} -5",
             "crmguard_vpn_last_handshake_timestamp_seconds{peer=\"alice\"} 1700000000",
         ] {

@@ -70,6 +70,14 @@ names! {
         Anomaly => "anomaly",
         BackupCreated => "backup_created",
         BackupRestored => "backup_restored",
+        /// `crmguard reload --confirm` applied a policy that is rolled back unless confirmed in
+        /// time (an extension of CONTRACT.md section 5).
+        PolicyPending => "policy_pending",
+        /// `crmguard confirm` kept the pending policy (an extension of CONTRACT.md section 5).
+        PolicyConfirmed => "policy_confirmed",
+        /// A pending policy was not confirmed in time and the one before it was applied again
+        /// (an extension of CONTRACT.md section 5).
+        PolicyRolledBack => "policy_rolled_back",
     }
 }
 

@@ -22,6 +22,7 @@ mod hours;
 mod keypath;
 pub mod last_good;
 mod raw;
+pub mod unconfirmed;
 mod validate;
 
 use std::fmt;
