@@ -430,6 +430,35 @@ fn the_dashboard_and_the_rules_have_queries() {
     );
 }
 
+/// Every alert of the rules is fired by at least one case of the promtool tests
+/// (`cargo xtask lint` runs `promtool test rules` on them).
+#[test]
+fn every_alert_rule_has_a_promtool_test() {
+    let rules = repository_file(ALERT_RULES).unwrap_or_else(|e| panic!("{e:#}"));
+    let tests = repository_file("packaging/prometheus/tests/crmguard-alerts.test.yml")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- alert:"))
+        .map(str::trim)
+        .collect();
+    assert!(alerts.len() >= 14, "{alerts:?}");
+    // A case that expects the alert to fire names it and lists `exp_labels` right after.
+    let fired = |alert: &str| {
+        let lines: Vec<&str> = tests.lines().map(str::trim).collect();
+        lines.windows(4).any(|w| {
+            w[0] == format!("alertname: {alert}")
+                && w[1] == "exp_alerts:"
+                && w[2].starts_with("- exp_labels:")
+        })
+    };
+    let untested: Vec<&&str> = alerts.iter().filter(|a| !fired(a)).collect();
+    assert!(
+        untested.is_empty(),
+        "alerts no promtool case fires: {untested:?}"
+    );
+}
+
 #[test]
 fn differences_name_what_is_missing() {
     let text = "# TYPE crmguard_bans_active counter\ncrmguard_bans_active 1\n\

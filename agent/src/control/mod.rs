@@ -491,6 +491,8 @@ impl Request {
     pub fn attribute(&mut self, actor: &str) {
         match self {
             Request::BanAdd { by, .. }
+            | Request::ReloadConfirm { by, .. }
+            | Request::Confirm { by }
             | Request::PeerAdd { by, .. }
             | Request::PeerRemove { by, .. }
             | Request::PeerSetEnabled { by, .. }
