@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod alerts;
+pub mod backup;
 pub mod control;
 pub mod crowdsec;
 pub mod daemon;
