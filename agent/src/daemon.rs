@@ -16,6 +16,7 @@
 //! file, then to the kernel. Ended bans are swept every second; the kernel's ban
 //! maps are compared with the list on the reconcile tick and repaired.
 
+mod backup;
 mod detection;
 mod metrics;
 mod peers;
@@ -400,6 +401,8 @@ struct Agent {
     /// When an administrator last enabled each peer (`state_dir/peers-enabled.json`), which
     /// counts as activity for `vpn.disable_inactive_after`.
     enabled_at: BTreeMap<String, u64>,
+    /// Scheduled backups: when the next is due, and their metrics.
+    backup: crate::backup::schedule::Schedule,
 }
 
 impl Agent {
@@ -1053,6 +1056,9 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     access
         .register_metrics(&registry)
         .map_err(MetricsError::Register)?;
+    let backup =
+        crate::backup::schedule::Schedule::register(&registry).map_err(MetricsError::Register)?;
+    let (backup_tx, mut backup_rx) = mpsc::channel::<crate::backup::schedule::Outcome>(1);
     let config_state_dir = config.agent.state_dir.clone();
     let mut portal = portal::PortalHost::new(portal_tx, portal_listening);
     portal.apply(&config);
@@ -1082,6 +1088,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         policy_source,
         fallback_error,
         enabled_at: crmguard_core::provision::load_enabled_at(&config_state_dir),
+        backup,
     };
     if !ended.is_empty() {
         // The file still lists the bans that ended while the agent was stopped. A failure is
@@ -1113,6 +1120,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
                 let _ = reply.send(answer);
             }
             Some(incoming) = detect_rx.recv() => agent.detect(incoming),
+            Some(outcome) = backup_rx.recv() => agent.backup_done(&outcome),
             _ = drain_events.tick() => {
                 let now = SystemTime::now();
                 let undecodable = events.drain(&mut agent.recent, |event| {
@@ -1158,6 +1166,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
                 agent.sweep_bans();
                 agent.access_tick();
                 agent.detection_tick(&observer);
+                agent.backup_tick(&backup_tx);
             }
         }
     }

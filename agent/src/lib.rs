@@ -5,7 +5,7 @@
 //! (`crmguard_vpn`); here live the daemon that owns them (`daemon`), the control socket
 //! (`control`), the endpoint that serves the Prometheus registry (`metrics`), the MFA portal
 //! (`portal`), the one HTTP request reader of both (`http`), the bounded accept loop of all three
-//! (`listen`), the daemon's MFA state (`access`)
+//! (`listen`), the daemon's MFA state (`access`), backups of the gateway's state (`backup`)
 //! and, in the binary, the CLI.
 
 pub mod access;
