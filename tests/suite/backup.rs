@@ -336,6 +336,11 @@ struct Host {
 
 impl Host {
     fn new(recipient: &str) -> Result<Host> {
+        Host::encrypted(&format!("recipient = \"{recipient}\""))
+    }
+
+    /// A host whose `[backup]` section has `encryption` (`recipient` or `passphrase_file`).
+    fn encrypted(encryption: &str) -> Result<Host> {
         let dir = tempfile::tempdir()?;
         let d = dir.path().display();
         std::fs::create_dir_all(dir.path().join("state/mfa"))?;
@@ -349,7 +354,7 @@ impl Host {
             format!(
                 "[agent]\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{d}/control.sock\"\n\
                  [audit]\npath = \"{d}/audit.jsonl\"\nkey_file = \"{d}/audit.key\"\n\
-                 [backup]\ndir = \"{d}/backups\"\nrecipient = \"{recipient}\"\n"
+                 [backup]\ndir = \"{d}/backups\"\n{encryption}\n"
             ),
         )?;
         Ok(Host { dir })
@@ -487,6 +492,39 @@ fn edited_truncated_foreign_and_wrongly_keyed_archives_are_refused() -> Result<(
         ],
         1,
         "wrong identity",
+    )?;
+    // A passphrase instead of a recipient: scrypt, and the wrong passphrase is named.
+    let scratch = tempfile::tempdir()?;
+    let pass = scratch.path().join("backup.pass");
+    std::fs::write(&pass, "correct horse battery staple\n")?;
+    let wrong = scratch.path().join("wrong.pass");
+    std::fs::write(&wrong, "correct horse battery\n")?;
+    let host2 = Host::encrypted(&format!("passphrase_file = \"{}\"", pass.display()))?;
+    host2.create("pass.age")?;
+    let archive = host2.path("pass.age");
+    expect(
+        &host2.config(),
+        &["backup", "verify", &archive],
+        0,
+        "the restore drill passed",
+    )?;
+    expect(
+        &host2.config(),
+        &[
+            "backup",
+            "verify",
+            &archive,
+            "--passphrase-file",
+            &wrong.to_string_lossy(),
+        ],
+        1,
+        "wrong passphrase",
+    )?;
+    expect(
+        &host2.config(),
+        &["backup", "verify", &archive, "--identity", &key],
+        1,
+        "the archive is encrypted to a passphrase; give --passphrase-file",
     )?;
     // Nothing was restored by any of them.
     ensure!(

@@ -119,7 +119,10 @@ pub fn run(config: &Config, config_file: Option<&Path>, now: SystemTime) -> Outc
             return outcome;
         }
     };
-    if let Err(source) = std::fs::create_dir_all(dir) {
+    let made =
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir);
+    if let Err(source) = made {
         outcome.created = Err(BackupError::Write {
             path: dir.clone(),
             source,
