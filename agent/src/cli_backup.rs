@@ -184,8 +184,8 @@ fn verify(
         keys.signer.as_deref(),
         current.as_ref().map(|c| c.agent.state_dir.as_path()),
     )?;
-    let drill = drill::run(file, &unsealing, &signer, config_path)?;
     let verified = backup::open_verified(file, &unsealing, &signer)?;
+    let drill = drill::run_verified(&verified, config_path)?;
     println!(
         "ok: {}: {} files, signed by {} on {}; the restore drill passed{}",
         file.display(),

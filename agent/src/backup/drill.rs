@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ed25519_dalek::VerifyingKey;
 
-use super::{manifest, open_verified, plan, under, write, BackupError, Unsealing};
+use super::{manifest, open_verified, plan, under, write, BackupError, Unsealing, Verified};
 
 /// What a drill found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,11 @@ pub fn run(
     signer: &VerifyingKey,
     config_file: &Path,
 ) -> Result<Drill, BackupError> {
-    let verified = open_verified(archive, unsealing, signer)?;
+    run_verified(&open_verified(archive, unsealing, signer)?, config_file)
+}
+
+/// [`run`] for an archive already opened and checked.
+pub fn run_verified(verified: &Verified, config_file: &Path) -> Result<Drill, BackupError> {
     let scratch = tempfile::Builder::new()
         .prefix("crmguard-drill")
         .tempdir()
@@ -33,7 +37,7 @@ pub fn run(
             path: std::env::temp_dir(),
             source,
         })?;
-    let plan = plan(&verified, config_file, scratch.path())?;
+    let plan = plan(verified, config_file, scratch.path())?;
     write(&plan, scratch.path())?;
     for planned in &plan.writes {
         let path = under(scratch.path(), &planned.target);

@@ -10,6 +10,8 @@
 //!
 //! Without `[backup] recipient` or `passphrase_file` nothing is scheduled: archives hold
 //! private keys and TOTP secrets and are only written encrypted. The agent says so once.
+//! Nor while the agent enforces a fallback policy because its configuration does not load: such
+//! an archive would fail its drill and rotate good ones out.
 //!
 //! The first backup after a start is due `every` after the newest archive in `dir`, or at once
 //! when there is none, so that restarts neither skip nor multiply backups.

@@ -5,13 +5,18 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
-use super::{Agent, ConfigSource};
+use super::{Agent, ConfigSource, PolicySource};
 use crate::backup::schedule::{self, Outcome};
 
 impl Agent {
     /// Starts a backup when one is due. The archive is written and drilled off the main loop
     /// (scrypt alone takes about a second); its outcome comes back through `done`.
     pub(super) fn backup_tick(&mut self, done: &mpsc::Sender<Outcome>) {
+        // A fallback policy means the configuration file does not load: an archive of it
+        // would fail its drill, and the good archives it rotated out would be lost.
+        if self.policy_source != PolicySource::Config {
+            return;
+        }
         let now = SystemTime::now();
         if !self.backup.due(&self.config, now) {
             return;
