@@ -202,6 +202,14 @@ recipient = "{recipient}"
     ensure!(out.status.success(), "ban add: {}", text(&out));
     ensure!(kernel_bans(&agent, banned)?, "the ban is not in the kernel");
 
+    // The gateway remembers where its peers are (saved within a second), so that after a
+    // restart or a restore it starts the handshake itself.
+    wait_for(SETTLE, "the peer's endpoint in vpn-endpoints.json", || {
+        let remembered = std::fs::read_to_string(agent.dir().join("state/vpn-endpoints.json"))
+            .unwrap_or_default();
+        Ok(remembered.contains(&alice.keys.public).then_some(()))
+    })?;
+
     let archive = scratch.path().join("gateway.age");
     let archive_arg = archive.to_string_lossy().into_owned();
     let said = expect(&config, &["backup", "create", &archive_arg], 0, "wrote ")?;
@@ -269,7 +277,18 @@ recipient = "{recipient}"
     agent.wait_ready()?;
     ensure!(gateway_key(&agent)? == gateway, "the gateway's key changed");
     // The client was never touched: it reconnects with its old key to the restored gateway.
-    wait_reachable(&t.out, IpAddr::V4(GATEWAY4))?;
+    // The gateway's first handshake to it can cross the client's own stale session, which
+    // the client replaces after its rekey timeout (5 s) at the latest.
+    wait_for(
+        Duration::from_secs(30),
+        "the old peer to reach the restored gateway",
+        || {
+            Ok(
+                crate::vpn::ping(&t.out, IpAddr::V4(GATEWAY4), Duration::from_millis(500))?
+                    .then_some(()),
+            )
+        },
+    )?;
     ensure!(!crm_answers(&t.out)?, "the CRM answers before MFA");
     let mut used = Vec::new();
     let body = format!("{{\"code\":\"{}\"}}", fresh_code(&secret, &mut used)?);
