@@ -75,6 +75,13 @@ pub struct OpenArgs {
 }
 
 pub fn run(source: &ConfigSource, config_path: &Path, command: BackupCommand, actor: &str) -> u8 {
+    // Archives record, and restores write, the configuration under an absolute path.
+    let absolute = std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_owned());
+    let source = match source {
+        ConfigSource::File(_) => &ConfigSource::File(absolute.clone()),
+        ConfigSource::Embedded => source,
+    };
+    let config_path = absolute.as_path();
     let result = match command {
         BackupCommand::Create { file } => create(source, &file, actor),
         BackupCommand::Verify { file, keys } => verify(source, config_path, &file, &keys),
@@ -127,8 +134,12 @@ fn create(source: &ConfigSource, file: &Path, actor: &str) -> Result<(), BackupE
         created.size
     );
     println!("signer: {}", created.signer);
+    let key = match &config.backup.encryption {
+        Some(BackupEncryption::PassphraseFile(_)) => "--passphrase-file FILE",
+        _ => "--identity KEYFILE",
+    };
     println!(
-        "restore on another host with: crmguard backup restore {} --identity KEYFILE --signer {}",
+        "restore on another host with: crmguard backup restore {} {key} --signer {}",
         file.display(),
         created.signer
     );
