@@ -16,6 +16,7 @@
 //! file, then to the kernel. Ended bans are swept every second; the kernel's ban
 //! maps are compared with the list on the reconcile tick and repaired.
 
+mod backup;
 mod confirm;
 mod detection;
 mod metrics;
@@ -423,6 +424,8 @@ struct Agent {
     last_rollback: Option<String>,
     /// Sampled drops by reason and service (see [`crate::tally`]).
     tally: crate::tally::DropTally,
+    /// Scheduled backups: when the next is due, and their metrics.
+    backup: crate::backup::schedule::Schedule,
 }
 
 impl Agent {
@@ -1115,6 +1118,9 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     access
         .register_metrics(&registry)
         .map_err(MetricsError::Register)?;
+    let backup =
+        crate::backup::schedule::Schedule::register(&registry).map_err(MetricsError::Register)?;
+    let (backup_tx, mut backup_rx) = mpsc::channel::<crate::backup::schedule::Outcome>(1);
     let config_state_dir = config.agent.state_dir.clone();
     let mut portal = portal::PortalHost::new(portal_tx, portal_listening);
     portal.apply(&config);
@@ -1147,6 +1153,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         pending: None,
         last_rollback: None,
         tally: crate::tally::DropTally::default(),
+        backup,
     };
     if !ended.is_empty() {
         // The file still lists the bans that ended while the agent was stopped. A failure is
@@ -1183,6 +1190,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
                 let _ = reply.send(answer);
             }
             Some(incoming) = detect_rx.recv() => agent.detect(incoming),
+            Some(outcome) = backup_rx.recv() => agent.backup_done(&outcome),
             _ = drain_events.tick() => {
                 let now = SystemTime::now();
                 let tally = &mut agent.tally;
@@ -1231,6 +1239,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
                 agent.sweep_bans();
                 agent.access_tick();
                 agent.detection_tick(&observer);
+                agent.backup_tick(&backup_tx);
             }
         }
     }

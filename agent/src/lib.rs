@@ -6,10 +6,12 @@
 //! (`control`), the endpoint that serves the Prometheus registry (`metrics`), the MFA portal
 //! (`portal`), the one HTTP request reader of both (`http`), the bounded accept loop of all three
 //! (`listen`), the daemon's MFA state (`access`), what staff read in English or Russian
-//! (`i18n`, and the printed instructions for them in `handout`) and, in the binary, the CLI.
+//! (`i18n`, and the printed instructions for them in `handout`), backups of the gateway's state
+//! (`backup`) and, in the binary, the CLI.
 
 pub mod access;
 pub mod alerts;
+pub mod backup;
 pub mod control;
 pub mod crowdsec;
 pub mod daemon;

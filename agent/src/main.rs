@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cli_backup;
 mod cli_explain;
 mod cli_peer;
 
@@ -114,6 +115,11 @@ enum Command {
     Mfa {
         #[command(subcommand)]
         command: MfaCommand,
+    },
+    /// Back up the gateway's state to a signed, encrypted archive; verify and restore one
+    Backup {
+        #[command(subcommand)]
+        command: cli_backup::BackupCommand,
     },
 }
 
@@ -309,6 +315,14 @@ fn dispatch(cli: Cli) -> u8 {
             Ok(config) => mfa(&config, &source, command, locale()),
             Err(code) => code,
         },
+        // Restoring onto a fresh host starts without a configuration: the command loads it
+        // only where it needs it.
+        Command::Backup { command } => cli_backup::run(
+            &source,
+            cli.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG)),
+            command,
+            &admin_actor(),
+        ),
     }
 }
 

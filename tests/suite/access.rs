@@ -29,7 +29,7 @@ use crate::vpn::{
 };
 
 /// The portal's port.
-const PORTAL: u16 = 8443;
+pub(crate) const PORTAL: u16 = 8443;
 
 fn require_tools() -> Result<()> {
     crate::vpn::require_tools()?;
@@ -104,7 +104,7 @@ allow = ["tcp/{ALLOWED_TCP}"]
 }
 
 /// `crmguard mfa enroll NAME`, and the secret of the URI it printed.
-fn enroll(agent: &Agent, name: &str) -> Result<Vec<u8>> {
+pub(crate) fn enroll(agent: &Agent, name: &str) -> Result<Vec<u8>> {
     let out = agent.cli(&["mfa", "enroll", name])?;
     ensure!(out.status.success(), "mfa enroll {name}: {out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -121,7 +121,7 @@ fn enroll(agent: &Agent, name: &str) -> Result<Vec<u8>> {
 
 /// A code from `secret` that is right now and was not used yet: when the current step's code
 /// was spent (`used`), waits for the next step.
-fn fresh_code(secret: &[u8], used: &mut Vec<String>) -> Result<String> {
+pub(crate) fn fresh_code(secret: &[u8], used: &mut Vec<String>) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(35);
     loop {
         let code = totp::code_now(secret)?;
@@ -147,7 +147,12 @@ fn wrong_code(secret: &[u8]) -> Result<String> {
 }
 
 /// `curl` inside `ns` against the portal: the HTTP status and the body.
-fn portal(ns: &NetNs, method: &str, path: &str, json: Option<&str>) -> Result<(u16, String)> {
+pub(crate) fn portal(
+    ns: &NetNs,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> Result<(u16, String)> {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",
@@ -172,17 +177,17 @@ fn portal(ns: &NetNs, method: &str, path: &str, json: Option<&str>) -> Result<(u
 }
 
 /// Tries the CRM service from `ns` through the tunnel.
-fn crm(ns: &NetNs) -> Result<TcpOutcome> {
+pub(crate) fn crm(ns: &NetNs) -> Result<TcpOutcome> {
     let dst = SocketAddr::new(IpAddr::V4(GATEWAY4), ALLOWED_TCP);
     net::tcp_connect(ns, None, dst, Duration::from_secs(3))
 }
 
-fn crm_answers(ns: &NetNs) -> Result<bool> {
+pub(crate) fn crm_answers(ns: &NetNs) -> Result<bool> {
     Ok(matches!(crm(ns)?, TcpOutcome::Connected { ref banner } if banner == "crm\n"))
 }
 
 /// The audit records of `agent` as JSON values.
-fn audit_records(agent: &Agent) -> Result<Vec<serde_json::Value>> {
+pub(crate) fn audit_records(agent: &Agent) -> Result<Vec<serde_json::Value>> {
     let text = std::fs::read_to_string(agent.dir().join("audit.jsonl"))?;
     text.lines()
         .map(|line| serde_json::from_str(line).context("an audit record"))
@@ -196,7 +201,7 @@ fn has_record(records: &[serde_json::Value], kind: &str, actor: &str) -> bool {
 }
 
 /// `crmguard audit verify` on the agent's log must say ok.
-fn audit_verifies(agent: &Agent) -> Result<()> {
+pub(crate) fn audit_verifies(agent: &Agent) -> Result<()> {
     let path = agent.dir().join("audit.jsonl");
     let out = agent.cli(&["audit", "verify", &path.to_string_lossy()])?;
     ensure!(

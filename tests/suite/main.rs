@@ -10,6 +10,7 @@ mod alerts;
 mod atomic;
 mod attacks;
 mod audit;
+mod backup;
 mod bans;
 mod browser;
 mod confirm;

@@ -7,7 +7,7 @@
 //! | /usr/sbin/crmguard | the release build, debug info stripped |
 //! | /lib/systemd/system/crmguard.service | packaging/crmguard.service |
 //! | /etc/crmguard/crmguard.toml (conffile) | config/crmguard.example.toml, with a header |
-//! | /var/lib/crmguard, /var/log/crmguard | empty, 0700 and 0750 |
+//! | /var/lib/crmguard, /var/log/crmguard, /var/backups/crmguard | empty, 0700, 0750 and 0700 |
 //! | /usr/share/doc/crmguard/ | README.md, copyright, examples/ (config, nftables, alerts, dashboard) |
 //! | DEBIAN/ | packaging/debian/ (control filled in, maintainer scripts, conffiles, md5sums) |
 
@@ -101,7 +101,11 @@ pub fn run(args: &Args) -> Result<()> {
         0o640,
     )?;
     set_mode(&stage.join("etc/crmguard"), 0o750)?;
-    for (dir, mode) in [("var/lib/crmguard", 0o700), ("var/log/crmguard", 0o750)] {
+    for (dir, mode) in [
+        ("var/lib/crmguard", 0o700),
+        ("var/log/crmguard", 0o750),
+        ("var/backups/crmguard", 0o700),
+    ] {
         fs::create_dir_all(stage.join(dir))?;
         set_mode(&stage.join(dir), mode)?;
     }

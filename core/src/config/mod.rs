@@ -925,6 +925,20 @@ pub struct Backup {
     pub every: Duration,
     /// `keep`, default 14 archives (at least 1).
     pub keep: u32,
+    /// How archives are encrypted; `None` when neither `recipient` nor `passphrase_file` is
+    /// set, which turns scheduled backups off (`crmguard backup create` then refuses too).
+    pub encryption: Option<BackupEncryption>,
+}
+
+/// How `[backup]` encrypts archives, in age's format. age encrypts a file to recipients or to
+/// one passphrase, never both, so exactly one of the two keys may be set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupEncryption {
+    /// `recipient = "age1..."`: an age X25519 public key. The operator keeps the identity (the
+    /// private key) off the host.
+    Recipient(String),
+    /// `passphrase_file`: a file whose first line is the passphrase (scrypt).
+    PassphraseFile(PathBuf),
 }
 
 /// `[metrics]`.

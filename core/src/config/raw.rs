@@ -302,6 +302,8 @@ pub(super) struct RawBackup {
     pub dir: Option<Text>,
     pub every: Option<Text>,
     pub keep: Option<Int>,
+    pub recipient: Option<Text>,
+    pub passphrase_file: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

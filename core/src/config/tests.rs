@@ -114,6 +114,7 @@ fn example_is_accepted() {
     assert_eq!(config.mfa.issuer, "ACME CRM");
     assert_eq!(config.audit.on_write_failure, OnWriteFailure::FailClosed);
     assert_eq!(config.backup.every, Duration::from_secs(86400));
+    assert_eq!(config.backup.encryption, None);
     assert_eq!(
         config.alerts.webhook.as_deref(),
         Some("http://127.0.0.1:8088/crmguard")
@@ -461,6 +462,18 @@ fn semantic_errors_are_located() {
         (
             "[backup]\nkeep = 0\n",
             "2:8: backup.keep: 0 is out of range (1 to 4294967295)",
+        ),
+        (
+            // The last character of a valid recipient changed: the bech32 checksum fails.
+            "[backup]\nrecipient = \"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8q\"\n",
+            "2:13: backup.recipient: `age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8q` \
+             is not an age X25519 recipient (`age1` and 58 more characters, as `age-keygen` prints it)",
+        ),
+        (
+            "[backup]\nrecipient = \"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"\n\
+             passphrase_file = \"backup.pass\"\n",
+            "3:19: backup.passphrase_file: age encrypts an archive to a recipient or to a passphrase, \
+             not both; keep one of `recipient` and `passphrase_file`",
         ),
         (
             "[metrics]\nlisten = \"localhost:9184\"\n",
@@ -845,4 +858,24 @@ mod files {
             ]
         );
     }
+}
+
+#[test]
+fn backup_encryption_is_a_recipient_or_a_passphrase_file() {
+    let recipient = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    let config = parsed(&format!(
+        "[backup]\nrecipient = \"{recipient}\"\nevery = \"2s\"\n"
+    ));
+    assert_eq!(
+        config.backup.encryption,
+        Some(BackupEncryption::Recipient(recipient.to_owned()))
+    );
+    assert_eq!(config.backup.every, Duration::from_secs(2));
+    let config = parsed("[backup]\npassphrase_file = \"backup.pass\"\n");
+    assert_eq!(
+        config.backup.encryption,
+        Some(BackupEncryption::PassphraseFile(
+            "/etc/crmguard/backup.pass".into()
+        ))
+    );
 }

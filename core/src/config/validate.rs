@@ -20,19 +20,20 @@ use toml::Spanned;
 
 use super::error::{ConfigError, ConfigErrors, Source};
 use super::raw::{
-    Int, List, RawAgent, RawConfig, RawCrowdsec, RawDetection, RawFirewall, RawInspection,
-    RawInterface, RawMfa, RawPeer, RawPeersFile, RawRole, RawVpn, Text,
+    Int, List, RawAgent, RawBackup, RawConfig, RawCrowdsec, RawDetection, RawFirewall,
+    RawInspection, RawInterface, RawMfa, RawPeer, RawPeersFile, RawRole, RawVpn, Text,
 };
 
 mod policy_tests;
 
 use super::{
-    parse_duration, Agent, Alerts, AppProtocol, Audit, AuthFailures, Backup, Config, ConfigWord,
-    Crowdsec, Date, DefaultAction, DenyEntry, Detection, Firewall, Hours, IcmpPolicy, Inspection,
-    Interface, Limits, LogFormat, LogOrigin, LogSource, LoginFailureRule, Metrics, Mfa, Mode,
-    NewEndpoint, NoSniAction, OffHours, OnWriteFailure, ParserErrorAction, Peer, PortScan, Proto,
-    ResponseAction, Role, Service, ServiceSpec, SniPattern, TlsVersion, ViolationAction, Volume,
-    Vpn, XdpMode, MAX_DETECTION_COUNT, MAX_INTERFACE_NAME_LEN, MAX_NAME_LEN,
+    parse_duration, Agent, Alerts, AppProtocol, Audit, AuthFailures, Backup, BackupEncryption,
+    Config, ConfigWord, Crowdsec, Date, DefaultAction, DenyEntry, Detection, Firewall, Hours,
+    IcmpPolicy, Inspection, Interface, Limits, LogFormat, LogOrigin, LogSource, LoginFailureRule,
+    Metrics, Mfa, Mode, NewEndpoint, NoSniAction, OffHours, OnWriteFailure, ParserErrorAction,
+    Peer, PortScan, Proto, ResponseAction, Role, Service, ServiceSpec, SniPattern, TlsVersion,
+    ViolationAction, Volume, Vpn, XdpMode, MAX_DETECTION_COUNT, MAX_INTERFACE_NAME_LEN,
+    MAX_NAME_LEN,
 };
 pub(super) use policy_tests::{test_files, test_peers};
 
@@ -131,6 +132,7 @@ pub(super) fn config(src: &Source, raw: RawConfig) -> Checked {
         dir: c.path_or(&raw.backup.dir, "backup.dir", "/var/backups/crmguard"),
         every: c.duration_or(&raw.backup.every, "backup.every", DAY),
         keep: c.count_or(&raw.backup.keep, "backup.keep", 14, 1),
+        encryption: backup_encryption(&mut c, &raw.backup),
     };
     let metrics = Metrics {
         listen: c.socket_addr_or(
@@ -288,6 +290,86 @@ pub(super) fn peers_file(src: &Source, checked: &mut Checked, read: &mut super::
         &mut checked.peer_index,
     );
     checked.config.peers.extend(more);
+}
+
+/// `[backup] recipient` or `passphrase_file`, not both.
+fn backup_encryption(c: &mut Check, raw: &RawBackup) -> Option<BackupEncryption> {
+    let recipient = raw.recipient.as_ref().and_then(|text| {
+        let key = text.get_ref().trim();
+        if is_age_recipient(key) {
+            return Some(key.to_owned());
+        }
+        c.fail(
+            &text.span(),
+            "backup.recipient",
+            format!("`{key}` is not an age X25519 recipient (`age1` and 58 more characters, as `age-keygen` prints it)"),
+        );
+        None
+    });
+    let passphrase_file = raw
+        .passphrase_file
+        .as_ref()
+        .and_then(|text| c.path(text, "backup.passphrase_file"));
+    match (recipient, passphrase_file, &raw.passphrase_file) {
+        (Some(_), Some(_), Some(text)) => {
+            c.fail(
+                &text.span(),
+                "backup.passphrase_file",
+                "age encrypts an archive to a recipient or to a passphrase, not both; keep one of `recipient` and `passphrase_file`",
+            );
+            None
+        }
+        (Some(recipient), _, _) => Some(BackupEncryption::Recipient(recipient)),
+        (None, Some(file), _) => Some(BackupEncryption::PassphraseFile(file)),
+        (None, None, _) => None,
+    }
+}
+
+/// Whether `text` is an age X25519 recipient: the bech32 encoding (lower case, valid
+/// checksum) of 32 bytes under the human-readable part `age`.
+fn is_age_recipient(text: &str) -> bool {
+    const CHARSET: &[u8] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+    let Some(data) = text.strip_prefix("age1") else {
+        return false;
+    };
+    // 32 bytes are 52 five-bit groups, and the checksum 6 more.
+    if data.len() != 58 {
+        return false;
+    }
+    let mut values = Vec::with_capacity(data.len());
+    for byte in data.bytes() {
+        let Some(value) = CHARSET.iter().position(|c| *c == byte) else {
+            return false;
+        };
+        values.push(u8::try_from(value).unwrap_or(0));
+    }
+    let mut checked: Vec<u8> = b"age".iter().map(|b| b >> 5).collect();
+    checked.push(0);
+    checked.extend(b"age".iter().map(|b| b & 31));
+    checked.extend(values);
+    bech32_polymod(&checked) == 1
+}
+
+/// The BCH checksum of bech32 (BIP 173).
+fn bech32_polymod(values: &[u8]) -> u32 {
+    const GENERATOR: [u32; 5] = [
+        0x3b6a_57b2,
+        0x2650_8e6d,
+        0x1ea1_19fa,
+        0x3d42_33dd,
+        0x2a14_62b3,
+    ];
+    let mut chk: u32 = 1;
+    for value in values {
+        let top = chk >> 25;
+        chk = ((chk & 0x01ff_ffff) << 5) ^ u32::from(*value);
+        for (i, generator) in GENERATOR.iter().enumerate() {
+            if (top >> i) & 1 == 1 {
+                chk ^= generator;
+            }
+        }
+    }
+    chk
 }
 
 fn agent(c: &mut Check, raw: &RawAgent) -> Agent {
