@@ -11,8 +11,9 @@
 //! | /usr/share/doc/crmguard/ | README.md, copyright, examples/ (config, nftables, alerts, dashboard) |
 //! | DEBIAN/ | packaging/debian/ (control filled in, maintainer scripts, conffiles, md5sums) |
 
+mod modes;
+
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -85,37 +86,27 @@ pub fn run(args: &Args) -> Result<()> {
     let doc = Path::new("usr/share/doc/crmguard");
     let examples = doc.join("examples");
 
-    let sbin = copy(&stage, &bin, "usr/sbin/crmguard", 0o755)?;
+    let sbin = copy(&stage, &bin, "usr/sbin/crmguard")?;
     cmd::run(Command::new("strip").arg("--strip-debug").arg(&sbin))?;
     copy(
         &stage,
         &packaging.join("crmguard.service"),
         "lib/systemd/system/crmguard.service",
-        0o644,
     )?;
     let config = fs::read_to_string(&example)?;
     write(
         &stage,
         "etc/crmguard/crmguard.toml",
         &format!("{CONFIG_HEADER}{config}"),
-        0o640,
     )?;
-    set_mode(&stage.join("etc/crmguard"), 0o750)?;
-    for (dir, mode) in [("var/lib/crmguard", 0o700), ("var/log/crmguard", 0o750)] {
+    for dir in ["var/lib/crmguard", "var/log/crmguard"] {
         fs::create_dir_all(stage.join(dir))?;
-        set_mode(&stage.join(dir), mode)?;
     }
-    copy(
-        &stage,
-        &ws.root.join("README.md"),
-        doc.join("README.md"),
-        0o644,
-    )?;
+    copy(&stage, &ws.root.join("README.md"), doc.join("README.md"))?;
     copy(
         &stage,
         &packaging.join("debian/copyright"),
         doc.join("copyright"),
-        0o644,
     )?;
     for (from, to) in [
         (example.clone(), "crmguard.example.toml"),
@@ -132,7 +123,7 @@ pub fn run(args: &Args) -> Result<()> {
             "crmguard-dashboard.json",
         ),
     ] {
-        copy(&stage, &from, examples.join(to), 0o644)?;
+        copy(&stage, &from, examples.join(to))?;
     }
 
     let debian = packaging.join("debian");
@@ -141,17 +132,18 @@ pub fn run(args: &Args) -> Result<()> {
             &stage,
             &debian.join(script),
             Path::new("DEBIAN").join(script),
-            0o755,
         )?;
     }
-    copy(&stage, &debian.join("conffiles"), "DEBIAN/conffiles", 0o644)?;
-    write(&stage, "DEBIAN/md5sums", &md5sums(&stage)?, 0o644)?;
+    copy(&stage, &debian.join("conffiles"), "DEBIAN/conffiles")?;
+    write(&stage, "DEBIAN/md5sums", &md5sums(&stage)?)?;
     let control = fs::read_to_string(debian.join("control"))?
         .replace("@VERSION@", &version)
         .replace("@ARCH@", &arch)
         .replace("@SHLIBS@", &shlibs(&sbin, &out_dir.join("shlibdeps"))?)
         .replace("@INSTALLED_SIZE@", &installed_size_kib(&stage)?.to_string());
-    write(&stage, "DEBIAN/control", &control, 0o644)?;
+    write(&stage, "DEBIAN/control", &control)?;
+    // Everything was created under the caller's umask; dpkg-deb takes modes as they are.
+    modes::assign(&stage)?;
 
     let deb = out_dir.join(format!("crmguard_{version}_{arch}.deb"));
     cmd::run(
@@ -165,30 +157,23 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Copies `from` to `stage/to` with `mode`, creating parent directories.
-fn copy(stage: &Path, from: &Path, to: impl AsRef<Path>, mode: u32) -> Result<PathBuf> {
+/// Copies `from` to `stage/to`, creating parent directories.
+fn copy(stage: &Path, from: &Path, to: impl AsRef<Path>) -> Result<PathBuf> {
     let to = stage.join(to);
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent)?;
     }
     fs::copy(from, &to)
         .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-    set_mode(&to, mode)?;
     Ok(to)
 }
 
-fn write(stage: &Path, to: impl AsRef<Path>, text: &str, mode: u32) -> Result<()> {
+fn write(stage: &Path, to: impl AsRef<Path>, text: &str) -> Result<()> {
     let to = stage.join(to);
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent)?;
     }
-    fs::write(&to, text).with_context(|| format!("cannot write {}", to.display()))?;
-    set_mode(&to, mode)
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot chmod {}", path.display()))
+    fs::write(&to, text).with_context(|| format!("cannot write {}", to.display()))
 }
 
 /// The shared-library dependencies of the binary as dpkg-shlibdeps computes them,
