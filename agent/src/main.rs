@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod cli_explain;
+mod cli_generate;
 mod cli_peer;
 
 use clap::{Parser, Subcommand};
@@ -94,6 +95,12 @@ enum Command {
     Mfa {
         #[command(subcommand)]
         command: MfaCommand,
+    },
+    /// Write man pages or print shell completions (for packaging)
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        command: cli_generate::GenerateCommand,
     },
 }
 
@@ -254,6 +261,7 @@ fn dispatch(cli: Cli) -> u8 {
             Ok(config) => mfa(&config, &source, command),
             Err(code) => code,
         },
+        Command::Generate { command } => cli_generate::run(command),
     }
 }
 
