@@ -5,13 +5,19 @@
 //! | path | from |
 //! | --- | --- |
 //! | /usr/sbin/crmguard | the release build, debug info stripped |
+//! | /usr/share/man/man1/crmguard*.1.gz | `crmguard generate man`: one page per command |
+//! | /usr/share/bash-completion/completions/crmguard | `crmguard generate completions bash` |
+//! | /usr/share/zsh/vendor-completions/_crmguard | `crmguard generate completions zsh` |
 //! | /lib/systemd/system/crmguard.service | packaging/crmguard.service |
 //! | /etc/crmguard/crmguard.toml (conffile) | config/crmguard.example.toml, with a header |
 //! | /var/lib/crmguard, /var/log/crmguard | empty, 0700 and 0750 |
 //! | /usr/share/doc/crmguard/ | README.md, copyright, examples/ (config, nftables, alerts, dashboard) |
 //! | DEBIAN/ | packaging/debian/ (control filled in, maintainer scripts, conffiles, md5sums) |
+//!
+//! Modes come from one table (`modes.rs`), not from the packager's umask.
 
 mod modes;
+pub mod test;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,6 +34,9 @@ pub struct Args {
     /// Do not check or install Debian packages.
     #[arg(long)]
     no_deps: bool,
+    /// The package version [default: the workspace's version]
+    #[arg(long, value_name = "VERSION")]
+    version: Option<String>,
 }
 
 const EXAMPLE_CONFIG: &str = "config/crmguard.example.toml";
@@ -48,6 +57,19 @@ pub fn run(args: &Args) -> Result<()> {
         deps::ensure(deps::Task::Deb)?;
     }
     let ws = Workspace::load()?;
+    let version = match &args.version {
+        Some(version) => version.clone(),
+        None => ws.version("crmguard")?,
+    };
+    let deb = build(&ws, &version)?;
+    cmd::run(Command::new("dpkg-deb").arg("--info").arg(&deb))?;
+    println!("{}", deb.display());
+    Ok(())
+}
+
+/// Builds the release binary and packages it as `version`; returns the .deb's path
+/// (target/deb/crmguard_VERSION_ARCH.deb).
+pub fn build(ws: &Workspace, version: &str) -> Result<PathBuf> {
     let example = ws.root.join(EXAMPLE_CONFIG);
     if !example.is_file() {
         bail!(
@@ -72,7 +94,6 @@ pub fn run(args: &Args) -> Result<()> {
             .arg(&example),
     )?;
 
-    let version = ws.version("crmguard")?;
     let arch = cmd::stdout_of(Command::new("dpkg").arg("--print-architecture"))?
         .trim()
         .to_owned();
@@ -88,6 +109,14 @@ pub fn run(args: &Args) -> Result<()> {
 
     let sbin = copy(&stage, &bin, "usr/sbin/crmguard")?;
     cmd::run(Command::new("strip").arg("--strip-debug").arg(&sbin))?;
+    man_pages(&bin, &stage, &out_dir.join("man"))?;
+    for (shell, to) in [
+        ("bash", "usr/share/bash-completion/completions/crmguard"),
+        ("zsh", "usr/share/zsh/vendor-completions/_crmguard"),
+    ] {
+        let script = cmd::stdout_of(Command::new(&bin).args(["generate", "completions", shell]))?;
+        write(&stage, to, &script)?;
+    }
     copy(
         &stage,
         &packaging.join("crmguard.service"),
@@ -137,7 +166,7 @@ pub fn run(args: &Args) -> Result<()> {
     copy(&stage, &debian.join("conffiles"), "DEBIAN/conffiles")?;
     write(&stage, "DEBIAN/md5sums", &md5sums(&stage)?)?;
     let control = fs::read_to_string(debian.join("control"))?
-        .replace("@VERSION@", &version)
+        .replace("@VERSION@", version)
         .replace("@ARCH@", &arch)
         .replace("@SHLIBS@", &shlibs(&sbin, &out_dir.join("shlibdeps"))?)
         .replace("@INSTALLED_SIZE@", &installed_size_kib(&stage)?.to_string());
@@ -152,8 +181,39 @@ pub fn run(args: &Args) -> Result<()> {
             .arg(&stage)
             .arg(&deb),
     )?;
-    cmd::run(Command::new("dpkg-deb").arg("--info").arg(&deb))?;
-    println!("{}", deb.display());
+    Ok(deb)
+}
+
+/// Writes the binary's man pages into `scratch`, then compresses each into the package's
+/// man1 directory as Debian policy wants them (gzip -9n: no name or time stamp, so the same
+/// page gives the same bytes).
+fn man_pages(bin: &Path, stage: &Path, scratch: &Path) -> Result<()> {
+    if scratch.exists() {
+        fs::remove_dir_all(scratch)?;
+    }
+    cmd::run(Command::new(bin).arg("generate").arg("man").arg(scratch))?;
+    let man1 = stage.join("usr/share/man/man1");
+    fs::create_dir_all(&man1)?;
+    let mut pages: Vec<PathBuf> = fs::read_dir(scratch)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    pages.sort();
+    if pages.is_empty() {
+        bail!("`crmguard generate man` wrote no pages");
+    }
+    for page in pages {
+        let Some(name) = page.file_name() else {
+            continue;
+        };
+        let mut gz = name.to_owned();
+        gz.push(".gz");
+        let compressed = cmd::output(Command::new("gzip").args(["-9n", "-c"]).arg(&page))?;
+        if !compressed.status.success() {
+            bail!("gzip {} failed", page.display());
+        }
+        fs::write(man1.join(gz), compressed.stdout)?;
+    }
+    fs::remove_dir_all(scratch)?;
     Ok(())
 }
 
