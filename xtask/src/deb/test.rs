@@ -48,6 +48,9 @@ pub struct Args {
     mirror: String,
 }
 
+/// What the root has beyond minbase: the package's own dependency (`ip`), which dpkg -i
+/// cannot fetch.
+const ROOT_EXTRA: &str = "iproute2";
 /// The configuration file, inside the root.
 const CONFIG: &str = "/etc/crmguard/crmguard.toml";
 /// A port no service of the test policy opens: the flood's target.
@@ -111,19 +114,24 @@ fn file_name(path: &Path) -> String {
 /// name and renamed when complete, so an interrupted debootstrap is never taken for a root.
 fn cached_root(work: &Path, mirror: &str) -> Result<PathBuf> {
     let cache = work.join("bookworm");
-    if cache.join("var/lib/dpkg/status").is_file() {
+    // Only a finished debootstrap is renamed to `cache`; one made without ROOT_EXTRA is redone.
+    if cache.join(format!("var/lib/dpkg/info/{ROOT_EXTRA}.list")).is_file() {
         return Ok(cache);
     }
-    let partial = work.join("bookworm.partial");
-    if partial.exists() {
-        ensure_unmounted(&partial)?;
-        fs::remove_dir_all(&partial)?;
+    for stale in [&cache, &work.join("bookworm.partial")] {
+        if stale.exists() {
+            ensure_unmounted(stale)?;
+            fs::remove_dir_all(stale)?;
+        }
     }
+    let partial = work.join("bookworm.partial");
     fs::create_dir_all(work)?;
     say("making the Debian root with debootstrap (first run only)");
     cmd::run(
         Command::new("debootstrap")
-            .args(["--variant=minbase", "bookworm"])
+            .arg("--variant=minbase")
+            .arg(format!("--include={ROOT_EXTRA}"))
+            .arg("bookworm")
             .arg(&partial)
             .arg(mirror),
     )?;
