@@ -22,6 +22,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -32,7 +34,7 @@ use crate::deb;
 use crate::deps;
 use crmguard_lab::cmd;
 use crmguard_lab::net::{UdpFlood, UdpReceiver};
-use crmguard_lab::netns::NetNs;
+use crmguard_lab::netns::{self, NetNs};
 use crmguard_lab::process::{self, Process};
 use crmguard_lab::topology::Topology;
 use crmguard_lab::wait::wait_for;
@@ -51,6 +53,10 @@ pub struct Args {
 /// What the root has beyond minbase: the package's own dependency (`ip`), which dpkg -i
 /// cannot fetch.
 const ROOT_EXTRA: &str = "iproute2";
+/// The PATH of commands run in the root, Debian's default for root.
+const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The agent's pin directory on the host's bpffs is this followed by the test's process id.
+const PIN_PREFIX: &str = "cgdeb-";
 /// The configuration file, inside the root.
 const CONFIG: &str = "/etc/crmguard/crmguard.toml";
 /// A port no service of the test policy opens: the flood's target.
@@ -70,11 +76,16 @@ pub fn run(args: &Args) -> Result<()> {
     if !args.no_deps {
         deps::ensure(deps::Task::DebTest)?;
     }
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(interrupted()))
+            .context("cannot install the Ctrl-C handler")?;
+    }
     let ws = Workspace::load()?;
     let version = ws.version("crmguard")?;
     let old_version = format!("{version}~old");
     let old = deb::build(&ws, &old_version).context("building v1")?;
     let new = deb::build(&ws, &version).context("building v2")?;
+    go_on()?;
     say(&format!(
         "built under umask 077: {} and {}",
         file_name(&old),
@@ -82,6 +93,7 @@ pub fn run(args: &Args) -> Result<()> {
     ));
 
     let work = ws.target_dir.join("deb-test");
+    remove_stale(&work)?;
     let cache = cached_root(&work, &args.mirror)?;
     let root = Root::copy_of(&cache, &work.join(format!("root-{}", std::process::id())))?;
     let logs = work.join("logs");
@@ -93,11 +105,63 @@ pub fn run(args: &Args) -> Result<()> {
     install(&root, &old, &old_version)?;
     shipped_config(&root)?;
     documentation(&root)?;
-    lifecycle(&root, &new, &version, &logs)?;
+    go_on()?;
+    lifecycle(&root, &new, &version, &logs)
+        .with_context(|| format!("the agents' logs are in {}", logs.display()))?;
     say(&format!(
         "all steps passed in {:.0} s",
         started.elapsed().as_secs_f64()
     ));
+    Ok(())
+}
+
+/// Set by SIGINT or SIGTERM: the test stops at the next step and removes what it made.
+fn interrupted() -> &'static Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+}
+
+fn go_on() -> Result<()> {
+    if interrupted().load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Removes what a run killed before its cleanup left: roots (mounts first) and pin directories
+/// of processes that no longer exist.
+fn remove_stale(work: &Path) -> Result<()> {
+    let dead = |name: &str, prefix: &str| {
+        name.strip_prefix(prefix)
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    let entries = |dir: &Path| -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .map(|list| list.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    for dir in entries(work) {
+        let name = file_name(&dir);
+        if !dead(&name, "root-") {
+            continue;
+        }
+        say(&format!("removing {}, left by a killed run", dir.display()));
+        let mut mounted = mounts_below(&dir)?;
+        // Deepest first: /sys/fs/bpf before /sys.
+        mounted.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+        for point in mounted {
+            cmd::run(Command::new("umount").arg("-l").arg(&point))?;
+        }
+        ensure_unmounted(&dir)?;
+        fs::remove_dir_all(&dir)?;
+    }
+    for dir in entries(Path::new(crmguard_lab::privileged::BPFFS)) {
+        if dead(&file_name(&dir), PIN_PREFIX) {
+            say(&format!("removing {}, left by a killed run", dir.display()));
+            fs::remove_dir_all(&dir)?;
+        }
+    }
     Ok(())
 }
 
@@ -115,7 +179,10 @@ fn file_name(path: &Path) -> String {
 fn cached_root(work: &Path, mirror: &str) -> Result<PathBuf> {
     let cache = work.join("bookworm");
     // Only a finished debootstrap is renamed to `cache`; one made without ROOT_EXTRA is redone.
-    if cache.join(format!("var/lib/dpkg/info/{ROOT_EXTRA}.list")).is_file() {
+    if cache
+        .join(format!("var/lib/dpkg/info/{ROOT_EXTRA}.list"))
+        .is_file()
+    {
         return Ok(cache);
     }
     for stale in [&cache, &work.join("bookworm.partial")] {
@@ -208,10 +275,7 @@ impl Root {
             .arg(program)
             .args(args)
             .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
+            .env("PATH", ROOT_PATH)
             .env("LC_ALL", "C")
             .env("DEBIAN_FRONTEND", "noninteractive");
         command
@@ -413,20 +477,32 @@ impl Drop for Pins {
     }
 }
 
-/// The agent from the root's /usr/sbin/crmguard, with its network namespace entered.
+/// The agent from the root's /usr/sbin/crmguard, with only its network namespace entered
+/// (nsenter execs chroot, which execs crmguard: the process id is the agent's). Its output goes
+/// to `logs/LABEL.log`.
 fn start_agent(root: &Root, ns: &NetNs, logs: &Path, label: &str) -> Result<Process> {
-    let command = root.command("/usr/sbin/crmguard", &["run", "--config", CONFIG]);
-    let mut agent = Process::spawn(ns, command, logs, label)?;
-    wait_for(TIMEOUT, "the agent to answer `crmguard status`", || {
+    let mut command = netns::nsenter(ns.name(), "chroot");
+    command
+        .arg(&root.dir)
+        .args(["/usr/sbin/crmguard", "run", "--config", CONFIG])
+        .env_clear()
+        .env("PATH", ROOT_PATH);
+    let log = logs.join(format!("{label}.log"));
+    let mut agent = Process::spawn_logged(command, label, &log, TIMEOUT)?;
+    // A probe error only means "not yet": an agent that exits ends the wait with its status.
+    let exited = wait_for(TIMEOUT, "the agent to answer `crmguard status`", || {
         if let Some(status) = agent.try_wait()? {
-            bail!(
-                "{label} exited ({}) before it was ready:\n{}",
-                process::describe(status),
-                agent.stderr()
-            );
+            return Ok(Some(Some(status)));
         }
-        Ok(status(root, ns).ok())
+        Ok(status(root, ns).ok().map(|_| None))
     })?;
+    if let Some(status) = exited {
+        bail!(
+            "{label} exited ({}) before it was ready:\n{}",
+            process::describe(status),
+            agent.log_tail(40)
+        );
+    }
     Ok(agent)
 }
 
@@ -517,10 +593,10 @@ fn lifecycle(root: &Root, new: &Path, version: &str, logs: &Path) -> Result<()> 
         "nud",
         "permanent",
     ])?;
-    let pins = Pins(PathBuf::from(format!(
-        "/sys/fs/bpf/cgdeb-{}",
-        std::process::id()
-    )));
+    let pins = Pins(
+        Path::new(crmguard_lab::privileged::BPFFS)
+            .join(format!("{PIN_PREFIX}{}", std::process::id())),
+    );
     let config = root.path(CONFIG);
     fs::write(&config, test_config(&t, &pins.0))?;
     fs::set_permissions(&config, fs::Permissions::from_mode(0o640))?;
@@ -559,7 +635,7 @@ fn lifecycle(root: &Root, new: &Path, version: &str, logs: &Path) -> Result<()> 
     ensure!(
         v1.try_wait()?.is_none(),
         "the agent stopped during dpkg -i:\n{}",
-        v1.stderr()
+        v1.log_tail(40)
     );
     let kept = fs::read_to_string(&config)?;
     ensure!(
@@ -587,6 +663,11 @@ fn lifecycle(root: &Root, new: &Path, version: &str, logs: &Path) -> Result<()> 
     ensure!(
         adopted == Some(true),
         "the new agent did not adopt the pinned filter: {status_v2}"
+    );
+    let log = v2.log_tail(200);
+    ensure!(
+        log.contains("adopted the pinned XDP filter"),
+        "the new agent's log does not say it adopted the filter:\n{log}"
     );
 
     // Keep flooding past the adoption, then count.
@@ -619,7 +700,9 @@ fn lifecycle(root: &Root, new: &Path, version: &str, logs: &Path) -> Result<()> 
         restart.as_secs_f64()
     ));
 
+    go_on()?;
     remove(root, &t, v2, &pins.0)?;
+    go_on()?;
     purge(root, &pins.0)?;
     Ok(())
 }
