@@ -33,7 +33,7 @@ use serde_json::Value;
 use crate::deb;
 use crate::deps;
 use crmguard_lab::cmd;
-use crmguard_lab::net::{UdpFlood, UdpReceiver};
+use crmguard_lab::net::{self, UdpFlood, UdpReceiver};
 use crmguard_lab::netns::{self, NetNs};
 use crmguard_lab::process::{self, Process};
 use crmguard_lab::topology::Topology;
@@ -63,6 +63,8 @@ const CONFIG: &str = "/etc/crmguard/crmguard.toml";
 const DENIED_PORT: u16 = 9;
 /// How long the agent may take to start, stop, or count what it dropped.
 const TIMEOUT: Duration = Duration::from_secs(20);
+/// Datagrams sent to the denied port once the package is removed.
+const OPEN_PROBES: u64 = 5;
 /// Datagrams the flood sends before the upgrade, and again after the new agent is ready.
 const FLOOD_MARK: u64 = 500;
 
@@ -702,6 +704,17 @@ fn lifecycle(root: &Root, new: &Path, version: &str, logs: &Path) -> Result<()> 
 
     go_on()?;
     remove(root, &t, v2, &pins.0)?;
+    // With the filter gone the same datagrams arrive: the listener did count, and the removal
+    // really took the filter away.
+    net::udp_send(&t.out, t.addrs.out4, dst, OPEN_PROBES, 64)?;
+    wait_for(
+        TIMEOUT,
+        "the datagrams sent after dpkg -r to arrive",
+        || Ok((listener.received() == OPEN_PROBES).then_some(())),
+    )?;
+    say(&format!(
+        "remove: with the filter gone, {OPEN_PROBES} of {OPEN_PROBES} datagrams to udp/{DENIED_PORT} reach the listener"
+    ));
     go_on()?;
     purge(root, &pins.0)?;
     Ok(())
