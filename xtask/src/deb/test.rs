@@ -108,8 +108,10 @@ pub fn run(args: &Args) -> Result<()> {
     shipped_config(&root)?;
     documentation(&root)?;
     go_on()?;
-    lifecycle(&root, &new, &version, &logs)
-        .with_context(|| format!("the agents' logs are in {}", logs.display()))?;
+    if let Err(e) = lifecycle(&root, &new, &version, &logs) {
+        say(&format!("the agents' logs are in {}", logs.display()));
+        return Err(e);
+    }
     say(&format!(
         "all steps passed in {:.0} s",
         started.elapsed().as_secs_f64()
