@@ -3,10 +3,12 @@
 //!
 //! The root is a `debootstrap --variant=minbase` tree of Debian bookworm, made once and kept in
 //! target/deb-test/bookworm; each run works on a fresh copy of it, so the machine's own dpkg
-//! database is never touched and no run sees another's leftovers. Both packages are built under
-//! umask 077, as on a hardened host: v1 is the current tree packaged as VERSION~old, v2 the same
-//! tree as VERSION (the binaries are the same; what is tested is dpkg's and the maintainer
-//! scripts' handling of an upgrade, and the restart that adopts the pinned filter).
+//! database is never touched and no run sees another's leftovers. The packages of the current
+//! tree are built under umask 077, as on a hardened host. By default v1 is the current tree
+//! packaged as VERSION~old and v2 the same tree as VERSION: the binaries are the same, and what
+//! is tested is dpkg's and the maintainer scripts' handling of an upgrade and the restart that
+//! adopts the pinned filter. With `--from-rev REV`, v1 is the package an earlier commit builds,
+//! and v2 the current tree (as VERSION, or V1+1 when v1's version is not lower).
 //!
 //! The chroot has no systemd, so the maintainer scripts must leave the service alone; where
 //! systemd would act (the unit's restart after an upgrade, `disable --now` before a removal)
@@ -48,6 +50,11 @@ pub struct Args {
     /// The Debian mirror debootstrap fetches bookworm from (first run only).
     #[arg(long, default_value = "http://deb.debian.org/debian")]
     mirror: String,
+    /// Upgrade from the package that commit REV of this repository builds with its own
+    /// `cargo xtask deb` (cached in target/deb-test), instead of the current tree packaged as
+    /// VERSION~old.
+    #[arg(long, value_name = "REV")]
+    from_rev: Option<String>,
 }
 
 /// What the root has beyond minbase: the package's own dependency (`ip`), which dpkg -i
@@ -84,18 +91,40 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let ws = Workspace::load()?;
     let version = ws.version("crmguard")?;
-    let old_version = format!("{version}~old");
-    let old = deb::build(&ws, &old_version).context("building v1")?;
-    let new = deb::build(&ws, &version).context("building v2")?;
-    go_on()?;
-    say(&format!(
-        "built under umask 077: {} and {}",
-        file_name(&old),
-        file_name(&new)
-    ));
-
     let work = ws.target_dir.join("deb-test");
     remove_stale(&work)?;
+    let (old, old_version) = match &args.from_rev {
+        Some(rev) => {
+            let old = package_of_commit(&ws, &work, rev)?;
+            let version =
+                cmd::stdout_of(Command::new("dpkg-deb").arg("-f").arg(&old).arg("Version"))?
+                    .trim()
+                    .to_owned();
+            say(&format!(
+                "v1: {} as commit {rev} builds it",
+                file_name(&old)
+            ));
+            (old, version)
+        }
+        None => {
+            let version = format!("{version}~old");
+            let old = deb::build(&ws, &version).context("building v1")?;
+            say(&format!(
+                "v1: the current tree packaged under umask 077 as {}",
+                file_name(&old)
+            ));
+            (old, version)
+        }
+    };
+    go_on()?;
+    let new_version = newer_version(&old_version, &version)?;
+    let new = deb::build(&ws, &new_version).context("building v2")?;
+    say(&format!(
+        "v2: the current tree packaged under umask 077 as {}",
+        file_name(&new)
+    ));
+    go_on()?;
+
     let cache = cached_root(&work, &args.mirror)?;
     let root = Root::copy_of(&cache, &work.join(format!("root-{}", std::process::id())))?;
     let logs = work.join("logs");
@@ -106,7 +135,6 @@ pub fn run(args: &Args) -> Result<()> {
 
     install(&root, &old, &old_version)?;
     shipped_config(&root)?;
-    documentation(&root)?;
     go_on()?;
     if let Err(e) = lifecycle(&root, &new, &version, &logs) {
         say(&format!("the agents' logs are in {}", logs.display()));
@@ -167,6 +195,67 @@ fn remove_stale(work: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `current`, or `old+1` when `old` is not lower: the second package must be an upgrade.
+fn newer_version(old: &str, current: &str) -> Result<String> {
+    let lower =
+        cmd::succeeds(Command::new("dpkg").args(["--compare-versions", old, "lt", current]));
+    Ok(if lower {
+        current.to_owned()
+    } else {
+        format!("{old}+1")
+    })
+}
+
+/// The package commit `rev` builds, made by that commit's own `cargo xtask deb` from a `git
+/// archive` of it (the repository is not touched) and the same target directory, and kept as
+/// target/deb-test/crmguard-COMMIT.deb for later runs. Commits before the package's modes were
+/// set explicitly cannot build under umask 077, so that build runs under 022.
+fn package_of_commit(ws: &Workspace, work: &Path, rev: &str) -> Result<PathBuf> {
+    let commit = cmd::stdout_of(Command::new("git").arg("-C").arg(&ws.root).args([
+        "rev-parse",
+        "--verify",
+        &format!("{rev}^{{commit}}"),
+    ]))?;
+    let short: String = commit.trim().chars().take(12).collect();
+    let cached = work.join(format!("crmguard-{short}.deb"));
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    let src = work.join(format!("src-{short}"));
+    let tar = work.join(format!("src-{short}.tar"));
+    if src.exists() {
+        fs::remove_dir_all(&src)?;
+    }
+    fs::create_dir_all(&src)?;
+    say(&format!(
+        "building the package of commit {short} (first run only)"
+    ));
+    cmd::run(
+        Command::new("git")
+            .arg("-C")
+            .arg(&ws.root)
+            .args(["archive", "--format=tar", "-o"])
+            .arg(&tar)
+            .arg(&short),
+    )?;
+    cmd::run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&src))?;
+    fs::remove_file(&tar)?;
+    let printed = cmd::stdout_of(
+        Command::new("sh")
+            .args(["-c", "umask 022 && exec cargo xtask deb --no-deps"])
+            .current_dir(&src)
+            .env("CARGO_TARGET_DIR", &ws.target_dir),
+    )?;
+    let Some(built) = printed.lines().last().map(PathBuf::from) else {
+        bail!("`cargo xtask deb` of commit {short} printed no package path");
+    };
+    fs::copy(&built, &cached)
+        .with_context(|| format!("cannot copy {} to {}", built.display(), cached.display()))?;
+    fs::remove_file(&built)?;
+    fs::remove_dir_all(&src)?;
+    Ok(cached)
 }
 
 fn say(line: &str) {
@@ -704,6 +793,8 @@ fn lifecycle(root: &Root, new: &Path, version: &str, logs: &Path) -> Result<()> 
         restart.as_secs_f64()
     ));
 
+    go_on()?;
+    documentation(root)?;
     go_on()?;
     remove(root, &t, v2, &pins.0)?;
     // With the filter gone the same datagrams arrive: the listener did count, and the removal
