@@ -136,7 +136,7 @@ pub fn run(args: &Args) -> Result<()> {
     install(&root, &old, &old_version)?;
     shipped_config(&root)?;
     go_on()?;
-    if let Err(e) = lifecycle(&root, &new, &version, &logs) {
+    if let Err(e) = lifecycle(&root, &new, &new_version, &logs) {
         say(&format!("the agents' logs are in {}", logs.display()));
         return Err(e);
     }
