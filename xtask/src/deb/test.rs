@@ -856,7 +856,15 @@ fn remove(root: &Root, t: &Topology, mut agent: Process, pins: &Path) -> Result<
 
 /// Step 6: `dpkg -P`: the configuration and state go; the audit log stays.
 fn purge(root: &Root, pins: &Path) -> Result<()> {
+    // The agents wrote audit records: the log is evidence, and purge keeps it.
+    let audit_log = root.path("/var/log/crmguard/audit.jsonl");
+    let records = fs::read_to_string(&audit_log)
+        .with_context(|| format!("the agents wrote no {}", audit_log.display()))?;
     root.run(None, "dpkg", &["-P", "crmguard"])?;
+    ensure!(
+        fs::read_to_string(&audit_log).ok().as_ref() == Some(&records),
+        "dpkg -P removed or changed /var/log/crmguard/audit.jsonl"
+    );
     for gone in ["/etc/crmguard", "/var/lib/crmguard"] {
         ensure!(
             !root.path(gone).exists(),
@@ -869,6 +877,9 @@ fn purge(root: &Root, pins: &Path) -> Result<()> {
         status.is_empty() || status.starts_with("un") || status.starts_with("pn"),
         "after dpkg -P dpkg says {status:?}"
     );
-    say("purge: dpkg -P: /etc/crmguard and /var/lib/crmguard gone, no pins; the audit log directory kept");
+    say(&format!(
+        "purge: dpkg -P: /etc/crmguard and /var/lib/crmguard gone, no pins; the audit log ({} records) kept",
+        records.lines().count()
+    ));
     Ok(())
 }
