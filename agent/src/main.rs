@@ -8,6 +8,7 @@ use std::time::Duration;
 
 mod cli_backup;
 mod cli_explain;
+mod cli_generate;
 mod cli_peer;
 
 use clap::{Parser, Subcommand};
@@ -120,6 +121,12 @@ enum Command {
     Backup {
         #[command(subcommand)]
         command: cli_backup::BackupCommand,
+    },
+    /// Write man pages or print shell completions (for packaging)
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        command: cli_generate::GenerateCommand,
     },
 }
 
@@ -323,6 +330,7 @@ fn dispatch(cli: Cli) -> u8 {
             command,
             &admin_actor(),
         ),
+        Command::Generate { command } => cli_generate::run(command),
     }
 }
 

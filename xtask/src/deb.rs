@@ -5,14 +5,21 @@
 //! | path | from |
 //! | --- | --- |
 //! | /usr/sbin/crmguard | the release build, debug info stripped |
+//! | /usr/share/man/man1/crmguard*.1.gz | `crmguard generate man`: one page per command |
+//! | /usr/share/bash-completion/completions/crmguard | `crmguard generate completions bash` |
+//! | /usr/share/zsh/vendor-completions/_crmguard | `crmguard generate completions zsh` |
 //! | /lib/systemd/system/crmguard.service | packaging/crmguard.service |
 //! | /etc/crmguard/crmguard.toml (conffile) | config/crmguard.example.toml, with a header |
 //! | /var/lib/crmguard, /var/log/crmguard, /var/backups/crmguard | empty, 0700, 0750 and 0700 |
 //! | /usr/share/doc/crmguard/ | README.md, copyright, examples/ (config, nftables, alerts, dashboard) |
 //! | DEBIAN/ | packaging/debian/ (control filled in, maintainer scripts, conffiles, md5sums) |
+//!
+//! Modes come from one table (`modes.rs`), not from the packager's umask.
+
+mod modes;
+pub mod test;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -27,6 +34,9 @@ pub struct Args {
     /// Do not check or install Debian packages.
     #[arg(long)]
     no_deps: bool,
+    /// The package version [default: the workspace's version]
+    #[arg(long, value_name = "VERSION")]
+    version: Option<String>,
 }
 
 const EXAMPLE_CONFIG: &str = "config/crmguard.example.toml";
@@ -47,6 +57,19 @@ pub fn run(args: &Args) -> Result<()> {
         deps::ensure(deps::Task::Deb)?;
     }
     let ws = Workspace::load()?;
+    let version = match &args.version {
+        Some(version) => version.clone(),
+        None => ws.version("crmguard")?,
+    };
+    let deb = build(&ws, &version)?;
+    cmd::run(Command::new("dpkg-deb").arg("--info").arg(&deb))?;
+    println!("{}", deb.display());
+    Ok(())
+}
+
+/// Builds the release binary and packages it as `version`; returns the .deb's path
+/// (target/deb/crmguard_VERSION_ARCH.deb).
+pub fn build(ws: &Workspace, version: &str) -> Result<PathBuf> {
     let example = ws.root.join(EXAMPLE_CONFIG);
     if !example.is_file() {
         bail!(
@@ -71,7 +94,6 @@ pub fn run(args: &Args) -> Result<()> {
             .arg(&example),
     )?;
 
-    let version = ws.version("crmguard")?;
     let arch = cmd::stdout_of(Command::new("dpkg").arg("--print-architecture"))?
         .trim()
         .to_owned();
@@ -85,41 +107,39 @@ pub fn run(args: &Args) -> Result<()> {
     let doc = Path::new("usr/share/doc/crmguard");
     let examples = doc.join("examples");
 
-    let sbin = copy(&stage, &bin, "usr/sbin/crmguard", 0o755)?;
+    let sbin = copy(&stage, &bin, "usr/sbin/crmguard")?;
     cmd::run(Command::new("strip").arg("--strip-debug").arg(&sbin))?;
+    man_pages(&bin, &stage, &out_dir.join("man"))?;
+    for (shell, to) in [
+        ("bash", "usr/share/bash-completion/completions/crmguard"),
+        ("zsh", "usr/share/zsh/vendor-completions/_crmguard"),
+    ] {
+        let script = cmd::stdout_of(Command::new(&bin).args(["generate", "completions", shell]))?;
+        write(&stage, to, &script)?;
+    }
     copy(
         &stage,
         &packaging.join("crmguard.service"),
         "lib/systemd/system/crmguard.service",
-        0o644,
     )?;
     let config = fs::read_to_string(&example)?;
     write(
         &stage,
         "etc/crmguard/crmguard.toml",
         &format!("{CONFIG_HEADER}{config}"),
-        0o640,
     )?;
-    set_mode(&stage.join("etc/crmguard"), 0o750)?;
-    for (dir, mode) in [
-        ("var/lib/crmguard", 0o700),
-        ("var/log/crmguard", 0o750),
-        ("var/backups/crmguard", 0o700),
+    for dir in [
+        "var/lib/crmguard",
+        "var/log/crmguard",
+        "var/backups/crmguard",
     ] {
         fs::create_dir_all(stage.join(dir))?;
-        set_mode(&stage.join(dir), mode)?;
     }
-    copy(
-        &stage,
-        &ws.root.join("README.md"),
-        doc.join("README.md"),
-        0o644,
-    )?;
+    copy(&stage, &ws.root.join("README.md"), doc.join("README.md"))?;
     copy(
         &stage,
         &packaging.join("debian/copyright"),
         doc.join("copyright"),
-        0o644,
     )?;
     for (from, to) in [
         (example.clone(), "crmguard.example.toml"),
@@ -136,7 +156,7 @@ pub fn run(args: &Args) -> Result<()> {
             "crmguard-dashboard.json",
         ),
     ] {
-        copy(&stage, &from, examples.join(to), 0o644)?;
+        copy(&stage, &from, examples.join(to))?;
     }
 
     let debian = packaging.join("debian");
@@ -145,17 +165,18 @@ pub fn run(args: &Args) -> Result<()> {
             &stage,
             &debian.join(script),
             Path::new("DEBIAN").join(script),
-            0o755,
         )?;
     }
-    copy(&stage, &debian.join("conffiles"), "DEBIAN/conffiles", 0o644)?;
-    write(&stage, "DEBIAN/md5sums", &md5sums(&stage)?, 0o644)?;
+    copy(&stage, &debian.join("conffiles"), "DEBIAN/conffiles")?;
+    write(&stage, "DEBIAN/md5sums", &md5sums(&stage)?)?;
     let control = fs::read_to_string(debian.join("control"))?
-        .replace("@VERSION@", &version)
+        .replace("@VERSION@", version)
         .replace("@ARCH@", &arch)
         .replace("@SHLIBS@", &shlibs(&sbin, &out_dir.join("shlibdeps"))?)
         .replace("@INSTALLED_SIZE@", &installed_size_kib(&stage)?.to_string());
-    write(&stage, "DEBIAN/control", &control, 0o644)?;
+    write(&stage, "DEBIAN/control", &control)?;
+    // Everything was created under the caller's umask; dpkg-deb takes modes as they are.
+    modes::assign(&stage)?;
 
     let deb = out_dir.join(format!("crmguard_{version}_{arch}.deb"));
     cmd::run(
@@ -164,35 +185,59 @@ pub fn run(args: &Args) -> Result<()> {
             .arg(&stage)
             .arg(&deb),
     )?;
-    cmd::run(Command::new("dpkg-deb").arg("--info").arg(&deb))?;
-    println!("{}", deb.display());
+    Ok(deb)
+}
+
+/// Writes the binary's man pages into `scratch`, then compresses each into the package's
+/// man1 directory as Debian policy wants them (gzip -9n: no name or time stamp, so the same
+/// page gives the same bytes).
+fn man_pages(bin: &Path, stage: &Path, scratch: &Path) -> Result<()> {
+    if scratch.exists() {
+        fs::remove_dir_all(scratch)?;
+    }
+    cmd::run(Command::new(bin).arg("generate").arg("man").arg(scratch))?;
+    let man1 = stage.join("usr/share/man/man1");
+    fs::create_dir_all(&man1)?;
+    let mut pages: Vec<PathBuf> = fs::read_dir(scratch)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    pages.sort();
+    if pages.is_empty() {
+        bail!("`crmguard generate man` wrote no pages");
+    }
+    for page in pages {
+        let Some(name) = page.file_name() else {
+            continue;
+        };
+        let mut gz = name.to_owned();
+        gz.push(".gz");
+        let compressed = cmd::output(Command::new("gzip").args(["-9n", "-c"]).arg(&page))?;
+        if !compressed.status.success() {
+            bail!("gzip {} failed", page.display());
+        }
+        fs::write(man1.join(gz), compressed.stdout)?;
+    }
+    fs::remove_dir_all(scratch)?;
     Ok(())
 }
 
-/// Copies `from` to `stage/to` with `mode`, creating parent directories.
-fn copy(stage: &Path, from: &Path, to: impl AsRef<Path>, mode: u32) -> Result<PathBuf> {
+/// Copies `from` to `stage/to`, creating parent directories.
+fn copy(stage: &Path, from: &Path, to: impl AsRef<Path>) -> Result<PathBuf> {
     let to = stage.join(to);
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent)?;
     }
     fs::copy(from, &to)
         .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-    set_mode(&to, mode)?;
     Ok(to)
 }
 
-fn write(stage: &Path, to: impl AsRef<Path>, text: &str, mode: u32) -> Result<()> {
+fn write(stage: &Path, to: impl AsRef<Path>, text: &str) -> Result<()> {
     let to = stage.join(to);
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent)?;
     }
-    fs::write(&to, text).with_context(|| format!("cannot write {}", to.display()))?;
-    set_mode(&to, mode)
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot chmod {}", path.display()))
+    fs::write(&to, text).with_context(|| format!("cannot write {}", to.display()))
 }
 
 /// The shared-library dependencies of the binary as dpkg-shlibdeps computes them,

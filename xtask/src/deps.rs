@@ -19,6 +19,8 @@ pub enum Task {
     Demo,
     /// `cargo xtask deb`: build and package.
     Deb,
+    /// `cargo xtask deb-test`: package, then install, upgrade and remove it in a Debian root.
+    DebTest,
     /// `cargo xtask lint`: rustfmt and clippy.
     Lint,
     /// `cargo xtask bench`: the XDP and VPN measurements.
@@ -33,6 +35,7 @@ impl Task {
             Task::Test => "cargo xtask test",
             Task::Demo => "cargo xtask demo",
             Task::Deb => "cargo xtask deb",
+            Task::DebTest => "cargo xtask deb-test",
             Task::Lint => "cargo xtask lint",
             Task::Bench => "cargo xtask bench",
             Task::Fuzz => "cargo xtask fuzz",
@@ -193,6 +196,25 @@ const DEB: &[Package] = &[
     ),
 ];
 
+const DEB_TEST: &[Package] = &[
+    CLANG,
+    LIBBPF_DEV,
+    pkg(
+        "dpkg-dev",
+        "dpkg-shlibdeps: the package's library dependencies",
+    ),
+    pkg(
+        "binutils",
+        "strip: drops debug info from the packaged binary",
+    ),
+    pkg(
+        "debootstrap",
+        "a throwaway Debian root to install, upgrade and purge the package in",
+    ),
+    IPROUTE2,
+    pkg("man-db", "man -l: renders the installed man pages"),
+];
+
 const BENCH: &[Package] = &[
     CLANG,
     LIBBPF_DEV,
@@ -239,6 +261,7 @@ pub fn packages(task: Task) -> &'static [Package] {
         Task::Test => TEST,
         Task::Demo => DEMO,
         Task::Deb => DEB,
+        Task::DebTest => DEB_TEST,
         Task::Lint => LINT,
         Task::Bench => BENCH,
         Task::Fuzz => FUZZ,
@@ -248,7 +271,7 @@ pub fn packages(task: Task) -> &'static [Package] {
 fn components(task: Task) -> &'static [&'static str] {
     match task {
         Task::Test | Task::Lint => &["rustfmt", "clippy"],
-        Task::Demo | Task::Deb | Task::Bench | Task::Fuzz => &[],
+        Task::Demo | Task::Deb | Task::DebTest | Task::Bench | Task::Fuzz => &[],
     }
 }
 

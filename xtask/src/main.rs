@@ -41,6 +41,8 @@ enum Task {
     Demo(demo::Args),
     /// Build a Debian package (target/deb/crmguard_VERSION_ARCH.deb).
     Deb(deb::Args),
+    /// Install, upgrade (under a flood), remove and purge the package with dpkg in a Debian root.
+    DebTest(deb::test::Args),
     /// Measure performance side by side with the comparators (ratios from one run).
     Bench(bench::Args),
     /// Compare the XDP program with the agent's reference model on 10^7 generated frames.
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Task::Lint => lint::run(),
         Task::Demo(args) => demo::run(&args),
         Task::Deb(args) => deb::run(&args),
+        Task::DebTest(args) => deb::test::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::FuzzXdp(args) => fuzz::run(&args),
         Task::Corpus(args) => corpus::run(&args),
