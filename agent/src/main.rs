@@ -10,6 +10,8 @@ mod cli_backup;
 mod cli_explain;
 mod cli_generate;
 mod cli_peer;
+#[cfg(test)]
+mod guide_check;
 
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;

@@ -259,8 +259,16 @@ recipient = "{recipient}"
         "--signer",
         &signer,
     ];
-    let mut dry_run = restore.to_vec();
-    dry_run.push("--dry-run");
+    let dry_run = [
+        "backup",
+        "restore",
+        &archive_arg,
+        "--identity",
+        &key_arg,
+        "--signer",
+        &signer,
+        "--dry-run",
+    ];
     let said = expect(&config, &dry_run, 0, "nothing written (--dry-run)")?;
     ensure!(
         said.contains(&format!("{} (config", config.display()))

@@ -597,6 +597,17 @@ fn outside_packets_agree_with_the_filter() -> Result<()> {
         }
         cli_ok(&agent, &args)?;
     }
+    // The text answer, as an operator reads it (docs/OPERATIONS.md): SSH from outside the
+    // admin network is dropped by default.
+    let out = agent.cli(&["explain", "--from", "203.0.113.5", "tcp/22", "--syn"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success()
+            && text.contains("policy:  in force (generation")
+            && text.contains("verdict: drop\n")
+            && text.contains("reason:  default_drop\n"),
+        "`crmguard explain --from 203.0.113.5 tcp/22 --syn`: {out:?}"
+    );
     let raw = RawSocket::open(&t.out, t.out_if.name())?;
     let mut used = BTreeSet::new();
     let mut tally = Tally::default();

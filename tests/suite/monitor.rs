@@ -204,5 +204,34 @@ fn monitor_mode_counts_would_be_drops_and_drops_nothing() -> Result<()> {
         dropped.is_empty(),
         "monitor mode dropped packets: {dropped:?}"
     );
+
+    // Going to enforce as docs/OPERATIONS.md says: the mode line changed, applied with a
+    // rollback guard, confirmed. The closed port is then dropped.
+    let text = std::fs::read_to_string(agent.config_path())?;
+    std::fs::write(
+        agent.config_path(),
+        text.replacen("mode = \"monitor\"\n", "mode = \"enforce\"\n", 1),
+    )?;
+    for args in [&["reload", "--confirm", "120s"][..], &["confirm"][..]] {
+        let out = agent.cli(args)?;
+        ensure!(out.status.success(), "crmguard {}: {out:?}", args.join(" "));
+    }
+    let status = agent.status()?;
+    ensure!(
+        status["mode"] == "enforce" && status["pending_change"].is_null(),
+        "after reload --confirm and confirm: mode {}, pending {}",
+        status["mode"],
+        status["pending_change"]
+    );
+    let outcome = net::tcp_connect(
+        &t.out,
+        Some(t.addrs.out4),
+        t.host_addr(t.addrs.out4, CLOSED),
+        Duration::from_secs(2),
+    )?;
+    ensure!(
+        outcome == TcpOutcome::TimedOut,
+        "enforce mode: tcp/{CLOSED}: {outcome:?}"
+    );
     Ok(())
 }
