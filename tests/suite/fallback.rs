@@ -230,6 +230,24 @@ fn a_bad_config_without_a_last_good_policy_enforces_the_embedded_default() -> Re
             (a.out4, CLOSED, false),
         ],
     )?;
+    // Under the embedded default, status says what it drops by reason and service, so that
+    // the operator sees what a configuration would have to open.
+    let tally = wait_for(Duration::from_secs(10), "the drop tally in status", || {
+        let status = agent.status()?;
+        let has = |port: u16| {
+            status["drop_tally"]["entries"]
+                .as_array()
+                .is_some_and(|entries| {
+                    entries.iter().any(|e| {
+                        e["action"] == "drop"
+                            && e["reason"] == "default_drop"
+                            && e["service"] == format!("tcp/{port}")
+                    })
+                })
+        };
+        Ok((has(WEB) && has(CLOSED)).then_some(()))
+    });
+    tally.with_context(|| format!("status: {}", agent.status().unwrap_or_default()))?;
     // Nothing was saved as a last good policy from a fallback.
     ensure!(
         !agent
