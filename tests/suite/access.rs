@@ -1016,3 +1016,124 @@ fn the_portal_port_reaches_only_crmguards_own_portal() -> Result<()> {
     );
     Ok(())
 }
+
+/// Where the page of another site is served, inside the staff member's namespace.
+const OTHER_SITE: u16 = 8099;
+
+/// The English text of the portal's refusal of a cross-site request.
+const CROSS_SITE_REFUSED: &str = "Requests from other sites' pages are refused";
+
+#[test]
+fn pages_of_other_sites_cannot_log_a_staff_member_out_or_spend_their_attempts() -> Result<()> {
+    if !privileged::require(
+        "access::pages_of_other_sites_cannot_log_a_staff_member_out_or_spend_their_attempts",
+    ) {
+        return Ok(());
+    }
+    privileged::require_tools(&[("chromium", "chromium"), ("python3", "python3")])?;
+    let t = Topology::dual_stack(161, 11)?;
+    let alice = PeerSpec::new("alice", 2)?;
+    let lab = Lab::new(&t, "", "max_failures = 3", &[(&alice, "sales")])?;
+    let agent = Agent::start(&t.host, &lab.body)?;
+    let _crm = TcpServer::start(&t.host, ALLOWED_TCP, "crm\n")?;
+    let secret = enroll(&agent, "alice")?;
+    let gateway = gateway_key(&agent)?;
+    let _wg = alice.connect(&t.out, &gateway, gateway_endpoint(t.addrs.host4))?;
+    wait_reachable(&t.out, IpAddr::V4(GATEWAY4))?;
+    let mut used = Vec::new();
+    let code = fresh_code(&secret, &mut used)?;
+    let (status, body) = portal(
+        &t.out,
+        "POST",
+        "/session",
+        Some(&format!("{{\"code\":\"{code}\"}}")),
+    )?;
+    ensure!(status == 200, "signing in: {status} {body}");
+
+    // A page of another site, open in the staff member's browser, posts a log-out form to
+    // the portal as soon as it loads.
+    let site = tempfile::tempdir()?;
+    let portal_url = format!("http://{GATEWAY4}:{PORTAL}");
+    std::fs::write(
+        site.path().join("logout.html"),
+        format!(
+            "<!doctype html><form id=f method=post action=\"{portal_url}/session/end\"></form>\
+             <script>document.getElementById('f').submit()</script>"
+        ),
+    )?;
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "http.server",
+        &OTHER_SITE.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ])
+    .arg("--directory")
+    .arg(site.path());
+    let _site_server = process::Process::spawn(&t.out, cmd, site.path(), "other-site")?;
+    let page_url = format!("http://127.0.0.1:{OTHER_SITE}/logout.html");
+    wait_for(SETTLE, "the other site's server", || {
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "-m", "2", "-o", "/dev/null", &page_url]);
+        Ok(process::output_in(&t.out, curl)?
+            .status
+            .success()
+            .then_some(()))
+    })?;
+
+    let mut browser = Browser::start(Some(t.out.name()))?;
+    let mut page = browser.page()?;
+    page.navigate(&page_url, SETTLE)?;
+    // The form really reached the portal: the browser shows the portal's refusal.
+    page.wait_for(
+        &format!(
+            "location.href.startsWith('{portal_url}') && document.body.innerText.includes(\"{CROSS_SITE_REFUSED}\")"
+        ),
+        SETTLE,
+    )?;
+
+    // A sandboxed or `data:` page posts with `Origin: null`: three wrong codes would lock
+    // alice out (max_failures = 3).
+    for _ in 0..3 {
+        page.navigate(
+            &format!(
+                "data:text/html,<form id=f method=post action='{portal_url}/session'>\
+                 <input name=code value=000000></form>\
+                 <script>document.getElementById('f').submit()</script>"
+            ),
+            SETTLE,
+        )?;
+        page.wait_for(
+            &format!(
+                "location.href.startsWith('{portal_url}') && document.body.innerText.includes(\"{CROSS_SITE_REFUSED}\")"
+            ),
+            SETTLE,
+        )?;
+    }
+    drop(page);
+    drop(browser);
+
+    // Alice is still signed in, was never locked out, and no attempt was counted.
+    let (status, body) = portal(&t.out, "GET", "/session", None)?;
+    ensure!(
+        status == 200 && body.contains("\"session_expires\":\""),
+        "GET /session after the other site's posts: {status} {body}"
+    );
+    ensure!(crm_answers(&t.out)?, "the CRM after the other site's posts");
+    for result in ["wrong", "locked_out"] {
+        let counted = metric(&agent, "crmguard_mfa_attempts_total", &[("result", result)])?;
+        ensure!(
+            counted == 0.0,
+            "crmguard_mfa_attempts_total{{result={result}}} = {counted}"
+        );
+    }
+    let records = audit_records(&agent)?;
+    ensure!(
+        !records
+            .iter()
+            .any(|r| r["type"] == "mfa_failure" || r["type"] == "mfa_session_end"),
+        "the other site's posts left records: {records:?}"
+    );
+    Ok(())
+}
