@@ -1137,3 +1137,95 @@ fn pages_of_other_sites_cannot_log_a_staff_member_out_or_spend_their_attempts() 
     );
     Ok(())
 }
+
+/// Connections one staff device opens to the portal at once.
+const PORTAL_FLOOD: usize = 5000;
+
+#[test]
+fn a_device_flooding_the_portal_does_not_keep_others_from_signing_in() -> Result<()> {
+    if !privileged::require(
+        "access::a_device_flooding_the_portal_does_not_keep_others_from_signing_in",
+    ) {
+        return Ok(());
+    }
+    {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    let t = Topology::dual_stack(161, 13)?;
+    let (bob_ns, _bob_if, _bob_host_if, bob_gateway) = second_link(&t, 161, 13)?;
+    let alice = PeerSpec::new("alice", 2)?;
+    let bob = PeerSpec::new("bob", 3)?;
+    let lab = Lab::new(&t, "", "", &[(&alice, "sales"), (&bob, "sales")])?;
+    let agent = Agent::start(&t.host, &lab.body)?;
+    let _crm = TcpServer::start(&t.host, ALLOWED_TCP, "crm\n")?;
+    let bob_secret = enroll(&agent, "bob")?;
+    let gateway = gateway_key(&agent)?;
+    let _alice_wg = alice.connect(&t.out, &gateway, gateway_endpoint(t.addrs.host4))?;
+    let _bob_wg = bob.connect(&bob_ns, &gateway, gateway_endpoint(bob_gateway))?;
+    wait_reachable(&t.out, IpAddr::V4(GATEWAY4))?;
+    wait_reachable(&bob_ns, IpAddr::V4(GATEWAY4))?;
+    let pid = agent.pid().context("the agent's pid")?;
+    let descriptors =
+        || -> Result<usize> { Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count()) };
+    let baseline = descriptors()?;
+
+    // Alice's device opens connection after connection to the portal and sends nothing.
+    let portal_addr = SocketAddr::new(IpAddr::V4(GATEWAY4), PORTAL);
+    let (held, refused) = t
+        .out
+        .run_in(|| -> Result<(Vec<std::net::TcpStream>, usize)> {
+            let mut held = Vec::with_capacity(PORTAL_FLOOD);
+            let mut refused = 0;
+            for _ in 0..PORTAL_FLOOD {
+                match std::net::TcpStream::connect_timeout(&portal_addr, Duration::from_secs(5)) {
+                    Ok(stream) => held.push(stream),
+                    Err(_) => refused += 1,
+                }
+            }
+            Ok((held, refused))
+        })??;
+    eprintln!(
+        "{PORTAL_FLOOD} connections from one device: {} accepted by the kernel, {refused} refused; \
+         agent descriptors {baseline} before, {} during",
+        held.len(),
+        descriptors()?
+    );
+
+    // Meanwhile Bob signs in, the administrator's commands answer, and the audit log takes
+    // the record.
+    let started = Instant::now();
+    let code = fresh_code(&bob_secret, &mut Vec::new())?;
+    let (status, body) = portal(
+        &bob_ns,
+        "POST",
+        "/session",
+        Some(&format!("{{\"code\":\"{code}\"}}")),
+    )?;
+    ensure!(
+        status == 200,
+        "bob signing in during the flood: {status} {body}"
+    );
+    let signed_in = started.elapsed();
+    ensure!(crm_answers(&bob_ns)?, "the CRM for bob during the flood");
+    let out = agent.cli(&["status"])?;
+    ensure!(
+        out.status.success(),
+        "crmguard status during the flood: {out:?}"
+    );
+    ensure!(
+        has_record(&audit_records(&agent)?, "mfa_success", "bob"),
+        "no mfa_success record for bob"
+    );
+    audit_verifies(&agent)?;
+    // The portal holds at most a bounded share of descriptors for one device.
+    let during = descriptors()?;
+    ensure!(
+        during < baseline + 64,
+        "the agent holds {during} descriptors during the flood, {baseline} before"
+    );
+    eprintln!("bob signed in {signed_in:?} into the flood; agent descriptors {during}");
+    drop(held);
+    Ok(())
+}
