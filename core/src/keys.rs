@@ -71,6 +71,17 @@ pub fn decode(text: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
+/// Whether `public` is a point of small order on Curve25519 (or an encoding of one): the
+/// Diffie-Hellman result with it is the same for every private key, all zeros, so a handshake
+/// with such a peer key proves nothing. WireGuard refuses these keys; so does crmguard.
+///
+/// Every scalar is a multiple of the cofactor 8 after clamping, which removes the small-order
+/// part of a point: the result is zero exactly when nothing else is left.
+pub fn is_low_order(public: &[u8; 32]) -> bool {
+    const ANY_SCALAR: [u8; 32] = [0x5a; 32];
+    x25519_dalek::x25519(ANY_SCALAR, *public) == [0u8; 32]
+}
+
 /// Reads the key at `path`, or creates the file with a fresh key when it does not exist.
 /// Returns the key pair and whether the file was created.
 pub fn load_or_create(path: &Path) -> Result<(KeyPair, bool), KeyError> {
@@ -129,6 +140,35 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hex(text: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte =
+                u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap_or_else(|e| panic!("{e}"));
+        }
+        out
+    }
+
+    #[test]
+    fn low_order_points_are_recognised_and_real_keys_are_not() {
+        // The points of order 1, 2, 4 and 8, and the encodings at and around p.
+        for point in [
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        ] {
+            assert!(is_low_order(&hex(point)), "{point}");
+        }
+        for _ in 0..32 {
+            let pair = KeyPair::from_private(fresh_private_key().unwrap_or_else(|e| panic!("{e}")));
+            assert!(!is_low_order(pair.public.as_bytes()));
+        }
+    }
 
     #[test]
     fn creates_a_key_once_and_reads_it_back() {

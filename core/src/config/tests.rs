@@ -516,6 +516,11 @@ fn peer_errors_are_located() {
             "10:14: peer[0].public_key: is not a WireGuard public key (32 bytes in base64, 44 characters ending in `=`)",
         ),
         (
+            // All zeros: the neutral point, of order 1.
+            peer("name = \"alice\"\npublic_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\naddress = \"10.77.0.10\"\nrole = \"sales\"\n"),
+            "10:14: peer[0].public_key: is a low-order point of Curve25519: every handshake with it yields the same secret, so it cannot authenticate a device; make a new key pair",
+        ),
+        (
             peer("name = \"alice\"\npublic_key = \"AAAA\"\naddress = \"10.77.0.10\"\nrole = \"sales\"\n"),
             "10:14: peer[0].public_key: is not a WireGuard public key (32 bytes in base64, 44 characters ending in `=`)",
         ),

@@ -1554,6 +1554,15 @@ impl Check<'_, '_> {
     fn public_key(&mut self, text: &Text, key: &str) -> Option<[u8; 32]> {
         let decoded = base64::engine::general_purpose::STANDARD.decode(text.get_ref());
         match decoded.ok().map(<[u8; 32]>::try_from) {
+            Some(Ok(public_key)) if crate::keys::is_low_order(&public_key) => {
+                self.fail(
+                    &text.span(),
+                    key,
+                    "is a low-order point of Curve25519: every handshake with it yields the same \
+                     secret, so it cannot authenticate a device; make a new key pair",
+                );
+                None
+            }
             Some(Ok(public_key)) => Some(public_key),
             _ => {
                 self.fail(

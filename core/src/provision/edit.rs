@@ -39,7 +39,7 @@ impl PeersFile {
     /// also gets the IPv6 address with the same host offset inside that subnet, and an offset
     /// is used only when both addresses are free.
     ///
-    /// Refused: an invalid name, an unknown role, a key another peer uses, a name that an
+    /// Refused: an invalid name, an unknown role, a low-order key, a key another peer uses, a name that an
     /// inline `[[peer]]` of the configuration file holds, and a full subnet.
     pub fn add(
         &mut self,
@@ -63,6 +63,9 @@ impl PeersFile {
                 name: name.to_owned(),
                 peers_file: vpn.peers_file.clone(),
             });
+        }
+        if crate::keys::is_low_order(&public_key) {
+            return Err(ProvisionError::LowOrderKey);
         }
         let key_owner = self
             .all_peers(config)

@@ -87,6 +87,9 @@ pub enum ProvisionError {
     /// Another peer already uses the public key.
     #[error("the public key is already used by peer `{owner}`")]
     DuplicateKey { owner: String },
+    /// The public key is a low-order point (see [`crate::keys::is_low_order`]).
+    #[error("the public key is a low-order point of Curve25519, which cannot authenticate a device; make a new key pair")]
+    LowOrderKey,
     /// The peer is written inline in the configuration file, which crmguard does not edit.
     #[error(
         "peer `{name}` is defined by a [[peer]] table in the configuration file, not in the peers file {peers_file}; change it there"
