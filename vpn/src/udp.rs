@@ -5,6 +5,14 @@
 //! many datagrams of one sender, `stride` bytes apart), UDP GSO on send (one `sendmsg` carries
 //! many equal-sized datagrams to one destination). quinn-udp makes the socket non-blocking;
 //! waiting is done with `poll`, with a timeout so the threads can see their stop flag.
+//!
+//! Outer datagrams may be fragmented, as the kernel's WireGuard sends them: a full tunnel packet
+//! (1420 bytes inside, 1452 of UDP payload) crosses a path of a smaller MTU in IP fragments
+//! instead of being dropped. quinn-udp forbids fragmentation for QUIC's sake; the socket is set
+//! back to `IP_PMTUDISC_DONT` (IPv4: no DF bit) and `IPV6_PMTUDISC_WANT` without
+//! `IPV6_DONTFRAG` (IPv6: the sender fragments to the path MTU). A GSO send whose segments do
+//! not fit the route's MTU is refused by the kernel (`EINVAL`); its datagrams then go one by
+//! one, and batching stays on for every other peer.
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -35,6 +43,9 @@ pub struct Udp {
     state: UdpSocketState,
     v6: bool,
     port: u16,
+    /// GSO segments per send, as found at bind: quinn-udp lowers its own count to 1 after a
+    /// refused GSO send, which a path with a small MTU causes for one peer only.
+    gso_segments: usize,
 }
 
 impl Udp {
@@ -65,12 +76,15 @@ impl Udp {
                 }
             }
         }
+        allow_fragments(&socket, v6)?;
         let port = socket.local_addr()?.port();
+        let gso_segments = state.max_gso_segments();
         Ok(Udp {
             socket,
             state,
             v6,
             port,
+            gso_segments,
         })
     }
 
@@ -85,7 +99,7 @@ impl Udp {
 
     /// How many datagrams one send may carry (GSO); 1 without GSO.
     pub fn max_gso_segments(&self) -> usize {
-        self.state.max_gso_segments()
+        self.gso_segments
     }
 
     /// Waits up to `timeout` for datagrams; true when some are there.
@@ -117,6 +131,15 @@ impl Udp {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     wait(&self.socket, PollFlags::POLLOUT, Duration::from_millis(100))?;
                 }
+                Err(e) if transmit.segment_size.is_some() && is_refused_gso(&e) => {
+                    // The segments do not fit the route's MTU (or the device refuses GSO):
+                    // each datagram on its own, fragmented by the kernel when it must be.
+                    let size = transmit.segment_size.unwrap_or(contents.len()).max(1);
+                    for datagram in contents.chunks(size) {
+                        self.send(target, datagram, None)?;
+                    }
+                    return Ok(());
+                }
                 Err(e) if transmit.src_ip.is_some() && is_bad_source(&e) => {
                     // The local address the peer used is gone (an address was removed):
                     // let the kernel choose.
@@ -139,6 +162,26 @@ impl Udp {
             other => other,
         }
     }
+}
+
+/// A GSO send the kernel refused as a whole: segments larger than the route's MTU (`EINVAL`,
+/// or `EMSGSIZE`), or a device without segmentation offload (`EIO`).
+fn is_refused_gso(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EMSGSIZE) | Some(libc::EIO)
+    )
+}
+
+/// Lets the kernel fragment outer datagrams (see the module's documentation).
+fn allow_fragments(socket: &UdpSocket, v6: bool) -> io::Result<()> {
+    use rustix::net::sockopt::{self as opt, Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery};
+    opt::set_ip_mtu_discover(socket, Ipv4PathMtuDiscovery::DONT)?;
+    if v6 {
+        opt::set_ipv6_mtu_discover(socket, Ipv6PathMtuDiscovery::WANT)?;
+        socket::setsockopt(socket, sockopt::Ipv6DontFrag, &false)?;
+    }
+    Ok(())
 }
 
 fn is_bad_source(e: &io::Error) -> bool {
