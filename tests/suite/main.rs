@@ -35,3 +35,4 @@ mod reconcile;
 mod scale;
 mod traffic;
 mod vpn;
+mod wg_interop;

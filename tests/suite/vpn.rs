@@ -37,7 +37,7 @@ pub(crate) const WG_PORT: u16 = 51820;
 /// A TCP service the staff role may reach (a banner server).
 pub(crate) const ALLOWED_TCP: u16 = 8080;
 /// The bulk-transfer service, also allowed.
-const BULK: u16 = 5001;
+pub(crate) const BULK: u16 = 5001;
 /// A UDP service the staff role may reach.
 const ALLOWED_UDP: u16 = 9000;
 /// A service only the dba role may reach.
@@ -110,7 +110,7 @@ impl PeerSpec {
 }
 
 /// What the agent of a lab is started with.
-struct Setup {
+pub(crate) struct Setup {
     body: String,
     /// Holds the private key file and the peers file.
     _scratch: TempDir,
@@ -118,12 +118,16 @@ struct Setup {
 
 /// The agent's config: XDP on `interfaces`, default drop, `[vpn]`, a staff role reaching
 /// ALLOWED_TCP, BULK and ALLOWED_UDP, a dba role reaching DBA_ONLY, and `peers` (all staff).
-fn setup(interfaces: &[&Iface], peers: &[&PeerSpec]) -> Result<Setup> {
+pub(crate) fn setup(interfaces: &[&Iface], peers: &[&PeerSpec]) -> Result<Setup> {
     setup_with(interfaces, peers, "")
 }
 
 /// [`setup`] with more `[vpn]` keys.
-fn setup_with(interfaces: &[&Iface], peers: &[&PeerSpec], vpn_extra: &str) -> Result<Setup> {
+pub(crate) fn setup_with(
+    interfaces: &[&Iface],
+    peers: &[&PeerSpec],
+    vpn_extra: &str,
+) -> Result<Setup> {
     require_tools()?;
     let scratch = tempfile::tempdir()?;
     let mut body = String::new();
@@ -166,7 +170,7 @@ allow = ["tcp/{DBA_ONLY}"]
 }
 
 /// Starts the agent; the harness gives its TUN device a unique name (`Agent::vpn_interface`).
-fn start_agent<'ns>(ns: &'ns NetNs, setup: &Setup) -> Result<Agent<'ns>> {
+pub(crate) fn start_agent<'ns>(ns: &'ns NetNs, setup: &Setup) -> Result<Agent<'ns>> {
     Agent::start(ns, &setup.body)
 }
 
@@ -231,7 +235,7 @@ pub(crate) fn metric(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> Resu
 }
 
 /// `wg show IFACE dump` of the gateway, parsed.
-fn gateway_dump(interface: &str) -> Result<(String, u16, Vec<wg::DumpPeer>)> {
+pub(crate) fn gateway_dump(interface: &str) -> Result<(String, u16, Vec<wg::DumpPeer>)> {
     wg::parse_dump(&wg::wg(&["show", interface, "dump"], None)?)
 }
 
@@ -296,13 +300,17 @@ impl Stream {
 /// u64, little-endian). `D`: the server sends `len` bytes of the seed's stream. `U`: the server
 /// reads `len` bytes, compares them with the seed's stream and answers 1 (intact) or 0. `F`: the
 /// server sends the file it was started with.
-struct BulkServer {
+pub(crate) struct BulkServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl BulkServer {
-    fn start(ns: &NetNs, port: u16, file: Option<std::path::PathBuf>) -> Result<BulkServer> {
+    pub(crate) fn start(
+        ns: &NetNs,
+        port: u16,
+        file: Option<std::path::PathBuf>,
+    ) -> Result<BulkServer> {
         let listener = ns.run_in(|| std::net::TcpListener::bind(("::", port)))??;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -406,7 +414,7 @@ fn bulk_connect(dst: SocketAddr) -> Result<TcpStream> {
 }
 
 /// Downloads `len` bytes of `seed`'s stream and checks them.
-fn download(dst: SocketAddr, seed: u64, len: u64) -> Result<()> {
+pub(crate) fn download(dst: SocketAddr, seed: u64, len: u64) -> Result<()> {
     let mut stream = bulk_connect(dst)?;
     stream.write_all(&request(b'D', seed, len))?;
     let mut expected = Stream::new(seed);
