@@ -2,12 +2,15 @@
 //! netns.sh`) that apply to a userspace endpoint, with wireguard-go as the other side:
 //! counters that agree on both ends, outer packets fragmented by a small path MTU, roaming on
 //! the gateway's side (the client's side is `vpn::a_roaming_client_keeps_its_session`), a key
-//! changed in the middle of a session, and keys that must be refused (low-order points).
+//! changed in the middle of a session, keys that must be refused (low-order points), and a
+//! client behind NAT that stays reachable with its keepalive.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use crmguard_lab::net::{self, UdpReceiver};
+use crmguard_lab::netns::{veth_pair, NetNs};
 use crmguard_lab::privileged;
 use crmguard_lab::topology::Topology;
 use crmguard_lab::wait::wait_for;
@@ -236,4 +239,103 @@ fn tunnel_address(agent: &crmguard_lab::agent::Agent, name: &str) -> Result<Stri
         .and_then(|p| p["address"].as_str())
         .map(str::to_owned)
         .with_context(|| format!("peer list has no address for {name}: {list}"))
+}
+
+/// The router's UDP mappings are forgotten after this many seconds of silence.
+const NAT_UDP_TIMEOUT: &str = "3";
+/// Longer than that: what a client behind the router is silent for.
+const SILENCE: Duration = Duration::from_secs(6);
+
+#[test]
+fn a_client_behind_nat_stays_reachable_with_keepalive() -> Result<()> {
+    if !privileged::require("wg_interop::a_client_behind_nat_stays_reachable_with_keepalive") {
+        return Ok(());
+    }
+    privileged::require_tools(&[("nft", "nftables")])?;
+    // client (192.168.77.2) -- router, masquerading as its outside address -- the gateway.
+    let t = Topology::ipv4_only(133, 9)?;
+    let client_ns = NetNs::new("cgt-natc")?;
+    let (client_if, router_if) = veth_pair(&client_ns, &t.out)?;
+    client_if.add_addr("192.168.77.2/24")?;
+    router_if.add_addr("192.168.77.1/24")?;
+    client_if.up()?;
+    router_if.up()?;
+    client_ns.ip(&["route", "add", "default", "via", "192.168.77.1"])?;
+    t.out.sysctl("net/ipv4/ip_forward", "1")?;
+    let rules_dir = tempfile::tempdir()?;
+    let rules = rules_dir.path().join("nat.nft");
+    std::fs::write(
+        &rules,
+        format!(
+            "table ip nat {{\n  chain post {{\n    type nat hook postrouting priority srcnat;\n    \
+             oifname \"{}\" masquerade\n  }}\n}}\n",
+            t.out_if.name()
+        ),
+    )?;
+    let mut nft = std::process::Command::new("nft");
+    nft.arg("-f").arg(&rules);
+    let out = crmguard_lab::process::output_in(&t.out, nft)?;
+    ensure!(out.status.success(), "nft: {out:?}");
+    // Both the timeout of a one-way mapping and that of one that has seen replies.
+    for key in [
+        "nf_conntrack_udp_timeout",
+        "nf_conntrack_udp_timeout_stream",
+    ] {
+        t.out
+            .sysctl(&format!("net/netfilter/{key}"), NAT_UDP_TIMEOUT)?;
+    }
+
+    let alice = PeerSpec::new("alice", 2)?;
+    let s = setup(&[&t.host_if], &[&alice])?;
+    let agent = start_agent(&t.host, &s)?;
+    let gateway = gateway_key(&agent)?;
+    let client = alice.connect(&client_ns, &gateway, gateway_endpoint(t.addrs.host4))?;
+    client.set_keepalive(&gateway, 1)?;
+    wait_reachable(&client_ns, IpAddr::V4(GATEWAY4))?;
+    let (_, _, peers) = gateway_dump(agent.vpn_interface())?;
+    let seen = peers.first().and_then(|p| p.endpoint.clone());
+    ensure!(
+        seen.as_deref()
+            .is_some_and(|e| e.starts_with(&format!("{}:", t.addrs.out4))),
+        "the gateway sees alice at {seen:?}, not at the router's address"
+    );
+
+    // Silence from alice longer than the router remembers a mapping: her keepalives keep it,
+    // so the gateway's side can still reach her (datagrams from the gateway's tunnel address to
+    // a port she listens on; what the gateway sends a peer is not filtered on the way out).
+    let receiver = UdpReceiver::start(&client_ns, NAT_PROBE)?;
+    let probe = SocketAddr::new(alice_address(), NAT_PROBE);
+    std::thread::sleep(SILENCE);
+    net::udp_send(&t.host, IpAddr::V4(GATEWAY4), probe, 3, 32)?;
+    wait_for(
+        SETTLE,
+        "the gateway's datagrams at alice behind the NAT",
+        || Ok((receiver.received() >= 3).then_some(())),
+    )
+    .context("her keepalive did not keep the router's mapping")?;
+
+    // Without the keepalive the mapping lapses and nothing from the gateway gets through: the
+    // keepalive was what kept her reachable.
+    client.set_keepalive(&gateway, 0)?;
+    std::thread::sleep(SILENCE);
+    let before = receiver.received();
+    net::udp_send(&t.host, IpAddr::V4(GATEWAY4), probe, 3, 32)?;
+    // A datagram that gets through arrives within milliseconds; give it a second.
+    let arrived = wait_for(
+        Duration::from_secs(1),
+        "a datagram after the mapping lapsed",
+        || Ok((receiver.received() > before).then_some(())),
+    );
+    ensure!(
+        arrived.is_err(),
+        "the gateway reached alice after her mapping should have lapsed"
+    );
+    Ok(())
+}
+
+/// The port alice listens on behind the NAT.
+const NAT_PROBE: u16 = 9700;
+
+fn alice_address() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2))
 }

@@ -81,6 +81,10 @@ const TEST: &[Package] = &[
         "an independent WireGuard implementation to test against",
     ),
     pkg("iperf3", "throughput between namespaces"),
+    pkg(
+        "nftables",
+        "nft: a NAT router in front of a WireGuard client (NAT with keepalive)",
+    ),
     pkg("netsniff-ng", "trafgen: packet floods for leak tests"),
     pkg(
         "prometheus",
