@@ -39,7 +39,7 @@ pub(crate) const ALLOWED_TCP: u16 = 8080;
 /// The bulk-transfer service, also allowed.
 const BULK: u16 = 5001;
 /// A UDP service the staff role may reach.
-const ALLOWED_UDP: u16 = 9000;
+pub(crate) const ALLOWED_UDP: u16 = 9000;
 /// A service only the dba role may reach.
 const DBA_ONLY: u16 = 5432;
 /// How long handshakes and counters may take to show.
@@ -110,15 +110,15 @@ impl PeerSpec {
 }
 
 /// What the agent of a lab is started with.
-struct Setup {
-    body: String,
+pub(crate) struct Setup {
+    pub(crate) body: String,
     /// Holds the private key file and the peers file.
     _scratch: TempDir,
 }
 
 /// The agent's config: XDP on `interfaces`, default drop, `[vpn]`, a staff role reaching
 /// ALLOWED_TCP, BULK and ALLOWED_UDP, a dba role reaching DBA_ONLY, and `peers` (all staff).
-fn setup(interfaces: &[&Iface], peers: &[&PeerSpec]) -> Result<Setup> {
+pub(crate) fn setup(interfaces: &[&Iface], peers: &[&PeerSpec]) -> Result<Setup> {
     setup_with(interfaces, peers, "")
 }
 
@@ -166,7 +166,7 @@ allow = ["tcp/{DBA_ONLY}"]
 }
 
 /// Starts the agent; the harness gives its TUN device a unique name (`Agent::vpn_interface`).
-fn start_agent<'ns>(ns: &'ns NetNs, setup: &Setup) -> Result<Agent<'ns>> {
+pub(crate) fn start_agent<'ns>(ns: &'ns NetNs, setup: &Setup) -> Result<Agent<'ns>> {
     Agent::start(ns, &setup.body)
 }
 
