@@ -19,6 +19,7 @@ mod crowdsec;
 mod detection;
 mod detection_vpn;
 mod differential;
+mod disk_full;
 mod established;
 mod explain;
 mod fallback;
