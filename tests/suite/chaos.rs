@@ -65,7 +65,7 @@ fn kill_and_restart_50_times_under_traffic_and_floods() -> Result<()> {
                 .then_some(()))
         })?;
         let prober = Prober::start(&t.out)?;
-        let floods = DeniedFloods::start(&t, Duration::from_millis(2))?;
+        let floods = DeniedFloods::start(&t, Duration::from_millis(2), None)?;
         prober.wait_flowing(SETTLE)?;
         let first = Holdings::of(&agent, &t.host)?;
         ensure!(

@@ -210,6 +210,7 @@ impl Prober {
 /// with the counting server).
 pub(crate) struct DeniedFloods {
     udp: Option<UdpFlood>,
+    paced_udp: Option<PacedUdp>,
     receiver: UdpReceiver,
     server: TcpServer,
     syns: Arc<AtomicU64>,
@@ -217,12 +218,25 @@ pub(crate) struct DeniedFloods {
 }
 
 impl DeniedFloods {
-    /// `tcp_every` paces the connection attempts (each waits up to 50 ms for an answer).
-    pub(crate) fn start(t: &Topology, tcp_every: Duration) -> Result<DeniedFloods> {
+    /// `tcp_every` paces the connection attempts (the socket of each stays open until the
+    /// next, so an answer would complete the handshake); `udp_every` paces the datagrams, or
+    /// `None` floods as fast as [`UdpFlood`] goes.
+    pub(crate) fn start(
+        t: &Topology,
+        tcp_every: Duration,
+        udp_every: Option<Duration>,
+    ) -> Result<DeniedFloods> {
         let a = &t.addrs;
         let receiver = UdpReceiver::start(&t.host, FLOOD_UDP)?;
         let server = TcpServer::start(&t.host, FLOOD_TCP, "denied\n")?;
-        let udp = UdpFlood::start(&t.out, a.denied4, t.host_addr(a.denied4, FLOOD_UDP), 64)?;
+        let udp_dst = t.host_addr(a.denied4, FLOOD_UDP);
+        let (udp, paced_udp) = match udp_every {
+            None => (Some(UdpFlood::start(&t.out, a.denied4, udp_dst, 64)?), None),
+            Some(every) => (
+                None,
+                Some(PacedUdp::start(&t.out, a.denied4, udp_dst, every)?),
+            ),
+        };
         let syns = Arc::new(AtomicU64::new(0));
         let count = Arc::clone(&syns);
         let out = t.out.open()?;
@@ -241,7 +255,8 @@ impl DeniedFloods {
             }
         })?;
         Ok(DeniedFloods {
-            udp: Some(udp),
+            udp,
+            paced_udp,
             receiver,
             server,
             syns,
@@ -252,7 +267,11 @@ impl DeniedFloods {
     /// (UDP datagrams sent, TCP attempts made, datagrams received, connections accepted).
     pub(crate) fn counts(&self) -> (u64, u64, u64, u64) {
         (
-            self.udp.as_ref().map_or(0, UdpFlood::sent),
+            self.udp.as_ref().map_or(0, UdpFlood::sent)
+                + self
+                    .paced_udp
+                    .as_ref()
+                    .map_or(0, |p| p.sent.load(Ordering::Relaxed)),
             self.syns.load(Ordering::Relaxed),
             self.receiver.received(),
             self.server.accepted(),
@@ -262,6 +281,35 @@ impl DeniedFloods {
     /// What got through so far (datagrams received plus connections accepted).
     pub(crate) fn passed(&self) -> u64 {
         self.receiver.received() + self.server.accepted()
+    }
+}
+
+/// Datagrams from `src` to `dst` at a steady pace.
+struct PacedUdp {
+    sent: Arc<AtomicU64>,
+    _worker: Worker,
+}
+
+impl PacedUdp {
+    fn start(ns: &NetNs, src: IpAddr, dst: SocketAddr, every: Duration) -> Result<PacedUdp> {
+        let sock = ns
+            .run_in(|| UdpSocket::bind(SocketAddr::new(src, 0)))?
+            .with_context(|| format!("binding {src}"))?;
+        let sent = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&sent);
+        let worker = Worker::spawn("paced-udp", move |stop| {
+            let payload = [0xa5u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if sock.send_to(&payload, dst).is_ok() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(every);
+            }
+        })?;
+        Ok(PacedUdp {
+            sent,
+            _worker: worker,
+        })
     }
 }
 

@@ -36,5 +36,6 @@ mod metrics;
 mod monitor;
 mod reconcile;
 mod scale;
+mod soak;
 mod traffic;
 mod vpn;
