@@ -80,7 +80,7 @@ fn kill_and_restart_50_times_under_traffic_and_floods() -> Result<()> {
         let (mut kills, mut terms) = (0, 0);
         for round in 1..=rounds {
             prober.wait_flowing(SETTLE)?;
-            let kill9 = rng.next() % 2 == 0;
+            let kill9 = rng.next().is_multiple_of(2);
             let signalled = Instant::now();
             if kill9 {
                 agent.kill9()?;

@@ -143,7 +143,7 @@ impl Prober {
                 let now = Instant::now();
                 if now >= next {
                     let mut log = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    let seq = log.sent.len() as u64;
+                    let seq = u64::try_from(log.sent.len()).unwrap_or(u64::MAX);
                     // No route while the tunnel is down is an outage like any other.
                     let _ = sock.send_to(&seq.to_le_bytes(), dst);
                     log.sent.push(now);
