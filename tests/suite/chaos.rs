@@ -1,6 +1,9 @@
 //! The agent killed and restarted over and over, `kill -9` and SIGTERM mixed by a seeded
 //! generator, while a tunnel user sends traffic and a denied source floods closed ports.
 //!
+//! One round in four the new agent is killed again while it starts (loading the program,
+//! attaching, adopting the pins) before a last one comes up.
+//!
 //! What must hold in every round: nothing from the denied source reaches its listeners (the
 //! pinned filter enforces while no agent runs), the user's traffic flows again within 2 s of
 //! the kill (the outage as the user sees it: from the signal to the first answer to a probe sent
@@ -77,7 +80,7 @@ fn kill_and_restart_50_times_under_traffic_and_floods() -> Result<()> {
         let mut rng = Rng::new(seed);
         let mut outages = Vec::new();
         let mut readies = Vec::new();
-        let (mut kills, mut terms) = (0, 0);
+        let (mut kills, mut terms, mut early) = (0, 0, 0);
         for round in 1..=rounds {
             prober.wait_flowing(SETTLE)?;
             let kill9 = rng.next().is_multiple_of(2);
@@ -89,8 +92,22 @@ fn kill_and_restart_50_times_under_traffic_and_floods() -> Result<()> {
                 agent.stop()?;
                 terms += 1;
             }
-            let exited = Instant::now();
+            let mut exited = Instant::now();
             agent.spawn()?;
+            // One round in four, the new agent crashes while it starts (loading and attaching
+            // the program, adopting the pins), and another one starts after it.
+            if rng.next().is_multiple_of(4) {
+                let after = Duration::from_millis(rng.next() % 2500);
+                std::thread::sleep(after);
+                agent.kill9()?;
+                exited = Instant::now();
+                early += 1;
+                eprintln!(
+                    "round {round:2}: the new agent killed -9 {} ms into its start",
+                    after.as_millis()
+                );
+                agent.spawn()?;
+            }
             agent.wait_ready()?;
             let ready = signalled.elapsed();
             // The outage as the user sees it: from the last answer the old agent gave (a
@@ -134,7 +151,8 @@ fn kill_and_restart_50_times_under_traffic_and_floods() -> Result<()> {
         let (ready_median, ready_max) = median_max(&readies);
         let (median, max) = median_max(&outages);
         eprintln!(
-            "chaos: {rounds} rounds (seed {seed:#x}: {kills} kill -9, {terms} SIGTERM) in {:.1} s\n\
+            "chaos: {rounds} rounds (seed {seed:#x}: {kills} kill -9, {terms} SIGTERM, {early} more \
+             kill -9 during a start) in {:.1} s\n\
              chaos: agent ready after the signal: median {} ms, max {} ms\n\
              chaos: the user's outage (last answer from the old agent to the first from the new): \
              median {} ms, max {} ms\n\
