@@ -1015,6 +1015,30 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     // Bound first: a second agent must stop before it touches the kernel.
     let control_listener = control::bind(&config.agent.control_socket)?;
     let (requests, chosen_because) = interface_requests(&config, true)?;
+    // One registry; each part registers the metrics it owns. Scrapes ask the main loop to
+    // refresh the daemon's metrics over a channel of their own, never the admin commands'.
+    let registry = prometheus::Registry::new();
+    let metrics = DaemonMetrics::register(&registry).map_err(MetricsError::Register)?;
+    // The VPN endpoint starts before the XDP program is loaded: the kernel's verifier takes
+    // seconds, and on a restart the pinned filter already lets WireGuard through and enforces
+    // the last policy meanwhile, so staff sessions come back as soon as the endpoint is up
+    // instead of after the load. On a first start there is no filter yet either way; the
+    // endpoint admits only its peers, under its own ACL.
+    // Whether the MFA portal listens: the ACL lets every peer reach its port only then.
+    let portal_listening = std::sync::Arc::new(crmguard_core::acl::PortalListening::default());
+    // Inspection's table and counters outlive endpoint restarts; its events come back here.
+    let inspection_events = std::sync::Arc::new(crate::inspection::InspectionEvents::default());
+    let inspector = std::sync::Arc::new(crmguard_inspect::Inspector::new(
+        config.inspection.max_flows,
+        crmguard_inspect::InspectMetrics::register(&registry).map_err(MetricsError::Register)?,
+        Box::new(std::sync::Arc::clone(&inspection_events)),
+    ));
+    let vpn = crmguard_vpn::Supervisor::start(
+        &config,
+        metrics.acl().clone(),
+        std::sync::Arc::clone(&portal_listening),
+        std::sync::Arc::clone(&inspector),
+    );
     let datapath = Datapath::start(&config.agent.bpffs_dir, &requests, &policy)?;
     if let Some(snapshot) = &snapshot {
         save_last_good(snapshot, &config.agent.state_dir);
@@ -1057,16 +1081,12 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     let control_path = config.agent.control_socket.clone();
     tokio::spawn(control::serve(control_listener, tx.clone()));
     drop(tx);
-    // One registry; each part registers the metrics it owns. Scrapes ask the main loop to
-    // refresh the daemon's metrics over a channel of their own, never the admin commands'.
-    let registry = prometheus::Registry::new();
     let datapath_metrics = crmguard_datapath::metrics::register(
         &registry,
         &config_maps_dir,
         datapath.attachments(),
         datapath.failures(),
     )?;
-    let metrics = DaemonMetrics::register(&registry).map_err(MetricsError::Register)?;
     metrics.fallback(policy_source);
     let (refresh_tx, mut refresh_rx) = mpsc::channel::<crate::metrics::Refresh>(1);
     let metrics_listener = crate::metrics::bind(config.metrics.listen).await?;
@@ -1075,22 +1095,6 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         registry.clone(),
         refresh_tx,
     ));
-    // After the datapath: XDP lets WireGuard through to the endpoint's port.
-    // Whether the MFA portal listens: the ACL lets every peer reach its port only then.
-    let portal_listening = std::sync::Arc::new(crmguard_core::acl::PortalListening::default());
-    // Inspection's table and counters outlive endpoint restarts; its events come back here.
-    let inspection_events = std::sync::Arc::new(crate::inspection::InspectionEvents::default());
-    let inspector = std::sync::Arc::new(crmguard_inspect::Inspector::new(
-        config.inspection.max_flows,
-        crmguard_inspect::InspectMetrics::register(&registry).map_err(MetricsError::Register)?,
-        Box::new(std::sync::Arc::clone(&inspection_events)),
-    ));
-    let vpn = crmguard_vpn::Supervisor::start(
-        &config,
-        metrics.acl().clone(),
-        std::sync::Arc::clone(&portal_listening),
-        std::sync::Arc::clone(&inspector),
-    );
     let (detection, observer, mut detect_rx) =
         detection::Detection::start(&config, &registry, &inspection_events)
             .map_err(MetricsError::Register)?;

@@ -67,12 +67,25 @@ pub struct Counts {
     pub bytes: u64,
 }
 
+/// Where an agent keeps what it writes, when a test chooses (the defaults are in the agent's
+/// temporary directory), and `[audit]` keys beyond `path` and `key_file`.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    pub state_dir: Option<PathBuf>,
+    /// The directory of `[audit] path` (the file is `audit.jsonl` in it).
+    pub audit_dir: Option<PathBuf>,
+    /// Lines added to `[audit]`, e.g. `on_write_failure = "fail-open"`.
+    pub audit_extra: String,
+}
+
 /// A crmguard daemon in a network namespace, with its own config, state and pins.
 #[derive(Debug)]
 pub struct Agent<'ns> {
     ns: &'ns NetNs,
     bin: PathBuf,
     config: PathBuf,
+    state_dir: PathBuf,
+    audit_path: PathBuf,
     bpffs_dir: PathBuf,
     metrics: SocketAddr,
     /// Environment variables set for every daemon started.
@@ -99,15 +112,29 @@ impl<'ns> Agent<'ns> {
 
     /// Writes the config without starting anything.
     pub fn configure(ns: &'ns NetNs, body: &str) -> Result<Agent<'ns>> {
+        Agent::configure_with(ns, body, &Placement::default())
+    }
+
+    /// [`Agent::configure`] with the state directory, the audit log's directory and more
+    /// `[audit]` keys chosen by the test (a small filesystem to fill, a failure policy).
+    pub fn configure_with(ns: &'ns NetNs, body: &str, placement: &Placement) -> Result<Agent<'ns>> {
         crate::privileged::ensure_bpffs()?;
         let bin = binary()?;
         let dir = tempfile::Builder::new()
             .prefix("crmguard-test-")
             .tempdir()
             .context("creating the agent's temporary directory")?;
-        let state_dir = dir.path().join("state");
-        std::fs::create_dir(&state_dir)
+        let state_dir = match &placement.state_dir {
+            Some(state_dir) => state_dir.clone(),
+            None => dir.path().join("state"),
+        };
+        std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
+        let audit_path = placement
+            .audit_dir
+            .as_deref()
+            .unwrap_or(dir.path())
+            .join("audit.jsonl");
         let bpffs_dir =
             Path::new(crate::privileged::BPFFS).join(format!("cgtest-{}", crate::unique_suffix()));
         let metrics = free_loopback_port(ns)?;
@@ -127,19 +154,23 @@ impl<'ns> Agent<'ns> {
              [audit]\n\
              path = {}\n\
              key_file = {}\n\
+             {}\n\
              \n\
              {body}\n",
             toml_string(&state_dir),
             toml_string(&bpffs_dir),
             toml_string(&dir.path().join("control.sock")),
-            toml_string(&dir.path().join("audit.jsonl")),
+            toml_string(&audit_path),
             toml_string(&dir.path().join("audit.key")),
+            placement.audit_extra,
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         Ok(Agent {
             ns,
             bin,
             config,
+            state_dir,
+            audit_path,
             bpffs_dir,
             metrics,
             env: vec![(VPN_INTERFACE_ENV.to_owned(), vpn_interface.clone())],
@@ -161,6 +192,16 @@ impl<'ns> Agent<'ns> {
 
     pub fn config_path(&self) -> &Path {
         &self.config
+    }
+
+    /// `[agent] state_dir`.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// `[audit] path`.
+    pub fn audit_path(&self) -> &Path {
+        &self.audit_path
     }
 
     pub fn bpffs_dir(&self) -> &Path {

@@ -39,13 +39,13 @@ fn require_tools() -> Result<()> {
 /// The agent's config: XDP on `t.host_if`, default drop, `[vpn]` with `vpn_extra`, `[mfa]`
 /// with `mfa_extra`, a `sales` role that needs MFA and a `staff` role that does not (both
 /// reach the CRM on tcp/8080), and `peers` as `(spec, role)`.
-struct Lab {
-    body: String,
+pub(crate) struct Lab {
+    pub(crate) body: String,
     scratch: TempDir,
 }
 
 impl Lab {
-    fn new(
+    pub(crate) fn new(
         t: &Topology,
         vpn_extra: &str,
         mfa_extra: &str,

@@ -39,7 +39,7 @@ pub(crate) const ALLOWED_TCP: u16 = 8080;
 /// The bulk-transfer service, also allowed.
 pub(crate) const BULK: u16 = 5001;
 /// A UDP service the staff role may reach.
-const ALLOWED_UDP: u16 = 9000;
+pub(crate) const ALLOWED_UDP: u16 = 9000;
 /// A service only the dba role may reach.
 const DBA_ONLY: u16 = 5432;
 /// How long handshakes and counters may take to show.
@@ -111,7 +111,7 @@ impl PeerSpec {
 
 /// What the agent of a lab is started with.
 pub(crate) struct Setup {
-    body: String,
+    pub(crate) body: String,
     /// Holds the private key file and the peers file.
     _scratch: TempDir,
 }

@@ -53,10 +53,10 @@ impl WriteError {
 
 /// The audit log open for appending. One writer per log: the agent holds it.
 ///
-/// A failed append does not leave the writer broken: the next append opens the log again and
-/// finds where the chain stands from what is in the file (a record that reached the disk
-/// despite the error continues the chain; a line torn by the failure is ended and reported,
-/// as after a crash). A failed checkpoint write is retried by the next append.
+/// A failed append does not leave the writer broken: the log is cut back to where it ended
+/// before the record, and the next append opens it again and finds where the chain stands
+/// from what is in the file (a line torn by a failure that could not be cut back is ended and
+/// reported, as after a crash). A failed checkpoint write is retried by the next append.
 #[derive(Debug)]
 pub struct Writer {
     /// `None` after a failed append, until the next append opens the log again.
@@ -154,7 +154,16 @@ impl Writer {
         let seq = self.head.seq + 1;
         let (line, mac) =
             encode_line(&self.key, ts, seq, event, &self.head.mac).map_err(WriteError::Encode)?;
+        // Where the log ends before this record: a write that fails part way (a full disk
+        // takes the bytes that fit in the last block) is cut back to it, so that a failure
+        // leaves no torn line in the middle of the log for `audit verify` to stop at.
+        let end = file.metadata().map(|m| m.len());
         if let Err(source) = file.write_all(&line).and_then(|()| file.sync_data()) {
+            if let Ok(end) = end {
+                // Best effort: when this fails too, the next append finds the torn line and
+                // ends it, as after a crash.
+                let _ = file.set_len(end).and_then(|()| file.sync_data());
+            }
             // What reached the file is unknown; the next append reads it back.
             self.file = None;
             return Err(WriteError::Append {
