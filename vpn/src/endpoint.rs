@@ -20,7 +20,7 @@
 //!
 //! Handshake initiations go through an endpoint-wide check first: the MAC that proves the
 //! sender knows the gateway's public key, and under load (more than
-//! [`HANDSHAKES_BEFORE_COOKIES`] a second) a cookie reply to the datagram's real source address
+//! `vpn.handshakes_before_cookies` a second, [`HANDSHAKES_BEFORE_COOKIES`] by default) a cookie reply to the datagram's real source address
 //! instead of the expensive Diffie-Hellman work, so a spoofed flood costs little.
 //!
 //! Roaming: a peer's endpoint is the source address of its last authenticated datagram; replies
@@ -105,6 +105,8 @@ pub struct Settings {
     pub private_key_file: PathBuf,
     /// `state_dir/vpn-endpoints.json`.
     pub state_file: PathBuf,
+    /// `vpn.handshakes_before_cookies`.
+    pub handshakes_before_cookies: u64,
 }
 
 impl Settings {
@@ -118,6 +120,7 @@ impl Settings {
             address6: vpn.address6,
             private_key_file: vpn.private_key_file.clone(),
             state_file: config.agent.state_dir.join(state::FILE_NAME),
+            handshakes_before_cookies: u64::from(vpn.handshakes_before_cookies),
         })
     }
 }
@@ -309,7 +312,7 @@ impl Endpoint {
         acl_metrics.prepare(&acl);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            core: Core::new(keys, HANDSHAKES_BEFORE_COOKIES, inspector),
+            core: Core::new(keys, settings.handshakes_before_cookies, inspector),
             udp,
             tun,
             snapshot: Published::new(Snapshot {

@@ -543,6 +543,10 @@ pub struct Vpn {
     pub handshake_per_source_pps: u32,
     /// `handshake_burst`, default 5.
     pub handshake_burst: u32,
+    /// `handshakes_before_cookies`, default 500: handshake messages a second the endpoint works
+    /// through (each costs Diffie-Hellman work) before it answers new ones with cookie replies
+    /// only, as WireGuard does under load. A small host may want it lower.
+    pub handshakes_before_cookies: u32,
     /// `key_max_age`, default 90 days: older peers are refused until their key is rotated.
     pub key_max_age: Duration,
     /// `disable_inactive_after`, default 30 days without a handshake.

@@ -159,6 +159,7 @@ pub(super) struct RawVpn {
     pub peers_file: Option<Text>,
     pub handshake_per_source_pps: Option<Int>,
     pub handshake_burst: Option<Int>,
+    pub handshakes_before_cookies: Option<Int>,
     pub key_max_age: Option<Text>,
     pub disable_inactive_after: Option<Text>,
 }

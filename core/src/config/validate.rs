@@ -618,6 +618,12 @@ fn vpn(c: &mut Check, raw: &RawVpn) -> (Vpn, Tunnel) {
             1,
         ),
         handshake_burst: c.count_or(&raw.handshake_burst, "vpn.handshake_burst", 5, 1),
+        handshakes_before_cookies: c.count_or(
+            &raw.handshakes_before_cookies,
+            "vpn.handshakes_before_cookies",
+            500,
+            1,
+        ),
         key_max_age: c.duration_or(&raw.key_max_age, "vpn.key_max_age", 90 * DAY),
         disable_inactive_after: c.duration_or(
             &raw.disable_inactive_after,
