@@ -64,9 +64,25 @@ static __always_inline void rl_source(__u8 *addr, const struct pkt *p, __u8 v6_p
 	__builtin_memcpy(addr, words, 16);
 }
 
-/* Per-source bucket of `scope`; rate > 0. */
-static __always_inline int rl_check(const struct pkt *p, const struct cg_config *cfg,
-				    __u32 scope, __u32 rate, __u32 burst, __u64 now)
+/* This CPU's budget of new buckets (CG_RL_NEW_PER_CPU_PER_S). */
+static __always_inline int rl_new_budget_allows(__u64 now)
+{
+	__u32 zero = 0;
+	struct cg_rl *budget = bpf_map_lookup_elem(&cg_rl_budget, &zero);
+
+	return !budget ||
+	       gcra_allow(budget, now, CG_RL_NEW_PER_CPU_PER_S, CG_RL_NEW_PER_CPU_PER_S);
+}
+
+/*
+ * Per-source bucket of `scope`; rate > 0.  Returns CG_R_NONE when the packet
+ * passes, `limited` when its bucket is spent, and CG_R_RL_TABLE_BUSY when
+ * the source has no bucket and this CPU may make no more this second.  A
+ * source's first packet in a scope makes its bucket and passes.
+ */
+static __always_inline __u32 rl_check(const struct pkt *p, const struct cg_config *cfg,
+				      __u32 scope, __u32 rate, __u32 burst, __u64 now,
+				      __u32 limited)
 {
 	struct cg_rl_key key = { .scope = scope };
 	struct cg_rl *bucket;
@@ -76,11 +92,13 @@ static __always_inline int rl_check(const struct pkt *p, const struct cg_config 
 	if (!bucket) {
 		struct cg_rl fresh = { .tat_ns = now, .rate = rate, .burst = burst };
 
+		if (!rl_new_budget_allows(now))
+			return CG_R_RL_TABLE_BUSY;
 		gcra_allow(&fresh, now, rate, burst);
 		bpf_map_update_elem(&cg_rl, &key, &fresh, BPF_ANY);
-		return 1;
+		return CG_R_NONE;
 	}
-	return gcra_allow(bucket, now, rate, burst);
+	return gcra_allow(bucket, now, rate, burst) ? CG_R_NONE : limited;
 }
 
 /* This CPU's share of the host's SYN budget. */

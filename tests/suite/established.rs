@@ -277,14 +277,20 @@ fn wait_count(
     )
 }
 
-/// The flows recorded under `bpffs_dir`.
+/// The flows recorded under `bpffs_dir`: TCP connections (`cg_flows`), then datagram flows
+/// (`cg_dgram_flows`).
 fn flows(bpffs_dir: &Path) -> Result<Vec<(FlowKey, Flow)>> {
-    let path = bpffs_dir.join("maps/cg_flows");
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let map: HashMap<MapData, FlowKey, Flow> = HashMap::try_from(Map::LruHashMap(data))?;
-    map.iter()
-        .map(|entry| entry.context("reading cg_flows"))
-        .collect()
+    let mut all = Vec::new();
+    for name in ["cg_flows", "cg_dgram_flows"] {
+        let path = bpffs_dir.join("maps").join(name);
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let map: HashMap<MapData, FlowKey, Flow> = HashMap::try_from(Map::LruHashMap(data))?;
+        for entry in map.iter() {
+            all.push(entry.with_context(|| format!("reading {name}"))?);
+        }
+    }
+    Ok(all)
 }
 
 fn mapped(addr: IpAddr) -> [u8; 16] {
@@ -713,16 +719,33 @@ impl Programs {
         })
     }
 
+    /// The TCP connections (`cg_flows`).
     fn flows(&self) -> Result<HashMap<MapData, FlowKey, Flow>> {
-        let data = MapData::from_pin(self.dir.join("maps/cg_flows"))?;
+        self.flow_map("cg_flows")
+    }
+
+    fn flow_map(&self, name: &str) -> Result<HashMap<MapData, FlowKey, Flow>> {
+        let data = MapData::from_pin(self.dir.join("maps").join(name))?;
         Ok(HashMap::try_from(Map::LruHashMap(data))?)
     }
 
+    /// Every recorded flow: TCP connections, then datagram flows (`cg_dgram_flows`).
+    fn all_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        let mut all: Vec<(FlowKey, Flow)> = self.flows()?.iter().collect::<Result<_, _>>()?;
+        let dgram = self.flow_map("cg_dgram_flows")?;
+        for entry in dgram.iter() {
+            all.push(entry?);
+        }
+        Ok(all)
+    }
+
     fn clear_flows(&self) -> Result<()> {
-        let mut flows = self.flows()?;
-        let keys: Vec<FlowKey> = flows.keys().collect::<Result<_, _>>()?;
-        for key in keys {
-            flows.remove(&key)?;
+        for name in ["cg_flows", "cg_dgram_flows"] {
+            let mut flows = self.flow_map(name)?;
+            let keys: Vec<FlowKey> = flows.keys().collect::<Result<_, _>>()?;
+            for key in keys {
+                flows.remove(&key)?;
+            }
         }
         Ok(())
     }
@@ -1073,7 +1096,7 @@ fn egress_records_flows_as_xdp_looks_them_up() -> Result<()> {
             let start = now_ns();
             programs.egress(&case.outbound)?;
             let end = now_ns();
-            let flows: Vec<(FlowKey, Flow)> = programs.flows()?.iter().collect::<Result<_, _>>()?;
+            let flows = programs.all_flows()?;
             match &case.records {
                 None => ensure!(flows.is_empty(), "recorded {flows:?}"),
                 Some((want, lifetime_s)) => {
