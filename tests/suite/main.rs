@@ -33,5 +33,6 @@ mod metrics;
 mod monitor;
 mod reconcile;
 mod scale;
+mod spoofed;
 mod traffic;
 mod vpn;
