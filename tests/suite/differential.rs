@@ -24,7 +24,9 @@
 //! verdicts (`cg_frags`) and rate-limit buckets (`cg_rl`, `cg_syn_budget`,
 //! `cg_rl_budget`)
 //! must equal the model's, entry by entry and to the nanosecond, at the end
-//! of every batch of frames; then both sides are cleared. The thread is
+//! of every batch of frames; then both sides are cleared. Every eighth batch
+//! starts with the budget of new buckets spent, so that new sources meet
+//! `rl_table_busy`. The thread is
 //! pinned to one CPU, because the SYN budget is per CPU.
 //!
 //! Time is shared exactly. The program reads CLOCK_MONOTONIC coarsely
@@ -659,8 +661,12 @@ impl Kernel {
     }
 
     /// Empties the state the program writes, then writes the seeded
-    /// fragment verdicts.
-    fn reset_state(&mut self, seeded: &[(abi::FragKey, abi::Frag)]) -> Result<()> {
+    /// fragment verdicts and `rl_budget` as every CPU's budget of new buckets.
+    fn reset_state(
+        &mut self,
+        seeded: &[(abi::FragKey, abi::Frag)],
+        rl_budget: abi::Rl,
+    ) -> Result<()> {
         let keys: Vec<abi::FragKey> = self.frags.keys().collect::<Result<_, _>>()?;
         for key in keys {
             self.frags.remove(&key)?;
@@ -671,8 +677,8 @@ impl Kernel {
         }
         let zero = PerCpuValues::try_from(vec![abi::Rl::default(); self.cpus])?;
         self.syn_budget.set(0, zero, 0)?;
-        let zero = PerCpuValues::try_from(vec![abi::Rl::default(); self.cpus])?;
-        self.rl_budget.set(0, zero, 0)?;
+        let budget = PerCpuValues::try_from(vec![rl_budget; self.cpus])?;
+        self.rl_budget.set(0, budget, 0)?;
         for (k, v) in seeded {
             self.frags.insert(k, v, 0)?;
         }
@@ -1592,11 +1598,23 @@ fn differential_xdp_matches_model() -> Result<()> {
             kernel.set_ban_flags(phase.ban_flags)?;
             model.bans.flags = phase.ban_flags;
         }
-        kernel.reset_state(&seeded)?;
+        // Every eighth batch starts with the budget of new rate-limit buckets spent for the
+        // next two seconds, longer than a batch lasts: new sources find the table busy.
+        let rl_budget = if batch % 8 == 7 {
+            let rate = abi::RL_NEW_PER_CPU_PER_S;
+            abi::Rl {
+                tat_ns: coarse_ns()? + 2 * SEC,
+                rate,
+                burst: rate,
+            }
+        } else {
+            abi::Rl::default()
+        };
+        kernel.reset_state(&seeded, rl_budget)?;
         model.frags = seeded.iter().copied().collect();
         model.buckets.clear();
         model.syn_budget = abi::Rl::default();
-        model.rl_budget = abi::Rl::default();
+        model.rl_budget = rl_budget;
 
         let mut in_batch = 0;
         while in_batch < BATCH_FRAMES && done < frames {
