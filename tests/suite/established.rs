@@ -700,12 +700,19 @@ struct Programs {
 impl Programs {
     /// `name` keeps the pin directories of tests running in parallel apart.
     fn load(name: &str) -> Result<Programs> {
+        Programs::load_with(name, "")
+    }
+
+    /// [`Programs::load`] with more policy after the `[firewall]` settings.
+    fn load_with(name: &str, more: &str) -> Result<Programs> {
         let dir = PathBuf::from(format!("/sys/fs/bpf/cgestab-{}-{name}", std::process::id()));
         let _ = crmguard_datapath::uninstall(&dir);
         let (xdp, mut maps) =
             crmguard_datapath::load_for_test(&dir).context("loading the XDP program")?;
         let config = crmguard_core::config::parse(
-            "[firewall]\ndefault = \"drop\"\nallow_established = true\nicmp = \"none\"\n",
+            &format!(
+                "[firewall]\ndefault = \"drop\"\nallow_established = true\nicmp = \"none\"\n{more}"
+            ),
             Path::new("established.toml"),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -1158,5 +1165,58 @@ fn later_packets_of_a_recorded_flow_refresh_it() -> Result<()> {
         programs.passes(&reply)?,
         "the reply of the refreshed flow was dropped"
     );
+    Ok(())
+}
+
+/// Datagrams the host is made to send cannot evict its TCP connections: more UDP flows than
+/// `cg_dgram_flows` holds leave the connection in `cg_flows` alone, and its replies pass. A
+/// public UDP service open to anyone answers without recording a flow; a datagram from any
+/// other port records one.
+#[test]
+fn datagram_flows_never_evict_the_hosts_tcp_connections() -> Result<()> {
+    if !privileged::require("established::datagram_flows_never_evict_the_hosts_tcp_connections") {
+        return Ok(());
+    }
+    let mut programs = Programs::load_with(
+        "dgram",
+        "\n[[firewall.service]]\nname = \"dns\"\nproto = \"udp\"\nports = [53]\n",
+    )?;
+    programs.clear_flows()?;
+    programs.egress(&ip4(HOST4, PEER4, TCP, 0, 0, &tcp(40020, 443, SYN)))?;
+    let connection = key(IpAddr::V4(HOST4), IpAddr::V4(PEER4), TCP, 40020, 443);
+
+    // The service's answers record nothing.
+    for n in 0..100u32 {
+        let remote = Ipv4Addr::from(0xc633_6400 + n);
+        programs.egress(&ip4(HOST4, remote, UDP, 0, 0, &udp(53, 40000)))?;
+    }
+    let recorded = programs.all_flows()?;
+    ensure!(
+        recorded.len() == 1 && recorded[0].0 == connection,
+        "the answers of a public UDP service were recorded: {} flows",
+        recorded.len()
+    );
+
+    // More datagram flows than their map holds, and more than the map of connections holds
+    // (which one map for both would evict the connection by), each to another address.
+    let total = crmguard_core::abi::FLOW_MAX + crmguard_core::abi::FLOW_MAX / 4;
+    for n in 0..total {
+        let remote = Ipv4Addr::from(0x6440_0000 + n);
+        programs.egress(&ip4(HOST4, remote, UDP, 0, 0, &udp(40001, 53)))?;
+    }
+    let datagrams = programs.flow_map("cg_dgram_flows")?.keys().count();
+    ensure!(
+        datagrams > 0 && datagrams <= usize::try_from(crmguard_core::abi::DGRAM_FLOW_MAX)?,
+        "cg_dgram_flows holds {datagrams} flows"
+    );
+    ensure!(
+        programs.flows()?.get(&connection, 0).is_ok(),
+        "{total} datagram flows evicted the host's TCP connection"
+    );
+    ensure!(
+        programs.passes(&ip4(PEER4, HOST4, TCP, 0, 0, &tcp(443, 40020, ACK)))?,
+        "the reply of the host's TCP connection was dropped after {total} datagram flows"
+    );
+    eprintln!("{total} datagram flows: {datagrams} kept, the TCP connection kept");
     Ok(())
 }
