@@ -192,6 +192,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_syn_budget SEC(".maps");
 
+/* The per-CPU budget of new buckets in cg_rl (CG_RL_NEW_PER_CPU_PER_S).
+ * Written and read by XDP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cg_rl);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_rl_budget SEC(".maps");
+
 /* First-fragment verdicts.  Written and read by XDP. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -201,7 +211,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_frags SEC(".maps");
 
-/* Flows this host opened.  Written by tc egress; read by XDP. */
+/* TCP connections this host opened.  Written by tc egress; read by XDP. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, CG_FLOW_MAX);
@@ -209,6 +219,16 @@ struct {
 	__type(value, struct cg_flow);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_flows SEC(".maps");
+
+/* UDP and ICMP echo flows this host opened, apart from its TCP connections
+ * (see the ABI header).  Written by tc egress; read by XDP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CG_DGRAM_FLOW_MAX);
+	__type(key, struct cg_flow_key);
+	__type(value, struct cg_flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_dgram_flows SEC(".maps");
 
 /* Counters.  Written by XDP (per CPU); read by the agent. */
 struct {

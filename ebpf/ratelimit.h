@@ -64,23 +64,62 @@ static __always_inline void rl_source(__u8 *addr, const struct pkt *p, __u8 v6_p
 	__builtin_memcpy(addr, words, 16);
 }
 
-/* Per-source bucket of `scope`; rate > 0. */
-static __always_inline int rl_check(const struct pkt *p, const struct cg_config *cfg,
-				    __u32 scope, __u32 rate, __u32 burst, __u64 now)
+/*
+ * The bucket of one (source, scope): CG_R_NONE when the packet passes,
+ * `limited` when the bucket is spent, CG_R_RL_TABLE_BUSY when the source has
+ * no bucket and this CPU has made its CG_RL_NEW_PER_CPU_PER_S new buckets of
+ * the second.  A source's first packet in a scope makes its bucket and
+ * passes.
+ *
+ * A global function, of scalars only (the source's two words, scope and
+ * `limited`, rate and burst, each pair in one word, and the time): the
+ * verifier checks it once, on its own, and each caller sees one answer,
+ * instead of every path through two GCRA buckets at each of the several
+ * limits a packet can meet.
+ */
+__attribute__((noinline)) __u32 cg_rl_check(__u64 addr_hi, __u64 addr_lo, __u64 scope_limited,
+					    __u64 rate_burst, __u64 now)
 {
-	struct cg_rl_key key = { .scope = scope };
-	struct cg_rl *bucket;
+	struct cg_rl_key key = { .scope = (__u32)(scope_limited >> 32) };
+	__u32 limited = (__u32)scope_limited;
+	__u32 rate = (__u32)(rate_burst >> 32);
+	__u32 burst = (__u32)rate_burst;
+	__u32 zero = 0;
+	struct cg_rl *bucket, *budget;
 
-	rl_source(key.addr, p, cfg->rl_v6_prefix);
+	if (!rate)
+		return CG_R_NONE;
+	__builtin_memcpy(key.addr, &addr_hi, 8);
+	__builtin_memcpy(key.addr + 8, &addr_lo, 8);
 	bucket = bpf_map_lookup_elem(&cg_rl, &key);
-	if (!bucket) {
-		struct cg_rl fresh = { .tat_ns = now, .rate = rate, .burst = burst };
+	if (bucket)
+		return gcra_allow(bucket, now, rate, burst) ? CG_R_NONE : limited;
+	budget = bpf_map_lookup_elem(&cg_rl_budget, &zero);
+	if (budget &&
+	    !gcra_allow(budget, now, CG_RL_NEW_PER_CPU_PER_S, CG_RL_NEW_PER_CPU_PER_S))
+		return CG_R_RL_TABLE_BUSY;
+	{
+		/* What gcra_allow() makes of a fresh bucket: the packet passes
+		 * and the next token is one interval away. */
+		struct cg_rl fresh = { .tat_ns = now + 1000000000U / rate,
+				       .rate = rate,
+				       .burst = burst };
 
-		gcra_allow(&fresh, now, rate, burst);
 		bpf_map_update_elem(&cg_rl, &key, &fresh, BPF_ANY);
-		return 1;
 	}
-	return gcra_allow(bucket, now, rate, burst);
+	return CG_R_NONE;
+}
+
+/* Per-source bucket of `scope`; rate > 0.  See cg_rl_check(). */
+static __always_inline __u32 rl_check(const struct pkt *p, const struct cg_config *cfg,
+				      __u32 scope, __u32 rate, __u32 burst, __u64 now,
+				      __u32 limited)
+{
+	__u64 words[2];
+
+	rl_source((__u8 *)words, p, cfg->rl_v6_prefix);
+	return cg_rl_check(words[0], words[1], ((__u64)scope << 32) | limited,
+			   ((__u64)rate << 32) | burst, now);
 }
 
 /* This CPU's share of the host's SYN budget. */

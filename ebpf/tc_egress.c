@@ -7,15 +7,20 @@
  * never changes a packet: whatever it finds, it returns TC_ACT_UNSPEC
  * (TCX_NEXT), which leaves the verdict to the tc programs and filters after
  * it and passes the packet when there are none (TC_ACT_OK would pass it too,
- * but would skip them).  It writes cg_flows, keyed as XDP looks a reply up
- * (verdict.h, established()): local is this host's address and port, remote
- * the peer's.
+ * but would skip them).  It writes TCP connections to cg_flows and datagram
+ * flows to cg_dgram_flows, keyed as XDP looks a reply up (verdict.h,
+ * established()): local is this host's address and port, remote the peer's.
  *
  *   TCP        a SYN without ACK (a connection this host opens) creates the
  *              flow; every later outbound packet of a recorded flow moves
  *              its expiry on.  Other packets create nothing, so the replies
  *              of the host's own services do not open anything.
- *   UDP        every outbound datagram creates the flow or moves its expiry.
+ *   UDP        every outbound datagram creates the flow or moves its expiry,
+ *              except one sent from the WireGuard port or from the port of
+ *              a public UDP service open to any source: those are the
+ *              host's own services answering, whose peers XDP admits by
+ *              port anyway, and anyone could make them answer (a cookie
+ *              reply to every spoofed handshake initiation) to fill the map.
  *   ICMP echo  an echo request (v4 or v6) creates the flow, with the echo
  *              identifier as the local port and 0 as the remote port.
  *
@@ -127,19 +132,52 @@ static __always_inline enum flow_op flow_ports(void *l4, void *data_end, struct 
 	return FLOW_IGNORE;
 }
 
-static __always_inline void record(const struct cg_flow_key *key, enum flow_op op,
-				   __u64 timeout_s)
+/*
+ * Whether a datagram leaves from the WireGuard port or from the port of a
+ * public UDP service that admits any source, in the policy in force: a reply
+ * of the host's own service, which needs no flow.
+ */
+static __always_inline int from_own_service(const struct cg_flow_key *key)
+{
+	struct cg_svc_key svc_key = { .proto = IPPROTO_UDP, .port_be = key->local_port_be };
+	__u32 zero = 0, slot, *active = bpf_map_lookup_elem(&cg_active, &zero);
+	struct cg_config *cfg;
+	struct cg_svc *svc;
+	void *services;
+
+	slot = active ? *active & (CG_POLICY_SLOTS - 1) : 0;
+	cfg = bpf_map_lookup_elem(&cg_config, &slot);
+	if (cfg && cfg->wg_port_be && key->local_port_be == cfg->wg_port_be)
+		return 1;
+	services = slot_map(&cg_svc, slot);
+	svc = services ? bpf_map_lookup_elem(services, &svc_key) : NULL;
+	return svc && (svc->flags & CG_SVC_FROM_ANY);
+}
+
+static __always_inline void record_in(void *flows, const struct cg_flow_key *key,
+				      enum flow_op op, __u64 timeout_s)
 {
 	__u64 expires = cg_now() + timeout_s * NSEC_PER_SEC;
-	struct cg_flow *flow = bpf_map_lookup_elem(&cg_flows, key);
+	struct cg_flow *flow = bpf_map_lookup_elem(flows, key);
 
 	if (flow) {
 		flow->expires_ns = expires;
 	} else if (op == FLOW_OPEN) {
 		struct cg_flow fresh = { .expires_ns = expires };
 
-		bpf_map_update_elem(&cg_flows, key, &fresh, BPF_ANY);
+		bpf_map_update_elem(flows, key, &fresh, BPF_ANY);
 	}
+}
+
+/* TCP connections and datagram flows live in maps of their own, so that
+ * datagrams never evict a connection (see the ABI header). */
+static __always_inline void record(const struct cg_flow_key *key, enum flow_op op,
+				   __u64 timeout_s)
+{
+	if (key->proto == IPPROTO_TCP)
+		record_in(&cg_flows, key, op, timeout_s);
+	else if (key->proto != IPPROTO_UDP || !from_own_service(key))
+		record_in(&cg_dgram_flows, key, op, timeout_s);
 }
 
 SEC("classifier")

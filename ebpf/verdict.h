@@ -218,7 +218,11 @@ static __always_inline int established(const struct pkt *p, __be16 local_port, _
 	key.remote_port_be = remote_port;
 	key.proto = p->proto;
 	key.family = p->family;
-	flow = bpf_map_lookup_elem(&cg_flows, &key);
+	/* TCP connections and datagram flows are kept apart (see the ABI header). */
+	if (p->proto == IPPROTO_TCP)
+		flow = bpf_map_lookup_elem(&cg_flows, &key);
+	else
+		flow = bpf_map_lookup_elem(&cg_dgram_flows, &key);
 	return flow && flow->expires_ns >= now;
 }
 
@@ -275,7 +279,7 @@ static __always_inline __u32 icmp_reason(const struct pkt *p, void *data_end,
 	struct icmp_head *icmp = p->l4;
 	__be16 *echo_id = (__be16 *)(icmp + 1);
 	int echo_request, echo_reply;
-	__u32 reason;
+	__u32 reason, limited;
 
 	if ((void *)(icmp + 1) > data_end || p->l4_len < sizeof(*icmp))
 		return CG_R_MALFORMED;
@@ -288,10 +292,12 @@ static __always_inline __u32 icmp_reason(const struct pkt *p, void *data_end,
 		echo_request = icmp->type == ICMPV6_ECHO_REQUEST;
 		echo_reply = icmp->type == ICMPV6_ECHO_REPLY;
 	}
-	if (reason == CG_R_ICMP && echo_request && cfg->icmp_echo_pps &&
-	    !rl_check(p, cfg, CG_RL_SCOPE(CG_RL_ICMP, 0), cfg->icmp_echo_pps, cfg->icmp_echo_pps,
-		      now))
-		return CG_R_ICMP_RATE;
+	if (reason == CG_R_ICMP && echo_request && cfg->icmp_echo_pps) {
+		limited = rl_check(p, cfg, CG_RL_SCOPE(CG_RL_ICMP, 0), cfg->icmp_echo_pps,
+				   cfg->icmp_echo_pps, now, CG_R_ICMP_RATE);
+		if (limited)
+			return limited;
+	}
 	if (reason != CG_R_NONE)
 		return reason;
 	/* The reply to this host's own ping, with its echo id. */
@@ -316,6 +322,7 @@ static __always_inline __u32 wireguard_reason(const struct pkt *p, struct udphdr
 {
 	__u8 *msg = (__u8 *)(udp + 1);
 	__u32 len = bpf_ntohs(udp->len) - sizeof(*udp);
+	__u32 limited;
 
 	if ((void *)(msg + 4) > data_end || len < 4)
 		return CG_R_WG_MALFORMED;
@@ -325,10 +332,12 @@ static __always_inline __u32 wireguard_reason(const struct pkt *p, struct udphdr
 	case 1:
 		if (len != 148)
 			return CG_R_WG_MALFORMED;
-		if (cfg->wg_handshake_pps &&
-		    !rl_check(p, cfg, CG_RL_SCOPE(CG_RL_WG, 0), cfg->wg_handshake_pps,
-			      cfg->wg_handshake_burst, now))
-			return CG_R_WG_HANDSHAKE_RATE;
+		if (cfg->wg_handshake_pps) {
+			limited = rl_check(p, cfg, CG_RL_SCOPE(CG_RL_WG, 0), cfg->wg_handshake_pps,
+					   cfg->wg_handshake_burst, now, CG_R_WG_HANDSHAKE_RATE);
+			if (limited)
+				return limited;
+		}
 		return CG_R_WIREGUARD;
 	case 2:
 		return len == 92 ? CG_R_WIREGUARD : CG_R_WG_MALFORMED;
@@ -373,29 +382,28 @@ static __always_inline int from_allowed(const struct cg_svc *svc, const struct p
 static __always_inline __u32 service_limits(const struct pkt *p, const struct cg_svc *svc,
 					    int syn, const struct cg_config *cfg, __u64 now)
 {
-	__u32 rate;
+	__u32 limited = CG_R_NONE;
 
 	if (syn) {
-		if (svc->syn_pps) {
-			if (!rl_check(p, cfg, CG_RL_SCOPE(CG_RL_SVC_SYN, svc->svc_id), svc->syn_pps,
-				      svc->syn_pps, now))
-				return CG_R_SYN_FLOOD;
-		} else if (cfg->src_syn_per_s) {
-			if (!rl_check(p, cfg, CG_RL_SCOPE(CG_RL_SYN, 0), cfg->src_syn_per_s,
-				      cfg->src_syn_per_s, now))
-				return CG_R_SYN_FLOOD;
-		}
+		if (svc->syn_pps)
+			limited = rl_check(p, cfg, CG_RL_SCOPE(CG_RL_SVC_SYN, svc->svc_id),
+					   svc->syn_pps, svc->syn_pps, now, CG_R_SYN_FLOOD);
+		else if (cfg->src_syn_per_s)
+			limited = rl_check(p, cfg, CG_RL_SCOPE(CG_RL_SYN, 0), cfg->src_syn_per_s,
+					   cfg->src_syn_per_s, now, CG_R_SYN_FLOOD);
+		if (limited)
+			return limited;
 		if (cfg->syn_per_cpu_per_s && !syn_budget_allows(cfg->syn_per_cpu_per_s, now))
 			return CG_R_SYN_FLOOD;
 	}
-	if (svc->src_pps) {
-		rate = svc->src_pps;
-		if (!rl_check(p, cfg, CG_RL_SCOPE(CG_RL_SVC, svc->svc_id), rate, rate, now))
-			return CG_R_RATE_LIMITED;
-	} else if (cfg->src_pps) {
-		if (!rl_check(p, cfg, CG_RL_SCOPE(CG_RL_SRC, 0), cfg->src_pps, cfg->src_burst, now))
-			return CG_R_RATE_LIMITED;
-	}
+	if (svc->src_pps)
+		limited = rl_check(p, cfg, CG_RL_SCOPE(CG_RL_SVC, svc->svc_id), svc->src_pps,
+				   svc->src_pps, now, CG_R_RATE_LIMITED);
+	else if (cfg->src_pps)
+		limited = rl_check(p, cfg, CG_RL_SCOPE(CG_RL_SRC, 0), cfg->src_pps, cfg->src_burst,
+				   now, CG_R_RATE_LIMITED);
+	if (limited)
+		return limited;
 	return CG_R_SERVICE;
 }
 

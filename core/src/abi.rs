@@ -11,7 +11,7 @@
 use std::fmt;
 
 /// The ABI version compiled into this agent (`CG_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// What the program did with a packet (`enum cg_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,6 +53,7 @@ pub enum Reason {
     FragmentOrphan = 9,
     Ipv6ExtHeader = 10,
     IcmpRate = 11,
+    RlTableBusy = 12,
     NonIp = 16,
     Service = 17,
     Icmp = 18,
@@ -63,7 +64,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::Malformed,
         Reason::DeniedSource,
         Reason::Banned,
@@ -75,6 +76,7 @@ impl Reason {
         Reason::FragmentOrphan,
         Reason::Ipv6ExtHeader,
         Reason::IcmpRate,
+        Reason::RlTableBusy,
         Reason::NonIp,
         Reason::Service,
         Reason::Icmp,
@@ -98,6 +100,7 @@ impl Reason {
             Reason::FragmentOrphan => "fragment_orphan",
             Reason::Ipv6ExtHeader => "ipv6_ext_header",
             Reason::IcmpRate => "icmp_rate",
+            Reason::RlTableBusy => "rl_table_busy",
             Reason::NonIp => "non_ip",
             Reason::Service => "service",
             Reason::Icmp => "icmp",
@@ -375,8 +378,14 @@ pub const BAN_PREFIX_MAX: u32 = 1 << 14;
 pub const RL_MAX: u32 = 1 << 17;
 pub const FRAG_MAX: u32 = 1 << 14;
 pub const FLOW_MAX: u32 = 1 << 18;
+/// `CG_DGRAM_FLOW_MAX`: the capacity of `cg_dgram_flows` (UDP and ICMP echo), apart from the
+/// TCP connections of `cg_flows`.
+pub const DGRAM_FLOW_MAX: u32 = 1 << 16;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const EVENTS_PER_CPU_PER_S: u32 = 200;
+/// `CG_RL_NEW_PER_CPU_PER_S`: new rate-limit buckets a CPU may make per second (a burst of as
+/// many); a source without a bucket beyond it is dropped as `rl_table_busy`.
+pub const RL_NEW_PER_CPU_PER_S: u32 = RL_MAX / 64;
 pub const FLOW_TCP_TIMEOUT_S: u64 = 7200;
 pub const FLOW_UDP_TIMEOUT_S: u64 = 120;
 pub const FLOW_ICMP_TIMEOUT_S: u64 = 30;
@@ -540,6 +549,11 @@ mod tests {
         assert_eq!(header_value("CG_RL_MAX"), u64::from(RL_MAX));
         assert_eq!(header_value("CG_FRAG_MAX"), u64::from(FRAG_MAX));
         assert_eq!(header_value("CG_FLOW_MAX"), u64::from(FLOW_MAX));
+        assert_eq!(header_value("CG_DGRAM_FLOW_MAX"), u64::from(DGRAM_FLOW_MAX));
+        assert_eq!(
+            header_value("CG_RL_NEW_PER_CPU_PER_S"),
+            u64::from(RL_NEW_PER_CPU_PER_S)
+        );
         assert_eq!(header_value("CG_EVENTS_BYTES"), u64::from(EVENTS_BYTES));
         assert_eq!(
             header_value("CG_EVENTS_PER_CPU_PER_S"),

@@ -397,6 +397,7 @@ fn firewall_rule(
                         config.firewall.limits.global_syn_per_s
                     ),
                 },
+                Reason::RlTableBusy => format!(", {}", rl_table_busy_rule()),
                 _ => String::new(),
             };
             (format!("`{}` from {from}{limit}", service.name), None)
@@ -430,6 +431,15 @@ fn default_rule(config: &Config) -> String {
     format!("[firewall] default = \"{word}\"")
 }
 
+/// Why a source without a rate-limit bucket was dropped: the filter's own bound on new buckets.
+fn rl_table_busy_rule() -> String {
+    format!(
+        "no rate-limit bucket for the source while the filter had made its {} new buckets of \
+         the second on this CPU (a flood of new sources)",
+        crate::abi::RL_NEW_PER_CPU_PER_S
+    )
+}
+
 /// The rule of a decision that met no entry: a check of the packet itself or the default.
 fn nothing_matched(config: &Config, reason: Reason, probe: Probe, from: IpAddr) -> String {
     let fw = &config.firewall;
@@ -458,6 +468,7 @@ fn nothing_matched(config: &Config, reason: Reason, probe: Probe, from: IpAddr) 
         Reason::WgMalformed => format!(
             "the WireGuard port udp/{wg_port} takes only messages of WireGuard's shape"
         ),
+        Reason::RlTableBusy => rl_table_busy_rule(),
         Reason::DefaultDrop | Reason::DefaultAllow => match probe {
             Probe::Icmp => format!("[firewall] icmp = \"{icmp_word}\"; {}", default_rule(config)),
             _ => {

@@ -106,9 +106,12 @@ pub struct ModelState {
     /// it 0.
     pub policy: CompiledPolicy,
     pub bans: Bans,
-    /// `cg_flows`: connections this host opened, with their expiry. Written
-    /// by tc egress; the XDP program only reads them.
+    /// `cg_flows`: TCP connections this host opened, with their expiry.
+    /// Written by tc egress; the XDP program only reads them.
     pub flows: BTreeMap<abi::FlowKey, u64>,
+    /// `cg_dgram_flows`: UDP and ICMP echo flows this host opened, with their
+    /// expiry, apart from its TCP connections.
+    pub dgram_flows: BTreeMap<abi::FlowKey, u64>,
     /// `cg_frags`: first-fragment verdicts.
     pub frags: BTreeMap<abi::FragKey, abi::Frag>,
     /// `cg_rl`: the per-source GCRA buckets.
@@ -116,6 +119,10 @@ pub struct ModelState {
     /// `cg_syn_budget`: the bucket of the CPU the frames run on. All zero is
     /// the state of a CPU that has not yet seen a SYN.
     pub syn_budget: abi::Rl,
+    /// `cg_rl_budget`: the budget of new buckets of the CPU the frames run
+    /// on (`abi::RL_NEW_PER_CPU_PER_S`). All zero is the state of a CPU that
+    /// has not yet made a bucket.
+    pub rl_budget: abi::Rl,
 }
 
 impl ModelState {
@@ -439,23 +446,47 @@ pub fn rl_source(p: &Packet, v6_prefix: u8) -> [u8; 16] {
     addr
 }
 
-/// `rl_check`: a source's first packet in a scope makes its bucket and
-/// always passes.
+/// The rate-limit state [`rl_check`] reads and writes: `cg_rl` and this
+/// CPU's `cg_rl_budget`.
+struct Buckets<'a> {
+    buckets: &'a mut BTreeMap<abi::RlKey, abi::Rl>,
+    budget: &'a mut abi::Rl,
+}
+
+impl<'a> Buckets<'a> {
+    fn of(state: &'a mut ModelState) -> Self {
+        Buckets {
+            buckets: &mut state.buckets,
+            budget: &mut state.rl_budget,
+        }
+    }
+}
+
+/// `rl_check`: `None` when the packet passes, `Some(limited)` when its
+/// bucket is spent, `Some(RlTableBusy)` when the source has no bucket and
+/// the CPU's budget of new buckets is spent. A source's first packet in a
+/// scope makes its bucket and passes.
+#[allow(clippy::too_many_arguments)]
 fn rl_check(
-    buckets: &mut BTreeMap<abi::RlKey, abi::Rl>,
+    rl: Buckets<'_>,
     p: &Packet,
     cfg: &abi::Config,
     scope: u32,
     rate: u32,
     burst: u32,
     now: u64,
-) -> bool {
+    limited: Reason,
+) -> Option<Reason> {
     let key = abi::RlKey {
         addr: rl_source(p, cfg.rl_v6_prefix),
         scope,
     };
-    if let Some(bucket) = buckets.get_mut(&key) {
-        return gcra_allow(bucket, now, rate, burst);
+    if let Some(bucket) = rl.buckets.get_mut(&key) {
+        return (!gcra_allow(bucket, now, rate, burst)).then_some(limited);
+    }
+    let new_rate = abi::RL_NEW_PER_CPU_PER_S;
+    if !gcra_allow(rl.budget, now, new_rate, new_rate) {
+        return Some(Reason::RlTableBusy);
     }
     let mut fresh = abi::Rl {
         tat_ns: now,
@@ -463,8 +494,8 @@ fn rl_check(
         burst,
     };
     gcra_allow(&mut fresh, now, rate, burst);
-    buckets.insert(key, fresh);
-    true
+    rl.buckets.insert(key, fresh);
+    None
 }
 
 /// `syn_budget_allows`.
@@ -494,7 +525,13 @@ fn established(
         family: p.family,
         _pad: 0,
     };
-    state.flows.get(&key).is_some_and(|&expires| expires >= now)
+    // TCP connections and datagram flows are kept apart.
+    let flows = if p.proto == IPPROTO_TCP {
+        &state.flows
+    } else {
+        &state.dgram_flows
+    };
+    flows.get(&key).is_some_and(|&expires| expires >= now)
 }
 
 // ---- ICMP -------------------------------------------------------------------------
@@ -571,20 +608,13 @@ fn icmp_reason(state: &mut ModelState, p: &Packet, frame: &[u8], now: u64) -> Re
             t == ICMPV6_ECHO_REPLY,
         )
     };
-    if reason == Some(Reason::Icmp)
-        && echo_request
-        && cfg.icmp_echo_pps != 0
-        && !rl_check(
-            &mut state.buckets,
-            p,
-            &cfg,
-            abi::rl_scope(abi::RL_ICMP, 0),
-            cfg.icmp_echo_pps,
-            cfg.icmp_echo_pps,
-            now,
-        )
-    {
-        return Reason::IcmpRate;
+    if reason == Some(Reason::Icmp) && echo_request && cfg.icmp_echo_pps != 0 {
+        let scope = abi::rl_scope(abi::RL_ICMP, 0);
+        let rate = cfg.icmp_echo_pps;
+        let rl = Buckets::of(state);
+        if let Some(limited) = rl_check(rl, p, &cfg, scope, rate, rate, now, Reason::IcmpRate) {
+            return limited;
+        }
     }
     if let Some(reason) = reason {
         return reason;
@@ -621,19 +651,17 @@ fn wireguard_reason(
     }
     match head[0] {
         1 if len != 148 => Reason::WgMalformed,
-        1 if cfg.wg_handshake_pps != 0
-            && !rl_check(
-                &mut state.buckets,
-                p,
-                &cfg,
-                abi::rl_scope(abi::RL_WG, 0),
-                cfg.wg_handshake_pps,
-                cfg.wg_handshake_burst,
-                now,
-            ) =>
-        {
-            Reason::WgHandshakeRate
-        }
+        1 if cfg.wg_handshake_pps != 0 => rl_check(
+            Buckets::of(state),
+            p,
+            &cfg,
+            abi::rl_scope(abi::RL_WG, 0),
+            cfg.wg_handshake_pps,
+            cfg.wg_handshake_burst,
+            now,
+            Reason::WgHandshakeRate,
+        )
+        .unwrap_or(Reason::Wireguard),
         1 => Reason::Wireguard,
         2 if len == 92 => Reason::Wireguard,
         3 if len == 64 => Reason::Wireguard,
@@ -700,25 +728,21 @@ fn service_limits(
 ) -> Reason {
     let cfg = state.policy.config;
     if syn {
-        if svc.syn_pps != 0 {
+        let limited = if svc.syn_pps != 0 {
             let scope = abi::rl_scope(abi::RL_SVC_SYN, svc.svc_id);
-            if !rl_check(
-                &mut state.buckets,
-                p,
-                &cfg,
-                scope,
-                svc.syn_pps,
-                svc.syn_pps,
-                now,
-            ) {
-                return Reason::SynFlood;
-            }
+            let rate = svc.syn_pps;
+            let rl = Buckets::of(state);
+            rl_check(rl, p, &cfg, scope, rate, rate, now, Reason::SynFlood)
         } else if cfg.src_syn_per_s != 0 {
             let scope = abi::rl_scope(abi::RL_SYN, 0);
             let rate = cfg.src_syn_per_s;
-            if !rl_check(&mut state.buckets, p, &cfg, scope, rate, rate, now) {
-                return Reason::SynFlood;
-            }
+            let rl = Buckets::of(state);
+            rl_check(rl, p, &cfg, scope, rate, rate, now, Reason::SynFlood)
+        } else {
+            None
+        };
+        if let Some(limited) = limited {
+            return limited;
         }
         if cfg.syn_per_cpu_per_s != 0
             && !syn_budget_allows(&mut state.syn_budget, cfg.syn_per_cpu_per_s, now)
@@ -726,25 +750,21 @@ fn service_limits(
             return Reason::SynFlood;
         }
     }
-    if svc.src_pps != 0 {
+    let limited = if svc.src_pps != 0 {
         let scope = abi::rl_scope(abi::RL_SVC, svc.svc_id);
         let rate = svc.src_pps;
-        if !rl_check(&mut state.buckets, p, &cfg, scope, rate, rate, now) {
-            return Reason::RateLimited;
-        }
+        let rl = Buckets::of(state);
+        rl_check(rl, p, &cfg, scope, rate, rate, now, Reason::RateLimited)
     } else if cfg.src_pps != 0 {
         let scope = abi::rl_scope(abi::RL_SRC, 0);
-        if !rl_check(
-            &mut state.buckets,
-            p,
-            &cfg,
-            scope,
-            cfg.src_pps,
-            cfg.src_burst,
-            now,
-        ) {
-            return Reason::RateLimited;
-        }
+        let (rate, burst) = (cfg.src_pps, cfg.src_burst);
+        let rl = Buckets::of(state);
+        rl_check(rl, p, &cfg, scope, rate, burst, now, Reason::RateLimited)
+    } else {
+        None
+    };
+    if let Some(limited) = limited {
+        return limited;
     }
     Reason::Service
 }

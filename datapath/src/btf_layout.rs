@@ -444,7 +444,11 @@ fn fnv1a(text: &str) -> u64 {
 /// side read each other's maps correctly, so the version stays and only the
 /// fingerprint is recorded again. `cg_config.rl_v6_prefix` (was `_pad`, 0 =
 /// the whole IPv6 address) is such a change.
-const FINGERPRINT: (u32, u64) = (2, 0x503b_fa49_1db3_d716);
+///
+/// Version 3 added `cg_dgram_flows` (datagram flows apart from the TCP
+/// connections of `cg_flows`) and `cg_rl_budget` (new rate-limit buckets per
+/// CPU per second), and the reason `rl_table_busy`.
+const FINGERPRINT: (u32, u64) = (3, 0x0de2_02eb_f72c_1df2);
 
 #[test]
 fn the_abi_changes_only_with_its_version() {

@@ -25,7 +25,7 @@
  * meaning of a number changes: the agent stamps it into the cg_abi map of
  * the maps it pins, and an agent of another version refuses to adopt them.
  */
-#define CG_ABI_VERSION 2
+#define CG_ABI_VERSION 3
 
 /* Actions: what the program did with a packet (the `action` metric label). */
 enum cg_action {
@@ -52,6 +52,8 @@ enum cg_reason {
 	CG_R_FRAGMENT_ORPHAN = 9,
 	CG_R_IPV6_EXT_HEADER = 10,
 	CG_R_ICMP_RATE = 11,
+	CG_R_RL_TABLE_BUSY = 12, /* a source without a bucket, while this CPU's
+				  * budget of new buckets is spent */
 
 	CG_R_NON_IP = 16,        /* ARP, LLDP...: not ours to judge */
 	CG_R_SERVICE = 17,       /* a public service whose `from` list matched */
@@ -251,7 +253,12 @@ struct cg_frag {
 
 /*
  * Flows this host opened, recorded at egress by tc_egress.c and matched by
- * XDP against replies.  For ICMP echo, local_port_be is the echo id.
+ * XDP against replies.  For ICMP echo, local_port_be is the echo id.  TCP
+ * connections live in cg_flows, datagram flows (UDP and ICMP echo) in
+ * cg_dgram_flows: a datagram flow needs no handshake, so anyone who makes
+ * this host send datagrams (a WireGuard cookie reply to each spoofed
+ * initiation, say) makes flows at will, and in a map of their own they evict
+ * only each other, never the host's TCP connections.
  */
 struct cg_flow_key {
 	__u8 local[16];
@@ -287,8 +294,24 @@ struct cg_event {
 #define CG_RL_MAX (1U << 17)
 #define CG_FRAG_MAX (1U << 14)
 #define CG_FLOW_MAX (1U << 18)
+/* Datagram flows last minutes, not hours; a quarter of cg_flows holds every
+ * lookup and NTP exchange a server makes in CG_FLOW_UDP_TIMEOUT_S. */
+#define CG_DGRAM_FLOW_MAX (1U << 16)
 #define CG_EVENTS_BYTES (1U << 20)
 #define CG_EVENTS_PER_CPU_PER_S 200
+/*
+ * New rate-limit buckets a CPU may make per second (a GCRA bucket in
+ * cg_rl_budget, burst of one second).  A flood from spoofed sources would
+ * otherwise make a bucket for every packet, a map update each, and evict the
+ * bucket of every real source, which then starts again with a full burst.
+ * CG_RL_MAX / 64: the LRU cg_rl turns over in no less than 64 / CPUs seconds
+ * (8 s on an 8-CPU host), longer than any bucket needs to refill, so a real
+ * source's bucket survives the flood; and 2048 new sources a second on each
+ * CPU is far more than a CRM server sees arrive.  Beyond it, a packet from a
+ * source without a bucket is dropped as rl_table_busy.
+ */
+#define CG_RL_NEW_PER_CPU_PER_S (1U << 11)
+_Static_assert(CG_RL_NEW_PER_CPU_PER_S == CG_RL_MAX / 64, "the new-bucket budget");
 
 /* Timeouts of recorded flows and fragment verdicts, in seconds. */
 #define CG_FLOW_TCP_TIMEOUT_S 7200

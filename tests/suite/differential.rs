@@ -21,9 +21,12 @@
 //! about the cost of two syscalls per frame.
 //!
 //! State that the program writes is mirrored and checked: first-fragment
-//! verdicts (`cg_frags`) and rate-limit buckets (`cg_rl`, `cg_syn_budget`)
+//! verdicts (`cg_frags`) and rate-limit buckets (`cg_rl`, `cg_syn_budget`,
+//! `cg_rl_budget`)
 //! must equal the model's, entry by entry and to the nanosecond, at the end
-//! of every batch of frames; then both sides are cleared. The thread is
+//! of every batch of frames; then both sides are cleared. Every eighth batch
+//! starts with the budget of new buckets spent, so that new sources meet
+//! `rl_table_busy`. The thread is
 //! pinned to one CPU, because the SYN budget is per CPU.
 //!
 //! Time is shared exactly. The program reads CLOCK_MONOTONIC coarsely
@@ -467,6 +470,7 @@ struct Written {
     frags: BTreeMap<abi::FragKey, abi::Frag>,
     buckets: BTreeMap<abi::RlKey, abi::Rl>,
     syn_budget: abi::Rl,
+    rl_budget: abi::Rl,
 }
 
 impl Written {
@@ -475,6 +479,7 @@ impl Written {
             frags: model.frags.clone(),
             buckets: model.buckets.clone(),
             syn_budget: model.syn_budget,
+            rl_budget: model.rl_budget,
         }
     }
 
@@ -482,6 +487,7 @@ impl Written {
         model.frags = self.frags;
         model.buckets = self.buckets;
         model.syn_budget = self.syn_budget;
+        model.rl_budget = self.rl_budget;
     }
 }
 
@@ -496,6 +502,7 @@ struct Kernel {
     frags: HashMap<MapData, abi::FragKey, abi::Frag>,
     buckets: HashMap<MapData, abi::RlKey, abi::Rl>,
     syn_budget: PerCpuArray<MapData, abi::Rl>,
+    rl_budget: PerCpuArray<MapData, abi::Rl>,
     cpus: usize,
     generation: u32,
 }
@@ -512,6 +519,7 @@ impl Kernel {
             frags: pinned(&dir, "cg_frags")?,
             buckets: pinned(&dir, "cg_rl")?,
             syn_budget: pinned(&dir, "cg_syn_budget")?,
+            rl_budget: pinned(&dir, "cg_rl_budget")?,
             seen: Vec::new(),
             dir,
             ebpf,
@@ -567,8 +575,8 @@ impl Kernel {
         Ok(())
     }
 
-    fn install_flows(&self, flows: &BTreeMap<abi::FlowKey, u64>) -> Result<()> {
-        let mut map: HashMap<MapData, abi::FlowKey, abi::Flow> = pinned(&self.dir, "cg_flows")?;
+    fn install_flows(&self, name: &str, flows: &BTreeMap<abi::FlowKey, u64>) -> Result<()> {
+        let mut map: HashMap<MapData, abi::FlowKey, abi::Flow> = pinned(&self.dir, name)?;
         for (k, expires_ns) in flows {
             map.insert(
                 k,
@@ -632,7 +640,8 @@ impl Kernel {
         Ok(Written {
             frags: self.frags.iter().collect::<Result<_, _>>()?,
             buckets: self.buckets.iter().collect::<Result<_, _>>()?,
-            syn_budget: self.syn_budget_of(cpu)?,
+            syn_budget: self.budget_of(&self.syn_budget, cpu)?,
+            rl_budget: self.budget_of(&self.rl_budget, cpu)?,
         })
     }
 
@@ -642,21 +651,22 @@ impl Kernel {
         Ok(())
     }
 
-    /// The SYN budget bucket of `cpu`.
-    fn syn_budget_of(&self, cpu: usize) -> Result<abi::Rl> {
-        let values = self
-            .syn_budget
-            .get(&0, 0)
-            .context("reading cg_syn_budget")?;
+    /// The bucket of `cpu` in a per-CPU budget (`cg_syn_budget`, `cg_rl_budget`).
+    fn budget_of(&self, budget: &PerCpuArray<MapData, abi::Rl>, cpu: usize) -> Result<abi::Rl> {
+        let values = budget.get(&0, 0).context("reading a per-CPU budget")?;
         values
             .get(cpu)
             .copied()
-            .with_context(|| format!("cg_syn_budget has no value for CPU {cpu}"))
+            .with_context(|| format!("a per-CPU budget has no value for CPU {cpu}"))
     }
 
     /// Empties the state the program writes, then writes the seeded
-    /// fragment verdicts.
-    fn reset_state(&mut self, seeded: &[(abi::FragKey, abi::Frag)]) -> Result<()> {
+    /// fragment verdicts and `rl_budget` as every CPU's budget of new buckets.
+    fn reset_state(
+        &mut self,
+        seeded: &[(abi::FragKey, abi::Frag)],
+        rl_budget: abi::Rl,
+    ) -> Result<()> {
         let keys: Vec<abi::FragKey> = self.frags.keys().collect::<Result<_, _>>()?;
         for key in keys {
             self.frags.remove(&key)?;
@@ -667,6 +677,8 @@ impl Kernel {
         }
         let zero = PerCpuValues::try_from(vec![abi::Rl::default(); self.cpus])?;
         self.syn_budget.set(0, zero, 0)?;
+        let budget = PerCpuValues::try_from(vec![rl_budget; self.cpus])?;
+        self.rl_budget.set(0, budget, 0)?;
         for (k, v) in seeded {
             self.frags.insert(k, v, 0)?;
         }
@@ -750,6 +762,12 @@ fn compare_state(kernel: &Kernel, model: &ModelState, cpu: usize) -> Result<()> 
             k.syn_budget, m.syn_budget
         ));
     }
+    if k.rl_budget != m.rl_budget {
+        differences.push(format!(
+            "cg_rl_budget: kernel {:?}, model {:?}",
+            k.rl_budget, m.rl_budget
+        ));
+    }
     differences.truncate(20);
     bail!(
         "the program's state differs from the model's:\n  {}",
@@ -795,6 +813,10 @@ fn decide_frame(
     }
     if written.syn_budget != before.syn_budget {
         let budget = &written.syn_budget;
+        times.push(budget.tat_ns.wrapping_sub(interval(budget)));
+    }
+    if written.rl_budget != before.rl_budget {
+        let budget = &written.rl_budget;
         times.push(budget.tat_ns.wrapping_sub(interval(budget)));
     }
     times.retain(|t| (t0..=t1).contains(t));
@@ -1543,9 +1565,16 @@ fn differential_xdp_matches_model() -> Result<()> {
     let tick = tick_ns()?;
     let flows = flows();
     for f in &flows {
-        model.flows.insert(f.key(), if f.live { far } else { 1 });
+        // TCP connections and datagram flows live in maps of their own.
+        let map = if f.proto == 6 {
+            &mut model.flows
+        } else {
+            &mut model.dgram_flows
+        };
+        map.insert(f.key(), if f.live { far } else { 1 });
     }
-    kernel.install_flows(&model.flows)?;
+    kernel.install_flows("cg_flows", &model.flows)?;
+    kernel.install_flows("cg_dgram_flows", &model.dgram_flows)?;
     let seeded = seeded_frags();
 
     let mut gen = Gen {
@@ -1569,10 +1598,23 @@ fn differential_xdp_matches_model() -> Result<()> {
             kernel.set_ban_flags(phase.ban_flags)?;
             model.bans.flags = phase.ban_flags;
         }
-        kernel.reset_state(&seeded)?;
+        // Every eighth batch starts with the budget of new rate-limit buckets spent for the
+        // next two seconds, longer than a batch lasts: new sources find the table busy.
+        let rl_budget = if batch % 8 == 7 {
+            let rate = abi::RL_NEW_PER_CPU_PER_S;
+            abi::Rl {
+                tat_ns: coarse_ns()? + 2 * SEC,
+                rate,
+                burst: rate,
+            }
+        } else {
+            abi::Rl::default()
+        };
+        kernel.reset_state(&seeded, rl_budget)?;
         model.frags = seeded.iter().copied().collect();
         model.buckets.clear();
         model.syn_budget = abi::Rl::default();
+        model.rl_budget = rl_budget;
 
         let mut in_batch = 0;
         while in_batch < BATCH_FRAMES && done < frames {

@@ -277,14 +277,20 @@ fn wait_count(
     )
 }
 
-/// The flows recorded under `bpffs_dir`.
+/// The flows recorded under `bpffs_dir`: TCP connections (`cg_flows`), then datagram flows
+/// (`cg_dgram_flows`).
 fn flows(bpffs_dir: &Path) -> Result<Vec<(FlowKey, Flow)>> {
-    let path = bpffs_dir.join("maps/cg_flows");
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let map: HashMap<MapData, FlowKey, Flow> = HashMap::try_from(Map::LruHashMap(data))?;
-    map.iter()
-        .map(|entry| entry.context("reading cg_flows"))
-        .collect()
+    let mut all = Vec::new();
+    for name in ["cg_flows", "cg_dgram_flows"] {
+        let path = bpffs_dir.join("maps").join(name);
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let map: HashMap<MapData, FlowKey, Flow> = HashMap::try_from(Map::LruHashMap(data))?;
+        for entry in map.iter() {
+            all.push(entry.with_context(|| format!("reading {name}"))?);
+        }
+    }
+    Ok(all)
 }
 
 fn mapped(addr: IpAddr) -> [u8; 16] {
@@ -694,12 +700,19 @@ struct Programs {
 impl Programs {
     /// `name` keeps the pin directories of tests running in parallel apart.
     fn load(name: &str) -> Result<Programs> {
+        Programs::load_with(name, "")
+    }
+
+    /// [`Programs::load`] with more policy after the `[firewall]` settings.
+    fn load_with(name: &str, more: &str) -> Result<Programs> {
         let dir = PathBuf::from(format!("/sys/fs/bpf/cgestab-{}-{name}", std::process::id()));
         let _ = crmguard_datapath::uninstall(&dir);
         let (xdp, mut maps) =
             crmguard_datapath::load_for_test(&dir).context("loading the XDP program")?;
         let config = crmguard_core::config::parse(
-            "[firewall]\ndefault = \"drop\"\nallow_established = true\nicmp = \"none\"\n",
+            &format!(
+                "[firewall]\ndefault = \"drop\"\nallow_established = true\nicmp = \"none\"\n{more}"
+            ),
             Path::new("established.toml"),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -713,16 +726,33 @@ impl Programs {
         })
     }
 
+    /// The TCP connections (`cg_flows`).
     fn flows(&self) -> Result<HashMap<MapData, FlowKey, Flow>> {
-        let data = MapData::from_pin(self.dir.join("maps/cg_flows"))?;
+        self.flow_map("cg_flows")
+    }
+
+    fn flow_map(&self, name: &str) -> Result<HashMap<MapData, FlowKey, Flow>> {
+        let data = MapData::from_pin(self.dir.join("maps").join(name))?;
         Ok(HashMap::try_from(Map::LruHashMap(data))?)
     }
 
+    /// Every recorded flow: TCP connections, then datagram flows (`cg_dgram_flows`).
+    fn all_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        let mut all: Vec<(FlowKey, Flow)> = self.flows()?.iter().collect::<Result<_, _>>()?;
+        let dgram = self.flow_map("cg_dgram_flows")?;
+        for entry in dgram.iter() {
+            all.push(entry?);
+        }
+        Ok(all)
+    }
+
     fn clear_flows(&self) -> Result<()> {
-        let mut flows = self.flows()?;
-        let keys: Vec<FlowKey> = flows.keys().collect::<Result<_, _>>()?;
-        for key in keys {
-            flows.remove(&key)?;
+        for name in ["cg_flows", "cg_dgram_flows"] {
+            let mut flows = self.flow_map(name)?;
+            let keys: Vec<FlowKey> = flows.keys().collect::<Result<_, _>>()?;
+            for key in keys {
+                flows.remove(&key)?;
+            }
         }
         Ok(())
     }
@@ -1073,7 +1103,7 @@ fn egress_records_flows_as_xdp_looks_them_up() -> Result<()> {
             let start = now_ns();
             programs.egress(&case.outbound)?;
             let end = now_ns();
-            let flows: Vec<(FlowKey, Flow)> = programs.flows()?.iter().collect::<Result<_, _>>()?;
+            let flows = programs.all_flows()?;
             match &case.records {
                 None => ensure!(flows.is_empty(), "recorded {flows:?}"),
                 Some((want, lifetime_s)) => {
@@ -1135,5 +1165,58 @@ fn later_packets_of_a_recorded_flow_refresh_it() -> Result<()> {
         programs.passes(&reply)?,
         "the reply of the refreshed flow was dropped"
     );
+    Ok(())
+}
+
+/// Datagrams the host is made to send cannot evict its TCP connections: more UDP flows than
+/// `cg_dgram_flows` holds leave the connection in `cg_flows` alone, and its replies pass. A
+/// public UDP service open to anyone answers without recording a flow; a datagram from any
+/// other port records one.
+#[test]
+fn datagram_flows_never_evict_the_hosts_tcp_connections() -> Result<()> {
+    if !privileged::require("established::datagram_flows_never_evict_the_hosts_tcp_connections") {
+        return Ok(());
+    }
+    let mut programs = Programs::load_with(
+        "dgram",
+        "\n[[firewall.service]]\nname = \"dns\"\nproto = \"udp\"\nports = [53]\n",
+    )?;
+    programs.clear_flows()?;
+    programs.egress(&ip4(HOST4, PEER4, TCP, 0, 0, &tcp(40020, 443, SYN)))?;
+    let connection = key(IpAddr::V4(HOST4), IpAddr::V4(PEER4), TCP, 40020, 443);
+
+    // The service's answers record nothing.
+    for n in 0..100u32 {
+        let remote = Ipv4Addr::from(0xc633_6400 + n);
+        programs.egress(&ip4(HOST4, remote, UDP, 0, 0, &udp(53, 40000)))?;
+    }
+    let recorded = programs.all_flows()?;
+    ensure!(
+        recorded.len() == 1 && recorded[0].0 == connection,
+        "the answers of a public UDP service were recorded: {} flows",
+        recorded.len()
+    );
+
+    // More datagram flows than their map holds, and more than the map of connections holds
+    // (which one map for both would evict the connection by), each to another address.
+    let total = crmguard_core::abi::FLOW_MAX + crmguard_core::abi::FLOW_MAX / 4;
+    for n in 0..total {
+        let remote = Ipv4Addr::from(0x6440_0000 + n);
+        programs.egress(&ip4(HOST4, remote, UDP, 0, 0, &udp(40001, 53)))?;
+    }
+    let datagrams = programs.flow_map("cg_dgram_flows")?.keys().count();
+    ensure!(
+        datagrams > 0 && datagrams <= usize::try_from(crmguard_core::abi::DGRAM_FLOW_MAX)?,
+        "cg_dgram_flows holds {datagrams} flows"
+    );
+    ensure!(
+        programs.flows()?.get(&connection, 0).is_ok(),
+        "{total} datagram flows evicted the host's TCP connection"
+    );
+    ensure!(
+        programs.passes(&ip4(PEER4, HOST4, TCP, 0, 0, &tcp(443, 40020, ACK)))?,
+        "the reply of the host's TCP connection was dropped after {total} datagram flows"
+    );
+    eprintln!("{total} datagram flows: {datagrams} kept, the TCP connection kept");
     Ok(())
 }

@@ -586,10 +586,9 @@ fn write_stamp(agent: &Agent, version: u32) -> Result<()> {
 }
 
 #[test]
-fn pinned_maps_of_another_abi_version_are_refused_and_unstamped_ones_adopted() -> Result<()> {
-    if !privileged::require(
-        "firewall::pinned_maps_of_another_abi_version_are_refused_and_unstamped_ones_adopted",
-    ) {
+fn pinned_maps_of_another_abi_version_or_unstamped_are_refused() -> Result<()> {
+    if !privileged::require("firewall::pinned_maps_of_another_abi_version_or_unstamped_are_refused")
+    {
         return Ok(());
     }
     let t = Topology::dual_stack(108, 1)?;
@@ -633,25 +632,35 @@ fn pinned_maps_of_another_abi_version_are_refused_and_unstamped_ones_adopted() -
         "the refused set was restamped with {found}"
     );
 
-    // A set pinned before stamps existed (no stamp at all) is of the last unstamped version:
-    // this agent speaks it, so it adopts the set, stamps it and keeps enforcing.
+    // A set pinned before stamps existed (no stamp at all) is of the last unstamped version,
+    // whose maps this agent no longer lays out the same way (it has datagram flows and a
+    // budget of new rate-limit buckets): it is refused too, and left as it is.
     std::fs::remove_file(&stamp)?;
     ensure!(
-        crmguard_core::abi::ABI_VERSION == crmguard_datapath::stamp::LAST_UNSTAMPED_VERSION,
-        "this agent no longer speaks the unstamped version: the case below must expect a refusal"
+        crmguard_core::abi::ABI_VERSION != crmguard_datapath::stamp::LAST_UNSTAMPED_VERSION,
+        "this agent speaks the unstamped version again: the case below must expect an adoption"
     );
-    agent.restart()?;
-    expect_attached(&t, &agent, "native")?;
-    let adopted = agent.status()?["interfaces"][0]["adopted"].as_bool();
+    let (code, stderr) = run_to_exit(&t, &agent, "crmguard-unstamped")?;
     ensure!(
-        adopted == Some(true),
-        "the unstamped set was not adopted: {adopted:?}"
+        code == Some(69),
+        "`crmguard run` exited with {code:?}, not 69, on an unstamped set:\n{stderr}"
     );
-    let found = crmguard_datapath::stamp::read(&stamp)?;
+    for expected in [
+        "record no ABI version",
+        "crmguard uninstall",
+        "keeps enforcing",
+    ] {
+        ensure!(
+            stderr.contains(expected),
+            "the refusal of an unstamped set does not say {expected:?}:\n{stderr}"
+        );
+    }
+    ensure!(!stamp.exists(), "the refused unstamped set was stamped");
     ensure!(
-        found == crmguard_core::abi::ABI_VERSION,
-        "the adopted set was stamped {found}"
+        t.host_if.xdp()?.is_some(),
+        "no XDP program on {} after the refusal of an unstamped set",
+        t.host_if.name()
     );
-    probe(&t, &enforcing_cases(&t)).context("after adopting an unstamped set")?;
+    probe(&t, &enforcing_cases(&t)).context("after the refusal of an unstamped set")?;
     Ok(())
 }

@@ -37,6 +37,7 @@ mod monitor;
 mod reconcile;
 mod scale;
 mod soak;
+mod spoofed;
 mod traffic;
 mod vpn;
 mod wg_interop;

@@ -1112,7 +1112,7 @@ fn a_handshake_flood_gets_cookie_replies_at_its_real_source() -> Result<()> {
 }
 
 /// 32 random bytes for a private key.
-fn genkey_bytes() -> Result<[u8; 32]> {
+pub(crate) fn genkey_bytes() -> Result<[u8; 32]> {
     let mut key = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
     Ok(key)

@@ -763,10 +763,24 @@ fn replies_to_own_connections() {
         .flows
         .insert(flow(local, mapped(peer), 50000, 443, 6), NOW);
     state
-        .flows
+        .dgram_flows
         .insert(flow(local, mapped("9.9.9.9"), 40000, 53, 17), NOW - 1);
-    state.flows.insert(flow(local, mapped(peer), 77, 0, 1), 0);
-    state.flows.insert(
+    state
+        .dgram_flows
+        .insert(flow(local, mapped(peer), 77, 0, 1), 0);
+    // Datagram flows are looked up in their own map only: this one, in the map of TCP
+    // connections, lets nothing in.
+    state
+        .flows
+        .insert(flow(local, mapped("9.9.9.9"), 40001, 53, 17), u64::MAX);
+    state
+        .dgram_flows
+        .insert(flow(local, mapped("9.9.9.10"), 40002, 53, 17), u64::MAX);
+    // Nor is a TCP connection found among the datagram flows.
+    state
+        .dgram_flows
+        .insert(flow(local, mapped(peer), 50001, 443, 6), u64::MAX);
+    state.dgram_flows.insert(
         flow(
             DST6.octets(),
             peer6.parse::<Ipv6Addr>().expect("v6").octets(),
@@ -816,6 +830,29 @@ fn replies_to_own_connections() {
         (
             "icmpv6 echo reply with another id",
             eth(&[], ETH_IP6, &ipv6(peer6, 58, &icmp_echo(129, 0, 79))),
+            drop(DefaultDrop),
+        ),
+        (
+            "udp reply of a datagram flow",
+            eth(
+                &[],
+                ETH_IP,
+                &ipv4(v4("9.9.9.10", 17), &udp_datagram(53, 40002, b"a")),
+            ),
+            pass(Established),
+        ),
+        (
+            "udp reply of a flow kept in the map of TCP connections",
+            eth(
+                &[],
+                ETH_IP,
+                &ipv4(v4("9.9.9.9", 17), &udp_datagram(53, 40001, b"a")),
+            ),
+            drop(DefaultDrop),
+        ),
+        (
+            "tcp reply of a connection kept among the datagram flows",
+            reply(peer, 443, 50001, TCP_ACK),
             drop(DefaultDrop),
         ),
         (
@@ -987,6 +1024,41 @@ fn rate_limits() {
     assert_eq!(run(&mut state, &syn("192.0.2.7", 22)), Service);
     assert_eq!(run(&mut state, &syn("192.0.2.8", 22)), SynFlood);
     assert_eq!(state.syn_budget.rate, 1);
+}
+
+#[test]
+fn new_buckets_are_bounded_per_cpu_per_second() {
+    let mut state = state();
+    let init = |n: u32| {
+        let src = Ipv4Addr::from(0x0a00_0000 + n).to_string();
+        udp4(&src, 51820, &wg(1, 0, 148))
+    };
+    let budget = abi::RL_NEW_PER_CPU_PER_S;
+    // A second's worth of new sources each get a bucket, and pass.
+    for n in 0..budget {
+        let (_, reason) = decide(&mut state, &init(n), NOW);
+        assert_eq!(reason, Wireguard, "source {n}");
+    }
+    assert_eq!(state.buckets.len(), usize::try_from(budget).expect("fits"));
+    // The next new source finds the table busy, in every scope, and makes no bucket.
+    assert_eq!(decide(&mut state, &init(budget), NOW).1, RlTableBusy);
+    let echo = eth(&[], ETH_IP, &ipv4(v4("10.99.0.1", 1), &icmp(8, 0)));
+    assert_eq!(decide(&mut state, &echo, NOW).1, RlTableBusy);
+    let syn = eth(
+        &[],
+        ETH_IP,
+        &ipv4(v4("10.99.0.2", 6), &tcp_segment(40000, 443, TCP_SYN, 5, 0)),
+    );
+    assert_eq!(decide(&mut state, &syn, NOW), drop(RlTableBusy));
+    assert_eq!(state.buckets.len(), usize::try_from(budget).expect("fits"));
+    // A source that has its bucket is judged by it as before.
+    assert_eq!(decide(&mut state, &init(0), NOW).1, Wireguard);
+    assert_eq!(decide(&mut state, &init(0), NOW).1, WgHandshakeRate);
+    // The budget refills at its rate: one more new bucket after 1/budget of a second.
+    let later = NOW + SEC / u64::from(budget);
+    assert_eq!(decide(&mut state, &init(budget), later).1, Wireguard);
+    assert_eq!(decide(&mut state, &init(budget + 1), later).1, RlTableBusy);
+    assert_eq!(state.rl_budget.rate, budget);
 }
 
 #[test]
