@@ -9,6 +9,9 @@
 //! - `vpn-tx` reads packets from the TUN device (super-packets split by segment), finds the
 //!   peer that owns each destination, encrypts under that peer's lock and sends runs of
 //!   equal-sized datagrams to one endpoint with one GSO send.
+//! - `vpn-handshake` works through the handshake messages `vpn-rx` hands it (a bounded queue:
+//!   beyond it they are dropped and counted as `rate_limited`), so that a flood of initiations
+//!   does not hold up the peers' data.
 //! - `vpn-timers` runs every peer's WireGuard timers (retransmitted and renewed handshakes,
 //!   keepalives, expiry) four times a second, resets the handshake load counter every second,
 //!   reads the local time for the ACL, and saves the peers' endpoints when they change.
@@ -32,6 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::IoSliceMut;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -217,6 +221,8 @@ struct Shared {
     state_file: PathBuf,
     /// The start of inspection's monotonic seconds.
     started: Instant,
+    /// Handshake messages for `vpn-handshake`; full means the endpoint is busy with them.
+    handshakes: SyncSender<HandshakeJob>,
 }
 
 impl Shared {
@@ -310,7 +316,9 @@ impl Endpoint {
         )?;
         let acl = acl_for(config, &settings, &portal);
         acl_metrics.prepare(&acl);
+        let (handshakes, handshake_queue) = sync_channel(HANDSHAKE_QUEUE);
         let shared = Arc::new(Shared {
+            handshakes,
             stop: AtomicBool::new(false),
             core: Core::new(keys, settings.handshakes_before_cookies, inspector),
             udp,
@@ -351,6 +359,12 @@ impl Endpoint {
                 .map_err(VpnError::Thread)?;
             endpoint.threads.push(handle);
         }
+        let shared = Arc::clone(&endpoint.shared);
+        let handle = std::thread::Builder::new()
+            .name("vpn-handshake".to_owned())
+            .spawn(move || handshake_thread(shared, handshake_queue))
+            .map_err(VpnError::Thread)?;
+        endpoint.threads.push(handle);
         let info = Arc::clone(&endpoint.shared);
         endpoint.uapi = UapiServer::start(
             &endpoint.settings.interface,
@@ -798,6 +812,16 @@ fn rx_thread(shared: Arc<Shared>) {
                 };
                 let stride = if m.stride == 0 { m.len } else { m.stride };
                 for datagram in buf[..m.len].chunks(stride.max(1)) {
+                    if let Some(job) = HandshakeJob::of(datagram, from, now) {
+                        // Handshakes are worked through on their own thread, so that a
+                        // flood of them (each may cost Diffie-Hellman work or a cookie reply)
+                        // does not hold up the peers' data. Beyond the queue, they are
+                        // dropped and counted, as WireGuard does under load.
+                        if shared.handshakes.try_send(job).is_err() {
+                            shared.core.handshake_dropped_for_load();
+                        }
+                        continue;
+                    }
                     let RxBuffers { scratch, queue } = &mut bufs;
                     shared.core.datagram(
                         &snapshot.value,
@@ -817,6 +841,73 @@ fn rx_thread(shared: Arc<Shared>) {
             }
             bufs.queue.flush(&shared.tun);
         }
+    }
+}
+
+// ---- vpn-handshake: handshake messages, off the data path -----------------------------------
+
+/// Handshake messages waiting for `vpn-handshake`: a few hundred milliseconds of work at the
+/// rate the endpoint answers them before it goes to cookies.
+const HANDSHAKE_QUEUE: usize = 1024;
+
+/// The longest handshake message: an initiation.
+const HANDSHAKE_MAX: usize = 148;
+
+/// One handshake message (initiation, response or cookie reply) and where it came from.
+struct HandshakeJob {
+    bytes: [u8; HANDSHAKE_MAX],
+    len: usize,
+    from: Target,
+    now: Now,
+}
+
+impl HandshakeJob {
+    /// The job for `datagram` when it is a handshake message; data and garbage stay on the
+    /// data path, which drops what does not authenticate.
+    fn of(datagram: &[u8], from: Target, now: Now) -> Option<HandshakeJob> {
+        let kind = *datagram.first()?;
+        if !(1..=3).contains(&kind) || datagram.len() > HANDSHAKE_MAX {
+            return None;
+        }
+        let mut bytes = [0u8; HANDSHAKE_MAX];
+        bytes[..datagram.len()].copy_from_slice(datagram);
+        Some(HandshakeJob {
+            bytes,
+            len: datagram.len(),
+            from,
+            now,
+        })
+    }
+}
+
+fn handshake_thread(shared: Arc<Shared>, jobs: Receiver<HandshakeJob>) {
+    let mut bufs = RxBuffers::new();
+    let mut snapshot = Cached::new(&shared.snapshot);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let job = match jobs.recv_timeout(POLL) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        snapshot.refresh(&shared.snapshot);
+        for job in std::iter::once(job).chain(jobs.try_iter()) {
+            let RxBuffers { scratch, queue } = &mut bufs;
+            shared.core.datagram(
+                &snapshot.value,
+                &job.bytes[..job.len],
+                job.from,
+                job.now,
+                scratch,
+                &mut |action| match action {
+                    Action::Deliver(packet) => queue.push(packet),
+                    action => shared.carry_out(action),
+                },
+            );
+            if bufs.queue.is_full() {
+                bufs.queue.flush(&shared.tun);
+            }
+        }
+        bufs.queue.flush(&shared.tun);
     }
 }
 

@@ -324,6 +324,11 @@ impl Core {
         &self.counters
     }
 
+    /// Counts a handshake message dropped because the endpoint is busy with others.
+    pub fn handshake_dropped_for_load(&self) {
+        inc(&self.counters.rate_limited);
+    }
+
     /// Starts a new second of the handshake load count.
     pub fn reset_load(&self) {
         self.limiter.reset_count();
