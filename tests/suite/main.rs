@@ -31,6 +31,7 @@ mod lockout;
 mod logsource;
 mod metrics;
 mod monitor;
+mod privileges;
 mod reconcile;
 mod scale;
 mod traffic;
