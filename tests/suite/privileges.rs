@@ -38,7 +38,12 @@ struct UnitPrivileges {
     caps: Vec<String>,
     /// The `ExecStartPre=+` command that prepares /run/wireguard, run as root.
     prepare_wireguard: String,
+    /// The `ExecStartPre=+` command that prepares the pins' directory, run as root.
+    prepare_bpffs: String,
 }
+
+/// The default `[agent] bpffs_dir`, which the unit prepares.
+const UNIT_BPFFS_DIR: &str = "/sys/fs/bpf/crmguard";
 
 /// Reads `User=`, `Group=`, `AmbientCapabilities=`, `CapabilityBoundingSet=` and the
 /// `/run/wireguard` `ExecStartPre=` from the unit's text.
@@ -69,18 +74,22 @@ fn unit_privileges(text: &str) -> Result<UnitPrivileges> {
         "{UNIT}: AmbientCapabilities {ambient:?} and CapabilityBoundingSet {bounding:?} differ"
     );
     ensure!(one("NoNewPrivileges")? == "yes", "{UNIT}: NoNewPrivileges");
-    let prepare = value("ExecStartPre")
-        .into_iter()
-        .find(|v| v.contains("/run/wireguard"))
-        .with_context(|| format!("{UNIT}: no ExecStartPre= for /run/wireguard"))?;
-    let script = prepare
-        .strip_prefix("+/bin/sh -c '")
-        .and_then(|rest| rest.strip_suffix('\''))
-        .with_context(|| format!("{UNIT}: not a `+/bin/sh -c '...'` command: {prepare}"))?;
+    let script = |about: &str| -> Result<String> {
+        let prepare = value("ExecStartPre")
+            .into_iter()
+            .find(|v| v.contains(about))
+            .with_context(|| format!("{UNIT}: no ExecStartPre= for {about}"))?;
+        prepare
+            .strip_prefix("+/bin/sh -c '")
+            .and_then(|rest| rest.strip_suffix('\''))
+            .map(str::to_owned)
+            .with_context(|| format!("{UNIT}: not a `+/bin/sh -c '...'` command: {prepare}"))
+    };
     Ok(UnitPrivileges {
         user,
         caps: ambient,
-        prepare_wireguard: script.to_owned(),
+        prepare_wireguard: script("/run/wireguard")?,
+        prepare_bpffs: script(UNIT_BPFFS_DIR)?,
     })
 }
 
@@ -248,6 +257,13 @@ fn the_agent_runs_as_the_units_user_with_only_its_capabilities() -> Result<()> {
         std::fs::set_permissions(tun, std::fs::Permissions::from_mode(0o666))?;
     }
 
+    // The pins' directory as the unit makes it, under /sys/fs/bpf with the mode systemd
+    // mounts it with (0700), which the agent's user cannot pass through by itself.
+    let bpffs = Path::new(privileged::BPFFS);
+    privileged::ensure_bpffs()?;
+    let _bpffs_mode = Restore::save(bpffs)?;
+    std::fs::set_permissions(bpffs, std::fs::Permissions::from_mode(0o700))?;
+
     let t = Topology::dual_stack(190, 1)?;
     let alice = PeerSpec::new("alice", 2)?;
     let mut agent = Agent::configure(&t.host, "")?;
@@ -293,6 +309,11 @@ role = "sales"
     );
     let config = std::fs::read_to_string(agent.config_path())?;
     std::fs::write(agent.config_path(), format!("{config}\n{body}"))?;
+    let prepare_pins = unit
+        .prepare_bpffs
+        .replace(UNIT_BPFFS_DIR, &agent.bpffs_dir().display().to_string());
+    let out = Command::new("sh").args(["-c", &prepare_pins]).output()?;
+    ensure!(out.status.success(), "{prepare_pins}: {out:?}");
     agent.run_as(RunAs {
         user: user.name.clone(),
         uid: user.uid,
