@@ -249,7 +249,8 @@ pub struct PolicyMaps {
     /// The inner maps this process placed, by kind (as in `outer`) and slot. Looking an inner
     /// map up through its outer map yields only its id, and opening a map by id takes
     /// CAP_SYS_ADMIN, which the agent does not have: it reads and reuses the inner maps it
-    /// holds. Inner maps it did not place (those of the agent before a restart) it replaces.
+    /// holds. Inner maps it did not place (those of the agent before a restart) it replaces,
+    /// unless it may open them by id.
     placed: Vec<Vec<Option<MapData>>>,
     stats: PerCpuArray<MapData, abi::Stats>,
     cpus: u32,
@@ -353,7 +354,8 @@ impl PolicyMaps {
         {
             let count = entries.count(kind);
             let slot = &mut placed[next_index];
-            let reusable = match slot.take() {
+            // Else by id, which only an agent with CAP_SYS_ADMIN can open.
+            let reusable = match slot.take().or_else(|| outer.get(&next, 0).ok()) {
                 Some(inner) => {
                     let capacity = inner.info().map(|i| i.max_entries()).unwrap_or(0);
                     (capacity >= count && capacity <= REUSE_MAX).then_some(inner)
