@@ -368,6 +368,8 @@ pub struct RunAs {
     pub gid: u32,
     /// Capability names as capabilities(7) writes them: `CAP_BPF`.
     pub caps: Vec<String>,
+    /// Groups besides the user's own (`SupplementaryGroups=`).
+    pub groups: Vec<String>,
 }
 
 impl RunAs {
@@ -610,6 +612,7 @@ mod tests {
             uid: 990,
             gid: 990,
             caps: vec!["CAP_BPF".to_owned(), "CAP_NET_ADMIN".to_owned()],
+            groups: vec!["adm".to_owned()],
         };
         let set = "-all,+bpf,+net_admin";
         assert_eq!(
@@ -619,7 +622,8 @@ mod tests {
                 "crmguard",
                 "--regid",
                 "crmguard",
-                "--init-groups",
+                "--groups",
+                "crmguard,adm",
                 "--inh-caps",
                 set,
                 "--ambient-caps",

@@ -36,6 +36,8 @@ const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/crmguard.s
 struct UnitPrivileges {
     user: String,
     caps: Vec<String>,
+    /// `SupplementaryGroups=`.
+    groups: Vec<String>,
     /// The `ExecStartPre=+` command that prepares /run/wireguard, run as root.
     prepare_wireguard: String,
     /// The `ExecStartPre=+` command that prepares the pins' directory, run as root.
@@ -85,9 +87,15 @@ fn unit_privileges(text: &str) -> Result<UnitPrivileges> {
             .map(str::to_owned)
             .with_context(|| format!("{UNIT}: not a `+/bin/sh -c '...'` command: {prepare}"))
     };
+    let groups = value("SupplementaryGroups")
+        .iter()
+        .flat_map(|v| v.split_whitespace())
+        .map(str::to_owned)
+        .collect();
     Ok(UnitPrivileges {
         user,
         caps: ambient,
+        groups,
         prepare_wireguard: script("/run/wireguard")?,
         prepare_bpffs: script(UNIT_BPFFS_DIR)?,
     })
@@ -218,6 +226,10 @@ fn the_unit_parses_into_a_user_and_its_capabilities() -> Result<()> {
     let unit = unit_privileges(&std::fs::read_to_string(UNIT)?)?;
     ensure!(unit.user == "crmguard", "{unit:?}");
     ensure!(
+        unit.groups == ["adm", "systemd-journal"],
+        "the groups the log sources need: {unit:?}"
+    );
+    ensure!(
         !unit.caps.iter().any(|c| c == "CAP_SYS_ADMIN"),
         "the unit grants CAP_SYS_ADMIN: {unit:?}"
     );
@@ -319,6 +331,7 @@ role = "sales"
         uid: user.uid,
         gid: user.gid,
         caps: unit.caps.clone(),
+        groups: unit.groups.clone(),
     })?;
     agent.spawn()?;
     agent.wait_ready()?;
