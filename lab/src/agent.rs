@@ -388,16 +388,19 @@ impl RunAs {
             set.push_str(",+");
             set.push_str(&name);
         }
-        let mut args: Vec<String> = [
-            "--reuid",
-            &self.user,
-            "--regid",
-            &self.user,
-            "--init-groups",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let mut args: Vec<String> = ["--reuid", &self.user, "--regid", &self.user]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        if self.groups.is_empty() {
+            args.push("--init-groups".to_owned());
+        } else {
+            // The user's group, as initgroups gives a system user, and the others.
+            let mut groups = vec![self.user.clone()];
+            groups.extend(self.groups.iter().cloned());
+            args.push("--groups".to_owned());
+            args.push(groups.join(","));
+        }
         for option in ["--inh-caps", "--ambient-caps", "--bounding-set"] {
             args.push(option.to_owned());
             args.push(set.clone());
