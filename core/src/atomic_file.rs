@@ -9,10 +9,15 @@
 //! replaces a file, [`create_new`] creates one that must never be replaced
 //! (a key), and [`sync_dir`] flushes the directory entry of a file opened
 //! in place (the audit log).
+//!
+//! A file or directory made in a directory of another user takes that user and group
+//! ([`give_to_directory_owner`]): the agent runs as user crmguard, and a `crmguard` command run
+//! by root that writes into the agent's state (an MFA enrolment, a peer) must leave files the
+//! agent can read and replace.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Replaces the file at `path` with `bytes`.
@@ -65,15 +70,51 @@ fn temp_path(path: &Path) -> io::Result<PathBuf> {
         .file_name()
         .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
     if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        create_dirs(dir)?;
     }
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(name);
     temp_name.push(format!(".tmp.{}", std::process::id()));
     Ok(dir.join(temp_name))
+}
+
+/// Creates `dir` and its missing parents, mode 0700, each owned like the directory it is made
+/// in.
+pub fn create_dirs(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut existing = dir;
+    while !existing.exists() {
+        missing.push(existing);
+        match existing.parent() {
+            Some(up) if !up.as_os_str().is_empty() => existing = up,
+            _ => break,
+        }
+    }
+    for made in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(0o700).create(made) {
+            Ok(()) => {}
+            // Made meanwhile by someone else: theirs.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        give_to_directory_owner(&File::open(made)?, made)?;
+    }
+    Ok(())
+}
+
+/// Gives `file` (just created at `path`) the user and group of the directory that holds it,
+/// when they differ from its own. Only root can; anyone else gets `EPERM`, which is ignored:
+/// their files stay theirs.
+pub fn give_to_directory_owner(file: &File, path: &Path) -> io::Result<()> {
+    let dir = fs::metadata(parent(path))?;
+    let own = file.metadata()?;
+    if (own.uid(), own.gid()) == (dir.uid(), dir.gid()) {
+        return Ok(());
+    }
+    match std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid())) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
+        other => other,
+    }
 }
 
 /// Writes `bytes` to a fresh file at `path` and flushes it to disk.
@@ -85,6 +126,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
+    give_to_directory_owner(&file, path)?;
     // The mode of `open` applies only when it creates the file; a temporary
     // file left by a crash keeps its own.
     file.set_permissions(fs::Permissions::from_mode(0o600))?;

@@ -248,6 +248,12 @@ pub struct PolicyMaps {
     outer: Vec<ArrayOfMaps<MapData, MapData>>,
     /// The same outer maps, for the commands aya does not offer.
     outer_fds: Vec<MapData>,
+    /// The inner maps this process placed, by kind (as in `outer`) and slot. Looking an inner
+    /// map up through its outer map yields only its id, and opening a map by id takes
+    /// CAP_SYS_ADMIN, which the agent does not have: it reads and reuses the inner maps it
+    /// holds. Inner maps it did not place (those of the agent before a restart) it replaces,
+    /// unless it may open them by id.
+    placed: Vec<Vec<Option<MapData>>>,
     stats: PerCpuArray<MapData, abi::Stats>,
     cpus: u32,
 }
@@ -283,11 +289,17 @@ impl PolicyMaps {
                 .push(MapData::from_pin(&path).map_err(|source| MapsError::Open { path, source })?);
         }
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
+        let slots = usize::try_from(abi::POLICY_SLOTS).unwrap_or(2);
+        let placed = KINDS
+            .iter()
+            .map(|_| (0..slots).map(|_| None).collect())
+            .collect();
         Ok(Self {
             active: open(dir, "cg_active")?,
             config: open(dir, "cg_config")?,
             outer,
             outer_fds,
+            placed,
             stats: open(dir, "cg_stats")?,
             cpus: u32::try_from(cpus).unwrap_or(1).max(1),
         })
@@ -335,15 +347,22 @@ impl PolicyMaps {
     /// why small reloads avoid it.
     pub fn apply(&mut self, policy: &CompiledPolicy, generation: u32) -> Result<(), MapsError> {
         let next = (self.active_slot()? + 1) % abi::POLICY_SLOTS;
-        for ((kind, entries), outer) in KINDS.iter().zip(entries(policy)).zip(self.outer.iter_mut())
+        let next_index = usize::try_from(next).unwrap_or(0);
+        for (((kind, entries), outer), placed) in KINDS
+            .iter()
+            .zip(entries(policy))
+            .zip(self.outer.iter_mut())
+            .zip(self.placed.iter_mut())
         {
             let count = entries.count(kind);
-            let reusable = match outer.get(&next, 0) {
-                Ok(inner) => {
+            let slot = &mut placed[next_index];
+            // Else by id, which only an agent with CAP_SYS_ADMIN can open.
+            let reusable = match slot.take().or_else(|| outer.get(&next, 0).ok()) {
+                Some(inner) => {
                     let capacity = inner.info().map(|i| i.max_entries()).unwrap_or(0);
                     (capacity >= count && capacity <= REUSE_MAX).then_some(inner)
                 }
-                Err(_) => None,
+                None => None,
             };
             match reusable {
                 Some(inner) => {
@@ -357,6 +376,7 @@ impl PolicyMaps {
                         })?;
                     }
                     fill(&inner, kind, &entries)?;
+                    *slot = Some(inner);
                 }
                 None => {
                     let capacity = count
@@ -386,6 +406,7 @@ impl PolicyMaps {
                             map: kind.outer,
                             source,
                         })?;
+                    *slot = Some(inner);
                 }
             }
         }
@@ -410,17 +431,21 @@ impl PolicyMaps {
     /// read the old slot is still looking into it.
     pub fn release_inactive(&mut self) -> Result<(), MapsError> {
         let inactive = (self.active_slot()? + 1) % abi::POLICY_SLOTS;
-        for ((kind, outer), outer_fd) in KINDS
+        let inactive_index = usize::try_from(inactive).unwrap_or(0);
+        for ((kind, outer_fd), placed) in KINDS
             .iter()
-            .zip(self.outer.iter())
             .zip(self.outer_fds.iter())
+            .zip(self.placed.iter_mut())
         {
-            let Ok(inner) = outer.get(&inactive, 0) else {
+            // An inner map of the slot this process did not place is at most one policy old
+            // and replaced by the next apply.
+            let Some(inner) = &placed[inactive_index] else {
                 continue;
             };
             if inner.info().map(|i| i.max_entries()).unwrap_or(0) <= REUSE_MAX {
                 continue;
             }
+            placed[inactive_index] = None;
             match sys::delete_elem(outer_fd.fd().as_fd(), &inactive.to_ne_bytes()) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -443,9 +468,21 @@ impl PolicyMaps {
         generation: u32,
     ) -> Result<Divergence, MapsError> {
         let slot = self.active_slot()?;
+        let slot_index = usize::try_from(slot).unwrap_or(0);
         let mut differ = 0u64;
-        for ((kind, desired), outer) in KINDS.iter().zip(entries(policy)).zip(self.outer.iter()) {
+        for (((kind, desired), outer), placed) in KINDS
+            .iter()
+            .zip(entries(policy))
+            .zip(self.outer.iter())
+            .zip(self.placed.iter())
+        {
             let desired = desired.to_map(kind);
+            // The map this process placed; else (before its first apply) by id, which only a
+            // caller with CAP_SYS_ADMIN (the root CLI) can do.
+            if let Some(inner) = &placed[slot_index] {
+                differ += count_differences(&desired, &read_raw(inner, kind)?);
+                continue;
+            }
             let present = match outer.get(&slot, 0) {
                 Ok(inner) => read_raw(&inner, kind)?,
                 Err(MapError::KeyNotFound) => BTreeMap::new(),
@@ -507,9 +544,15 @@ fn read_raw(inner: &MapData, kind: &Kind) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, 
         map: kind.outer,
         source,
     };
-    // A second handle on the same map, which the typed readers consume.
-    let id = inner.info().map_err(read_err)?.id();
-    let map = Map::from_map_data(MapData::from_id(id).map_err(read_err)?).map_err(read_err)?;
+    // A second handle on the same map, which the typed readers consume: a duplicate of the
+    // descriptor (opening it by id would take CAP_SYS_ADMIN).
+    let fd = inner.fd().as_fd().try_clone_to_owned().map_err(|e| {
+        read_err(MapError::from(aya::sys::SyscallError {
+            call: "dup",
+            io_error: e,
+        }))
+    })?;
+    let map = Map::from_map_data(MapData::from_fd(fd).map_err(read_err)?).map_err(read_err)?;
     let mut out = BTreeMap::new();
     macro_rules! collect {
         ($map:expr) => {

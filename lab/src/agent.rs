@@ -6,6 +6,9 @@
 //! On drop it kills the daemon, runs `crmguard uninstall`, and removes the pin directory if
 //! anything is left in it, so no XDP program or map outlives the test.
 //!
+//! The daemon runs as root unless [`Agent::run_as`] names a user and the capabilities it keeps,
+//! as the systemd unit does; the `crmguard` commands of [`Agent::cli`] always run as root.
+//!
 //! It relies on the `status --json` contract:
 //! `{"generation":N,"mode":"enforce","interfaces":[{"name":..,"ifindex":..,"mode":"native"}],
 //!   "counters":[{"interface":..,"action":..,"reason":..,"packets":N,"bytes":M}]}`.
@@ -90,6 +93,8 @@ pub struct Agent<'ns> {
     metrics: SocketAddr,
     /// Environment variables set for every daemon started.
     env: Vec<(String, String)>,
+    /// The user and capabilities the daemon runs with (`None`: root, every capability).
+    run_as: Option<RunAs>,
     /// The name of the agent's WireGuard TUN device, unique per agent: the WireGuard tools'
     /// sockets in `/var/run/wireguard` are shared by every namespace.
     vpn_interface: String,
@@ -174,10 +179,31 @@ impl<'ns> Agent<'ns> {
             bpffs_dir,
             metrics,
             env: vec![(VPN_INTERFACE_ENV.to_owned(), vpn_interface.clone())],
+            run_as: None,
             vpn_interface,
             runs: Vec::new(),
             dir,
         })
+    }
+
+    /// Runs the daemons started from now on as `run_as`: its temporary directory (control
+    /// socket, audit log and key), state directory and pin directory become the user's, as the
+    /// package makes `/run/crmguard`, `/var/lib/crmguard` and `/sys/fs/bpf/crmguard`.
+    pub fn run_as(&mut self, run_as: RunAs) -> Result<()> {
+        if !self.bpffs_dir.exists() {
+            std::fs::create_dir(&self.bpffs_dir)
+                .with_context(|| format!("creating {}", self.bpffs_dir.display()))?;
+        }
+        for path in [
+            self.dir.path().to_path_buf(),
+            self.dir.path().join("state"),
+            self.bpffs_dir.clone(),
+        ] {
+            std::os::unix::fs::chown(&path, Some(run_as.uid), Some(run_as.gid))
+                .with_context(|| format!("giving {} to user {}", path.display(), run_as.user))?;
+        }
+        self.run_as = Some(run_as);
+        Ok(())
     }
 
     /// Sets an environment variable for the daemons started from now on.
@@ -222,7 +248,10 @@ impl<'ns> Agent<'ns> {
         if self.is_running()? {
             bail!("an agent is already running");
         }
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &self.run_as {
+            Some(run_as) => run_as.command(&self.bin),
+            None => Command::new(&self.bin),
+        };
         cmd.arg("run").arg("--config").arg(&self.config);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let label = format!("crmguard-run-{}", self.runs.len() + 1);
@@ -368,6 +397,58 @@ impl Drop for Agent<'_> {
                 eprintln!("removing {}: {e}", self.bpffs_dir.display());
             }
         }
+    }
+}
+
+/// A user and the capabilities a daemon keeps, applied by setpriv(1) the way systemd applies
+/// `User=`, `Group=`, `AmbientCapabilities=`, `CapabilityBoundingSet=` and `NoNewPrivileges=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Capability names as capabilities(7) writes them: `CAP_BPF`.
+    pub caps: Vec<String>,
+    /// Groups besides the user's own (`SupplementaryGroups=`).
+    pub groups: Vec<String>,
+}
+
+impl RunAs {
+    /// `setpriv ... -- BIN`: the user, its groups, the capabilities inherited, ambient and in
+    /// the bounding set (all the same), and no new privileges.
+    pub fn command(&self, bin: &Path) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(self.setpriv_args()).arg(bin);
+        cmd
+    }
+
+    fn setpriv_args(&self) -> Vec<String> {
+        let mut set = String::from("-all");
+        for cap in &self.caps {
+            let name = cap.strip_prefix("CAP_").unwrap_or(cap).to_ascii_lowercase();
+            set.push_str(",+");
+            set.push_str(&name);
+        }
+        let mut args: Vec<String> = ["--reuid", &self.user, "--regid", &self.user]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        if self.groups.is_empty() {
+            args.push("--init-groups".to_owned());
+        } else {
+            // The user's group, as initgroups gives a system user, and the others.
+            let mut groups = vec![self.user.clone()];
+            groups.extend(self.groups.iter().cloned());
+            args.push("--groups".to_owned());
+            args.push(groups.join(","));
+        }
+        for option in ["--inh-caps", "--ambient-caps", "--bounding-set"] {
+            args.push(option.to_owned());
+            args.push(set.clone());
+        }
+        args.push("--no-new-privs".to_owned());
+        args.push("--".to_owned());
+        args
     }
 }
 
@@ -565,6 +646,37 @@ mod tests {
         assert_eq!(
             metric_value(text, "crmguard_xdp_packets_total", &[("reason", "banned")]),
             None
+        );
+    }
+
+    #[test]
+    fn setpriv_gets_the_user_and_the_same_capabilities_everywhere() {
+        let run_as = RunAs {
+            user: "crmguard".to_owned(),
+            uid: 990,
+            gid: 990,
+            caps: vec!["CAP_BPF".to_owned(), "CAP_NET_ADMIN".to_owned()],
+            groups: vec!["adm".to_owned()],
+        };
+        let set = "-all,+bpf,+net_admin";
+        assert_eq!(
+            run_as.setpriv_args(),
+            [
+                "--reuid",
+                "crmguard",
+                "--regid",
+                "crmguard",
+                "--groups",
+                "crmguard,adm",
+                "--inh-caps",
+                set,
+                "--ambient-caps",
+                set,
+                "--bounding-set",
+                set,
+                "--no-new-privs",
+                "--"
+            ]
         );
     }
 

@@ -34,6 +34,7 @@ mod lockout;
 mod logsource;
 mod metrics;
 mod monitor;
+mod privileges;
 mod reconcile;
 mod scale;
 mod soak;

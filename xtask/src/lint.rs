@@ -1,12 +1,12 @@
 //! `cargo xtask lint`: the checks CI runs before the tests.
 //!
 //! rustfmt and clippy (warnings are errors) over the whole workspace, the crate graph's rules,
-//! `sh -n` over the shell scripts, and, where promtool is installed, the Prometheus alert rules
-//! and their unit tests.
+//! `sh -n` over the shell scripts, the systemd unit's exposure (`systemd-analyze security`), and,
+//! where promtool is installed, the Prometheus alert rules and their unit tests.
 
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 use crate::deps;
 use crmguard_lab::cmd;
@@ -87,6 +87,10 @@ const FORBIDDEN_DEPENDENCIES: &[(&str, &[&str], &str)] = &[
     ),
 ];
 
+const UNIT: &str = "packaging/crmguard.service";
+/// The highest "Overall exposure level" `systemd-analyze security` may give the unit.
+const MAX_EXPOSURE: f64 = 2.0;
+
 const ALERT_RULES: &str = "packaging/prometheus/crmguard-alerts.yml";
 const ALERT_TESTS: &str = "packaging/prometheus/tests/crmguard-alerts.test.yml";
 
@@ -120,6 +124,7 @@ pub fn run() -> Result<()> {
                 .arg(ws.root.join(script)),
         )?;
     }
+    check_unit_exposure(&ws)?;
     if cmd::which("promtool").is_some() {
         cmd::run(
             Command::new("promtool")
@@ -138,6 +143,44 @@ pub fn run() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Fails when `systemd-analyze security` rates the unit's exposure above [`MAX_EXPOSURE`].
+/// Skipped, saying so, only where systemd-analyze is missing (lint installs the package
+/// `systemd`, so that is a machine where installing failed or was refused).
+fn check_unit_exposure(ws: &Workspace) -> Result<()> {
+    if cmd::which("systemd-analyze").is_none() {
+        eprintln!(
+            "xtask: systemd-analyze is not installed (Debian package systemd): \
+             the exposure of {UNIT} was NOT checked"
+        );
+        return Ok(());
+    }
+    let out = cmd::stdout_of(
+        Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager", UNIT])
+            .current_dir(&ws.root),
+    )?;
+    let exposure = parse_exposure(&out).with_context(|| {
+        format!("`systemd-analyze security {UNIT}` printed no overall exposure level:\n{out}")
+    })?;
+    if exposure > MAX_EXPOSURE {
+        bail!(
+            "{UNIT}: exposure {exposure:.1} is above {MAX_EXPOSURE:.1}; \
+             `systemd-analyze security --offline=true {UNIT}` lists what raises it"
+        );
+    }
+    eprintln!("xtask: {UNIT} exposure {exposure:.1} (at most {MAX_EXPOSURE:.1})");
+    Ok(())
+}
+
+/// The number in `→ Overall exposure level for crmguard.service: 2.0 OK 🙂`.
+fn parse_exposure(report: &str) -> Option<f64> {
+    let line = report
+        .lines()
+        .find(|line| line.contains("Overall exposure level"))?;
+    let (_, rest) = line.rsplit_once(": ")?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// Fails when a package's dependency tree holds a crate [`FORBIDDEN_DEPENDENCIES`] keeps out of it.
@@ -172,4 +215,21 @@ fn check_dependencies(ws: &Workspace) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_exposure;
+
+    #[test]
+    fn reads_the_overall_exposure_level() {
+        let report = "✗ PrivateNetwork=   Service has access to the host's network   0.5\n\n\
+            → Overall exposure level for crmguard.service: 2.0 OK 🙂\n";
+        assert_eq!(parse_exposure(report), Some(2.0));
+        assert_eq!(
+            parse_exposure("→ Overall exposure level for x.service: 9.6 UNSAFE 😨"),
+            Some(9.6)
+        );
+        assert_eq!(parse_exposure("no summary"), None);
+    }
 }

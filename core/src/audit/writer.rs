@@ -1,8 +1,8 @@
 //! Appends records to the audit log, one fsynced line at a time, and keeps the checkpoint.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -83,11 +83,9 @@ impl Writer {
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(open_err)?;
+            if !dir.exists() {
+                crate::atomic_file::create_dirs(dir).map_err(open_err)?;
+            }
         }
         let mut file = OpenOptions::new()
             .read(true)
@@ -97,6 +95,8 @@ impl Writer {
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(open_err)?;
+        // The agent's user keeps appending to a log a root `crmguard` command started.
+        crate::atomic_file::give_to_directory_owner(&file, path).map_err(open_err)?;
         sync_dir(path).map_err(open_err)?;
         let (mut head, torn_line) = last_good(&key, &file).map_err(open_err)?;
         if let Some(checkpoint) = read_checkpoint(checkpoint_path)? {

@@ -21,7 +21,7 @@
 //! a step fails.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -436,6 +436,24 @@ impl Drop for Root {
     }
 }
 
+/// The uid and gid of `user` in the root's /etc/passwd.
+fn system_user(root: &Root, user: &str) -> Result<(u32, u32)> {
+    let passwd = fs::read_to_string(root.path("/etc/passwd"))?;
+    let fields: Vec<&str> = passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&user))
+        .with_context(|| format!("postinst made no user {user}"))?;
+    let number = |i: usize| -> Result<u32> {
+        fields
+            .get(i)
+            .with_context(|| format!("a short /etc/passwd line for {user}"))?
+            .parse()
+            .with_context(|| format!("/etc/passwd field {i} of {user}"))
+    };
+    Ok((number(2)?, number(3)?))
+}
+
 /// Copies `deb` into the root's /tmp and returns its path inside the root.
 fn stage_deb(root: &Root, deb: &Path) -> Result<String> {
     let inside = format!("/tmp/{}", file_name(deb));
@@ -471,8 +489,30 @@ fn install(root: &Root, deb: &Path, version: &str) -> Result<()> {
         let found = root.mode(path)?;
         ensure!(found == mode, "{path} has mode {found:o}, not {mode:o}");
     }
+    // The agent's user (the unit's User=), made by postinst with what the minimal root has.
+    let (uid, gid) = system_user(root, "crmguard")?;
+    ensure!(
+        uid != 0 && uid < 1000,
+        "user crmguard has uid {uid}, not a system uid"
+    );
+    for (path, owner) in [
+        ("/etc/crmguard", (0, gid)),
+        (CONFIG, (0, gid)),
+        ("/etc/crmguard/wg.key", (uid, gid)),
+        ("/etc/crmguard/audit.key", (uid, gid)),
+        ("/var/lib/crmguard", (uid, gid)),
+        ("/var/log/crmguard", (uid, gid)),
+        ("/var/backups/crmguard", (uid, gid)),
+    ] {
+        let meta = fs::metadata(root.path(path))?;
+        let found = (meta.uid(), meta.gid());
+        ensure!(
+            found == owner,
+            "{path} is owned by {found:?}, not {owner:?}"
+        );
+    }
     say(&format!(
-        "install: dpkg -i {} on a host without configuration or systemd: installed, keys made, modes right",
+        "install: dpkg -i {} on a host without configuration or systemd: installed, user crmguard and keys made, modes and owners right",
         file_name(deb)
     ));
     Ok(())
