@@ -559,7 +559,11 @@ fn an_unreadable_ban_list_stops_the_start() -> Result<()> {
     let mut cmd = Command::new(crmguard_lab::agent::binary()?);
     cmd.arg("run").arg("--config").arg(agent.config_path());
     let mut run = Process::spawn(&t.host, cmd, agent.dir(), "crmguard-run-corrupt")?;
-    let status = wait_for(SETTLE, "crmguard run to exit", || run.try_wait())?;
+    // The filter is attached first: the program's verification alone takes seconds on a busy
+    // machine.
+    let status = wait_for(Duration::from_secs(60), "crmguard run to exit", || {
+        run.try_wait()
+    })?;
     ensure!(
         status.code() == Some(64),
         "crmguard run with a corrupt bans.json: {}",
