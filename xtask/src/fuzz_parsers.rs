@@ -311,7 +311,7 @@ fn describe_failure(bin: &Path, log: &str, status: String) -> String {
 }
 
 /// Replaces the corpus by the smallest subset libFuzzer finds that reaches the same edges. The
-/// seeds keep their `fixture-*` names.
+/// seeds keep their `fixture-*` names and the regression inputs their `regression-*` names.
 fn minimize(bin: &Path, target: &str, corpus: &Path, work: &Path) -> Result<()> {
     if work.exists() {
         fs::remove_dir_all(work).with_context(|| format!("cannot remove {}", work.display()))?;
@@ -352,9 +352,13 @@ fn minimize(bin: &Path, target: &str, corpus: &Path, work: &Path) -> Result<()> 
     fs::remove_dir_all(work).with_context(|| format!("cannot remove {}", work.display()))
 }
 
+/// Seeds and regression inputs (`regression-*`: inputs that once found a defect) survive the
+/// minimization whatever their coverage.
 fn is_seed(path: &Path) -> bool {
-    path.file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("fixture-"))
+    path.file_name().is_some_and(|n| {
+        let name = n.to_string_lossy();
+        name.starts_with("fixture-") || name.starts_with("regression-")
+    })
 }
 
 fn files(dir: &Path) -> Result<Vec<PathBuf>> {
