@@ -43,7 +43,7 @@ use nix::sys::socket::{
     self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
 };
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -340,28 +340,60 @@ async fn connection_steps(
     requests: mpsc::Sender<PortalQuery>,
     limits: Limits,
 ) {
-    let request_limits = crate::http::Limits {
-        max_head: MAX_HEAD,
-        max_body: MAX_BODY,
-        deadline: limits.io_timeout,
+    let Ok(local) = stream.local_addr() else {
+        return;
     };
-    let response = match crate::http::read_request(&mut stream, &request_limits).await {
-        Err(ReadError::TimedOut(_)) => {
-            tracing::debug!(%from, "MFA portal client too slow; connection closed");
-            return;
-        }
-        Err(ReadError::Closed | ReadError::Io(_)) => return,
-        // The head may not have been read, so there is no `Accept` to go by.
-        Err(e) => answer::refusal(read_refusal(&e), Format::Json, Lang::En),
-        Ok(request) => match stream.local_addr() {
-            Ok(local) => respond(&request, from, local, &requests, limits).await,
-            Err(_) => return,
-        },
+    let Some(response) = answer_request(&mut stream, from, local, &requests, limits).await else {
+        return;
     };
     let sent = tokio::time::timeout(limits.io_timeout, send(&mut stream, &response)).await;
     if let Ok(Err(e)) = sent {
         tracing::debug!(%from, error = %e, "cannot send the MFA portal's answer");
     }
+}
+
+/// The answer to the one request `reader` holds, sent from `from` to the portal at `local`:
+/// the request read within the portal's bounds, then [`respond`]. `None` when the portal
+/// closes the connection without an answer: nothing arrived, it arrived too slowly, or the
+/// read failed.
+async fn answer_request<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    from: IpAddr,
+    local: SocketAddr,
+    requests: &mpsc::Sender<PortalQuery>,
+    limits: Limits,
+) -> Option<Response> {
+    let request_limits = crate::http::Limits {
+        max_head: MAX_HEAD,
+        max_body: MAX_BODY,
+        deadline: limits.io_timeout,
+    };
+    match crate::http::read_request(reader, &request_limits).await {
+        Err(ReadError::TimedOut(_)) => {
+            tracing::debug!(%from, "MFA portal client too slow; connection closed");
+            None
+        }
+        Err(ReadError::Closed | ReadError::Io(_)) => None,
+        // The head may not have been read, so there is no `Accept` to go by.
+        Err(e) => Some(answer::refusal(read_refusal(&e), Format::Json, Lang::En)),
+        Ok(request) => Some(respond(&request, from, local, requests, limits).await),
+    }
+}
+
+/// What the portal sends back for the request `reader` holds, from `from` to the portal at
+/// `local`, with the portal's bounds and timeouts: the bytes of the answer, or `None` when the
+/// connection is closed without one. The request goes to `requests` as it does from a
+/// connection. This is how the portal is fuzzed (`cargo xtask fuzz --target portal_http`)
+/// without a socket in between.
+pub async fn answer_bytes<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    from: IpAddr,
+    local: SocketAddr,
+    requests: &mpsc::Sender<PortalQuery>,
+) -> Option<Vec<u8>> {
+    answer_request(reader, from, local, requests, LIMITS)
+        .await
+        .map(|response| response.to_bytes())
 }
 
 /// Writes `response`, then reads and discards whatever the client still sends until it

@@ -9,17 +9,34 @@
 //! - [`detect`]: the detectors over a stream of observations, with their bounds checked.
 //! - [`logline`]: log lines against the built-in patterns.
 //!
-//! `cargo xtask fuzz` writes the seed inputs (the captures in `inspect/fixtures/`) in these
-//! formats; a change here must change its packing too.
+//! And what an attacker or a broken file hands the agent:
+//!
+//! - [`config`]: the configuration loader and the policy compile on arbitrary TOML.
+//! - [`wg`]: the WireGuard endpoint's handling of datagrams before any handshake.
+//! - [`portal`]: the HTTP request reader and the MFA portal's answers.
+//! - [`audit`]: the audit verifier on arbitrary bytes and on real logs with one change.
+//! - [`peers_file`]: the peers file, through the editor's and the loader's readers.
+//! - [`control`]: the control socket's request decoding and attribution.
+//!
+//! `cargo xtask fuzz` writes the seed inputs of the inspection targets (the captures in
+//! `inspect/fixtures/`) in these formats; a change here must change its packing too. The
+//! other targets make their seeds with crmguard's own code ([`seeds`]).
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod config;
+pub mod control;
 pub mod detect;
 pub mod engine;
 pub mod logline;
 pub mod packet;
 pub mod parser;
+pub mod peers_file;
+pub mod portal;
 pub mod reasm;
+pub mod seeds;
+pub mod wg;
 
 /// A big-endian `u16` at `at`, or 0 past the end.
 fn be16(data: &[u8], at: usize) -> u16 {

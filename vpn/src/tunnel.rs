@@ -32,7 +32,9 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
 
-use super::udp::Target;
+/// Where a datagram came from and where answers go; public so that callers outside the
+/// endpoint (the fuzz targets) can hand the core a datagram as the UDP thread does.
+pub use super::udp::Target;
 use crmguard_core::acl::{reject, Acl, DenyReason, LocalTime, Reject, Verdict};
 use crmguard_core::keys::KeyPair;
 use crmguard_core::peers::{Entry, Table};

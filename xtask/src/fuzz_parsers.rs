@@ -1,5 +1,8 @@
-//! `cargo xtask fuzz`: the coverage-guided fuzz targets of inspection (the crate in `fuzz/`):
-//! one per protocol parser, one for the reassembly and one for the whole per-packet engine.
+//! `cargo xtask fuzz`: the coverage-guided fuzz targets (the crate in `fuzz/`): one per
+//! inspection parser, one for the reassembly, one for the whole per-packet engine, the
+//! detectors and log-line matching; and one for each input an attacker or a broken file hands
+//! the agent: the configuration, WireGuard datagrams before a handshake, MFA portal requests,
+//! audit logs, peers files and control requests.
 //!
 //! It works with the stable toolchain alone. libFuzzer comes from the `libfuzzer-sys` crate,
 //! which builds it from its C++ source (hence `g++`, installed through `deps`), and the
@@ -10,9 +13,12 @@
 //! looks for is panics, arithmetic overflow (checked in these builds), unbounded memory and
 //! inputs that take too long; libFuzzer turns each into a failure with the input saved.
 //!
-//! Each target runs for `--seconds` on its corpus `fuzz/corpus/TARGET/`: the captures in
-//! `inspect/fixtures/` packed into the target's input format (files named `fixture-*`, written
-//! again before each run), plus what earlier runs found interesting. After a run the corpus is
+//! Each target runs for `--seconds` on its corpus `fuzz/corpus/TARGET/`: its seeds (files
+//! named `fixture-*`, written again before each run), plus what earlier runs found
+//! interesting. The inspection targets' seeds are the captures in `inspect/fixtures/` packed
+//! into the target's input format, written here; the other targets make their own with
+//! crmguard's code (real handshakes from boringtun, a real audit log from the writer, the
+//! example configuration...) when `CRMGUARD_FUZZ_SEEDS` names the corpus, which this sets. After a run the corpus is
 //! minimized in place to a smallest set of inputs that reach every edge reached (libFuzzer's
 //! set-cover merge over edges, not hit counts), so what is committed stays a few hundred KiB.
 
@@ -28,7 +34,7 @@ use crmguard_lab::workspace::Workspace;
 use crate::deps;
 
 /// The targets, in the order they run, with the longest input each takes.
-const TARGETS: [(&str, usize); 12] = [
+const TARGETS: [(&str, usize); 18] = [
     ("tls", PARSER_MAX_LEN),
     ("http", PARSER_MAX_LEN),
     ("http2", PARSER_MAX_LEN),
@@ -41,7 +47,27 @@ const TARGETS: [(&str, usize); 12] = [
     ("reasm", 4 * 1024),
     ("detect", 7 * 512),
     ("logline", 4 * 1024),
+    ("config", 16 * 1024),
+    ("wg_framing", 4 * 1024),
+    // The portal's head and body bounds, and then some, plus the two bytes of settings.
+    ("portal_http", 12 * 1024),
+    ("audit_verify", 8 * 1024),
+    ("peers_file", 4 * 1024),
+    ("control_request", 4 * 1024),
 ];
+
+/// The targets that write their own seeds (see `fuzz/src/seeds.rs`).
+const SELF_SEEDED: [&str; 6] = [
+    "config",
+    "wg_framing",
+    "portal_http",
+    "audit_verify",
+    "peers_file",
+    "control_request",
+];
+
+/// The environment variable that has a self-seeded target write its seeds into the corpus.
+const SEEDS_ENV: &str = "CRMGUARD_FUZZ_SEEDS";
 
 /// A parser input: three bytes of header, the client window (8 KiB), the server window (4 KiB).
 const PARSER_MAX_LEN: usize = 3 + 8 * 1024 + 4 * 1024;
@@ -66,7 +92,8 @@ pub struct Args {
     #[arg(long, default_value_t = 300)]
     seconds: u64,
     /// Run only this target (tls, http, http2, postgresql, mysql, redis, ssh, smtp, engine,
-    /// reasm).
+    /// reasm, detect, logline, config, wg_framing, portal_http, audit_verify, peers_file,
+    /// control_request).
     #[arg(long)]
     target: Option<String>,
     /// Where crashing inputs are saved (default: TARGET_DIR/fuzz/artifacts).
@@ -148,10 +175,17 @@ pub fn run(args: &Args) -> Result<()> {
             .with_context(|| format!("cannot create {}", crashes.display()))?;
         let log = out_dir.join("logs").join(format!("{target}.log"));
         let bin = bin_dir.join(target);
-        eprintln!(
-            "xtask: fuzzing `{target}` for {} s ({seeds} seed inputs from inspect/fixtures)",
-            args.seconds
-        );
+        if SELF_SEEDED.contains(&target) {
+            eprintln!(
+                "xtask: fuzzing `{target}` for {} s (it writes its own seed inputs)",
+                args.seconds
+            );
+        } else {
+            eprintln!(
+                "xtask: fuzzing `{target}` for {} s ({seeds} seed inputs from the fixtures)",
+                args.seconds
+            );
+        }
         let mut outcome = fuzz(&bin, target, max_len, args.seconds, &corpus, &crashes, &log)?;
         if outcome.failure.is_none() && !args.no_minimize {
             minimize(&bin, target, &corpus, &out_dir.join("merge").join(target))?;
@@ -212,6 +246,7 @@ fn fuzz(
         .arg("-rss_limit_mb=2048")
         .arg("-print_final_stats=1")
         .arg(format!("-artifact_prefix={}/", crashes.display()))
+        .env(SEEDS_ENV, corpus)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file);
@@ -276,7 +311,7 @@ fn describe_failure(bin: &Path, log: &str, status: String) -> String {
 }
 
 /// Replaces the corpus by the smallest subset libFuzzer finds that reaches the same edges. The
-/// seeds keep their `fixture-*` names.
+/// seeds keep their `fixture-*` names and the regression inputs their `regression-*` names.
 fn minimize(bin: &Path, target: &str, corpus: &Path, work: &Path) -> Result<()> {
     if work.exists() {
         fs::remove_dir_all(work).with_context(|| format!("cannot remove {}", work.display()))?;
@@ -285,6 +320,7 @@ fn minimize(bin: &Path, target: &str, corpus: &Path, work: &Path) -> Result<()> 
     let out = cmd::output(
         Command::new(bin)
             .args(["-set_cover_merge=1", "-use_counters=0"])
+            .env_remove(SEEDS_ENV)
             .arg(work)
             .arg(corpus),
     )?;
@@ -316,9 +352,13 @@ fn minimize(bin: &Path, target: &str, corpus: &Path, work: &Path) -> Result<()> 
     fs::remove_dir_all(work).with_context(|| format!("cannot remove {}", work.display()))
 }
 
+/// Seeds and regression inputs (`regression-*`: inputs that once found a defect) survive the
+/// minimization whatever their coverage.
 fn is_seed(path: &Path) -> bool {
-    path.file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("fixture-"))
+    path.file_name().is_some_and(|n| {
+        let name = n.to_string_lossy();
+        name.starts_with("fixture-") || name.starts_with("regression-")
+    })
 }
 
 fn files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -426,6 +466,9 @@ fn write_seeds(root: &Path, target: &str, corpus: &Path) -> Result<usize> {
         }
         return Ok(written);
     }
+    if SELF_SEEDED.contains(&target) {
+        return Ok(0);
+    }
     for capture in captures(root)? {
         let input = match target {
             "engine" => engine_input(&capture),
@@ -506,6 +549,50 @@ mod tests {
                    #9000\tDONE   cov: 210 ft: 333 corp: 22/1Kb lim: 43 exec/s: 3000 rss: 31Mb\n\
                    stat::number_of_executed_units: 9000\n";
         assert_eq!(last_coverage(log), Some((210, 333)));
+    }
+
+    /// Every target runs: it is a binary of the fuzz crate with its source, and the ones that
+    /// seed themselves are targets that get no fixture seeds.
+    #[test]
+    fn every_target_is_a_binary_of_the_fuzz_crate() {
+        let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        let manifest = fs::read_to_string(fuzz.join("Cargo.toml")).expect("fuzz/Cargo.toml");
+        for (target, max_len) in TARGETS {
+            assert!(
+                manifest.contains(&format!(
+                    "name = \"{target}\"\npath = \"fuzz_targets/{target}.rs\""
+                )),
+                "no [[bin]] for {target}"
+            );
+            assert!(fuzz.join(format!("fuzz_targets/{target}.rs")).is_file());
+            assert!(max_len >= 1024, "{target} takes {max_len} bytes at most");
+        }
+        for target in SELF_SEEDED {
+            assert!(TARGETS.iter().any(|(t, _)| *t == target), "{target}");
+            let source = fs::read_to_string(fuzz.join(format!("fuzz_targets/{target}.rs")))
+                .expect("the target's source");
+            assert!(
+                source.contains("crmguard_fuzz::seeds::write("),
+                "{target} does not write its seeds"
+            );
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            assert_eq!(
+                write_seeds(&fuzz.join(".."), target, dir.path()).expect("seeds"),
+                0
+            );
+        }
+    }
+
+    /// The example configuration, a self-seeded target's seed, fits in the target's inputs.
+    #[test]
+    fn the_example_configuration_fits_the_config_target() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let example = fs::metadata(root.join("config/crmguard.example.toml")).expect("example");
+        let (_, max_len) = TARGETS
+            .iter()
+            .find(|(t, _)| *t == "config")
+            .expect("the config target");
+        assert!(usize::try_from(example.len()).expect("size") <= *max_len);
     }
 
     #[test]

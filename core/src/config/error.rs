@@ -139,6 +139,19 @@ impl<'a> Source<'a> {
         toml::from_str(self.text).map_err(|err| self.toml_error(&err))
     }
 
+    /// The message for a syntax error at byte `offset` that `toml` gave none for.
+    fn unexplained(&self, offset: usize) -> String {
+        let found = self.text.get(offset..).and_then(|rest| rest.chars().next());
+        match found {
+            Some(c) if c.is_control() => format!(
+                "invalid control character U+{:04X} (only tab is allowed in TOML text)",
+                u32::from(c)
+            ),
+            Some(c) => format!("invalid TOML at {c:?}"),
+            None => "invalid TOML at the end of the file".to_owned(),
+        }
+    }
+
     fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         // `toml` puts the context of a syntax error on further lines; one line per error keeps
         // `crmguard check` output greppable.
@@ -149,6 +162,13 @@ impl<'a> Source<'a> {
             .map(str::trim)
             .collect::<Vec<_>>()
             .join(": ");
+        // `toml` reports some syntax errors (a control character in a comment) with no
+        // message at all; the error then says what it found there.
+        let message = if message.is_empty() {
+            self.unexplained(err.span().map_or(self.text.len(), |span| span.start))
+        } else {
+            message
+        };
         match err.span() {
             Some(span) => {
                 let key = keypath::key_at(self.text, span.start);

@@ -884,3 +884,21 @@ fn backup_encryption_is_a_recipient_or_a_passphrase_file() {
         ))
     );
 }
+
+/// A control character in a comment is a syntax error whose message says so: `toml` reports
+/// it with an empty message, which left `crmguard check` printing a location and nothing
+/// else (found by the `config` fuzz target).
+#[test]
+fn a_control_character_in_a_comment_is_named() {
+    let errors = match parse(
+        "[agent]\n# a\0comment\nmode = \"enforce\"\n",
+        Path::new("/c.toml"),
+    ) {
+        Ok(_) => panic!("a NUL in a comment was accepted"),
+        Err(errors) => errors,
+    };
+    assert_eq!(
+        errors.to_string(),
+        "/c.toml:2:4: agent: invalid control character U+0000 (only tab is allowed in TOML text)"
+    );
+}
