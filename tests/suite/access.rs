@@ -1148,11 +1148,7 @@ fn a_device_flooding_the_portal_does_not_keep_others_from_signing_in() -> Result
     ) {
         return Ok(());
     }
-    {
-        use nix::sys::resource::{getrlimit, setrlimit, Resource};
-        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    }
+    crate::limits_fds::raise_own_limit()?;
     let t = Topology::dual_stack(161, 13)?;
     let (bob_ns, _bob_if, _bob_host_if, bob_gateway) = second_link(&t, 161, 13)?;
     let alice = PeerSpec::new("alice", 2)?;
@@ -1167,8 +1163,7 @@ fn a_device_flooding_the_portal_does_not_keep_others_from_signing_in() -> Result
     wait_reachable(&t.out, IpAddr::V4(GATEWAY4))?;
     wait_reachable(&bob_ns, IpAddr::V4(GATEWAY4))?;
     let pid = agent.pid().context("the agent's pid")?;
-    let descriptors =
-        || -> Result<usize> { Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count()) };
+    let descriptors = || crate::limits_fds::open_descriptors(pid);
     let baseline = descriptors()?;
 
     // Alice's device opens connection after connection to the portal and sends nothing.

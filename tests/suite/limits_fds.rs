@@ -47,7 +47,7 @@ fn policy(t: &Topology) -> String {
     )
 }
 
-fn open_descriptors(pid: u32) -> Result<usize> {
+pub(crate) fn open_descriptors(pid: u32) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
         .with_context(|| format!("listing /proc/{pid}/fd"))?
         .count())
@@ -83,7 +83,7 @@ fn trickle<S: Write + Send + 'static>(
 }
 
 /// Raises this process's soft limit on open files, which the held connections exceed.
-fn raise_own_limit() -> Result<()> {
+pub(crate) fn raise_own_limit() -> Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
