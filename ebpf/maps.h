@@ -87,7 +87,7 @@ CG_INNER(cg_deny4_lpm_inner, BPF_MAP_TYPE_LPM_TRIE, struct cg_lpm4, struct cg_ru
 	 CG_DENY_PREFIX_MAX, BPF_F_NO_PREALLOC);
 CG_INNER(cg_deny6_lpm_inner, BPF_MAP_TYPE_LPM_TRIE, struct cg_lpm6, struct cg_rule,
 	 CG_DENY_PREFIX_MAX, BPF_F_NO_PREALLOC);
-CG_INNER(cg_svc_inner, BPF_MAP_TYPE_HASH, struct cg_svc_key, struct cg_svc, CG_SVC_MAX, 0);
+CG_INNER(cg_svc_inner, BPF_MAP_TYPE_ARRAY, __u32, struct cg_svc, CG_SVC_PORTS, 0);
 CG_INNER(cg_svc_from4_inner, BPF_MAP_TYPE_LPM_TRIE, struct cg_svc_lpm4, struct cg_rule,
 	 CG_SVC_FROM_MAX, BPF_F_NO_PREALLOC);
 CG_INNER(cg_svc_from6_inner, BPF_MAP_TYPE_LPM_TRIE, struct cg_svc_lpm6, struct cg_rule,
@@ -118,8 +118,8 @@ CG_OUTER(cg_deny4_inner, cg_deny4);
 CG_OUTER(cg_deny6_inner, cg_deny6);
 CG_OUTER(cg_deny4_lpm_inner, cg_deny4_lpm);
 CG_OUTER(cg_deny6_lpm_inner, cg_deny6_lpm);
-/* Public services by (proto, port), and their `from` lists keyed by
- * (service id, source prefix). */
+/* Public services, an array indexed by CG_SVC_INDEX(proto, port), and their
+ * `from` lists keyed by (service id, source prefix). */
 CG_OUTER(cg_svc_inner, cg_svc);
 CG_OUTER(cg_svc_from4_inner, cg_svc_from4);
 CG_OUTER(cg_svc_from6_inner, cg_svc_from6);

@@ -139,7 +139,7 @@ static __always_inline enum flow_op flow_ports(void *l4, void *data_end, struct 
  */
 static __always_inline int from_own_service(const struct cg_flow_key *key)
 {
-	struct cg_svc_key svc_key = { .proto = IPPROTO_UDP, .port_be = key->local_port_be };
+	__u32 index = CG_SVC_INDEX(IPPROTO_UDP, bpf_ntohs(key->local_port_be));
 	__u32 zero = 0, slot, *active = bpf_map_lookup_elem(&cg_active, &zero);
 	struct cg_config *cfg;
 	struct cg_svc *svc;
@@ -150,8 +150,8 @@ static __always_inline int from_own_service(const struct cg_flow_key *key)
 	if (cfg && cfg->wg_port_be && key->local_port_be == cfg->wg_port_be)
 		return 1;
 	services = slot_map(&cg_svc, slot);
-	svc = services ? bpf_map_lookup_elem(services, &svc_key) : NULL;
-	return svc && (svc->flags & CG_SVC_FROM_ANY);
+	svc = services ? bpf_map_lookup_elem(services, &index) : NULL;
+	return svc && svc->svc_id && (svc->flags & CG_SVC_FROM_ANY);
 }
 
 static __always_inline void record_in(void *flows, const struct cg_flow_key *key,

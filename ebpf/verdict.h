@@ -411,8 +411,8 @@ static __always_inline __u32 service_limits(const struct pkt *p, const struct cg
 static __always_inline __u32 transport_reason(const struct pkt *p, void *data_end,
 					      const struct cg_config *cfg, __u32 slot, __u64 now)
 {
-	struct cg_svc_key key = { .proto = p->proto };
 	__be16 sport, dport;
+	__u32 index;
 	struct cg_svc *svc;
 	void *services;
 	int syn = 0;
@@ -445,10 +445,10 @@ static __always_inline __u32 transport_reason(const struct pkt *p, void *data_en
 			return wireguard_reason(p, udp, data_end, cfg, now);
 	}
 
-	key.port_be = dport;
+	index = CG_SVC_INDEX(p->proto, bpf_ntohs(dport));
 	services = slot_map(&cg_svc, slot);
-	svc = services ? bpf_map_lookup_elem(services, &key) : NULL;
-	if (svc && from_allowed(svc, p, slot))
+	svc = services ? bpf_map_lookup_elem(services, &index) : NULL;
+	if (svc && svc->svc_id && from_allowed(svc, p, slot))
 		return service_limits(p, svc, syn, cfg, now);
 	/* A SYN without ACK opens a connection; it is never a reply. */
 	if (!syn && established(p, dport, sport, cfg, now))

@@ -11,7 +11,7 @@
 use std::fmt;
 
 /// The ABI version compiled into this agent (`CG_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// What the program did with a packet (`enum cg_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -165,6 +165,16 @@ pub const DENY_HOST_MAX: u32 = 1 << 21;
 pub const DENY_PREFIX_MAX: u32 = 1 << 18;
 pub const SVC_MAX: u32 = 256;
 pub const SVC_FROM_MAX: u32 = 16384;
+
+/// `CG_SVC_PORTS`: entries of a slot's service array, TCP's ports then UDP's.
+pub const SVC_PORTS: u32 = 1 << 17;
+
+/// `CG_SVC_INDEX`: the entry of the service array that holds `key`.
+#[must_use]
+pub fn svc_index(key: &SvcKey) -> u32 {
+    let udp = if key.proto == 17 { 0x1_0000 } else { 0 };
+    udp | u32::from(u16::from_be_bytes(key.port_be))
+}
 
 /// `CG_POLICY_SLOTS`: policies alternate between these slots.
 pub const POLICY_SLOTS: u32 = 2;
@@ -519,6 +529,20 @@ mod tests {
     }
 
     #[test]
+    fn service_ports_index_tcp_then_udp() {
+        let key = |proto, port: u16| SvcKey {
+            proto,
+            _pad: 0,
+            port_be: port.to_be_bytes(),
+        };
+        assert_eq!(svc_index(&key(6, 22)), 22);
+        assert_eq!(svc_index(&key(6, 65535)), 65535);
+        assert_eq!(svc_index(&key(17, 0)), 0x1_0000);
+        assert_eq!(svc_index(&key(17, 51820)), 0x1_0000 + 51820);
+        assert!(svc_index(&key(17, 65535)) < SVC_PORTS);
+    }
+
+    #[test]
     fn constants_match_header() {
         assert_eq!(header_value("CG_ABI_VERSION"), u64::from(ABI_VERSION));
         assert_eq!(header_value("CG_ACT_COUNT"), u64::from(ACTION_COUNT));
@@ -531,6 +555,7 @@ mod tests {
         );
         assert_eq!(header_value("CG_SVC_MAX"), u64::from(SVC_MAX));
         assert_eq!(header_value("CG_SVC_FROM_MAX"), u64::from(SVC_FROM_MAX));
+        assert_eq!(header_value("CG_SVC_PORTS"), u64::from(SVC_PORTS));
         assert_eq!(header_value("CG_SVC_FROM_ANY"), u64::from(SVC_FROM_ANY));
         assert_eq!(
             header_value("CG_CFG_ALLOW_ESTABLISHED"),

@@ -249,6 +249,69 @@ impl Btf {
         }
         out
     }
+
+    /// The inner map template of every map of maps, by outer map name: the struct that
+    /// `__array(values, T)` points to, read as `maps()` reads a map.
+    fn inner_maps(&self) -> BTreeMap<String, InnerDef> {
+        let datasec = self.find(KIND_DATASEC, ".maps").expect("a .maps section");
+        let mut out = BTreeMap::new();
+        for var in self.get(datasec).extra.chunks(3) {
+            let var = self.get(var[0]);
+            let def = self.get(self.resolve(var.size_or_type));
+            let fields = self.fields(def);
+            let Some(values) = fields.get("values") else {
+                continue;
+            };
+            // struct inner *values[]: an array of pointers to the template.
+            let array = self.get(*values);
+            assert_eq!(array.kind, KIND_ARRAY, "{}.values", var.name);
+            let pointer = self.get(array.extra[0]);
+            assert_eq!(pointer.kind, KIND_PTR, "{}.values[]", var.name);
+            let template = self.get(self.resolve(pointer.size_or_type));
+            let inner = self.fields(template);
+            let uint = |name: &str| {
+                inner.get(name).map_or(0, |ptr| {
+                    let array = self.get(self.get(*ptr).size_or_type);
+                    assert_eq!(array.kind, KIND_ARRAY, "{}.{name}", template.name);
+                    array.extra[2]
+                })
+            };
+            let pointee = |name: &str| {
+                inner.get(name).map_or(0, |ptr| {
+                    u32::try_from(self.size(self.get(*ptr).size_or_type)).expect("fits u32")
+                })
+            };
+            out.insert(
+                var.name.clone(),
+                InnerDef {
+                    map_type: uint("type"),
+                    key_size: pointee("key"),
+                    value_size: pointee("value"),
+                    max_entries: uint("max_entries"),
+                    flags: uint("map_flags"),
+                },
+            );
+        }
+        out
+    }
+
+    /// The members of a struct by name, each with its type id.
+    fn fields(&self, def: &Type) -> BTreeMap<String, u32> {
+        def.extra
+            .chunks(3)
+            .map(|m| (string_at(&self.strings, m[0]), m[1]))
+            .collect()
+    }
+}
+
+/// An inner map template as `maps.h` defines it (`CG_INNER`).
+#[derive(Debug, PartialEq, Eq)]
+struct InnerDef {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
 }
 
 /// The size of a member's type, from a projection of it.
@@ -399,6 +462,28 @@ fn the_stamp_map_matches_the_object() {
     assert_eq!(stamp, Some(expected));
 }
 
+#[test]
+fn inner_maps_match_the_object() {
+    let (_, btf) = &objects()[0];
+    let expected: BTreeMap<String, InnerDef> = crate::maps::inner_kinds()
+        .map(
+            |(outer, map_type, key_size, value_size, max_entries, flags)| {
+                (
+                    outer.to_owned(),
+                    InnerDef {
+                        map_type,
+                        key_size,
+                        value_size,
+                        max_entries,
+                        flags,
+                    },
+                )
+            },
+        )
+        .collect();
+    assert_eq!(btf.inner_maps(), expected);
+}
+
 /// The ABI as the XDP object's BTF describes it, one line per struct and
 /// per map, in name order.
 fn abi_description(btf: &Btf) -> String {
@@ -421,6 +506,12 @@ fn abi_description(btf: &Btf) -> String {
         lines.push(format!(
             "map {name}: key {} value {} max {}",
             def.key_size, def.value_size, def.max_entries
+        ));
+    }
+    for (name, def) in btf.inner_maps() {
+        lines.push(format!(
+            "inner {name}: type {} key {} value {} max {} flags {}",
+            def.map_type, def.key_size, def.value_size, def.max_entries, def.flags
         ));
     }
     lines.sort();
@@ -448,7 +539,11 @@ fn fnv1a(text: &str) -> u64 {
 /// Version 3 added `cg_dgram_flows` (datagram flows apart from the TCP
 /// connections of `cg_flows`) and `cg_rl_budget` (new rate-limit buckets per
 /// CPU per second), and the reason `rl_table_busy`.
-const FINGERPRINT: (u32, u64) = (3, 0x0de2_02eb_f72c_1df2);
+///
+/// Version 4 made the services of a slot an array indexed by protocol and
+/// port (`CG_SVC_INDEX`) instead of a hash, and the description now has the
+/// inner maps' templates.
+const FINGERPRINT: (u32, u64) = (4, 0x1dd4_0efb_ea6c_a3c1);
 
 #[test]
 fn the_abi_changes_only_with_its_version() {

@@ -115,6 +115,15 @@ struct Kind {
     flags: u32,
 }
 
+impl Kind {
+    /// An array has every entry from its creation, all zero until written: the template's
+    /// size is its only size (the verifier inlines lookups into it for that size), an entry
+    /// is never deleted, and one of all zeros is no entry.
+    fn is_array(&self) -> bool {
+        self.map_type == sys::BPF_MAP_TYPE_ARRAY
+    }
+}
+
 // `try_from` is not const: the sizes are those of the ABI structs, far below 2^32.
 #[allow(clippy::cast_possible_truncation)]
 const fn kind<K, V>(outer: &'static str, map_type: u32, max_entries: u32, flags: u32) -> Kind {
@@ -152,7 +161,7 @@ const DENY6_LPM: Kind = kind::<abi::Lpm6, abi::Rule>(
     abi::DENY_PREFIX_MAX,
     sys::BPF_F_NO_PREALLOC,
 );
-const SVC: Kind = kind::<abi::SvcKey, abi::Svc>("cg_svc", sys::BPF_MAP_TYPE_HASH, abi::SVC_MAX, 0);
+const SVC: Kind = kind::<u32, abi::Svc>("cg_svc", sys::BPF_MAP_TYPE_ARRAY, abi::SVC_PORTS, 0);
 const SVC_FROM4: Kind = kind::<abi::SvcLpm4, abi::Rule>(
     "cg_svc_from4",
     sys::BPF_MAP_TYPE_LPM_TRIE,
@@ -169,6 +178,22 @@ const SVC_FROM6: Kind = kind::<abi::SvcLpm6, abi::Rule>(
 const KINDS: [&Kind; 7] = [
     &DENY4, &DENY6, &DENY4_LPM, &DENY6_LPM, &SVC, &SVC_FROM4, &SVC_FROM6,
 ];
+
+/// Each kind's outer map, inner map type, key and value sizes, capacity and flags: what the
+/// object's inner templates must be (a unit test compares them).
+#[cfg(test)]
+pub(crate) fn inner_kinds() -> impl Iterator<Item = (&'static str, u32, u32, u32, u32, u32)> {
+    KINDS.iter().map(|k| {
+        (
+            k.outer,
+            k.map_type,
+            k.key_size,
+            k.value_size,
+            k.max_entries,
+            k.flags,
+        )
+    })
+}
 
 /// The entries of one kind as raw key and value bytes, in key order.
 struct Entries {
@@ -229,7 +254,13 @@ fn entries(policy: &CompiledPolicy) -> [Entries; 7] {
         Entries::of(&policy.deny6),
         Entries::of(&policy.deny4_lpm),
         Entries::of(&policy.deny6_lpm),
-        Entries::of(&policy.services),
+        Entries::of(
+            &policy
+                .services
+                .iter()
+                .map(|(key, svc)| (abi::svc_index(key), *svc))
+                .collect(),
+        ),
         Entries::of(&policy.svc_from4),
         Entries::of(&policy.svc_from6),
     ]
@@ -360,7 +391,8 @@ impl PolicyMaps {
             let reusable = match slot.take().or_else(|| outer.get(&next, 0).ok()) {
                 Some(inner) => {
                     let capacity = inner.info().map(|i| i.max_entries()).unwrap_or(0);
-                    (capacity >= count && capacity <= REUSE_MAX).then_some(inner)
+                    (!kind.is_array() && capacity >= count && capacity <= REUSE_MAX)
+                        .then_some(inner)
                 }
                 None => None,
             };
@@ -379,10 +411,14 @@ impl PolicyMaps {
                     *slot = Some(inner);
                 }
                 None => {
-                    let capacity = count
-                        .saturating_mul(2)
-                        .max(MIN_CAPACITY)
-                        .min(kind.max_entries);
+                    let capacity = if kind.is_array() {
+                        kind.max_entries
+                    } else {
+                        count
+                            .saturating_mul(2)
+                            .max(MIN_CAPACITY)
+                            .min(kind.max_entries)
+                    };
                     let inner = sys::map_create(
                         kind.map_type,
                         kind.key_size,
@@ -552,6 +588,9 @@ fn read_raw(inner: &MapData, kind: &Kind) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, 
             io_error: e,
         }))
     })?;
+    if kind.is_array() {
+        return read_array(fd.as_fd(), kind);
+    }
     let map = Map::from_map_data(MapData::from_fd(fd).map_err(read_err)?).map_err(read_err)?;
     let mut out = BTreeMap::new();
     macro_rules! collect {
@@ -579,6 +618,27 @@ fn read_raw(inner: &MapData, kind: &Kind) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, 
         _ => {}
     }
     Ok(out)
+}
+
+/// The entries of an inner array that are not all zeros, keyed by index.
+fn read_array(
+    fd: std::os::fd::BorrowedFd<'_>,
+    kind: &Kind,
+) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MapsError> {
+    let value_size = usize::try_from(kind.value_size).unwrap_or(1).max(1);
+    let values =
+        sys::read_array(fd, value_size, kind.max_entries).map_err(|source| MapsError::Read {
+            map: kind.outer,
+            source: MapError::from(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: source,
+            }),
+        })?;
+    Ok((0u32..)
+        .zip(values.chunks(value_size))
+        .filter(|(_, value)| value.iter().any(|b| *b != 0))
+        .map(|(index, value)| (index.to_ne_bytes().to_vec(), value.to_vec()))
+        .collect())
 }
 
 fn collect_trie<K: Pod>(

@@ -1,7 +1,8 @@
 //! The few `bpf(2)` commands aya 0.14 does not offer: creating a standalone
-//! map that can become an inner map of a policy slot, and batch updates
-//! (one system call for thousands of entries instead of one each), which is
-//! what lets a policy of a million entries load in a few seconds.
+//! map that can become an inner map of a policy slot, and batch updates and
+//! reads (one system call for thousands of entries instead of one each),
+//! which is what lets a policy of a million entries load in a few seconds
+//! and a service array of 131,072 entries be compared every few seconds.
 //!
 //! All `unsafe` of the datapath is here, each block with its reason.
 #![allow(unsafe_code)]
@@ -12,6 +13,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
@@ -155,6 +157,57 @@ fn update_elem(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> 
     attr.put_u64(16, value.as_ptr() as u64);
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr)?;
     Ok(())
+}
+
+/// Every value of an array map of `max_entries` values of `value_size`
+/// bytes, in index order, read in batches (BPF_MAP_LOOKUP_BATCH).
+pub fn read_array(map: BorrowedFd<'_>, value_size: usize, max_entries: u32) -> io::Result<Vec<u8>> {
+    let total = usize::try_from(max_entries).map_err(|_| io::Error::other("array too large"))?;
+    let mut values = vec![0u8; total * value_size];
+    let mut keys = vec![0u8; BATCH.min(total) * 4];
+    let mut done = 0usize;
+    // The batch token of an array is the index to go on from.
+    let mut token_in = 0u32;
+    let mut token_out = 0u32;
+    while done < total {
+        let n = (total - done).min(BATCH);
+        let mut attr = Attr::new();
+        // struct { in_batch, out_batch, keys, values: u64; count, map_fd: u32; elem_flags, flags: u64 }
+        if done > 0 {
+            attr.put_u64(0, std::ptr::addr_of!(token_in) as u64);
+        }
+        attr.put_u64(8, std::ptr::addr_of_mut!(token_out) as u64);
+        attr.put_u64(16, keys.as_mut_ptr() as u64);
+        attr.put_u64(24, values[done * value_size..].as_mut_ptr() as u64);
+        attr.put_u32(
+            32,
+            u32::try_from(n).map_err(|_| io::Error::other("batch too large"))?,
+        );
+        attr.put_u32(
+            36,
+            u32::try_from(map.as_raw_fd()).map_err(|_| io::Error::other("bad fd"))?,
+        );
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let read = u32::from_ne_bytes([attr.0[32], attr.0[33], attr.0[34], attr.0[35]]);
+        let read = usize::try_from(read).unwrap_or(0).min(n);
+        done += read;
+        match result {
+            Ok(_) => {}
+            // The last batch: the array is read to its end.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+        if read == 0 {
+            break;
+        }
+        token_in = token_out;
+    }
+    if done != total {
+        return Err(io::Error::other(format!(
+            "read {done} of the array's {total} entries"
+        )));
+    }
+    Ok(values)
 }
 
 /// Deletes one entry (BPF_MAP_DELETE_ELEM).

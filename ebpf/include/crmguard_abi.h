@@ -25,7 +25,7 @@
  * meaning of a number changes: the agent stamps it into the cg_abi map of
  * the maps it pins, and an agent of another version refuses to adopt them.
  */
-#define CG_ABI_VERSION 3
+#define CG_ABI_VERSION 4
 
 /* Actions: what the program did with a packet (the `action` metric label). */
 enum cg_action {
@@ -149,18 +149,31 @@ struct cg_rule {
 	__u32 rule_id;
 };
 
-/* cg_svc key: a public service port. */
+/*
+ * A public service port, as the agent compiles it.  The kernel's table of
+ * services is an array with one entry per (protocol, port), at
+ * CG_SVC_INDEX: the lookup is a bounds check and an offset, inlined into the
+ * program, where a hash lookup would cost a call and a hash of the key on
+ * every packet that reaches the service check.
+ */
 struct cg_svc_key {
 	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
 	__u8 _pad;
 	__be16 port_be;
 };
 
+/* Entries of a cg_svc array: TCP ports first, then UDP ports. */
+#define CG_SVC_PORTS (1U << 17)
+/* The entry of (proto, port); port in host order.  Any protocol but UDP is
+ * TCP's half: only TCP and UDP packets are looked up. */
+#define CG_SVC_INDEX(proto, port) ((((proto) == 17) ? 0x10000U : 0U) | ((port) & 0xffffU))
+
 /* cg_svc.flags */
 #define CG_SVC_FROM_ANY (1U << 0)
 
 struct cg_svc {
-	__u32 svc_id;  /* the service's index in the config, from 1 */
+	__u32 svc_id;  /* the service's index in the config, from 1; 0: no
+			* service on this port */
 	__u32 flags;   /* CG_SVC_* */
 	__u32 src_pps; /* per-source packets per second for this service; 0: none */
 	__u32 syn_pps; /* per-source new connections per second; 0: none */
