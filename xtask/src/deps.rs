@@ -233,6 +233,11 @@ const BENCH: &[Package] = &[
     ),
     pkg("iperf3", "single-stream TCP goodput through each tunnel"),
     pkg(
+        "netsniff-ng",
+        "trafgen: floods a veth for the XDP packets-per-second rows",
+    ),
+    pkg("ethtool", "ethtool -S: the packets veth's XDP program saw"),
+    pkg(
         "wireguard-go",
         "the WireGuard implementation crmguard's gateway is compared with",
     ),
