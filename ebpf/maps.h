@@ -111,6 +111,7 @@ const volatile struct {
 	struct cg_svc_lpm4 svc_lpm4;
 	struct cg_svc_lpm6 svc_lpm6;
 	struct cg_event event;
+	struct cg_rl_key rl_key;
 } cg_btf_types;
 
 /* Deny set: single addresses in hashes, true prefixes in tries. */
@@ -174,12 +175,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_ban_flags SEC(".maps");
 
-/* Rate-limit buckets.  Written and read by XDP only. */
+/* Rate-limit buckets, a direct-mapped table (see the ABI header).  Written
+ * and read by XDP only. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, CG_RL_MAX);
-	__type(key, struct cg_rl_key);
-	__type(value, struct cg_rl);
+	__type(key, __u32);
+	__type(value, struct cg_rl_slot);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_rl SEC(".maps");
 

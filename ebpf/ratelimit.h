@@ -64,12 +64,36 @@ static __always_inline void rl_source(__u8 *addr, const struct pkt *p, __u8 v6_p
 	__builtin_memcpy(addr, words, 16);
 }
 
+/* The hash of a key that places it in cg_rl (see the ABI header). */
+static __always_inline __u64 cg_rl_hash(__u64 addr_hi, __u64 addr_lo, __u32 scope)
+{
+	__u64 h = (addr_hi ^ CG_RL_SEED) * CG_RL_K1;
+
+	h = ((h ^ (h >> 32)) ^ addr_lo) * CG_RL_K2;
+	h = ((h ^ (h >> 32)) ^ scope) * CG_RL_K3;
+	return h ^ (h >> 29);
+}
+
+static __always_inline int rl_holds(const struct cg_rl_slot *slot, __u64 addr_hi, __u64 addr_lo,
+				    __u32 scope)
+{
+	const __u64 *held = (const __u64 *)slot->key.addr;
+
+	return held[0] == addr_hi && held[1] == addr_lo && slot->key.scope == scope;
+}
+
+/* Whether a new key may take the slot: empty, or its holder idle. */
+static __always_inline int rl_free(const struct cg_rl_slot *slot, __u32 units)
+{
+	return slot->key.scope == 0 || units - slot->seen >= CG_RL_KEEP_UNITS;
+}
+
 /*
  * The bucket of one (source, scope): CG_R_NONE when the packet passes,
  * `limited` when the bucket is spent, CG_R_RL_TABLE_BUSY when the source has
- * no bucket and this CPU has made its CG_RL_NEW_PER_CPU_PER_S new buckets of
- * the second.  A source's first packet in a scope makes its bucket and
- * passes.
+ * no bucket and either this CPU has made its CG_RL_NEW_PER_CPU_PER_S new
+ * buckets of the second or both of the key's places are held by active
+ * sources.  A source's first packet in a scope makes its bucket and passes.
  *
  * A global function, of scalars only (the source's two words, scope and
  * `limited`, rate and burst, each pair in one word, and the time): the
@@ -80,33 +104,50 @@ static __always_inline void rl_source(__u8 *addr, const struct pkt *p, __u8 v6_p
 __attribute__((noinline)) __u32 cg_rl_check(__u64 addr_hi, __u64 addr_lo, __u64 scope_limited,
 					    __u64 rate_burst, __u64 now)
 {
-	struct cg_rl_key key = { .scope = (__u32)(scope_limited >> 32) };
+	__u32 scope = (__u32)(scope_limited >> 32);
 	__u32 limited = (__u32)scope_limited;
 	__u32 rate = (__u32)(rate_burst >> 32);
 	__u32 burst = (__u32)rate_burst;
-	__u32 zero = 0;
-	struct cg_rl *bucket, *budget;
+	__u32 units = (__u32)(now >> CG_RL_SEEN_SHIFT);
+	struct cg_rl_slot *first, *second, *slot;
+	__u32 zero = 0, index;
+	struct cg_rl *budget;
+	__u64 h, *held;
 
 	if (!rate)
 		return CG_R_NONE;
-	__builtin_memcpy(key.addr, &addr_hi, 8);
-	__builtin_memcpy(key.addr + 8, &addr_lo, 8);
-	bucket = bpf_map_lookup_elem(&cg_rl, &key);
-	if (bucket)
-		return gcra_allow(bucket, now, rate, burst) ? CG_R_NONE : limited;
+	h = cg_rl_hash(addr_hi, addr_lo, scope);
+	index = (__u32)(h >> (64 - CG_RL_BITS));
+	first = bpf_map_lookup_elem(&cg_rl, &index);
+	index = (__u32)(h >> (64 - 2 * CG_RL_BITS)) & (CG_RL_MAX - 1);
+	second = bpf_map_lookup_elem(&cg_rl, &index);
+	if (!first || !second)
+		return CG_R_NONE; /* unreachable: both indexes are below CG_RL_MAX */
+	slot = rl_holds(first, addr_hi, addr_lo, scope)	   ? first :
+	       rl_holds(second, addr_hi, addr_lo, scope) ? second :
+							   NULL;
+	if (slot) {
+		slot->seen = units;
+		return gcra_allow(&slot->bucket, now, rate, burst) ? CG_R_NONE : limited;
+	}
+	slot = rl_free(first, units) ? first : rl_free(second, units) ? second : NULL;
+	if (!slot)
+		return CG_R_RL_TABLE_BUSY;
 	budget = bpf_map_lookup_elem(&cg_rl_budget, &zero);
 	if (budget &&
 	    !gcra_allow(budget, now, CG_RL_NEW_PER_CPU_PER_S, CG_RL_NEW_PER_CPU_PER_S))
 		return CG_R_RL_TABLE_BUSY;
-	{
-		/* What gcra_allow() makes of a fresh bucket: the packet passes
-		 * and the next token is one interval away. */
-		struct cg_rl fresh = { .tat_ns = now + 1000000000U / rate,
-				       .rate = rate,
-				       .burst = burst };
-
-		bpf_map_update_elem(&cg_rl, &key, &fresh, BPF_ANY);
-	}
+	/* What gcra_allow() makes of a fresh bucket: the packet passes and the
+	 * next token is one interval away.  Another CPU may write the slot at
+	 * the same time; the worst case is a bucket that starts afresh. */
+	held = (__u64 *)slot->key.addr;
+	held[0] = addr_hi;
+	held[1] = addr_lo;
+	slot->key.scope = scope;
+	slot->seen = units;
+	slot->bucket.tat_ns = now + 1000000000U / rate;
+	slot->bucket.rate = rate;
+	slot->bucket.burst = burst;
 	return CG_R_NONE;
 }
 

@@ -380,8 +380,8 @@ pub fn run(out_dir: &Path) -> Result<()> {
 
     eprintln!("loading crmguard (1,000 and 1,100,000 deny entries) and xdp-filter ...");
     let (mut small, _) = Crmguard::load(out_dir, "1k", 1_000, 0)?;
-    // CRMGUARD_BENCH_QUICK=1 skips the large deny set, for iterating on the
-    // program; the table then repeats the small one in that column.
+    // CRMGUARD_BENCH_QUICK=1 skips the large deny set and the real attach, for
+    // iterating on the program; the table then repeats the small one in that column.
     let quick = std::env::var("CRMGUARD_BENCH_QUICK").is_ok_and(|v| v == "1");
     let (hosts, prefixes) = if quick {
         (1_000, 0)
@@ -488,7 +488,9 @@ pub fn run(out_dir: &Path) -> Result<()> {
         "apply_seconds": large_times.apply,
     }));
     drop(filter);
-    if attach::tools_present() {
+    if quick {
+        println!("\nCRMGUARD_BENCH_QUICK=1: no real-attach rows");
+    } else if attach::tools_present() {
         json.extend(real_attach(out_dir, &mut small, &mut empty)?);
     } else {
         println!("\ntrafgen or ethtool missing (apt-get install netsniff-ng ethtool): no real-attach rows");

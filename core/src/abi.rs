@@ -11,7 +11,7 @@
 use std::fmt;
 
 /// The ABI version compiled into this agent (`CG_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// What the program did with a packet (`enum cg_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -305,6 +305,48 @@ pub struct Rl {
     pub burst: u32,
 }
 
+/// `struct cg_rl_slot`: a slot of `cg_rl`; all zeros is an empty slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct RlSlot {
+    pub key: RlKey,
+    /// `now >> RL_SEEN_SHIFT` at the key's last packet.
+    pub seen: u32,
+    pub bucket: Rl,
+}
+
+/// `CG_RL_SEEN_SHIFT`, `CG_RL_KEEP_UNITS`: a slot's holder keeps it against new keys until
+/// it has been idle this many units of 2^shift ns.
+pub const RL_SEEN_SHIFT: u32 = 30;
+pub const RL_KEEP_UNITS: u32 = 2;
+
+/// `CG_RL_BITS`, `CG_RL_SEED`, `CG_RL_K1..3`: the hash that places a key in `cg_rl`.
+pub const RL_BITS: u32 = 17;
+pub const RL_SEED: u64 = 0x243f_6a88_85a3_08d3;
+pub const RL_K1: u64 = 0x9e37_79b9_7f4a_7c15;
+pub const RL_K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
+pub const RL_K3: u64 = 0x1656_67b1_9e37_79f9;
+
+/// The two places of `key` in `cg_rl`, from `cg_rl_hash`. The address is read as
+/// two 64-bit words in host order, as the program reads it.
+#[must_use]
+pub fn rl_indexes(key: &RlKey) -> [u32; 2] {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&key.addr[..8]);
+    lo.copy_from_slice(&key.addr[8..]);
+    let mix = |x: u64| x ^ (x >> 32);
+    let h = (u64::from_ne_bytes(hi) ^ RL_SEED).wrapping_mul(RL_K1);
+    let h = (mix(h) ^ u64::from_ne_bytes(lo)).wrapping_mul(RL_K2);
+    let h = (mix(h) ^ u64::from(key.scope)).wrapping_mul(RL_K3);
+    let h = h ^ (h >> 29);
+    // The top RL_BITS bits, and the RL_BITS below them: each below RL_MAX.
+    [
+        u32::try_from(h >> (64 - RL_BITS)).unwrap_or(0),
+        u32::try_from((h >> (64 - 2 * RL_BITS)) & u64::from(RL_MAX - 1)).unwrap_or(0),
+    ]
+}
+
 /// `struct cg_frag_key`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(C)]
@@ -385,7 +427,7 @@ pub const BAN_PREFIXES6: u32 = 1 << 3;
 /// Capacities and timeouts of the state maps.
 pub const BAN_HOST_MAX: u32 = 1 << 18;
 pub const BAN_PREFIX_MAX: u32 = 1 << 14;
-pub const RL_MAX: u32 = 1 << 17;
+pub const RL_MAX: u32 = 1 << RL_BITS;
 pub const FRAG_MAX: u32 = 1 << 14;
 pub const FLOW_MAX: u32 = 1 << 18;
 /// `CG_DGRAM_FLOW_MAX`: the capacity of `cg_dgram_flows` (UDP and ICMP echo), apart from the
@@ -405,6 +447,7 @@ const _: () = assert!(std::mem::size_of::<Config>() == 44);
 const _: () = assert!(std::mem::size_of::<Ban>() == 16);
 const _: () = assert!(std::mem::size_of::<RlKey>() == 20);
 const _: () = assert!(std::mem::size_of::<Rl>() == 16);
+const _: () = assert!(std::mem::size_of::<RlSlot>() == 40);
 const _: () = assert!(std::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Frag>() == 16);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
@@ -455,6 +498,8 @@ mod pod {
     unsafe impl aya::Pod for RlKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for Rl {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for RlSlot {}
     // SAFETY: see above.
     unsafe impl aya::Pod for FragKey {}
     // SAFETY: see above.
@@ -520,12 +565,57 @@ mod tests {
         check("CG_SIZEOF_SVC_LPM6", std::mem::size_of::<SvcLpm6>());
         check("CG_SIZEOF_BAN", std::mem::size_of::<Ban>());
         check("CG_SIZEOF_RL_KEY", std::mem::size_of::<RlKey>());
+        check("CG_SIZEOF_RL_SLOT", std::mem::size_of::<RlSlot>());
         check("CG_SIZEOF_RL", std::mem::size_of::<Rl>());
         check("CG_SIZEOF_FRAG_KEY", std::mem::size_of::<FragKey>());
         check("CG_SIZEOF_FRAG", std::mem::size_of::<Frag>());
         check("CG_SIZEOF_FLOW_KEY", std::mem::size_of::<FlowKey>());
         check("CG_SIZEOF_FLOW", std::mem::size_of::<Flow>());
         check("CG_SIZEOF_EVENT", std::mem::size_of::<Event>());
+    }
+
+    /// A `#define NAME 0x...ULL` of the header.
+    fn header_hex(name: &str) -> u64 {
+        HEADER
+            .lines()
+            .find_map(|line| {
+                line.trim()
+                    .strip_prefix("#define ")?
+                    .strip_prefix(name)?
+                    .trim()
+                    .strip_prefix("0x")?
+                    .strip_suffix("ULL")
+                    .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            })
+            .unwrap_or_else(|| panic!("{name} not found in crmguard_abi.h"))
+    }
+
+    #[test]
+    fn rate_limit_slots_spread_sources_and_scopes() {
+        let key = |last: u8, scope: u32| {
+            let mut addr = [0u8; 16];
+            addr[10] = 0xff;
+            addr[11] = 0xff;
+            addr[12] = 10;
+            addr[15] = last;
+            RlKey { addr, scope }
+        };
+        let mut slots = std::collections::BTreeSet::new();
+        for last in 0..=255u8 {
+            for scope in [
+                rl_scope(RL_SRC, 0),
+                rl_scope(RL_SVC, 1),
+                rl_scope(RL_SVC, 2),
+            ] {
+                let [first, second] = rl_indexes(&key(last, scope));
+                assert!(first < RL_MAX && second < RL_MAX);
+                slots.insert(first);
+                slots.insert(second);
+            }
+        }
+        // 1,536 places of 768 keys in 131,072 slots: a few may share one, not more.
+        assert!(slots.len() >= 1_500, "{} distinct slots", slots.len());
+        assert_eq!(rl_indexes(&key(1, 1)), rl_indexes(&key(1, 1)));
     }
 
     #[test]
@@ -572,6 +662,17 @@ mod tests {
         assert_eq!(header_value("CG_BAN_HOST_MAX"), u64::from(BAN_HOST_MAX));
         assert_eq!(header_value("CG_BAN_PREFIX_MAX"), u64::from(BAN_PREFIX_MAX));
         assert_eq!(header_value("CG_RL_MAX"), u64::from(RL_MAX));
+        assert_eq!(header_value("CG_RL_BITS"), u64::from(RL_BITS));
+        assert_eq!(header_value("CG_RL_SEEN_SHIFT"), u64::from(RL_SEEN_SHIFT));
+        assert_eq!(header_value("CG_RL_KEEP_UNITS"), u64::from(RL_KEEP_UNITS));
+        for (name, value) in [
+            ("CG_RL_SEED", RL_SEED),
+            ("CG_RL_K1", RL_K1),
+            ("CG_RL_K2", RL_K2),
+            ("CG_RL_K3", RL_K3),
+        ] {
+            assert_eq!(header_hex(name), value, "{name}");
+        }
         assert_eq!(header_value("CG_FRAG_MAX"), u64::from(FRAG_MAX));
         assert_eq!(header_value("CG_FLOW_MAX"), u64::from(FLOW_MAX));
         assert_eq!(header_value("CG_DGRAM_FLOW_MAX"), u64::from(DGRAM_FLOW_MAX));

@@ -114,8 +114,9 @@ pub struct ModelState {
     pub dgram_flows: BTreeMap<abi::FlowKey, u64>,
     /// `cg_frags`: first-fragment verdicts.
     pub frags: BTreeMap<abi::FragKey, abi::Frag>,
-    /// `cg_rl`: the per-source GCRA buckets.
-    pub buckets: BTreeMap<abi::RlKey, abi::Rl>,
+    /// `cg_rl`: the per-source GCRA buckets, by slot (`abi::rl_indexes`); a slot not here
+    /// is all zeros.
+    pub buckets: BTreeMap<u32, abi::RlSlot>,
     /// `cg_syn_budget`: the bucket of the CPU the frames run on. All zero is
     /// the state of a CPU that has not yet seen a SYN.
     pub syn_budget: abi::Rl,
@@ -449,7 +450,7 @@ pub fn rl_source(p: &Packet, v6_prefix: u8) -> [u8; 16] {
 /// The rate-limit state [`rl_check`] reads and writes: `cg_rl` and this
 /// CPU's `cg_rl_budget`.
 struct Buckets<'a> {
-    buckets: &'a mut BTreeMap<abi::RlKey, abi::Rl>,
+    buckets: &'a mut BTreeMap<u32, abi::RlSlot>,
     budget: &'a mut abi::Rl,
 }
 
@@ -464,8 +465,10 @@ impl<'a> Buckets<'a> {
 
 /// `rl_check`: `None` when the packet passes, `Some(limited)` when its
 /// bucket is spent, `Some(RlTableBusy)` when the source has no bucket and
-/// the CPU's budget of new buckets is spent. A source's first packet in a
-/// scope makes its bucket and passes.
+/// either the CPU's budget of new buckets is spent or both of the key's
+/// places are held by active sources. A source's first packet in a scope
+/// makes its bucket, in the first of its places that is empty or idle, and
+/// passes.
 #[allow(clippy::too_many_arguments)]
 fn rl_check(
     rl: Buckets<'_>,
@@ -481,9 +484,24 @@ fn rl_check(
         addr: rl_source(p, cfg.rl_v6_prefix),
         scope,
     };
-    if let Some(bucket) = rl.buckets.get_mut(&key) {
-        return (!gcra_allow(bucket, now, rate, burst)).then_some(limited);
+    let units = u32::try_from((now >> abi::RL_SEEN_SHIFT) & u64::from(u32::MAX)).unwrap_or(0);
+    let places = abi::rl_indexes(&key);
+    if let Some(index) = places
+        .into_iter()
+        .find(|index| rl.buckets.get(index).is_some_and(|slot| slot.key == key))
+    {
+        let slot = rl.buckets.entry(index).or_default();
+        slot.seen = units;
+        return (!gcra_allow(&mut slot.bucket, now, rate, burst)).then_some(limited);
     }
+    let free = |index: &u32| {
+        rl.buckets.get(index).is_none_or(|slot| {
+            slot.key.scope == 0 || units.wrapping_sub(slot.seen) >= abi::RL_KEEP_UNITS
+        })
+    };
+    let Some(index) = places.into_iter().find(free) else {
+        return Some(Reason::RlTableBusy);
+    };
     let new_rate = abi::RL_NEW_PER_CPU_PER_S;
     if !gcra_allow(rl.budget, now, new_rate, new_rate) {
         return Some(Reason::RlTableBusy);
@@ -494,7 +512,14 @@ fn rl_check(
         burst,
     };
     gcra_allow(&mut fresh, now, rate, burst);
-    rl.buckets.insert(key, fresh);
+    rl.buckets.insert(
+        index,
+        abi::RlSlot {
+            key,
+            seen: units,
+            bucket: fresh,
+        },
+    );
     None
 }
 

@@ -373,6 +373,7 @@ fn mirrors() -> Vec<(&'static str, Layout)> {
         mirror!("cg_ban", abi::Ban, [expires_ns, reason, _pad]),
         mirror!("cg_rl_key", abi::RlKey, [addr, scope]),
         mirror!("cg_rl", abi::Rl, [tat_ns, rate, burst]),
+        mirror!("cg_rl_slot", abi::RlSlot, [key, seen, bucket]),
         mirror!(
             "cg_frag_key",
             abi::FragKey,
@@ -543,7 +544,10 @@ fn fnv1a(text: &str) -> u64 {
 /// Version 4 made the services of a slot an array indexed by protocol and
 /// port (`CG_SVC_INDEX`) instead of a hash, and the description now has the
 /// inner maps' templates.
-const FINGERPRINT: (u32, u64) = (4, 0x1dd4_0efb_ea6c_a3c1);
+///
+/// Version 5 made `cg_rl` an array of `cg_rl_slot` (key, last seen and
+/// bucket), two places per key from `cg_rl_hash`, instead of an LRU hash.
+const FINGERPRINT: (u32, u64) = (5, 0x7ebc_83f7_c83f_2fe7);
 
 #[test]
 fn the_abi_changes_only_with_its_version() {

@@ -93,7 +93,7 @@ pub const MAP_SPECS: &[MapSpec] = &[
     spec::<abi::Lpm4, abi::Ban>("cg_ban4_lpm", abi::BAN_PREFIX_MAX),
     spec::<abi::Lpm6, abi::Ban>("cg_ban6_lpm", abi::BAN_PREFIX_MAX),
     spec::<u32, u32>("cg_ban_flags", 1),
-    spec::<abi::RlKey, abi::Rl>("cg_rl", abi::RL_MAX),
+    spec::<u32, abi::RlSlot>("cg_rl", abi::RL_MAX),
     spec::<u32, abi::Rl>("cg_syn_budget", 1),
     spec::<u32, abi::Rl>("cg_rl_budget", 1),
     spec::<abi::FragKey, abi::Frag>("cg_frags", abi::FRAG_MAX),

@@ -25,7 +25,7 @@
  * meaning of a number changes: the agent stamps it into the cg_abi map of
  * the maps it pins, and an agent of another version refuses to adopt them.
  */
-#define CG_ABI_VERSION 4
+#define CG_ABI_VERSION 5
 
 /* Actions: what the program did with a packet (the `action` metric label). */
 enum cg_action {
@@ -220,8 +220,19 @@ struct cg_ban {
 };
 
 /*
- * Rate limiting: one GCRA bucket per (source, scope) in an LRU map, so that
- * any number of spoofed sources costs bounded memory.  A bucket remembers the
+ * Rate limiting: one GCRA bucket per (source, scope), in a table of
+ * CG_RL_MAX slots where a key has two places, given by cg_rl_hash()
+ * (ratelimit.h; the agent's model computes the same), and its bucket lives
+ * in one of them with the key.  The lookups are array lookups,
+ * inlined by the verifier, where a hash map's cost a call, a hash of the key
+ * and a walk of its bucket: the limit runs on every admitted packet.
+ *
+ * A new key takes the first of its places that is empty or whose holder has
+ * been idle for CG_RL_KEEP_UNITS units of 2^CG_RL_SEEN_SHIFT ns (1 to 2 s),
+ * within the CPU's budget of new buckets; with both places held by active
+ * sources it is dropped as rl_table_busy.  So any number of spoofed sources
+ * costs bounded memory, and never evicts a source that is still sending, as
+ * an LRU map would keep its recently used entries.  A bucket remembers the
  * rate and burst it was made for; when the rule changes, it starts afresh.
  */
 enum cg_rl_kind {
@@ -245,6 +256,30 @@ struct cg_rl {
 	__u32 rate;   /* the rule this bucket was made for */
 	__u32 burst;
 };
+
+/* A slot of cg_rl: all zeros is an empty slot (no scope is 0). */
+struct cg_rl_slot {
+	struct cg_rl_key key;
+	__u32 seen; /* (now >> CG_RL_SEEN_SHIFT) at the key's last packet */
+	struct cg_rl bucket;
+};
+
+#define CG_RL_SEEN_SHIFT 30
+#define CG_RL_KEEP_UNITS 2
+
+/*
+ * The places of a key, from the address read as two 64-bit words hi and lo
+ * (in host order) and the scope, with mix(x) = x ^ (x >> 32):
+ *   h = (hi ^ CG_RL_SEED) * K1;  h = (mix(h) ^ lo) * K2;
+ *   h = (mix(h) ^ scope) * K3;   h ^= h >> 29;
+ * the first place is the top CG_RL_BITS bits of h, the second the
+ * CG_RL_BITS bits below them.
+ */
+#define CG_RL_BITS 17
+#define CG_RL_SEED 0x243f6a8885a308d3ULL
+#define CG_RL_K1 0x9e3779b97f4a7c15ULL
+#define CG_RL_K2 0xc2b2ae3d27d4eb4fULL
+#define CG_RL_K3 0x165667b19e3779f9ULL
 
 /* Fragments: the verdict of a first fragment, for its later fragments.
  * The id is in host order for both families; proto is IPv4's protocol, or
@@ -305,6 +340,7 @@ struct cg_event {
 #define CG_BAN_HOST_MAX (1U << 18)
 #define CG_BAN_PREFIX_MAX (1U << 14)
 #define CG_RL_MAX (1U << 17)
+_Static_assert(CG_RL_MAX == 1U << CG_RL_BITS, "cg_rl's slots and the hash's bits");
 #define CG_FRAG_MAX (1U << 14)
 #define CG_FLOW_MAX (1U << 18)
 /* Datagram flows last minutes, not hours; a quarter of cg_flows holds every
@@ -352,6 +388,7 @@ _Static_assert(CG_RL_NEW_PER_CPU_PER_S == CG_RL_MAX / 64, "the new-bucket budget
 #define CG_SIZEOF_BAN 16
 #define CG_SIZEOF_RL_KEY 20
 #define CG_SIZEOF_RL 16
+#define CG_SIZEOF_RL_SLOT 40
 #define CG_SIZEOF_FRAG_KEY 40
 #define CG_SIZEOF_FRAG 16
 #define CG_SIZEOF_FLOW_KEY 40
@@ -371,6 +408,7 @@ _Static_assert(sizeof(struct cg_svc_lpm6) == CG_SIZEOF_SVC_LPM6, "cg_svc_lpm6 si
 _Static_assert(sizeof(struct cg_ban) == CG_SIZEOF_BAN, "cg_ban size");
 _Static_assert(sizeof(struct cg_rl_key) == CG_SIZEOF_RL_KEY, "cg_rl_key size");
 _Static_assert(sizeof(struct cg_rl) == CG_SIZEOF_RL, "cg_rl size");
+_Static_assert(sizeof(struct cg_rl_slot) == CG_SIZEOF_RL_SLOT, "cg_rl_slot size");
 _Static_assert(sizeof(struct cg_frag_key) == CG_SIZEOF_FRAG_KEY, "cg_frag_key size");
 _Static_assert(sizeof(struct cg_frag) == CG_SIZEOF_FRAG, "cg_frag size");
 _Static_assert(sizeof(struct cg_flow_key) == CG_SIZEOF_FLOW_KEY, "cg_flow_key size");

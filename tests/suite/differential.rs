@@ -51,6 +51,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -457,6 +458,27 @@ where
     T::try_from(map).with_context(|| format!("{} is not the map expected", path.display()))
 }
 
+/// A `cg_rl_slot` from its bytes as the kernel keeps them.
+fn slot_from(raw: &[u8]) -> abi::RlSlot {
+    let u32_at = |at: usize| u32::from_ne_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+    let mut addr = [0u8; 16];
+    addr.copy_from_slice(&raw[..16]);
+    let mut tat = [0u8; 8];
+    tat.copy_from_slice(&raw[24..32]);
+    abi::RlSlot {
+        key: abi::RlKey {
+            addr,
+            scope: u32_at(16),
+        },
+        seen: u32_at(20),
+        bucket: abi::Rl {
+            tat_ns: u64::from_ne_bytes(tat),
+            rate: u32_at(32),
+            burst: u32_at(36),
+        },
+    }
+}
+
 /// Counters of interface slot 0, the slot `load_for_test` gives.
 const SLOT0_COUNTERS: u32 = abi::ACTION_COUNT * abi::REASON_SLOTS;
 
@@ -468,7 +490,7 @@ type Counted = std::result::Result<(Action, Reason), String>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Written {
     frags: BTreeMap<abi::FragKey, abi::Frag>,
-    buckets: BTreeMap<abi::RlKey, abi::Rl>,
+    buckets: BTreeMap<u32, abi::RlSlot>,
     syn_budget: abi::Rl,
     rl_budget: abi::Rl,
 }
@@ -500,7 +522,9 @@ struct Kernel {
     /// The totals of slot 0's counters as last read.
     seen: Vec<abi::Stats>,
     frags: HashMap<MapData, abi::FragKey, abi::Frag>,
-    buckets: HashMap<MapData, abi::RlKey, abi::Rl>,
+    buckets: Array<MapData, abi::RlSlot>,
+    /// `cg_rl` again, for batch reads.
+    buckets_raw: MapData,
     syn_budget: PerCpuArray<MapData, abi::Rl>,
     rl_budget: PerCpuArray<MapData, abi::Rl>,
     cpus: usize,
@@ -518,6 +542,7 @@ impl Kernel {
             stats: pinned(&dir, "cg_stats")?,
             frags: pinned(&dir, "cg_frags")?,
             buckets: pinned(&dir, "cg_rl")?,
+            buckets_raw: MapData::from_pin(dir.join("maps/cg_rl")).context("opening cg_rl")?,
             syn_budget: pinned(&dir, "cg_syn_budget")?,
             rl_budget: pinned(&dir, "cg_rl_budget")?,
             seen: Vec::new(),
@@ -639,10 +664,26 @@ impl Kernel {
     fn written(&self, cpu: usize) -> Result<Written> {
         Ok(Written {
             frags: self.frags.iter().collect::<Result<_, _>>()?,
-            buckets: self.buckets.iter().collect::<Result<_, _>>()?,
+            buckets: self.occupied_slots()?,
             syn_budget: self.budget_of(&self.syn_budget, cpu)?,
             rl_budget: self.budget_of(&self.rl_budget, cpu)?,
         })
+    }
+
+    /// The slots of `cg_rl` that are not all zeros, read whole in batches.
+    fn occupied_slots(&self) -> Result<BTreeMap<u32, abi::RlSlot>> {
+        let size = std::mem::size_of::<abi::RlSlot>();
+        let bytes =
+            crmguard_datapath::sys::read_array(self.buckets_raw.fd().as_fd(), size, abi::RL_MAX)
+                .context("reading cg_rl")?;
+        let empty = abi::RlSlot::default();
+        Ok((0u32..)
+            .zip(bytes.chunks(size))
+            .filter_map(|(index, raw)| {
+                let slot = slot_from(raw);
+                (slot != empty).then_some((index, slot))
+            })
+            .collect())
     }
 
     fn set_ban_flags(&self, flags: u32) -> Result<()> {
@@ -671,9 +712,8 @@ impl Kernel {
         for key in keys {
             self.frags.remove(&key)?;
         }
-        let keys: Vec<abi::RlKey> = self.buckets.keys().collect::<Result<_, _>>()?;
-        for key in keys {
-            self.buckets.remove(&key)?;
+        for index in self.occupied_slots()?.into_keys() {
+            self.buckets.set(index, abi::RlSlot::default(), 0)?;
         }
         let zero = PerCpuValues::try_from(vec![abi::Rl::default(); self.cpus])?;
         self.syn_budget.set(0, zero, 0)?;
@@ -806,9 +846,9 @@ fn decide_frame(
         }
     }
     let interval = |rl: &abi::Rl| SEC.checked_div(u64::from(rl.rate)).unwrap_or(0);
-    for (key, bucket) in &written.buckets {
-        if before.buckets.get(key) != Some(bucket) {
-            times.push(bucket.tat_ns.wrapping_sub(interval(bucket)));
+    for (index, slot) in &written.buckets {
+        if before.buckets.get(index) != Some(slot) {
+            times.push(slot.bucket.tat_ns.wrapping_sub(interval(&slot.bucket)));
         }
     }
     if written.syn_budget != before.syn_budget {

@@ -22,6 +22,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,9 +93,13 @@ fn entries(agent: &Agent, name: &str) -> Result<usize> {
     let path = agent.bpffs_dir().join("maps").join(name);
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let count = match name {
-        "cg_rl" => HashMap::<_, abi::RlKey, abi::Rl>::try_from(Map::LruHashMap(data))?
-            .keys()
-            .count(),
+        "cg_rl" => {
+            let size = std::mem::size_of::<abi::RlSlot>();
+            crmguard_datapath::sys::read_array(data.fd().as_fd(), size, abi::RL_MAX)?
+                .chunks(size)
+                .filter(|slot| slot.iter().any(|b| *b != 0))
+                .count()
+        }
         _ => HashMap::<_, abi::FlowKey, abi::Flow>::try_from(Map::LruHashMap(data))?
             .keys()
             .count(),
