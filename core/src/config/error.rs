@@ -112,7 +112,9 @@ impl<'a> Source<'a> {
                 .collect()
         });
         // The last line starting at or before `offset`; line 0 starts at 0, so there is one.
-        let index = starts.partition_point(|&start| start <= offset).saturating_sub(1);
+        let index = starts
+            .partition_point(|&start| start <= offset)
+            .saturating_sub(1);
         let line_start = starts.get(index).copied().unwrap_or(0);
         let column = self.text[line_start..offset].chars().count() + 1;
         (index + 1, column)
@@ -217,7 +219,11 @@ mod tests {
         let src = Source::new(Path::new("crmguard.toml"), text);
         for offset in 0..=text.len() {
             if text.is_char_boundary(offset) {
-                assert_eq!(src.position(offset), counted(text, offset), "offset {offset}");
+                assert_eq!(
+                    src.position(offset),
+                    counted(text, offset),
+                    "offset {offset}"
+                );
             }
         }
         // Inside a character: the start of that character; past the end: the end.
