@@ -23,11 +23,11 @@ use crmguard_lab::netns::{Iface, NetNs};
 use crmguard_lab::privileged;
 use crmguard_lab::topology::Topology;
 use crmguard_lab::wait::wait_for;
-use crmguard_lab::wg::{genkey, Keys, WgClient};
+use crmguard_lab::wg::{genkey, wg, Keys, WgClient};
 
 use crate::vpn::{
-    gateway_endpoint, gateway_key, metric, ping, require_tools, second_link, ALLOWED_TCP,
-    ALLOWED_UDP, SETTLE, WG_PORT,
+    gateway_endpoint, metric, ping, require_tools, second_link, ALLOWED_TCP, ALLOWED_UDP, SETTLE,
+    WG_PORT,
 };
 
 /// The peers in the gateway's peers file.
@@ -191,7 +191,10 @@ fn sixty_five_thousand_peers_start_and_each_end_of_the_table_connects() -> Resul
         start.as_secs_f64(),
         rss / 1024
     );
-    let gateway = gateway_key(&agent)?;
+    // From the endpoint's own interface: `crmguard status` would read the 65,000 peers again.
+    let gateway = wg(&["show", agent.vpn_interface(), "public-key"], None)?
+        .trim()
+        .to_owned();
 
     let _service = TcpServer::start(&t.host, ALLOWED_TCP, "crm says hello\n")?;
     let receiver = UdpReceiver::start(&t.host, ALLOWED_UDP)?;
