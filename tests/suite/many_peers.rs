@@ -159,10 +159,15 @@ fn sixty_five_thousand_peers_start_and_each_end_of_the_table_connects() -> Resul
     let first = genkey()?;
     let last = genkey()?;
     let scratch = tempfile::tempdir()?;
+    let written = Instant::now();
     std::fs::write(
         scratch.path().join("peers.toml"),
         peers_file(&first, &last)?,
     )?;
+    eprintln!(
+        "{PEERS} peers written in {:.2} s",
+        written.elapsed().as_secs_f64()
+    );
 
     let mut agent = Agent::configure(&t.host, &config(&[&t.host_if, &host2_if], scratch.path()))?;
     let started = Instant::now();
