@@ -22,6 +22,7 @@ mod detection;
 mod metrics;
 mod monitor;
 mod peers;
+mod peers_file_cache;
 mod portal;
 
 use std::collections::BTreeMap;
@@ -418,6 +419,8 @@ struct Agent {
     /// When an administrator last enabled each peer (`state_dir/peers-enabled.json`), which
     /// counts as activity for `vpn.disable_inactive_after`.
     enabled_at: BTreeMap<String, u64>,
+    /// The peers file as the inactivity check last read it.
+    peers_file: peers_file_cache::PeersFileCache,
     /// A change applied by `reload --confirm`, rolled back unless confirmed.
     pending: Option<confirm::Pending>,
     /// When the last unconfirmed change was rolled back, RFC 3339.
@@ -1154,6 +1157,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         policy_source,
         fallback_error,
         enabled_at: crmguard_core::provision::load_enabled_at(&config_state_dir),
+        peers_file: peers_file_cache::PeersFileCache::default(),
         pending: None,
         last_rollback: None,
         tally: crate::tally::DropTally::default(),

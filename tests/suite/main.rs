@@ -32,6 +32,7 @@ mod limits;
 mod limits_fds;
 mod lockout;
 mod logsource;
+mod many_peers;
 mod metrics;
 mod monitor;
 mod privileges;

@@ -53,9 +53,44 @@ pub struct PeerCell {
     pub(crate) mfa_open: AtomicBool,
 }
 
+/// A peer's boringtun state, made when the peer first sends or is sent something.
+///
+/// A `Tunn` holds room for eight sessions inline (about 12 KiB) and costs a static
+/// Diffie-Hellman to make; a gateway with tens of thousands of registered devices, most of
+/// them not connected at any one time, would spend a gigabyte and seconds of its start on
+/// devices that never show up. Until then the peer costs its keys and index only, and the
+/// timers skip it: a `Tunn` that has never handshaken has nothing to retransmit or expire.
+pub(crate) struct LazyTunn {
+    tunn: Option<Box<Tunn>>,
+    secret: boringtun::x25519::StaticSecret,
+    peer: [u8; 32],
+    index: u32,
+}
+
+impl LazyTunn {
+    /// The peer's `Tunn`, made now if it was not yet.
+    pub(crate) fn get(&mut self) -> &mut Tunn {
+        self.tunn.get_or_insert_with(|| {
+            Box::new(Tunn::new(
+                self.secret.clone(),
+                PublicKey::from(self.peer),
+                None,
+                None,
+                self.index,
+                None,
+            ))
+        })
+    }
+
+    /// The peer's `Tunn` if it has one.
+    pub(crate) fn existing(&mut self) -> Option<&mut Tunn> {
+        self.tunn.as_deref_mut()
+    }
+}
+
 /// What the endpoint keeps of one peer's session.
 pub struct Session {
-    pub(crate) tunn: Tunn,
+    pub(crate) tunn: LazyTunn,
     /// Where the peer's last authenticated datagram came from, and where it was received.
     pub(crate) endpoint: Option<Target>,
     pub(crate) rx_bytes: u64,
@@ -75,14 +110,12 @@ impl PeerCell {
             index,
             public_key,
             session: Mutex::new(Session {
-                tunn: Tunn::new(
-                    keys.secret.clone(),
-                    PublicKey::from(public_key),
-                    None,
-                    None,
+                tunn: LazyTunn {
+                    tunn: None,
+                    secret: keys.secret.clone(),
+                    peer: public_key,
                     index,
-                    None,
-                ),
+                },
                 endpoint: None,
                 rx_bytes: 0,
                 tx_bytes: 0,
@@ -360,6 +393,7 @@ impl Core {
         let (rx, authenticated) =
             match session
                 .tunn
+                .get()
                 .decapsulate(Some(from.remote.ip()), datagram, out)
             {
                 TunnResult::WriteToNetwork(answer) => {
@@ -379,7 +413,7 @@ impl Core {
                         session.send(from, &out[..len], act);
                         // Packets queued while there was no session go out now.
                         while let TunnResult::WriteToNetwork(packet) =
-                            session.tunn.decapsulate(None, &[], out)
+                            session.tunn.get().decapsulate(None, &[], out)
                         {
                             let len = packet.len();
                             session.send(from, &out[..len], act);
@@ -564,7 +598,7 @@ impl Core {
                     // The peer's side: a reset answering its packet, through the tunnel.
                     if let Some(answer) = reject::tcp_reset(packet) {
                         if let TunnResult::WriteToNetwork(datagram) =
-                            session.tunn.encapsulate(&answer, reply)
+                            session.tunn.get().encapsulate(&answer, reply)
                         {
                             let n = datagram.len();
                             session.send(from, &reply[..n], act);
@@ -587,7 +621,9 @@ impl Core {
             None => None,
         };
         if let Some(answer) = answer {
-            if let TunnResult::WriteToNetwork(datagram) = session.tunn.encapsulate(&answer, reply) {
+            if let TunnResult::WriteToNetwork(datagram) =
+                session.tunn.get().encapsulate(&answer, reply)
+            {
                 let n = datagram.len();
                 session.send(from, &reply[..n], act);
             }
@@ -657,7 +693,7 @@ impl Core {
                 &reset
             }
         };
-        let len = match session.tunn.encapsulate(packet, out) {
+        let len = match session.tunn.get().encapsulate(packet, out) {
             TunnResult::WriteToNetwork(datagram) => datagram.len(),
             TunnResult::Err(e) => {
                 tracing::trace!(peer = %entry.info.name, error = ?e, "cannot encrypt");
@@ -678,7 +714,10 @@ impl Core {
     pub fn tick(&self, snapshot: &Snapshot, buf: &mut [u8], act: &mut impl FnMut(Action<'_>)) {
         for entry in snapshot.table.entries() {
             let mut session = entry.slot.lock();
-            match session.tunn.update_timers(buf) {
+            let Some(tunn) = session.tunn.existing() else {
+                continue;
+            };
+            match tunn.update_timers(buf) {
                 TunnResult::WriteToNetwork(datagram) => {
                     let len = datagram.len();
                     if let Some(to) = session.endpoint {
@@ -705,7 +744,8 @@ impl Core {
     ) -> bool {
         let mut session = cell.lock();
         session.endpoint = Some(to);
-        let TunnResult::WriteToNetwork(init) = session.tunn.format_handshake_initiation(buf, false)
+        let TunnResult::WriteToNetwork(init) =
+            session.tunn.get().format_handshake_initiation(buf, false)
         else {
             return false;
         };

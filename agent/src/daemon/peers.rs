@@ -6,7 +6,7 @@
 //! by the time the command returns.
 
 use crmguard_core::time::unix_now;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;
 
 use super::{describe, Agent};
@@ -293,23 +293,26 @@ impl Agent {
                 }
             }
         }
-        let file = match PeersFile::load(&vpn.peers_file) {
-            Ok(file) => file,
+        let now = SystemTime::now();
+        let inactive = match self.peers_file.load(&vpn.peers_file) {
+            Ok(file) => provision::inactive_peers(&self.config, file, &handshakes, now),
             Err(_) => return,
         };
-        let now = SystemTime::now();
+        if inactive.is_empty() {
+            return;
+        }
         // A peer refused for its key's age stays as it is: re-keying is its remedy, and
         // `peer add` with the new key enables it anyway.
         let (_, refused) = crmguard_core::peers::admitted(&self.config, now);
-        let inactive: Vec<String> =
-            provision::inactive_peers(&self.config, &file, &handshakes, now)
-                .into_iter()
-                .filter(|name| {
-                    !refused.iter().any(|(n, why)| {
-                        n == name && *why == crmguard_core::peers::Excluded::KeyTooOld
-                    })
-                })
-                .collect();
+        let too_old: HashSet<&str> = refused
+            .iter()
+            .filter(|(_, why)| *why == crmguard_core::peers::Excluded::KeyTooOld)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let inactive: Vec<String> = inactive
+            .into_iter()
+            .filter(|name| !too_old.contains(name.as_str()))
+            .collect();
         if inactive.is_empty() {
             return;
         }

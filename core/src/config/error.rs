@@ -4,6 +4,7 @@
 //! key. Positions are computed here from the byte spans that `toml` reports, so that the message
 //! format is ours and does not depend on the multi-line rendering of `toml`'s own errors.
 
+use std::cell::OnceCell;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -79,11 +80,19 @@ impl From<ConfigError> for ConfigErrors {
 pub(crate) struct Source<'a> {
     pub file: &'a Path,
     pub text: &'a str,
+    /// The byte offset at which each line starts, built on the first [`Source::position`]:
+    /// a peers file of tens of thousands of devices places every peer's name, key and
+    /// addresses, and counting lines from the top for each would take minutes.
+    line_starts: OnceCell<Vec<usize>>,
 }
 
 impl<'a> Source<'a> {
     pub fn new(file: &'a Path, text: &'a str) -> Self {
-        Source { file, text }
+        Source {
+            file,
+            text,
+            line_starts: OnceCell::new(),
+        }
     }
 
     /// The directory against which relative paths in this file are resolved.
@@ -97,11 +106,18 @@ impl<'a> Source<'a> {
         while !self.text.is_char_boundary(offset) {
             offset -= 1;
         }
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
-        (line, column)
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        });
+        // The last line starting at or before `offset`; line 0 starts at 0, so there is one.
+        let index = starts
+            .partition_point(|&start| start <= offset)
+            .saturating_sub(1);
+        let line_start = starts.get(index).copied().unwrap_or(0);
+        let column = self.text[line_start..offset].chars().count() + 1;
+        (index + 1, column)
     }
 
     /// An error about the value at `span` whose dotted key is `key`.
@@ -182,5 +198,40 @@ impl<'a> Source<'a> {
                 message,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Line and column counted from the top, as a reader would.
+    fn counted(text: &str, offset: usize) -> (usize, usize) {
+        let before = &text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+
+    #[test]
+    fn positions_agree_with_counting_from_the_top() {
+        let text = "\n[vpn]\naddress = \"10.77.0.1/24\"\n\n# né à Zürich\nname = \"é\"\n\nlast";
+        let src = Source::new(Path::new("crmguard.toml"), text);
+        for offset in 0..=text.len() {
+            if text.is_char_boundary(offset) {
+                assert_eq!(
+                    src.position(offset),
+                    counted(text, offset),
+                    "offset {offset}"
+                );
+            }
+        }
+        // Inside a character: the start of that character; past the end: the end.
+        let inside = text.find('é').map_or(0, |i| i + 1);
+        assert_eq!(src.position(inside), counted(text, inside - 1));
+        assert_eq!(src.position(text.len() + 10), counted(text, text.len()));
+        let empty = Source::new(Path::new("peers.toml"), "");
+        assert_eq!(empty.position(0), (1, 1));
+        assert_eq!(empty.position(5), (1, 1));
     }
 }

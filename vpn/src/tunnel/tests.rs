@@ -654,3 +654,36 @@ fn the_gateway_initiates_to_a_remembered_endpoint() {
         (Rx::Delivered, vec![Did::Deliver(packet)])
     );
 }
+
+#[test]
+fn a_peer_gets_its_session_state_when_it_first_handshakes() {
+    let mut gateway = Gateway::new(HANDSHAKES_BEFORE_COOKIES);
+    let tick = |gateway: &Gateway| {
+        let mut buf = vec![0u8; 256];
+        let mut did = Vec::new();
+        gateway
+            .core
+            .tick(&gateway.snapshot, &mut buf, &mut |a| did.push(owned(a)));
+        did
+    };
+    // Registered peers that never showed up hold no boringtun state, and the timers neither
+    // make it nor send anything for them.
+    assert!(tick(&gateway).is_empty());
+    for name in ["alice", "bob"] {
+        assert!(
+            gateway.cell(name).lock().tunn.existing().is_none(),
+            "{name}"
+        );
+    }
+    let mut alice = Client::new(1, 100);
+    connect(&mut gateway, &mut alice, outside(1, 40_001));
+    assert!(gateway.cell("alice").lock().tunn.existing().is_some());
+    assert!(gateway.cell("bob").lock().tunn.existing().is_none());
+    // Alice's session works as before: her data gets through.
+    let packet = tcp_syn(ALICE, GATEWAY, 5432);
+    let datagram = alice.encrypt(&packet);
+    assert_eq!(
+        gateway.receive(&datagram, outside(1, 40_001)),
+        (Rx::Delivered, vec![Did::Deliver(packet)])
+    );
+}
