@@ -41,7 +41,7 @@ use x25519_dalek::PublicKey;
 use crate::memory::{gateway_address, peer_address, peer_entries, wait_admitted};
 use crate::vpn::{
     address_end, check_interrupt, cpu_seconds, keypair, median, start_userspace, wg, write_key,
-    Agent, AgentSetup, Env, Userspace, IF_PREFIX, PREFIX, WG_PORT,
+    Agent, AgentSetup, Env, Userspace, IF_PREFIX, PREFIX, SETTLE, WG_PORT,
 };
 
 /// Client identities, each configured as a peer on both gateways.
@@ -247,6 +247,7 @@ impl Bed {
                         vpn_extra: "handshake_per_source_pps = 1000000\n\
                                     handshake_burst = 1000000\n\
                                     handshakes_before_cookies = 1000000\n",
+                        startup: SETTLE + Duration::from_secs(10),
                     },
                 )?;
                 wait_admitted(&mut agent, clients.len())?;
@@ -311,14 +312,23 @@ fn pin_process(pid: u32, cpu: usize) -> Result<()> {
     if !has_cpu(cpu) {
         return Ok(());
     }
-    cmd::run(Command::new("taskset").args([
+    let mut taskset = Command::new("taskset");
+    taskset.args([
         "--all-tasks",
         "--cpu-list",
         "--pid",
         &cpu.to_string(),
         &pid.to_string(),
-    ]))
-    .map(drop)
+    ]);
+    let out = cmd::output(&mut taskset)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            cmd::display(&taskset),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 fn has_cpu(cpu: usize) -> bool {
@@ -443,7 +453,9 @@ fn send_window(
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e).context("receiving from the gateway"),
                 };
-                let Some(head) = buf.get(..12) else { continue };
+                let Some(head) = buf.get(..len.min(12)).filter(|h| h.len() == 12) else {
+                    continue;
+                };
                 let kind = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
                 if kind == COOKIE_REPLY {
                     cookies += 1;

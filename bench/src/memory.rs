@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crmguard_lab::netns::{self, NetNs};
@@ -24,6 +25,15 @@ pub(crate) struct Memory {
     pub(crate) rss_kib: u64,
     pub(crate) hwm_kib: u64,
     pub(crate) peers: usize,
+    /// From `crmguard run` to every peer admitted.
+    pub(crate) start_seconds: f64,
+}
+
+/// Bytes of one boringtun `Tunn`, the WireGuard state crmguard keeps for every peer (eight
+/// session slots inline, each with its keys and replay window), allocated whether or not the
+/// peer ever connects.
+pub(crate) fn tunn_bytes() -> usize {
+    std::mem::size_of::<boringtun::noise::Tunn>()
 }
 
 /// The first tunnel address of the peers; the gateway is 10.77.0.1.
@@ -83,6 +93,7 @@ pub(crate) fn memory_with_peers(bin: &Path, env: &Env<'_>, count: usize) -> Resu
     other.up()?;
     let keys = (0..count).map(|_| keypair()).collect::<Result<Vec<_>>>()?;
     let peers = peer_entries(keys.iter().map(|k| k.public.as_str()))?;
+    let started = Instant::now();
     let tun = format!("{IF_PREFIX}{pid}m{}", count / 1_000);
     let mut agent = Agent::start(
         bin,
@@ -97,14 +108,19 @@ pub(crate) fn memory_with_peers(bin: &Path, env: &Env<'_>, count: usize) -> Resu
             peers_file: &peers,
             inspection: true,
             vpn_extra: "",
+            // The verifier takes seconds on a busy machine, and every peer costs a
+            // Diffie-Hellman computation and its tunnel state.
+            startup: SETTLE + Duration::from_millis(5 * u64::try_from(count)?),
         },
     )?;
     let admitted = wait_admitted(&mut agent, count)?;
+    let start_seconds = started.elapsed().as_secs_f64();
     let agent_pid = agent.daemon()?.id();
     let memory = Memory {
         rss_kib: memory_kib(agent_pid, "VmRSS:")?,
         hwm_kib: memory_kib(agent_pid, "VmHWM:")?,
         peers: admitted,
+        start_seconds,
     };
     drop(agent);
     drop(ns);

@@ -373,6 +373,9 @@ pub(crate) struct AgentSetup<'a> {
     pub(crate) inspection: bool,
     /// Lines added to the `[vpn]` section.
     pub(crate) vpn_extra: &'a str,
+    /// How long the agent may take to start: loading the XDP program (the kernel's verifier)
+    /// and setting up every peer.
+    pub(crate) startup: Duration,
 }
 
 fn quoted(path: &Path) -> String {
@@ -462,7 +465,7 @@ key_file = {audit_key}
             ns: ns.name().to_owned(),
             pin_dir,
         };
-        agent.wait_endpoint()?;
+        agent.wait_endpoint(setup.startup)?;
         if let Some(daemon) = agent.daemon.as_mut() {
             daemon.remove_on_drop(wg::socket_path(setup.tun));
         }
@@ -485,9 +488,9 @@ key_file = {audit_key}
     }
 
     /// Waits until `status` answers with the VPN endpoint running.
-    fn wait_endpoint(&mut self) -> Result<Value> {
+    fn wait_endpoint(&mut self, timeout: Duration) -> Result<Value> {
         let mut last = String::new();
-        let result = wait_for("the agent's VPN endpoint to run", SETTLE, || {
+        let result = wait_for("the agent's VPN endpoint to run", timeout, || {
             self.daemon()?.check_alive()?;
             let status = match self.status() {
                 Ok(status) => status,
@@ -726,6 +729,7 @@ impl Pair {
                         peers_file: "",
                         inspection: kind == Kind::Crmguard,
                         vpn_extra: "",
+                        startup: SETTLE,
                     },
                 )?)
             }
@@ -1588,12 +1592,21 @@ fn report(
             fmt_opt(*value, 2)
         );
     }
+    let tunn = crate::memory::tunn_bytes();
     for (peers, _, measured) in memory {
-        if let Err(reason) = measured {
-            println!(
-                "agent RSS with {peers} peers unavailable: {}",
-                first_line(reason)
-            );
+        match measured {
+            Ok(m) => println!(
+                "agent with {peers} peers: admitted all in {:.1} s; boringtun's Tunn, kept for \
+                 every peer, is {tunn} B: {:.1} MiB of the RSS",
+                m.start_seconds,
+                (tunn * peers) as f64 / 1024.0 / 1024.0
+            ),
+            Err(reason) => {
+                println!(
+                    "agent RSS with {peers} peers unavailable: {}",
+                    first_line(reason)
+                );
+            }
         }
     }
     print_handshakes(handshakes);
@@ -1675,6 +1688,8 @@ fn report(
                 "rss_mib": m.rss_kib as f64 / 1024.0,
                 "peak_rss_mib": m.hwm_kib as f64 / 1024.0,
                 "target_rss_mib_at_most": target,
+                "start_seconds": m.start_seconds,
+                "tunn_bytes_per_peer": crate::memory::tunn_bytes(),
             }),
             Err(reason) => json!({ "peers": peers, "unavailable": reason }),
         }).collect::<Vec<_>>(),
