@@ -132,11 +132,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_gateway_prefix_holds_every_peer() {
-        assert_eq!(gateway_address(1_000).unwrap(), "10.77.0.1/22");
-        assert_eq!(gateway_address(10_000).unwrap(), "10.77.0.1/18");
-        assert_eq!(gateway_address(1).unwrap(), "10.77.0.1/28");
-        assert_eq!(peer_address(0).unwrap(), Ipv4Addr::new(10, 77, 0, 10));
-        assert_eq!(peer_address(9_999).unwrap(), Ipv4Addr::new(10, 77, 39, 25));
+    fn the_gateway_prefix_holds_every_peer() -> Result<()> {
+        assert_eq!(gateway_address(1_000)?, "10.77.0.1/22");
+        assert_eq!(gateway_address(10_000)?, "10.77.0.1/18");
+        assert_eq!(gateway_address(1)?, "10.77.0.1/28");
+        assert_eq!(peer_address(0)?, Ipv4Addr::new(10, 77, 0, 10));
+        assert_eq!(peer_address(9_999)?, Ipv4Addr::new(10, 77, 39, 25));
+        Ok(())
     }
 }

@@ -131,9 +131,9 @@ impl Drop for Recording {
     }
 }
 
-/// Starts recording `pid`'s samples, with call graphs, for `seconds`.
-pub(crate) fn record(pid: u32, seconds: u32, work: &Path) -> Result<Recording> {
-    let data = work.join("gateway.perf.data");
+/// Starts recording `pid`'s samples, with call graphs, for `seconds`, into `work/NAME.perf.data`.
+pub(crate) fn record(pid: u32, seconds: u32, work: &Path, name: &str) -> Result<Recording> {
+    let data = work.join(format!("{name}.perf.data"));
     let child = Command::new("perf")
         .args(["record", "-g", "-q", "-o"])
         .arg(&data)
@@ -229,7 +229,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn symbols_fall_in_their_class() {
+    fn symbols_fall_in_their_class() -> Result<()> {
         assert_eq!(
             classify("ring_core_0_17_14__chacha20_poly1305_seal", false),
             Class::Crypto
@@ -257,10 +257,11 @@ mod tests {
             classify("crmguard_vpn::tunnel::Core::rx", false),
             Class::Other
         );
+        Ok(())
     }
 
     #[test]
-    fn reports_are_summed_by_class() {
+    fn reports_are_summed_by_class() -> Result<()> {
         let text = "# Samples: 10K of event 'cycles'\n#\n# Overhead  Symbol\n\
                     # ........  ......\n#\n\
                     \x20   40.00%  [.] ChaCha20_ctr32_ssse3_4x\n\
@@ -268,16 +269,18 @@ mod tests {
                     \x20   10.00%  [k] _raw_spin_lock\n\
                     \x20    5.00%  [.] __memmove_avx_unaligned_erms\n\
                     \x20   19.50%  [.] crmguard_vpn::endpoint::rx_loop\n";
-        let profile = parse_report(text).unwrap();
+        let profile = parse_report(text)?;
         assert_eq!(profile.shares, [40.0, 5.0, 10.0, 25.5, 19.5]);
         assert_eq!(profile.top[0].2, "ChaCha20_ctr32_ssse3_4x");
         assert!(parse_report("# nothing\n").is_err());
+        Ok(())
     }
 
     #[test]
-    fn the_floor_is_a_plausible_cost() {
-        let floor = aead_floor().unwrap();
+    fn the_floor_is_a_plausible_cost() -> Result<()> {
+        let floor = aead_floor()?;
         // Between 0.05 s/GB (20 GB/s) and 20 s/GB (50 MB/s) on any machine that runs crmguard.
         assert!(floor > 0.05 && floor < 20.0, "{floor}");
+        Ok(())
     }
 }

@@ -897,7 +897,7 @@ impl Pair {
         let child = self.iperf_client(Direction::Forward, transfer_s, &report)?;
         let recorded: Result<Profile> = (|| {
             pause(Duration::from_secs(1))?;
-            crate::profile::record(gateway, seconds, env.work)?.finish()
+            crate::profile::record(gateway, seconds, env.work, "gateway")?.finish()
         })();
         let finished = Pair::iperf_result(child, transfer_s, &report);
         let profile = recorded?;
@@ -1710,6 +1710,7 @@ fn report(
                 "seconds": o.windows.iter().map(|w| w.seconds).collect::<Vec<_>>(),
                 "gateway_cpu_s": o.windows.iter().map(|w| w.gateway_cpu_s).collect::<Vec<_>>(),
                 "error": o.error,
+                "profile_top_symbols": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| p.top.iter().map(|(percent, space, symbol)| json!({ "percent": percent, "space": space, "symbol": symbol })).collect::<Vec<_>>()),
             })).collect::<Vec<_>>(),
         },
         "gateway_profile": match profile {
@@ -1755,6 +1756,25 @@ fn print_handshakes(handshakes: &[Outcome]) {
                 println!("  {:<14} unavailable: {}", o.side.name(), first_line(error));
             }
             (None, None) => println!("  {:<14} no window ran", o.side.name()),
+        }
+    }
+    for o in handshakes {
+        match &o.profile {
+            Some(Ok(p)) => {
+                println!(
+                    "  {} during one more window (perf record, samples):",
+                    o.side.name()
+                );
+                for (percent, space, symbol) in p.top.iter().take(8) {
+                    println!("    {percent:>6.2} %  {space} {symbol:.90}");
+                }
+            }
+            Some(Err(reason)) => println!(
+                "  {} profile unavailable: {}",
+                o.side.name(),
+                first_line(reason)
+            ),
+            None => {}
         }
     }
 }
