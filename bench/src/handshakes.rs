@@ -24,6 +24,7 @@
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -271,11 +272,32 @@ impl Bed {
 
     /// One timed window of `seconds`.
     fn window(&mut self, clients: &[KeyPair], seconds: u32, ticks_per_s: f64) -> Result<Window> {
+        self.window_recorded(clients, seconds, ticks_per_s, None)
+            .map(|(window, _)| window)
+    }
+
+    /// One timed window of `seconds`, under `perf record` (into `record`) when given.
+    fn window_recorded(
+        &mut self,
+        clients: &[KeyPair],
+        seconds: u32,
+        ticks_per_s: f64,
+        record: Option<&Path>,
+    ) -> Result<(Window, Option<Profile>)> {
         self.gateway.daemon()?.check_alive()?;
         let pool = POOL_PER_SECOND * usize::try_from(seconds)?;
         let mut prepared = prepare(clients, &self.gateway_public, pool)?;
         let gateway_pid = self.gateway.daemon()?.id();
         let target = self.target;
+        let recording = match record {
+            Some(work) => Some(crate::profile::record(
+                gateway_pid,
+                seconds,
+                work,
+                "handshakes",
+            )?),
+            None => None,
+        };
         let cpu0 = cpu_seconds(gateway_pid, ticks_per_s)?;
         let sent = self.client_ns.run_in(|| {
             send_window(
@@ -286,33 +308,35 @@ impl Bed {
             )
         })??;
         let cpu1 = cpu_seconds(gateway_pid, ticks_per_s)?;
+        let profile = recording
+            .map(crate::profile::Recording::finish)
+            .transpose()?;
         self.gateway.daemon()?.check_alive()?;
         let completed = verify(&mut prepared.tunnels, &sent.responses);
         let responses = sent.responses.iter().filter(|r| r.is_some()).count();
-        Ok(Window {
+        let window = Window {
             sent: u64::try_from(sent.sent)?,
             responses: u64::try_from(responses)?,
             completed: u64::try_from(completed)?,
             cookies: sent.cookies,
             seconds: sent.seconds,
             gateway_cpu_s: cpu1 - cpu0,
-        })
+        };
+        Ok((window, profile))
     }
 }
 
 impl Bed {
+    /// One more window under `perf record`, started once the initiations are made.
     fn profiled_window(
         &mut self,
         clients: &[KeyPair],
         seconds: u32,
         env: &Env<'_>,
     ) -> Result<Profile> {
-        let pid = self.gateway.daemon()?.id();
-        // The initiations are made first (a second or two): the recording starts with them
-        // and lasts past the window's start, so most of it covers the handshakes.
-        let recording = crate::profile::record(pid, seconds + 2, env.work, "handshakes")?;
-        self.window(clients, seconds, env.ticks_per_s)?;
-        recording.finish()
+        let (_, profile) =
+            self.window_recorded(clients, seconds, env.ticks_per_s, Some(env.work))?;
+        profile.context("no profile was recorded")
     }
 }
 

@@ -1710,6 +1710,7 @@ fn report(
                 "seconds": o.windows.iter().map(|w| w.seconds).collect::<Vec<_>>(),
                 "gateway_cpu_s": o.windows.iter().map(|w| w.gateway_cpu_s).collect::<Vec<_>>(),
                 "error": o.error,
+                "profile_shares_percent": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| Class::ALL.iter().zip(p.shares).map(|(c, share)| (c.key().to_owned(), json!(share))).collect::<serde_json::Map<_, _>>()),
                 "profile_top_symbols": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| p.top.iter().map(|(percent, space, symbol)| json!({ "percent": percent, "space": space, "symbol": symbol })).collect::<Vec<_>>()),
             })).collect::<Vec<_>>(),
         },
@@ -1761,9 +1762,15 @@ fn print_handshakes(handshakes: &[Outcome]) {
     for o in handshakes {
         match &o.profile {
             Some(Ok(p)) => {
+                let shares: Vec<String> = Class::ALL
+                    .iter()
+                    .zip(p.shares)
+                    .map(|(c, share)| format!("{} {share:.1} %", c.key()))
+                    .collect();
                 println!(
-                    "  {} during one more window (perf record, samples):",
-                    o.side.name()
+                    "  {} during one more window (perf record, samples): {}",
+                    o.side.name(),
+                    shares.join(", ")
                 );
                 for (percent, space, symbol) in p.top.iter().take(8) {
                     println!("    {percent:>6.2} %  {space} {symbol:.90}");
