@@ -22,7 +22,14 @@
 //!   namespaces sent through the tunnel, retransmissions included (the kernel's `Tcp:` counters
 //!   of each namespace). Each segment is one WireGuard datagram; the veth's own packet
 //!   counters count a GSO batch as one packet, so they are only recorded in the JSON;
-//! - the agent's RSS with 1,000 peers in its peers file, XDP attached and the endpoint up.
+//! - where the crmguard gateway's CPU goes during one forward transfer (`perf record`, samples
+//!   in classes: crypto, copies, locks, kernel, other; [`crate::profile`]), next to the floor:
+//!   ChaCha20-Poly1305 sealing of full-size packets in this process, as CPU seconds per GB;
+//! - the agent's RSS with 1,000 and with 10,000 peers in its peers file, XDP attached and the
+//!   endpoint up ([`crate::memory`]);
+//! - handshakes completed per second by crmguard and by wireguard-go, each pinned to one CPU
+//!   with the same 1,000 peers, against a load generator in this process
+//!   ([`crate::handshakes`]).
 //!
 //! wireguard-go's control socket `/var/run/wireguard/<interface>.sock` is shared by all network
 //! namespaces, so every tunnel interface has a name unique to this run. Namespaces, processes,
