@@ -110,7 +110,7 @@ pub(crate) fn memory_with_peers(bin: &Path, env: &Env<'_>, count: usize) -> Resu
             vpn_extra: "",
             // The verifier takes seconds on a busy machine, and every peer costs a
             // Diffie-Hellman computation and its tunnel state.
-            startup: SETTLE + Duration::from_millis(5 * u64::try_from(count)?),
+            startup: SETTLE + Duration::from_millis(10 * u64::try_from(count)?),
         },
     )?;
     let admitted = wait_admitted(&mut agent, count)?;
