@@ -67,7 +67,7 @@ pub(crate) fn peer_address(i: usize) -> Result<Ipv4Addr> {
 
 /// Waits until the agent's endpoint has admitted `count` peers; returns how many it admitted.
 pub(crate) fn wait_admitted(agent: &mut Agent, count: usize) -> Result<usize> {
-    wait_for("the endpoint to admit the peers", SETTLE, || {
+    wait_for("the endpoint to admit the peers", SETTLE * 3, || {
         agent.daemon()?.check_alive()?;
         let status = agent.status()?;
         let admitted = status["vpn"]["peers"].as_array().map_or(0, Vec::len);
