@@ -7,6 +7,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
 
@@ -79,11 +80,19 @@ impl From<ConfigError> for ConfigErrors {
 pub(crate) struct Source<'a> {
     pub file: &'a Path,
     pub text: &'a str,
+    /// The byte offset of each line's start, found on the first [`Source::position`]: a
+    /// peers file of 10,000 peers asks for a position several times per peer, and counting
+    /// the lines before each from the top of the file made loading it quadratic.
+    line_starts: OnceLock<Vec<usize>>,
 }
 
 impl<'a> Source<'a> {
     pub fn new(file: &'a Path, text: &'a str) -> Self {
-        Source { file, text }
+        Source {
+            file,
+            text,
+            line_starts: OnceLock::new(),
+        }
     }
 
     /// The directory against which relative paths in this file are resolved.
@@ -97,11 +106,19 @@ impl<'a> Source<'a> {
         while !self.text.is_char_boundary(offset) {
             offset -= 1;
         }
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
-        (line, column)
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        });
+        // Lines starting at or before `offset`; the first starts at 0, so there is one.
+        let lines_before = starts.partition_point(|&start| start <= offset);
+        let line_start = starts
+            .get(lines_before.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let column = self.text[line_start..offset].chars().count() + 1;
+        (lines_before.max(1), column)
     }
 
     /// An error about the value at `span` whose dotted key is `key`.
@@ -182,5 +199,39 @@ impl<'a> Source<'a> {
                 message,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Line and column the plain way: newlines before the offset, characters since the last.
+    fn counted(text: &str, offset: usize) -> (usize, usize) {
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (
+            before.matches('\n').count() + 1,
+            before[line_start..].chars().count() + 1,
+        )
+    }
+
+    #[test]
+    fn positions_are_lines_and_characters_before_the_offset() {
+        let text = "[vpn]\nname = \"Ольга\"\n\n\nkey = 1\nlast";
+        let src = Source::new(Path::new("x.toml"), text);
+        for offset in (0..=text.len()).filter(|&o| text.is_char_boundary(o)) {
+            assert_eq!(
+                src.position(offset),
+                counted(text, offset),
+                "offset {offset}"
+            );
+        }
+        // Past the end: the end; inside a character: its start.
+        assert_eq!(src.position(text.len() + 10), counted(text, text.len()));
+        let inside = text.find('л').map_or(0, |i| i + 1);
+        assert_eq!(src.position(inside), counted(text, inside - 1));
+        let empty = Source::new(Path::new("e.toml"), "");
+        assert_eq!(empty.position(5), (1, 1));
     }
 }
