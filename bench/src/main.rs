@@ -7,7 +7,10 @@
 //! mode: parse and apply times are only meaningful from an optimised build.
 
 mod detect;
+mod handshakes;
 mod inspect_table;
+mod memory;
+mod profile;
 mod vpn;
 mod xdp;
 

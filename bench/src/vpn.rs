@@ -22,7 +22,14 @@
 //!   namespaces sent through the tunnel, retransmissions included (the kernel's `Tcp:` counters
 //!   of each namespace). Each segment is one WireGuard datagram; the veth's own packet
 //!   counters count a GSO batch as one packet, so they are only recorded in the JSON;
-//! - the agent's RSS with 1,000 peers in its peers file, XDP attached and the endpoint up.
+//! - where the crmguard gateway's CPU goes during one forward transfer (`perf record`, samples
+//!   in classes: crypto, copies, locks, kernel, other; [`crate::profile`]), next to the floor:
+//!   ChaCha20-Poly1305 sealing of full-size packets in this process, as CPU seconds per GB;
+//! - the agent's RSS with 1,000 and with 10,000 peers in its peers file, XDP attached and the
+//!   endpoint up ([`crate::memory`]);
+//! - handshakes completed per second by crmguard and by wireguard-go, each pinned to one CPU
+//!   with the same 1,000 peers, against a load generator in this process
+//!   ([`crate::handshakes`]).
 //!
 //! wireguard-go's control socket `/var/run/wireguard/<interface>.sock` is shared by all network
 //! namespaces, so every tunnel interface has a name unique to this run. Namespaces, processes,
@@ -51,24 +58,29 @@ use crmguard_lab::process::Process;
 use crmguard_lab::wg::{self, Keys, SOCKET_DIR};
 use crmguard_lab::workspace::Workspace;
 
+use crate::handshakes::{Outcome, HANDSHAKE_PEERS, HANDSHAKE_TARGET};
+use crate::inspect_table::TableMemory;
+use crate::memory::{
+    memory_with_peers, Memory, RSS_LARGE_TARGET_MIB, RSS_PEERS, RSS_PEERS_LARGE, RSS_TARGET_MIB,
+};
+use crate::profile::{Class, Profile, FLOOR_PACKET};
+
 /// The gateways' WireGuard port.
-const WG_PORT: u16 = 51820;
+pub(crate) const WG_PORT: u16 = 51820;
 /// iperf3's port, the one service the benchmark role may reach through crmguard.
 const IPERF_PORT: u16 = 5201;
 /// The gateway's and the client's tunnel addresses.
 const GATEWAY: &str = "10.77.0.1";
 const CLIENT: &str = "10.77.0.10";
 /// Prefix of this bench's namespaces, work and pin directories; the pid follows it.
-const PREFIX: &str = "cgbv-";
+pub(crate) const PREFIX: &str = "cgbv-";
 /// Prefix of its tunnel interfaces (and so of their sockets in /var/run/wireguard).
-const IF_PREFIX: &str = "cgb";
+pub(crate) const IF_PREFIX: &str = "cgb";
 /// Syscall counts per pair and direction, of which the median is shown.
 const SYSCALL_WINDOWS: u32 = 3;
-/// Peers configured for the memory measurement.
-const RSS_PEERS: usize = 1_000;
 
 /// How long a tunnel end may take to come up, and a handshake to complete.
-const SETTLE: Duration = Duration::from_secs(20);
+pub(crate) const SETTLE: Duration = Duration::from_secs(20);
 
 /// The VPN gateway's targets, printed next to the measured ratios (README, "Performance").
 const GOODPUT_TARGET: f64 = 1.8;
@@ -79,7 +91,6 @@ const INSPECT_GOODPUT_TARGET: f64 = 0.95;
 const TABLE_FLOWS: u32 = 1_000_000;
 const CPU_TARGET: f64 = 0.4;
 const SYSCALLS_TARGET: f64 = 0.3;
-const RSS_TARGET_MIB: f64 = 40.0;
 
 /// How long and how often each pair is measured.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +101,8 @@ pub struct Plan {
     /// Seconds of each syscall count; `SYSCALL_WINDOWS` of them follow each other inside one
     /// transfer per pair and direction.
     syscall_seconds: u32,
+    /// Seconds of each handshake window, one per gateway and round.
+    handshake_seconds: u32,
 }
 
 impl Plan {
@@ -100,18 +113,20 @@ impl Plan {
         rounds: 5,
         seconds: 10,
         syscall_seconds: 3,
+        handshake_seconds: 5,
     };
     /// For development: three rounds of 3 s, medians still of an odd count.
     pub const QUICK: Plan = Plan {
         rounds: 3,
         seconds: 3,
         syscall_seconds: 2,
+        handshake_seconds: 2,
     };
 }
 
 static INTERRUPTED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
 
-fn check_interrupt() -> Result<()> {
+pub(crate) fn check_interrupt() -> Result<()> {
     if INTERRUPTED.load(Ordering::Relaxed) {
         bail!("interrupted");
     }
@@ -119,7 +134,7 @@ fn check_interrupt() -> Result<()> {
 }
 
 /// Sleeps `duration`, or less when Ctrl-C arrives (then fails).
-fn pause(duration: Duration) -> Result<()> {
+pub(crate) fn pause(duration: Duration) -> Result<()> {
     let end = Instant::now() + duration;
     while Instant::now() < end {
         check_interrupt()?;
@@ -129,7 +144,7 @@ fn pause(duration: Duration) -> Result<()> {
 }
 
 /// Polls `probe` every 50 ms until it returns a value, fails, or `timeout` passes.
-fn wait_for<T>(
+pub(crate) fn wait_for<T>(
     what: &str,
     timeout: Duration,
     mut probe: impl FnMut() -> Result<Option<T>>,
@@ -151,7 +166,7 @@ fn wait_for<T>(
 
 /// Starts a long-running program (a tunnel end, the agent, the iperf3 server), both of its
 /// streams going to `log`; on drop it gets SIGTERM and 5 s to exit before SIGKILL.
-fn spawn(command: Command, label: &str, log: &Path) -> Result<Process> {
+pub(crate) fn spawn(command: Command, label: &str, log: &Path) -> Result<Process> {
     eprintln!("$ {} >{} 2>&1 &", cmd::display(&command), log.display());
     Process::spawn_logged(command, label, log, Duration::from_secs(5))
 }
@@ -171,7 +186,7 @@ fn wait_socket(process: &mut Process, socket: PathBuf) -> Result<()> {
 }
 
 /// CPU seconds (user + system, all threads) a process has used.
-fn cpu_seconds(pid: u32, ticks_per_s: f64) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32, ticks_per_s: f64) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("process {pid} is gone"))?;
     // "PID (COMM) STATE PPID ..."; utime and stime are fields 14 and 15.
@@ -208,7 +223,7 @@ fn tcp_segments_sent(pid: u32) -> Result<u64> {
     Ok(field("OutSegs")? + field("RetransSegs")?)
 }
 
-fn memory_kib(pid: u32, key: &str) -> Result<u64> {
+pub(crate) fn memory_kib(pid: u32, key: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -237,7 +252,7 @@ fn listens(pid: u32, port: u16) -> bool {
 
 // ---- WireGuard ends ---------------------------------------------------------------------------
 
-fn keypair() -> Result<Keys> {
+pub(crate) fn keypair() -> Result<Keys> {
     let private = keys::fresh_private_key().context("reading /dev/urandom")?;
     Ok(Keys {
         private: keys::encode(&private),
@@ -246,7 +261,7 @@ fn keypair() -> Result<Keys> {
 }
 
 /// Writes a private key readable by its owner only.
-fn write_key(path: &Path, key: &str) -> Result<()> {
+pub(crate) fn write_key(path: &Path, key: &str) -> Result<()> {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -259,19 +274,19 @@ fn write_key(path: &Path, key: &str) -> Result<()> {
     Ok(())
 }
 
-fn wg(args: &[&str]) -> Result<String> {
+pub(crate) fn wg(args: &[&str]) -> Result<String> {
     wg::wg(args, None)
 }
 
 /// A userspace WireGuard implementation run as a tunnel end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Userspace {
+pub(crate) enum Userspace {
     WireguardGo,
     Boringtun,
 }
 
 /// Starts a userspace tunnel end in `ns`; its interface is not configured yet.
-fn start_userspace(
+pub(crate) fn start_userspace(
     kind: Userspace,
     boringtun: Option<&Path>,
     ns: &NetNs,
@@ -332,7 +347,7 @@ fn configure_end(
 }
 
 /// Gives the tunnel interface its address and brings it up.
-fn address_end(ns: &NetNs, ifname: &str, cidr: &str) -> Result<()> {
+pub(crate) fn address_end(ns: &NetNs, ifname: &str, cidr: &str) -> Result<()> {
     let tunnel = ns.iface(ifname);
     tunnel.add_addr(cidr)?;
     tunnel.up()
@@ -340,7 +355,7 @@ fn address_end(ns: &NetNs, ifname: &str, cidr: &str) -> Result<()> {
 
 /// crmguard as the gateway: `crmguard run` in the gateway namespace. On drop the agent is
 /// stopped, its filter uninstalled and its pin directory removed.
-struct Agent {
+pub(crate) struct Agent {
     daemon: Option<Process>,
     bin: PathBuf,
     config: PathBuf,
@@ -349,20 +364,25 @@ struct Agent {
 }
 
 /// What the agent's configuration holds beyond the bench's own role.
-struct AgentSetup<'a> {
+pub(crate) struct AgentSetup<'a> {
     /// The outer interface the XDP filter goes on.
-    interface: &'a str,
+    pub(crate) interface: &'a str,
     /// The TUN device's name.
-    tun: &'a str,
+    pub(crate) tun: &'a str,
     /// `[vpn] address`.
-    address: &'a str,
-    private_key: &'a str,
+    pub(crate) address: &'a str,
+    pub(crate) private_key: &'a str,
     /// `[[peer]]` entries written inline.
-    peers: &'a str,
+    pub(crate) peers: &'a str,
     /// `[[peer]]` entries written to the peers file.
-    peers_file: &'a str,
+    pub(crate) peers_file: &'a str,
     /// `[inspection] enabled`.
-    inspection: bool,
+    pub(crate) inspection: bool,
+    /// Lines added to the `[vpn]` section.
+    pub(crate) vpn_extra: &'a str,
+    /// How long the agent may take to start: loading the XDP program (the kernel's verifier)
+    /// and setting up every peer.
+    pub(crate) startup: Duration,
 }
 
 fn quoted(path: &Path) -> String {
@@ -371,7 +391,12 @@ fn quoted(path: &Path) -> String {
 }
 
 impl Agent {
-    fn start(bin: &Path, ns: &NetNs, dir: &Path, setup: &AgentSetup<'_>) -> Result<Agent> {
+    pub(crate) fn start(
+        bin: &Path,
+        ns: &NetNs,
+        dir: &Path,
+        setup: &AgentSetup<'_>,
+    ) -> Result<Agent> {
         std::fs::create_dir_all(dir.join("state"))?;
         let key_file = dir.join("wg.key");
         write_key(&key_file, setup.private_key)?;
@@ -400,7 +425,7 @@ listen_port = {WG_PORT}
 address = "{address}"
 private_key_file = {key}
 peers_file = {peers}
-
+{vpn_extra}
 [[role]]
 name = "bench"
 allow = ["tcp/{IPERF_PORT}"]
@@ -422,6 +447,7 @@ key_file = {audit_key}
             key = quoted(&key_file),
             peers = quoted(&peers_file),
             inline = setup.peers,
+            vpn_extra = setup.vpn_extra,
             inspection = setup.inspection,
             audit = quoted(&dir.join("audit.jsonl")),
             audit_key = quoted(&dir.join("audit.key")),
@@ -446,18 +472,18 @@ key_file = {audit_key}
             ns: ns.name().to_owned(),
             pin_dir,
         };
-        agent.wait_endpoint()?;
+        agent.wait_endpoint(setup.startup)?;
         if let Some(daemon) = agent.daemon.as_mut() {
             daemon.remove_on_drop(wg::socket_path(setup.tun));
         }
         Ok(agent)
     }
 
-    fn daemon(&mut self) -> Result<&mut Process> {
+    pub(crate) fn daemon(&mut self) -> Result<&mut Process> {
         self.daemon.as_mut().context("the agent was stopped")
     }
 
-    fn status(&self) -> Result<Value> {
+    pub(crate) fn status(&self) -> Result<Value> {
         let text = cmd::stdout_of(
             Command::new(&self.bin)
                 .arg("status")
@@ -469,9 +495,9 @@ key_file = {audit_key}
     }
 
     /// Waits until `status` answers with the VPN endpoint running.
-    fn wait_endpoint(&mut self) -> Result<Value> {
+    fn wait_endpoint(&mut self, timeout: Duration) -> Result<Value> {
         let mut last = String::new();
-        let result = wait_for("the agent's VPN endpoint to run", SETTLE, || {
+        let result = wait_for("the agent's VPN endpoint to run", timeout, || {
             self.daemon()?.check_alive()?;
             let status = match self.status() {
                 Ok(status) => status,
@@ -519,7 +545,7 @@ impl Drop for Agent {
     }
 }
 
-enum Gateway {
+pub(crate) enum Gateway {
     Userspace(Process),
     Crmguard(Agent),
 }
@@ -637,11 +663,11 @@ struct SyscallCount {
     veth_packets: u64,
 }
 
-struct Env<'a> {
-    work: &'a Path,
-    crmguard: Option<&'a Path>,
-    boringtun: Option<&'a Path>,
-    ticks_per_s: f64,
+pub(crate) struct Env<'a> {
+    pub(crate) work: &'a Path,
+    pub(crate) crmguard: Option<&'a Path>,
+    pub(crate) boringtun: Option<&'a Path>,
+    pub(crate) ticks_per_s: f64,
 }
 
 impl Pair {
@@ -709,6 +735,8 @@ impl Pair {
                         peers: &peer,
                         peers_file: "",
                         inspection: kind == Kind::Crmguard,
+                        vpn_extra: "",
+                        startup: SETTLE,
                     },
                 )?)
             }
@@ -864,6 +892,26 @@ impl Pair {
         })
     }
 
+    /// Records the gateway's samples for `seconds` in the middle of one forward transfer.
+    fn profile(&mut self, seconds: u32, env: &Env<'_>) -> Result<Profile> {
+        self.check_alive()?;
+        let gateway = self.gateway.daemon()?.id();
+        let report = env
+            .work
+            .join(format!("iperf-profile-{}.json", self.kind.tag()));
+        // A second before the recording (connection setup, slow start) and two after.
+        let transfer_s = seconds + 3;
+        let child = self.iperf_client(Direction::Forward, transfer_s, &report)?;
+        let recorded: Result<Profile> = (|| {
+            pause(Duration::from_secs(1))?;
+            crate::profile::record(gateway, seconds, env.work, "gateway")?.finish()
+        })();
+        let finished = Pair::iperf_result(child, transfer_s, &report);
+        let profile = recorded?;
+        finished?;
+        Ok(profile)
+    }
+
     /// Counts the gateway's syscalls for `SYSCALL_WINDOWS` windows of `counter_s` seconds in
     /// the middle of one transfer, each against the TCP segments both sides sent meanwhile.
     fn count_syscalls(
@@ -995,73 +1043,6 @@ impl SyscallCounter {
     }
 }
 
-// ---- memory with 1,000 peers ------------------------------------------------------------------
-
-struct Memory {
-    rss_kib: u64,
-    hwm_kib: u64,
-    peers: usize,
-}
-
-/// Starts the agent with `RSS_PEERS` peers in its peers file (random keys, addresses in a
-/// /22) and the XDP filter on a veth, and reads its memory once the endpoint runs.
-fn memory_with_peers(bin: &Path, env: &Env<'_>) -> Result<Memory> {
-    let pid = std::process::id();
-    let ns = NetNs::named(&format!("{PREFIX}{pid}-rss"))?;
-    let (filtered, other) = netns::veth_pair_named(&ns, "bvrss0", &ns, "bvrss1")?;
-    filtered.add_addr("10.202.0.1/24")?;
-    filtered.up()?;
-    other.up()?;
-    let mut peers = String::with_capacity(RSS_PEERS * 140);
-    for i in 0..RSS_PEERS {
-        // 10.77.0.10 onwards; the /22 holds them all.
-        let host = 10 + u32::try_from(i)?;
-        let address = std::net::Ipv4Addr::from(0x0a4d_0000 + host);
-        let _ = writeln!(
-            peers,
-            "[[peer]]\nname = \"peer{i:04}\"\npublic_key = \"{}\"\naddress = \"{address}\"\nrole = \"bench\"\n",
-            keypair()?.public
-        );
-    }
-    let tun = format!("{IF_PREFIX}{pid}rss");
-    let mut agent = Agent::start(
-        bin,
-        &ns,
-        &env.work.join("rss"),
-        &AgentSetup {
-            interface: filtered.name(),
-            tun: &tun,
-            address: "10.77.0.1/22",
-            private_key: &keypair()?.private,
-            peers: "",
-            peers_file: &peers,
-            inspection: true,
-        },
-    )?;
-    let admitted = wait_for("the endpoint to admit the peers", SETTLE, || {
-        agent.daemon()?.check_alive()?;
-        let status = agent.status()?;
-        let admitted = status["vpn"]["peers"].as_array().map_or(0, Vec::len);
-        Ok((admitted >= RSS_PEERS).then_some(admitted))
-    })
-    .with_context(|| {
-        let excluded = agent
-            .status()
-            .map(|s| s["vpn"]["excluded"].to_string())
-            .unwrap_or_default();
-        format!("excluded peers: {excluded:.300}")
-    })?;
-    let agent_pid = agent.daemon()?.id();
-    let memory = Memory {
-        rss_kib: memory_kib(agent_pid, "VmRSS:")?,
-        hwm_kib: memory_kib(agent_pid, "VmHWM:")?,
-        peers: admitted,
-    };
-    drop(agent);
-    drop(ns);
-    Ok(memory)
-}
-
 // ---- setup, cleanup, the run ------------------------------------------------------------------
 
 /// The work directory, removed on drop.
@@ -1168,7 +1149,7 @@ fn boringtun_cli(workspace: &Workspace, out_dir: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn median(values: &[f64]) -> Option<f64> {
+pub(crate) fn median(values: &[f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
@@ -1316,6 +1297,7 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
         rounds,
         seconds,
         syscall_seconds,
+        handshake_seconds,
     } = plan;
     eprintln!(
         "bench: goodput, {rounds} rounds of {seconds} s per pair and direction, pairs alternating"
@@ -1371,30 +1353,65 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
             }
         }
     }
+    eprintln!(
+        "bench: where the crmguard gateway's CPU goes, perf record during one forward transfer"
+    );
+    let profile = match pairs.get_mut(2).and_then(Option::as_mut) {
+        Some(p) => p.profile(seconds, &env).map_err(|e| format!("{e:#}")),
+        None => Err("the crmguard pair is unavailable".to_owned()),
+    };
+    check_interrupt()?;
+    let floor = crate::profile::aead_floor().map_err(|e| format!("{e:#}"));
     // The tunnels are stopped before the memory measurement.
     drop(pairs);
 
-    let memory = match env.crmguard {
-        Some(bin) => {
-            eprintln!("bench: agent memory with {RSS_PEERS} peers");
-            memory_with_peers(bin, &env).map_err(|e| format!("{e:#}"))
-        }
-        None => Err("crmguard was not built".to_owned()),
-    };
+    let mut memory = Vec::new();
+    for (peers, target) in [
+        (RSS_PEERS, RSS_TARGET_MIB),
+        (RSS_PEERS_LARGE, RSS_LARGE_TARGET_MIB),
+    ] {
+        let measured = match env.crmguard {
+            Some(bin) => {
+                eprintln!("bench: agent memory with {peers} peers");
+                memory_with_peers(bin, &env, peers).map_err(|e| format!("{e:#}"))
+            }
+            None => Err("crmguard was not built".to_owned()),
+        };
+        check_interrupt()?;
+        memory.push((peers, target, measured));
+    }
+
+    eprintln!(
+        "bench: handshakes completed per second, {HANDSHAKE_PEERS} peers, gateway on one CPU, \
+         {rounds} rounds of {handshake_seconds} s, gateways alternating"
+    );
+    let handshakes = crate::handshakes::measure(&env, rounds, handshake_seconds);
     check_interrupt()?;
     eprintln!("bench: inspection's flow table at max_flows = {TABLE_FLOWS}");
     let table = [false, true].map(|decided| {
         crate::inspect_table::measure(TABLE_FLOWS, decided).map_err(|e| format!("{e:#}"))
     });
 
-    report(out_dir, plan, counter, &results, &memory, &table)
+    report(
+        out_dir,
+        plan,
+        counter,
+        &results,
+        &Extra {
+            memory: &memory,
+            table: &table,
+            handshakes: &handshakes,
+            profile: &profile,
+            floor: &floor,
+        },
+    )
 }
 
-fn fmt_opt(value: Option<f64>, precision: usize) -> String {
+pub(crate) fn fmt_opt(value: Option<f64>, precision: usize) -> String {
     value.map_or("-".to_owned(), |v| format!("{v:.precision$}"))
 }
 
-fn verdict(value: Option<f64>, target: f64, at_least: bool) -> &'static str {
+pub(crate) fn verdict(value: Option<f64>, target: f64, at_least: bool) -> &'static str {
     match value {
         None => "n/a",
         Some(v) if (at_least && v >= target) || (!at_least && v <= target) => "met",
@@ -1402,14 +1419,31 @@ fn verdict(value: Option<f64>, target: f64, at_least: bool) -> &'static str {
     }
 }
 
+/// The measurements beyond the pairs' transfers.
+struct Extra<'a> {
+    /// (peers, target MiB, what was measured).
+    memory: &'a [(usize, f64, std::result::Result<Memory, String>)],
+    table: &'a [std::result::Result<TableMemory, String>; 2],
+    handshakes: &'a [Outcome],
+    profile: &'a std::result::Result<Profile, String>,
+    /// The AEAD's CPU s/GB in this process.
+    floor: &'a std::result::Result<f64, String>,
+}
+
 fn report(
     out_dir: &Path,
     plan: Plan,
     counter: Option<SyscallCounter>,
     results: &[Results],
-    memory: &std::result::Result<Memory, String>,
-    table: &[std::result::Result<crate::inspect_table::TableMemory, String>; 2],
+    extra: &Extra<'_>,
 ) -> Result<()> {
+    let Extra {
+        memory,
+        table,
+        handshakes,
+        profile,
+        floor,
+    } = *extra;
     println!();
     println!(
         "VPN single-stream TCP through the tunnel (iperf3, {} s, median of {} alternating rounds); \
@@ -1456,90 +1490,134 @@ fn report(
     let inspect_cpu =
         [0, 1].map(|d| ratio(cg.cpu_per_gb(d, false), uninspected.cpu_per_gb(d, false)));
     let syscalls = [0, 1].map(|d| cg.syscalls_per_packet(d));
-    let rss_mib = memory.as_ref().ok().map(|m| m.rss_kib as f64 / 1024.0);
+    let rss_mib = |m: &std::result::Result<Memory, String>| {
+        m.as_ref().ok().map(|m| m.rss_kib as f64 / 1024.0)
+    };
+    let handshake_rate = |side: crate::handshakes::Side| {
+        handshakes
+            .iter()
+            .find(|o| o.side == side)
+            .and_then(Outcome::per_second)
+    };
+    let hs_wg = handshake_rate(crate::handshakes::Side::WireguardGo);
+    let hs_cg = handshake_rate(crate::handshakes::Side::Crmguard);
+    let hs_ratio = ratio(hs_cg, hs_wg);
 
     println!();
     println!(
         "{:<52} {:>9} {:>9}",
         "crmguard against its targets", "measured", "target"
     );
-    let rows: [(&str, Option<f64>, String, &str); 11] = [
+    let mut rows: Vec<(String, Option<f64>, String, &str)> = vec![
         (
-            "goodput crmguard / wireguard-go, forward",
+            "goodput crmguard / wireguard-go, forward".to_owned(),
             goodput[0],
             format!(">= {GOODPUT_TARGET}x"),
             verdict(goodput[0], GOODPUT_TARGET, true),
         ),
         (
-            "goodput crmguard / wireguard-go, reverse",
+            "goodput crmguard / wireguard-go, reverse".to_owned(),
             goodput[1],
             format!(">= {GOODPUT_TARGET}x"),
             verdict(goodput[1], GOODPUT_TARGET, true),
         ),
         (
-            "CPU s/GB crmguard / wireguard-go gateway, forward",
+            "CPU s/GB crmguard / wireguard-go gateway, forward".to_owned(),
             cpu[0],
             format!("<= {CPU_TARGET}x"),
             verdict(cpu[0], CPU_TARGET, false),
         ),
         (
-            "CPU s/GB crmguard / wireguard-go gateway, reverse",
+            "CPU s/GB crmguard / wireguard-go gateway, reverse".to_owned(),
             cpu[1],
             format!("<= {CPU_TARGET}x"),
             verdict(cpu[1], CPU_TARGET, false),
         ),
         (
-            "syscalls per packet on the gateway, forward",
+            "syscalls per packet on the gateway, forward".to_owned(),
             syscalls[0],
             format!("<= {SYSCALLS_TARGET}"),
             verdict(syscalls[0], SYSCALLS_TARGET, false),
         ),
         (
-            "syscalls per packet on the gateway, reverse",
+            "syscalls per packet on the gateway, reverse".to_owned(),
             syscalls[1],
             format!("<= {SYSCALLS_TARGET}"),
             verdict(syscalls[1], SYSCALLS_TARGET, false),
         ),
         (
-            "goodput inspection on / off, forward",
+            "goodput inspection on / off, forward".to_owned(),
             inspect_goodput[0],
             format!(">= {INSPECT_GOODPUT_TARGET}x"),
             verdict(inspect_goodput[0], INSPECT_GOODPUT_TARGET, true),
         ),
         (
-            "goodput inspection on / off, reverse",
+            "goodput inspection on / off, reverse".to_owned(),
             inspect_goodput[1],
             format!(">= {INSPECT_GOODPUT_TARGET}x"),
             verdict(inspect_goodput[1], INSPECT_GOODPUT_TARGET, true),
         ),
         (
-            "CPU s/GB inspection on / off, forward",
+            "CPU s/GB inspection on / off, forward".to_owned(),
             inspect_cpu[0],
             "-".to_owned(),
             "",
         ),
         (
-            "CPU s/GB inspection on / off, reverse",
+            "CPU s/GB inspection on / off, reverse".to_owned(),
             inspect_cpu[1],
             "-".to_owned(),
             "",
         ),
-        (
-            "agent RSS with 1,000 peers, MiB",
-            rss_mib,
-            format!("<= {RSS_TARGET_MIB}"),
-            verdict(rss_mib, RSS_TARGET_MIB, false),
-        ),
     ];
+    for (peers, target, measured) in memory {
+        let mib = rss_mib(measured);
+        rows.push((
+            format!("agent RSS with {peers} peers, MiB"),
+            mib,
+            format!("<= {target}"),
+            verdict(mib, *target, false),
+        ));
+    }
+    rows.push((
+        format!("handshakes/s crmguard / wireguard-go, {HANDSHAKE_PEERS} peers, 1 CPU"),
+        hs_ratio,
+        format!(">= {HANDSHAKE_TARGET}x"),
+        verdict(hs_ratio, HANDSHAKE_TARGET, true),
+    ));
+    let cg_cpu = cg.cpu_per_gb(0, false);
+    let floor_value = floor.as_ref().ok().copied();
+    rows.push((
+        "CPU s/GB crmguard gateway / ChaCha20-Poly1305 floor, fwd".to_owned(),
+        ratio(cg_cpu, floor_value),
+        "-".to_owned(),
+        "",
+    ));
     for (name, value, target, verdict) in &rows {
         println!(
             "{name:<52} {:>9} {target:>9}  {verdict}",
             fmt_opt(*value, 2)
         );
     }
-    if let Err(reason) = memory {
-        println!("agent RSS unavailable: {}", first_line(reason));
+    let tunn = crate::memory::tunn_bytes();
+    for (peers, _, measured) in memory {
+        match measured {
+            Ok(m) => println!(
+                "agent with {peers} peers: admitted all in {:.1} s; boringtun's Tunn, kept for \
+                 every peer, is {tunn} B: {:.1} MiB of the RSS",
+                m.start_seconds,
+                (tunn * peers) as f64 / 1024.0 / 1024.0
+            ),
+            Err(reason) => {
+                println!(
+                    "agent RSS with {peers} peers unavailable: {}",
+                    first_line(reason)
+                );
+            }
+        }
     }
+    print_handshakes(handshakes);
+    print_profile(profile, floor, cg_cpu);
     for (shape, measured) in ["just opened", "decided"].iter().zip(table) {
         match measured {
             Ok(t) => println!(
@@ -1611,14 +1689,52 @@ fn report(
             }),
             Err(reason) => json!({ "shape": shape, "unavailable": reason }),
         }).collect::<Vec<_>>(),
-        "memory": match memory {
+        "memory": memory.iter().map(|(peers, target, measured)| match measured {
             Ok(m) => json!({
                 "peers": m.peers,
                 "rss_mib": m.rss_kib as f64 / 1024.0,
                 "peak_rss_mib": m.hwm_kib as f64 / 1024.0,
-                "target_rss_mib_at_most": RSS_TARGET_MIB,
+                "target_rss_mib_at_most": target,
+                "start_seconds": m.start_seconds,
+                "tunn_bytes_per_peer": crate::memory::tunn_bytes(),
+            }),
+            Err(reason) => json!({ "peers": peers, "unavailable": reason }),
+        }).collect::<Vec<_>>(),
+        "handshakes": {
+            "peers": HANDSHAKE_PEERS,
+            "seconds_per_window": plan.handshake_seconds,
+            "crmguard_vs_wireguard_go": hs_ratio,
+            "target_at_least": HANDSHAKE_TARGET,
+            "gateways": handshakes.iter().map(|o| json!({
+                "gateway": o.side.key(),
+                "per_second_median": o.per_second(),
+                "gateway_cpu_us_per_handshake": o.cpu_us_per_handshake(),
+                "per_second": o.windows.iter().map(crate::handshakes::Window::per_second).collect::<Vec<_>>(),
+                "sent": o.windows.iter().map(|w| w.sent).collect::<Vec<_>>(),
+                "responses": o.windows.iter().map(|w| w.responses).collect::<Vec<_>>(),
+                "completed": o.windows.iter().map(|w| w.completed).collect::<Vec<_>>(),
+                "cookie_replies": o.windows.iter().map(|w| w.cookies).collect::<Vec<_>>(),
+                "seconds": o.windows.iter().map(|w| w.seconds).collect::<Vec<_>>(),
+                "gateway_cpu_s": o.windows.iter().map(|w| w.gateway_cpu_s).collect::<Vec<_>>(),
+                "error": o.error,
+                "profile_shares_percent": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| Class::ALL.iter().zip(p.shares).map(|(c, share)| (c.key().to_owned(), json!(share))).collect::<serde_json::Map<_, _>>()),
+                "profile_top_symbols": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| p.top.iter().map(|(percent, space, symbol)| json!({ "percent": percent, "space": space, "symbol": symbol })).collect::<Vec<_>>()),
+            })).collect::<Vec<_>>(),
+        },
+        "gateway_profile": match profile {
+            Ok(p) => json!({
+                "direction": "forward",
+                "shares_percent": Class::ALL.iter().zip(p.shares).map(|(c, share)| (c.key().to_owned(), json!(share))).collect::<serde_json::Map<_, _>>(),
+                "top_symbols": p.top.iter().map(|(percent, space, symbol)| json!({ "percent": percent, "space": space, "symbol": symbol })).collect::<Vec<_>>(),
             }),
             Err(reason) => json!({ "unavailable": reason }),
+        },
+        "aead_floor": {
+            "what": "ChaCha20-Poly1305 seal (ring), one thread",
+            "packet_bytes": FLOOR_PACKET,
+            "cpu_s_per_gb": floor.as_ref().ok(),
+            "unavailable": floor.as_ref().err(),
+            "crmguard_gateway_forward_cpu_s_per_gb": cg_cpu,
         },
     });
     let path = out_dir.join("vpn.json");
@@ -1627,7 +1743,87 @@ fn report(
     Ok(())
 }
 
-fn first_line(text: &str) -> &str {
+fn print_handshakes(handshakes: &[Outcome]) {
+    println!(
+        "\nhandshakes completed per second, {HANDSHAKE_PEERS} peers, gateway pinned to one CPU \
+         (median of the rounds):"
+    );
+    for o in handshakes {
+        let cookies: u64 = o.windows.iter().map(|w| w.cookies).sum();
+        match (o.per_second(), &o.error) {
+            (Some(rate), error) => println!(
+                "  {:<14} {rate:>9.0}/s  {:>7} CPU us/handshake  {cookies} cookie replies{}",
+                o.side.name(),
+                fmt_opt(o.cpu_us_per_handshake(), 0),
+                error
+                    .as_ref()
+                    .map(|e| format!(" (stopped early: {})", first_line(e)))
+                    .unwrap_or_default()
+            ),
+            (None, Some(error)) => {
+                println!("  {:<14} unavailable: {}", o.side.name(), first_line(error));
+            }
+            (None, None) => println!("  {:<14} no window ran", o.side.name()),
+        }
+    }
+    for o in handshakes {
+        match &o.profile {
+            Some(Ok(p)) => {
+                let shares: Vec<String> = Class::ALL
+                    .iter()
+                    .zip(p.shares)
+                    .map(|(c, share)| format!("{} {share:.1} %", c.key()))
+                    .collect();
+                println!(
+                    "  {} during one more window (perf record, samples): {}",
+                    o.side.name(),
+                    shares.join(", ")
+                );
+                for (percent, space, symbol) in p.top.iter().take(8) {
+                    println!("    {percent:>6.2} %  {space} {symbol:.90}");
+                }
+            }
+            Some(Err(reason)) => println!(
+                "  {} profile unavailable: {}",
+                o.side.name(),
+                first_line(reason)
+            ),
+            None => {}
+        }
+    }
+}
+
+fn print_profile(
+    profile: &std::result::Result<Profile, String>,
+    floor: &std::result::Result<f64, String>,
+    gateway_cpu: Option<f64>,
+) {
+    println!("\nwhere the crmguard gateway's CPU goes, forward transfer (perf record, samples):");
+    match profile {
+        Ok(p) => {
+            let shares: Vec<String> = Class::ALL
+                .iter()
+                .zip(p.shares)
+                .map(|(c, share)| format!("{} {share:.1} %", c.key()))
+                .collect();
+            println!("  {}", shares.join(", "));
+            for (percent, space, symbol) in p.top.iter().take(6) {
+                println!("  {percent:>6.2} %  {space} {symbol:.90}");
+            }
+        }
+        Err(reason) => println!("  unavailable: {}", first_line(reason)),
+    }
+    match floor {
+        Ok(floor) => println!(
+            "  CPU s/GB: gateway {} forward, ChaCha20-Poly1305 seal of {FLOOR_PACKET}-byte packets \
+             in one thread {floor:.3} (the floor)",
+            fmt_opt(gateway_cpu, 2)
+        ),
+        Err(reason) => println!("  the AEAD floor is unavailable: {}", first_line(reason)),
+    }
+}
+
+pub(crate) fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or(text)
 }
 
