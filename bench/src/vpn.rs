@@ -89,7 +89,7 @@ const GOODPUT_TARGET: f64 = 1.8;
 const INSPECT_GOODPUT_TARGET: f64 = 0.95;
 /// The `max_flows` whose full table's memory is reported.
 const TABLE_FLOWS: u32 = 1_000_000;
-const CPU_TARGET: f64 = 0.4;
+const CPU_TARGET: f64 = 0.25;
 const SYSCALLS_TARGET: f64 = 0.3;
 
 /// How long and how often each pair is measured.

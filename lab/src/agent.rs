@@ -411,14 +411,42 @@ pub struct RunAs {
     pub caps: Vec<String>,
     /// Groups besides the user's own (`SupplementaryGroups=`).
     pub groups: Vec<String>,
+    /// A file of the system call names the daemon may make, one per line: every other call
+    /// fails with EPERM, as `SystemCallFilter=` with `SystemCallErrorNumber=EPERM` has it.
+    pub syscalls: Option<PathBuf>,
 }
+
+/// Debian's python3, into which python3-seccomp installs its module (a `python3` earlier on
+/// PATH, such as a pyenv one, does not see it).
+pub const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+/// Loads a seccomp filter that allows the calls named in argv[1] (names this architecture or
+/// libseccomp does not know are left out, as systemd leaves them out) and fails every other
+/// with EPERM, then executes argv[2..]. It runs after setpriv, as the unit's user with no new
+/// privileges, so that the filter also covers the daemon's every thread.
+const SECCOMP_EXEC: &str = r#"
+import errno, os, sys, seccomp
+allowed = seccomp.SyscallFilter(defaction=seccomp.ERRNO(errno.EPERM))
+for name in open(sys.argv[1]).read().split():
+    try:
+        allowed.add_rule(seccomp.ALLOW, name)
+    except (RuntimeError, ValueError, OSError):
+        pass
+allowed.load()
+os.execv(sys.argv[2], sys.argv[2:])
+"#;
 
 impl RunAs {
     /// `setpriv ... -- BIN`: the user, its groups, the capabilities inherited, ambient and in
-    /// the bounding set (all the same), and no new privileges.
+    /// the bounding set (all the same), and no new privileges; with `syscalls`, BIN runs under
+    /// that system call filter (Debian's python3-seccomp loads it).
     pub fn command(&self, bin: &Path) -> Command {
         let mut cmd = Command::new("setpriv");
-        cmd.args(self.setpriv_args()).arg(bin);
+        cmd.args(self.setpriv_args());
+        if let Some(syscalls) = &self.syscalls {
+            cmd.args([DEBIAN_PYTHON, "-c", SECCOMP_EXEC]).arg(syscalls);
+        }
+        cmd.arg(bin);
         cmd
     }
 
@@ -657,6 +685,7 @@ mod tests {
             gid: 990,
             caps: vec!["CAP_BPF".to_owned(), "CAP_NET_ADMIN".to_owned()],
             groups: vec!["adm".to_owned()],
+            syscalls: None,
         };
         let set = "-all,+bpf,+net_admin";
         assert_eq!(

@@ -2,7 +2,10 @@
 //! packaging/crmguard.service grants (read from the unit, so the two cannot drift apart).
 //!
 //! The daemon runs under setpriv(1) with the unit's `User=`, `AmbientCapabilities=` and
-//! `CapabilityBoundingSet=`, and `NoNewPrivileges`. It must attach XDP, pin, adopt its pinned
+//! `CapabilityBoundingSet=`, and `NoNewPrivileges`, and under the unit's `SystemCallFilter=`
+//! (expanded by `systemd-analyze syscall-filter`, loaded with python3's seccomp module, every
+//! other call failing with EPERM as `SystemCallErrorNumber=EPERM` has it). It must attach XDP,
+//! pin, adopt its pinned
 //! filter after a kill -9, run the WireGuard endpoint that a wireguard-go peer reaches a service
 //! through, and serve the MFA portal in the tunnel. The `crmguard` commands run as root, as an
 //! administrator runs them, through the agent user's 0600 control socket.
@@ -207,6 +210,78 @@ fn identity(pid: u32) -> Result<((u32, u32), u64)> {
     Ok(((uids[0], uids[1]), caps))
 }
 
+/// The system calls the unit's `SystemCallFilter=` lines allow, as systemd reads them: the
+/// first line that is not `~` starts an allow list, `~` lines take calls out, others add them,
+/// and the calls of `@default` are always allowed.
+fn unit_syscalls(text: &str) -> Result<std::collections::BTreeSet<String>> {
+    let mut allowed = std::collections::BTreeSet::new();
+    expand_syscalls("@default", &mut allowed)?;
+    let mut lines = 0;
+    for value in text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("SystemCallFilter="))
+    {
+        let (deny, list) = match value.strip_prefix('~') {
+            Some(list) => (true, list),
+            None => (false, value),
+        };
+        ensure!(
+            lines > 0 || !deny,
+            "{UNIT}: the first SystemCallFilter= is a deny list"
+        );
+        let mut named = std::collections::BTreeSet::new();
+        for item in list.split_whitespace() {
+            expand_syscalls(item, &mut named)?;
+        }
+        if deny {
+            allowed.retain(|call| !named.contains(call));
+        } else {
+            allowed.extend(named);
+        }
+        lines += 1;
+    }
+    ensure!(lines > 0, "{UNIT}: no SystemCallFilter=");
+    Ok(allowed)
+}
+
+/// Adds a system call, or every call of an `@group` (and of the groups it names), to `into`.
+fn expand_syscalls(item: &str, into: &mut std::collections::BTreeSet<String>) -> Result<()> {
+    if !item.starts_with('@') {
+        into.insert(item.to_owned());
+        return Ok(());
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["syscall-filter", item])
+        .output()
+        .context("systemd-analyze syscall-filter")?;
+    ensure!(
+        out.status.success(),
+        "systemd-analyze syscall-filter {item}: {out:?}"
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let mut members = 0;
+    for line in text.lines().skip(1) {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        expand_syscalls(line, into)?;
+        members += 1;
+    }
+    ensure!(members > 0, "systemd-analyze lists nothing in {item}");
+    Ok(())
+}
+
+/// The `Seccomp:` line of /proc/PID/status: 2 when a filter is in force.
+fn seccomp_mode(pid: u32) -> Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Seccomp: in /proc/{pid}/status"))
+}
+
 /// The capability bit of a `CAP_*` name (capabilities(7)).
 fn cap_bit(name: &str) -> Result<u64> {
     let number = match name {
@@ -240,6 +315,39 @@ fn the_unit_parses_into_a_user_and_its_capabilities() -> Result<()> {
 }
 
 #[test]
+fn the_units_system_call_filter_allows_bpf_and_not_the_privileged_calls() -> Result<()> {
+    if !privileged::require(
+        "privileges::the_units_system_call_filter_allows_bpf_and_not_the_privileged_calls",
+    ) {
+        return Ok(());
+    }
+    privileged::require_tools(&[("systemd-analyze", "systemd")])?;
+    let allowed = unit_syscalls(&std::fs::read_to_string(UNIT)?)?;
+    for call in [
+        "bpf",
+        "read",
+        "sendmmsg",
+        "recvmmsg",
+        "ioctl",
+        "prlimit64",
+        "execve",
+    ] {
+        ensure!(allowed.contains(call), "{call} is not allowed");
+    }
+    for call in [
+        "setuid",
+        "mount",
+        "reboot",
+        "init_module",
+        "setrlimit",
+        "chroot",
+    ] {
+        ensure!(!allowed.contains(call), "{call} is allowed");
+    }
+    Ok(())
+}
+
+#[test]
 fn the_agent_runs_as_the_units_user_with_only_its_capabilities() -> Result<()> {
     if !privileged::require(
         "privileges::the_agent_runs_as_the_units_user_with_only_its_capabilities",
@@ -251,8 +359,19 @@ fn the_agent_runs_as_the_units_user_with_only_its_capabilities() -> Result<()> {
         ("setpriv", "util-linux"),
         ("useradd", "passwd"),
         ("curl", "curl"),
+        ("systemd-analyze", "systemd"),
     ])?;
-    let unit = unit_privileges(&std::fs::read_to_string(UNIT)?)?;
+    let seccomp = Command::new(crmguard_lab::agent::DEBIAN_PYTHON)
+        .args(["-c", "import seccomp"])
+        .output()
+        .context(crmguard_lab::agent::DEBIAN_PYTHON)?;
+    ensure!(
+        seccomp.status.success(),
+        "python3's seccomp module is missing (apt-get install python3-seccomp)"
+    );
+    let unit_text = std::fs::read_to_string(UNIT)?;
+    let unit = unit_privileges(&unit_text)?;
+    let syscalls = unit_syscalls(&unit_text)?;
     let user = SystemUser::ensure(&unit.user)?;
 
     // What the unit's ExecStartPre does, and what Debian's udev rule gives /dev/net/tun (0666);
@@ -326,12 +445,16 @@ role = "sales"
         .replace(UNIT_BPFFS_DIR, &agent.bpffs_dir().display().to_string());
     let out = Command::new("sh").args(["-c", &prepare_pins]).output()?;
     ensure!(out.status.success(), "{prepare_pins}: {out:?}");
+    let syscalls_file = agent.dir().join("syscalls.allow");
+    let list: Vec<&str> = syscalls.iter().map(String::as_str).collect();
+    std::fs::write(&syscalls_file, list.join("\n"))?;
     agent.run_as(RunAs {
         user: user.name.clone(),
         uid: user.uid,
         gid: user.gid,
         caps: unit.caps.clone(),
         groups: unit.groups.clone(),
+        syscalls: Some(syscalls_file),
     })?;
     agent.spawn()?;
     agent.wait_ready()?;
@@ -353,6 +476,10 @@ role = "sales"
         ensure!(
             caps == expected,
             "the agent's effective capabilities are {caps:#x}, the unit's {expected:#x}"
+        );
+        ensure!(
+            seccomp_mode(pid)? == 2,
+            "the agent runs without the unit's system call filter"
         );
         Ok(())
     };

@@ -104,6 +104,14 @@ const TEST: &[Package] = &[
         "python3 -m http.server: a real HTTP server for downloads (allow_established)",
     ),
     pkg(
+        "python3-seccomp",
+        "runs the agent under the unit's SystemCallFilter= (privileges)",
+    ),
+    pkg(
+        "systemd",
+        "systemd-analyze syscall-filter: the calls the unit's SystemCallFilter= allows",
+    ),
+    pkg(
         "chromium",
         "headless Chromium: signs in at the MFA portal through the tunnel",
     ),
