@@ -29,9 +29,8 @@ pub(crate) struct Memory {
     pub(crate) start_seconds: f64,
 }
 
-/// Bytes of one boringtun `Tunn`, the WireGuard state crmguard keeps for every peer (eight
-/// session slots inline, each with its keys and replay window), allocated whether or not the
-/// peer ever connects.
+/// Bytes of one boringtun `Tunn`, a peer's WireGuard state (eight session slots inline, each
+/// with its keys and replay window), which crmguard makes at the peer's first handshake.
 pub(crate) fn tunn_bytes() -> usize {
     std::mem::size_of::<boringtun::noise::Tunn>()
 }

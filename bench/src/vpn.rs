@@ -1603,8 +1603,8 @@ fn report(
     for (peers, _, measured) in memory {
         match measured {
             Ok(m) => println!(
-                "agent with {peers} peers: admitted all in {:.1} s; boringtun's Tunn, kept for \
-                 every peer, is {tunn} B: {:.1} MiB of the RSS",
+                "agent with {peers} peers, none connected: admitted all in {:.1} s; boringtun's \
+                 Tunn ({tunn} B) is made at a peer's first handshake, {:.1} MiB if all connect",
                 m.start_seconds,
                 (tunn * peers) as f64 / 1024.0 / 1024.0
             ),

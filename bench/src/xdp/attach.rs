@@ -112,11 +112,16 @@ impl Pair {
             "flood.cfg"
         });
         std::fs::write(&conf, trafgen_config(frame, spoof))?;
-        let mut command = netns::nsenter(self.tx.name(), "taskset");
-        command
-            .args(["-c", CPU, "trafgen", "--dev", TX_DEV, "--conf"])
-            .arg(&conf)
-            .args(["--cpus", "1", "--notouch-irq", "--no-cpu-stats"]);
+        // trafgen gives up when the kernel refuses a flush of its ring (EAGAIN, a full veth
+        // queue): a loop starts it again at once, and the count goes on.
+        let trafgen_command = format!(
+            "while :; do taskset -c {CPU} trafgen --dev {TX_DEV} --conf '{}' --cpus 1 \
+             --notouch-irq --no-cpu-stats; done",
+            conf.display()
+        );
+        let before = self.xdp_packets()?;
+        let mut command = netns::nsenter(self.tx.name(), "sh");
+        command.args(["-c", &trafgen_command]);
         let mut trafgen = Process::spawn_logged(
             command,
             "trafgen",
@@ -124,8 +129,8 @@ impl Pair {
             Duration::ZERO,
         )?;
         std::thread::sleep(WARMUP);
-        if let Some(status) = trafgen.try_wait()? {
-            bail!("trafgen exited at once ({status}): is netsniff-ng installed?");
+        if self.xdp_packets()? == before {
+            bail!("trafgen sent nothing: is netsniff-ng installed? (see trafgen.log)");
         }
         let mut slices = Vec::new();
         let start = Instant::now();
@@ -139,7 +144,8 @@ impl Pair {
             slices.push(now.1.saturating_sub(last.1) as f64 / seconds);
             last = now;
         }
-        // trafgen stops on SIGINT only after draining its ring; the count is taken.
+        // The loop and its trafgen, a process group of their own; the count is taken.
+        let _ = nix::sys::signal::killpg(trafgen.pid(), nix::sys::signal::Signal::SIGKILL);
         trafgen.kill9()?;
         let seconds = last.0.duration_since(start).as_secs_f64();
         let pps = last.1.saturating_sub(first) as f64 / seconds;
