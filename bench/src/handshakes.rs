@@ -32,7 +32,7 @@ use anyhow::{bail, Context, Result};
 use boringtun::noise::{Tunn, TunnResult};
 use crmguard_core::keys::{self, KeyPair};
 use crmguard_lab::cmd;
-use crmguard_lab::netns::{self, NetNs};
+use crmguard_lab::netns::NetNs;
 use crmguard_lab::process::Process;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{sched_setaffinity, CpuSet};
@@ -43,7 +43,7 @@ use crate::memory::{gateway_address, peer_address, peer_entries, wait_admitted};
 use crate::profile::Profile;
 use crate::vpn::{
     address_end, check_interrupt, cpu_seconds, keypair, median, start_userspace, wg, write_key,
-    Agent, AgentSetup, Env, Userspace, IF_PREFIX, PREFIX, SETTLE, WG_PORT,
+    Agent, AgentSetup, Env, Userspace, IF_PREFIX, SETTLE, WG_PORT,
 };
 
 /// Client identities, each configured as a peer on both gateways.
@@ -184,14 +184,7 @@ impl Bed {
         let pid = std::process::id();
         let tag = side.tag();
         let i = side.subnet();
-        let client_ns = NetNs::named(&format!("{PREFIX}{pid}-{tag}-c"))?;
-        let gateway_ns = NetNs::named(&format!("{PREFIX}{pid}-{tag}-g"))?;
-        let (client_veth, gateway_veth) = netns::veth_pair_named(
-            &client_ns,
-            &format!("bv{tag}c"),
-            &gateway_ns,
-            &format!("bv{tag}g"),
-        )?;
+        let (client_ns, gateway_ns, client_veth, gateway_veth) = crate::vpn::namespace_pair(tag)?;
         let outer_gateway = Ipv4Addr::new(10, 201, i, 1);
         client_veth.add_addr(&format!("10.201.{i}.2/24"))?;
         gateway_veth.add_addr(&format!("{outer_gateway}/24"))?;

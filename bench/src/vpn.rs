@@ -670,19 +670,27 @@ pub(crate) struct Env<'a> {
     pub(crate) ticks_per_s: f64,
 }
 
+/// The client and gateway namespaces of a pair tagged `tag`, joined by a veth pair
+/// (`bv{tag}c` in the client's, `bv{tag}g` in the gateway's).
+pub(crate) fn namespace_pair(tag: &str) -> Result<(NetNs, NetNs, Iface, Iface)> {
+    let pid = std::process::id();
+    let client_ns = NetNs::named(&format!("{PREFIX}{pid}-{tag}-c"))?;
+    let gateway_ns = NetNs::named(&format!("{PREFIX}{pid}-{tag}-g"))?;
+    let (client_veth, gateway_veth) = netns::veth_pair_named(
+        &client_ns,
+        &format!("bv{tag}c"),
+        &gateway_ns,
+        &format!("bv{tag}g"),
+    )?;
+    Ok((client_ns, gateway_ns, client_veth, gateway_veth))
+}
+
 impl Pair {
     fn start(kind: Kind, env: &Env<'_>) -> Result<Pair> {
         let pid = std::process::id();
         let tag = kind.tag();
         let i = kind.index();
-        let client_ns = NetNs::named(&format!("{PREFIX}{pid}-{tag}-c"))?;
-        let gateway_ns = NetNs::named(&format!("{PREFIX}{pid}-{tag}-g"))?;
-        let (client_veth, gateway_veth) = netns::veth_pair_named(
-            &client_ns,
-            &format!("bv{tag}c"),
-            &gateway_ns,
-            &format!("bv{tag}g"),
-        )?;
+        let (client_ns, gateway_ns, client_veth, gateway_veth) = namespace_pair(tag)?;
         let outer_gateway = format!("10.201.{i}.1");
         client_veth.add_addr(&format!("10.201.{i}.2/24"))?;
         gateway_veth.add_addr(&format!("{outer_gateway}/24"))?;
