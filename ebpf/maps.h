@@ -13,7 +13,13 @@
 
 #include "include/crmguard_abi.h"
 
-/* The clock of every expiry and rate limit (see the ABI header). */
+/*
+ * The clock of every expiry and rate limit (see the ABI header).  Reading it
+ * is a helper call that costs as much as the rest of a deny or default-drop
+ * verdict, so XDP reads it only where a verdict needs it: in a limit, an
+ * expiry or a sampled event, never for the packets the deny set or the
+ * default drops.
+ */
 static __always_inline __u64 cg_now(void)
 {
 	return bpf_ktime_get_coarse_ns();
@@ -253,7 +259,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct cg_rl);
+	__type(value, struct cg_event_budget);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_event_budget SEC(".maps");
 

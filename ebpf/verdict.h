@@ -137,13 +137,15 @@ static __always_inline int ban_active(const struct cg_ban *ban, __u64 now)
 	return ban && (ban->expires_ns == 0 || ban->expires_ns > now);
 }
 
-static __always_inline int banned(const struct pkt *p, __u64 now)
+static __always_inline int banned(const struct pkt *p)
 {
 	__u32 zero = 0, *flags = bpf_map_lookup_elem(&cg_ban_flags, &zero);
 	__u32 present = flags ? *flags : 0;
+	__u64 now;
 
 	if (!present)
 		return 0;
+	now = cg_now();
 	if (p->family == 4) {
 		struct cg_lpm4 key = { .prefixlen = 32, .addr_be = p->src4 };
 
@@ -178,7 +180,7 @@ static __always_inline void frag_key(const struct pkt *p, struct cg_frag_key *ke
 /* A later fragment takes its first fragment's verdict; without one it is an
  * orphan.  A TCP fragment that would overlap the first 24 bytes of the TCP
  * header (the ports, flags and window: the RFC 1858 rewrite) is malformed. */
-static __always_inline __u32 later_fragment_reason(const struct pkt *p, __u64 now)
+static __always_inline __u32 later_fragment_reason(const struct pkt *p)
 {
 	struct cg_frag_key key = {};
 	struct cg_frag *first;
@@ -187,15 +189,15 @@ static __always_inline __u32 later_fragment_reason(const struct pkt *p, __u64 no
 		return CG_R_MALFORMED;
 	frag_key(p, &key);
 	first = bpf_map_lookup_elem(&cg_frags, &key);
-	if (!first || first->expires_ns < now)
+	if (!first || first->expires_ns < cg_now())
 		return CG_R_FRAGMENT_ORPHAN;
 	return reason_is_pass(first->reason) ? CG_R_FRAGMENT : first->reason;
 }
 
-static __always_inline void remember_first_fragment(const struct pkt *p, __u32 reason, __u64 now)
+static __always_inline void remember_first_fragment(const struct pkt *p, __u32 reason)
 {
 	struct cg_frag_key key = {};
-	struct cg_frag value = { .expires_ns = now + CG_FRAG_TIMEOUT_S * NSEC_PER_SEC,
+	struct cg_frag value = { .expires_ns = cg_now() + CG_FRAG_TIMEOUT_S * NSEC_PER_SEC,
 				 .reason = reason };
 
 	frag_key(p, &key);
@@ -205,7 +207,7 @@ static __always_inline void remember_first_fragment(const struct pkt *p, __u32 r
 /* ---- replies to the host's own connections ------------------------------- */
 
 static __always_inline int established(const struct pkt *p, __be16 local_port, __be16 remote_port,
-				       const struct cg_config *cfg, __u64 now)
+				       const struct cg_config *cfg)
 {
 	struct cg_flow_key key = {};
 	struct cg_flow *flow;
@@ -223,7 +225,7 @@ static __always_inline int established(const struct pkt *p, __be16 local_port, _
 		flow = bpf_map_lookup_elem(&cg_flows, &key);
 	else
 		flow = bpf_map_lookup_elem(&cg_dgram_flows, &key);
-	return flow && flow->expires_ns >= now;
+	return flow && flow->expires_ns >= cg_now();
 }
 
 /* ---- ICMP ------------------------------------------------------------------- */
@@ -274,7 +276,7 @@ static __always_inline __u32 icmp6_policy(__u8 type, const struct cg_config *cfg
 }
 
 static __always_inline __u32 icmp_reason(const struct pkt *p, void *data_end,
-					 const struct cg_config *cfg, __u64 now)
+					 const struct cg_config *cfg)
 {
 	struct icmp_head *icmp = p->l4;
 	__be16 *echo_id = (__be16 *)(icmp + 1);
@@ -294,7 +296,7 @@ static __always_inline __u32 icmp_reason(const struct pkt *p, void *data_end,
 	}
 	if (reason == CG_R_ICMP && echo_request && cfg->icmp_echo_pps) {
 		limited = rl_check(p, cfg, CG_RL_SCOPE(CG_RL_ICMP, 0), cfg->icmp_echo_pps,
-				   cfg->icmp_echo_pps, now, CG_R_ICMP_RATE);
+				   cfg->icmp_echo_pps, cg_now(), CG_R_ICMP_RATE);
 		if (limited)
 			return limited;
 	}
@@ -302,7 +304,7 @@ static __always_inline __u32 icmp_reason(const struct pkt *p, void *data_end,
 		return reason;
 	/* The reply to this host's own ping, with its echo id. */
 	if (echo_reply && (void *)(echo_id + 1) <= data_end &&
-	    p->l4_len >= sizeof(*icmp) + sizeof(*echo_id) && established(p, *echo_id, 0, cfg, now))
+	    p->l4_len >= sizeof(*icmp) + sizeof(*echo_id) && established(p, *echo_id, 0, cfg))
 		return CG_R_ESTABLISHED;
 	return default_reason(cfg);
 }
@@ -317,8 +319,7 @@ static __always_inline __u32 icmp_reason(const struct pkt *p, void *data_end,
  * source: they are what costs the endpoint CPU.
  */
 static __always_inline __u32 wireguard_reason(const struct pkt *p, struct udphdr *udp,
-					      void *data_end, const struct cg_config *cfg,
-					      __u64 now)
+					      void *data_end, const struct cg_config *cfg)
 {
 	__u8 *msg = (__u8 *)(udp + 1);
 	__u32 len = bpf_ntohs(udp->len) - sizeof(*udp);
@@ -334,7 +335,7 @@ static __always_inline __u32 wireguard_reason(const struct pkt *p, struct udphdr
 			return CG_R_WG_MALFORMED;
 		if (cfg->wg_handshake_pps) {
 			limited = rl_check(p, cfg, CG_RL_SCOPE(CG_RL_WG, 0), cfg->wg_handshake_pps,
-					   cfg->wg_handshake_burst, now, CG_R_WG_HANDSHAKE_RATE);
+					   cfg->wg_handshake_burst, cg_now(), CG_R_WG_HANDSHAKE_RATE);
 			if (limited)
 				return limited;
 		}
@@ -380,9 +381,10 @@ static __always_inline int from_allowed(const struct cg_svc *svc, const struct p
  * Every packet: the service's per-source rate, or the global one.
  */
 static __always_inline __u32 service_limits(const struct pkt *p, const struct cg_svc *svc,
-					    int syn, const struct cg_config *cfg, __u64 now)
+					    int syn, const struct cg_config *cfg)
 {
 	__u32 limited = CG_R_NONE;
+	__u64 now = cg_now();
 
 	if (syn) {
 		if (svc->syn_pps)
@@ -409,7 +411,7 @@ static __always_inline __u32 service_limits(const struct pkt *p, const struct cg
 
 /* Transport ports and flags, bounded by both the frame and the IP lengths. */
 static __always_inline __u32 transport_reason(const struct pkt *p, void *data_end,
-					      const struct cg_config *cfg, __u32 slot, __u64 now)
+					      const struct cg_config *cfg, __u32 slot)
 {
 	__be16 sport, dport;
 	__u32 index;
@@ -442,22 +444,22 @@ static __always_inline __u32 transport_reason(const struct pkt *p, void *data_en
 		sport = udp->source;
 		dport = udp->dest;
 		if (cfg->wg_port_be && dport == cfg->wg_port_be)
-			return wireguard_reason(p, udp, data_end, cfg, now);
+			return wireguard_reason(p, udp, data_end, cfg);
 	}
 
 	index = CG_SVC_INDEX(p->proto, bpf_ntohs(dport));
 	services = slot_map(&cg_svc, slot);
 	svc = services ? bpf_map_lookup_elem(services, &index) : NULL;
 	if (svc && svc->svc_id && from_allowed(svc, p, slot))
-		return service_limits(p, svc, syn, cfg, now);
+		return service_limits(p, svc, syn, cfg);
 	/* A SYN without ACK opens a connection; it is never a reply. */
-	if (!syn && established(p, dport, sport, cfg, now))
+	if (!syn && established(p, dport, sport, cfg))
 		return CG_R_ESTABLISHED;
 	return default_reason(cfg);
 }
 
 static __always_inline __u32 decide(void *data, void *data_end, const struct cg_config *cfg,
-				    __u32 slot, struct pkt *p, __u64 now)
+				    __u32 slot, struct pkt *p)
 {
 	struct cursor c = { .pos = data };
 	__be16 proto;
@@ -470,27 +472,27 @@ static __always_inline __u32 decide(void *data, void *data_end, const struct cg_
 		return reason;
 	if (denied(p, cfg, slot))
 		return CG_R_DENIED_SOURCE;
-	if (banned(p, now))
+	if (banned(p))
 		return CG_R_BANNED;
 	if (p->frag_off)
-		return later_fragment_reason(p, now);
+		return later_fragment_reason(p);
 
 	switch (p->proto) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
-		reason = transport_reason(p, data_end, cfg, slot, now);
+		reason = transport_reason(p, data_end, cfg, slot);
 		break;
 	case IPPROTO_ICMP:
-		reason = p->family == 4 ? icmp_reason(p, data_end, cfg, now) : default_reason(cfg);
+		reason = p->family == 4 ? icmp_reason(p, data_end, cfg) : default_reason(cfg);
 		break;
 	case IPPROTO_ICMPV6:
-		reason = p->family == 6 ? icmp_reason(p, data_end, cfg, now) : default_reason(cfg);
+		reason = p->family == 6 ? icmp_reason(p, data_end, cfg) : default_reason(cfg);
 		break;
 	default:
 		reason = default_reason(cfg);
 	}
 	if (p->more_frags)
-		remember_first_fragment(p, reason, now);
+		remember_first_fragment(p, reason);
 	return reason;
 }
 

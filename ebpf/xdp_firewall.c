@@ -31,17 +31,28 @@ static __always_inline void count(__u32 action, __u32 reason, __u64 bytes)
 	}
 }
 
-/* Sends a sample of a drop to the agent, within this CPU's event budget. */
+/*
+ * Sends a sample of a drop to the agent, within this CPU's event budget.
+ * A budget found spent is not read again, nor the clock, until the next tick
+ * (jiffies, which the verifier inlines to a load).
+ */
 static __always_inline void sample(const struct pkt *p, void *data_end, __u32 action,
-				   __u32 reason, __u64 now)
+				   __u32 reason)
 {
 	__u32 zero = 0;
-	struct cg_rl *budget = bpf_map_lookup_elem(&cg_event_budget, &zero);
+	struct cg_event_budget *budget = bpf_map_lookup_elem(&cg_event_budget, &zero);
+	__u64 tick = bpf_jiffies64();
 	struct cg_event *e;
 	__be16 *ports = p->l4;
+	__u64 now;
 
-	if (!budget || !gcra_allow(budget, now, CG_EVENTS_PER_CPU_PER_S, CG_EVENTS_PER_CPU_PER_S))
+	if (!budget || budget->spent_jiffies == tick)
 		return;
+	now = cg_now();
+	if (!gcra_allow(&budget->bucket, now, CG_EVENTS_PER_CPU_PER_S, CG_EVENTS_PER_CPU_PER_S)) {
+		budget->spent_jiffies = tick;
+		return;
+	}
 	e = bpf_ringbuf_reserve(&cg_events, sizeof(*e), 0);
 	if (!e)
 		return;
@@ -73,7 +84,6 @@ int xdp_firewall(struct xdp_md *ctx)
 	__u32 zero = 0, slot, action, reason;
 	struct cg_config *cfg;
 	struct pkt p = {};
-	__u64 now = cg_now();
 	__u32 *active;
 
 	active = bpf_map_lookup_elem(&cg_active, &zero);
@@ -82,7 +92,7 @@ int xdp_firewall(struct xdp_md *ctx)
 	if (!cfg)
 		return XDP_DROP; /* unreachable: the array has every slot */
 
-	reason = decide(data, data_end, cfg, slot, &p, now);
+	reason = decide(data, data_end, cfg, slot, &p);
 	if (reason_is_pass(reason)) {
 		count(CG_ACT_PASS, reason, bytes);
 		return XDP_PASS;
@@ -90,6 +100,6 @@ int xdp_firewall(struct xdp_md *ctx)
 	action = cfg->mode == CG_MODE_MONITOR ? CG_ACT_WOULD_DROP : CG_ACT_DROP;
 	count(action, reason, bytes);
 	if (p.family)
-		sample(&p, data_end, action, reason, now);
+		sample(&p, data_end, action, reason);
 	return action == CG_ACT_DROP ? XDP_DROP : XDP_PASS;
 }

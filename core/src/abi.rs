@@ -11,7 +11,7 @@
 use std::fmt;
 
 /// The ABI version compiled into this agent (`CG_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// What the program did with a packet (`enum cg_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -305,6 +305,15 @@ pub struct Rl {
     pub burst: u32,
 }
 
+/// `struct cg_event_budget`: a CPU's bucket of sampled drop events, and the tick (jiffies)
+/// in which XDP last found it spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct EventBudget {
+    pub bucket: Rl,
+    pub spent_jiffies: u64,
+}
+
 /// `struct cg_rl_slot`: a slot of `cg_rl`; all zeros is an empty slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
@@ -448,6 +457,7 @@ const _: () = assert!(std::mem::size_of::<Ban>() == 16);
 const _: () = assert!(std::mem::size_of::<RlKey>() == 20);
 const _: () = assert!(std::mem::size_of::<Rl>() == 16);
 const _: () = assert!(std::mem::size_of::<RlSlot>() == 40);
+const _: () = assert!(std::mem::size_of::<EventBudget>() == 24);
 const _: () = assert!(std::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Frag>() == 16);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
@@ -500,6 +510,8 @@ mod pod {
     unsafe impl aya::Pod for Rl {}
     // SAFETY: see above.
     unsafe impl aya::Pod for RlSlot {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for EventBudget {}
     // SAFETY: see above.
     unsafe impl aya::Pod for FragKey {}
     // SAFETY: see above.
@@ -566,6 +578,7 @@ mod tests {
         check("CG_SIZEOF_BAN", std::mem::size_of::<Ban>());
         check("CG_SIZEOF_RL_KEY", std::mem::size_of::<RlKey>());
         check("CG_SIZEOF_RL_SLOT", std::mem::size_of::<RlSlot>());
+        check("CG_SIZEOF_EVENT_BUDGET", std::mem::size_of::<EventBudget>());
         check("CG_SIZEOF_RL", std::mem::size_of::<Rl>());
         check("CG_SIZEOF_FRAG_KEY", std::mem::size_of::<FragKey>());
         check("CG_SIZEOF_FRAG", std::mem::size_of::<Frag>());

@@ -374,6 +374,7 @@ fn mirrors() -> Vec<(&'static str, Layout)> {
         mirror!("cg_rl_key", abi::RlKey, [addr, scope]),
         mirror!("cg_rl", abi::Rl, [tat_ns, rate, burst]),
         mirror!("cg_rl_slot", abi::RlSlot, [key, seen, bucket]),
+        mirror!("cg_event_budget", abi::EventBudget, [bucket, spent_jiffies]),
         mirror!(
             "cg_frag_key",
             abi::FragKey,
@@ -547,7 +548,10 @@ fn fnv1a(text: &str) -> u64 {
 ///
 /// Version 5 made `cg_rl` an array of `cg_rl_slot` (key, last seen and
 /// bucket), two places per key from `cg_rl_hash`, instead of an LRU hash.
-const FINGERPRINT: (u32, u64) = (5, 0x7ebc_83f7_c83f_2fe7);
+///
+/// Version 6 made `cg_event_budget` a `cg_event_budget` (the bucket and the tick in which it
+/// was last found spent), so that a flood of drops reads the clock once per tick.
+const FINGERPRINT: (u32, u64) = (6, 0x08f8_f922_d463_40f1);
 
 #[test]
 fn the_abi_changes_only_with_its_version() {

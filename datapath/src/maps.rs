@@ -100,7 +100,7 @@ pub const MAP_SPECS: &[MapSpec] = &[
     spec::<abi::FlowKey, abi::Flow>("cg_flows", abi::FLOW_MAX),
     spec::<abi::FlowKey, abi::Flow>("cg_dgram_flows", abi::DGRAM_FLOW_MAX),
     spec::<u32, abi::Stats>("cg_stats", abi::STATS_ENTRIES),
-    spec::<u32, abi::Rl>("cg_event_budget", 1),
+    spec::<u32, abi::EventBudget>("cg_event_budget", 1),
     spec::<(), ()>("cg_events", abi::EVENTS_BYTES),
 ];
 

@@ -25,7 +25,7 @@
  * meaning of a number changes: the agent stamps it into the cg_abi map of
  * the maps it pins, and an agent of another version refuses to adopt them.
  */
-#define CG_ABI_VERSION 5
+#define CG_ABI_VERSION 6
 
 /* Actions: what the program did with a packet (the `action` metric label). */
 enum cg_action {
@@ -257,6 +257,17 @@ struct cg_rl {
 	__u32 burst;
 };
 
+/*
+ * A CPU's budget of sampled drop events: a bucket of CG_EVENTS_PER_CPU_PER_S,
+ * and the tick (jiffies) in which it was last found spent.  Until the next
+ * tick a drop is not sampled without reading the clock, so a flood of drops
+ * costs one clock read per tick, not one per packet.
+ */
+struct cg_event_budget {
+	struct cg_rl bucket;
+	__u64 spent_jiffies;
+};
+
 /* A slot of cg_rl: all zeros is an empty slot (no scope is 0). */
 struct cg_rl_slot {
 	struct cg_rl_key key;
@@ -389,6 +400,7 @@ _Static_assert(CG_RL_NEW_PER_CPU_PER_S == CG_RL_MAX / 64, "the new-bucket budget
 #define CG_SIZEOF_RL_KEY 20
 #define CG_SIZEOF_RL 16
 #define CG_SIZEOF_RL_SLOT 40
+#define CG_SIZEOF_EVENT_BUDGET 24
 #define CG_SIZEOF_FRAG_KEY 40
 #define CG_SIZEOF_FRAG 16
 #define CG_SIZEOF_FLOW_KEY 40
@@ -409,6 +421,7 @@ _Static_assert(sizeof(struct cg_ban) == CG_SIZEOF_BAN, "cg_ban size");
 _Static_assert(sizeof(struct cg_rl_key) == CG_SIZEOF_RL_KEY, "cg_rl_key size");
 _Static_assert(sizeof(struct cg_rl) == CG_SIZEOF_RL, "cg_rl size");
 _Static_assert(sizeof(struct cg_rl_slot) == CG_SIZEOF_RL_SLOT, "cg_rl_slot size");
+_Static_assert(sizeof(struct cg_event_budget) == CG_SIZEOF_EVENT_BUDGET, "cg_event_budget size");
 _Static_assert(sizeof(struct cg_frag_key) == CG_SIZEOF_FRAG_KEY, "cg_frag_key size");
 _Static_assert(sizeof(struct cg_frag) == CG_SIZEOF_FRAG, "cg_frag size");
 _Static_assert(sizeof(struct cg_flow_key) == CG_SIZEOF_FLOW_KEY, "cg_flow_key size");
