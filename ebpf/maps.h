@@ -85,8 +85,13 @@ struct {
 		__array(values, struct inner);            \
 	} name SEC(".maps")
 
-CG_INNER(cg_deny4_inner, BPF_MAP_TYPE_HASH, __be32, struct cg_rule, CG_DENY_HOST_MAX,
-	 BPF_F_NO_PREALLOC);
+/* The three sizes of the IPv4 deny table (see the ABI header). */
+CG_INNER(cg_deny4_s_inner, BPF_MAP_TYPE_ARRAY, __u32, struct cg_deny4_bucket,
+	 1U << CG_DENY4_BITS_S, 0);
+CG_INNER(cg_deny4_m_inner, BPF_MAP_TYPE_ARRAY, __u32, struct cg_deny4_bucket,
+	 1U << CG_DENY4_BITS_M, 0);
+CG_INNER(cg_deny4_l_inner, BPF_MAP_TYPE_ARRAY, __u32, struct cg_deny4_bucket,
+	 1U << CG_DENY4_BITS_L, 0);
 CG_INNER(cg_deny6_inner, BPF_MAP_TYPE_HASH, struct cg_addr6, struct cg_rule, CG_DENY_HOST_MAX,
 	 BPF_F_NO_PREALLOC);
 CG_INNER(cg_deny4_lpm_inner, BPF_MAP_TYPE_LPM_TRIE, struct cg_lpm4, struct cg_rule,
@@ -118,10 +123,15 @@ const volatile struct {
 	struct cg_svc_lpm6 svc_lpm6;
 	struct cg_event event;
 	struct cg_rl_key rl_key;
+	struct cg_deny4_bucket deny4_bucket;
 } cg_btf_types;
 
-/* Deny set: single addresses in hashes, true prefixes in tries. */
-CG_OUTER(cg_deny4_inner, cg_deny4);
+/* Deny set: IPv4 in a table of buckets (see the ABI header), with its
+ * prefixes in a trie when they have too many lengths to probe; IPv6 single
+ * addresses in a hash, prefixes in a trie. */
+CG_OUTER(cg_deny4_s_inner, cg_deny4_s);
+CG_OUTER(cg_deny4_m_inner, cg_deny4_m);
+CG_OUTER(cg_deny4_l_inner, cg_deny4_l);
 CG_OUTER(cg_deny6_inner, cg_deny6);
 CG_OUTER(cg_deny4_lpm_inner, cg_deny4_lpm);
 CG_OUTER(cg_deny6_lpm_inner, cg_deny6_lpm);

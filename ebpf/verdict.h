@@ -104,6 +104,72 @@ static __always_inline __u32 parse_l3(struct cursor *c, void *data_end, __be16 p
 
 /* ---- the deny set and bans ---------------------------------------------- */
 
+/* The hash that places an entry in the IPv4 deny table (see the ABI header). */
+static __always_inline __u64 cg_deny4_hash(__u64 entry)
+{
+	__u64 h = (entry ^ CG_DENY4_SEED) * CG_RL_K1;
+
+	h = (h ^ (h >> 32)) * CG_RL_K2;
+	return h ^ (h >> 29);
+}
+
+static __always_inline int bucket_holds(const struct cg_deny4_bucket *b, __u64 entry)
+{
+	return b && (b->entry[0] == entry || b->entry[1] == entry || b->entry[2] == entry ||
+		     b->entry[3] == entry);
+}
+
+/* Whether the table of 2^bits buckets holds `addr` (host order, masked) as a
+ * prefix of `len`. */
+static __always_inline int deny4_holds(void *table, const __u32 bits, __u32 addr, __u32 len)
+{
+	__u64 entry = ((__u64)(len + 1) << 32) | addr;
+	__u64 h = cg_deny4_hash(entry);
+	__u32 first = (__u32)(h >> (64 - bits));
+	__u32 second = (__u32)(h >> (64 - 2 * bits)) & ((1U << bits) - 1);
+
+	return bucket_holds(bpf_map_lookup_elem(table, &first), entry) ||
+	       bucket_holds(bpf_map_lookup_elem(table, &second), entry);
+}
+
+/* The single address, then the prefixes of each length the slot probes, in
+ * a table of 2^bits buckets. */
+static __always_inline int deny4_in(void *table, const __u32 bits, const struct pkt *p,
+				    const struct cg_config *cfg)
+{
+	__u32 addr = bpf_ntohl(p->src4), len;
+	int i;
+
+	if (!table)
+		return 0;
+	if (deny4_holds(table, bits, addr, 32))
+		return 1;
+	for (i = 0; i < CG_DENY4_PROBES; i++) {
+		if (i >= cfg->deny4_probes)
+			break;
+		len = cfg->deny4_len[i] & 31;
+		if (deny4_holds(table, bits, len ? addr & (~0U << (32 - len)) : 0, len))
+			return 1;
+	}
+	return 0;
+}
+
+/* The table of the slot's size: each lookup is into a map of a size the
+ * verifier knows, which it inlines. */
+static __always_inline int deny4_table_holds(const struct pkt *p, const struct cg_config *cfg,
+					     __u32 slot)
+{
+	switch (cfg->deny4_bits) {
+	case CG_DENY4_BITS_S:
+		return deny4_in(slot_map(&cg_deny4_s, slot), CG_DENY4_BITS_S, p, cfg);
+	case CG_DENY4_BITS_M:
+		return deny4_in(slot_map(&cg_deny4_m, slot), CG_DENY4_BITS_M, p, cfg);
+	case CG_DENY4_BITS_L:
+		return deny4_in(slot_map(&cg_deny4_l, slot), CG_DENY4_BITS_L, p, cfg);
+	}
+	return 0;
+}
+
 static __always_inline int denied(const struct pkt *p, const struct cg_config *cfg, __u32 slot)
 {
 	void *hash, *trie;
@@ -111,8 +177,7 @@ static __always_inline int denied(const struct pkt *p, const struct cg_config *c
 	if (p->family == 4) {
 		struct cg_lpm4 key = { .prefixlen = 32, .addr_be = p->src4 };
 
-		hash = slot_map(&cg_deny4, slot);
-		if (hash && bpf_map_lookup_elem(hash, &p->src4))
+		if (deny4_table_holds(p, cfg, slot))
 			return 1;
 		if (!(cfg->flags & CG_CFG_DENY4_PREFIXES))
 			return 0;

@@ -11,7 +11,7 @@
 use std::fmt;
 
 /// The ABI version compiled into this agent (`CG_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// What the program did with a packet (`enum cg_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -200,7 +200,53 @@ pub struct Config {
     pub icmp_echo_pps: u32,
     pub wg_handshake_pps: u32,
     pub wg_handshake_burst: u32,
-    pub _pad2: u32,
+    /// The size of the slot's IPv4 deny table: 2^`deny4_bits` buckets, one of `DENY4_SIZES`.
+    pub deny4_bits: u8,
+    /// How many of `deny4_len` the program probes: the prefix lengths the table holds.
+    pub deny4_probes: u8,
+    pub deny4_len: [u8; DENY4_PROBES],
+    pub _pad2: u16,
+}
+
+/// `CG_DENY4_PROBES`: the most prefix lengths the IPv4 deny table holds; a deny set with more
+/// keeps its prefixes in the `cg_deny4_lpm` trie.
+pub const DENY4_PROBES: usize = 4;
+/// `CG_DENY4_SEED`: the hash of the IPv4 deny table.
+pub const DENY4_SEED: u64 = 0x1319_8a2e_0370_7344;
+/// `CG_DENY4_BITS_S`, `_M`, `_L`: the three sizes of the IPv4 deny table (2^bits buckets),
+/// each its own outer map (`cg_deny4_s`, `cg_deny4_m`, `cg_deny4_l`).
+pub const DENY4_BITS_S: u8 = 10;
+pub const DENY4_BITS_M: u8 = 15;
+pub const DENY4_BITS_L: u8 = 20;
+pub const DENY4_SIZES: [u8; 3] = [DENY4_BITS_S, DENY4_BITS_M, DENY4_BITS_L];
+
+/// `struct cg_deny4_bucket`: four entries of [`deny4_entry`]; 0 is an empty entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Deny4Bucket {
+    pub entry: [u64; 4],
+}
+
+/// An entry of the IPv4 deny table: `addr` masked to `len` bits, with the length.
+#[must_use]
+pub fn deny4_entry(addr: [u8; 4], len: u8) -> u64 {
+    let len = len.min(32);
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    (u64::from(len + 1) << 32) | u64::from(u32::from_be_bytes(addr) & mask)
+}
+
+/// The two places of `entry` in an IPv4 deny table of 2^`bits` buckets, from
+/// `cg_deny4_hash`.
+#[must_use]
+pub fn deny4_places(entry: u64, bits: u8) -> [u32; 2] {
+    let bits = u32::from(bits.clamp(1, 31));
+    let h = (entry ^ DENY4_SEED).wrapping_mul(RL_K1);
+    let h = (h ^ (h >> 32)).wrapping_mul(RL_K2);
+    let h = h ^ (h >> 29);
+    [
+        u32::try_from(h >> (64 - bits)).unwrap_or(0),
+        u32::try_from((h >> (64 - 2 * bits)) & ((1u64 << bits) - 1)).unwrap_or(0),
+    ]
 }
 
 /// `struct cg_stats`.
@@ -452,7 +498,8 @@ pub const FLOW_UDP_TIMEOUT_S: u64 = 120;
 pub const FLOW_ICMP_TIMEOUT_S: u64 = 30;
 pub const FRAG_TIMEOUT_S: u64 = 10;
 
-const _: () = assert!(std::mem::size_of::<Config>() == 44);
+const _: () = assert!(std::mem::size_of::<Config>() == 48);
+const _: () = assert!(std::mem::size_of::<Deny4Bucket>() == 32);
 const _: () = assert!(std::mem::size_of::<Ban>() == 16);
 const _: () = assert!(std::mem::size_of::<RlKey>() == 20);
 const _: () = assert!(std::mem::size_of::<Rl>() == 16);
@@ -512,6 +559,8 @@ mod pod {
     unsafe impl aya::Pod for RlSlot {}
     // SAFETY: see above.
     unsafe impl aya::Pod for EventBudget {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Deny4Bucket {}
     // SAFETY: see above.
     unsafe impl aya::Pod for FragKey {}
     // SAFETY: see above.
@@ -579,6 +628,7 @@ mod tests {
         check("CG_SIZEOF_RL_KEY", std::mem::size_of::<RlKey>());
         check("CG_SIZEOF_RL_SLOT", std::mem::size_of::<RlSlot>());
         check("CG_SIZEOF_EVENT_BUDGET", std::mem::size_of::<EventBudget>());
+        check("CG_SIZEOF_DENY4_BUCKET", std::mem::size_of::<Deny4Bucket>());
         check("CG_SIZEOF_RL", std::mem::size_of::<Rl>());
         check("CG_SIZEOF_FRAG_KEY", std::mem::size_of::<FragKey>());
         check("CG_SIZEOF_FRAG", std::mem::size_of::<Frag>());
@@ -683,9 +733,14 @@ mod tests {
             ("CG_RL_K1", RL_K1),
             ("CG_RL_K2", RL_K2),
             ("CG_RL_K3", RL_K3),
+            ("CG_DENY4_SEED", DENY4_SEED),
         ] {
             assert_eq!(header_hex(name), value, "{name}");
         }
+        assert_eq!(header_value("CG_DENY4_PROBES"), DENY4_PROBES as u64);
+        assert_eq!(header_value("CG_DENY4_BITS_S"), u64::from(DENY4_BITS_S));
+        assert_eq!(header_value("CG_DENY4_BITS_M"), u64::from(DENY4_BITS_M));
+        assert_eq!(header_value("CG_DENY4_BITS_L"), u64::from(DENY4_BITS_L));
         assert_eq!(header_value("CG_FRAG_MAX"), u64::from(FRAG_MAX));
         assert_eq!(header_value("CG_FLOW_MAX"), u64::from(FLOW_MAX));
         assert_eq!(header_value("CG_DGRAM_FLOW_MAX"), u64::from(DGRAM_FLOW_MAX));
@@ -803,10 +858,14 @@ mod tests {
             flags: CFG_ALLOW_ESTABLISHED,
             wg_port_be: 51820u16.to_be(),
             src_pps: 7,
+            deny4_bits: 9,
+            deny4_probes: 2,
+            deny4_len: [24, 16, 0, 0],
             ..Config::default()
         };
-        // SAFETY: Config is Pod (see the impl above) and 44 bytes long.
-        let bytes: [u8; 44] = unsafe { std::mem::transmute(cfg) };
+        // SAFETY: Config is Pod (see the impl above) and 48 bytes long.
+        let bytes: [u8; 48] = unsafe { std::mem::transmute(cfg) };
+        assert_eq!(&bytes[40..46], &[9, 2, 24, 16, 0, 0]);
         assert_eq!(&bytes[12..16], &7u32.to_ne_bytes());
         let gen = 0x0102_0304u32.to_ne_bytes();
         assert_eq!(&bytes[0..4], &gen);

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod bans;
 pub mod config;
 pub mod counters;
+pub mod deny_table;
 mod error_chain;
 pub mod exit;
 pub mod explain;

@@ -290,23 +290,28 @@ fn net6(addr: [u8; 16], bits: u32) -> IpNet {
 
 // ---- the deny set and bans ----------------------------------------------------
 
-/// `denied`: the hash of single addresses, then the trie of prefixes. The
-/// id of the deny rule that holds the source, if one does.
+/// `denied`: the single addresses, then (IPv4) the prefixes of each length
+/// the deny table holds, then the trie of prefixes. The id of the deny rule
+/// that holds the source, if one does.
 fn denied(policy: &CompiledPolicy, p: &Packet) -> Option<u32> {
     // The tries are consulted only when the slot's flags say they hold
     // prefixes, as in the C.
     let flags = policy.config.flags;
     let rule = if p.family == 4 {
-        policy.deny4.get(&p.src4).or_else(|| {
-            (flags & abi::CFG_DENY4_PREFIXES != 0)
-                .then(|| {
-                    longest_match(&policy.deny4_lpm, &p.src4, |k| {
-                        (k.prefixlen, &k.addr_be[..])
+        policy
+            .deny4
+            .get(&p.src4)
+            .or_else(|| probed_deny4(policy, p.src4))
+            .or_else(|| {
+                (flags & abi::CFG_DENY4_PREFIXES != 0)
+                    .then(|| {
+                        longest_match(&policy.deny4_lpm, &p.src4, |k| {
+                            (k.prefixlen, &k.addr_be[..])
+                        })
                     })
-                })
-                .flatten()
-                .map(|(_, rule)| rule)
-        })
+                    .flatten()
+                    .map(|(_, rule)| rule)
+            })
     } else {
         policy.deny6.get(&p.src).or_else(|| {
             (flags & abi::CFG_DENY6_PREFIXES != 0)
@@ -316,6 +321,19 @@ fn denied(policy: &CompiledPolicy, p: &Packet) -> Option<u32> {
         })
     };
     rule.map(|rule| rule.rule_id)
+}
+
+/// `deny4_table_holds`: the prefixes of the lengths the table holds, longest first.
+fn probed_deny4(policy: &CompiledPolicy, src: [u8; 4]) -> Option<&abi::Rule> {
+    let probes = usize::from(policy.config.deny4_probes).min(abi::DENY4_PROBES);
+    policy.config.deny4_len[..probes].iter().find_map(|len| {
+        let masked = abi::deny4_entry(src, *len);
+        let addr = u32::try_from(masked & u64::from(u32::MAX)).unwrap_or(0);
+        policy.deny4_lpm.get(&abi::Lpm4 {
+            prefixlen: u32::from(*len),
+            addr_be: addr.to_be_bytes(),
+        })
+    })
 }
 
 /// `ban_active`: the ban as [`Matched`] when it is in force.

@@ -59,15 +59,34 @@ pub fn compile(config: &Config) -> Result<CompiledPolicy, PolicyError> {
         ..Default::default()
     };
     compile_deny(config, &mut policy);
-    if !policy.deny4_lpm.is_empty() {
-        policy.config.flags |= abi::CFG_DENY4_PREFIXES;
-    }
+    place_deny4_prefixes(&mut policy);
     if !policy.deny6_lpm.is_empty() {
         policy.config.flags |= abi::CFG_DENY6_PREFIXES;
     }
     compile_services(config, &mut policy)?;
     check_capacity(&policy)?;
     Ok(policy)
+}
+
+/// IPv4 prefixes of at most `DENY4_PROBES` lengths go in the deny table, each length probed
+/// by XDP, longest first; with more lengths they stay in the trie (`CFG_DENY4_PREFIXES`).
+fn place_deny4_prefixes(policy: &mut CompiledPolicy) {
+    let lengths: std::collections::BTreeSet<u8> = policy
+        .deny4_lpm
+        .keys()
+        .filter_map(|key| u8::try_from(key.prefixlen).ok())
+        .collect();
+    if lengths.is_empty() {
+        return;
+    }
+    if lengths.len() > abi::DENY4_PROBES {
+        policy.config.flags |= abi::CFG_DENY4_PREFIXES;
+        return;
+    }
+    for (slot, len) in policy.config.deny4_len.iter_mut().zip(lengths.iter().rev()) {
+        *slot = *len;
+    }
+    policy.config.deny4_probes = u8::try_from(lengths.len()).unwrap_or(0);
 }
 
 fn global_settings(config: &Config) -> abi::Config {
@@ -319,6 +338,28 @@ mod tests {
             policy.deny_rule_for("192.0.2.1".parse().expect("addr")),
             None
         );
+    }
+
+    #[test]
+    fn ipv4_prefixes_of_few_lengths_are_probed_in_the_table_and_of_many_in_the_trie() {
+        let few = compile_src(
+            "[firewall.deny]\nsources = [\"10.0.0.0/8\", \"10.1.0.0/16\", \"10.2.3.0/24\", \
+             \"10.4.0.0/16\", \"192.0.2.7\"]\n",
+        );
+        assert_eq!(few.config.flags & abi::CFG_DENY4_PREFIXES, 0);
+        assert_eq!(few.config.deny4_probes, 3);
+        assert_eq!(few.config.deny4_len, [24, 16, 8, 0], "longest first");
+        let table = crate::deny_table::build(&few).expect("table");
+        assert!(table.holds(abi::deny4_entry([10, 1, 0, 0], 16)));
+        assert!(table.holds(abi::deny4_entry([192, 0, 2, 7], 32)));
+
+        let many = compile_src(
+            "[firewall.deny]\nsources = [\"10.0.0.0/8\", \"11.0.0.0/9\", \"12.0.0.0/10\", \
+             \"13.0.0.0/11\", \"14.0.0.0/12\"]\n",
+        );
+        assert_ne!(many.config.flags & abi::CFG_DENY4_PREFIXES, 0);
+        assert_eq!(many.config.deny4_probes, 0);
+        assert!(crate::deny_table::entries(&many).is_empty());
     }
 
     #[test]

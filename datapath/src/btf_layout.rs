@@ -358,6 +358,9 @@ fn mirrors() -> Vec<(&'static str, Layout)> {
                 icmp_echo_pps,
                 wg_handshake_pps,
                 wg_handshake_burst,
+                deny4_bits,
+                deny4_probes,
+                deny4_len,
                 _pad2,
             ]
         ),
@@ -375,6 +378,7 @@ fn mirrors() -> Vec<(&'static str, Layout)> {
         mirror!("cg_rl", abi::Rl, [tat_ns, rate, burst]),
         mirror!("cg_rl_slot", abi::RlSlot, [key, seen, bucket]),
         mirror!("cg_event_budget", abi::EventBudget, [bucket, spent_jiffies]),
+        mirror!("cg_deny4_bucket", abi::Deny4Bucket, [entry]),
         mirror!(
             "cg_frag_key",
             abi::FragKey,
@@ -551,7 +555,11 @@ fn fnv1a(text: &str) -> u64 {
 ///
 /// Version 6 made `cg_event_budget` a `cg_event_budget` (the bucket and the tick in which it
 /// was last found spent), so that a flood of drops reads the clock once per tick.
-const FINGERPRINT: (u32, u64) = (6, 0x08f8_f922_d463_40f1);
+///
+/// Version 7 made the IPv4 deny set of a slot a table of buckets (`cg_deny4_s`, `_m` and `_l`,
+/// arrays of `cg_deny4_bucket` in three sizes) holding the single addresses and the prefixes of
+/// up to `CG_DENY4_PROBES` lengths, which `cg_config` names, instead of a hash.
+const FINGERPRINT: (u32, u64) = (7, 0x99af_ef90_cf39_3577);
 
 #[test]
 fn the_abi_changes_only_with_its_version() {

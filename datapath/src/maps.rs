@@ -18,10 +18,13 @@ use aya::Pod;
 
 use super::sys;
 use crmguard_core::abi::{self, Action, Reason};
+use crmguard_core::deny_table::{self, Deny4Table};
 use crmguard_core::policy::CompiledPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
+    #[error(transparent)]
+    DenyTable(deny_table::TooLarge),
     #[error("cannot open pinned map {path}")]
     Open {
         path: PathBuf,
@@ -81,7 +84,9 @@ pub const MAP_SPECS: &[MapSpec] = &[
     spec::<u32, u32>("cg_abi", 1),
     spec::<u32, u32>("cg_active", 1),
     spec::<u32, abi::Config>("cg_config", abi::POLICY_SLOTS),
-    spec::<u32, u32>("cg_deny4", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_deny4_s", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_deny4_m", abi::POLICY_SLOTS),
+    spec::<u32, u32>("cg_deny4_l", abi::POLICY_SLOTS),
     spec::<u32, u32>("cg_deny6", abi::POLICY_SLOTS),
     spec::<u32, u32>("cg_deny4_lpm", abi::POLICY_SLOTS),
     spec::<u32, u32>("cg_deny6_lpm", abi::POLICY_SLOTS),
@@ -137,11 +142,25 @@ const fn kind<K, V>(outer: &'static str, map_type: u32, max_entries: u32, flags:
     }
 }
 
-const DENY4: Kind = kind::<[u8; 4], abi::Rule>(
-    "cg_deny4",
-    sys::BPF_MAP_TYPE_HASH,
-    abi::DENY_HOST_MAX,
-    sys::BPF_F_NO_PREALLOC,
+/// The IPv4 deny table (`crmguard_core::deny_table`) in each of its three sizes: an array of
+/// buckets. A slot has a table in the outer map of its size only.
+const DENY4_S: Kind = kind::<u32, abi::Deny4Bucket>(
+    "cg_deny4_s",
+    sys::BPF_MAP_TYPE_ARRAY,
+    1 << abi::DENY4_BITS_S,
+    0,
+);
+const DENY4_M: Kind = kind::<u32, abi::Deny4Bucket>(
+    "cg_deny4_m",
+    sys::BPF_MAP_TYPE_ARRAY,
+    1 << abi::DENY4_BITS_M,
+    0,
+);
+const DENY4_L: Kind = kind::<u32, abi::Deny4Bucket>(
+    "cg_deny4_l",
+    sys::BPF_MAP_TYPE_ARRAY,
+    1 << abi::DENY4_BITS_L,
+    0,
 );
 const DENY6: Kind = kind::<[u8; 16], abi::Rule>(
     "cg_deny6",
@@ -175,8 +194,8 @@ const SVC_FROM6: Kind = kind::<abi::SvcLpm6, abi::Rule>(
     sys::BPF_F_NO_PREALLOC,
 );
 
-const KINDS: [&Kind; 7] = [
-    &DENY4, &DENY6, &DENY4_LPM, &DENY6_LPM, &SVC, &SVC_FROM4, &SVC_FROM6,
+const KINDS: [&Kind; 9] = [
+    &DENY4_S, &DENY4_M, &DENY4_L, &DENY6, &DENY4_LPM, &DENY6_LPM, &SVC, &SVC_FROM4, &SVC_FROM6,
 ];
 
 /// Each kind's outer map, inner map type, key and value sizes, capacity and flags: what the
@@ -199,6 +218,8 @@ pub(crate) fn inner_kinds() -> impl Iterator<Item = (&'static str, u32, u32, u32
 struct Entries {
     keys: Vec<u8>,
     values: Vec<u8>,
+    /// The slot has no map of this kind: a deny table of another size.
+    absent: bool,
 }
 
 /// Inner maps up to this capacity are refilled in place on a reload.
@@ -228,7 +249,28 @@ impl Entries {
             keys.extend_from_slice(sys::bytes_of(k));
             values.extend_from_slice(sys::bytes_of(v));
         }
-        Entries { keys, values }
+        Entries {
+            keys,
+            values,
+            absent: false,
+        }
+    }
+
+    /// The table's buckets, when it has the size `bits`; else no map.
+    fn of_table(table: &Deny4Table, bits: u8) -> Entries {
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        if table.bits == bits {
+            for (index, bucket) in table.occupied() {
+                keys.extend_from_slice(&index.to_ne_bytes());
+                values.extend_from_slice(sys::bytes_of(bucket));
+            }
+        }
+        Entries {
+            keys,
+            values,
+            absent: table.bits != bits,
+        }
     }
 
     fn count(&self, kind: &Kind) -> u32 {
@@ -248,11 +290,21 @@ impl Entries {
     }
 }
 
-fn entries(policy: &CompiledPolicy) -> [Entries; 7] {
-    [
-        Entries::of(&policy.deny4),
+/// The entries of every kind for `policy`, and the bits of its IPv4 deny table.
+fn entries(policy: &CompiledPolicy) -> Result<([Entries; 9], u8), MapsError> {
+    let table = deny_table::build(policy).map_err(MapsError::DenyTable)?;
+    // The trie holds the prefixes only when the table does not (CFG_DENY4_PREFIXES).
+    let trie4 = if policy.config.flags & abi::CFG_DENY4_PREFIXES == 0 {
+        BTreeMap::new()
+    } else {
+        policy.deny4_lpm.clone()
+    };
+    let all = [
+        Entries::of_table(&table, abi::DENY4_BITS_S),
+        Entries::of_table(&table, abi::DENY4_BITS_M),
+        Entries::of_table(&table, abi::DENY4_BITS_L),
         Entries::of(&policy.deny6),
-        Entries::of(&policy.deny4_lpm),
+        Entries::of(&trie4),
         Entries::of(&policy.deny6_lpm),
         Entries::of(
             &policy
@@ -263,7 +315,8 @@ fn entries(policy: &CompiledPolicy) -> [Entries; 7] {
         ),
         Entries::of(&policy.svc_from4),
         Entries::of(&policy.svc_from6),
-    ]
+    ];
+    Ok((all, table.bits))
 }
 
 /// How many entries differ between the kernel and a policy.
@@ -355,7 +408,12 @@ impl PolicyMaps {
     }
 
     /// The settings as written to the kernel for `policy` at `generation`.
-    fn kernel_config(&self, policy: &CompiledPolicy, generation: u32) -> abi::Config {
+    fn kernel_config(
+        &self,
+        policy: &CompiledPolicy,
+        generation: u32,
+        deny4_bits: u8,
+    ) -> abi::Config {
         let per_cpu = if policy.global_syn_per_s == 0 {
             0
         } else {
@@ -364,6 +422,7 @@ impl PolicyMaps {
         abi::Config {
             generation,
             syn_per_cpu_per_s: per_cpu,
+            deny4_bits,
             ..policy.config
         }
     }
@@ -379,14 +438,21 @@ impl PolicyMaps {
     pub fn apply(&mut self, policy: &CompiledPolicy, generation: u32) -> Result<(), MapsError> {
         let next = (self.active_slot()? + 1) % abi::POLICY_SLOTS;
         let next_index = usize::try_from(next).unwrap_or(0);
-        for (((kind, entries), outer), placed) in KINDS
+        let (all, deny4_bits) = entries(policy)?;
+        for ((((kind, entries), outer), outer_fd), placed) in KINDS
             .iter()
-            .zip(entries(policy))
+            .zip(all)
             .zip(self.outer.iter_mut())
+            .zip(self.outer_fds.iter())
             .zip(self.placed.iter_mut())
         {
             let count = entries.count(kind);
             let slot = &mut placed[next_index];
+            if entries.absent {
+                *slot = None;
+                remove_inner(outer_fd, kind, next)?;
+                continue;
+            }
             // Else by id, which only an agent with CAP_SYS_ADMIN can open.
             let reusable = match slot.take().or_else(|| outer.get(&next, 0).ok()) {
                 Some(inner) => {
@@ -447,7 +513,7 @@ impl PolicyMaps {
             }
         }
         self.config
-            .set(next, self.kernel_config(policy, generation), 0)
+            .set(next, self.kernel_config(policy, generation, deny4_bits), 0)
             .map_err(|source| MapsError::Update {
                 map: "cg_config",
                 source,
@@ -482,16 +548,7 @@ impl PolicyMaps {
                 continue;
             }
             placed[inactive_index] = None;
-            match sys::delete_elem(outer_fd.fd().as_fd(), &inactive.to_ne_bytes()) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(source) => {
-                    return Err(MapsError::Fill {
-                        map: kind.outer,
-                        source,
-                    })
-                }
-            }
+            remove_inner(outer_fd, kind, inactive)?;
         }
         Ok(())
     }
@@ -506,9 +563,10 @@ impl PolicyMaps {
         let slot = self.active_slot()?;
         let slot_index = usize::try_from(slot).unwrap_or(0);
         let mut differ = 0u64;
+        let (all, deny4_bits) = entries(policy)?;
         for (((kind, desired), outer), placed) in KINDS
             .iter()
-            .zip(entries(policy))
+            .zip(all)
             .zip(self.outer.iter())
             .zip(self.placed.iter())
         {
@@ -531,7 +589,9 @@ impl PolicyMaps {
             };
             differ += count_differences(&desired, &present);
         }
-        if self.config.get(&slot, 0).ok() != Some(self.kernel_config(policy, generation)) {
+        if self.config.get(&slot, 0).ok()
+            != Some(self.kernel_config(policy, generation, deny4_bits))
+        {
             differ += 1;
         }
         Ok(Divergence { entries: differ })
@@ -562,6 +622,18 @@ impl PolicyMaps {
     }
 }
 
+/// Takes the inner map of `slot` out of its outer map, if it has one.
+fn remove_inner(outer_fd: &MapData, kind: &Kind, slot: u32) -> Result<(), MapsError> {
+    match sys::delete_elem(outer_fd.fd().as_fd(), &slot.to_ne_bytes()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(source) => Err(MapsError::Fill {
+            map: kind.outer,
+            source,
+        }),
+    }
+}
+
 fn count_differences(
     desired: &BTreeMap<Vec<u8>, Vec<u8>>,
     present: &BTreeMap<Vec<u8>, Vec<u8>>,
@@ -589,7 +661,8 @@ fn read_raw(inner: &MapData, kind: &Kind) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, 
         }))
     })?;
     if kind.is_array() {
-        return read_array(fd.as_fd(), kind);
+        let capacity = inner.info().map_or(kind.max_entries, |i| i.max_entries());
+        return read_array(fd.as_fd(), kind, capacity);
     }
     let map = Map::from_map_data(MapData::from_fd(fd).map_err(read_err)?).map_err(read_err)?;
     let mut out = BTreeMap::new();
@@ -624,16 +697,16 @@ fn read_raw(inner: &MapData, kind: &Kind) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, 
 fn read_array(
     fd: std::os::fd::BorrowedFd<'_>,
     kind: &Kind,
+    capacity: u32,
 ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MapsError> {
     let value_size = usize::try_from(kind.value_size).unwrap_or(1).max(1);
-    let values =
-        sys::read_array(fd, value_size, kind.max_entries).map_err(|source| MapsError::Read {
-            map: kind.outer,
-            source: MapError::from(aya::sys::SyscallError {
-                call: "bpf_map_lookup_batch",
-                io_error: source,
-            }),
-        })?;
+    let values = sys::read_array(fd, value_size, capacity).map_err(|source| MapsError::Read {
+        map: kind.outer,
+        source: MapError::from(aya::sys::SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error: source,
+        }),
+    })?;
     Ok((0u32..)
         .zip(values.chunks(value_size))
         .filter(|(_, value)| value.iter().any(|b| *b != 0))

@@ -25,7 +25,7 @@
  * meaning of a number changes: the agent stamps it into the cg_abi map of
  * the maps it pins, and an agent of another version refuses to adopt them.
  */
-#define CG_ABI_VERSION 6
+#define CG_ABI_VERSION 7
 
 /* Actions: what the program did with a packet (the `action` metric label). */
 enum cg_action {
@@ -100,6 +100,16 @@ enum cg_icmp_policy {
 #define CG_POLICY_SLOTS 2
 
 /* cg_config[slot]: the global settings of the policy in that slot. */
+/*
+ * The IPv4 deny set of a slot is one table, an array of buckets where each
+ * entry has two places (cg_deny4_hash): lookups that are a hash of one word
+ * and two array reads, where a hash map costs a call and a jhash, and an LPM
+ * trie a walk.  It holds the single addresses and, when the deny set has at
+ * most CG_DENY4_PROBES prefix lengths, the prefixes too, each probed by its
+ * length.  With more lengths the prefixes stay in the cg_deny4_lpm trie.
+ */
+#define CG_DENY4_PROBES 4
+
 struct cg_config {
 	__u32 generation;
 	__u8 mode;           /* enum cg_mode */
@@ -118,7 +128,13 @@ struct cg_config {
 	__u32 icmp_echo_pps;      /* echo requests, per source address */
 	__u32 wg_handshake_pps;   /* WireGuard initiations, per source address */
 	__u32 wg_handshake_burst;
-	__u32 _pad2;
+	/* The slot's IPv4 deny table: 2^deny4_bits buckets, holding the single
+	 * addresses and the prefixes of the deny4_probes lengths in deny4_len
+	 * (see struct cg_deny4_bucket). */
+	__u8 deny4_bits;
+	__u8 deny4_probes;
+	__u8 deny4_len[CG_DENY4_PROBES];
+	__u16 _pad2;
 };
 
 /* cg_stats[CG_STATS_INDEX(...)]: per-CPU packet and byte counters. */
@@ -131,6 +147,33 @@ struct cg_stats {
 struct cg_addr6 {
 	__u8 addr[16];
 };
+
+/*
+ * A bucket of the IPv4 deny table.  An entry is ((prefix length + 1) << 32) | the
+ * address masked to that length, in host order; 0 is an empty entry.
+ */
+struct cg_deny4_bucket {
+	__u64 entry[4];
+};
+
+/*
+ * The places of an entry e in a table of 2^bits buckets, with
+ * mix(x) = x ^ (x >> 32):
+ *   h = (e ^ CG_DENY4_SEED) * CG_RL_K1;  h = mix(h) * CG_RL_K2;  h ^= h >> 29;
+ * the first place is the top `bits` bits of h, the second the `bits` bits
+ * below them.  The agent places each entry in one of its two buckets
+ * (cuckoo hashing).
+ *
+ * A table has one of three sizes, each its own outer map, so that the
+ * verifier inlines every lookup for a size it knows: 2^10, 2^15 or 2^20
+ * buckets (32 KiB, 1 MiB, 32 MiB), the smallest that holds the deny set.
+ * cg_config.deny4_bits names the size in force; the other two outer maps
+ * have no table in that slot.
+ */
+#define CG_DENY4_SEED 0x13198a2e03707344ULL
+#define CG_DENY4_BITS_S 10
+#define CG_DENY4_BITS_M 15
+#define CG_DENY4_BITS_L 20
 
 /* Keys of the deny LPM tries: only true prefixes live there. */
 struct cg_lpm4 {
@@ -386,7 +429,7 @@ _Static_assert(CG_RL_NEW_PER_CPU_PER_S == CG_RL_MAX / 64, "the new-bucket budget
 #define CG_SVC_FROM_MAX 16384
 
 /* Sizes both sides assert. */
-#define CG_SIZEOF_CONFIG 44
+#define CG_SIZEOF_CONFIG 48
 #define CG_SIZEOF_STATS 16
 #define CG_SIZEOF_ADDR6 16
 #define CG_SIZEOF_LPM4 8
@@ -401,6 +444,7 @@ _Static_assert(CG_RL_NEW_PER_CPU_PER_S == CG_RL_MAX / 64, "the new-bucket budget
 #define CG_SIZEOF_RL 16
 #define CG_SIZEOF_RL_SLOT 40
 #define CG_SIZEOF_EVENT_BUDGET 24
+#define CG_SIZEOF_DENY4_BUCKET 32
 #define CG_SIZEOF_FRAG_KEY 40
 #define CG_SIZEOF_FRAG 16
 #define CG_SIZEOF_FLOW_KEY 40
@@ -422,6 +466,7 @@ _Static_assert(sizeof(struct cg_rl_key) == CG_SIZEOF_RL_KEY, "cg_rl_key size");
 _Static_assert(sizeof(struct cg_rl) == CG_SIZEOF_RL, "cg_rl size");
 _Static_assert(sizeof(struct cg_rl_slot) == CG_SIZEOF_RL_SLOT, "cg_rl_slot size");
 _Static_assert(sizeof(struct cg_event_budget) == CG_SIZEOF_EVENT_BUDGET, "cg_event_budget size");
+_Static_assert(sizeof(struct cg_deny4_bucket) == CG_SIZEOF_DENY4_BUCKET, "cg_deny4_bucket size");
 _Static_assert(sizeof(struct cg_frag_key) == CG_SIZEOF_FRAG_KEY, "cg_frag_key size");
 _Static_assert(sizeof(struct cg_frag) == CG_SIZEOF_FRAG, "cg_frag size");
 _Static_assert(sizeof(struct cg_flow_key) == CG_SIZEOF_FLOW_KEY, "cg_flow_key size");

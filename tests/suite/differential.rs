@@ -358,6 +358,9 @@ struct Phase {
     /// `rl_v6_prefix`: how many leading bits of an IPv6 source key its rate limits; the
     /// byte-aligned /64 fast path, an unaligned prefix and whole addresses.
     v6_prefix: u8,
+    /// The IPv4 deny prefixes in the trie (`CFG_DENY4_PREFIXES`), as a deny set with more
+    /// than `DENY4_PROBES` prefix lengths has them, instead of probed in the deny table.
+    deny4_trie: bool,
 }
 
 const ALL_BANS: u32 = abi::BAN_HOSTS4 | abi::BAN_HOSTS6 | abi::BAN_PREFIXES4 | abi::BAN_PREFIXES6;
@@ -372,6 +375,7 @@ const PHASES: [Phase; 5] = [
         limits: Limits::All,
         ban_flags: ALL_BANS,
         v6_prefix: 64,
+        deny4_trie: false,
     },
     Phase {
         name: "enforce, drop, essential icmp, replies, no limits",
@@ -382,6 +386,7 @@ const PHASES: [Phase; 5] = [
         limits: Limits::None,
         ban_flags: ALL_BANS,
         v6_prefix: 64,
+        deny4_trie: true,
     },
     Phase {
         name: "monitor, drop, all icmp, no replies, no limits",
@@ -392,6 +397,7 @@ const PHASES: [Phase; 5] = [
         limits: Limits::None,
         ban_flags: abi::BAN_HOSTS4 | abi::BAN_PREFIXES6,
         v6_prefix: 64,
+        deny4_trie: false,
     },
     Phase {
         name: "enforce, allow, no icmp, replies, service limits",
@@ -402,6 +408,7 @@ const PHASES: [Phase; 5] = [
         limits: Limits::ServicesOnly,
         ban_flags: 0,
         v6_prefix: 128,
+        deny4_trie: false,
     },
     Phase {
         name: "monitor, drop, no icmp, replies, limits",
@@ -412,6 +419,7 @@ const PHASES: [Phase; 5] = [
         limits: Limits::All,
         ban_flags: abi::BAN_HOSTS6 | abi::BAN_PREFIXES4,
         v6_prefix: 57,
+        deny4_trie: true,
     },
 ];
 
@@ -429,6 +437,11 @@ fn variant(base: &CompiledPolicy, phase: &Phase) -> CompiledPolicy {
         } else {
             0
         };
+    if phase.deny4_trie && !base.deny4_lpm.is_empty() {
+        cfg.flags |= abi::CFG_DENY4_PREFIXES;
+        cfg.deny4_probes = 0;
+        cfg.deny4_len = [0; abi::DENY4_PROBES];
+    }
     if matches!(phase.limits, Limits::None | Limits::ServicesOnly) {
         cfg.src_pps = 0;
         cfg.src_burst = 0;

@@ -6,7 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData};
+use aya::maps::{Array, ArrayOfMaps, Map, MapData};
+use crmguard_core::abi;
 use crmguard_lab::agent::{metric_value, Agent};
 use crmguard_lab::net::{self, UdpReceiver};
 use crmguard_lab::privileged;
@@ -47,7 +48,7 @@ fn status_u64(agent: &Agent, key: &str) -> Result<u64> {
         .with_context(|| format!("status has no {key}"))
 }
 
-/// Deletes `addr` from the deny hash of the policy in force, as an operator
+/// Deletes `addr` from the IPv4 deny table of the policy in force, as an operator
 /// poking at the maps with bpftool would.
 fn delete_deny_entry(agent: &Agent, addr: IpAddr) -> Result<()> {
     let IpAddr::V4(addr) = addr else {
@@ -60,15 +61,28 @@ fn delete_deny_entry(agent: &Agent, addr: IpAddr) -> Result<()> {
     };
     let active: Array<MapData, u32> = Array::try_from(open("cg_active")?)?;
     let slot = active.get(&0, 0)?;
-    let outer: ArrayOfMaps<MapData, MapData> = ArrayOfMaps::try_from(open("cg_deny4")?)?;
+    let config: Array<MapData, abi::Config> = Array::try_from(open("cg_config")?)?;
+    let bits = config.get(&slot, 0)?.deny4_bits;
+    let outer_name = match bits {
+        abi::DENY4_BITS_S => "cg_deny4_s",
+        abi::DENY4_BITS_M => "cg_deny4_m",
+        _ => "cg_deny4_l",
+    };
+    let outer: ArrayOfMaps<MapData, MapData> = ArrayOfMaps::try_from(open(outer_name)?)?;
     let inner = outer
         .get(&slot, 0)
-        .context("the slot in force has no deny map")?;
-    let mut deny: HashMap<MapData, [u8; 4], [u8; 4]> =
-        HashMap::try_from(Map::from_map_data(inner)?)?;
-    deny.remove(&addr.octets())
-        .context("removing the deny entry")?;
-    Ok(())
+        .context("the slot in force has no deny table")?;
+    let mut table: Array<MapData, abi::Deny4Bucket> = Array::try_from(Map::from_map_data(inner)?)?;
+    let entry = abi::deny4_entry(addr.octets(), 32);
+    for index in abi::deny4_places(entry, bits) {
+        let mut bucket = table.get(&index, 0)?;
+        if let Some(held) = bucket.entry.iter_mut().find(|e| **e == entry) {
+            *held = 0;
+            table.set(index, bucket, 0).context("writing the bucket")?;
+            return Ok(());
+        }
+    }
+    bail!("the deny table does not hold {addr}")
 }
 
 #[test]

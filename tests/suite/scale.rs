@@ -81,20 +81,33 @@ fn a_million_addresses_and_100k_prefixes_load_within_5_s() -> Result<()> {
     let _ = crmguard_datapath::uninstall(&pins.0);
     let (mut ebpf, mut maps) =
         crmguard_datapath::load_for_test(&pins.0).context("loading the XDP program")?;
-    let policy = large_policy();
+    // The prefixes in the trie, as a deny set with many prefix lengths has them; then probed
+    // in the deny table by their one length, as the agent places a deny set like this one.
+    let in_trie = large_policy();
+    let mut probed = large_policy();
+    probed.config.flags &= !abi::CFG_DENY4_PREFIXES;
+    probed.config.deny4_probes = 1;
+    probed.config.deny4_len[0] = 24;
 
-    for generation in 1..=2 {
+    for (generation, policy) in [(1, &in_trie), (2, &in_trie), (3, &probed), (4, &probed)] {
         let started = Instant::now();
-        maps.apply(&policy, generation)?;
+        maps.apply(policy, generation)?;
         let took = started.elapsed();
         eprintln!("generation {generation}: {HOSTS} addresses + {PREFIXES} prefixes swapped in in {took:?}");
         assert!(
             took <= DEADLINE,
             "applying took {took:?}, more than {DEADLINE:?}"
         );
+        if generation == 2 {
+            check_verdicts(&mut ebpf)?;
+        }
     }
+    check_verdicts(&mut ebpf)
+}
 
-    let program = crmguard_datapath::program(&mut ebpf)?;
+/// The verdicts of listed and unlisted sources under the policy in force.
+fn check_verdicts(ebpf: &mut aya::Ebpf) -> Result<()> {
+    let program = crmguard_datapath::program(ebpf)?;
     let verdict = |src: Ipv4Addr| -> Result<u32> {
         let frame = udp_from(src);
         let result = program.test_run(TestRunOptions {
