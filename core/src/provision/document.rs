@@ -83,8 +83,10 @@ impl PeersFile {
         for (i, raw) in raw.peer.into_iter().enumerate() {
             let key = format!("peer[{i}]");
             if let Some(peer) = check.peer(&raw, &key) {
-                let line = check.src.position(raw.name.span().start).0;
-                if let Some(first) = seen.insert(peer.name.clone(), line) {
+                // The offset, turned into a line only for a duplicate: placing every name
+                // would index the lines of the whole file on every load.
+                if let Some(first) = seen.insert(peer.name.clone(), raw.name.span().start) {
+                    let first = check.src.position(first).0;
                     check.fail(
                         &raw.name.span(),
                         &format!("{key}.name"),
