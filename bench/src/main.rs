@@ -27,6 +27,9 @@ enum Suite {
     /// VPN goodput, CPU per GB, syscalls per packet and memory against wireguard-go and
     /// boringtun-cli
     Vpn,
+    /// The agent's memory with 1,000 and 10,000 configured peers (the VPN bench's memory
+    /// rows alone)
+    Memory,
     /// Detection: log line to kernel ban latency, a CrowdSec stream of 100,000 decisions,
     /// log-source throughput
     Detect,
@@ -67,6 +70,7 @@ fn run(args: &Args) -> Result<()> {
     match args.suite {
         Some(Suite::Xdp) => xdp::run(&out),
         Some(Suite::Vpn) => vpn::run(&workspace, &out, plan),
+        Some(Suite::Memory) => vpn::run_memory(&workspace, &out),
         Some(Suite::Detect) => detect::run(&workspace, &out),
         None => {
             xdp::run(&out)?;

@@ -1229,14 +1229,15 @@ fn check_tools() -> Result<()> {
     Ok(())
 }
 
-pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
+/// What every VPN measurement needs first: root, the Ctrl-C handler, the output, socket and
+/// work directories, bpffs; returns the work directory and the clock ticks per second.
+fn prepare(out_dir: &Path) -> Result<(WorkDir, f64)> {
     if !cmd::is_root() {
         bail!(
             "the VPN bench creates network namespaces, TUN devices and XDP filters: run it as \
              root (sudo -E cargo xtask bench vpn)"
         );
     }
-    check_tools()?;
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&INTERRUPTED))
             .context("cannot install the Ctrl-C handler")?;
@@ -1252,6 +1253,61 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
         .trim()
         .parse()
         .context("getconf CLK_TCK")?;
+    Ok((work, ticks_per_s))
+}
+
+/// The agent's memory at [`RSS_PEERS`] and [`RSS_PEERS_LARGE`] peers: (peers, target MiB,
+/// what was measured).
+fn measure_memory(env: &Env<'_>) -> Result<Vec<MemoryRow>> {
+    let mut memory = Vec::new();
+    for (peers, target) in [
+        (RSS_PEERS, RSS_TARGET_MIB),
+        (RSS_PEERS_LARGE, RSS_LARGE_TARGET_MIB),
+    ] {
+        let measured = match env.crmguard {
+            Some(bin) => {
+                eprintln!("bench: agent memory with {peers} peers");
+                memory_with_peers(bin, env, peers).map_err(|e| format!("{e:#}"))
+            }
+            None => Err("crmguard was not built".to_owned()),
+        };
+        check_interrupt()?;
+        memory.push((peers, target, measured));
+    }
+    Ok(memory)
+}
+
+/// The memory rows alone (`crmguard-bench memory`): the same rows and lines as the VPN
+/// bench's report prints for them, and `memory.json`.
+pub fn run_memory(workspace: &Workspace, out_dir: &Path) -> Result<()> {
+    let (work, ticks_per_s) = prepare(out_dir)?;
+    let crmguard = build_crmguard(workspace);
+    let env = Env {
+        work: &work.0,
+        crmguard: crmguard.as_ref().ok().map(PathBuf::as_path),
+        boringtun: None,
+        ticks_per_s,
+    };
+    let memory = measure_memory(&env)?;
+    println!();
+    println!(
+        "{:<52} {:>9} {:>9}",
+        "crmguard against its targets", "measured", "target"
+    );
+    for (name, value, target, verdict) in memory_rows(&memory) {
+        println!("{name:<52} {:>9} {target:>9}  {verdict}", fmt_opt(value, 2));
+    }
+    print_memory_lines(&memory);
+    let json = json!({ "memory": memory_json(&memory) });
+    let path = out_dir.join("memory.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
+
+pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
+    let (work, ticks_per_s) = prepare(out_dir)?;
+    check_tools()?;
 
     let crmguard = build_crmguard(workspace);
     let boringtun = boringtun_cli(workspace, out_dir);
@@ -1373,21 +1429,7 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
     // The tunnels are stopped before the memory measurement.
     drop(pairs);
 
-    let mut memory = Vec::new();
-    for (peers, target) in [
-        (RSS_PEERS, RSS_TARGET_MIB),
-        (RSS_PEERS_LARGE, RSS_LARGE_TARGET_MIB),
-    ] {
-        let measured = match env.crmguard {
-            Some(bin) => {
-                eprintln!("bench: agent memory with {peers} peers");
-                memory_with_peers(bin, &env, peers).map_err(|e| format!("{e:#}"))
-            }
-            None => Err("crmguard was not built".to_owned()),
-        };
-        check_interrupt()?;
-        memory.push((peers, target, measured));
-    }
+    let memory = measure_memory(&env)?;
 
     eprintln!(
         "bench: handshakes completed per second, {HANDSHAKE_PEERS} peers, gateway on one CPU, \
@@ -1430,7 +1472,7 @@ pub(crate) fn verdict(value: Option<f64>, target: f64, at_least: bool) -> &'stat
 /// The measurements beyond the pairs' transfers.
 struct Extra<'a> {
     /// (peers, target MiB, what was measured).
-    memory: &'a [(usize, f64, std::result::Result<Memory, String>)],
+    memory: &'a [MemoryRow],
     table: &'a [std::result::Result<TableMemory, String>; 2],
     handshakes: &'a [Outcome],
     profile: &'a std::result::Result<Profile, String>,
@@ -1498,9 +1540,6 @@ fn report(
     let inspect_cpu =
         [0, 1].map(|d| ratio(cg.cpu_per_gb(d, false), uninspected.cpu_per_gb(d, false)));
     let syscalls = [0, 1].map(|d| cg.syscalls_per_packet(d));
-    let rss_mib = |m: &std::result::Result<Memory, String>| {
-        m.as_ref().ok().map(|m| m.rss_kib as f64 / 1024.0)
-    };
     let handshake_rate = |side: crate::handshakes::Side| {
         handshakes
             .iter()
@@ -1578,15 +1617,7 @@ fn report(
             "",
         ),
     ];
-    for (peers, target, measured) in memory {
-        let mib = rss_mib(measured);
-        rows.push((
-            format!("agent RSS with {peers} peers, MiB"),
-            mib,
-            format!("<= {target}"),
-            verdict(mib, *target, false),
-        ));
-    }
+    rows.extend(memory_rows(memory));
     rows.push((
         format!("handshakes/s crmguard / wireguard-go, {HANDSHAKE_PEERS} peers, 1 CPU"),
         hs_ratio,
@@ -1607,23 +1638,7 @@ fn report(
             fmt_opt(*value, 2)
         );
     }
-    let tunn = crate::memory::tunn_bytes();
-    for (peers, _, measured) in memory {
-        match measured {
-            Ok(m) => println!(
-                "agent with {peers} peers, none connected: admitted all in {:.1} s; boringtun's \
-                 Tunn ({tunn} B) is made at a peer's first handshake, {:.1} MiB if all connect",
-                m.start_seconds,
-                (tunn * peers) as f64 / 1024.0 / 1024.0
-            ),
-            Err(reason) => {
-                println!(
-                    "agent RSS with {peers} peers unavailable: {}",
-                    first_line(reason)
-                );
-            }
-        }
-    }
+    print_memory_lines(memory);
     print_handshakes(handshakes);
     print_profile(profile, floor, cg_cpu);
     for (shape, measured) in ["just opened", "decided"].iter().zip(table) {
@@ -1697,17 +1712,7 @@ fn report(
             }),
             Err(reason) => json!({ "shape": shape, "unavailable": reason }),
         }).collect::<Vec<_>>(),
-        "memory": memory.iter().map(|(peers, target, measured)| match measured {
-            Ok(m) => json!({
-                "peers": m.peers,
-                "rss_mib": m.rss_kib as f64 / 1024.0,
-                "peak_rss_mib": m.hwm_kib as f64 / 1024.0,
-                "target_rss_mib_at_most": target,
-                "start_seconds": m.start_seconds,
-                "tunn_bytes_per_peer": crate::memory::tunn_bytes(),
-            }),
-            Err(reason) => json!({ "peers": peers, "unavailable": reason }),
-        }).collect::<Vec<_>>(),
+        "memory": memory_json(memory),
         "handshakes": {
             "peers": HANDSHAKE_PEERS,
             "seconds_per_window": plan.handshake_seconds,
@@ -1749,6 +1754,64 @@ fn report(
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
     println!("\nwritten to {}", path.display());
     Ok(())
+}
+
+/// One memory measurement: (peers, target MiB, what was measured).
+type MemoryRow = (usize, f64, std::result::Result<Memory, String>);
+
+/// The report's rows of the memory measurements: (name, MiB, target, verdict).
+fn memory_rows(memory: &[MemoryRow]) -> Vec<(String, Option<f64>, String, &'static str)> {
+    memory
+        .iter()
+        .map(|(peers, target, measured)| {
+            let mib = measured.as_ref().ok().map(|m| m.rss_kib as f64 / 1024.0);
+            (
+                format!("agent RSS with {peers} peers, MiB"),
+                mib,
+                format!("<= {target}"),
+                verdict(mib, *target, false),
+            )
+        })
+        .collect()
+}
+
+/// The lines under the table about each memory measurement.
+fn print_memory_lines(memory: &[MemoryRow]) {
+    let tunn = crate::memory::tunn_bytes();
+    for (peers, _, measured) in memory {
+        match measured {
+            Ok(m) => println!(
+                "agent with {peers} peers, none connected: admitted all in {:.1} s; boringtun's \
+                 Tunn ({tunn} B) is made at a peer's first handshake, {:.1} MiB if all connect",
+                m.start_seconds,
+                (tunn * peers) as f64 / 1024.0 / 1024.0
+            ),
+            Err(reason) => {
+                println!(
+                    "agent RSS with {peers} peers unavailable: {}",
+                    first_line(reason)
+                );
+            }
+        }
+    }
+}
+
+/// The memory measurements in the JSON report.
+fn memory_json(memory: &[MemoryRow]) -> Vec<serde_json::Value> {
+    memory
+        .iter()
+        .map(|(peers, target, measured)| match measured {
+            Ok(m) => json!({
+                "peers": m.peers,
+                "rss_mib": m.rss_kib as f64 / 1024.0,
+                "peak_rss_mib": m.hwm_kib as f64 / 1024.0,
+                "target_rss_mib_at_most": target,
+                "start_seconds": m.start_seconds,
+                "tunn_bytes_per_peer": crate::memory::tunn_bytes(),
+            }),
+            Err(reason) => json!({ "peers": peers, "unavailable": reason }),
+        })
+        .collect()
 }
 
 fn print_handshakes(handshakes: &[Outcome]) {

@@ -237,7 +237,17 @@ impl<S> Table<S> {
     /// addresses; should one get through anyway, the first peer keeps it and the conflict is
     /// reported.
     pub fn build(entries: Vec<Entry<S>>) -> (Table<S>, Vec<Conflict>) {
-        let mut table = Table::default();
+        // Sized for every entry up front: grown by doubling, the entries' vector of a large
+        // gateway would keep up to half of it unused for as long as the table is published.
+        let mut table = Table {
+            entries: Vec::with_capacity(entries.len()),
+            by_key: HashMap::with_capacity(entries.len()),
+            by_index: HashMap::with_capacity(entries.len()),
+            allowed: AllowedIps {
+                hosts4: HashMap::with_capacity(entries.len()),
+                ..AllowedIps::default()
+            },
+        };
         let mut conflicts = Vec::new();
         for entry in entries {
             if let Some(&first) = table.by_key.get(&entry.info.public_key) {

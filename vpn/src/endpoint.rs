@@ -130,9 +130,14 @@ impl Settings {
 }
 
 /// What a reload compares to decide whether the peer table must be rebuilt.
+///
+/// The admitted peers are kept as their positions in `config_peers`, not as copies: each
+/// admitted peer's [`PeerInfo`] is made from its configured peer, so equal configured peers
+/// and equal positions are equal admitted peers, and a gateway with tens of thousands of
+/// devices keeps one copy of their names and roles here instead of two.
 #[derive(Debug, Clone, PartialEq)]
 struct Inputs {
-    peers: Vec<PeerInfo>,
+    admitted: Vec<usize>,
     excluded: Vec<(String, peers::Excluded)>,
     roles: Vec<Role>,
     config_peers: Vec<crmguard_core::config::Peer>,
@@ -141,17 +146,44 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn of(config: &Config, now: SystemTime) -> Inputs {
+    /// The inputs of `config` at `now`, and the peers it admits.
+    fn of(config: &Config, now: SystemTime) -> (Inputs, Vec<PeerInfo>) {
         let (peers, excluded) = peers::admitted(config, now);
-        Inputs {
-            peers,
+        // `admitted` keeps the configured order: each admitted peer is the next configured
+        // peer it was made from.
+        let mut admitted = Vec::with_capacity(peers.len());
+        let mut next = peers.iter().peekable();
+        for (at, peer) in config.peers.iter().enumerate() {
+            if next.next_if(|info| made_from(info, peer)).is_some() {
+                admitted.push(at);
+            }
+        }
+        let inputs = Inputs {
+            admitted,
             excluded,
             roles: config.roles.clone(),
             config_peers: config.peers.clone(),
             inspection: config.inspection.clone(),
             mfa_portal_port: config.mfa.portal_port,
-        }
+        };
+        (inputs, peers)
     }
+
+    /// The admitted peers' configuration, in order.
+    fn admitted_peers(&self) -> impl Iterator<Item = &crmguard_core::config::Peer> {
+        self.admitted
+            .iter()
+            .filter_map(|&at| self.config_peers.get(at))
+    }
+}
+
+/// Whether `info` is what [`peers::admitted`] makes of `peer`.
+fn made_from(info: &PeerInfo, peer: &crmguard_core::config::Peer) -> bool {
+    info.name == peer.name
+        && info.public_key == peer.public_key
+        && info.address == peer.address
+        && info.address6 == peer.address6
+        && info.role == peer.role
 }
 
 /// A value replaced whole by the control side and read by the data threads without a shared
@@ -391,14 +423,14 @@ impl Endpoint {
     /// sessions, new peers are admitted, removed, disabled and expired ones are cut at once.
     /// Cheap when nothing changed, so it may run periodically (keys expire with time).
     pub fn update(&mut self, config: &Config) {
-        let inputs = Inputs::of(config, SystemTime::now());
+        let (inputs, admitted) = Inputs::of(config, SystemTime::now());
         if self.inputs.as_ref() == Some(&inputs) {
             return;
         }
-        let mut entries = Vec::with_capacity(inputs.peers.len());
-        let mut cells = HashMap::with_capacity(inputs.peers.len());
+        let mut entries = Vec::with_capacity(admitted.len());
+        let mut cells = HashMap::with_capacity(admitted.len());
         let mut returning = Vec::new();
-        for info in &inputs.peers {
+        for info in admitted {
             let cell = match self.cells.get(&info.public_key) {
                 Some(cell) => Arc::clone(cell),
                 None => {
@@ -419,7 +451,7 @@ impl Endpoint {
             };
             cells.insert(info.public_key, Arc::clone(&cell));
             entries.push(Entry {
-                info: info.clone(),
+                info,
                 index: cell.index,
                 slot: cell,
             });
@@ -443,7 +475,7 @@ impl Endpoint {
                 let name = self
                     .inputs
                     .iter()
-                    .flat_map(|i| i.peers.iter())
+                    .flat_map(Inputs::admitted_peers)
                     .find(|p| p.public_key == *key)
                     .map_or_else(|| keys::encode(key), |p| p.name.clone());
                 tracing::info!(peer = %name, "VPN peer removed; its session is cut");

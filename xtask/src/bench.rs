@@ -19,6 +19,9 @@ pub enum Suite {
     /// VPN goodput, CPU per GB, syscalls per packet and memory against wireguard-go and
     /// boringtun-cli
     Vpn,
+    /// The agent's memory with 1,000 and 10,000 configured peers (the VPN bench's memory
+    /// rows alone)
+    Memory,
     /// Detection: log line to kernel ban latency, a CrowdSec stream of 100,000 decisions,
     /// log-source throughput
     Detect,

@@ -5,11 +5,13 @@
 //! format is ours and does not depend on the multi-line rendering of `toml`'s own errors.
 
 use std::cell::OnceCell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use toml::Spanned;
 
 use super::keypath;
 
@@ -73,6 +75,27 @@ fn render_all(errors: &[ConfigError]) -> String {
 impl From<ConfigError> for ConfigErrors {
     fn from(err: ConfigError) -> Self {
         ConfigErrors(vec![err])
+    }
+}
+
+/// A value read from a piece of a file whose spans are moved to offsets in the whole file
+/// (see [`Source::deserialize_tables`]).
+pub(crate) trait Shift: Sized {
+    /// The value with `by` added to every span in it.
+    #[must_use]
+    fn shift(self, by: usize) -> Self;
+}
+
+impl<T> Shift for Spanned<T> {
+    fn shift(self, by: usize) -> Self {
+        let span = self.span();
+        Spanned::new(span.start + by..span.end + by, self.into_inner())
+    }
+}
+
+impl<T: Shift> Shift for Option<T> {
+    fn shift(self, by: usize) -> Self {
+        self.map(|value| value.shift(by))
     }
 }
 
@@ -155,6 +178,51 @@ impl<'a> Source<'a> {
         toml::from_str(self.text).map_err(|err| self.toml_error(&err))
     }
 
+    /// The entries of the array of tables `name` (`[[name]]`) of a file that holds nothing
+    /// else, read one entry at a time; `None` when the file is not of that plain shape or an
+    /// entry does not read, and the caller then deserializes the whole file as usual, which
+    /// gives the same entries or the located error.
+    ///
+    /// `toml` builds a document of the whole text before deserializing it, about 2.7 KiB per
+    /// peer; for a peers file of tens of thousands of devices that is tens of megabytes at
+    /// every load, freed at once but left behind in the allocator's heap, which holds on to
+    /// it. One entry at a time, the document is that of one entry.
+    ///
+    /// The text is cut before each line that is exactly `[[name]]` (spaces around allowed).
+    /// Such a line is a header unless it lies inside a multi-line string or array; then the
+    /// piece before it ends inside that string or array and does not read, so the whole file
+    /// is read instead. The text before the first header may hold comments only, and each
+    /// piece must hold `name` only: anything else sends the file to the whole reading too.
+    /// Spans are moved back to offsets in the whole text ([`Shift`]).
+    pub fn deserialize_tables<E: DeserializeOwned + Shift>(&self, name: &str) -> Option<Vec<E>> {
+        let header = format!("[[{name}]]");
+        let mut cuts = Vec::new();
+        let mut offset = 0;
+        for line in self.text.split_inclusive('\n') {
+            if line.trim() == header {
+                cuts.push(offset);
+            }
+            offset += line.len();
+        }
+        let first = cuts.first().copied().unwrap_or(self.text.len());
+        let before: toml::Table = toml::from_str(self.text.get(..first)?).ok()?;
+        if !before.is_empty() {
+            return None;
+        }
+        let mut entries = Vec::with_capacity(cuts.len());
+        let ends = cuts.iter().skip(1).copied().chain([self.text.len()]);
+        for (start, end) in cuts.iter().copied().zip(ends) {
+            let mut piece: BTreeMap<String, Vec<E>> =
+                toml::from_str(self.text.get(start..end)?).ok()?;
+            let read = piece.remove(name)?;
+            if !piece.is_empty() {
+                return None;
+            }
+            entries.extend(read.into_iter().map(|entry| entry.shift(start)));
+        }
+        Some(entries)
+    }
+
     /// The message for a syntax error at byte `offset` that `toml` gave none for.
     fn unexplained(&self, offset: usize) -> String {
         let found = self.text.get(offset..).and_then(|rest| rest.chars().next());
@@ -233,5 +301,99 @@ mod tests {
         let empty = Source::new(Path::new("peers.toml"), "");
         assert_eq!(empty.position(0), (1, 1));
         assert_eq!(empty.position(5), (1, 1));
+    }
+
+    /// An entry of the test documents: a spanned string and an optional integer.
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        name: Spanned<String>,
+        n: Option<Spanned<i64>>,
+    }
+
+    impl Shift for Entry {
+        fn shift(self, by: usize) -> Self {
+            Entry {
+                name: self.name.shift(by),
+                n: self.n.shift(by),
+            }
+        }
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Whole {
+        #[serde(default)]
+        peer: Vec<Entry>,
+    }
+
+    type Flat = (String, Range<usize>, Option<(i64, Range<usize>)>);
+
+    /// Each entry's values with their spans (`Spanned`'s equality ignores spans).
+    fn flat(entries: &[Entry]) -> Vec<Flat> {
+        entries
+            .iter()
+            .map(|e| {
+                (
+                    e.name.get_ref().clone(),
+                    e.name.span(),
+                    e.n.as_ref().map(|n| (*n.get_ref(), n.span())),
+                )
+            })
+            .collect()
+    }
+
+    /// Reads `text` one entry at a time and whole; when the first reads, both must give the
+    /// same entries at the same offsets. Returns whether the first read.
+    fn agree(text: &str) -> bool {
+        let src = Source::new(Path::new("peers.toml"), text);
+        let pieces = src.deserialize_tables::<Entry>("peer");
+        let whole = src.deserialize::<Whole>();
+        match pieces {
+            Some(pieces) => {
+                let whole = whole.unwrap_or_else(|e| panic!("{text:?}: {e}"));
+                assert_eq!(flat(&pieces), flat(&whole.peer), "{text:?}");
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn entries_read_one_at_a_time_are_those_of_the_whole_file() {
+        for text in [
+            "",
+            "# only comments\n\n",
+            "[[peer]]\nname = \"a\"\n",
+            "# header\n\n[[peer]]\nname = \"a\"\nn = 1\n\n[[peer]]\nname = \"b\" # x\n",
+            "[[peer]]\r\nname = \"a\"\r\n  [[peer]]  \r\nname = \"\u{e9}t\u{e9}\"\r\nn = 2",
+            // Headers the cut does not see are read within the piece before them.
+            "[[peer]]\nname = \"a\"\n[[ peer ]]\nname = \"b\"\n[[peer]] # c\nname = \"c\"\n",
+        ] {
+            assert!(agree(text), "{text:?} was not read one entry at a time");
+        }
+    }
+
+    #[test]
+    fn files_of_another_shape_are_read_whole() {
+        for text in [
+            // A header line inside a multi-line string or array.
+            "[[peer]]\nname = \"\"\"\n[[peer]]\n\"\"\"\n",
+            "[[peer]]\nname = '''\n[[peer]]\nname = \"b\"\n'''\n",
+            "[[peer]]\nname = \"a\"\nn = [\n[[peer]]\n]\n",
+            // An array of peers before the headers, which TOML refuses to extend.
+            "peer = [{ name = \"a\" }]\n[[peer]]\nname = \"b\"\n",
+            // Keys and tables other than the peers.
+            "x = 1\n[[peer]]\nname = \"a\"\n",
+            "[[peer]]\nname = \"a\"\n[other]\nx = 1\n",
+            "[[peer]]\nname = \"a\"\n[peer.sub]\nx = 1\n",
+            // Entries that do not read: the whole reading gives the located error.
+            "[[peer]]\nname = \"a\"\nextra = 1\n",
+            "[[peer]]\nname = \"a\"\nname = \"b\"\n",
+            "[[peer]]\nn = 1\n",
+            "[[peer]]\nname = \"a\n",
+        ] {
+            assert!(!agree(text), "{text:?} was read one entry at a time");
+        }
     }
 }

@@ -39,7 +39,7 @@ pub use hours::{Hours, HoursError, WeekTime};
 /// A peer's `created` date, kept here by name because the configuration is where it is read.
 pub use crate::time::Date;
 
-pub(crate) use error::Source;
+pub(crate) use error::{Shift, Source};
 
 /// The name under which errors in the embedded default policy are reported.
 pub const DEFAULT_POLICY_NAME: &str = "<embedded default policy>";

@@ -186,6 +186,20 @@ pub(super) struct RawPeer {
     pub enabled: Option<bool>,
 }
 
+impl super::Shift for RawPeer {
+    fn shift(self, by: usize) -> Self {
+        RawPeer {
+            name: self.name.shift(by),
+            public_key: self.public_key.shift(by),
+            address: self.address.shift(by),
+            address6: self.address6.shift(by),
+            role: self.role.shift(by),
+            created: self.created.shift(by),
+            enabled: self.enabled,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawInspection {

@@ -272,12 +272,15 @@ pub(super) fn peers_file(src: &Source, checked: &mut Checked, read: &mut super::
         }
     };
     let peers_src = Source::new(&path, &text);
-    let raw = match peers_src.deserialize::<RawPeersFile>() {
-        Ok(raw) => raw,
-        Err(err) => {
-            checked.errors.push(err);
-            return;
-        }
+    let raw = match peers_src.deserialize_tables::<RawPeer>("peer") {
+        Some(peer) => RawPeersFile { peer },
+        None => match peers_src.deserialize::<RawPeersFile>() {
+            Ok(raw) => raw,
+            Err(err) => {
+                checked.errors.push(err);
+                return;
+            }
+        },
     };
     let mut c = Check {
         src: &peers_src,

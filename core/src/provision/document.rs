@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{valid_peer_name, ProvisionError};
-use crate::config::{ConfigError, ConfigErrors, Date, Peer, Source, MAX_NAME_LEN};
+use crate::config::{ConfigError, ConfigErrors, Date, Peer, Shift, Source, MAX_NAME_LEN};
 use crate::keys;
 
 /// The first lines of a peers file written by crmguard.
@@ -70,7 +70,10 @@ impl PeersFile {
     /// every load.
     pub fn parse(text: &str, file: &Path) -> Result<PeersFile, ProvisionError> {
         let src = Source::new(file, text);
-        let raw: RawPeersFile = src.deserialize().map_err(|e| invalid(vec![e]))?;
+        let raw = match src.deserialize_tables::<RawPeer>("peer") {
+            Some(peer) => RawPeersFile { peer },
+            None => src.deserialize().map_err(|e| invalid(vec![e]))?,
+        };
         let mut check = Check {
             src,
             errors: Vec::new(),
@@ -80,8 +83,10 @@ impl PeersFile {
         for (i, raw) in raw.peer.into_iter().enumerate() {
             let key = format!("peer[{i}]");
             if let Some(peer) = check.peer(&raw, &key) {
-                let line = check.src.position(raw.name.span().start).0;
-                if let Some(first) = seen.insert(peer.name.clone(), line) {
+                // The offset, turned into a line only for a duplicate: placing every name
+                // would index the lines of the whole file on every load.
+                if let Some(first) = seen.insert(peer.name.clone(), raw.name.span().start) {
+                    let first = check.src.position(first).0;
                     check.fail(
                         &raw.name.span(),
                         &format!("{key}.name"),
@@ -168,6 +173,20 @@ struct RawPeer {
     /// A string `"2026-11-01"` or a bare TOML date `2026-11-01`.
     created: Option<Spanned<toml::Value>>,
     enabled: Option<bool>,
+}
+
+impl Shift for RawPeer {
+    fn shift(self, by: usize) -> Self {
+        RawPeer {
+            name: self.name.shift(by),
+            public_key: self.public_key.shift(by),
+            address: self.address.shift(by),
+            address6: self.address6.shift(by),
+            role: self.role.shift(by),
+            created: self.created.shift(by),
+            enabled: self.enabled,
+        }
+    }
 }
 
 /// Collects the problems of one peers file.
