@@ -30,6 +30,8 @@ enum Suite {
     /// Detection: log line to kernel ban latency, a CrowdSec stream of 100,000 decisions,
     /// log-source throughput
     Detect,
+    /// Only the VPN's handshakes a second against wireguard-go (part of `vpn`)
+    Handshakes,
 }
 
 #[derive(Parser)]
@@ -68,6 +70,7 @@ fn run(args: &Args) -> Result<()> {
         Some(Suite::Xdp) => xdp::run(&out),
         Some(Suite::Vpn) => vpn::run(&workspace, &out, plan),
         Some(Suite::Detect) => detect::run(&workspace, &out),
+        Some(Suite::Handshakes) => vpn::run_handshakes(&workspace, &out, plan),
         None => {
             xdp::run(&out)?;
             vpn::run(&workspace, &out, plan)?;

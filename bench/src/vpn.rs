@@ -1229,7 +1229,10 @@ fn check_tools() -> Result<()> {
     Ok(())
 }
 
-pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
+/// What every VPN measurement needs first: root, the tools, the Ctrl-C handler, no namespaces
+/// left by an earlier run, bpffs and a work directory. Returns the work directory and the
+/// clock ticks a second.
+fn prepare(out_dir: &Path) -> Result<(WorkDir, f64)> {
     if !cmd::is_root() {
         bail!(
             "the VPN bench creates network namespaces, TUN devices and XDP filters: run it as \
@@ -1252,7 +1255,61 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
         .trim()
         .parse()
         .context("getconf CLK_TCK")?;
+    Ok((work, ticks_per_s))
+}
 
+/// Only the handshake rows of the VPN bench: handshakes a second of crmguard and wireguard-go,
+/// their ratio against the goal and crmguard's profile, written to `handshakes.json`.
+pub fn run_handshakes(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
+    let (work, ticks_per_s) = prepare(out_dir)?;
+    let crmguard = build_crmguard(workspace)?;
+    let env = Env {
+        work: &work.0,
+        crmguard: Some(&crmguard),
+        boringtun: None,
+        ticks_per_s,
+    };
+    eprintln!(
+        "bench: handshakes completed per second, {HANDSHAKE_PEERS} peers, gateway on one CPU, \
+         {} rounds of {} s, gateways alternating",
+        plan.rounds, plan.handshake_seconds
+    );
+    let handshakes = crate::handshakes::measure(&env, plan.rounds, plan.handshake_seconds);
+    check_interrupt()?;
+    let ratio = handshake_ratio(&handshakes);
+    println!();
+    println!(
+        "{:<52} {:>9} {:>9}",
+        "crmguard against its targets", "measured", "target"
+    );
+    println!(
+        "{:<52} {:>9} {:>9}  {}",
+        format!("handshakes/s crmguard / wireguard-go, {HANDSHAKE_PEERS} peers, 1 CPU"),
+        fmt_opt(ratio, 2),
+        format!(">= {HANDSHAKE_TARGET}x"),
+        verdict(ratio, HANDSHAKE_TARGET, true)
+    );
+    print_handshakes(&handshakes);
+    let path = out_dir.join("handshakes.json");
+    let json = json!({ "handshakes": handshakes_json(&handshakes, plan) });
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
+
+/// crmguard's handshakes a second over wireguard-go's, medians of the rounds.
+fn handshake_ratio(handshakes: &[Outcome]) -> Option<f64> {
+    let rate = |side: crate::handshakes::Side| {
+        handshakes
+            .iter()
+            .find(|o| o.side == side)
+            .and_then(Outcome::per_second)
+    };
+    Some(rate(crate::handshakes::Side::Crmguard)? / rate(crate::handshakes::Side::WireguardGo)?)
+}
+
+pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
+    let (work, ticks_per_s) = prepare(out_dir)?;
     let crmguard = build_crmguard(workspace);
     let boringtun = boringtun_cli(workspace, out_dir);
     let env = Env {
@@ -1501,15 +1558,7 @@ fn report(
     let rss_mib = |m: &std::result::Result<Memory, String>| {
         m.as_ref().ok().map(|m| m.rss_kib as f64 / 1024.0)
     };
-    let handshake_rate = |side: crate::handshakes::Side| {
-        handshakes
-            .iter()
-            .find(|o| o.side == side)
-            .and_then(Outcome::per_second)
-    };
-    let hs_wg = handshake_rate(crate::handshakes::Side::WireguardGo);
-    let hs_cg = handshake_rate(crate::handshakes::Side::Crmguard);
-    let hs_ratio = ratio(hs_cg, hs_wg);
+    let hs_ratio = handshake_ratio(handshakes);
 
     println!();
     println!(
@@ -1708,27 +1757,7 @@ fn report(
             }),
             Err(reason) => json!({ "peers": peers, "unavailable": reason }),
         }).collect::<Vec<_>>(),
-        "handshakes": {
-            "peers": HANDSHAKE_PEERS,
-            "seconds_per_window": plan.handshake_seconds,
-            "crmguard_vs_wireguard_go": hs_ratio,
-            "target_at_least": HANDSHAKE_TARGET,
-            "gateways": handshakes.iter().map(|o| json!({
-                "gateway": o.side.key(),
-                "per_second_median": o.per_second(),
-                "gateway_cpu_us_per_handshake": o.cpu_us_per_handshake(),
-                "per_second": o.windows.iter().map(crate::handshakes::Window::per_second).collect::<Vec<_>>(),
-                "sent": o.windows.iter().map(|w| w.sent).collect::<Vec<_>>(),
-                "responses": o.windows.iter().map(|w| w.responses).collect::<Vec<_>>(),
-                "completed": o.windows.iter().map(|w| w.completed).collect::<Vec<_>>(),
-                "cookie_replies": o.windows.iter().map(|w| w.cookies).collect::<Vec<_>>(),
-                "seconds": o.windows.iter().map(|w| w.seconds).collect::<Vec<_>>(),
-                "gateway_cpu_s": o.windows.iter().map(|w| w.gateway_cpu_s).collect::<Vec<_>>(),
-                "error": o.error,
-                "profile_shares_percent": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| Class::ALL.iter().zip(p.shares).map(|(c, share)| (c.key().to_owned(), json!(share))).collect::<serde_json::Map<_, _>>()),
-                "profile_top_symbols": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| p.top.iter().map(|(percent, space, symbol)| json!({ "percent": percent, "space": space, "symbol": symbol })).collect::<Vec<_>>()),
-            })).collect::<Vec<_>>(),
-        },
+        "handshakes": handshakes_json(handshakes, plan),
         "gateway_profile": match profile {
             Ok(p) => json!({
                 "direction": "forward",
@@ -1749,6 +1778,31 @@ fn report(
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
     println!("\nwritten to {}", path.display());
     Ok(())
+}
+
+/// The handshake measurements as `vpn.json` and `handshakes.json` hold them.
+fn handshakes_json(handshakes: &[Outcome], plan: Plan) -> Value {
+    json!({
+        "peers": HANDSHAKE_PEERS,
+        "seconds_per_window": plan.handshake_seconds,
+        "crmguard_vs_wireguard_go": handshake_ratio(handshakes),
+        "target_at_least": HANDSHAKE_TARGET,
+        "gateways": handshakes.iter().map(|o| json!({
+            "gateway": o.side.key(),
+            "per_second_median": o.per_second(),
+            "gateway_cpu_us_per_handshake": o.cpu_us_per_handshake(),
+            "per_second": o.windows.iter().map(crate::handshakes::Window::per_second).collect::<Vec<_>>(),
+            "sent": o.windows.iter().map(|w| w.sent).collect::<Vec<_>>(),
+            "responses": o.windows.iter().map(|w| w.responses).collect::<Vec<_>>(),
+            "completed": o.windows.iter().map(|w| w.completed).collect::<Vec<_>>(),
+            "cookie_replies": o.windows.iter().map(|w| w.cookies).collect::<Vec<_>>(),
+            "seconds": o.windows.iter().map(|w| w.seconds).collect::<Vec<_>>(),
+            "gateway_cpu_s": o.windows.iter().map(|w| w.gateway_cpu_s).collect::<Vec<_>>(),
+            "error": o.error,
+            "profile_shares_percent": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| Class::ALL.iter().zip(p.shares).map(|(c, share)| (c.key().to_owned(), json!(share))).collect::<serde_json::Map<_, _>>()),
+            "profile_top_symbols": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| p.top.iter().map(|(percent, space, symbol)| json!({ "percent": percent, "space": space, "symbol": symbol })).collect::<Vec<_>>()),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn print_handshakes(handshakes: &[Outcome]) {
