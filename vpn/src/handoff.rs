@@ -136,7 +136,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let mut batch = vec![7, 8];
         assert_eq!(queue.give(&mut batch), 0);
-        let taken = handle.join().unwrap();
+        let taken = handle.join().expect("the taker thread panicked");
         assert_eq!(taken, [7, 8]);
         // Woken by the batch, not by the ten-second timeout.
         assert!(started.elapsed() < Duration::from_secs(5));
