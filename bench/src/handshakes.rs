@@ -388,21 +388,25 @@ struct Prepared {
     tunnels: Vec<Tunn>,
 }
 
-/// Makes `count` initiations round-robin over the clients, on two threads.
+/// Makes `count` initiations round-robin over the clients, on two threads. Each thread makes
+/// all the initiations of half of the clients, in order: a client's initiations then carry
+/// increasing timestamps in the order they are sent, so neither gateway may refuse one as a
+/// replay of the one before, however far into the pool a window gets.
 fn prepare(clients: &[KeyPair], gateway: &PublicKey, count: usize) -> Result<Prepared> {
-    let halves = [0..count / 2, count / 2..count];
     let made = std::thread::scope(|scope| {
-        let handles = halves.map(|range| {
-            scope.spawn(move || -> Result<Vec<(Vec<u8>, Tunn)>> {
-                let mut out = Vec::with_capacity(range.len());
+        let handles = [0, 1].map(|half| {
+            scope.spawn(move || -> Result<Vec<(usize, Vec<u8>, Tunn)>> {
+                let mut out = Vec::with_capacity(count / 2 + 1);
                 let mut buf = [0u8; 256];
-                for j in range {
+                for j in (0..count).filter(|j| (j % clients.len()) % 2 == half) {
                     let client = &clients[j % clients.len()];
                     let index = u32::try_from(j)?;
                     let mut tunn =
                         Tunn::new(client.secret.clone(), *gateway, None, None, index, None);
                     match tunn.format_handshake_initiation(&mut buf, true) {
-                        TunnResult::WriteToNetwork(packet) => out.push((packet.to_vec(), tunn)),
+                        TunnResult::WriteToNetwork(packet) => {
+                            out.push((j, packet.to_vec(), tunn));
+                        }
                         _ => bail!("boringtun made no handshake initiation"),
                     }
                 }
@@ -414,15 +418,18 @@ fn prepare(clients: &[KeyPair], gateway: &PublicKey, count: usize) -> Result<Pre
                 .map_err(|_| anyhow::anyhow!("a generator thread panicked"))
         })
     });
+    let mut all = Vec::with_capacity(count);
+    for half in made {
+        all.extend(half??);
+    }
+    all.sort_unstable_by_key(|(j, _, _)| *j);
     let mut prepared = Prepared {
         initiations: Vec::with_capacity(count),
         tunnels: Vec::with_capacity(count),
     };
-    for half in made {
-        for (initiation, tunn) in half?? {
-            prepared.initiations.push(initiation);
-            prepared.tunnels.push(tunn);
-        }
+    for (_, initiation, tunn) in all {
+        prepared.initiations.push(initiation);
+        prepared.tunnels.push(tunn);
     }
     Ok(prepared)
 }

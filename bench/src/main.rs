@@ -33,6 +33,8 @@ enum Suite {
     /// Detection: log line to kernel ban latency, a CrowdSec stream of 100,000 decisions,
     /// log-source throughput
     Detect,
+    /// Only the VPN's handshakes a second against wireguard-go (part of `vpn`)
+    Handshakes,
 }
 
 #[derive(Parser)]
@@ -72,6 +74,7 @@ fn run(args: &Args) -> Result<()> {
         Some(Suite::Vpn) => vpn::run(&workspace, &out, plan),
         Some(Suite::Memory) => vpn::run_memory(&workspace, &out),
         Some(Suite::Detect) => detect::run(&workspace, &out),
+        Some(Suite::Handshakes) => vpn::run_handshakes(&workspace, &out, plan),
         None => {
             xdp::run(&out)?;
             vpn::run(&workspace, &out, plan)?;

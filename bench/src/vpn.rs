@@ -1229,8 +1229,9 @@ fn check_tools() -> Result<()> {
     Ok(())
 }
 
-/// What every VPN measurement needs first: root, the Ctrl-C handler, the output, socket and
-/// work directories, bpffs; returns the work directory and the clock ticks per second.
+/// What every VPN measurement needs first: root, the tools, the Ctrl-C handler, no namespaces
+/// left by an earlier run, the output, socket and work directories, bpffs; returns the work
+/// directory and the clock ticks per second.
 fn prepare(out_dir: &Path) -> Result<(WorkDir, f64)> {
     if !cmd::is_root() {
         bail!(
@@ -1238,6 +1239,7 @@ fn prepare(out_dir: &Path) -> Result<(WorkDir, f64)> {
              root (sudo -E cargo xtask bench vpn)"
         );
     }
+    check_tools()?;
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&INTERRUPTED))
             .context("cannot install the Ctrl-C handler")?;
@@ -1305,10 +1307,58 @@ pub fn run_memory(workspace: &Workspace, out_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Only the handshake rows of the VPN bench: handshakes a second of crmguard and wireguard-go,
+/// their ratio against the goal and crmguard's profile, written to `handshakes.json`.
+pub fn run_handshakes(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
+    let (work, ticks_per_s) = prepare(out_dir)?;
+    let crmguard = build_crmguard(workspace)?;
+    let env = Env {
+        work: &work.0,
+        crmguard: Some(&crmguard),
+        boringtun: None,
+        ticks_per_s,
+    };
+    eprintln!(
+        "bench: handshakes completed per second, {HANDSHAKE_PEERS} peers, gateway on one CPU, \
+         {} rounds of {} s, gateways alternating",
+        plan.rounds, plan.handshake_seconds
+    );
+    let handshakes = crate::handshakes::measure(&env, plan.rounds, plan.handshake_seconds);
+    check_interrupt()?;
+    let ratio = handshake_ratio(&handshakes);
+    println!();
+    println!(
+        "{:<52} {:>9} {:>9}",
+        "crmguard against its targets", "measured", "target"
+    );
+    println!(
+        "{:<52} {:>9} {:>9}  {}",
+        format!("handshakes/s crmguard / wireguard-go, {HANDSHAKE_PEERS} peers, 1 CPU"),
+        fmt_opt(ratio, 2),
+        format!(">= {HANDSHAKE_TARGET}x"),
+        verdict(ratio, HANDSHAKE_TARGET, true)
+    );
+    print_handshakes(&handshakes);
+    let path = out_dir.join("handshakes.json");
+    let json = json!({ "handshakes": handshakes_json(&handshakes, plan) });
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
+
+/// crmguard's handshakes a second over wireguard-go's, medians of the rounds.
+fn handshake_ratio(handshakes: &[Outcome]) -> Option<f64> {
+    let rate = |side: crate::handshakes::Side| {
+        handshakes
+            .iter()
+            .find(|o| o.side == side)
+            .and_then(Outcome::per_second)
+    };
+    Some(rate(crate::handshakes::Side::Crmguard)? / rate(crate::handshakes::Side::WireguardGo)?)
+}
+
 pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
     let (work, ticks_per_s) = prepare(out_dir)?;
-    check_tools()?;
-
     let crmguard = build_crmguard(workspace);
     let boringtun = boringtun_cli(workspace, out_dir);
     let env = Env {
@@ -1540,15 +1590,7 @@ fn report(
     let inspect_cpu =
         [0, 1].map(|d| ratio(cg.cpu_per_gb(d, false), uninspected.cpu_per_gb(d, false)));
     let syscalls = [0, 1].map(|d| cg.syscalls_per_packet(d));
-    let handshake_rate = |side: crate::handshakes::Side| {
-        handshakes
-            .iter()
-            .find(|o| o.side == side)
-            .and_then(Outcome::per_second)
-    };
-    let hs_wg = handshake_rate(crate::handshakes::Side::WireguardGo);
-    let hs_cg = handshake_rate(crate::handshakes::Side::Crmguard);
-    let hs_ratio = ratio(hs_cg, hs_wg);
+    let hs_ratio = handshake_ratio(handshakes);
 
     println!();
     println!(
@@ -1713,27 +1755,7 @@ fn report(
             Err(reason) => json!({ "shape": shape, "unavailable": reason }),
         }).collect::<Vec<_>>(),
         "memory": memory_json(memory),
-        "handshakes": {
-            "peers": HANDSHAKE_PEERS,
-            "seconds_per_window": plan.handshake_seconds,
-            "crmguard_vs_wireguard_go": hs_ratio,
-            "target_at_least": HANDSHAKE_TARGET,
-            "gateways": handshakes.iter().map(|o| json!({
-                "gateway": o.side.key(),
-                "per_second_median": o.per_second(),
-                "gateway_cpu_us_per_handshake": o.cpu_us_per_handshake(),
-                "per_second": o.windows.iter().map(crate::handshakes::Window::per_second).collect::<Vec<_>>(),
-                "sent": o.windows.iter().map(|w| w.sent).collect::<Vec<_>>(),
-                "responses": o.windows.iter().map(|w| w.responses).collect::<Vec<_>>(),
-                "completed": o.windows.iter().map(|w| w.completed).collect::<Vec<_>>(),
-                "cookie_replies": o.windows.iter().map(|w| w.cookies).collect::<Vec<_>>(),
-                "seconds": o.windows.iter().map(|w| w.seconds).collect::<Vec<_>>(),
-                "gateway_cpu_s": o.windows.iter().map(|w| w.gateway_cpu_s).collect::<Vec<_>>(),
-                "error": o.error,
-                "profile_shares_percent": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| Class::ALL.iter().zip(p.shares).map(|(c, share)| (c.key().to_owned(), json!(share))).collect::<serde_json::Map<_, _>>()),
-                "profile_top_symbols": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| p.top.iter().map(|(percent, space, symbol)| json!({ "percent": percent, "space": space, "symbol": symbol })).collect::<Vec<_>>()),
-            })).collect::<Vec<_>>(),
-        },
+        "handshakes": handshakes_json(handshakes, plan),
         "gateway_profile": match profile {
             Ok(p) => json!({
                 "direction": "forward",
@@ -1812,6 +1834,31 @@ fn memory_json(memory: &[MemoryRow]) -> Vec<serde_json::Value> {
             Err(reason) => json!({ "peers": peers, "unavailable": reason }),
         })
         .collect()
+}
+
+/// The handshake measurements as `vpn.json` and `handshakes.json` hold them.
+fn handshakes_json(handshakes: &[Outcome], plan: Plan) -> Value {
+    json!({
+        "peers": HANDSHAKE_PEERS,
+        "seconds_per_window": plan.handshake_seconds,
+        "crmguard_vs_wireguard_go": handshake_ratio(handshakes),
+        "target_at_least": HANDSHAKE_TARGET,
+        "gateways": handshakes.iter().map(|o| json!({
+            "gateway": o.side.key(),
+            "per_second_median": o.per_second(),
+            "gateway_cpu_us_per_handshake": o.cpu_us_per_handshake(),
+            "per_second": o.windows.iter().map(crate::handshakes::Window::per_second).collect::<Vec<_>>(),
+            "sent": o.windows.iter().map(|w| w.sent).collect::<Vec<_>>(),
+            "responses": o.windows.iter().map(|w| w.responses).collect::<Vec<_>>(),
+            "completed": o.windows.iter().map(|w| w.completed).collect::<Vec<_>>(),
+            "cookie_replies": o.windows.iter().map(|w| w.cookies).collect::<Vec<_>>(),
+            "seconds": o.windows.iter().map(|w| w.seconds).collect::<Vec<_>>(),
+            "gateway_cpu_s": o.windows.iter().map(|w| w.gateway_cpu_s).collect::<Vec<_>>(),
+            "error": o.error,
+            "profile_shares_percent": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| Class::ALL.iter().zip(p.shares).map(|(c, share)| (c.key().to_owned(), json!(share))).collect::<serde_json::Map<_, _>>()),
+            "profile_top_symbols": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| p.top.iter().map(|(percent, space, symbol)| json!({ "percent": percent, "space": space, "symbol": symbol })).collect::<Vec<_>>()),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn print_handshakes(handshakes: &[Outcome]) {

@@ -35,7 +35,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::IoSliceMut;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,6 +43,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use quinn_udp::RecvMeta;
 use tun_rs::GROTable;
 
+use super::handoff::Handoff;
 use super::state::{self, Remembered};
 use super::status::{
     DropCounts, ExcludedPeer, HandshakeCounts, VpnPeerStatus, VpnStatus, CONNECTED_FOR_SECS,
@@ -253,8 +253,9 @@ struct Shared {
     state_file: PathBuf,
     /// The start of inspection's monotonic seconds.
     started: Instant,
-    /// Handshake messages for `vpn-handshake`; full means the endpoint is busy with them.
-    handshakes: SyncSender<HandshakeJob>,
+    /// Handshake messages for `vpn-handshake`, handed over in batches; full means the endpoint
+    /// is busy with them.
+    handshakes: Handoff<HandshakeJob>,
 }
 
 impl Shared {
@@ -348,9 +349,8 @@ impl Endpoint {
         )?;
         let acl = acl_for(config, &settings, &portal);
         acl_metrics.prepare(&acl);
-        let (handshakes, handshake_queue) = sync_channel(HANDSHAKE_QUEUE);
         let shared = Arc::new(Shared {
-            handshakes,
+            handshakes: Handoff::new(HANDSHAKE_QUEUE),
             stop: AtomicBool::new(false),
             core: Core::new(keys, settings.handshakes_before_cookies, inspector),
             udp,
@@ -394,7 +394,7 @@ impl Endpoint {
         let shared = Arc::clone(&endpoint.shared);
         let handle = std::thread::Builder::new()
             .name("vpn-handshake".to_owned())
-            .spawn(move || handshake_thread(shared, handshake_queue))
+            .spawn(move || handshake_thread(shared))
             .map_err(VpnError::Thread)?;
         endpoint.threads.push(handle);
         let info = Arc::clone(&endpoint.shared);
@@ -807,6 +807,8 @@ fn rx_thread(shared: Arc<Shared>) {
     let mut meta = [RecvMeta::default(); RX_BATCH];
     let mut bufs = RxBuffers::new();
     let mut snapshot = Cached::new(&shared.snapshot);
+    // The handshake messages of one receive, handed to `vpn-handshake` together.
+    let mut handshakes: Vec<HandshakeJob> = Vec::with_capacity(HANDSHAKE_QUEUE);
     while !shared.stop.load(Ordering::Relaxed) {
         match shared.udp.wait_readable(POLL) {
             Ok(true) => {}
@@ -847,11 +849,11 @@ fn rx_thread(shared: Arc<Shared>) {
                     if let Some(job) = HandshakeJob::of(datagram, from, now) {
                         // Handshakes are worked through on their own thread, so that a
                         // flood of them (each may cost Diffie-Hellman work or a cookie reply)
-                        // does not hold up the peers' data. Beyond the queue, they are
-                        // dropped and counted, as WireGuard does under load.
-                        if shared.handshakes.try_send(job).is_err() {
-                            shared.core.handshake_dropped_for_load();
+                        // does not hold up the peers' data.
+                        if handshakes.len() == handshakes.capacity() {
+                            hand_over(&shared, &mut handshakes);
                         }
+                        handshakes.push(job);
                         continue;
                     }
                     let RxBuffers { scratch, queue } = &mut bufs;
@@ -871,8 +873,17 @@ fn rx_thread(shared: Arc<Shared>) {
                     }
                 }
             }
+            hand_over(&shared, &mut handshakes);
             bufs.queue.flush(&shared.tun);
         }
+    }
+}
+
+/// Hands the handshake messages of a receive to `vpn-handshake`, one wake for all of them.
+/// Beyond the queue they are dropped and counted, as WireGuard does under load.
+fn hand_over(shared: &Shared, handshakes: &mut Vec<HandshakeJob>) {
+    for _ in 0..shared.handshakes.give(handshakes) {
+        shared.core.handshake_dropped_for_load();
     }
 }
 
@@ -912,17 +923,17 @@ impl HandshakeJob {
     }
 }
 
-fn handshake_thread(shared: Arc<Shared>, jobs: Receiver<HandshakeJob>) {
+fn handshake_thread(shared: Arc<Shared>) {
     let mut bufs = RxBuffers::new();
     let mut snapshot = Cached::new(&shared.snapshot);
+    let mut jobs: Vec<HandshakeJob> = Vec::with_capacity(HANDSHAKE_QUEUE);
     while !shared.stop.load(Ordering::Relaxed) {
-        let job = match jobs.recv_timeout(POLL) {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
+        jobs.clear();
+        if !shared.handshakes.take(&mut jobs, POLL) {
+            continue;
+        }
         snapshot.refresh(&shared.snapshot);
-        for job in std::iter::once(job).chain(jobs.try_iter()) {
+        for job in &jobs {
             let RxBuffers { scratch, queue } = &mut bufs;
             shared.core.datagram(
                 &snapshot.value,

@@ -13,6 +13,7 @@
 //!   the endpoint for the daemon.
 
 pub mod endpoint;
+mod handoff;
 pub mod state;
 pub mod status;
 mod supervisor;

@@ -25,6 +25,8 @@ pub enum Suite {
     /// Detection: log line to kernel ban latency, a CrowdSec stream of 100,000 decisions,
     /// log-source throughput
     Detect,
+    /// Only the VPN's handshakes a second against wireguard-go (part of `vpn`)
+    Handshakes,
 }
 
 #[derive(Debug, clap::Args)]

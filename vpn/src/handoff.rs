@@ -1,0 +1,144 @@
+//! The bounded queue that carries handshake messages from `vpn-rx` to `vpn-handshake` in
+//! batches.
+//!
+//! A message handed over one at a time costs a wake of the handshake thread each, and on a
+//! gateway with one CPU every wake is a switch between the two threads. Here the receive thread
+//! hands over everything one receive brought in with one lock, and wakes the handshake thread
+//! only when it is waiting; the handshake thread takes everything queued with one lock. The
+//! bound counts messages, not batches: what does not fit is refused (the caller counts it as
+//! dropped for load, as WireGuard does when its handshake queue is full).
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// A bounded queue of `T` handed over and taken in batches.
+pub(crate) struct Handoff<T> {
+    state: Mutex<State<T>>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+struct State<T> {
+    items: Vec<T>,
+    /// The taker is waiting on `ready`: the next batch must wake it.
+    waiting: bool,
+}
+
+impl<T> Handoff<T> {
+    /// A queue that holds at most `capacity` items.
+    pub(crate) fn new(capacity: usize) -> Handoff<T> {
+        Handoff {
+            state: Mutex::new(State {
+                items: Vec::with_capacity(capacity),
+                waiting: false,
+            }),
+            ready: Condvar::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // The state is a list and a flag, whole at every point a holder could panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves what fits of `batch` into the queue (in order) and wakes the taker if it waits.
+    /// Returns how many items did not fit; `batch` is left empty either way.
+    pub(crate) fn give(&self, batch: &mut Vec<T>) -> usize {
+        if batch.is_empty() {
+            return 0;
+        }
+        let mut state = self.lock();
+        let room = self.capacity.saturating_sub(state.items.len());
+        let refused = batch.len().saturating_sub(room);
+        batch.truncate(batch.len() - refused);
+        state.items.append(batch);
+        let wake = state.waiting && !state.items.is_empty();
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+        batch.clear();
+        refused
+    }
+
+    /// Waits up to `timeout` for items, then moves all queued items into `into` (which should
+    /// be empty; its capacity is swapped with the queue's, so neither side allocates). False
+    /// when nothing came.
+    pub(crate) fn take(&self, into: &mut Vec<T>, timeout: Duration) -> bool {
+        let mut state = self.lock();
+        if state.items.is_empty() {
+            state.waiting = true;
+            state = self
+                .ready
+                .wait_timeout_while(state, timeout, |s| s.items.is_empty())
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+            state.waiting = false;
+        }
+        if state.items.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut state.items, into);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn a_batch_is_taken_whole_and_in_order() {
+        let queue = Handoff::new(8);
+        let mut batch = vec![1, 2, 3];
+        assert_eq!(queue.give(&mut batch), 0);
+        assert!(batch.is_empty());
+        let mut more = vec![4];
+        assert_eq!(queue.give(&mut more), 0);
+        let mut taken = Vec::new();
+        assert!(queue.take(&mut taken, Duration::from_millis(1)));
+        assert_eq!(taken, [1, 2, 3, 4]);
+        taken.clear();
+        assert!(!queue.take(&mut taken, Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn what_does_not_fit_is_refused_and_counted() {
+        let queue = Handoff::new(4);
+        let mut batch = vec![1, 2, 3];
+        assert_eq!(queue.give(&mut batch), 0);
+        let mut batch = vec![4, 5, 6];
+        assert_eq!(queue.give(&mut batch), 2);
+        assert!(batch.is_empty());
+        let mut taken = Vec::new();
+        assert!(queue.take(&mut taken, Duration::from_millis(1)));
+        assert_eq!(taken, [1, 2, 3, 4]);
+        // Taking makes room again.
+        let mut batch = vec![7, 8, 9, 10, 11];
+        assert_eq!(queue.give(&mut batch), 1);
+    }
+
+    #[test]
+    fn a_waiting_taker_is_woken_by_a_batch() {
+        let queue = Arc::new(Handoff::new(16));
+        let taker = Arc::clone(&queue);
+        let started = Instant::now();
+        let handle = std::thread::spawn(move || {
+            let mut taken = Vec::new();
+            while taken.is_empty() {
+                taker.take(&mut taken, Duration::from_secs(10));
+            }
+            taken
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let mut batch = vec![7, 8];
+        assert_eq!(queue.give(&mut batch), 0);
+        let taken = handle.join().expect("the taker thread panicked");
+        assert_eq!(taken, [7, 8]);
+        // Woken by the batch, not by the ten-second timeout.
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
