@@ -257,6 +257,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_stats SEC(".maps");
 
+/* The last reading of the clock, per CPU (clock.h).  Written and read by XDP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cg_clock);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_clock SEC(".maps");
+
 /* Sampled drop events.  Written by XDP; read by the agent. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -18,6 +18,7 @@
 #include "parse.h"
 #include "maps.h"
 #include "ratelimit.h"
+#include "clock.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 
@@ -133,11 +134,12 @@ static __always_inline int deny4_holds(void *table, const __u32 bits, __u32 addr
 }
 
 /* The single address, then the prefixes of each length the slot probes, in
- * a table of 2^bits buckets. */
-static __always_inline int deny4_in(void *table, const __u32 bits, const struct pkt *p,
-				    const struct cg_config *cfg)
+ * a table of 2^bits buckets.  `lens` holds the lengths, the first in its
+ * lowest byte. */
+static __always_inline int deny4_in(void *table, const __u32 bits, __u32 addr, __u32 probes,
+				    __u32 lens)
 {
-	__u32 addr = bpf_ntohl(p->src4), len;
+	__u32 len;
 	int i;
 
 	if (!table)
@@ -145,29 +147,45 @@ static __always_inline int deny4_in(void *table, const __u32 bits, const struct 
 	if (deny4_holds(table, bits, addr, 32))
 		return 1;
 	for (i = 0; i < CG_DENY4_PROBES; i++) {
-		if (i >= cfg->deny4_probes)
+		if (i >= probes)
 			break;
-		len = cfg->deny4_len[i] & 31;
+		len = (lens >> (8 * i)) & 31;
 		if (deny4_holds(table, bits, len ? addr & (~0U << (32 - len)) : 0, len))
 			return 1;
 	}
 	return 0;
 }
 
-/* The table of the slot's size: each lookup is into a map of a size the
- * verifier knows, which it inlines. */
+/*
+ * Whether the slot's IPv4 deny table holds `addr` (host order), in the
+ * table of the slot's size: each lookup is into a map of a size the verifier
+ * knows, which it inlines.  A global function of scalars: the verifier checks
+ * its probes once, on their own, not with every path of the verdict.
+ */
+__attribute__((noinline)) int cg_deny4_holds(__u32 addr, __u32 slot, __u32 bits_probes,
+					     __u32 lens)
+{
+	__u32 probes = (bits_probes >> 8) & 0xff;
+
+	switch (bits_probes & 0xff) {
+	case CG_DENY4_BITS_S:
+		return deny4_in(slot_map(&cg_deny4_s, slot), CG_DENY4_BITS_S, addr, probes, lens);
+	case CG_DENY4_BITS_M:
+		return deny4_in(slot_map(&cg_deny4_m, slot), CG_DENY4_BITS_M, addr, probes, lens);
+	case CG_DENY4_BITS_L:
+		return deny4_in(slot_map(&cg_deny4_l, slot), CG_DENY4_BITS_L, addr, probes, lens);
+	}
+	return 0;
+}
+
 static __always_inline int deny4_table_holds(const struct pkt *p, const struct cg_config *cfg,
 					     __u32 slot)
 {
-	switch (cfg->deny4_bits) {
-	case CG_DENY4_BITS_S:
-		return deny4_in(slot_map(&cg_deny4_s, slot), CG_DENY4_BITS_S, p, cfg);
-	case CG_DENY4_BITS_M:
-		return deny4_in(slot_map(&cg_deny4_m, slot), CG_DENY4_BITS_M, p, cfg);
-	case CG_DENY4_BITS_L:
-		return deny4_in(slot_map(&cg_deny4_l, slot), CG_DENY4_BITS_L, p, cfg);
-	}
-	return 0;
+	__u32 lens = cfg->deny4_len[0] | (__u32)cfg->deny4_len[1] << 8 |
+		     (__u32)cfg->deny4_len[2] << 16 | (__u32)cfg->deny4_len[3] << 24;
+
+	return cg_deny4_holds(bpf_ntohl(p->src4), slot,
+			      cfg->deny4_bits | (__u32)cfg->deny4_probes << 8, lens);
 }
 
 static __always_inline int denied(const struct pkt *p, const struct cg_config *cfg, __u32 slot)
@@ -197,37 +215,35 @@ static __always_inline int denied(const struct pkt *p, const struct cg_config *c
 	}
 }
 
-static __always_inline int ban_active(const struct cg_ban *ban, __u64 now)
+static __always_inline int ban_active(const struct cg_ban *ban)
 {
-	return ban && (ban->expires_ns == 0 || ban->expires_ns > now);
+	return ban && (ban->expires_ns == 0 || !clock_past(ban->expires_ns - 1));
 }
 
 static __always_inline int banned(const struct pkt *p)
 {
 	__u32 zero = 0, *flags = bpf_map_lookup_elem(&cg_ban_flags, &zero);
 	__u32 present = flags ? *flags : 0;
-	__u64 now;
 
 	if (!present)
 		return 0;
-	now = cg_now();
 	if (p->family == 4) {
 		struct cg_lpm4 key = { .prefixlen = 32, .addr_be = p->src4 };
 
 		if ((present & CG_BAN_HOSTS4) &&
-		    ban_active(bpf_map_lookup_elem(&cg_ban4, &p->src4), now))
+		    ban_active(bpf_map_lookup_elem(&cg_ban4, &p->src4)))
 			return 1;
 		return (present & CG_BAN_PREFIXES4) &&
-		       ban_active(bpf_map_lookup_elem(&cg_ban4_lpm, &key), now);
+		       ban_active(bpf_map_lookup_elem(&cg_ban4_lpm, &key));
 	} else {
 		struct cg_lpm6 key = { .prefixlen = 128 };
 
 		__builtin_memcpy(key.addr, p->src, 16);
 		if ((present & CG_BAN_HOSTS6) &&
-		    ban_active(bpf_map_lookup_elem(&cg_ban6, key.addr), now))
+		    ban_active(bpf_map_lookup_elem(&cg_ban6, key.addr)))
 			return 1;
 		return (present & CG_BAN_PREFIXES6) &&
-		       ban_active(bpf_map_lookup_elem(&cg_ban6_lpm, &key), now);
+		       ban_active(bpf_map_lookup_elem(&cg_ban6_lpm, &key));
 	}
 }
 
@@ -254,7 +270,7 @@ static __always_inline __u32 later_fragment_reason(const struct pkt *p)
 		return CG_R_MALFORMED;
 	frag_key(p, &key);
 	first = bpf_map_lookup_elem(&cg_frags, &key);
-	if (!first || first->expires_ns < cg_now())
+	if (!first || clock_past(first->expires_ns))
 		return CG_R_FRAGMENT_ORPHAN;
 	return reason_is_pass(first->reason) ? CG_R_FRAGMENT : first->reason;
 }
@@ -262,7 +278,7 @@ static __always_inline __u32 later_fragment_reason(const struct pkt *p)
 static __always_inline void remember_first_fragment(const struct pkt *p, __u32 reason)
 {
 	struct cg_frag_key key = {};
-	struct cg_frag value = { .expires_ns = cg_now() + CG_FRAG_TIMEOUT_S * NSEC_PER_SEC,
+	struct cg_frag value = { .expires_ns = clock_read() + CG_FRAG_TIMEOUT_S * NSEC_PER_SEC,
 				 .reason = reason };
 
 	frag_key(p, &key);
@@ -290,7 +306,7 @@ static __always_inline int established(const struct pkt *p, __be16 local_port, _
 		flow = bpf_map_lookup_elem(&cg_flows, &key);
 	else
 		flow = bpf_map_lookup_elem(&cg_dgram_flows, &key);
-	return flow && flow->expires_ns >= cg_now();
+	return flow && !clock_past(flow->expires_ns);
 }
 
 /* ---- ICMP ------------------------------------------------------------------- */

@@ -48,7 +48,7 @@ static __always_inline void sample(const struct pkt *p, void *data_end, __u32 ac
 
 	if (!budget || budget->spent_jiffies == tick)
 		return;
-	now = cg_now();
+	now = clock_read();
 	if (!gcra_allow(&budget->bucket, now, CG_EVENTS_PER_CPU_PER_S, CG_EVENTS_PER_CPU_PER_S)) {
 		budget->spent_jiffies = tick;
 		return;

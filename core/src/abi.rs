@@ -11,7 +11,7 @@
 use std::fmt;
 
 /// The ABI version compiled into this agent (`CG_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// What the program did with a packet (`enum cg_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -360,6 +360,15 @@ pub struct EventBudget {
     pub spent_jiffies: u64,
 }
 
+/// `struct cg_clock`: a CPU's last reading of the clock and the tick (jiffies) it was read
+/// in, from which XDP decides most expiries without reading the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Clock {
+    pub jiffies: u64,
+    pub ns: u64,
+}
+
 /// `struct cg_rl_slot`: a slot of `cg_rl`; all zeros is an empty slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
@@ -500,6 +509,7 @@ pub const FRAG_TIMEOUT_S: u64 = 10;
 
 const _: () = assert!(std::mem::size_of::<Config>() == 48);
 const _: () = assert!(std::mem::size_of::<Deny4Bucket>() == 32);
+const _: () = assert!(std::mem::size_of::<Clock>() == 16);
 const _: () = assert!(std::mem::size_of::<Ban>() == 16);
 const _: () = assert!(std::mem::size_of::<RlKey>() == 20);
 const _: () = assert!(std::mem::size_of::<Rl>() == 16);
@@ -561,6 +571,8 @@ mod pod {
     unsafe impl aya::Pod for EventBudget {}
     // SAFETY: see above.
     unsafe impl aya::Pod for Deny4Bucket {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Clock {}
     // SAFETY: see above.
     unsafe impl aya::Pod for FragKey {}
     // SAFETY: see above.
@@ -629,6 +641,7 @@ mod tests {
         check("CG_SIZEOF_RL_SLOT", std::mem::size_of::<RlSlot>());
         check("CG_SIZEOF_EVENT_BUDGET", std::mem::size_of::<EventBudget>());
         check("CG_SIZEOF_DENY4_BUCKET", std::mem::size_of::<Deny4Bucket>());
+        check("CG_SIZEOF_CLOCK", std::mem::size_of::<Clock>());
         check("CG_SIZEOF_RL", std::mem::size_of::<Rl>());
         check("CG_SIZEOF_FRAG_KEY", std::mem::size_of::<FragKey>());
         check("CG_SIZEOF_FRAG", std::mem::size_of::<Frag>());

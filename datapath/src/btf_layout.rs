@@ -379,6 +379,7 @@ fn mirrors() -> Vec<(&'static str, Layout)> {
         mirror!("cg_rl_slot", abi::RlSlot, [key, seen, bucket]),
         mirror!("cg_event_budget", abi::EventBudget, [bucket, spent_jiffies]),
         mirror!("cg_deny4_bucket", abi::Deny4Bucket, [entry]),
+        mirror!("cg_clock", abi::Clock, [jiffies, ns]),
         mirror!(
             "cg_frag_key",
             abi::FragKey,
@@ -559,7 +560,10 @@ fn fnv1a(text: &str) -> u64 {
 /// Version 7 made the IPv4 deny set of a slot a table of buckets (`cg_deny4_s`, `_m` and `_l`,
 /// arrays of `cg_deny4_bucket` in three sizes) holding the single addresses and the prefixes of
 /// up to `CG_DENY4_PROBES` lengths, which `cg_config` names, instead of a hash.
-const FINGERPRINT: (u32, u64) = (7, 0x99af_ef90_cf39_3577);
+///
+/// Version 8 added `cg_clock`, each CPU's last reading of the clock and its tick, from which
+/// XDP decides most expiries without reading the clock.
+const FINGERPRINT: (u32, u64) = (8, 0xd339_66e9_6012_4d14);
 
 #[test]
 fn the_abi_changes_only_with_its_version() {

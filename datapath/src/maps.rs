@@ -107,6 +107,7 @@ pub const MAP_SPECS: &[MapSpec] = &[
     spec::<u32, abi::Stats>("cg_stats", abi::STATS_ENTRIES),
     spec::<u32, abi::EventBudget>("cg_event_budget", 1),
     spec::<(), ()>("cg_events", abi::EVENTS_BYTES),
+    spec::<u32, abi::Clock>("cg_clock", 1),
 ];
 
 /// One kind of per-slot policy map: its outer map and the shape of its

@@ -25,7 +25,7 @@
  * meaning of a number changes: the agent stamps it into the cg_abi map of
  * the maps it pins, and an agent of another version refuses to adopt them.
  */
-#define CG_ABI_VERSION 7
+#define CG_ABI_VERSION 8
 
 /* Actions: what the program did with a packet (the `action` metric label). */
 enum cg_action {
@@ -311,6 +311,13 @@ struct cg_event_budget {
 	__u64 spent_jiffies;
 };
 
+/* A CPU's last reading of the clock, and the tick (jiffies) it was read in:
+ * XDP decides most expiries from them without reading the clock again. */
+struct cg_clock {
+	__u64 jiffies;
+	__u64 ns;
+};
+
 /* A slot of cg_rl: all zeros is an empty slot (no scope is 0). */
 struct cg_rl_slot {
 	struct cg_rl_key key;
@@ -445,6 +452,7 @@ _Static_assert(CG_RL_NEW_PER_CPU_PER_S == CG_RL_MAX / 64, "the new-bucket budget
 #define CG_SIZEOF_RL_SLOT 40
 #define CG_SIZEOF_EVENT_BUDGET 24
 #define CG_SIZEOF_DENY4_BUCKET 32
+#define CG_SIZEOF_CLOCK 16
 #define CG_SIZEOF_FRAG_KEY 40
 #define CG_SIZEOF_FRAG 16
 #define CG_SIZEOF_FLOW_KEY 40
@@ -467,6 +475,7 @@ _Static_assert(sizeof(struct cg_rl) == CG_SIZEOF_RL, "cg_rl size");
 _Static_assert(sizeof(struct cg_rl_slot) == CG_SIZEOF_RL_SLOT, "cg_rl_slot size");
 _Static_assert(sizeof(struct cg_event_budget) == CG_SIZEOF_EVENT_BUDGET, "cg_event_budget size");
 _Static_assert(sizeof(struct cg_deny4_bucket) == CG_SIZEOF_DENY4_BUCKET, "cg_deny4_bucket size");
+_Static_assert(sizeof(struct cg_clock) == CG_SIZEOF_CLOCK, "cg_clock size");
 _Static_assert(sizeof(struct cg_frag_key) == CG_SIZEOF_FRAG_KEY, "cg_frag_key size");
 _Static_assert(sizeof(struct cg_frag) == CG_SIZEOF_FRAG, "cg_frag size");
 _Static_assert(sizeof(struct cg_flow_key) == CG_SIZEOF_FLOW_KEY, "cg_flow_key size");
