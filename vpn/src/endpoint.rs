@@ -32,7 +32,6 @@
 //! remembered endpoint, so sessions come back within a round trip after a restart.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::IoSliceMut;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -810,30 +809,23 @@ fn rx_thread(shared: Arc<Shared>) {
     // The handshake messages of one receive, handed to `vpn-handshake` together.
     let mut handshakes: Vec<HandshakeJob> = Vec::with_capacity(HANDSHAKE_QUEUE);
     while !shared.stop.load(Ordering::Relaxed) {
-        match shared.udp.wait_readable(POLL) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "waiting on the WireGuard socket failed");
-                std::thread::sleep(POLL);
-                continue;
-            }
-        }
-        snapshot.refresh(&shared.snapshot);
-        // Drain what is there, a bounded number of batches before looking at the stop flag.
-        for _ in 0..64 {
-            let received = {
-                let mut iovs = storage.each_mut().map(|b| IoSliceMut::new(&mut b[..]));
-                shared.udp.recv(&mut iovs, &mut meta)
-            };
-            let n = match received {
+        // The first receive waits (up to `udp::RECV_TIMEOUT`, then the stop flag is looked
+        // at); the next ones drain what is queued, a bounded number of batches. The TUN writes
+        // wait until the socket is drained (or the queue is full), so that the segments of
+        // several receives are coalesced into one super-packet.
+        for round in 0..64 {
+            let n = match shared.udp.recv(&mut storage, &mut meta, round == 0) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "receiving from the WireGuard socket failed");
                     break;
                 }
             };
+            if round == 0 {
+                snapshot.refresh(&shared.snapshot);
+            }
             let now = Now {
                 wall: SystemTime::now(),
                 local: shared.local_time(),
@@ -874,8 +866,13 @@ fn rx_thread(shared: Arc<Shared>) {
                 }
             }
             hand_over(&shared, &mut handshakes);
-            bufs.queue.flush(&shared.tun);
+            if n < RX_BATCH.min(udp::BATCH_SIZE) {
+                // The socket's queue was empty before the batch was full: wait on poll rather
+                // than ask again for nothing.
+                break;
+            }
         }
+        bufs.queue.flush(&shared.tun);
     }
 }
 
@@ -1076,9 +1073,11 @@ fn tx_thread(shared: Arc<Shared>) {
                 }
             }
             held.release();
-            batch.flush(&shared.udp);
-            resets.flush(&shared.tun);
         }
+        // The datagrams of several reads go out together: super-packets of full-sized
+        // segments join one GSO send across reads.
+        batch.flush(&shared.udp);
+        resets.flush(&shared.tun);
     }
 }
 

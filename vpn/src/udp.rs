@@ -3,8 +3,10 @@
 //! Dual-stack (`[::]:listen_port` with `IPV6_V6ONLY` off; IPv4 alone when the host has no
 //! IPv6). Batched through quinn-udp: `recvmmsg` with UDP GRO on receive (one buffer may hold
 //! many datagrams of one sender, `stride` bytes apart), UDP GSO on send (one `sendmsg` carries
-//! many equal-sized datagrams to one destination). quinn-udp makes the socket non-blocking;
-//! waiting is done with `poll`, with a timeout so the threads can see their stop flag.
+//! many equal-sized datagrams to one destination). The socket is blocking with timeouts: a
+//! receive waits in `recvmmsg` itself (`MSG_WAITFORONE`: for the first datagram, then takes what
+//! is queued), so a wake costs one syscall and not a `poll` and a receive; the receive timeout
+//! lets the receiving thread see its stop flag, the send timeout bounds a wait for room.
 //!
 //! Outer datagrams may be fragmented, as the kernel's WireGuard sends them: a full tunnel packet
 //! (1420 bytes inside, 1452 of UDP payload) crosses a path of a smaller MTU in IP fragments
@@ -20,12 +22,29 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, MultiHeaders, SockFlag, SockType,
+    SockaddrLike, SockaddrStorage,
+};
+use nix::sys::time::TimeVal;
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 
 /// Socket buffer size asked for (the kernel caps it at `rmem_max`/`wmem_max` unless the agent
 /// may force it, which it may as root).
 const SOCKET_BUFFER: usize = 8 << 20;
+
+/// The most datagrams (or GRO buffers) one receive returns.
+pub const BATCH_SIZE: usize = quinn_udp::BATCH_SIZE;
+
+/// How long a receive waits for a first datagram before it returns `WouldBlock`.
+pub const RECV_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How long one send waits for room in the send buffer.
+const SEND_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Room for the control messages of one received datagram: the GRO segment size, the local
+/// address (`IP_PKTINFO` or `IPV6_PKTINFO`) and the traffic class.
+const CMSG_ROOM: usize = 256;
 
 /// The largest UDP payload one GSO send may carry.
 pub const MAX_GSO_BYTES: usize = 65_000;
@@ -77,6 +96,9 @@ impl Udp {
             }
         }
         allow_fragments(&socket, v6)?;
+        socket.set_nonblocking(false)?;
+        socket::setsockopt(&socket, sockopt::ReceiveTimeout, &timeval(RECV_TIMEOUT))?;
+        socket::setsockopt(&socket, sockopt::SendTimeout, &timeval(SEND_TIMEOUT))?;
         let port = socket.local_addr()?.port();
         let gso_segments = state.max_gso_segments();
         Ok(Udp {
@@ -102,14 +124,66 @@ impl Udp {
         self.gso_segments
     }
 
-    /// Waits up to `timeout` for datagrams; true when some are there.
-    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
-        wait(&self.socket, PollFlags::POLLIN, timeout)
-    }
-
-    /// Receives a batch. `WouldBlock` when nothing is there.
-    pub fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
-        self.state.recv(UdpSockRef::from(&self.socket), bufs, meta)
+    /// Receives a batch into `bufs`, one buffer (a datagram, or a GRO run of them `stride`
+    /// bytes apart) per entry of `meta`. With `wait`, waits up to `RECV_TIMEOUT` for the first
+    /// datagram and then takes what is queued; without, takes what is queued. `WouldBlock` when
+    /// nothing came.
+    pub fn recv(
+        &self,
+        bufs: &mut [Vec<u8>],
+        meta: &mut [RecvMeta],
+        wait: bool,
+    ) -> io::Result<usize> {
+        let flags = if wait {
+            MsgFlags::MSG_WAITFORONE
+        } else {
+            MsgFlags::MSG_DONTWAIT
+        };
+        let count = bufs.len().min(meta.len());
+        // Made for each receive: the kernel shortens each header's control length to what it
+        // wrote, so headers kept from an earlier receive could cut a later one's messages.
+        let mut headers: MultiHeaders<SockaddrStorage> =
+            MultiHeaders::preallocate(count, Some(Vec::with_capacity(CMSG_ROOM)));
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs[..count]
+            .iter_mut()
+            .map(|b| [IoSliceMut::new(&mut b[..])])
+            .collect();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.socket);
+        let results = socket::recvmmsg(fd, &mut headers, iovs.iter_mut(), flags, None)?;
+        let mut n = 0;
+        for (received, m) in results.zip(meta.iter_mut()) {
+            let Some(addr) = received.address.as_ref().and_then(socket_addr) else {
+                continue;
+            };
+            let mut stride = received.bytes;
+            let mut dst_ip = None;
+            if let Ok(cmsgs) = received.cmsgs() {
+                for cmsg in cmsgs {
+                    match cmsg {
+                        ControlMessageOwned::UdpGroSegments(size) => {
+                            stride = usize::try_from(size).unwrap_or(received.bytes).max(1);
+                        }
+                        ControlMessageOwned::Ipv4PacketInfo(info) => {
+                            dst_ip = Some(IpAddr::from(
+                                u32::from_be(info.ipi_addr.s_addr).to_be_bytes(),
+                            ));
+                        }
+                        ControlMessageOwned::Ipv6PacketInfo(info) => {
+                            dst_ip = Some(IpAddr::from(info.ipi6_addr.s6_addr));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let mut filled = RecvMeta::default();
+            filled.addr = addr;
+            filled.len = received.bytes;
+            filled.stride = stride;
+            filled.dst_ip = dst_ip;
+            *m = filled;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Sends `contents` to `target`: one datagram, or with `segment` set, datagrams of
@@ -128,9 +202,8 @@ impl Udp {
                 .state
                 .try_send(UdpSockRef::from(&self.socket), &transmit)
             {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait(&self.socket, PollFlags::POLLOUT, Duration::from_millis(100))?;
-                }
+                // The send waited `SEND_TIMEOUT` for room; ten of them make a second.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if transmit.segment_size.is_some() && is_refused_gso(&e) => {
                     // The segments do not fit the route's MTU (or the device refuses GSO):
                     // each datagram on its own, fragmented by the kernel when it must be.
@@ -215,6 +288,23 @@ pub fn wait(fd: &impl AsFd, flags: PollFlags, timeout: Duration) -> io::Result<b
     }
 }
 
+fn timeval(d: Duration) -> TimeVal {
+    TimeVal::new(
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        i64::from(d.subsec_micros()),
+    )
+}
+
+/// A received datagram's source address.
+fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v6) = addr.as_sockaddr_in6() {
+        return Some(SocketAddr::V6((*v6).into()));
+    }
+    addr.as_sockaddr_in()
+        .map(|v4| SocketAddr::V4((*v4).into()))
+        .filter(|_| addr.family() == Some(AddressFamily::Inet))
+}
+
 /// The canonical form of a datagram's source: IPv4-mapped IPv6 addresses as IPv4.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
@@ -225,28 +315,31 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    /// Receives until `want` datagrams arrived (GRO may deliver several in one buffer).
-    fn receive(udp: &Udp, want: usize) -> Vec<Vec<u8>> {
+    /// Receives until `want` datagrams arrived (GRO may deliver several in one buffer), with
+    /// the source and local address of each.
+    fn receive(udp: &Udp, want: usize) -> Vec<(Vec<u8>, SocketAddr, Option<IpAddr>)> {
         let mut storage = [vec![0u8; 65_536], vec![0u8; 65_536], vec![0u8; 65_536]];
         let mut meta = [RecvMeta::default(); 3];
         let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while got.len() < want {
             assert!(
-                udp.wait_readable(Duration::from_secs(5)).expect("poll"),
+                std::time::Instant::now() < deadline,
                 "only {} of {want} datagrams arrived",
                 got.len()
             );
-            let n = {
-                let mut iovs = storage.each_mut().map(|b| IoSliceMut::new(&mut b[..]));
-                match udp.recv(&mut iovs, &mut meta) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => panic!("recv: {e}"),
-                }
+            let n = match udp.recv(&mut storage, &mut meta, true) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("recv: {e}"),
             };
             for (m, buf) in meta.iter().zip(storage.iter()).take(n) {
                 let stride = if m.stride == 0 { m.len } else { m.stride };
-                got.extend(buf[..m.len].chunks(stride).map(<[u8]>::to_vec));
+                got.extend(
+                    buf[..m.len]
+                        .chunks(stride)
+                        .map(|d| (d.to_vec(), canonical(m.addr), m.dst_ip)),
+                );
             }
         }
         got
@@ -273,11 +366,37 @@ mod tests {
             a.send(&target, &contents, Some(100)).expect("send");
             let got = receive(&b, 4);
             assert_eq!(got.len(), 4, "{ip}");
-            for (i, d) in got.iter().take(3).enumerate() {
-                assert_eq!(d.len(), 100);
-                assert!(d.iter().all(|&x| usize::from(x) == i));
+            for (i, (d, from, local)) in got.iter().enumerate() {
+                assert_eq!(*from, SocketAddr::new(ip, a.port()), "{ip}: the sender");
+                assert_eq!(
+                    local.map(|l| l.to_canonical()),
+                    Some(ip),
+                    "{ip}: the local address"
+                );
+                if i < 3 {
+                    assert_eq!(d.len(), 100);
+                    assert!(d.iter().all(|&x| usize::from(x) == i));
+                }
             }
-            assert_eq!(got[3], vec![9u8; 40]);
+            assert_eq!(got[3].0, vec![9u8; 40]);
+            // Nothing more is queued: a receive that does not wait says so at once.
+            let mut storage = [vec![0u8; 2048]];
+            let mut meta = [RecvMeta::default()];
+            let err = b
+                .recv(&mut storage, &mut meta, false)
+                .expect_err("nothing queued");
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+            // One that waits gives up after its timeout, so its thread sees its stop flag.
+            let started = std::time::Instant::now();
+            let err = b
+                .recv(&mut storage, &mut meta, true)
+                .expect_err("nothing came");
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+            assert!(
+                started.elapsed() < RECV_TIMEOUT * 10,
+                "{:?}",
+                started.elapsed()
+            );
         }
         assert_eq!(
             canonical("[::ffff:10.1.2.3]:7".parse().expect("addr")),
