@@ -229,7 +229,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_frags SEC(".maps");
 
-/* TCP connections this host opened.  Written by tc egress; read by XDP. */
+/* IPv4 TCP connections this host opened, under a 12-byte key (see the ABI
+ * header).  Written by tc egress; read by XDP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CG_FLOW_MAX);
+	__type(key, struct cg_flow4_key);
+	__type(value, struct cg_flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_flows4 SEC(".maps");
+
+/* IPv6 TCP connections this host opened.  Written by tc egress; read by XDP. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, CG_FLOW_MAX);

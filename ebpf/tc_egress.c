@@ -7,9 +7,10 @@
  * never changes a packet: whatever it finds, it returns TC_ACT_UNSPEC
  * (TCX_NEXT), which leaves the verdict to the tc programs and filters after
  * it and passes the packet when there are none (TC_ACT_OK would pass it too,
- * but would skip them).  It writes TCP connections to cg_flows and datagram
- * flows to cg_dgram_flows, keyed as XDP looks a reply up (verdict.h,
- * established()): local is this host's address and port, remote the peer's.
+ * but would skip them).  It writes TCP connections to cg_flows4 (IPv4) and
+ * cg_flows (IPv6) and datagram flows to cg_dgram_flows, keyed as XDP looks
+ * a reply up (verdict.h, established()): local is this host's address and
+ * port, remote the peer's.
  *
  *   TCP        a SYN without ACK (a connection this host opens) creates the
  *              flow; every later outbound packet of a recorded flow moves
@@ -154,8 +155,8 @@ static __always_inline int from_own_service(const struct cg_flow_key *key)
 	return svc && svc->svc_id && (svc->flags & CG_SVC_FROM_ANY);
 }
 
-static __always_inline void record_in(void *flows, const struct cg_flow_key *key,
-				      enum flow_op op, __u64 timeout_s)
+static __always_inline void record_in(void *flows, const void *key, enum flow_op op,
+				      __u64 timeout_s)
 {
 	__u64 expires = cg_now() + timeout_s * NSEC_PER_SEC;
 	struct cg_flow *flow = bpf_map_lookup_elem(flows, key);
@@ -170,11 +171,21 @@ static __always_inline void record_in(void *flows, const struct cg_flow_key *key
 }
 
 /* TCP connections and datagram flows live in maps of their own, so that
- * datagrams never evict a connection (see the ABI header). */
+ * datagrams never evict a connection; IPv4 connections under their short key
+ * (see the ABI header). */
 static __always_inline void record(const struct cg_flow_key *key, enum flow_op op,
 				   __u64 timeout_s)
 {
-	if (key->proto == IPPROTO_TCP)
+	if (key->proto == IPPROTO_TCP && key->family == 4) {
+		struct cg_flow4_key key4 = {
+			.local_port_be = key->local_port_be,
+			.remote_port_be = key->remote_port_be,
+		};
+
+		__builtin_memcpy(&key4.local, &key->local[12], 4);
+		__builtin_memcpy(&key4.remote, &key->remote[12], 4);
+		record_in(&cg_flows4, &key4, op, timeout_s);
+	} else if (key->proto == IPPROTO_TCP)
 		record_in(&cg_flows, key, op, timeout_s);
 	else if (key->proto != IPPROTO_UDP || !from_own_service(key))
 		record_in(&cg_dgram_flows, key, op, timeout_s);

@@ -287,6 +287,24 @@ static __always_inline void remember_first_fragment(const struct pkt *p, __u32 r
 
 /* ---- replies to the host's own connections ------------------------------- */
 
+/*
+ * Whether cg_flows4 holds the IPv4 TCP connection, unexpired.  A global
+ * function of scalars, like cg_deny4_holds: the verifier checks it once.
+ */
+__attribute__((noinline)) int cg_flow4_live(__be32 local, __be32 remote, __be16 local_port,
+					    __be16 remote_port)
+{
+	struct cg_flow4_key key = {
+		.local = local,
+		.remote = remote,
+		.local_port_be = local_port,
+		.remote_port_be = remote_port,
+	};
+	struct cg_flow *flow = bpf_map_lookup_elem(&cg_flows4, &key);
+
+	return flow && !clock_past(flow->expires_ns);
+}
+
 static __always_inline int established(const struct pkt *p, __be16 local_port, __be16 remote_port,
 				       const struct cg_config *cfg)
 {
@@ -295,6 +313,12 @@ static __always_inline int established(const struct pkt *p, __be16 local_port, _
 
 	if (!(cfg->flags & CG_CFG_ALLOW_ESTABLISHED))
 		return 0;
+	if (p->proto == IPPROTO_TCP && p->family == 4) {
+		__be32 local;
+
+		__builtin_memcpy(&local, &p->dst[12], 4);
+		return cg_flow4_live(local, p->src4, local_port, remote_port);
+	}
 	__builtin_memcpy(key.local, p->dst, 16);
 	__builtin_memcpy(key.remote, p->src, 16);
 	key.local_port_be = local_port;

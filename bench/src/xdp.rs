@@ -242,11 +242,14 @@ impl Crmguard {
             "  {tag}: {hosts} addresses + {prefixes} prefixes: config read and compiled in {config_s:.2} s, swapped into the kernel in {apply_s:.2} s"
         );
 
-        let flows = MapData::from_pin(dir.join("maps/cg_flows"))?;
-        let mut flows: HashMap<MapData, abi::FlowKey, abi::Flow> =
-            HashMap::try_from(Map::from_map_data(flows)?)?;
         let (key, flow) = reply_flow();
-        flows.insert(key, flow, 0)?;
+        let abi::FlowPlace::Tcp4(short) = key.place() else {
+            anyhow::bail!("the reply's flow is not an IPv4 connection");
+        };
+        let flows = MapData::from_pin(dir.join("maps/cg_flows4"))?;
+        let mut flows: HashMap<MapData, abi::Flow4Key, abi::Flow> =
+            HashMap::try_from(Map::from_map_data(flows)?)?;
+        flows.insert(short, flow, 0)?;
         Ok((
             Crmguard { dir, ebpf },
             LoadTimes {

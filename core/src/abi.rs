@@ -11,7 +11,7 @@
 use std::fmt;
 
 /// The ABI version compiled into this agent (`CG_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// What the program did with a packet (`enum cg_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -445,6 +445,65 @@ pub struct FlowKey {
     pub _pad: u16,
 }
 
+/// `struct cg_flow4_key`: an IPv4 TCP connection in `cg_flows4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C)]
+pub struct Flow4Key {
+    pub local: [u8; 4],
+    pub remote: [u8; 4],
+    pub local_port_be: [u8; 2],
+    pub remote_port_be: [u8; 2],
+}
+
+/// The protocol number of TCP, which the flow maps split on.
+const IPPROTO_TCP: u8 = 6;
+
+/// Where tc egress records a flow and XDP looks its replies up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowPlace {
+    /// `cg_flows4`, IPv4 TCP connections.
+    Tcp4(Flow4Key),
+    /// `cg_flows`, IPv6 TCP connections.
+    Tcp6(FlowKey),
+    /// `cg_dgram_flows`, UDP and ICMP echo flows.
+    Datagram(FlowKey),
+}
+
+impl FlowKey {
+    /// The map and key of this flow.
+    pub fn place(&self) -> FlowPlace {
+        if self.proto != IPPROTO_TCP {
+            return FlowPlace::Datagram(*self);
+        }
+        if self.family != 4 {
+            return FlowPlace::Tcp6(*self);
+        }
+        let mut key = Flow4Key {
+            local_port_be: self.local_port_be,
+            remote_port_be: self.remote_port_be,
+            ..Flow4Key::default()
+        };
+        key.local.copy_from_slice(&self.local[12..]);
+        key.remote.copy_from_slice(&self.remote[12..]);
+        FlowPlace::Tcp4(key)
+    }
+}
+
+impl From<Flow4Key> for FlowKey {
+    fn from(key: Flow4Key) -> FlowKey {
+        let mapped = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets();
+        FlowKey {
+            local: mapped(key.local),
+            remote: mapped(key.remote),
+            local_port_be: key.local_port_be,
+            remote_port_be: key.remote_port_be,
+            proto: IPPROTO_TCP,
+            family: 4,
+            _pad: 0,
+        }
+    }
+}
+
 /// `struct cg_flow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
@@ -493,9 +552,10 @@ pub const BAN_HOST_MAX: u32 = 1 << 18;
 pub const BAN_PREFIX_MAX: u32 = 1 << 14;
 pub const RL_MAX: u32 = 1 << RL_BITS;
 pub const FRAG_MAX: u32 = 1 << 14;
+/// `CG_FLOW_MAX`: the capacity of `cg_flows4` and of `cg_flows`, each.
 pub const FLOW_MAX: u32 = 1 << 18;
 /// `CG_DGRAM_FLOW_MAX`: the capacity of `cg_dgram_flows` (UDP and ICMP echo), apart from the
-/// TCP connections of `cg_flows`.
+/// TCP connections of `cg_flows4` and `cg_flows`.
 pub const DGRAM_FLOW_MAX: u32 = 1 << 16;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const EVENTS_PER_CPU_PER_S: u32 = 200;
@@ -518,6 +578,7 @@ const _: () = assert!(std::mem::size_of::<EventBudget>() == 24);
 const _: () = assert!(std::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Frag>() == 16);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(std::mem::size_of::<Flow4Key>() == 12);
 const _: () = assert!(std::mem::size_of::<Flow>() == 8);
 const _: () = assert!(std::mem::size_of::<Event>() == 56);
 const _: () = assert!(std::mem::size_of::<Stats>() == 16);
@@ -580,6 +641,8 @@ mod pod {
     // SAFETY: see above.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: see above.
+    unsafe impl aya::Pod for Flow4Key {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for Flow {}
     // SAFETY: see above.
     unsafe impl aya::Pod for Event {}
@@ -593,6 +656,34 @@ pub const HEADER: &str = include_str!("../../ebpf/include/crmguard_abi.h");
 #[allow(unsafe_code)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_connections_take_the_short_key_and_come_back_whole() {
+        let v4 = |a: [u8; 4]| std::net::Ipv4Addr::from(a).to_ipv6_mapped().octets();
+        let key = FlowKey {
+            local: v4([192, 0, 2, 1]),
+            remote: v4([198, 51, 100, 7]),
+            local_port_be: 40_000u16.to_be_bytes(),
+            remote_port_be: 443u16.to_be_bytes(),
+            proto: IPPROTO_TCP,
+            family: 4,
+            _pad: 0,
+        };
+        let FlowPlace::Tcp4(short) = key.place() else {
+            panic!("an IPv4 connection goes to cg_flows4: {:?}", key.place());
+        };
+        assert_eq!(short.local, [192, 0, 2, 1]);
+        assert_eq!(short.remote, [198, 51, 100, 7]);
+        assert_eq!(FlowKey::from(short), key);
+        let v6 = FlowKey {
+            local: [0x20; 16],
+            family: 6,
+            ..key
+        };
+        assert_eq!(v6.place(), FlowPlace::Tcp6(v6));
+        let udp = FlowKey { proto: 17, ..key };
+        assert_eq!(udp.place(), FlowPlace::Datagram(udp));
+    }
 
     /// Reads `#define NAME value` or `NAME = value,` from the header.
     fn header_value(name: &str) -> u64 {
@@ -646,6 +737,7 @@ mod tests {
         check("CG_SIZEOF_FRAG_KEY", std::mem::size_of::<FragKey>());
         check("CG_SIZEOF_FRAG", std::mem::size_of::<Frag>());
         check("CG_SIZEOF_FLOW_KEY", std::mem::size_of::<FlowKey>());
+        check("CG_SIZEOF_FLOW4_KEY", std::mem::size_of::<Flow4Key>());
         check("CG_SIZEOF_FLOW", std::mem::size_of::<Flow>());
         check("CG_SIZEOF_EVENT", std::mem::size_of::<Event>());
     }

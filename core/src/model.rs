@@ -106,8 +106,9 @@ pub struct ModelState {
     /// it 0.
     pub policy: CompiledPolicy,
     pub bans: Bans,
-    /// `cg_flows`: TCP connections this host opened, with their expiry.
-    /// Written by tc egress; the XDP program only reads them.
+    /// `cg_flows4` (IPv4, under `abi::Flow4Key`) and `cg_flows` (IPv6): TCP
+    /// connections this host opened, with their expiry; `FlowKey::place` says
+    /// which. Written by tc egress; the XDP program only reads them.
     pub flows: BTreeMap<abi::FlowKey, u64>,
     /// `cg_dgram_flows`: UDP and ICMP echo flows this host opened, with their
     /// expiry, apart from its TCP connections.

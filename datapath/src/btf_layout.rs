@@ -387,6 +387,11 @@ fn mirrors() -> Vec<(&'static str, Layout)> {
         ),
         mirror!("cg_frag", abi::Frag, [expires_ns, reason, _pad]),
         mirror!(
+            "cg_flow4_key",
+            abi::Flow4Key,
+            [local, remote, local_port_be, remote_port_be]
+        ),
+        mirror!(
             "cg_flow_key",
             abi::FlowKey,
             [
@@ -563,7 +568,10 @@ fn fnv1a(text: &str) -> u64 {
 ///
 /// Version 8 added `cg_clock`, each CPU's last reading of the clock and its tick, from which
 /// XDP decides most expiries without reading the clock.
-const FINGERPRINT: (u32, u64) = (8, 0xd339_66e9_6012_4d14);
+///
+/// Version 9 added `cg_flows4`: IPv4 TCP connections under the 12-byte `cg_flow4_key`, apart
+/// from the IPv6 ones in `cg_flows`.
+const FINGERPRINT: (u32, u64) = (9, 0x1871_5a00_e7d2_5384);
 
 #[test]
 fn the_abi_changes_only_with_its_version() {

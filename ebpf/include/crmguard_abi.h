@@ -25,7 +25,7 @@
  * meaning of a number changes: the agent stamps it into the cg_abi map of
  * the maps it pins, and an agent of another version refuses to adopt them.
  */
-#define CG_ABI_VERSION 8
+#define CG_ABI_VERSION 9
 
 /* Actions: what the program did with a packet (the `action` metric label). */
 enum cg_action {
@@ -362,9 +362,11 @@ struct cg_frag {
 
 /*
  * Flows this host opened, recorded at egress by tc_egress.c and matched by
- * XDP against replies.  For ICMP echo, local_port_be is the echo id.  TCP
- * connections live in cg_flows, datagram flows (UDP and ICMP echo) in
- * cg_dgram_flows: a datagram flow needs no handshake, so anyone who makes
+ * XDP against replies.  For ICMP echo, local_port_be is the echo id.  IPv4
+ * TCP connections live in cg_flows4 (struct cg_flow4_key: 12 bytes to hash
+ * and compare, where the full key has 40), IPv6 TCP connections in cg_flows,
+ * datagram flows (UDP and ICMP echo) in cg_dgram_flows: a datagram flow
+ * needs no handshake, so anyone who makes
  * this host send datagrams (a WireGuard cookie reply to each spoofed
  * initiation, say) makes flows at will, and in a map of their own they evict
  * only each other, never the host's TCP connections.
@@ -377,6 +379,15 @@ struct cg_flow_key {
 	__u8 proto;
 	__u8 family;
 	__u16 _pad;
+};
+
+/* An IPv4 TCP connection in cg_flows4: the addresses are the last four
+ * bytes of cg_flow_key's IPv4-mapped ones. */
+struct cg_flow4_key {
+	__be32 local;
+	__be32 remote;
+	__be16 local_port_be;
+	__be16 remote_port_be;
 };
 
 struct cg_flow {
@@ -456,6 +467,7 @@ _Static_assert(CG_RL_NEW_PER_CPU_PER_S == CG_RL_MAX / 64, "the new-bucket budget
 #define CG_SIZEOF_FRAG_KEY 40
 #define CG_SIZEOF_FRAG 16
 #define CG_SIZEOF_FLOW_KEY 40
+#define CG_SIZEOF_FLOW4_KEY 12
 #define CG_SIZEOF_FLOW 8
 #define CG_SIZEOF_EVENT 56
 
@@ -479,6 +491,7 @@ _Static_assert(sizeof(struct cg_clock) == CG_SIZEOF_CLOCK, "cg_clock size");
 _Static_assert(sizeof(struct cg_frag_key) == CG_SIZEOF_FRAG_KEY, "cg_frag_key size");
 _Static_assert(sizeof(struct cg_frag) == CG_SIZEOF_FRAG, "cg_frag size");
 _Static_assert(sizeof(struct cg_flow_key) == CG_SIZEOF_FLOW_KEY, "cg_flow_key size");
+_Static_assert(sizeof(struct cg_flow4_key) == CG_SIZEOF_FLOW4_KEY, "cg_flow4_key size");
 _Static_assert(sizeof(struct cg_flow) == CG_SIZEOF_FLOW, "cg_flow size");
 _Static_assert(sizeof(struct cg_event) == CG_SIZEOF_EVENT, "cg_event size");
 

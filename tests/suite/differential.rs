@@ -613,16 +613,21 @@ impl Kernel {
         Ok(())
     }
 
-    fn install_flows(&self, name: &str, flows: &BTreeMap<abi::FlowKey, u64>) -> Result<()> {
-        let mut map: HashMap<MapData, abi::FlowKey, abi::Flow> = pinned(&self.dir, name)?;
+    /// Installs the model's flows where tc egress would record them (`FlowKey::place`).
+    fn install_flows(&self, flows: &BTreeMap<abi::FlowKey, u64>) -> Result<()> {
+        let mut tcp4: HashMap<MapData, abi::Flow4Key, abi::Flow> = pinned(&self.dir, "cg_flows4")?;
+        let mut tcp6: HashMap<MapData, abi::FlowKey, abi::Flow> = pinned(&self.dir, "cg_flows")?;
+        let mut dgram: HashMap<MapData, abi::FlowKey, abi::Flow> =
+            pinned(&self.dir, "cg_dgram_flows")?;
         for (k, expires_ns) in flows {
-            map.insert(
-                k,
-                abi::Flow {
-                    expires_ns: *expires_ns,
-                },
-                0,
-            )?;
+            let value = abi::Flow {
+                expires_ns: *expires_ns,
+            };
+            match k.place() {
+                abi::FlowPlace::Tcp4(short) => tcp4.insert(short, value, 0)?,
+                abi::FlowPlace::Tcp6(key) => tcp6.insert(key, value, 0)?,
+                abi::FlowPlace::Datagram(key) => dgram.insert(key, value, 0)?,
+            }
         }
         Ok(())
     }
@@ -1626,8 +1631,8 @@ fn differential_xdp_matches_model() -> Result<()> {
         };
         map.insert(f.key(), if f.live { far } else { 1 });
     }
-    kernel.install_flows("cg_flows", &model.flows)?;
-    kernel.install_flows("cg_dgram_flows", &model.dgram_flows)?;
+    kernel.install_flows(&model.flows)?;
+    kernel.install_flows(&model.dgram_flows)?;
     let seeded = seeded_frags();
 
     let mut gen = Gen {

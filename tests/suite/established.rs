@@ -17,11 +17,11 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, Map, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{TestRun, TestRunOptions};
 use aya::Ebpf;
-use crmguard_core::abi::{Flow, FlowKey};
+use crmguard_core::abi::{Flow, Flow4Key, FlowKey, FlowPlace};
 use crmguard_datapath::tc::{self, Egress, EgressMode, Mechanism};
 use crmguard_datapath::{self, PolicyMaps};
 use crmguard_lab::agent::Agent;
@@ -277,10 +277,17 @@ fn wait_count(
     )
 }
 
-/// The flows recorded under `bpffs_dir`: TCP connections (`cg_flows`), then datagram flows
-/// (`cg_dgram_flows`).
+/// The flows recorded under `bpffs_dir`: TCP connections (`cg_flows4` for IPv4, given their
+/// whole key, and `cg_flows`), then datagram flows (`cg_dgram_flows`).
 fn flows(bpffs_dir: &Path) -> Result<Vec<(FlowKey, Flow)>> {
     let mut all = Vec::new();
+    let path = bpffs_dir.join("maps").join("cg_flows4");
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let map: HashMap<MapData, Flow4Key, Flow> = HashMap::try_from(Map::LruHashMap(data))?;
+    for entry in map.iter() {
+        let (key, flow) = entry.context("reading cg_flows4")?;
+        all.push((FlowKey::from(key), flow));
+    }
     for name in ["cg_flows", "cg_dgram_flows"] {
         let path = bpffs_dir.join("maps").join(name);
         let data =
@@ -726,27 +733,51 @@ impl Programs {
         })
     }
 
-    /// The TCP connections (`cg_flows`).
-    fn flows(&self) -> Result<HashMap<MapData, FlowKey, Flow>> {
-        self.flow_map("cg_flows")
-    }
-
     fn flow_map(&self, name: &str) -> Result<HashMap<MapData, FlowKey, Flow>> {
         let data = MapData::from_pin(self.dir.join("maps").join(name))?;
         Ok(HashMap::try_from(Map::LruHashMap(data))?)
     }
 
+    fn flow4_map(&self) -> Result<HashMap<MapData, Flow4Key, Flow>> {
+        let data = MapData::from_pin(self.dir.join("maps").join("cg_flows4"))?;
+        Ok(HashMap::try_from(Map::LruHashMap(data))?)
+    }
+
+    /// Records `key` where tc egress would (`FlowKey::place`).
+    fn insert_flow(&self, key: FlowKey, flow: Flow) -> Result<()> {
+        match key.place() {
+            FlowPlace::Tcp4(short) => self.flow4_map()?.insert(short, flow, 0)?,
+            FlowPlace::Tcp6(key) => self.flow_map("cg_flows")?.insert(key, flow, 0)?,
+            FlowPlace::Datagram(key) => self.flow_map("cg_dgram_flows")?.insert(key, flow, 0)?,
+        }
+        Ok(())
+    }
+
+    /// The record of `key`, if there is one.
+    fn flow(&self, key: FlowKey) -> Result<Option<Flow>> {
+        let found = match key.place() {
+            FlowPlace::Tcp4(short) => self.flow4_map()?.get(&short, 0),
+            FlowPlace::Tcp6(key) => self.flow_map("cg_flows")?.get(&key, 0),
+            FlowPlace::Datagram(key) => self.flow_map("cg_dgram_flows")?.get(&key, 0),
+        };
+        match found {
+            Ok(flow) => Ok(Some(flow)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every recorded flow: TCP connections, then datagram flows (`cg_dgram_flows`).
     fn all_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        let mut all: Vec<(FlowKey, Flow)> = self.flows()?.iter().collect::<Result<_, _>>()?;
-        let dgram = self.flow_map("cg_dgram_flows")?;
-        for entry in dgram.iter() {
-            all.push(entry?);
-        }
-        Ok(all)
+        flows(&self.dir)
     }
 
     fn clear_flows(&self) -> Result<()> {
+        let mut tcp4 = self.flow4_map()?;
+        let keys: Vec<Flow4Key> = tcp4.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            tcp4.remove(&key)?;
+        }
         for name in ["cg_flows", "cg_dgram_flows"] {
             let mut flows = self.flow_map(name)?;
             let keys: Vec<FlowKey> = flows.keys().collect::<Result<_, _>>()?;
@@ -1147,7 +1178,7 @@ fn later_packets_of_a_recorded_flow_refresh_it() -> Result<()> {
     programs.clear_flows()?;
     let flow = key(IpAddr::V4(HOST4), IpAddr::V4(PEER4), TCP, 40010, 443);
     // An expired record, as an idle connection's would be.
-    programs.flows()?.insert(flow, Flow { expires_ns: 1 }, 0)?;
+    programs.insert_flow(flow, Flow { expires_ns: 1 })?;
     let reply = ip4(PEER4, HOST4, TCP, 0, 0, &tcp(443, 40010, ACK));
     ensure!(
         !programs.passes(&reply)?,
@@ -1156,7 +1187,10 @@ fn later_packets_of_a_recorded_flow_refresh_it() -> Result<()> {
 
     let start = now_ns();
     programs.egress(&ip4(HOST4, PEER4, TCP, 0, 0, &tcp(40010, 443, ACK)))?;
-    let expires = programs.flows()?.get(&flow, 0)?.expires_ns;
+    let expires = programs
+        .flow(flow)?
+        .context("the flow's record is gone")?
+        .expires_ns;
     ensure!(
         expires >= start + 7200 * 1_000_000_000 - CLOCK_SLACK_NS,
         "the ACK did not refresh the flow: expires at {expires}"
@@ -1210,7 +1244,7 @@ fn datagram_flows_never_evict_the_hosts_tcp_connections() -> Result<()> {
         "cg_dgram_flows holds {datagrams} flows"
     );
     ensure!(
-        programs.flows()?.get(&connection, 0).is_ok(),
+        programs.flow(connection)?.is_some(),
         "{total} datagram flows evicted the host's TCP connection"
     );
     ensure!(

@@ -41,5 +41,6 @@ mod scale;
 mod soak;
 mod spoofed;
 mod traffic;
+mod verifier;
 mod vpn;
 mod wg_interop;

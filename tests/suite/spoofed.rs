@@ -100,6 +100,9 @@ fn entries(agent: &Agent, name: &str) -> Result<usize> {
                 .filter(|slot| slot.iter().any(|b| *b != 0))
                 .count()
         }
+        "cg_flows4" => HashMap::<_, abi::Flow4Key, abi::Flow>::try_from(Map::LruHashMap(data))?
+            .keys()
+            .count(),
         _ => HashMap::<_, abi::FlowKey, abi::Flow>::try_from(Map::LruHashMap(data))?
             .keys()
             .count(),
@@ -360,7 +363,7 @@ allow = ["tcp/{SINK}"]
 
     let rss_after = vm_rss_kib(pid)?;
     let rl = entries(&agent, "cg_rl")?;
-    let flows = entries(&agent, "cg_flows")?;
+    let flows = entries(&agent, "cg_flows4")? + entries(&agent, "cg_flows")?;
     let dgram = entries(&agent, "cg_dgram_flows")?;
     let iface = t.host_if.name();
     let busy = agent.counter(iface, "drop", "rl_table_busy")?;
@@ -379,8 +382,8 @@ allow = ["tcp/{SINK}"]
         under * 8.0 / 1e6
     );
     eprintln!(
-        "spoofed: cg_rl {rl_during} entries during, {rl} after (max {}); cg_flows {flows} \
-         (max {}); cg_dgram_flows {dgram} (max {})",
+        "spoofed: cg_rl {rl_during} entries during, {rl} after (max {}); cg_flows4 and \
+         cg_flows {flows} (max {} each); cg_dgram_flows {dgram} (max {})",
         abi::RL_MAX,
         abi::FLOW_MAX,
         abi::DGRAM_FLOW_MAX
@@ -401,7 +404,7 @@ allow = ["tcp/{SINK}"]
     );
     ensure!(
         flows >= 1 && flows <= usize::try_from(abi::FLOW_MAX)?,
-        "cg_flows holds {flows} entries"
+        "cg_flows4 and cg_flows hold {flows} entries"
     );
     ensure!(
         dgram <= usize::try_from(abi::DGRAM_FLOW_MAX)?,
