@@ -533,6 +533,8 @@ impl Access {
     /// Activity and handshakes from the endpoint's counters.
     fn observe(&mut self, status: &VpnStatus, now: u64, audit: &mut audit::Sink) {
         let mut seen = HashMap::with_capacity(status.peers.len());
+        // The handshakes of one observation are written together, with one flush to disk.
+        let mut handshakes = Vec::new();
         for peer in &status.peers {
             let before = self.seen.get(&peer.name).copied();
             // Any change: the count starts again at 0 when the endpoint restarts.
@@ -556,7 +558,7 @@ impl Access {
                 if let Some(endpoint) = &peer.endpoint {
                     event = event.with_src(endpoint.clone());
                 }
-                audit.record(&event);
+                handshakes.push(event);
             }
             seen.insert(
                 peer.name.clone(),
@@ -567,6 +569,7 @@ impl Access {
             );
         }
         self.seen = seen;
+        audit.record_all(&handshakes);
     }
 
     fn audit_expired_keys(

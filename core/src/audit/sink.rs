@@ -106,11 +106,20 @@ impl Sink {
     /// Appends one record (and fsyncs it). Returns whether it was written; callers that must
     /// not act unaudited check [`Sink::writable`] afterwards.
     pub fn record(&mut self, event: &Event) -> bool {
+        self.record_all(std::slice::from_ref(event))
+    }
+
+    /// Appends `events` with one flush to disk ([`Writer::append_all`]): all are written or
+    /// none. Returns whether they were.
+    pub fn record_all(&mut self, events: &[Event]) -> bool {
+        if events.is_empty() {
+            return true;
+        }
         let written = self.ensure_open()
             && match self
                 .writer
                 .as_mut()
-                .map(|w| w.append(event, SystemTime::now()))
+                .map(|w| w.append_all(events, SystemTime::now()))
             {
                 Some(Ok(_)) => true,
                 Some(Err(e)) if e.written().is_some() => {
@@ -127,15 +136,17 @@ impl Sink {
                 }
                 None => false,
             };
-        if written {
-            *self.events.entry(event.kind.as_str()).or_default() += 1;
-            self.metrics
-                .events
-                .with_label_values(&[event.kind.as_str()])
-                .inc();
-        } else {
-            self.errors += 1;
-            self.metrics.write_errors.inc();
+        for event in events {
+            if written {
+                *self.events.entry(event.kind.as_str()).or_default() += 1;
+                self.metrics
+                    .events
+                    .with_label_values(&[event.kind.as_str()])
+                    .inc();
+            } else {
+                self.errors += 1;
+                self.metrics.write_errors.inc();
+            }
         }
         self.failing = !written;
         written

@@ -594,6 +594,31 @@ fn the_writer_recovers_from_a_failed_append() {
     }
 }
 
+/// A burst of records goes in with one write: chained one after the other, the checkpoint at
+/// the last; a burst that fails leaves none of its records, and the chain goes on after the
+/// records before it.
+#[test]
+fn a_burst_of_records_is_written_whole_or_not_at_all() {
+    let log = Log::new();
+    let mut writer = log.write(0..2);
+    let burst: Vec<Event> = (2..7).map(event).collect();
+    assert_eq!(writer.append_all(&burst, ts(2)).expect("audit test"), 7);
+    assert_eq!(writer.append_all(&[], ts(3)).expect("audit test"), 7);
+    assert_eq!(log.checkpoint().map(|c| c.seq), Some(7));
+    assert_eq!(log.verify(), ok(7));
+    let before = std::fs::read(&log.path).expect("audit test");
+
+    writer.break_file().expect("audit test");
+    let failed = writer.append_all(&burst, ts(4));
+    assert!(
+        matches!(failed, Err(WriteError::Append { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(std::fs::read(&log.path).expect("audit test"), before);
+    assert_eq!(writer.append(&event(7), ts(5)).expect("audit test"), 8);
+    assert_eq!(log.verify(), ok(8));
+}
+
 /// A checkpoint that cannot be written leaves the record in the log and the writer working;
 /// the next record writes the checkpoint again.
 #[test]
