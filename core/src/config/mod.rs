@@ -40,6 +40,7 @@ pub use hours::{Hours, HoursError, WeekTime};
 pub use crate::time::Date;
 
 pub(crate) use error::{Shift, Source};
+pub(crate) use raw::{RawPeer, RawPeersFile};
 
 /// The name under which errors in the embedded default policy are reported.
 pub const DEFAULT_POLICY_NAME: &str = "<embedded default policy>";

@@ -81,10 +81,11 @@ pub(super) struct RawTestFile {
     pub test: Vec<RawTest>,
 }
 
-/// The peers file: `[[peer]]` entries and nothing else.
+/// The peers file: `[[peer]]` entries and nothing else. Also what `crmguard peer` edits
+/// (`provision::document`), so both read the same keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawPeersFile {
+pub(crate) struct RawPeersFile {
     #[serde(default)]
     pub peer: Vec<RawPeer>,
 }
@@ -175,7 +176,7 @@ pub(super) struct RawRole {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawPeer {
+pub(crate) struct RawPeer {
     pub name: Text,
     pub public_key: Text,
     pub address: Text,

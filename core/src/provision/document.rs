@@ -10,11 +10,11 @@ use std::ops::Range;
 use std::path::Path;
 
 use base64::Engine as _;
-use serde::Deserialize;
-use toml::Spanned;
 
 use super::{valid_peer_name, ProvisionError};
-use crate::config::{ConfigError, ConfigErrors, Date, Peer, Shift, Source, MAX_NAME_LEN};
+use crate::config::{
+    ConfigError, ConfigErrors, Date, Peer, RawPeer, RawPeersFile, Source, MAX_NAME_LEN,
+};
 use crate::keys;
 
 /// The first lines of a peers file written by crmguard.
@@ -151,41 +151,6 @@ impl PeersFile {
                 source,
             }
         })
-    }
-}
-
-/// The peers file as written: the same keys as the configuration loader accepts.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPeersFile {
-    #[serde(default)]
-    peer: Vec<RawPeer>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPeer {
-    name: Spanned<String>,
-    public_key: Spanned<String>,
-    address: Spanned<String>,
-    address6: Option<Spanned<String>>,
-    role: Spanned<String>,
-    /// A string `"2026-11-01"` or a bare TOML date `2026-11-01`.
-    created: Option<Spanned<toml::Value>>,
-    enabled: Option<bool>,
-}
-
-impl Shift for RawPeer {
-    fn shift(self, by: usize) -> Self {
-        RawPeer {
-            name: self.name.shift(by),
-            public_key: self.public_key.shift(by),
-            address: self.address.shift(by),
-            address6: self.address6.shift(by),
-            role: self.role.shift(by),
-            created: self.created.shift(by),
-            enabled: self.enabled,
-        }
     }
 }
 
