@@ -152,9 +152,9 @@ impl Udp {
         let results = socket::recvmmsg(fd, &mut headers, iovs.iter_mut(), flags, None)?;
         let mut n = 0;
         for (received, m) in results.zip(meta.iter_mut()) {
-            let Some(addr) = received.address.as_ref().and_then(socket_addr) else {
-                continue;
-            };
+            // Entry i of `meta` stays the buffer i's; a datagram without a source address
+            // (which UDP always gives) is left empty rather than shifting the rest.
+            let addr = received.address.as_ref().and_then(socket_addr);
             let mut stride = received.bytes;
             let mut dst_ip = None;
             if let Ok(cmsgs) = received.cmsgs() {
@@ -176,8 +176,10 @@ impl Udp {
                 }
             }
             let mut filled = RecvMeta::default();
-            filled.addr = addr;
-            filled.len = received.bytes;
+            if let Some(addr) = addr {
+                filled.addr = addr;
+                filled.len = received.bytes;
+            }
             filled.stride = stride;
             filled.dst_ip = dst_ip;
             *m = filled;
