@@ -68,6 +68,9 @@ const POLL: Duration = Duration::from_millis(100);
 /// Datagram buffers per receive (quinn-udp's batch).
 const RX_BATCH: usize = 32;
 
+/// How long the receive thread pauses after a receive that failed without waiting.
+const RX_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
 /// Bytes per receive buffer: room for a whole GRO batch.
 const RX_BUFFER: usize = 65_536;
 
@@ -816,10 +819,20 @@ fn rx_thread(shared: Arc<Shared>) {
         for round in 0..64 {
             let n = match shared.udp.recv(&mut storage, &mut meta, round == 0) {
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    break
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "receiving from the WireGuard socket failed");
+                    if round == 0 {
+                        // The receive did not wait: a lasting error must not spin the thread.
+                        std::thread::sleep(RX_ERROR_PAUSE);
+                    }
                     break;
                 }
             };
@@ -867,8 +880,8 @@ fn rx_thread(shared: Arc<Shared>) {
             }
             hand_over(&shared, &mut handshakes);
             if n < RX_BATCH.min(udp::BATCH_SIZE) {
-                // The socket's queue was empty before the batch was full: wait on poll rather
-                // than ask again for nothing.
+                // The socket's queue was empty before the batch was full: the next receive
+                // waits, rather than ask again now for nothing.
                 break;
             }
         }
