@@ -4,8 +4,12 @@
 //!
 //! Every figure is the kernel's own average over `REPEAT` runs of one frame
 //! (BPF_PROG_TEST_RUN); the programs are measured in alternation, `ROUNDS`
-//! times, and the medians compared. Ratios from one run are what count: the
-//! machine is shared and absolute nanoseconds drift between runs.
+//! times. A ratio is the median of the ratios of each round, each between
+//! measurements taken one after the other: a drift of the machine's speed
+//! (a shared host, frequency) moves both sides of a round alike, where a
+//! ratio of two medians would take it in whole. Ratios from one run are what
+//! count: absolute nanoseconds drift between runs. `xdp.json` keeps every
+//! round.
 
 mod attach;
 
@@ -21,9 +25,13 @@ use crmguard_core::abi;
 use crmguard_core::policy;
 use crmguard_lab::frames;
 use crmguard_lab::netns::NetNs;
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 
 const REPEAT: u32 = 1_000_000;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 15;
+/// Rounds of `CRMGUARD_BENCH_QUICK=1`, for iterating on the program.
+const QUICK_ROUNDS: usize = 5;
 
 /// The empty programs: each returns XDP_PASS (or XDP_DROP) and nothing else.
 const EMPTY_PROGRAM: &str = r#"
@@ -338,16 +346,64 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// One row of the table: medians in ns.
+/// This thread (and what it starts) pinned to the last CPU it may run on, until dropped.
+struct PinnedCpu {
+    before: CpuSet,
+}
+
+impl PinnedCpu {
+    fn last() -> Result<Self> {
+        let this = Pid::from_raw(0);
+        let before = sched_getaffinity(this).context("sched_getaffinity")?;
+        let cpu = (0..CpuSet::count())
+            .rev()
+            .find(|&cpu| before.is_set(cpu).unwrap_or(false))
+            .context("this thread may run on no CPU")?;
+        let mut one = CpuSet::new();
+        one.set(cpu)?;
+        sched_setaffinity(this, &one).context("sched_setaffinity")?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for PinnedCpu {
+    fn drop(&mut self) {
+        if let Err(e) = sched_setaffinity(Pid::from_raw(0), &self.before) {
+            eprintln!("bench: cannot restore this thread's CPUs: {e}");
+        }
+    }
+}
+
+/// The median of the ratios `a[i] / b[i]` of rounds measured one after the other.
+fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+    median(a.iter().zip(b).map(|(a, b)| a / b).collect())
+}
+
+/// One row of the table: the ns of every round, in order.
 #[derive(Debug)]
 struct Row {
     name: String,
     goal: f64,
-    crmguard: f64,
-    empty: f64,
-    xdp_filter: Option<f64>,
+    crmguard: Vec<f64>,
+    empty: Vec<f64>,
+    /// Empty when xdp-filter is not installed.
+    xdp_filter: Vec<f64>,
     /// crmguard with 1,000,000 addresses and 100,000 prefixes denied.
-    large: f64,
+    large: Vec<f64>,
+}
+
+impl Row {
+    fn vs_filter(&self) -> Option<f64> {
+        (!self.xdp_filter.is_empty()).then(|| paired_ratio(&self.crmguard, &self.xdp_filter))
+    }
+
+    fn vs_empty(&self) -> f64 {
+        paired_ratio(&self.crmguard, &self.empty)
+    }
+
+    fn large_vs_small(&self) -> f64 {
+        paired_ratio(&self.large, &self.crmguard)
+    }
 }
 
 pub fn run(out_dir: &Path) -> Result<()> {
@@ -394,11 +450,15 @@ pub fn run(out_dir: &Path) -> Result<()> {
     let (mut large, large_times) = Crmguard::load(out_dir, "1m", hosts, prefixes)?;
     let filter = XdpFilter::load(out_dir)?;
 
+    let rounds = if quick { QUICK_ROUNDS } else { ROUNDS };
+    // Every program on one CPU (bpftool inherits it): on a virtual machine the CPUs can run at
+    // different speeds, and a round that moved between them would compare two machines.
+    let pinned = PinnedCpu::last()?;
     let mut rows = Vec::new();
     for case in cases() {
         let (mut ours, mut floor, mut theirs, mut big) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds {
             let (verdict, ns) = test_run(
                 xdp_program(&mut small.ebpf, crmguard_datapath::XDP_PROGRAM)?,
                 &case.frame,
@@ -431,15 +491,19 @@ pub fn run(out_dir: &Path) -> Result<()> {
         rows.push(Row {
             goal: case.goal,
             name: case.name.to_owned(),
-            crmguard: median(ours),
-            empty: median(floor),
-            xdp_filter: (!theirs.is_empty()).then(|| median(theirs)),
-            large: median(big),
+            crmguard: ours,
+            empty: floor,
+            xdp_filter: theirs,
+            large: big,
         });
     }
 
+    drop(pinned);
     println!();
-    println!("XDP per-packet cost (BPF_PROG_TEST_RUN, {REPEAT} repeats, median of {ROUNDS} alternating rounds)");
+    println!(
+        "XDP per-packet cost (BPF_PROG_TEST_RUN, {REPEAT} repeats, {rounds} alternating rounds: \
+         median ns, and ratios as the median of each round's ratio)"
+    );
     println!(
         "{:<24} {:>9} {:>8} {:>11} {:>9} {:>8} {:>13} {:>6} {:>11} {:>6}",
         "case",
@@ -455,30 +519,37 @@ pub fn run(out_dir: &Path) -> Result<()> {
     );
     let mut json = Vec::new();
     for row in &rows {
-        let vs_filter = row.xdp_filter.map(|f| row.crmguard / f);
+        let vs_filter = row.vs_filter();
+        let filter_ns = (!row.xdp_filter.is_empty()).then(|| median(row.xdp_filter.clone()));
         println!(
             "{:<24} {:>7.1}ns {:>6.1}ns {:>11} {:>7.1}ns {:>8.2} {:>13} {:>6} {:>11.2} {:>6}",
             row.name,
-            row.crmguard,
-            row.empty,
-            row.xdp_filter.map_or("-".into(), |f| format!("{f:.1}ns")),
-            row.large,
-            row.crmguard / row.empty,
+            median(row.crmguard.clone()),
+            median(row.empty.clone()),
+            filter_ns.map_or("-".into(), |f| format!("{f:.1}ns")),
+            median(row.large.clone()),
+            row.vs_empty(),
             vs_filter.map_or("-".into(), |r| format!("{r:.2}")),
             format!("<={:.1}", row.goal),
-            row.large / row.crmguard,
+            row.large_vs_small(),
             format!("<={GOAL_LARGE_VS_SMALL:.1}"),
         );
         json.push(serde_json::json!({
             "case": row.name,
-            "crmguard_ns": row.crmguard,
-            "empty_ns": row.empty,
-            "xdp_filter_ns": row.xdp_filter,
-            "ratio_vs_empty": row.crmguard / row.empty,
+            "crmguard_ns": median(row.crmguard.clone()),
+            "empty_ns": median(row.empty.clone()),
+            "xdp_filter_ns": filter_ns,
+            "ratio_vs_empty": row.vs_empty(),
             "ratio_vs_xdp_filter": vs_filter,
             "goal_vs_xdp_filter": row.goal,
-            "large_deny_ns": row.large,
-            "ratio_large_vs_small": row.large / row.crmguard,
+            "large_deny_ns": median(row.large.clone()),
+            "ratio_large_vs_small": row.large_vs_small(),
+            "rounds_ns": {
+                "crmguard": row.crmguard,
+                "empty": row.empty,
+                "xdp_filter": row.xdp_filter,
+                "large_deny": row.large,
+            },
         }));
     }
     println!(
@@ -604,6 +675,15 @@ fn real_attach(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ratio is the median of the ratios of each round, not the ratio of two medians.
+    #[test]
+    fn ratios_pair_the_rounds() {
+        let ours = [50.0, 100.0, 100.0];
+        let theirs = [100.0, 50.0, 200.0];
+        assert_eq!(paired_ratio(&ours, &theirs), 0.5);
+        assert_eq!(median(ours.to_vec()) / median(theirs.to_vec()), 1.0);
+    }
 
     /// The frames are those every earlier run measured, byte for byte, so that figures stay
     /// comparable across runs.
