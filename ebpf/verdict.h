@@ -120,17 +120,30 @@ static __always_inline int bucket_holds(const struct cg_deny4_bucket *b, __u64 e
 		     b->entry[3] == entry);
 }
 
-/* Whether the table of 2^bits buckets holds `addr` (host order, masked) as a
- * prefix of `len`. */
+static __always_inline int bucket_full(const struct cg_deny4_bucket *b)
+{
+	return b->entry[0] && b->entry[1] && b->entry[2] && b->entry[3];
+}
+
+/*
+ * Whether the table of 2^bits buckets holds `addr` (host order, masked) as a
+ * prefix of `len`.  An entry is in its second bucket only when its first is
+ * full (see the ABI header), so an address the first bucket does not hold,
+ * with room left in it, is not in the table: most misses read one bucket.
+ */
 static __always_inline int deny4_holds(void *table, const __u32 bits, __u32 addr, __u32 len)
 {
 	__u64 entry = ((__u64)(len + 1) << 32) | addr;
 	__u64 h = cg_deny4_hash(entry);
 	__u32 first = (__u32)(h >> (64 - bits));
 	__u32 second = (__u32)(h >> (64 - 2 * bits)) & ((1U << bits) - 1);
+	struct cg_deny4_bucket *b = bpf_map_lookup_elem(table, &first);
 
-	return bucket_holds(bpf_map_lookup_elem(table, &first), entry) ||
-	       bucket_holds(bpf_map_lookup_elem(table, &second), entry);
+	if (!b)
+		return 0; /* unreachable: both places are below 2^bits */
+	if (bucket_holds(b, entry))
+		return 1;
+	return bucket_full(b) && bucket_holds(bpf_map_lookup_elem(table, &second), entry);
 }
 
 /* The single address, then the prefixes of each length the slot probes, in

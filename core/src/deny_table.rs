@@ -2,10 +2,12 @@
 //! and its prefixes when they have at most [`abi::DENY4_PROBES`] lengths, in an array of
 //! buckets where every entry has two places ([`abi::deny4_places`]).
 //!
-//! XDP finds an entry with one multiplication hash and two array reads, where a hash map costs
-//! a call and a jhash, and an LPM trie a walk. The table is built whole for each policy, with
-//! cuckoo hashing: an entry whose two buckets are full takes the place of one of their entries,
-//! which moves to its other bucket. It has one of three sizes ([`abi::DENY4_SIZES`]), the
+//! XDP finds an entry with one multiplication hash and one or two array reads, where a hash map
+//! costs a call and a jhash, and an LPM trie a walk. The table is built whole for each policy,
+//! with cuckoo hashing: an entry goes to its first bucket, to its second when the first is full,
+//! and when both are full takes the place of one of their entries, which moves to its other
+//! bucket. A move never leaves a place empty, so an entry is in its first bucket or in its
+//! second with the first full: a lookup that finds room in the first bucket is done. It has one of three sizes ([`abi::DENY4_SIZES`]), the
 //! smallest the entries fill to at most 90% and in which they settle. The same policy always
 //! gives the same table, so the agent can compare it with the kernel's.
 
@@ -125,15 +127,23 @@ impl Deny4Table {
         None
     }
 
-    /// Whether the table holds `entry`, looked up as XDP does.
+    /// Whether the table holds `entry`, looked up as XDP does: the second bucket only when the
+    /// first is full.
     #[must_use]
     pub fn holds(&self, entry: u64) -> bool {
-        abi::deny4_places(entry, self.bits).iter().any(|index| {
-            let index = usize::try_from(*index).unwrap_or(usize::MAX);
-            self.buckets
-                .get(index)
-                .is_some_and(|b| b.entry.contains(&entry))
-        })
+        let [first, second] =
+            abi::deny4_places(entry, self.bits).map(|index| self.bucket_at(index));
+        match first {
+            Some(b) if b.entry.contains(&entry) => true,
+            Some(b) if b.entry.iter().all(|e| *e != 0) => {
+                second.is_some_and(|b| b.entry.contains(&entry))
+            }
+            _ => false,
+        }
+    }
+
+    fn bucket_at(&self, index: u32) -> Option<&abi::Deny4Bucket> {
+        self.buckets.get(usize::try_from(index).ok()?)
     }
 
     /// The buckets that hold entries, by index: what is written to the kernel's array.
@@ -165,6 +175,27 @@ mod tests {
             .map(|b| b.entry.iter().filter(|e| **e != 0).count())
             .sum();
         assert_eq!(held, entries.len(), "each entry once");
+    }
+
+    /// Filled to 90%, many entries must take their second bucket: each of them has its first
+    /// bucket full, and XDP's lookup finds every entry.
+    #[test]
+    fn an_entry_is_in_its_second_bucket_only_when_its_first_is_full() {
+        let entries = addresses(3_600, 0x0a00_0000);
+        let table = build_from(&entries).expect("table");
+        assert_eq!(table.bits, abi::DENY4_BITS_S);
+        let mut second = 0;
+        for entry in &entries {
+            let [first, other] = abi::deny4_places(*entry, table.bits)
+                .map(|i| table.bucket_at(i).expect("a place inside the table"));
+            if !first.entry.contains(entry) {
+                assert!(other.entry.contains(entry));
+                assert!(first.entry.iter().all(|e| *e != 0), "first bucket full");
+                second += 1;
+            }
+        }
+        assert!(second > 100, "only {second} entries in their second bucket");
+        assert!(entries.iter().all(|e| table.holds(*e)));
     }
 
     #[test]

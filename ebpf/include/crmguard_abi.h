@@ -103,7 +103,7 @@ enum cg_icmp_policy {
 /*
  * The IPv4 deny set of a slot is one table, an array of buckets where each
  * entry has two places (cg_deny4_hash): lookups that are a hash of one word
- * and two array reads, where a hash map costs a call and a jhash, and an LPM
+ * and one or two array reads, where a hash map costs a call and a jhash, and an LPM
  * trie a walk.  It holds the single addresses and, when the deny set has at
  * most CG_DENY4_PROBES prefix lengths, the prefixes too, each probed by its
  * length.  With more lengths the prefixes stay in the cg_deny4_lpm trie.
@@ -162,7 +162,10 @@ struct cg_deny4_bucket {
  *   h = (e ^ CG_DENY4_SEED) * CG_RL_K1;  h = mix(h) * CG_RL_K2;  h ^= h >> 29;
  * the first place is the top `bits` bits of h, the second the `bits` bits
  * below them.  The agent places each entry in one of its two buckets
- * (cuckoo hashing).
+ * (cuckoo hashing), in its second only when its first is full; a move never
+ * empties a place.  So an entry is in its first bucket, or in its second
+ * with the first full, and a lookup that finds room in the first bucket need
+ * not read the second.
  *
  * A table has one of three sizes, each its own outer map, so that the
  * verifier inlines every lookup for a size it knows: 2^10, 2^15 or 2^20

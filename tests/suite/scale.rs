@@ -4,6 +4,10 @@
 //! drop, their neighbours pass. A second swap (a reload of the same size)
 //! meets the same deadline. Per-packet costs at this size are measured by
 //! `cargo xtask bench xdp`, not here.
+//!
+//! A deny table filled to 90%, where many addresses sit in their second
+//! bucket, denies every one of them: XDP reads the second bucket only when
+//! the first is full, and the table must keep that promise.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -12,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use crmguard_core::abi;
+use crmguard_core::deny_table;
 use crmguard_core::policy::CompiledPolicy;
 use crmguard_lab::privileged;
 
@@ -103,6 +108,64 @@ fn a_million_addresses_and_100k_prefixes_load_within_5_s() -> Result<()> {
         }
     }
     check_verdicts(&mut ebpf)
+}
+
+#[test]
+fn every_address_of_a_full_deny_table_is_denied() -> Result<()> {
+    if !privileged::require("scale::every_address_of_a_full_deny_table_is_denied") {
+        return Ok(());
+    }
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/cgscale-full-{}",
+        std::process::id()
+    )));
+    let _ = crmguard_datapath::uninstall(&pins.0);
+    let (mut ebpf, mut maps) =
+        crmguard_datapath::load_for_test(&pins.0).context("loading the XDP program")?;
+    // 3,600 addresses in the smallest table's 4,096 places.
+    let mut policy = CompiledPolicy::default();
+    policy.config.default_action = abi::Action::Pass as u8;
+    for i in 0..3_600 {
+        policy
+            .deny4
+            .insert(host(i).octets(), abi::Rule { rule_id: i + 1 });
+    }
+    let table = deny_table::build(&policy)?;
+    assert_eq!(
+        table.bits,
+        abi::DENY4_BITS_S,
+        "the smallest table, 90% full"
+    );
+    maps.apply(&policy, 1)?;
+
+    let program = crmguard_datapath::program(&mut ebpf)?;
+    let mut second_bucket = 0;
+    for i in 0..3_600 {
+        let entry = abi::deny4_entry(host(i).octets(), 32);
+        let [first, _] = abi::deny4_places(entry, table.bits);
+        let in_first = table.buckets[usize::try_from(first)?]
+            .entry
+            .contains(&entry);
+        second_bucket += usize::from(!in_first);
+        for (src, expected) in [(host(i), 1), (Ipv4Addr::from(u32::from(host(i)) + 1), 2)] {
+            let frame = udp_from(src);
+            let result = program.test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ..TestRunOptions::default()
+            })?;
+            assert_eq!(
+                result.return_value,
+                expected,
+                "{src} (listed: {}; first bucket: {in_first})",
+                expected == 1
+            );
+        }
+    }
+    assert!(
+        second_bucket > 100,
+        "only {second_bucket} addresses in their second bucket"
+    );
+    Ok(())
 }
 
 /// The verdicts of listed and unlisted sources under the policy in force.
