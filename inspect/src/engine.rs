@@ -134,75 +134,89 @@ impl Inspector {
             return Verdict::Pass;
         };
         let mut shard = self.table.shard(&segment.key);
-        // A decided flow's plain segments pass whatever their checksum: only what the parser
-        // reads or the flow's life follows is checked, so the common packet costs no checksum.
-        let matters = segment.has(TCP_SYN | TCP_FIN | TCP_RST)
-            || !matches!(
-                shard.flows.get(&segment.key).map(|f| &f.stage),
-                Some(Stage::Passing)
-            );
-        let checked = segment.from_peer && matters && !checksum_ok(&segment);
         let opening = segment.has(TCP_SYN) && !segment.has(TCP_ACK);
-        if let Some(flow) = shard.flows.get(&segment.key) {
+        // The common packet belongs to a flow the table holds: one lookup of its key.
+        if let Some(flow) = shard.flows.get_mut(&segment.key) {
+            let checked =
+                segment.from_peer && Self::matters(&segment, flow) && !checksum_ok(&segment);
             // A new connection on the 4-tuple of an old one starts a new flow; a retransmitted
             // SYN does not.
-            if opening && !checked && !flow.opened_by(segment.from_peer, segment.seq) {
-                if let Some(old) = shard.flows.remove(&segment.key) {
-                    self.forget(1, old.held());
-                }
+            if !(opening && !checked && !flow.opened_by(segment.from_peer, segment.seq)) {
+                return self.on_flow(policy, flow, &segment, checked, peer, now);
+            }
+            if let Some(old) = shard.flows.remove(&segment.key) {
+                self.forget(1, old.held());
             }
         }
-        if !shard.flows.contains_key(&segment.key) {
-            if checked
-                || segment.has(TCP_RST)
-                || (segment.payload.is_empty() && !segment.has(TCP_SYN))
-            {
-                // A reset, a bare ACK or a segment the receiver will discard (bad checksum)
-                // starts nothing.
-                return Verdict::Pass;
-            }
-            let max = usize::try_from(policy.max_flows).unwrap_or(usize::MAX);
-            let count = self.count.load(Ordering::Relaxed);
-            if count >= max && now.secs != shard.last_sweep {
-                let need = count + 1 - max;
-                let mut swept = shard.sweep(now.secs, need);
-                if swept.expired + swept.evicted < need {
-                    // The idle flows may sit in other shards: sweep those that are free now
-                    // (never waiting on another shard's lock while holding this one).
-                    let more = self.table.sweep_others(
-                        &segment.key,
-                        now.secs,
-                        need - swept.expired - swept.evicted,
-                    );
-                    swept.expired += more.expired;
-                    swept.evicted += more.evicted;
-                    swept.released += more.released;
-                }
-                self.forget(swept.expired + swept.evicted, swept.released);
-                for _ in 0..swept.evicted {
-                    self.metrics.evicted();
-                }
-            }
-            // The bound holds for the whole table: a flow is counted before it is inserted.
-            if self.count.fetch_add(1, Ordering::Relaxed) >= max {
-                self.count.fetch_sub(1, Ordering::Relaxed);
-                self.metrics.exception(Exception::TableFull);
-                return Verdict::Pass;
-            }
-            let flow = self.new_flow(policy, &segment, now);
-            shard.flows.insert(segment.key, flow);
-            self.metrics.flows_added(1);
-        }
-        let Some(flow) = shard.flows.get_mut(&segment.key) else {
+        // A flow to start: the checksum of a first segment always matters.
+        let checked = segment.from_peer && !checksum_ok(&segment);
+        if checked || segment.has(TCP_RST) || (segment.payload.is_empty() && !segment.has(TCP_SYN))
+        {
+            // A reset, a bare ACK or a segment the receiver will discard (bad checksum)
+            // starts nothing.
             return Verdict::Pass;
-        };
+        }
+        let max = usize::try_from(policy.max_flows).unwrap_or(usize::MAX);
+        let count = self.count.load(Ordering::Relaxed);
+        if count >= max && now.secs != shard.last_sweep {
+            let need = count + 1 - max;
+            let mut swept = shard.sweep(now.secs, need);
+            if swept.expired + swept.evicted < need {
+                // The idle flows may sit in other shards: sweep those that are free now
+                // (never waiting on another shard's lock while holding this one).
+                let more = self.table.sweep_others(
+                    &segment.key,
+                    now.secs,
+                    need - swept.expired - swept.evicted,
+                );
+                swept.expired += more.expired;
+                swept.evicted += more.evicted;
+                swept.released += more.released;
+            }
+            self.forget(swept.expired + swept.evicted, swept.released);
+            for _ in 0..swept.evicted {
+                self.metrics.evicted();
+            }
+        }
+        // The bound holds for the whole table: a flow is counted before it is inserted.
+        if self.count.fetch_add(1, Ordering::Relaxed) >= max {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.exception(Exception::TableFull);
+            return Verdict::Pass;
+        }
+        let flow = shard
+            .flows
+            .entry(segment.key)
+            .insert_entry(self.new_flow(policy, &segment, now))
+            .into_mut();
+        self.metrics.flows_added(1);
+        self.on_flow(policy, flow, &segment, false, peer, now)
+    }
+
+    /// Whether the checksum of `segment` matters: a decided flow's plain segments pass
+    /// whatever their checksum, so the common packet costs none. Only what the parser reads or
+    /// the flow's life follows is checked.
+    fn matters(segment: &Segment<'_>, flow: &Flow) -> bool {
+        segment.has(TCP_SYN | TCP_FIN | TCP_RST) || !matches!(flow.stage, Stage::Passing)
+    }
+
+    /// `segment` of `flow`, whose checksum was found wrong when `checked`.
+    fn on_flow(
+        &self,
+        policy: &Policy,
+        flow: &mut Flow,
+        segment: &Segment<'_>,
+        checked: bool,
+        peer: &str,
+        now: Tick,
+    ) -> Verdict {
         if checked {
             // The service's stack drops a segment whose checksum is wrong: so does the parser,
             // or a decoy could show it bytes the service never gets.
             return Verdict::Pass;
         }
         flow.last_seen = now.secs;
-        let verdict = self.on_segment(policy, flow, &segment, peer, now);
+        let verdict = self.on_segment(policy, flow, segment, peer, now);
         let from_client = segment.from_peer == flow.peer_is_client;
         if segment.has(TCP_FIN) {
             flow.fins |= if from_client { 1 } else { 2 };
