@@ -68,6 +68,18 @@ fn udp_from(src: Ipv4Addr) -> Vec<u8> {
 
 struct Pins(PathBuf);
 
+/// The XDP program and its maps, pinned under /sys/fs/bpf/`name`-PID until the `Pins` drop.
+fn load(name: &str) -> Result<(Pins, aya::Ebpf, crmguard_datapath::PolicyMaps)> {
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/{name}-{}",
+        std::process::id()
+    )));
+    let _ = crmguard_datapath::uninstall(&pins.0);
+    let (ebpf, maps) =
+        crmguard_datapath::load_for_test(&pins.0).context("loading the XDP program")?;
+    Ok((pins, ebpf, maps))
+}
+
 impl Drop for Pins {
     fn drop(&mut self) {
         let _ = crmguard_datapath::uninstall(&self.0);
@@ -79,13 +91,7 @@ fn a_million_addresses_and_100k_prefixes_load_within_5_s() -> Result<()> {
     if !privileged::require("scale::a_million_addresses_and_100k_prefixes_load_within_5_s") {
         return Ok(());
     }
-    let pins = Pins(PathBuf::from(format!(
-        "/sys/fs/bpf/cgscale-{}",
-        std::process::id()
-    )));
-    let _ = crmguard_datapath::uninstall(&pins.0);
-    let (mut ebpf, mut maps) =
-        crmguard_datapath::load_for_test(&pins.0).context("loading the XDP program")?;
+    let (_pins, mut ebpf, mut maps) = load("cgscale")?;
     // The prefixes in the trie, as a deny set with many prefix lengths has them; then probed
     // in the deny table by their one length, as the agent places a deny set like this one.
     let in_trie = large_policy();
@@ -115,13 +121,7 @@ fn every_address_of_a_full_deny_table_is_denied() -> Result<()> {
     if !privileged::require("scale::every_address_of_a_full_deny_table_is_denied") {
         return Ok(());
     }
-    let pins = Pins(PathBuf::from(format!(
-        "/sys/fs/bpf/cgscale-full-{}",
-        std::process::id()
-    )));
-    let _ = crmguard_datapath::uninstall(&pins.0);
-    let (mut ebpf, mut maps) =
-        crmguard_datapath::load_for_test(&pins.0).context("loading the XDP program")?;
+    let (_pins, mut ebpf, mut maps) = load("cgscale-full")?;
     // 3,600 addresses in the smallest table's 4,096 places.
     let mut policy = CompiledPolicy::default();
     policy.config.default_action = abi::Action::Pass as u8;
