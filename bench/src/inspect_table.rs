@@ -1,6 +1,7 @@
 //! The memory of inspection's flow table when full: `max_flows` TCP connections opened by
 //! peers, each a SYN and the server's SYN-ACK, held by one `Inspector` in this process, and
-//! the resident memory it took (from /proc/self/status, before and after).
+//! the resident memory it took (from /proc/self/status, before and after). And the cost of
+//! the common packet: one of a flow inspection has decided, timed in this process.
 
 use std::time::Instant;
 
@@ -66,6 +67,44 @@ pub fn measure(max_flows: u32, decided: bool) -> Result<TableMemory> {
     })
 }
 
+/// The time `Inspector::packet` takes for a packet of a decided flow, averaged over
+/// `packets`: a data segment to the peer and the peer's bare ACK, in turn, as a download
+/// through the tunnel gives them.
+pub fn per_packet_ns(packets: u32) -> Result<f64> {
+    let config = default_policy().inspection;
+    let policy = Policy::new(&config);
+    let inspector = Inspector::new(
+        config.max_flows,
+        InspectMetrics::unregistered()?,
+        Box::new(crmguard_inspect::event::Discard),
+    );
+    let tick = Tick { secs: 1, unix: 0 };
+    let (peer, gateway, port, service) = (0x0a40_0002, 0x0a4d_0001, 40_000, 9999);
+    let mut syn = [0u8; 41];
+    let mut syn_ack = [0u8; 41];
+    let mut data = [0u8; 41];
+    let mut ack = [0u8; 41];
+    segment(&mut syn, peer, gateway, port, service, 0x02, None);
+    segment(&mut syn_ack, gateway, peer, service, port, 0x12, None);
+    segment(&mut data, gateway, peer, service, port, 0x18, Some(0x55));
+    segment(&mut ack, peer, gateway, port, service, 0x10, None);
+    let mut request = [0u8; 41];
+    segment(&mut request, peer, gateway, port, service, 0x18, Some(0xee));
+    // The handshake, then the client's first byte: the flow is decided (no known protocol).
+    inspector.packet(&policy, Dir::FromPeer, "bench", &syn[..40], tick);
+    inspector.packet(&policy, Dir::ToPeer, "bench", &syn_ack[..40], tick);
+    inspector.packet(&policy, Dir::FromPeer, "bench", &request, tick);
+    if inspector.status(&policy).flows != 1 {
+        anyhow::bail!("the flow was not taken into the table");
+    }
+    let started = Instant::now();
+    for _ in 0..packets / 2 {
+        std::hint::black_box(inspector.packet(&policy, Dir::ToPeer, "bench", &data, tick));
+        std::hint::black_box(inspector.packet(&policy, Dir::FromPeer, "bench", &ack[..40], tick));
+    }
+    Ok(started.elapsed().as_nanos() as f64 / f64::from(packets / 2 * 2).max(1.0))
+}
+
 /// An IPv4 TCP segment of 40 bytes, or 41 with one byte of payload (checksums are not read by
 /// inspection). The payload rides at sequence number 1001, after a SYN at 1000.
 fn segment(
@@ -107,7 +146,13 @@ fn rss_kib() -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::measure;
+    use super::{measure, per_packet_ns};
+
+    #[test]
+    fn a_decided_flows_packets_are_timed() {
+        let ns = per_packet_ns(200_000).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(ns > 0.0);
+    }
 
     #[test]
     fn a_table_fills_to_its_bound_in_both_shapes() {

@@ -89,6 +89,8 @@ const GOODPUT_TARGET: f64 = 1.8;
 const INSPECT_GOODPUT_TARGET: f64 = 0.95;
 /// The `max_flows` whose full table's memory is reported.
 const TABLE_FLOWS: u32 = 1_000_000;
+/// Packets timed through inspection for the cost of the common one.
+const INSPECT_PACKETS: u32 = 2_000_000;
 const CPU_TARGET: f64 = 0.25;
 const SYSCALLS_TARGET: f64 = 0.3;
 
@@ -1491,6 +1493,8 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
     let table = [false, true].map(|decided| {
         crate::inspect_table::measure(TABLE_FLOWS, decided).map_err(|e| format!("{e:#}"))
     });
+    let inspect_packet_ns =
+        crate::inspect_table::per_packet_ns(INSPECT_PACKETS).map_err(|e| format!("{e:#}"));
 
     report(
         out_dir,
@@ -1500,6 +1504,7 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
         &Extra {
             memory: &memory,
             table: &table,
+            inspect_packet_ns: &inspect_packet_ns,
             handshakes: &handshakes,
             profile: &profile,
             floor: &floor,
@@ -1524,6 +1529,8 @@ struct Extra<'a> {
     /// (peers, target MiB, what was measured).
     memory: &'a [MemoryRow],
     table: &'a [std::result::Result<TableMemory, String>; 2],
+    /// `Inspector::packet` for a packet of a decided flow, ns.
+    inspect_packet_ns: &'a std::result::Result<f64, String>,
     handshakes: &'a [Outcome],
     profile: &'a std::result::Result<Profile, String>,
     /// The AEAD's CPU s/GB in this process.
@@ -1540,6 +1547,7 @@ fn report(
     let Extra {
         memory,
         table,
+        inspect_packet_ns,
         handshakes,
         profile,
         floor,
@@ -1695,6 +1703,12 @@ fn report(
             Err(reason) => println!("inspection table, {shape}: {}", first_line(reason)),
         }
     }
+    match inspect_packet_ns {
+        Ok(ns) => println!(
+            "inspection, a packet of a decided flow: {ns:.0} ns ({INSPECT_PACKETS} packets, one thread)"
+        ),
+        Err(reason) => println!("inspection, a packet of a decided flow: {}", first_line(reason)),
+    }
     if let Some(counter) = counter {
         println!(
             "\nsyscalls: {} on the gateway process, median of {SYSCALL_WINDOWS} windows of {} s per \
@@ -1754,6 +1768,7 @@ fn report(
             }),
             Err(reason) => json!({ "shape": shape, "unavailable": reason }),
         }).collect::<Vec<_>>(),
+        "inspection_packet_ns": inspect_packet_ns.as_ref().ok(),
         "memory": memory_json(memory),
         "handshakes": handshakes_json(handshakes, plan),
         "gateway_profile": match profile {
