@@ -23,10 +23,9 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use crmguard_core::abi;
 use crmguard_core::policy;
+use crmguard_lab::cpu::Pinned;
 use crmguard_lab::frames;
 use crmguard_lab::netns::NetNs;
-use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
-use nix::unistd::Pid;
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 15;
@@ -346,34 +345,6 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// This thread (and what it starts) pinned to the last CPU it may run on, until dropped.
-struct PinnedCpu {
-    before: CpuSet,
-}
-
-impl PinnedCpu {
-    fn last() -> Result<Self> {
-        let this = Pid::from_raw(0);
-        let before = sched_getaffinity(this).context("sched_getaffinity")?;
-        let cpu = (0..CpuSet::count())
-            .rev()
-            .find(|&cpu| before.is_set(cpu).unwrap_or(false))
-            .context("this thread may run on no CPU")?;
-        let mut one = CpuSet::new();
-        one.set(cpu)?;
-        sched_setaffinity(this, &one).context("sched_setaffinity")?;
-        Ok(Self { before })
-    }
-}
-
-impl Drop for PinnedCpu {
-    fn drop(&mut self) {
-        if let Err(e) = sched_setaffinity(Pid::from_raw(0), &self.before) {
-            eprintln!("bench: cannot restore this thread's CPUs: {e}");
-        }
-    }
-}
-
 /// The median of the ratios `a[i] / b[i]` of rounds measured one after the other.
 fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
     median(a.iter().zip(b).map(|(a, b)| a / b).collect())
@@ -453,7 +424,7 @@ pub fn run(out_dir: &Path) -> Result<()> {
     let rounds = if quick { QUICK_ROUNDS } else { ROUNDS };
     // Every program on one CPU (bpftool inherits it): on a virtual machine the CPUs can run at
     // different speeds, and a round that moved between them would compare two machines.
-    let pinned = PinnedCpu::last()?;
+    let pinned = Pinned::last_allowed()?;
     let mut rows = Vec::new();
     for case in cases() {
         let (mut ours, mut floor, mut theirs, mut big) =

@@ -17,6 +17,7 @@ pub mod agent;
 pub mod alerting;
 pub mod browser;
 pub mod cmd;
+pub mod cpu;
 pub mod frames;
 pub mod net;
 pub mod netns;

@@ -64,11 +64,10 @@ use crmguard_core::abi::{self, Action, Reason};
 use crmguard_core::model::{self, ModelState};
 use crmguard_core::policy::{self, CompiledPolicy};
 use crmguard_datapath::{self, PolicyMaps};
+use crmguard_lab::cpu::Pinned;
 use crmguard_lab::frames::*;
 use crmguard_lab::privileged;
-use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::time::{clock_getres, clock_gettime, ClockId};
-use nix::unistd::Pid;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -761,33 +760,6 @@ fn coarse_ns() -> Result<u64> {
 fn tick_ns() -> Result<u64> {
     let t = clock_getres(ClockId::CLOCK_MONOTONIC_COARSE).context("reading the clock")?;
     Ok(u64::try_from(t.tv_sec())? * SEC + u64::try_from(t.tv_nsec())?)
-}
-
-/// The calling thread pinned to one CPU, `cpu`, until drop restores its
-/// previous set.
-struct Pinned {
-    previous: CpuSet,
-    cpu: usize,
-}
-
-impl Pinned {
-    fn to_first_allowed_cpu() -> Result<Pinned> {
-        let me = Pid::from_raw(0);
-        let previous = sched_getaffinity(me).context("sched_getaffinity")?;
-        let cpu = (0..CpuSet::count())
-            .find(|&c| previous.is_set(c).unwrap_or(false))
-            .context("no CPU in this thread's affinity set")?;
-        let mut only = CpuSet::new();
-        only.set(cpu)?;
-        sched_setaffinity(me, &only).context("sched_setaffinity")?;
-        Ok(Pinned { previous, cpu })
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        let _ = sched_setaffinity(Pid::from_raw(0), &self.previous);
-    }
 }
 
 // ---- comparing state -----------------------------------------------------------------
@@ -1610,7 +1582,7 @@ fn differential_xdp_matches_model() -> Result<()> {
          cargo test -p crmguard-tests --test suite differential -- --nocapture"
     );
 
-    let pinned = Pinned::to_first_allowed_cpu()?;
+    let pinned = Pinned::first_allowed()?;
     let mut kernel = Kernel::load()?;
     let config = crmguard_core::config::parse(POLICY, Path::new("differential.toml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
