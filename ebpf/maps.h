@@ -239,6 +239,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_flows4 SEC(".maps");
 
+/* Each CPU's cache of live IPv4 TCP connections (see the ABI header).
+ * Written and read by XDP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CG_FLOW4_CACHE_MAX);
+	__type(key, __u32);
+	__type(value, struct cg_flow4_cached);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_flow4_cache SEC(".maps");
+
 /* IPv6 TCP connections this host opened.  Written by tc egress; read by XDP. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -300,9 +300,22 @@ static __always_inline void remember_first_fragment(const struct pkt *p, __u32 r
 
 /* ---- replies to the host's own connections ------------------------------- */
 
+/* The entry of cg_flow4_cache that would hold the connection (see the ABI
+ * header). */
+static __always_inline __u32 flow4_cache_index(__u64 w, __u32 ports)
+{
+	__u64 h = (w ^ CG_FLOW4_CACHE_SEED) * CG_RL_K1;
+
+	h = ((h ^ (h >> 32)) ^ ports) * CG_RL_K2;
+	return (__u32)(h >> (64 - CG_FLOW4_CACHE_BITS));
+}
+
 /*
- * Whether cg_flows4 holds the IPv4 TCP connection, unexpired.  A global
- * function of scalars, like cg_deny4_holds: the verifier checks it once.
+ * Whether cg_flows4 holds the IPv4 TCP connection, unexpired.  This CPU's
+ * cache answers for a connection it holds until the expiry it copied, which
+ * the connection's record can only have moved later; otherwise cg_flows4
+ * does, and a live connection goes into the cache.  A global function of
+ * scalars, like cg_deny4_holds: the verifier checks it once.
  */
 __attribute__((noinline)) int cg_flow4_live(__be32 local, __be32 remote, __be16 local_port,
 					    __be16 remote_port)
@@ -313,9 +326,28 @@ __attribute__((noinline)) int cg_flow4_live(__be32 local, __be32 remote, __be16 
 		.local_port_be = local_port,
 		.remote_port_be = remote_port,
 	};
-	struct cg_flow *flow = bpf_map_lookup_elem(&cg_flows4, &key);
+	__u64 w = (__u64)local | (__u64)remote << 32;
+	__u32 ports = (__u32)local_port | (__u32)remote_port << 16;
+	__u32 index = flow4_cache_index(w, ports);
+	struct cg_flow4_cached *cached = bpf_map_lookup_elem(&cg_flow4_cache, &index);
+	struct cg_flow *flow;
+	__u64 expires;
 
-	return flow && !clock_past(flow->expires_ns);
+	if (cached && cached->key.local == local && cached->key.remote == remote &&
+	    cached->key.local_port_be == local_port && cached->key.remote_port_be == remote_port &&
+	    !clock_past(cached->expires_ns))
+		return 1;
+	flow = bpf_map_lookup_elem(&cg_flows4, &key);
+	if (!flow)
+		return 0;
+	expires = flow->expires_ns;
+	if (clock_past(expires))
+		return 0;
+	if (cached) {
+		cached->key = key;
+		cached->expires_ns = expires;
+	}
+	return 1;
 }
 
 static __always_inline int established(const struct pkt *p, __be16 local_port, __be16 remote_port,

@@ -11,7 +11,7 @@
 use std::fmt;
 
 /// The ABI version compiled into this agent (`CG_ABI_VERSION`).
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// What the program did with a packet (`enum cg_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -455,6 +455,41 @@ pub struct Flow4Key {
     pub remote_port_be: [u8; 2],
 }
 
+/// `struct cg_flow4_cached`: an entry of a CPU's `cg_flow4_cache`, a connection XDP found
+/// live in `cg_flows4` and the expiry it had then; all zeros holds nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Flow4Cached {
+    pub key: Flow4Key,
+    pub _pad: u32,
+    pub expires_ns: u64,
+}
+
+/// `CG_FLOW4_CACHE_BITS`, `CG_FLOW4_CACHE_SEED`: the hash that places a connection in
+/// `cg_flow4_cache`.
+pub const FLOW4_CACHE_BITS: u32 = 12;
+pub const FLOW4_CACHE_SEED: u64 = 0xa409_3822_299f_31d0;
+/// `CG_FLOW4_CACHE_MAX`: the entries of each CPU's `cg_flow4_cache`.
+pub const FLOW4_CACHE_MAX: u32 = 1 << FLOW4_CACHE_BITS;
+
+/// The entry of `cg_flow4_cache` that would hold `key`: the key's first eight bytes and
+/// last four read in host order, as the program reads them.
+#[must_use]
+pub fn flow4_cache_index(key: &Flow4Key) -> u32 {
+    let mut w = [0u8; 8];
+    w[..4].copy_from_slice(&key.local);
+    w[4..].copy_from_slice(&key.remote);
+    let ports = u32::from_ne_bytes([
+        key.local_port_be[0],
+        key.local_port_be[1],
+        key.remote_port_be[0],
+        key.remote_port_be[1],
+    ]);
+    let h = (u64::from_ne_bytes(w) ^ FLOW4_CACHE_SEED).wrapping_mul(RL_K1);
+    let h = (h ^ (h >> 32) ^ u64::from(ports)).wrapping_mul(RL_K2);
+    u32::try_from(h >> (64 - FLOW4_CACHE_BITS)).unwrap_or(0)
+}
+
 /// The protocol number of TCP, which the flow maps split on.
 const IPPROTO_TCP: u8 = 6;
 
@@ -580,6 +615,7 @@ const _: () = assert!(std::mem::size_of::<Frag>() == 16);
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(std::mem::size_of::<Flow4Key>() == 12);
 const _: () = assert!(std::mem::size_of::<Flow>() == 8);
+const _: () = assert!(std::mem::size_of::<Flow4Cached>() == 24);
 const _: () = assert!(std::mem::size_of::<Event>() == 56);
 const _: () = assert!(std::mem::size_of::<Stats>() == 16);
 const _: () = assert!(std::mem::size_of::<Addr6>() == 16);
@@ -644,6 +680,8 @@ mod pod {
     unsafe impl aya::Pod for Flow4Key {}
     // SAFETY: see above.
     unsafe impl aya::Pod for Flow {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Flow4Cached {}
     // SAFETY: see above.
     unsafe impl aya::Pod for Event {}
 }
@@ -739,6 +777,7 @@ mod tests {
         check("CG_SIZEOF_FLOW_KEY", std::mem::size_of::<FlowKey>());
         check("CG_SIZEOF_FLOW4_KEY", std::mem::size_of::<Flow4Key>());
         check("CG_SIZEOF_FLOW", std::mem::size_of::<Flow>());
+        check("CG_SIZEOF_FLOW4_CACHED", std::mem::size_of::<Flow4Cached>());
         check("CG_SIZEOF_EVENT", std::mem::size_of::<Event>());
     }
 
@@ -784,6 +823,26 @@ mod tests {
         // 1,536 places of 768 keys in 131,072 slots: a few may share one, not more.
         assert!(slots.len() >= 1_500, "{} distinct slots", slots.len());
         assert_eq!(rl_indexes(&key(1, 1)), rl_indexes(&key(1, 1)));
+    }
+
+    #[test]
+    fn connections_spread_over_the_cache() {
+        let key = |remote: u8, port: u16| Flow4Key {
+            local: [10, 1, 0, 1],
+            remote: [203, 0, 113, remote],
+            local_port_be: port.to_be_bytes(),
+            remote_port_be: 443u16.to_be_bytes(),
+        };
+        let mut entries = std::collections::BTreeSet::new();
+        for remote in 0..8u8 {
+            for port in 40_000..40_256u16 {
+                let index = flow4_cache_index(&key(remote, port));
+                assert!(index < FLOW4_CACHE_MAX);
+                entries.insert(index);
+            }
+        }
+        // 2,048 connections in 4,096 entries: about 1,600 distinct if the hash spreads them.
+        assert!(entries.len() >= 1_500, "{} distinct entries", entries.len());
     }
 
     #[test]
@@ -839,6 +898,7 @@ mod tests {
             ("CG_RL_K2", RL_K2),
             ("CG_RL_K3", RL_K3),
             ("CG_DENY4_SEED", DENY4_SEED),
+            ("CG_FLOW4_CACHE_SEED", FLOW4_CACHE_SEED),
         ] {
             assert_eq!(header_hex(name), value, "{name}");
         }
@@ -849,6 +909,14 @@ mod tests {
         assert_eq!(header_value("CG_FRAG_MAX"), u64::from(FRAG_MAX));
         assert_eq!(header_value("CG_FLOW_MAX"), u64::from(FLOW_MAX));
         assert_eq!(header_value("CG_DGRAM_FLOW_MAX"), u64::from(DGRAM_FLOW_MAX));
+        assert_eq!(
+            header_value("CG_FLOW4_CACHE_MAX"),
+            u64::from(FLOW4_CACHE_MAX)
+        );
+        assert_eq!(
+            header_value("CG_FLOW4_CACHE_BITS"),
+            u64::from(FLOW4_CACHE_BITS)
+        );
         assert_eq!(
             header_value("CG_RL_NEW_PER_CPU_PER_S"),
             u64::from(RL_NEW_PER_CPU_PER_S)

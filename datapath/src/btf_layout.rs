@@ -391,6 +391,7 @@ fn mirrors() -> Vec<(&'static str, Layout)> {
             abi::Flow4Key,
             [local, remote, local_port_be, remote_port_be]
         ),
+        mirror!("cg_flow4_cached", abi::Flow4Cached, [key, _pad, expires_ns]),
         mirror!(
             "cg_flow_key",
             abi::FlowKey,
@@ -571,7 +572,10 @@ fn fnv1a(text: &str) -> u64 {
 ///
 /// Version 9 added `cg_flows4`: IPv4 TCP connections under the 12-byte `cg_flow4_key`, apart
 /// from the IPv6 ones in `cg_flows`.
-const FINGERPRINT: (u32, u64) = (9, 0x1871_5a00_e7d2_5384);
+///
+/// Version 10 added `cg_flow4_cache`, each CPU's cache of the IPv4 TCP connections XDP found
+/// live in `cg_flows4`, which answers for their replies without a hash lookup.
+const FINGERPRINT: (u32, u64) = (10, 0x6e8c_ef32_b0cb_fe83);
 
 #[test]
 fn the_abi_changes_only_with_its_version() {

@@ -103,6 +103,7 @@ pub const MAP_SPECS: &[MapSpec] = &[
     spec::<u32, abi::Rl>("cg_rl_budget", 1),
     spec::<abi::FragKey, abi::Frag>("cg_frags", abi::FRAG_MAX),
     spec::<abi::Flow4Key, abi::Flow>("cg_flows4", abi::FLOW_MAX),
+    spec::<u32, abi::Flow4Cached>("cg_flow4_cache", abi::FLOW4_CACHE_MAX),
     spec::<abi::FlowKey, abi::Flow>("cg_flows", abi::FLOW_MAX),
     spec::<abi::FlowKey, abi::Flow>("cg_dgram_flows", abi::DGRAM_FLOW_MAX),
     spec::<u32, abi::Stats>("cg_stats", abi::STATS_ENTRIES),

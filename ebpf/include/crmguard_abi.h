@@ -25,7 +25,7 @@
  * meaning of a number changes: the agent stamps it into the cg_abi map of
  * the maps it pins, and an agent of another version refuses to adopt them.
  */
-#define CG_ABI_VERSION 9
+#define CG_ABI_VERSION 10
 
 /* Actions: what the program did with a packet (the `action` metric label). */
 enum cg_action {
@@ -397,6 +397,28 @@ struct cg_flow {
 	__u64 expires_ns;
 };
 
+/*
+ * A CPU's cache of the IPv4 TCP connections XDP found live in cg_flows4, so
+ * that the replies of a connection it knows cost an array read instead of a
+ * hash lookup.  Written and read by XDP only, each CPU its own copy: an
+ * entry is a connection cg_flows4 held, with the expiry it had then, which
+ * tc egress only ever moves later.  A connection is in the entry of the top
+ * CG_FLOW4_CACHE_BITS bits of h, from its key's first eight bytes (w) and
+ * last four (ports), each read in host order:
+ *   h = (w ^ CG_FLOW4_CACHE_SEED) * CG_RL_K1;  h = (mix(h) ^ ports) * CG_RL_K2;
+ * An entry of all zeros holds nothing: its expiry has passed.
+ */
+struct cg_flow4_cached {
+	struct cg_flow4_key key;
+	__u32 _pad;
+	__u64 expires_ns;
+};
+
+#define CG_FLOW4_CACHE_BITS 12
+#define CG_FLOW4_CACHE_MAX (1U << 12)
+_Static_assert(CG_FLOW4_CACHE_MAX == 1U << CG_FLOW4_CACHE_BITS, "the cache's entries and the hash's bits");
+#define CG_FLOW4_CACHE_SEED 0xa4093822299f31d0ULL
+
 /* Sampled drop events, XDP -> agent through the cg_events ring buffer. */
 struct cg_event {
 	__u64 ts_ns;
@@ -472,6 +494,7 @@ _Static_assert(CG_RL_NEW_PER_CPU_PER_S == CG_RL_MAX / 64, "the new-bucket budget
 #define CG_SIZEOF_FLOW_KEY 40
 #define CG_SIZEOF_FLOW4_KEY 12
 #define CG_SIZEOF_FLOW 8
+#define CG_SIZEOF_FLOW4_CACHED 24
 #define CG_SIZEOF_EVENT 56
 
 _Static_assert(sizeof(struct cg_config) == CG_SIZEOF_CONFIG, "cg_config size");
@@ -496,6 +519,7 @@ _Static_assert(sizeof(struct cg_frag) == CG_SIZEOF_FRAG, "cg_frag size");
 _Static_assert(sizeof(struct cg_flow_key) == CG_SIZEOF_FLOW_KEY, "cg_flow_key size");
 _Static_assert(sizeof(struct cg_flow4_key) == CG_SIZEOF_FLOW4_KEY, "cg_flow4_key size");
 _Static_assert(sizeof(struct cg_flow) == CG_SIZEOF_FLOW, "cg_flow size");
+_Static_assert(sizeof(struct cg_flow4_cached) == CG_SIZEOF_FLOW4_CACHED, "cg_flow4_cached size");
 _Static_assert(sizeof(struct cg_event) == CG_SIZEOF_EVENT, "cg_event size");
 
 #endif /* CRMGUARD_ABI_H */

@@ -17,14 +17,15 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{TestRun, TestRunOptions};
 use aya::Ebpf;
-use crmguard_core::abi::{Flow, Flow4Key, FlowKey, FlowPlace};
+use crmguard_core::abi::{self, Flow, Flow4Cached, Flow4Key, FlowKey, FlowPlace};
 use crmguard_datapath::tc::{self, Egress, EgressMode, Mechanism};
 use crmguard_datapath::{self, PolicyMaps};
 use crmguard_lab::agent::Agent;
+use crmguard_lab::cpu::Pinned;
 use crmguard_lab::net::{self, TcpOutcome, TcpServer};
 use crmguard_lab::netns::NetNs;
 use crmguard_lab::privileged;
@@ -753,6 +754,18 @@ impl Programs {
         Ok(())
     }
 
+    /// Entry `index` of `cpu`'s `cg_flow4_cache`.
+    fn cached(&self, index: u32, cpu: usize) -> Result<Flow4Cached> {
+        let data = MapData::from_pin(self.dir.join("maps").join("cg_flow4_cache"))?;
+        let cache: PerCpuArray<MapData, Flow4Cached> =
+            PerCpuArray::try_from(Map::PerCpuArray(data))?;
+        let values = cache.get(&index, 0)?;
+        values
+            .get(cpu)
+            .copied()
+            .with_context(|| format!("cg_flow4_cache has no copy for CPU {cpu}"))
+    }
+
     /// The record of `key`, if there is one.
     fn flow(&self, key: FlowKey) -> Result<Option<Flow>> {
         let found = match key.place() {
@@ -1198,6 +1211,106 @@ fn later_packets_of_a_recorded_flow_refresh_it() -> Result<()> {
     ensure!(
         programs.passes(&reply)?,
         "the reply of the refreshed flow was dropped"
+    );
+    Ok(())
+}
+
+/// The replies of a live IPv4 connection are answered from the CPU's `cg_flow4_cache`, and
+/// the cache admits nothing `cg_flows4` would not: another connection placed in the same entry
+/// is dropped until it is recorded, and a cached connection's replies stop at the expiry the
+/// cache copied, until its next outbound packet records a later one.
+#[test]
+fn the_connection_cache_admits_only_live_recorded_connections() -> Result<()> {
+    if !privileged::require(
+        "established::the_connection_cache_admits_only_live_recorded_connections",
+    ) {
+        return Ok(());
+    }
+    // The cache is per CPU: every frame of this test runs on one.
+    let pinned = Pinned::first_allowed()?;
+    let mut programs = Programs::load("cache")?;
+    programs.clear_flows()?;
+    let (h4, p4) = (IpAddr::V4(HOST4), IpAddr::V4(PEER4));
+    let short = |k: FlowKey| match k.place() {
+        FlowPlace::Tcp4(short) => Ok(short),
+        other => Err(anyhow::anyhow!("not an IPv4 connection: {other:?}")),
+    };
+    let reply = |port: u16| ip4(PEER4, HOST4, TCP, 0, 0, &tcp(443, port, ACK));
+
+    let a = key(h4, p4, TCP, 40030, 443);
+    let index = abi::flow4_cache_index(&short(a)?);
+    let expires = now_ns() + 3_000_000_000;
+    programs.insert_flow(
+        a,
+        Flow {
+            expires_ns: expires,
+        },
+    )?;
+    ensure!(
+        programs.passes(&reply(40030))?,
+        "the reply of a live connection was dropped"
+    );
+    let cached = programs.cached(index, pinned.cpu)?;
+    ensure!(
+        cached.key == short(a)? && cached.expires_ns == expires,
+        "the connection is not in its CPU's cache: {cached:?}"
+    );
+
+    // Another connection of the same entry, never recorded.
+    let port = (1024..=u16::MAX)
+        .find(|&p| {
+            p != 40030
+                && short(key(h4, p4, TCP, p, 443))
+                    .is_ok_and(|k| abi::flow4_cache_index(&k) == index)
+        })
+        .context("no port shares the connection's cache entry")?;
+    ensure!(
+        !programs.passes(&reply(port))?,
+        "a connection never recorded passed on another's cache entry"
+    );
+    let b = key(h4, p4, TCP, port, 443);
+    programs.insert_flow(
+        b,
+        Flow {
+            expires_ns: u64::MAX,
+        },
+    )?;
+    ensure!(
+        programs.passes(&reply(port))?,
+        "the second connection's reply was dropped"
+    );
+    ensure!(
+        programs.cached(index, pinned.cpu)?.key == short(b)?,
+        "the entry was not taken over"
+    );
+    ensure!(
+        programs.passes(&reply(40030))?,
+        "the first connection's reply was dropped"
+    );
+
+    // The copied expiry passes: the replies stop, though the entry still holds the connection.
+    wait_for(
+        Duration::from_secs(10),
+        "the cached connection to expire",
+        || Ok((!programs.passes(&reply(40030))?).then_some(())),
+    )?;
+    ensure!(
+        now_ns() + CLOCK_SLACK_NS >= expires,
+        "the connection's replies stopped {} ms before it expired",
+        (expires - now_ns()) / 1_000_000
+    );
+    ensure!(
+        programs.cached(index, pinned.cpu)?.key == short(a)?,
+        "the entry changed hands"
+    );
+    programs.egress(&ip4(HOST4, PEER4, TCP, 0, 0, &tcp(40030, 443, ACK)))?;
+    ensure!(
+        programs.passes(&reply(40030))?,
+        "the reply of the refreshed connection was dropped"
+    );
+    ensure!(
+        programs.cached(index, pinned.cpu)?.expires_ns > expires,
+        "the cache kept the old expiry"
     );
     Ok(())
 }
