@@ -101,8 +101,8 @@ static __always_inline int rl_free(const struct cg_rl_slot *slot, __u32 units)
  * instead of every path through two GCRA buckets at each of the several
  * limits a packet can meet.
  */
-__attribute__((noinline)) __u32 cg_rl_check(__u64 addr_hi, __u64 addr_lo, __u64 scope_limited,
-					    __u64 rate_burst, __u64 now)
+static __always_inline __u32 rl_check_words(__u64 addr_hi, __u64 addr_lo, __u64 scope_limited,
+					      __u64 rate_burst, __u64 now)
 {
 	__u32 scope = (__u32)(scope_limited >> 32);
 	__u32 limited = (__u32)scope_limited;
@@ -149,6 +149,12 @@ __attribute__((noinline)) __u32 cg_rl_check(__u64 addr_hi, __u64 addr_lo, __u64 
 	slot->bucket.rate = rate;
 	slot->bucket.burst = burst;
 	return CG_R_NONE;
+}
+
+__attribute__((noinline)) __u32 cg_rl_check(__u64 addr_hi, __u64 addr_lo, __u64 scope_limited,
+					    __u64 rate_burst, __u64 now)
+{
+	return rl_check_words(addr_hi, addr_lo, scope_limited, rate_burst, now);
 }
 
 /* Per-source bucket of `scope`; rate > 0.  See cg_rl_check(). */
