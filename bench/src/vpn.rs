@@ -14,7 +14,8 @@
 //! What is measured, every figure for the gateway side of its pair:
 //!
 //! - single-stream TCP goodput with iperf3, forward (client to gateway) and reverse (`-R`),
-//!   the pairs in alternation, five rounds of 10 s ([`Plan::FULL`]), medians compared;
+//!   the pairs in alternation, five rounds of 10 s ([`Plan::FULL`]); a ratio of two pairs is
+//!   the median of each round's ratio, between transfers made one after the other;
 //! - CPU seconds per GB: the gateway process's utime + stime (all its threads) across each
 //!   transfer, over the bytes iperf3 received;
 //! - syscalls per packet, in a separate short transfer: `perf stat -e raw_syscalls:sys_enter`
@@ -1179,29 +1180,32 @@ struct Results {
 }
 
 impl Results {
+    /// Gbit/s of each round, in order.
+    fn goodputs(&self, d: usize) -> Vec<f64> {
+        self.transfers[d].iter().map(|t| t.gbit_s).collect()
+    }
+
     fn goodput(&self, d: usize) -> Option<f64> {
-        median(
-            &self.transfers[d]
-                .iter()
-                .map(|t| t.gbit_s)
-                .collect::<Vec<_>>(),
-        )
+        median(&self.goodputs(d))
+    }
+
+    /// CPU seconds per GB of the gateway (or the client) in each round, in order.
+    fn cpus_per_gb(&self, d: usize, client: bool) -> Vec<f64> {
+        self.transfers[d]
+            .iter()
+            .map(|t| {
+                let cpu = if client {
+                    t.client_cpu_s
+                } else {
+                    t.gateway_cpu_s
+                };
+                cpu / (t.bytes as f64 / 1e9)
+            })
+            .collect()
     }
 
     fn cpu_per_gb(&self, d: usize, client: bool) -> Option<f64> {
-        median(
-            &self.transfers[d]
-                .iter()
-                .map(|t| {
-                    let cpu = if client {
-                        t.client_cpu_s
-                    } else {
-                        t.gateway_cpu_s
-                    };
-                    cpu / (t.bytes as f64 / 1e9)
-                })
-                .collect::<Vec<_>>(),
-        )
+        median(&self.cpus_per_gb(d, client))
     }
 
     fn syscalls_per_packet(&self, d: usize) -> Option<f64> {
@@ -1592,11 +1596,16 @@ fn report(
     let cg = &results[2];
     let uninspected = &results[3];
     let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
-    let goodput = [0, 1].map(|d| ratio(cg.goodput(d), wg.goodput(d)));
-    let cpu = [0, 1].map(|d| ratio(cg.cpu_per_gb(d, false), wg.cpu_per_gb(d, false)));
-    let inspect_goodput = [0, 1].map(|d| ratio(cg.goodput(d), uninspected.goodput(d)));
+    // Pairs against pairs: the median of each round's ratio, between transfers made one after
+    // the other, so that the machine's changes of speed between rounds stay out of them.
+    let paired = |a: Vec<f64>, b: Vec<f64>| {
+        (!a.is_empty() && !b.is_empty()).then(|| crate::xdp::paired_ratio(&a, &b))
+    };
+    let goodput = [0, 1].map(|d| paired(cg.goodputs(d), wg.goodputs(d)));
+    let cpu = [0, 1].map(|d| paired(cg.cpus_per_gb(d, false), wg.cpus_per_gb(d, false)));
+    let inspect_goodput = [0, 1].map(|d| paired(cg.goodputs(d), uninspected.goodputs(d)));
     let inspect_cpu =
-        [0, 1].map(|d| ratio(cg.cpu_per_gb(d, false), uninspected.cpu_per_gb(d, false)));
+        [0, 1].map(|d| paired(cg.cpus_per_gb(d, false), uninspected.cpus_per_gb(d, false)));
     let syscalls = [0, 1].map(|d| cg.syscalls_per_packet(d));
     let hs_ratio = handshake_ratio(handshakes);
 

@@ -346,7 +346,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The median of the ratios `a[i] / b[i]` of rounds measured one after the other.
-fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
     median(a.iter().zip(b).map(|(a, b)| a / b).collect())
 }
 
