@@ -19,7 +19,8 @@
 //! - CPU seconds per GB: the gateway process's utime + stime (all its threads) across each
 //!   transfer, over the bytes iperf3 received;
 //! - syscalls per packet, in a separate short transfer: `perf stat -e raw_syscalls:sys_enter`
-//!   on the gateway process (`strace -c -f` where perf cannot), over the TCP segments both
+//!   on the gateway process (`strace -c -f` where perf cannot), and crmguard's by call (its
+//!   reads, writes, waits and locks), over the TCP segments both
 //!   namespaces sent through the tunnel, retransmissions included (the kernel's `Tcp:` counters
 //!   of each namespace). Each segment is one WireGuard datagram; the veth's own packet
 //!   counters count a GSO batch as one packet, so they are only recorded in the JSON;
@@ -659,11 +660,41 @@ struct Transfer {
 }
 
 /// One syscall count.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct SyscallCount {
     syscalls: u64,
+    /// The calls of [`CALLS_SHOWN`] among them, by name (with perf: those the kernel traces).
+    by_call: Vec<(String, u64)>,
     segments: u64,
     veth_packets: u64,
+}
+
+/// The calls whose share of the gateway's syscalls is shown: its I/O, its waits and its locks.
+const CALLS_SHOWN: &[&str] = &[
+    "recvmmsg",
+    "recvmsg",
+    "recvfrom",
+    "sendmmsg",
+    "sendmsg",
+    "sendto",
+    "read",
+    "readv",
+    "write",
+    "writev",
+    "poll",
+    "ppoll",
+    "epoll_wait",
+    "epoll_pwait",
+    "futex",
+    "clock_nanosleep",
+    "nanosleep",
+    "sched_yield",
+];
+
+/// What one counting window gave: all syscalls, and those of [`CALLS_SHOWN`] by name.
+struct Counted {
+    total: u64,
+    by_call: Vec<(String, u64)>,
 }
 
 pub(crate) struct Env<'a> {
@@ -948,14 +979,15 @@ impl Pair {
             for _ in 0..SYSCALL_WINDOWS {
                 let segments0 = tcp_segments_sent(client)? + tcp_segments_sent(gateway)?;
                 let veth0 = self.gateway_veth.packets()?;
-                let syscalls = counter.count(gateway, counter_s, env.work)?;
+                let counted = counter.count(gateway, counter_s, env.work)?;
                 let segments1 = tcp_segments_sent(client)? + tcp_segments_sent(gateway)?;
                 let veth1 = self.gateway_veth.packets()?;
                 if segments1 == segments0 {
                     bail!("no TCP segments crossed the tunnel while counting");
                 }
                 windows.push(SyscallCount {
-                    syscalls,
+                    syscalls: counted.total,
+                    by_call: counted.by_call,
                     segments: segments1 - segments0,
                     veth_packets: veth1 - veth0,
                 });
@@ -972,8 +1004,9 @@ impl Pair {
 /// How the gateway's syscalls are counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SyscallCounter {
-    /// `perf stat -e raw_syscalls:sys_enter -p PID`: kernel counters, no slowdown.
-    Perf,
+    /// `perf stat -e raw_syscalls:sys_enter -p PID`: kernel counters, no slowdown; with the
+    /// `syscalls:sys_enter_NAME` tracepoints of [`CALLS_SHOWN`] the kernel has.
+    Perf(&'static [&'static str]),
     /// `strace -c -f -p PID`: stops the process at every syscall, so the gateway runs slower
     /// and may batch differently while counted.
     Strace,
@@ -991,7 +1024,21 @@ impl SyscallCounter {
                 "true",
             ]));
         if perf_works {
-            Some(SyscallCounter::Perf)
+            let traced: Vec<&'static str> = CALLS_SHOWN
+                .iter()
+                .copied()
+                .filter(|call| {
+                    cmd::succeeds(Command::new("perf").args([
+                        "stat",
+                        "-e",
+                        &format!("syscalls:sys_enter_{call}"),
+                        "-x,",
+                        "--",
+                        "true",
+                    ]))
+                })
+                .collect();
+            Some(SyscallCounter::Perf(traced.leak()))
         } else if cmd::which("strace").is_some() {
             Some(SyscallCounter::Strace)
         } else {
@@ -1001,32 +1048,48 @@ impl SyscallCounter {
 
     fn name(self) -> &'static str {
         match self {
-            SyscallCounter::Perf => "perf stat -e raw_syscalls:sys_enter",
+            SyscallCounter::Perf(_) => "perf stat -e raw_syscalls:sys_enter",
             SyscallCounter::Strace => "strace -c -f",
         }
     }
 
     /// Syscalls `pid` (all its threads) made during `seconds`.
-    fn count(self, pid: u32, seconds: u32, work: &Path) -> Result<u64> {
+    fn count(self, pid: u32, seconds: u32, work: &Path) -> Result<Counted> {
         match self {
-            SyscallCounter::Perf => {
-                let out = cmd::output(Command::new("perf").args([
-                    "stat",
-                    "-e",
-                    "raw_syscalls:sys_enter",
-                    "-x,",
-                    "-p",
-                    &pid.to_string(),
-                    "--",
-                    "sleep",
-                    &seconds.to_string(),
-                ]))?;
+            SyscallCounter::Perf(calls) => {
+                let mut perf = Command::new("perf");
+                perf.args(["stat", "-e", "raw_syscalls:sys_enter"]);
+                for call in calls {
+                    perf.args(["-e", &format!("syscalls:sys_enter_{call}")]);
+                }
+                let pid = pid.to_string();
+                let seconds = seconds.to_string();
+                perf.args(["-x,", "-p", &pid, "--", "sleep", &seconds]);
+                let out = cmd::output(&mut perf)?;
                 let text = String::from_utf8_lossy(&out.stderr);
-                text.lines()
-                    .find(|line| line.contains("raw_syscalls:sys_enter"))
-                    .and_then(|line| line.split(',').next())
-                    .and_then(|n| n.trim().parse().ok())
-                    .with_context(|| format!("cannot read perf stat's count from: {}", text.trim()))
+                // CSV lines: "COUNT,UNIT,EVENT,...".
+                let counts: Vec<(&str, u64)> = text
+                    .lines()
+                    .filter_map(|line| {
+                        let mut fields = line.split(',');
+                        let count = fields.next()?.trim().parse().ok()?;
+                        Some((fields.nth(1)?.trim(), count))
+                    })
+                    .collect();
+                let total = counts
+                    .iter()
+                    .find(|(event, _)| *event == "raw_syscalls:sys_enter")
+                    .map(|(_, n)| *n)
+                    .with_context(|| {
+                        format!("cannot read perf stat's count from: {}", text.trim())
+                    })?;
+                let by_call = counts
+                    .iter()
+                    .filter_map(|(event, n)| {
+                        Some((event.strip_prefix("syscalls:sys_enter_")?.to_owned(), *n))
+                    })
+                    .collect();
+                Ok(Counted { total, by_call })
             }
             SyscallCounter::Strace => {
                 let file = work.join("strace.txt");
@@ -1043,12 +1106,26 @@ impl SyscallCounter {
                 child.wait()?;
                 slept?;
                 let text = std::fs::read_to_string(&file)?;
-                // The summary's last line: "100.00 SECONDS USECS/CALL CALLS [ERRORS] total".
-                text.lines()
-                    .find(|line| line.trim_end().ends_with("total"))
-                    .and_then(|line| line.split_whitespace().nth(3))
-                    .and_then(|n| n.parse().ok())
-                    .with_context(|| format!("cannot read strace's total from: {}", text.trim()))
+                // Rows "% TIME SECONDS USECS/CALL CALLS [ERRORS] NAME", the last one "total".
+                let rows: Vec<(&str, u64)> = text
+                    .lines()
+                    .filter_map(|line| {
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        let calls = fields.get(3)?.parse().ok()?;
+                        Some((*fields.last()?, calls))
+                    })
+                    .collect();
+                let total = rows
+                    .iter()
+                    .find(|(name, _)| *name == "total")
+                    .map(|(_, n)| *n)
+                    .with_context(|| format!("cannot read strace's total from: {}", text.trim()))?;
+                let by_call = rows
+                    .iter()
+                    .filter(|(name, _)| CALLS_SHOWN.contains(name))
+                    .map(|(name, n)| ((*name).to_owned(), *n))
+                    .collect();
+                Ok(Counted { total, by_call })
             }
         }
     }
@@ -1206,6 +1283,25 @@ impl Results {
 
     fn cpu_per_gb(&self, d: usize, client: bool) -> Option<f64> {
         median(&self.cpus_per_gb(d, client))
+    }
+
+    /// Each call of [`CALLS_SHOWN`] per packet, the median of the windows, largest first.
+    fn calls_per_packet(&self, d: usize) -> Vec<(String, f64)> {
+        let mut calls: Vec<(String, f64)> = CALLS_SHOWN
+            .iter()
+            .filter_map(|&call| {
+                let per_packet: Vec<f64> = self.syscalls[d]
+                    .iter()
+                    .filter_map(|c| {
+                        let (_, n) = c.by_call.iter().find(|(name, _)| name == call)?;
+                        Some(*n as f64 / c.segments as f64)
+                    })
+                    .collect();
+                Some((call.to_owned(), median(&per_packet)?))
+            })
+            .collect();
+        calls.sort_by(|a, b| b.1.total_cmp(&a.1));
+        calls
     }
 
     fn syscalls_per_packet(&self, d: usize) -> Option<f64> {
@@ -1725,6 +1821,21 @@ fn report(
             counter.name(),
             plan.syscall_seconds
         );
+        for (d, direction) in ["forward", "reverse"].iter().enumerate() {
+            let calls: Vec<String> = cg
+                .calls_per_packet(d)
+                .iter()
+                .filter(|(_, per_packet)| *per_packet >= 0.005)
+                .map(|(call, per_packet)| format!("{call} {per_packet:.2}"))
+                .collect();
+            if !calls.is_empty() {
+                println!(
+                    "  crmguard's by call, {direction}: {} (of {})",
+                    calls.join(", "),
+                    fmt_opt(cg.syscalls_per_packet(d), 2)
+                );
+            }
+        }
     }
 
     let pairs: Vec<Value> = results
@@ -1739,6 +1850,7 @@ fn report(
                     "client_cpu_s_per_gb": r.cpu_per_gb(d, true),
                     "syscalls_per_packet": r.syscalls_per_packet(d),
                     "syscalls": r.syscalls[d].iter().map(|c| c.syscalls).collect::<Vec<_>>(),
+                    "syscalls_per_packet_by_call": r.calls_per_packet(d).into_iter().map(|(call, n)| (call, json!(n))).collect::<serde_json::Map<_, _>>(),
                     "tunnel_packets": r.syscalls[d].iter().map(|c| c.segments).collect::<Vec<_>>(),
                     "gateway_veth_packets": r.syscalls[d].iter().map(|c| c.veth_packets).collect::<Vec<_>>(),
                 })
