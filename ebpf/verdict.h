@@ -313,8 +313,8 @@ static __always_inline __u32 flow4_cache_index(__u64 w, __u32 ports)
 /*
  * Whether cg_flows4 holds the IPv4 TCP connection, unexpired.  This CPU's
  * cache answers for a connection it holds until the expiry it copied, which
- * the connection's record can only have moved later; otherwise cg_flows4
- * does, and a live connection goes into the cache.  A global function of
+ * tc egress moves later (see the ABI header); otherwise cg_flows4 does, and a
+ * live connection goes into the cache.  A global function of
  * scalars, like cg_deny4_holds: the verifier checks it once.
  */
 __attribute__((noinline)) int cg_flow4_live(__be32 local, __be32 remote, __be16 local_port,

@@ -1290,11 +1290,24 @@ impl Results {
         let mut calls: Vec<(String, f64)> = CALLS_SHOWN
             .iter()
             .filter_map(|&call| {
-                let per_packet: Vec<f64> = self.syscalls[d]
+                let windows = &self.syscalls[d];
+                if !windows
                     .iter()
-                    .filter_map(|c| {
-                        let (_, n) = c.by_call.iter().find(|(name, _)| name == call)?;
-                        Some(*n as f64 / c.segments as f64)
+                    .any(|c| c.by_call.iter().any(|(name, _)| name == call))
+                {
+                    return None; // not traced here, or never made
+                }
+                // A call a window did not count (strace leaves out the calls not made, perf
+                // marks an event it did not count) made none in it.
+                let per_packet: Vec<f64> = windows
+                    .iter()
+                    .map(|c| {
+                        let n = c
+                            .by_call
+                            .iter()
+                            .find(|(name, _)| name == call)
+                            .map_or(0, |(_, n)| *n);
+                        n as f64 / c.segments as f64
                     })
                     .collect();
                 Some((call.to_owned(), median(&per_packet)?))

@@ -402,7 +402,10 @@ struct cg_flow {
  * that the replies of a connection it knows cost an array read instead of a
  * hash lookup.  Written and read by XDP only, each CPU its own copy: an
  * entry is a connection cg_flows4 held, with the expiry it had then, which
- * tc egress only ever moves later.  A connection is in the entry of the top
+ * tc egress moves later with every packet the host sends (two CPUs sending at
+ * once may store theirs out of order, a fraction of a tick apart).  A
+ * connection cg_flows4 evicts to make room stays in the copies until their
+ * expiry: the host did open it.  A connection is in the entry of the top
  * CG_FLOW4_CACHE_BITS bits of h, from its key's first eight bytes (w) and
  * last four (ports), each read in host order:
  *   h = (w ^ CG_FLOW4_CACHE_SEED) * CG_RL_K1;  h = (mix(h) ^ ports) * CG_RL_K2;
