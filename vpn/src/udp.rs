@@ -42,9 +42,9 @@ pub const RECV_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long one send waits for room in the send buffer.
 const SEND_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// Room for the control messages of one received datagram: the GRO segment size, the local
-/// address (`IP_PKTINFO` or `IPV6_PKTINFO`) and the traffic class.
-const CMSG_ROOM: usize = 256;
+/// Room for the control messages of one received datagram: the GRO segment size and the local
+/// address (`IP_PKTINFO` or `IPV6_PKTINFO`), with room to spare.
+const CMSG_ROOM: usize = 128;
 
 /// The largest UDP payload one GSO send may carry.
 pub const MAX_GSO_BYTES: usize = 65_000;
@@ -96,6 +96,7 @@ impl Udp {
             }
         }
         allow_fragments(&socket, v6)?;
+        drop_unread_control_messages(&socket, v6)?;
         socket.set_nonblocking(false)?;
         socket::setsockopt(&socket, sockopt::ReceiveTimeout, &timeval(RECV_TIMEOUT))?;
         socket::setsockopt(&socket, sockopt::SendTimeout, &timeval(SEND_TIMEOUT))?;
@@ -259,6 +260,20 @@ fn allow_fragments(socket: &UdpSocket, v6: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Turns off the control messages quinn-udp asks for that the endpoint does not read: the
+/// receive timestamp (`SO_TIMESTAMPNS`) and the outer traffic class (`IP_RECVTOS`,
+/// `IPV6_RECVTCLASS`). Each is copied out with every received datagram, and while any socket
+/// asks for timestamps the kernel stamps every packet the host receives, on every interface.
+fn drop_unread_control_messages(socket: &UdpSocket, v6: bool) -> io::Result<()> {
+    use rustix::net::sockopt as opt;
+    socket::setsockopt(socket, sockopt::ReceiveTimestampns, &false)?;
+    opt::set_ip_recvtos(socket, false)?;
+    if v6 {
+        opt::set_ipv6_recvtclass(socket, false)?;
+    }
+    Ok(())
+}
+
 fn is_bad_source(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -345,6 +360,22 @@ mod tests {
             }
         }
         got
+    }
+
+    #[test]
+    fn the_socket_asks_only_for_the_control_messages_it_reads() {
+        let udp = Udp::bind(0).expect("bind");
+        assert!(
+            !socket::getsockopt(&udp.socket, sockopt::ReceiveTimestampns).expect("timestamps"),
+            "receive timestamps stay off: with them the kernel stamps every packet of the host"
+        );
+        assert!(!rustix::net::sockopt::ip_recvtos(&udp.socket).expect("tos"));
+        if udp.v6 {
+            assert!(!rustix::net::sockopt::ipv6_recvtclass(&udp.socket).expect("tclass"));
+        }
+        // What the endpoint does read stays on.
+        assert!(socket::getsockopt(&udp.socket, sockopt::UdpGroSegment).expect("gro"));
+        assert!(udp.gro_segments() > 1);
     }
 
     #[test]
