@@ -793,7 +793,14 @@ impl Pair {
             Ok(listens(server_pid, IPERF_PORT).then_some(()))
         })?;
 
-        let client = start_userspace(Userspace::WireguardGo, None, &client_ns, &client_if, &work)?;
+        // boringtun-cli's pair is boringtun-cli at both ends; every other pair's client is
+        // wireguard-go, the client crmguard's figures are measured with.
+        let client_program = if kind == Kind::Boringtun {
+            Userspace::Boringtun
+        } else {
+            Userspace::WireguardGo
+        };
+        let client = start_userspace(client_program, env.boringtun, &client_ns, &client_if, &work)?;
         let mut pair = Pair {
             kind,
             server,
@@ -814,14 +821,19 @@ impl Pair {
         )?;
         address_end(&pair.client_ns, &client_if, &format!("{CLIENT}/24"))?;
         // A keepalive set on a device that is up goes out at once and starts the handshake.
-        wg(&[
-            "set",
-            &client_if,
-            "peer",
-            &gateway_keys.public,
-            "persistent-keepalive",
-            "25",
-        ])?;
+        // boringtun-cli refuses a keepalive set on its own; a first packet starts its
+        // handshake instead.
+        let pings = client_program == Userspace::Boringtun;
+        if !pings {
+            wg(&[
+                "set",
+                &client_if,
+                "peer",
+                &gateway_keys.public,
+                "persistent-keepalive",
+                "25",
+            ])?;
+        }
         let gateway_public = gateway_keys.public.clone();
         wait_for(
             &format!(
@@ -832,6 +844,16 @@ impl Pair {
             || {
                 pair.client.check_alive()?;
                 pair.gateway.daemon()?.check_alive()?;
+                if pings {
+                    // Whether it is answered does not matter: the handshake is looked at next.
+                    let _ = pair
+                        .client_ns
+                        .command("ping")
+                        .args(["-c", "1", "-W", "1", GATEWAY])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
                 let text = wg(&["show", &client_if, "latest-handshakes"])?;
                 let done = text.lines().any(|line| {
                     let mut f = line.split_whitespace();

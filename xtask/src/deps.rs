@@ -236,6 +236,10 @@ const BENCH: &[Package] = &[
     ),
     IPROUTE2,
     pkg(
+        "iputils-ping",
+        "ping: the first packet that starts boringtun-cli's handshake",
+    ),
+    pkg(
         "xdp-tools",
         "xdp-filter, the XDP filter crmguard is compared with",
     ),
