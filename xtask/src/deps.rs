@@ -235,10 +235,7 @@ const BENCH: &[Package] = &[
         "runs xdp-filter's program for the XDP comparison",
     ),
     IPROUTE2,
-    pkg(
-        "iputils-ping",
-        "ping: the first packet that starts boringtun-cli's handshake",
-    ),
+    PING,
     pkg(
         "xdp-tools",
         "xdp-filter, the XDP filter crmguard is compared with",
