@@ -9,6 +9,7 @@
 mod detect;
 mod handshakes;
 mod inspect_table;
+mod latency;
 mod memory;
 mod profile;
 mod vpn;

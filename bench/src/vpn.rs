@@ -29,6 +29,8 @@
 //!   ChaCha20-Poly1305 sealing of full-size packets in this process, as CPU seconds per GB;
 //! - the agent's RSS with 1,000 and with 10,000 peers in its peers file, XDP attached and the
 //!   endpoint up ([`crate::memory`]);
+//! - round-trip time through each tunnel (`ping`, [`crate::latency`]), alone and during a
+//!   forward transfer: what batching costs a packet that is not part of the bulk;
 //! - handshakes completed per second by crmguard and by wireguard-go, each pinned to one CPU
 //!   with the same 1,000 peers, against a load generator in this process
 //!   ([`crate::handshakes`]).
@@ -62,6 +64,7 @@ use crmguard_lab::workspace::Workspace;
 
 use crate::handshakes::{Outcome, HANDSHAKE_PEERS, HANDSHAKE_TARGET};
 use crate::inspect_table::TableMemory;
+use crate::latency::{self, Rtt};
 use crate::memory::{
     memory_with_peers, Memory, RSS_LARGE_TARGET_MIB, RSS_PEERS, RSS_PEERS_LARGE, RSS_TARGET_MIB,
 };
@@ -976,6 +979,26 @@ impl Pair {
         Ok(profile)
     }
 
+    /// Round trips through the tunnel: alone, then in the middle of a forward transfer.
+    fn latency(&mut self, env: &Env<'_>) -> Result<[Rtt; 2]> {
+        self.check_alive()?;
+        let idle = latency::probe(&self.client_ns, GATEWAY)?;
+        let report = env
+            .work
+            .join(format!("iperf-latency-{}.json", self.kind.tag()));
+        // A second before the probes (connection setup, slow start) and two after.
+        let seconds = latency::PROBING_S + 3;
+        let child = self.iperf_client(Direction::Forward, seconds, &report)?;
+        let probed: Result<Rtt> = (|| {
+            pause(Duration::from_secs(1))?;
+            latency::probe(&self.client_ns, GATEWAY)
+        })();
+        let finished = Pair::iperf_result(child, seconds, &report);
+        let loaded = probed?;
+        finished?;
+        Ok([idle, loaded])
+    }
+
     /// Counts the gateway's syscalls for `SYSCALL_WINDOWS` windows of `counter_s` seconds in
     /// the middle of one transfer, each against the TCP segments both sides sent meanwhile.
     fn count_syscalls(
@@ -1276,6 +1299,8 @@ struct Results {
     transfers: [Vec<Transfer>; 2],
     syscalls: [Vec<SyscallCount>; 2],
     syscall_error: Option<String>,
+    /// Round trips through the tunnel, alone and during a forward transfer.
+    latency: Option<std::result::Result<[Rtt; 2], String>>,
 }
 
 impl Results {
@@ -1513,6 +1538,7 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
             transfers: [Vec::new(), Vec::new()],
             syscalls: [Vec::new(), Vec::new()],
             syscall_error: None,
+            latency: None,
         })
         .collect();
     if let Err(e) = &boringtun {
@@ -1603,6 +1629,20 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
                 }
             }
         }
+    }
+    eprintln!(
+        "bench: round trips through each tunnel, {} pings {}s apart, alone and during a forward transfer",
+        latency::PROBES,
+        latency::INTERVAL
+    );
+    for (pair, result) in pairs.iter_mut().zip(results.iter_mut()) {
+        let Some(p) = pair else { continue };
+        let measured = p.latency(&env).map_err(|e| format!("{e:#}"));
+        check_interrupt()?;
+        if let Err(e) = &measured {
+            eprintln!("bench: the round trips of {} failed: {e}", p.kind.name());
+        }
+        result.latency = Some(measured);
     }
     eprintln!(
         "bench: where the crmguard gateway's CPU goes, perf record during one forward transfer"
@@ -1722,6 +1762,8 @@ fn report(
             println!("{:<32} (stopped early: {})", "", first_line(reason));
         }
     }
+
+    print_latency(results);
 
     let wg = &results[0];
     let cg = &results[2];
@@ -1890,6 +1932,19 @@ fn report(
                     "gateway_veth_packets": r.syscalls[d].iter().map(|c| c.veth_packets).collect::<Vec<_>>(),
                 })
             };
+            let rtt = |rtt: &Rtt| {
+                json!({ "median_ms": rtt.median_ms, "p99_ms": rtt.p99_ms, "answered": rtt.answered })
+            };
+            let latency = match &r.latency {
+                Some(Ok([idle, loaded])) => json!({
+                    "probes": latency::PROBES,
+                    "interval_s": latency::INTERVAL,
+                    "idle": rtt(idle),
+                    "during_forward_transfer": rtt(loaded),
+                }),
+                Some(Err(reason)) => json!({ "unavailable": reason }),
+                None => Value::Null,
+            };
             json!({
                 "pair": r.kind.name(),
                 "key": r.kind.key(),
@@ -1897,6 +1952,7 @@ fn report(
                 "syscall_error": r.syscall_error,
                 "forward": direction(0),
                 "reverse": direction(1),
+                "round_trip": latency,
             })
         })
         .collect();
@@ -1947,6 +2003,35 @@ fn report(
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
     println!("\nwritten to {}", path.display());
     Ok(())
+}
+
+/// The round trips through each pair's tunnel, alone and during a forward transfer.
+fn print_latency(results: &[Results]) {
+    println!();
+    println!(
+        "round trip through the tunnel (ping, {} probes {} s apart), ms: median / 99th percentile",
+        latency::PROBES,
+        latency::INTERVAL
+    );
+    println!(
+        "{:<32} {:>17} {:>26}",
+        "pair", "alone", "during a forward transfer"
+    );
+    for r in results {
+        let cell = |rtt: &Rtt| format!("{:.2} / {:.2}", rtt.median_ms, rtt.p99_ms);
+        match &r.latency {
+            Some(Ok([idle, loaded])) => println!(
+                "{:<32} {:>17} {:>26}",
+                r.kind.name(),
+                cell(idle),
+                cell(loaded)
+            ),
+            Some(Err(reason)) => {
+                println!("{:<32} unavailable: {}", r.kind.name(), first_line(reason))
+            }
+            None => {}
+        }
+    }
 }
 
 /// One memory measurement: (peers, target MiB, what was measured).
