@@ -68,6 +68,20 @@ const POLL: Duration = Duration::from_millis(100);
 /// Datagram buffers per receive (quinn-udp's batch).
 const RX_BATCH: usize = 32;
 
+/// While the WireGuard port is busy, how long the receive thread leaves datagrams to gather in
+/// the socket before it takes them again: one wake then carries a larger batch (fewer
+/// receives and TUN writes per packet, larger super-packets into the stack), as a network
+/// card's interrupt moderation does. This is the most a packet waits for it.
+const RX_HOLD: Duration = Duration::from_micros(50);
+
+/// A wake that took at least this many datagrams finds the port busy, and the next receive
+/// is held for [`RX_HOLD`]. A lone packet (a ping, an interactive keystroke) is never held.
+const RX_BUSY: usize = 4;
+
+/// Timer slack of the receive thread, so that a hold ends close to [`RX_HOLD`] and not up to
+/// the default 50 microseconds later.
+const RX_TIMER_SLACK_NS: u64 = 5_000;
+
 /// How long the receive thread pauses after a receive that failed without waiting.
 const RX_ERROR_PAUSE: Duration = Duration::from_millis(10);
 
@@ -811,7 +825,11 @@ fn rx_thread(shared: Arc<Shared>) {
     let mut snapshot = Cached::new(&shared.snapshot);
     // The handshake messages of one receive, handed to `vpn-handshake` together.
     let mut handshakes: Vec<HandshakeJob> = Vec::with_capacity(HANDSHAKE_QUEUE);
+    if let Err(e) = nix::sys::prctl::set_timerslack(RX_TIMER_SLACK_NS) {
+        tracing::debug!(error = %e, "cannot narrow the receive thread's timer slack");
+    }
     while !shared.stop.load(Ordering::Relaxed) {
+        let mut taken = 0;
         // The first receive waits (up to `udp::RECV_TIMEOUT`, then the stop flag is looked
         // at); the next ones drain what is queued, a bounded number of batches. The TUN writes
         // wait until the socket is drained (or the queue is full), so that the segments of
@@ -851,6 +869,7 @@ fn rx_thread(shared: Arc<Shared>) {
                 };
                 let stride = if m.stride == 0 { m.len } else { m.stride };
                 for datagram in buf[..m.len].chunks(stride.max(1)) {
+                    taken += 1;
                     if let Some(job) = HandshakeJob::of(datagram, from, now) {
                         // Handshakes are worked through on their own thread, so that a
                         // flood of them (each may cost Diffie-Hellman work or a cookie reply)
@@ -886,6 +905,9 @@ fn rx_thread(shared: Arc<Shared>) {
             }
         }
         bufs.queue.flush(&shared.tun);
+        if taken >= RX_BUSY {
+            std::thread::sleep(RX_HOLD);
+        }
     }
 }
 
