@@ -58,6 +58,10 @@ mod tests {
         check("::ffff:192.0.2.1", Some("192.0.2.1"));
         check("[::ffff:192.0.2.1]:22", Some("192.0.2.1"));
         check("::ffff:c000:201", Some("192.0.2.1"));
+        // An IPv6 address written with its last 32 bits dotted (inet_ntop writes ::/96 so) is
+        // the IPv6 address it spells.
+        check("::7.0.0.1", Some("::700:1"));
+        check("64:ff9b::192.0.2.1", Some("64:ff9b::c000:201"));
         check("::1", Some("::1"));
         check("fe80::1%eth0", None);
         check("192.000.2.1", None);
