@@ -1,5 +1,5 @@
-//! Where the gateway's CPU goes: `perf record -g` on the crmguard gateway during one forward
-//! transfer, its samples sorted by symbol and put in five classes; and the floor under the data
+//! Where the gateway's CPU goes: `perf record -g` on the crmguard gateway during one transfer
+//! each way, its samples sorted by symbol and put in five classes; and the floor under the data
 //! path, ChaCha20-Poly1305 sealing of 1,420-byte packets in this process with the same AEAD
 //! implementation (ring's) boringtun's sessions use.
 

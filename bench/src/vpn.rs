@@ -24,7 +24,7 @@
 //!   namespaces sent through the tunnel, retransmissions included (the kernel's `Tcp:` counters
 //!   of each namespace). Each segment is one WireGuard datagram; the veth's own packet
 //!   counters count a GSO batch as one packet, so they are only recorded in the JSON;
-//! - where the crmguard gateway's CPU goes during one forward transfer (`perf record`, samples
+//! - where the crmguard gateway's CPU goes during one transfer each way (`perf record`, samples
 //!   in classes: crypto, copies, locks, kernel, other; [`crate::profile`]), next to the floor:
 //!   ChaCha20-Poly1305 sealing of full-size packets in this process, as CPU seconds per GB;
 //! - the agent's RSS with 1,000 and with 10,000 peers in its peers file, XDP attached and the
@@ -959,43 +959,51 @@ impl Pair {
         })
     }
 
-    /// Records the gateway's samples for `seconds` in the middle of one forward transfer.
-    fn profile(&mut self, seconds: u32, env: &Env<'_>) -> Result<Profile> {
+    /// Runs `measure`, which takes about `seconds`, in the middle of one transfer: the transfer
+    /// starts a second before it (connection setup, slow start) and ends two seconds after.
+    fn during_transfer<T>(
+        &self,
+        direction: Direction,
+        seconds: u32,
+        what: &str,
+        env: &Env<'_>,
+        measure: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let report = env.work.join(format!(
+            "iperf-{what}-{}-{}.json",
+            self.kind.tag(),
+            direction.key()
+        ));
+        let transfer_s = seconds + 3;
+        let child = self.iperf_client(direction, transfer_s, &report)?;
+        let measured = pause(Duration::from_secs(1)).and_then(|()| measure());
+        let finished = Pair::iperf_result(child, transfer_s, &report);
+        let measured = measured?;
+        finished?;
+        Ok(measured)
+    }
+
+    /// Records the gateway's samples for `seconds` in the middle of one transfer.
+    fn profile(&mut self, direction: Direction, seconds: u32, env: &Env<'_>) -> Result<Profile> {
         self.check_alive()?;
         let gateway = self.gateway.daemon()?.id();
-        let report = env
-            .work
-            .join(format!("iperf-profile-{}.json", self.kind.tag()));
-        // A second before the recording (connection setup, slow start) and two after.
-        let transfer_s = seconds + 3;
-        let child = self.iperf_client(Direction::Forward, transfer_s, &report)?;
-        let recorded: Result<Profile> = (|| {
-            pause(Duration::from_secs(1))?;
-            crate::profile::record(gateway, seconds, env.work, "gateway")?.finish()
-        })();
-        let finished = Pair::iperf_result(child, transfer_s, &report);
-        let profile = recorded?;
-        finished?;
-        Ok(profile)
+        let name = format!("gateway-{}", direction.key());
+        self.during_transfer(direction, seconds, "profile", env, || {
+            crate::profile::record(gateway, seconds, env.work, &name)?.finish()
+        })
     }
 
     /// Round trips through the tunnel: alone, then in the middle of a forward transfer.
     fn latency(&mut self, env: &Env<'_>) -> Result<[Rtt; 2]> {
         self.check_alive()?;
         let idle = latency::probe(&self.client_ns, GATEWAY)?;
-        let report = env
-            .work
-            .join(format!("iperf-latency-{}.json", self.kind.tag()));
-        // A second before the probes (connection setup, slow start) and two after.
-        let seconds = latency::PROBING_S + 3;
-        let child = self.iperf_client(Direction::Forward, seconds, &report)?;
-        let probed: Result<Rtt> = (|| {
-            pause(Duration::from_secs(1))?;
-            latency::probe(&self.client_ns, GATEWAY)
-        })();
-        let finished = Pair::iperf_result(child, seconds, &report);
-        let loaded = probed?;
-        finished?;
+        let loaded = self.during_transfer(
+            Direction::Forward,
+            latency::PROBING_S,
+            "latency",
+            env,
+            || latency::probe(&self.client_ns, GATEWAY),
+        )?;
         Ok([idle, loaded])
     }
 
@@ -1645,13 +1653,18 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
         result.latency = Some(measured);
     }
     eprintln!(
-        "bench: where the crmguard gateway's CPU goes, perf record during one forward transfer"
+        "bench: where the crmguard gateway's CPU goes, perf record during one transfer each way"
     );
-    let profile = match pairs.get_mut(2).and_then(Option::as_mut) {
-        Some(p) => p.profile(seconds, &env).map_err(|e| format!("{e:#}")),
-        None => Err("the crmguard pair is unavailable".to_owned()),
-    };
-    check_interrupt()?;
+    let mut profile = Vec::with_capacity(2);
+    for direction in Direction::BOTH {
+        profile.push(match pairs.get_mut(2).and_then(Option::as_mut) {
+            Some(p) => p
+                .profile(direction, seconds, &env)
+                .map_err(|e| format!("{e:#}")),
+            None => Err("the crmguard pair is unavailable".to_owned()),
+        });
+        check_interrupt()?;
+    }
     let floor = crate::profile::aead_floor().map_err(|e| format!("{e:#}"));
     // The tunnels are stopped before the memory measurement.
     drop(pairs);
@@ -1707,7 +1720,8 @@ struct Extra<'a> {
     /// `Inspector::packet` for a packet of a decided flow, ns.
     inspect_packet_ns: &'a std::result::Result<f64, String>,
     handshakes: &'a [Outcome],
-    profile: &'a std::result::Result<Profile, String>,
+    /// Per direction (forward, reverse).
+    profile: &'a [std::result::Result<Profile, String>],
     /// The AEAD's CPU s/GB in this process.
     floor: &'a std::result::Result<f64, String>,
 }
@@ -1983,14 +1997,13 @@ fn report(
         "inspection_packet_ns": inspect_packet_ns.as_ref().ok(),
         "memory": memory_json(memory),
         "handshakes": handshakes_json(handshakes, plan),
-        "gateway_profile": match profile {
+        "gateway_profile": Direction::BOTH.iter().zip(profile).map(|(direction, profile)| (direction.key().to_owned(), match profile {
             Ok(p) => json!({
-                "direction": "forward",
                 "shares_percent": Class::ALL.iter().zip(p.shares).map(|(c, share)| (c.key().to_owned(), json!(share))).collect::<serde_json::Map<_, _>>(),
                 "top_symbols": p.top.iter().map(|(percent, space, symbol)| json!({ "percent": percent, "space": space, "symbol": symbol })).collect::<Vec<_>>(),
             }),
             Err(reason) => json!({ "unavailable": reason }),
-        },
+        })).collect::<serde_json::Map<_, _>>(),
         "aead_floor": {
             "what": "ChaCha20-Poly1305 seal (ring), one thread",
             "packet_bytes": FLOOR_PACKET,
@@ -2168,24 +2181,29 @@ fn print_handshakes(handshakes: &[Outcome]) {
 }
 
 fn print_profile(
-    profile: &std::result::Result<Profile, String>,
+    profile: &[std::result::Result<Profile, String>],
     floor: &std::result::Result<f64, String>,
     gateway_cpu: Option<f64>,
 ) {
-    println!("\nwhere the crmguard gateway's CPU goes, forward transfer (perf record, samples):");
-    match profile {
-        Ok(p) => {
-            let shares: Vec<String> = Class::ALL
-                .iter()
-                .zip(p.shares)
-                .map(|(c, share)| format!("{} {share:.1} %", c.key()))
-                .collect();
-            println!("  {}", shares.join(", "));
-            for (percent, space, symbol) in p.top.iter().take(6) {
-                println!("  {percent:>6.2} %  {space} {symbol:.90}");
+    for (direction, profile) in Direction::BOTH.iter().zip(profile) {
+        println!(
+            "\nwhere the crmguard gateway's CPU goes, {} transfer (perf record, samples):",
+            direction.key()
+        );
+        match profile {
+            Ok(p) => {
+                let shares: Vec<String> = Class::ALL
+                    .iter()
+                    .zip(p.shares)
+                    .map(|(c, share)| format!("{} {share:.1} %", c.key()))
+                    .collect();
+                println!("  {}", shares.join(", "));
+                for (percent, space, symbol) in p.top.iter().take(6) {
+                    println!("  {percent:>6.2} %  {space} {symbol:.90}");
+                }
             }
+            Err(reason) => println!("  unavailable: {}", first_line(reason)),
         }
-        Err(reason) => println!("  unavailable: {}", first_line(reason)),
     }
     match floor {
         Ok(floor) => println!(
