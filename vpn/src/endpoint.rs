@@ -776,10 +776,20 @@ struct TunQueue {
 }
 
 impl RxBuffers {
+    /// Buffers whose admitted packets are handed to the queue whole ([`RxBuffers::take`]).
     fn new() -> RxBuffers {
         RxBuffers {
-            scratch: Scratch::new(),
+            scratch: Scratch::keeping_delivered(tun::WRITE_OFFSET),
             queue: TunQueue::new(),
+        }
+    }
+
+    /// Moves the packet the last datagram admitted, still where it was decrypted, into the
+    /// queue: the buffers swap places, and nothing is copied.
+    fn take(&mut self) {
+        let RxBuffers { scratch, queue } = self;
+        if scratch.take_delivered(&mut queue.bufs[queue.len]) {
+            queue.len += 1;
         }
     }
 }
@@ -892,6 +902,8 @@ fn rx_thread(shared: Arc<Shared>) {
                             action => shared.carry_out(action),
                         },
                     );
+                    // A datagram adds one packet at most: a reset (pushed) or its own (taken).
+                    bufs.take();
                     if bufs.queue.is_full() {
                         bufs.queue.flush(&shared.tun);
                     }
@@ -978,6 +990,8 @@ fn handshake_thread(shared: Arc<Shared>) {
                     action => shared.carry_out(action),
                 },
             );
+            // A datagram adds one packet at most: a reset (pushed) or its own (taken).
+            bufs.take();
             if bufs.queue.is_full() {
                 bufs.queue.flush(&shared.tun);
             }

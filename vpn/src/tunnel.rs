@@ -165,7 +165,8 @@ pub struct Now {
 pub enum Action<'a> {
     /// Send `datagram` to `to` (already counted in the peer's bytes sent, when it is a peer's).
     Send { to: Target, datagram: &'a [u8] },
-    /// Write `packet`, admitted by the source check and the ACL, to the TUN device.
+    /// Write `packet`, admitted by the source check and the ACL, to the TUN device. (With
+    /// [`Scratch::keeping_delivered`], an admitted packet stays in the scratch buffer instead.)
     Deliver(&'a [u8]),
     /// The ACL denied a packet that `peer` sent from the tunnel address `src`: count it and
     /// keep it for the audit log.
@@ -184,7 +185,8 @@ pub enum Rx {
     /// A cookie reply went back instead of the handshake work: the endpoint or the peer's
     /// session is under load.
     Cookie,
-    /// A decrypted packet passed the source check, the ACL and inspection.
+    /// A decrypted packet passed the source check, the ACL and inspection: it went to
+    /// [`Action::Deliver`], or waits in the scratch buffers for [`Scratch::take_delivered`].
     Delivered,
     /// Inspection ended the packet's flow: the packet was dropped and both sides were sent a
     /// TCP reset.
@@ -300,11 +302,25 @@ impl Held<'_> {
 /// for the encryption overhead.
 const SCRATCH: usize = 65_536 + 256;
 
-/// The receive side's buffers, allocated once per thread: `out` receives decrypted packets and
-/// handshake answers (what [`Action::Deliver`] and most [`Action::Send`]s borrow), `reply` the
-/// encrypted answers to denied packets.
+/// The longest answer a data message can produce (a cookie reply is 64 bytes).
+const DATA_OUT_MIN: usize = 256;
+
+/// The receive side's buffers, one set per thread: `out` receives decrypted packets and
+/// handshake answers (what [`Action::Deliver`] and most [`Action::Send`]s borrow) at
+/// `headroom` bytes into it, `reply` the encrypted answers to denied packets.
+///
+/// A thread that writes admitted packets to the TUN device keeps them where they were
+/// decrypted ([`Scratch::keeping_delivered`]): it swaps the whole buffer into its write queue
+/// with [`Scratch::take_delivered`] instead of copying the packet, and the buffer it gives back
+/// is made long enough again before the next datagram.
 pub struct Scratch {
     out: Vec<u8>,
+    headroom: usize,
+    /// Whether an admitted packet stays in `out` (see [`Scratch::take_delivered`]) rather
+    /// than going to [`Action::Deliver`].
+    keep: bool,
+    /// The length of the admitted packet kept in `out`.
+    delivered: Option<usize>,
     reply: Vec<u8>,
 }
 
@@ -312,7 +328,47 @@ impl Scratch {
     pub fn new() -> Scratch {
         Scratch {
             out: vec![0; SCRATCH],
+            headroom: 0,
+            keep: false,
+            delivered: None,
             reply: vec![0; SCRATCH],
+        }
+    }
+
+    /// Buffers that keep each admitted packet in place, `headroom` bytes into its buffer,
+    /// for [`Scratch::take_delivered`].
+    pub fn keeping_delivered(headroom: usize) -> Scratch {
+        Scratch {
+            out: vec![0; headroom + SCRATCH],
+            headroom,
+            keep: true,
+            ..Scratch::new()
+        }
+    }
+
+    /// Hands over the packet the last datagram admitted, if any: `buf` and the buffer holding
+    /// it swap places, and `buf` ends with the packet (after the headroom). The buffer that
+    /// was in `buf` is decrypted into next.
+    pub fn take_delivered(&mut self, buf: &mut Vec<u8>) -> bool {
+        let Some(len) = self.delivered.take() else {
+            return false;
+        };
+        std::mem::swap(&mut self.out, buf);
+        buf.truncate(self.headroom + len);
+        true
+    }
+
+    /// Makes `out` long enough for whatever `datagram` may produce: a data message decrypts
+    /// to less than its own length, a handshake message may release queued packets.
+    fn prepare(&mut self, datagram: &[u8]) {
+        self.delivered = None;
+        let room = match datagram.first() {
+            Some(4) => datagram.len().max(DATA_OUT_MIN),
+            _ => SCRATCH,
+        };
+        let need = self.headroom + room;
+        if self.out.len() < need {
+            self.out.resize(need, 0);
         }
     }
 }
@@ -369,7 +425,8 @@ impl Core {
         self.limiter.reset_count();
     }
 
-    /// Handles one datagram that arrived from `from`.
+    /// Handles one datagram that arrived from `from`. An admitted packet is delivered last,
+    /// after every other action of the datagram.
     pub fn datagram(
         &self,
         snapshot: &Snapshot,
@@ -379,7 +436,15 @@ impl Core {
         scratch: &mut Scratch,
         act: &mut impl FnMut(Action<'_>),
     ) -> Rx {
-        let Scratch { out, reply } = scratch;
+        scratch.prepare(datagram);
+        let Scratch {
+            out,
+            headroom,
+            keep,
+            delivered,
+            reply,
+        } = scratch;
+        let out = &mut out[*headroom..];
         let Some(kind) = message_type(datagram) else {
             inc(&self.counters.invalid);
             return Rx::Dropped(Discard::Malformed);
@@ -390,6 +455,8 @@ impl Core {
         };
         let mut session = entry.slot.lock();
         let datagram_len = datagram.len();
+        // The length of a decrypted packet that passed the checks, at the front of `out`.
+        let mut admitted = None;
         let (rx, authenticated) =
             match session
                 .tunn
@@ -435,6 +502,9 @@ impl Core {
                         reply,
                         act,
                     );
+                    if rx == Rx::Delivered {
+                        admitted = Some(len);
+                    }
                     (rx, true)
                 }
                 TunnResult::WriteToTunnelV6(packet, src) => {
@@ -451,6 +521,9 @@ impl Core {
                         reply,
                         act,
                     );
+                    if rx == Rx::Delivered {
+                        admitted = Some(len);
+                    }
                     (rx, true)
                 }
                 TunnResult::Done => {
@@ -478,6 +551,13 @@ impl Core {
                 session.dirty = true;
             }
             session.endpoint = Some(from);
+        }
+        if let Some(len) = admitted {
+            if *keep {
+                *delivered = Some(len);
+            } else {
+                act(Action::Deliver(&out[..len]));
+            }
         }
         rx
     }
@@ -579,10 +659,8 @@ impl Core {
                 packet,
                 now.tick,
             ) {
-                crmguard_inspect::Verdict::Pass => {
-                    act(Action::Deliver(packet));
-                    Rx::Delivered
-                }
+                // The caller delivers the packet (see `Core::datagram`).
+                crmguard_inspect::Verdict::Pass => Rx::Delivered,
                 crmguard_inspect::Verdict::Drop => {
                     inc(&self.counters.inspection);
                     Rx::Dropped(Discard::Inspection)

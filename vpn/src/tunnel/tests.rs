@@ -345,6 +345,39 @@ fn handshake_and_data_both_ways() {
 }
 
 #[test]
+fn a_kept_packet_is_handed_over_in_its_buffer_and_the_buffer_given_back_is_reused() {
+    const HEADROOM: usize = 10;
+    let mut gateway = Gateway::new(HANDSHAKES_BEFORE_COOKIES);
+    gateway.scratch = Scratch::keeping_delivered(HEADROOM);
+    let mut alice = Client::new(1, 100);
+    let home = outside(1, 40_001);
+    connect(&mut gateway, &mut alice, home);
+
+    // The queue's buffers start empty, and may come back shorter than the next packet.
+    let mut queue = [Vec::new(), vec![7u8; 3]];
+    let packets = [tcp_syn(ALICE, GATEWAY, 5432), echo(ALICE, GATEWAY)];
+    for (packet, slot) in packets.iter().zip(queue.iter_mut()) {
+        let datagram = alice.encrypt(packet);
+        // Admitted, and not handed to an action: it waits where it was decrypted.
+        assert_eq!(
+            gateway.receive(&datagram, home),
+            (Rx::Delivered, Vec::new())
+        );
+        assert!(gateway.scratch.take_delivered(slot));
+        assert_eq!(&slot[HEADROOM..], &packet[..]);
+        // Taken once.
+        assert!(!gateway.scratch.take_delivered(&mut Vec::new()));
+    }
+
+    // A denied packet leaves nothing to take; an answer still goes back to the peer.
+    let denied = tcp_syn(ALICE, GATEWAY, 22);
+    let (rx, did) = gateway.receive(&alice.encrypt(&denied), home);
+    assert!(matches!(rx, Rx::Denied(_)), "{rx:?}");
+    assert!(!did.is_empty());
+    assert!(!gateway.scratch.take_delivered(&mut Vec::new()));
+}
+
+#[test]
 fn an_authenticated_datagram_moves_the_endpoint_and_a_forged_one_does_not() {
     let mut gateway = Gateway::new(HANDSHAKES_BEFORE_COOKIES);
     let mut alice = Client::new(1, 100);
