@@ -18,6 +18,9 @@
 //!   the median of each round's ratio, between transfers made one after the other;
 //! - CPU seconds per GB: the gateway process's utime + stime (all its threads) across each
 //!   transfer, over the bytes iperf3 received;
+//! - in each transfer, the share of the WireGuard datagrams the receiving side's full UDP
+//!   socket buffer dropped (`Udp: RcvbufErrors` against `InDatagrams` in its namespace): a
+//!   receiver that cannot keep up loses datagrams there, and the TCP flow inside slows down;
 //! - syscalls per packet, in a separate short transfer: `perf stat -e raw_syscalls:sys_enter`
 //!   on the gateway process (`strace -c -f` where perf cannot), and crmguard's by call (its
 //!   reads, writes, waits and locks), over the TCP segments both
@@ -211,23 +214,66 @@ pub(crate) fn cpu_seconds(pid: u32, ticks_per_s: f64) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / ticks_per_s)
 }
 
+/// Counters of one protocol's lines in `/proc/PID/net/snmp` (the network namespace of `pid`).
+fn snmp(pid: u32, proto: &str, wanted: &[&str]) -> Result<Vec<u64>> {
+    let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp"))?;
+    let prefix = format!("{proto}:");
+    let mut lines = snmp.lines().filter(|line| line.starts_with(&prefix));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("no {proto} lines in /proc/{pid}/net/snmp");
+    };
+    let values: Vec<&str> = values.split_whitespace().collect();
+    wanted
+        .iter()
+        .map(|wanted| {
+            let index = names
+                .split_whitespace()
+                .position(|name| name == *wanted)
+                .with_context(|| format!("no {proto} {wanted} in /proc/{pid}/net/snmp"))?;
+            Ok(values
+                .get(index)
+                .with_context(|| format!("short {proto} line"))?
+                .parse()?)
+        })
+        .collect()
+}
+
 /// TCP segments sent so far in the network namespace of `pid`, retransmissions included
 /// (`Tcp: OutSegs` + `RetransSegs`).
 fn tcp_segments_sent(pid: u32) -> Result<u64> {
-    let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp"))?;
-    let mut tcp = snmp.lines().filter(|line| line.starts_with("Tcp:"));
-    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
-        bail!("no Tcp lines in /proc/{pid}/net/snmp");
-    };
-    let values: Vec<&str> = values.split_whitespace().collect();
-    let field = |wanted: &str| -> Result<u64> {
-        let index = names
-            .split_whitespace()
-            .position(|name| name == wanted)
-            .with_context(|| format!("no Tcp {wanted} in /proc/{pid}/net/snmp"))?;
-        Ok(values.get(index).context("short Tcp line")?.parse()?)
-    };
-    Ok(field("OutSegs")? + field("RetransSegs")?)
+    Ok(snmp(pid, "Tcp", &["OutSegs", "RetransSegs"])?.iter().sum())
+}
+
+/// UDP datagrams that reached a socket so far in the network namespace of `pid`: those queued
+/// (`Udp: InDatagrams`) and those dropped because the socket's receive buffer was full
+/// (`RcvbufErrors`).
+#[derive(Debug, Clone, Copy, Default)]
+struct UdpReceived {
+    queued: u64,
+    dropped: u64,
+}
+
+impl UdpReceived {
+    fn read(pid: u32) -> Result<UdpReceived> {
+        let v = snmp(pid, "Udp", &["InDatagrams", "RcvbufErrors"])?;
+        Ok(UdpReceived {
+            queued: v[0],
+            dropped: v[1],
+        })
+    }
+
+    fn since(self, before: UdpReceived) -> UdpReceived {
+        UdpReceived {
+            queued: self.queued.saturating_sub(before.queued),
+            dropped: self.dropped.saturating_sub(before.dropped),
+        }
+    }
+
+    /// Per cent of the datagrams that reached a socket and were dropped.
+    fn dropped_percent(self) -> Option<f64> {
+        let reached = self.queued + self.dropped;
+        (reached > 0).then(|| 100.0 * self.dropped as f64 / reached as f64)
+    }
 }
 
 pub(crate) fn memory_kib(pid: u32, key: &str) -> Result<u64> {
@@ -660,6 +706,9 @@ struct Transfer {
     bytes: u64,
     gateway_cpu_s: f64,
     client_cpu_s: f64,
+    /// The datagrams that reached the receiving side's namespace (the gateway's forward, the
+    /// client's in reverse), and those its full socket buffer dropped.
+    receiver_udp: UdpReceived,
 }
 
 /// One syscall count.
@@ -941,21 +990,29 @@ impl Pair {
         let gateway = self.gateway.daemon()?.id();
         let client = self.client.id();
         let report = env.work.join(format!("iperf-{}.json", self.kind.tag()));
-        let (gw0, cl0) = (
+        // The tunnel's receiving side: the gateway forward, the client in reverse.
+        let receiver = match direction {
+            Direction::Forward => gateway,
+            Direction::Reverse => client,
+        };
+        let (gw0, cl0, udp0) = (
             cpu_seconds(gateway, env.ticks_per_s)?,
             cpu_seconds(client, env.ticks_per_s)?,
+            UdpReceived::read(receiver)?,
         );
         let child = self.iperf_client(direction, seconds, &report)?;
         let (bits, bytes) = Pair::iperf_result(child, seconds, &report)?;
-        let (gw1, cl1) = (
+        let (gw1, cl1, udp1) = (
             cpu_seconds(gateway, env.ticks_per_s)?,
             cpu_seconds(client, env.ticks_per_s)?,
+            UdpReceived::read(receiver)?,
         );
         Ok(Transfer {
             gbit_s: bits / 1e9,
             bytes,
             gateway_cpu_s: gw1 - gw0,
             client_cpu_s: cl1 - cl0,
+            receiver_udp: udp1.since(udp0),
         })
     }
 
@@ -1338,6 +1395,16 @@ impl Results {
 
     fn cpu_per_gb(&self, d: usize, client: bool) -> Option<f64> {
         median(&self.cpus_per_gb(d, client))
+    }
+
+    /// Per cent of the tunnel's datagrams the receiving side's full socket buffer dropped, the
+    /// median of the rounds.
+    fn receiver_drops(&self, d: usize) -> Option<f64> {
+        let rounds: Vec<f64> = self.transfers[d]
+            .iter()
+            .filter_map(|t| t.receiver_udp.dropped_percent())
+            .collect();
+        median(&rounds)
     }
 
     /// Each call of [`CALLS_SHOWN`] per packet, the median of the windows, largest first.
@@ -1748,12 +1815,20 @@ fn report(
         plan.seconds, plan.rounds
     );
     println!(
-        "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "pair", "fwd Gb/s", "rev Gb/s", "CPU s/GB", "CPU s/GB", "sysc/pkt", "sysc/pkt"
+        "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "pair",
+        "fwd Gb/s",
+        "rev Gb/s",
+        "CPU s/GB",
+        "CPU s/GB",
+        "sysc/pkt",
+        "sysc/pkt",
+        "drop %",
+        "drop %"
     );
     println!(
-        "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "", "", "", "fwd", "rev", "fwd", "rev"
+        "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "", "", "", "fwd", "rev", "fwd", "rev", "fwd", "rev"
     );
     for r in results {
         if let Some(reason) = &r.unavailable {
@@ -1763,7 +1838,7 @@ fn report(
             }
         }
         println!(
-            "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
             r.kind.name(),
             fmt_opt(r.goodput(0), 2),
             fmt_opt(r.goodput(1), 2),
@@ -1771,11 +1846,17 @@ fn report(
             fmt_opt(r.cpu_per_gb(1, false), 2),
             fmt_opt(r.syscalls_per_packet(0), 2),
             fmt_opt(r.syscalls_per_packet(1), 2),
+            fmt_opt(r.receiver_drops(0), 1),
+            fmt_opt(r.receiver_drops(1), 1),
         );
         if let (Some(reason), false) = (&r.unavailable, r.transfers[0].is_empty()) {
             println!("{:<32} (stopped early: {})", "", first_line(reason));
         }
     }
+    println!(
+        "  drop %: of the WireGuard datagrams that reached the receiving side (the gateway \
+         forward, the client in reverse), those its full UDP socket buffer dropped"
+    );
 
     print_latency(results);
 
@@ -1939,6 +2020,9 @@ fn report(
                     "bytes": r.transfers[d].iter().map(|t| t.bytes).collect::<Vec<_>>(),
                     "gateway_cpu_s_per_gb": r.cpu_per_gb(d, false),
                     "client_cpu_s_per_gb": r.cpu_per_gb(d, true),
+                    "receiver_udp_dropped_percent": r.receiver_drops(d),
+                    "receiver_udp_queued": r.transfers[d].iter().map(|t| t.receiver_udp.queued).collect::<Vec<_>>(),
+                    "receiver_udp_dropped": r.transfers[d].iter().map(|t| t.receiver_udp.dropped).collect::<Vec<_>>(),
                     "syscalls_per_packet": r.syscalls_per_packet(d),
                     "syscalls": r.syscalls[d].iter().map(|c| c.syscalls).collect::<Vec<_>>(),
                     "syscalls_per_packet_by_call": r.calls_per_packet(d).into_iter().map(|(call, n)| (call, json!(n))).collect::<serde_json::Map<_, _>>(),
@@ -2229,6 +2313,22 @@ mod tests {
         assert_eq!(owner("cgb1234wgc.sock", IF_PREFIX), Some(1234));
         assert_eq!(owner("cgbench-1-1k", PREFIX), None);
         assert_eq!(owner("crmguard0.sock", IF_PREFIX), None);
+    }
+
+    #[test]
+    fn udp_drops_are_a_share_of_what_reached_the_socket() {
+        let before = UdpReceived {
+            queued: 1_000,
+            dropped: 10,
+        };
+        let after = UdpReceived {
+            queued: 1_900,
+            dropped: 110,
+        };
+        let delta = after.since(before);
+        assert_eq!((delta.queued, delta.dropped), (900, 100));
+        assert_eq!(delta.dropped_percent(), Some(10.0));
+        assert_eq!(before.since(before).dropped_percent(), None);
     }
 
     #[test]
