@@ -1,16 +1,17 @@
 //! The WireGuard endpoint before any handshake completes: [`Core::datagram`] over arbitrary
 //! datagrams from arbitrary sources, with a snapshot of two admitted peers (alice and bob).
 //!
-//! Input: one flags byte (bit 0: answer every handshake with a cookie, as under load), then
+//! Input: one flags byte (bit 0: answer every handshake with a cookie, as under load; bit 1:
+//! the receive thread's buffers, which keep an admitted packet in place), then
 //! records of a source byte (bits 0-1 pick the address, the rest the port), a big-endian
 //! `u16` length and that many bytes of datagram.
 //!
 //! Checked, for every datagram: no panic; the outcome is a named one; nothing is delivered to
-//! the TUN side and nothing is denied by the ACL (both need a decrypted packet, and no session
-//! exists whose keys the fuzzer could know); answers go only to the datagram's source, a
-//! handshake answer only for a 148-byte initiation and a cookie reply is 64 bytes. After the
-//! datagrams, a packet to each peer goes to the source of an accepted handshake, or nowhere:
-//! a peer's endpoint is learned from authenticated datagrams only.
+//! the TUN side (nor kept for it) and nothing is denied by the ACL (both need a decrypted
+//! packet, and no session exists whose keys the fuzzer could know); answers go only to the
+//! datagram's source, a handshake answer only for a 148-byte initiation and a cookie reply is
+//! 64 bytes. After the datagrams, a packet to each peer goes to the source of an accepted
+//! handshake, or nowhere: a peer's endpoint is learned from authenticated datagrams only.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -169,7 +170,13 @@ pub fn run(data: &[u8]) {
         return;
     };
     let (core, snapshot) = endpoint(if flags & 1 == 1 { 0 } else { 1_000 });
-    let mut scratch = Scratch::new();
+    // The receive thread's buffers keep an admitted packet in place, behind a virtio header's
+    // room; the handshake thread's and the tests' hand it to an action.
+    let mut scratch = if flags & 2 == 2 {
+        Scratch::keeping_delivered(10)
+    } else {
+        Scratch::new()
+    };
     // The sources of accepted handshakes: the only places a peer's endpoint may be.
     let mut accepted: Vec<SocketAddr> = Vec::new();
     while let [from, high, low, tail @ ..] = rest {
@@ -198,6 +205,10 @@ pub fn run(data: &[u8]) {
         for (to, _) in &sends {
             assert_eq!(*to, from, "an answer to someone else than the sender");
         }
+        assert!(
+            !scratch.has_delivered(),
+            "a packet kept for the TUN device from a datagram no session authenticated"
+        );
         match rx {
             Rx::Handshake => {
                 assert!(
@@ -282,6 +293,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ("bob-init-v6", 2, 2, 0),
         ("unknown-init", 9, 1, 0),
         ("alice-init-under-load", 1, 3, 1),
+        ("alice-init-kept-in-place", 1, 0, 2),
     ] {
         let mut input = vec![flags];
         record(&mut input, from, &initiation(&mut client(key, 100)));

@@ -785,9 +785,15 @@ impl RxBuffers {
     }
 
     /// Moves the packet the last datagram admitted, still where it was decrypted, into the
-    /// queue: the buffers swap places, and nothing is copied.
-    fn take(&mut self) {
+    /// queue: the buffers swap places, and nothing is copied. A full queue is written first.
+    fn take(&mut self, tun: &Tun) {
         let RxBuffers { scratch, queue } = self;
+        if !scratch.has_delivered() {
+            return;
+        }
+        if queue.is_full() {
+            queue.flush(tun);
+        }
         if scratch.take_delivered(&mut queue.bufs[queue.len]) {
             queue.len += 1;
         }
@@ -902,8 +908,7 @@ fn rx_thread(shared: Arc<Shared>) {
                             action => shared.carry_out(action),
                         },
                     );
-                    // A datagram adds one packet at most: a reset (pushed) or its own (taken).
-                    bufs.take();
+                    bufs.take(&shared.tun);
                     if bufs.queue.is_full() {
                         bufs.queue.flush(&shared.tun);
                     }
@@ -990,8 +995,7 @@ fn handshake_thread(shared: Arc<Shared>) {
                     action => shared.carry_out(action),
                 },
             );
-            // A datagram adds one packet at most: a reset (pushed) or its own (taken).
-            bufs.take();
+            bufs.take(&shared.tun);
             if bufs.queue.is_full() {
                 bufs.queue.flush(&shared.tun);
             }

@@ -358,13 +358,20 @@ impl Scratch {
         true
     }
 
+    /// Whether the last datagram left an admitted packet for [`Scratch::take_delivered`].
+    pub fn has_delivered(&self) -> bool {
+        self.delivered.is_some()
+    }
+
     /// Makes `out` long enough for whatever `datagram` may produce: a data message decrypts
-    /// to less than its own length, a handshake message may release queued packets.
+    /// to less than its own length, a handshake message may release queued packets, and
+    /// anything else writes nothing there (a cookie reply, or a drop).
     fn prepare(&mut self, datagram: &[u8]) {
         self.delivered = None;
-        let room = match datagram.first() {
-            Some(4) => datagram.len().max(DATA_OUT_MIN),
-            _ => SCRATCH,
+        let room = match (datagram.first(), datagram.len()) {
+            (Some(4), len) => len.max(DATA_OUT_MIN),
+            (Some(1), 148) | (Some(2), 92) => SCRATCH,
+            _ => DATA_OUT_MIN,
         };
         let need = self.headroom + room;
         if self.out.len() < need {

@@ -374,7 +374,20 @@ fn a_kept_packet_is_handed_over_in_its_buffer_and_the_buffer_given_back_is_reuse
     let (rx, did) = gateway.receive(&alice.encrypt(&denied), home);
     assert!(matches!(rx, Rx::Denied(_)), "{rx:?}");
     assert!(!did.is_empty());
+    assert!(!gateway.scratch.has_delivered());
     assert!(!gateway.scratch.take_delivered(&mut Vec::new()));
+
+    // The buffer given back is only grown to what a datagram can write: junk grows it to no
+    // more than a data message's minimum.
+    gateway.scratch.out = Vec::new();
+    for junk in [&[9u8; 4][..], &[1u8; 40][..], &[4u8; 20][..]] {
+        assert_eq!(
+            gateway.receive(junk, home),
+            (Rx::Dropped(Discard::Malformed), Vec::new())
+        );
+        assert!(!gateway.scratch.has_delivered());
+        assert!(gateway.scratch.out.len() <= HEADROOM + DATA_OUT_MIN);
+    }
 }
 
 #[test]
