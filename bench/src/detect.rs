@@ -46,6 +46,8 @@ use crmguard_lab::topology::Topology;
 use crmguard_lab::wait::wait_for;
 use crmguard_lab::workspace::Workspace;
 
+use crate::vpn::percentile;
+
 /// Bans timed in (1).
 const BANS: u32 = 200;
 /// How often the kernel map is looked at while a ban is awaited.
@@ -612,16 +614,6 @@ fn relay_one(client: TcpStream, upstream: SocketAddr) -> Result<()> {
 }
 
 // ---- report -----------------------------------------------------------------------------------
-
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil().max(1.0);
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let index = (rank as usize).min(sorted.len()) - 1;
-    sorted.get(index).copied()
-}
 
 fn fmt_opt(value: Option<f64>, precision: usize) -> String {
     value.map_or("-".to_owned(), |v| format!("{v:.precision$}"))

@@ -8,6 +8,8 @@ use std::process::Stdio;
 use anyhow::{bail, Context, Result};
 use crmguard_lab::netns::NetNs;
 
+use crate::vpn::percentile;
+
 /// Probes per measurement.
 pub(crate) const PROBES: u32 = 200;
 /// Seconds between probes, as `ping -i` takes it.
@@ -56,16 +58,15 @@ fn times(output: &str) -> Vec<f64> {
 }
 
 fn summarize(times: &[f64]) -> Result<Rtt> {
-    if times.is_empty() {
-        bail!("no answers");
-    }
     let mut sorted = times.to_vec();
     sorted.sort_by(f64::total_cmp);
-    // The smallest probe with at least `percent` of the probes at or below it.
-    let at = |percent: usize| sorted[(sorted.len() * percent).div_ceil(100).max(1) - 1];
+    let (Some(median_ms), Some(p99_ms)) = (percentile(&sorted, 50.0), percentile(&sorted, 99.0))
+    else {
+        bail!("no answers");
+    };
     Ok(Rtt {
-        median_ms: at(50),
-        p99_ms: at(99),
+        median_ms,
+        p99_ms,
         answered: sorted.len(),
     })
 }

@@ -1347,6 +1347,18 @@ fn boringtun_cli(workspace: &Workspace, out_dir: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The `p`th percentile of `sorted` (ascending) by nearest rank: the smallest value with at
+/// least `p` per cent of the values at or below it, so always one that was measured.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil().max(1.0);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let index = (rank as usize).min(sorted.len()) - 1;
+    sorted.get(index).copied()
+}
+
 pub(crate) fn median(values: &[f64]) -> Option<f64> {
     if values.is_empty() {
         return None;

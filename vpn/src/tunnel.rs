@@ -509,9 +509,7 @@ impl Core {
                         reply,
                         act,
                     );
-                    if rx == Rx::Delivered {
-                        admitted = Some(len);
-                    }
+                    admitted = (rx == Rx::Delivered).then_some(len);
                     (rx, true)
                 }
                 TunnResult::WriteToTunnelV6(packet, src) => {
@@ -528,9 +526,7 @@ impl Core {
                         reply,
                         act,
                     );
-                    if rx == Rx::Delivered {
-                        admitted = Some(len);
-                    }
+                    admitted = (rx == Rx::Delivered).then_some(len);
                     (rx, true)
                 }
                 TunnResult::Done => {
