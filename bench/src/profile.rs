@@ -1,7 +1,8 @@
 //! Where the gateway's CPU goes: `perf record -g` on the crmguard gateway during one transfer
-//! each way, its samples sorted by symbol and put in five classes; and the floor under the data
-//! path, ChaCha20-Poly1305 sealing of 1,420-byte packets in this process with the same AEAD
-//! implementation (ring's) boringtun's sessions use.
+//! each way, its samples sorted by symbol and put in five classes, and by the system call and
+//! the thread they were taken in; and the floor under the data path, ChaCha20-Poly1305 sealing
+//! of 1,420-byte packets in this process with the same AEAD implementation (ring's)
+//! boringtun's sessions use.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -79,6 +80,140 @@ pub(crate) struct Profile {
     pub(crate) shares: [f64; 5],
     /// The heaviest symbols: (per cent, `[k]` or `[.]`, symbol).
     pub(crate) top: Vec<(f64, String, String)>,
+    /// The same samples by where they were taken.
+    pub(crate) places: Places,
+}
+
+/// Samples by the system call they were taken in (or user space, or the kernel outside a
+/// system call) and by thread: (per cent, name), the largest first. The call is what a removed
+/// or batched system call would save; kernel work a call does for others (a TUN write runs the
+/// receiving socket's stack, a `sendmsg` the peer namespace's) counts in it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Places {
+    pub(crate) calls: Vec<(f64, String)>,
+    pub(crate) threads: Vec<(f64, String)>,
+}
+
+/// Where a sample outside any system call and in user code is counted.
+pub(crate) const USER_SPACE: &str = "user space";
+
+/// Where a kernel sample outside a system call is counted: interrupts, softirqs run on return
+/// to user space, page faults.
+pub(crate) const KERNEL_OUTSIDE: &str = "kernel, outside a call";
+
+/// The system call `frames` (a sample's call chain, innermost first: (kernel, symbol)) was
+/// taken in, by the name of the C library function that made it; failing that (or when that
+/// is the generic `syscall`), by the kernel function the syscall entry called.
+pub(crate) fn place(frames: &[(bool, &str)]) -> String {
+    let entry = frames
+        .iter()
+        .position(|&(kernel, symbol)| kernel && symbol.starts_with("entry_SYSCALL"));
+    let Some(entry) = entry else {
+        return match frames.first() {
+            Some((true, _)) => KERNEL_OUTSIDE.to_owned(),
+            _ => USER_SPACE.to_owned(),
+        };
+    };
+    // `syscall(2)` (how the Rust standard library calls `futex`) names no call.
+    let wrapper = frames[entry + 1..]
+        .iter()
+        .find(|(kernel, symbol)| !kernel && !symbol.starts_with('['))
+        .map(|(_, symbol)| *symbol)
+        .filter(|&symbol| call_name(symbol) != "syscall");
+    let handler = frames[..entry]
+        .iter()
+        .rev()
+        .skip_while(|(_, symbol)| !symbol.starts_with("do_syscall"))
+        .nth(1)
+        .map(|(_, symbol)| *symbol);
+    match wrapper.or(handler) {
+        Some(name) => call_name(name),
+        None => "system call entry".to_owned(),
+    }
+}
+
+/// `__GI___libc_write` → `write`, `__x64_sys_recvmmsg` → `recvmmsg`, `ksys_read` → `read`.
+fn call_name(symbol: &str) -> String {
+    let mut name = symbol.split('@').next().unwrap_or(symbol);
+    loop {
+        let before = name;
+        for prefix in [
+            "__GI_",
+            "__x64_sys_",
+            "__se_sys_",
+            "__do_sys_",
+            "ksys_",
+            "__sys_",
+        ] {
+            name = name.strip_prefix(prefix).unwrap_or(name);
+        }
+        name = name.trim_start_matches('_');
+        name = name.strip_prefix("libc_").unwrap_or(name);
+        if name == before {
+            break;
+        }
+    }
+    name.to_owned()
+}
+
+/// Parses `perf script -F comm,period,ip,sym`: per sample a line `comm period`, then one
+/// indented line `address symbol` per frame, innermost first.
+pub(crate) fn parse_script(text: &str) -> Result<Places> {
+    use std::collections::HashMap;
+    let mut calls: HashMap<String, f64> = HashMap::new();
+    let mut threads: HashMap<String, f64> = HashMap::new();
+    let mut total = 0.0;
+    let mut sample: Option<(String, f64)> = None;
+    let mut frames: Vec<(bool, &str)> = Vec::new();
+    let mut end_sample = |sample: &mut Option<(String, f64)>, frames: &mut Vec<(bool, &str)>| {
+        if let Some((thread, weight)) = sample.take() {
+            *calls.entry(place(frames)).or_default() += weight;
+            *threads.entry(thread).or_default() += weight;
+            total += weight;
+        }
+        frames.clear();
+    };
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            end_sample(&mut sample, &mut frames);
+        } else if line.starts_with(char::is_whitespace) {
+            let (address, symbol) = line
+                .trim()
+                .split_once(char::is_whitespace)
+                .unwrap_or((line.trim(), "[unknown]"));
+            frames.push((
+                address.len() == 16 && address.starts_with("ffff"),
+                symbol.trim(),
+            ));
+        } else {
+            end_sample(&mut sample, &mut frames);
+            let line = line.trim();
+            let (thread, weight) = match line.rsplit_once(char::is_whitespace) {
+                Some((thread, period)) => match period.parse::<f64>() {
+                    Ok(period) => (thread.trim(), period),
+                    Err(_) => (line, 1.0),
+                },
+                None => (line, 1.0),
+            };
+            sample = Some((thread.to_owned(), weight));
+        }
+    }
+    end_sample(&mut sample, &mut frames);
+    if total <= 0.0 {
+        bail!("perf script listed no samples");
+    }
+    let shares = |map: HashMap<String, f64>| {
+        let mut v: Vec<(f64, String)> = map
+            .into_iter()
+            .map(|(name, weight)| (100.0 * weight / total, name))
+            .collect();
+        v.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        v
+    };
+    Ok(Places {
+        calls: shares(calls),
+        threads: shares(threads),
+    })
 }
 
 /// Parses `perf report --stdio --sort sym` lines: `  12.34%  [k] symbol`.
@@ -113,7 +248,11 @@ pub(crate) fn parse_report(text: &str) -> Result<Profile> {
     }
     top.sort_by(|a, b| b.0.total_cmp(&a.0));
     top.truncate(12);
-    Ok(Profile { shares, top })
+    Ok(Profile {
+        shares,
+        top,
+        places: Places::default(),
+    })
 }
 
 /// A running `perf record -g -p PID`, for `seconds`.
@@ -182,7 +321,15 @@ impl Recording {
                     "0",
                 ]),
         )?;
-        parse_report(&text)
+        let mut profile = parse_report(&text)?;
+        let script = cmd::stdout_of(
+            Command::new("perf")
+                .args(["script", "-i"])
+                .arg(&self.data)
+                .args(["-F", "comm,period,ip,sym"]),
+        )?;
+        profile.places = parse_script(&script)?;
+        Ok(profile)
     }
 }
 
@@ -273,6 +420,89 @@ mod tests {
         assert_eq!(profile.shares, [40.0, 5.0, 10.0, 25.5, 19.5]);
         assert_eq!(profile.top[0].2, "ChaCha20_ctr32_ssse3_4x");
         assert!(parse_report("# nothing\n").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn samples_are_placed_in_the_call_that_took_them() {
+        let read = [
+            (true, "read_zero"),
+            (true, "vfs_read"),
+            (true, "ksys_read"),
+            (true, "do_syscall_64"),
+            (true, "entry_SYSCALL_64_after_hwframe"),
+            (false, "__GI___libc_read"),
+            (false, "crmguard_vpn::tun::Tun::recv"),
+        ];
+        assert_eq!(place(&read), "read");
+        // No user frame (the stack was cut): the kernel's handler names the call.
+        assert_eq!(place(&read[..5]), "read");
+        let recvmmsg = [
+            (true, "udpv6_recvmsg"),
+            (true, "__x64_sys_recvmmsg"),
+            (true, "do_syscall_64"),
+            (true, "entry_SYSCALL_64_after_hwframe"),
+            (false, "[unknown]"),
+        ];
+        assert_eq!(place(&recvmmsg), "recvmmsg");
+        let futex = [
+            (true, "__x64_sys_futex"),
+            (true, "do_syscall_64"),
+            (true, "entry_SYSCALL_64_after_hwframe"),
+            (false, "syscall"),
+        ];
+        assert_eq!(place(&futex), "futex");
+        assert_eq!(
+            place(&[(true, "do_syscall_64"), (true, "entry_SYSCALL_64")]),
+            "system call entry"
+        );
+        assert_eq!(
+            place(&[
+                (true, "handle_softirqs"),
+                (false, "crmguard_vpn::endpoint::rx_thread")
+            ]),
+            KERNEL_OUTSIDE
+        );
+        assert_eq!(
+            place(&[(false, "ring_core_0_17_14__chacha20_poly1305_open_avx2")]),
+            USER_SPACE
+        );
+        assert_eq!(place(&[]), USER_SPACE);
+        assert_eq!(call_name("clock_nanosleep@GLIBC_2.2.5"), "clock_nanosleep");
+        assert_eq!(call_name("__libc_sendmsg"), "sendmsg");
+    }
+
+    #[test]
+    fn scripts_are_summed_by_call_and_thread() -> Result<()> {
+        let text = "vpn-rx     300000 \n\
+                    \tffffffff816dd38f ksys_read\n\
+                    \tffffffff8223df91 do_syscall_64\n\
+                    \tffffffff81000130 entry_SYSCALL_64_after_hwframe\n\
+                    \t           f82ad read\n\
+                    \n\
+                    vpn-tx     100000 \n\
+                    \t           1469e ring_core_0_17_14__chacha20_poly1305_seal_avx2\n\
+                    \n\
+                    vpn rx 2     100000 \n\
+                    \tffffffff81d74e97 handle_softirqs\n";
+        let places = parse_script(text)?;
+        assert_eq!(
+            places.calls,
+            [
+                (60.0, "read".to_owned()),
+                (20.0, KERNEL_OUTSIDE.to_owned()),
+                (20.0, USER_SPACE.to_owned()),
+            ]
+        );
+        assert_eq!(
+            places.threads,
+            [
+                (60.0, "vpn-rx".to_owned()),
+                (20.0, "vpn rx 2".to_owned()),
+                (20.0, "vpn-tx".to_owned()),
+            ]
+        );
+        assert!(parse_script("\n").is_err());
         Ok(())
     }
 

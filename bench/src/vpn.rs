@@ -28,7 +28,8 @@
 //!   of each namespace). Each segment is one WireGuard datagram; the veth's own packet
 //!   counters count a GSO batch as one packet, so they are only recorded in the JSON;
 //! - where the crmguard gateway's CPU goes during one transfer each way (`perf record`, samples
-//!   in classes: crypto, copies, locks, kernel, other; [`crate::profile`]), next to the floor:
+//!   in classes: crypto, copies, locks, kernel, other; and by the system call and the thread
+//!   each was taken in; [`crate::profile`]), next to the floor:
 //!   ChaCha20-Poly1305 sealing of full-size packets in this process, as CPU seconds per GB;
 //! - the agent's RSS with 1,000 and with 10,000 peers in its peers file, XDP attached and the
 //!   endpoint up ([`crate::memory`]);
@@ -2097,6 +2098,8 @@ fn report(
             Ok(p) => json!({
                 "shares_percent": Class::ALL.iter().zip(p.shares).map(|(c, share)| (c.key().to_owned(), json!(share))).collect::<serde_json::Map<_, _>>(),
                 "top_symbols": p.top.iter().map(|(percent, space, symbol)| json!({ "percent": percent, "space": space, "symbol": symbol })).collect::<Vec<_>>(),
+                "by_system_call_percent": places_json(&p.places.calls),
+                "by_thread_percent": places_json(&p.places.threads),
             }),
             Err(reason) => json!({ "unavailable": reason }),
         })).collect::<serde_json::Map<_, _>>(),
@@ -2184,6 +2187,16 @@ fn print_memory_lines(memory: &[MemoryRow]) {
 }
 
 /// The memory measurements in the JSON report.
+/// `places` as an object of name to per cent.
+fn places_json(places: &[(f64, String)]) -> Value {
+    Value::Object(
+        places
+            .iter()
+            .map(|(percent, name)| (name.clone(), json!(percent)))
+            .collect(),
+    )
+}
+
 fn memory_json(memory: &[MemoryRow]) -> Vec<serde_json::Value> {
     memory
         .iter()
@@ -2297,6 +2310,8 @@ fn print_profile(
                 for (percent, space, symbol) in p.top.iter().take(6) {
                     println!("  {percent:>6.2} %  {space} {symbol:.90}");
                 }
+                println!("  by system call: {}", fmt_places(&p.places.calls, 8));
+                println!("  by thread: {}", fmt_places(&p.places.threads, 4));
             }
             Err(reason) => println!("  unavailable: {}", first_line(reason)),
         }
@@ -2309,6 +2324,20 @@ fn print_profile(
         ),
         Err(reason) => println!("  the AEAD floor is unavailable: {}", first_line(reason)),
     }
+}
+
+/// The first `n` of `places` as `name 12.3 %`, the rest summed as `others`.
+fn fmt_places(places: &[(f64, String)], n: usize) -> String {
+    let mut parts: Vec<String> = places
+        .iter()
+        .take(n)
+        .map(|(percent, name)| format!("{name} {percent:.1} %"))
+        .collect();
+    let rest: f64 = places.iter().skip(n).map(|(percent, _)| percent).sum();
+    if places.len() > n {
+        parts.push(format!("others {rest:.1} %"));
+    }
+    parts.join(", ")
 }
 
 pub(crate) fn first_line(text: &str) -> &str {
