@@ -270,9 +270,11 @@ impl Drop for Recording {
     }
 }
 
-/// Starts recording `pid`'s samples, with call graphs, for `seconds`, into `work/NAME.perf.data`.
-pub(crate) fn record(pid: u32, seconds: u32, work: &Path, name: &str) -> Result<Recording> {
-    let data = work.join(format!("{name}.perf.data"));
+/// Starts recording `pid`'s samples, with call graphs, for `seconds`, into `dir/NAME.perf.data`.
+pub(crate) fn record(pid: u32, seconds: u32, dir: &Path, name: &str) -> Result<Recording> {
+    let data = dir.join(format!("{name}.perf.data"));
+    // perf would keep a previous run's file as `.old`.
+    let _ = std::fs::remove_file(&data);
     let child = Command::new("perf")
         .args(["record", "-g", "-q", "-o"])
         .arg(&data)

@@ -1041,13 +1041,20 @@ impl Pair {
         Ok(measured)
     }
 
-    /// Records the gateway's samples for `seconds` in the middle of one transfer.
-    fn profile(&mut self, direction: Direction, seconds: u32, env: &Env<'_>) -> Result<Profile> {
+    /// Records the gateway's samples for `seconds` in the middle of one transfer, into
+    /// `out/gateway-DIRECTION.perf.data` (kept for `perf report -i`).
+    fn profile(
+        &mut self,
+        direction: Direction,
+        seconds: u32,
+        env: &Env<'_>,
+        out: &Path,
+    ) -> Result<Profile> {
         self.check_alive()?;
         let gateway = self.gateway.daemon()?.id();
         let name = format!("gateway-{}", direction.key());
         self.during_transfer(direction, seconds, "profile", env, || {
-            crate::profile::record(gateway, seconds, env.work, &name)?.finish()
+            crate::profile::record(gateway, seconds, out, &name)?.finish()
         })
     }
 
@@ -1739,7 +1746,7 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
     for direction in Direction::BOTH {
         profile.push(match pairs.get_mut(2).and_then(Option::as_mut) {
             Some(p) => p
-                .profile(direction, seconds, &env)
+                .profile(direction, seconds, &env, out_dir)
                 .map_err(|e| format!("{e:#}")),
             None => Err("the crmguard pair is unavailable".to_owned()),
         });
