@@ -95,16 +95,16 @@ pub(crate) struct Places {
 }
 
 /// Where a sample outside any system call and in user code is counted.
-pub(crate) const USER_SPACE: &str = "user space";
+const USER_SPACE: &str = "user space";
 
 /// Where a kernel sample outside a system call is counted: interrupts, softirqs run on return
 /// to user space, page faults.
-pub(crate) const KERNEL_OUTSIDE: &str = "kernel, outside a call";
+const KERNEL_OUTSIDE: &str = "kernel, outside a call";
 
 /// The system call `frames` (a sample's call chain, innermost first: (kernel, symbol)) was
 /// taken in, by the name of the C library function that made it; failing that (or when that
 /// is the generic `syscall`), by the kernel function the syscall entry called.
-pub(crate) fn place(frames: &[(bool, &str)]) -> String {
+fn place(frames: &[(bool, &str)]) -> String {
     let entry = frames
         .iter()
         .position(|&(kernel, symbol)| kernel && symbol.starts_with("entry_SYSCALL"));
@@ -158,7 +158,7 @@ fn call_name(symbol: &str) -> String {
 
 /// Parses `perf script -F comm,period,ip,sym`: per sample a line `comm period`, then one
 /// indented line `address symbol` per frame, innermost first.
-pub(crate) fn parse_script(text: &str) -> Result<Places> {
+fn parse_script(text: &str) -> Result<Places> {
     use std::collections::HashMap;
     let mut calls: HashMap<String, f64> = HashMap::new();
     let mut threads: HashMap<String, f64> = HashMap::new();
