@@ -84,6 +84,29 @@ pub(crate) struct Profile {
     pub(crate) places: Places,
 }
 
+impl Profile {
+    /// The class shares as `crypto 12.3 %, copies ...`.
+    pub(crate) fn shares_text(&self) -> String {
+        Class::ALL
+            .iter()
+            .zip(self.shares)
+            .map(|(c, share)| format!("{} {share:.1} %", c.key()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The class shares as a JSON object of class to per cent.
+    pub(crate) fn shares_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            Class::ALL
+                .iter()
+                .zip(self.shares)
+                .map(|(c, share)| (c.key().to_owned(), serde_json::json!(share)))
+                .collect(),
+        )
+    }
+}
+
 /// Samples by the system call they were taken in (or user space, or the kernel outside a
 /// system call) and by thread: (per cent, name), the largest first. The call is what a removed
 /// or batched system call would save; kernel work a call does for others (a TUN write runs the

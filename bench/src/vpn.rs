@@ -72,7 +72,7 @@ use crate::latency::{self, Rtt};
 use crate::memory::{
     memory_with_peers, Memory, RSS_LARGE_TARGET_MIB, RSS_PEERS, RSS_PEERS_LARGE, RSS_TARGET_MIB,
 };
-use crate::profile::{Class, Profile, FLOOR_PACKET};
+use crate::profile::{Profile, FLOOR_PACKET};
 
 /// The gateways' WireGuard port.
 pub(crate) const WG_PORT: u16 = 51820;
@@ -2103,7 +2103,7 @@ fn report(
         "handshakes": handshakes_json(handshakes, plan),
         "gateway_profile": Direction::BOTH.iter().zip(profile).map(|(direction, profile)| (direction.key().to_owned(), match profile {
             Ok(p) => json!({
-                "shares_percent": Class::ALL.iter().zip(p.shares).map(|(c, share)| (c.key().to_owned(), json!(share))).collect::<serde_json::Map<_, _>>(),
+                "shares_percent": p.shares_json(),
                 "top_symbols": p.top.iter().map(|(percent, space, symbol)| json!({ "percent": percent, "space": space, "symbol": symbol })).collect::<Vec<_>>(),
                 "by_system_call_percent": places_json(&p.places.calls),
                 "by_thread_percent": places_json(&p.places.threads),
@@ -2240,7 +2240,7 @@ fn handshakes_json(handshakes: &[Outcome], plan: Plan) -> Value {
             "seconds": o.windows.iter().map(|w| w.seconds).collect::<Vec<_>>(),
             "gateway_cpu_s": o.windows.iter().map(|w| w.gateway_cpu_s).collect::<Vec<_>>(),
             "error": o.error,
-            "profile_shares_percent": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| Class::ALL.iter().zip(p.shares).map(|(c, share)| (c.key().to_owned(), json!(share))).collect::<serde_json::Map<_, _>>()),
+            "profile_shares_percent": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(Profile::shares_json),
             "profile_top_symbols": o.profile.as_ref().and_then(|p| p.as_ref().ok()).map(|p| p.top.iter().map(|(percent, space, symbol)| json!({ "percent": percent, "space": space, "symbol": symbol })).collect::<Vec<_>>()),
         })).collect::<Vec<_>>(),
     })
@@ -2272,15 +2272,10 @@ fn print_handshakes(handshakes: &[Outcome]) {
     for o in handshakes {
         match &o.profile {
             Some(Ok(p)) => {
-                let shares: Vec<String> = Class::ALL
-                    .iter()
-                    .zip(p.shares)
-                    .map(|(c, share)| format!("{} {share:.1} %", c.key()))
-                    .collect();
                 println!(
                     "  {} during one more window (perf record, samples): {}",
                     o.side.name(),
-                    shares.join(", ")
+                    p.shares_text()
                 );
                 for (percent, space, symbol) in p.top.iter().take(8) {
                     println!("    {percent:>6.2} %  {space} {symbol:.90}");
@@ -2308,12 +2303,7 @@ fn print_profile(
         );
         match profile {
             Ok(p) => {
-                let shares: Vec<String> = Class::ALL
-                    .iter()
-                    .zip(p.shares)
-                    .map(|(c, share)| format!("{} {share:.1} %", c.key()))
-                    .collect();
-                println!("  {}", shares.join(", "));
+                println!("  {}", p.shares_text());
                 for (percent, space, symbol) in p.top.iter().take(6) {
                     println!("  {percent:>6.2} %  {space} {symbol:.90}");
                 }
