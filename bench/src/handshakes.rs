@@ -40,6 +40,7 @@ use nix::unistd::Pid;
 use x25519_dalek::PublicKey;
 
 use crate::memory::{gateway_address, peer_address, peer_entries, wait_admitted};
+use crate::noise_ceiling::Noise;
 use crate::profile::Profile;
 use crate::vpn::{
     address_end, check_interrupt, cpu_seconds, keypair, median, start_userspace, wg, write_key,
@@ -62,27 +63,35 @@ const LOST_AFTER: Duration = Duration::from_millis(250);
 /// last response.
 const POOL_PER_SECOND: usize = 12_000;
 /// The CPU the gateway is pinned to, and the generator's.
-const GATEWAY_CPU: usize = 1;
+pub(crate) const GATEWAY_CPU: usize = 1;
 const GENERATOR_CPU: usize = 0;
 
 const HANDSHAKE_RESPONSE: u32 = 2;
 const COOKIE_REPLY: u32 = 3;
 const HANDSHAKE_RESPONSE_LEN: usize = 92;
 
-/// The gateway under load.
+/// What answers the initiations: a gateway under load, or boringtun's `noise` alone in this
+/// process ([`crate::noise_ceiling`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Side {
     WireguardGo,
     Crmguard,
+    /// boringtun's responder with the peer of each initiation known beforehand.
+    NoisePeerKnown,
+    /// boringtun's responder with the peer found from the initiation, as a gateway finds it.
+    NoisePeerFound,
 }
 
 impl Side {
     pub(crate) const BOTH: [Side; 2] = [Side::WireguardGo, Side::Crmguard];
+    pub(crate) const NOISE: [Side; 2] = [Side::NoisePeerKnown, Side::NoisePeerFound];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Side::WireguardGo => "wireguard-go",
             Side::Crmguard => "crmguard",
+            Side::NoisePeerKnown => "boringtun noise alone, peer known",
+            Side::NoisePeerFound => "boringtun noise alone, peer found",
         }
     }
 
@@ -90,20 +99,17 @@ impl Side {
         match self {
             Side::WireguardGo => "wireguard_go",
             Side::Crmguard => "crmguard",
+            Side::NoisePeerKnown => "boringtun_noise_peer_known",
+            Side::NoisePeerFound => "boringtun_noise_peer_found",
         }
     }
 
-    fn tag(self) -> &'static str {
+    /// The gateway's namespace tag and outer subnet; `None` for boringtun alone.
+    fn bed(self) -> Option<(&'static str, u8)> {
         match self {
-            Side::WireguardGo => "hw",
-            Side::Crmguard => "hc",
-        }
-    }
-
-    fn subnet(self) -> u8 {
-        match self {
-            Side::WireguardGo => 5,
-            Side::Crmguard => 6,
+            Side::WireguardGo => Some(("hw", 5)),
+            Side::Crmguard => Some(("hc", 6)),
+            Side::NoisePeerKnown | Side::NoisePeerFound => None,
         }
     }
 }
@@ -182,8 +188,9 @@ struct Bed {
 impl Bed {
     fn start(side: Side, env: &Env<'_>, clients: &[KeyPair]) -> Result<Bed> {
         let pid = std::process::id();
-        let tag = side.tag();
-        let i = side.subnet();
+        let (tag, i) = side
+            .bed()
+            .with_context(|| format!("{} is not a gateway", side.name()))?;
         let (client_ns, gateway_ns, client_veth, gateway_veth) = crate::vpn::namespace_pair(tag)?;
         let outer_gateway = Ipv4Addr::new(10, 201, i, 1);
         client_veth.add_addr(&format!("10.201.{i}.2/24"))?;
@@ -249,6 +256,9 @@ impl Bed {
                 )?;
                 wait_admitted(&mut agent, clients.len())?;
                 Gateway::Crmguard(agent)
+            }
+            Side::NoisePeerKnown | Side::NoisePeerFound => {
+                bail!("{} is not a gateway", side.name())
             }
         };
         let gateway_pid = gateway.daemon()?.id();
@@ -372,7 +382,7 @@ fn has_cpu(cpu: usize) -> bool {
 }
 
 /// Pins the calling thread to `cpu` (when the machine has it).
-fn pin_thread(cpu: usize) -> Result<()> {
+pub(crate) fn pin_thread(cpu: usize) -> Result<()> {
     if !has_cpu(cpu) {
         return Ok(());
     }
@@ -382,9 +392,9 @@ fn pin_thread(cpu: usize) -> Result<()> {
 }
 
 /// Initiations made before the window, and the client state that accepts their responses.
-struct Prepared {
+pub(crate) struct Prepared {
     /// Initiation `j` is from peer `j % peers`, by `tunnels[j]`, whose session index is `j`.
-    initiations: Vec<Vec<u8>>,
+    pub(crate) initiations: Vec<Vec<u8>>,
     tunnels: Vec<Tunn>,
 }
 
@@ -392,7 +402,7 @@ struct Prepared {
 /// all the initiations of half of the clients, in order: a client's initiations then carry
 /// increasing timestamps in the order they are sent, so neither gateway may refuse one as a
 /// replay of the one before, however far into the pool a window gets.
-fn prepare(clients: &[KeyPair], gateway: &PublicKey, count: usize) -> Result<Prepared> {
+pub(crate) fn prepare(clients: &[KeyPair], gateway: &PublicKey, count: usize) -> Result<Prepared> {
     let made = std::thread::scope(|scope| {
         let handles = [0, 1].map(|half| {
             scope.spawn(move || -> Result<Vec<(usize, Vec<u8>, Tunn)>> {
@@ -573,6 +583,7 @@ fn verify(tunnels: &mut [Tunn], responses: &[Option<Vec<u8>>]) -> usize {
 pub(crate) fn measure(env: &Env<'_>, rounds: usize, seconds: u32) -> Vec<Outcome> {
     let mut outcomes: Vec<Outcome> = Side::BOTH
         .iter()
+        .chain(Side::NOISE.iter())
         .map(|&side| Outcome {
             side,
             windows: Vec::new(),
@@ -592,8 +603,20 @@ pub(crate) fn measure(env: &Env<'_>, rounds: usize, seconds: u32) -> Vec<Outcome
             return outcomes;
         }
     };
+    let mut noise = match Noise::new(&clients) {
+        Ok(noise) => Some(noise),
+        Err(e) => {
+            for outcome in outcomes
+                .iter_mut()
+                .filter(|o| Side::NOISE.contains(&o.side))
+            {
+                outcome.error = Some(format!("{e:#}"));
+            }
+            None
+        }
+    };
     let mut beds: Vec<Option<Bed>> = Vec::new();
-    for outcome in &mut outcomes {
+    for outcome in outcomes.iter_mut().filter(|o| Side::BOTH.contains(&o.side)) {
         match Bed::start(outcome.side, env, &clients) {
             Ok(bed) => beds.push(Some(bed)),
             Err(e) => {
@@ -639,6 +662,25 @@ pub(crate) fn measure(env: &Env<'_>, rounds: usize, seconds: u32) -> Vec<Outcome
             }
             if check_interrupt().is_err() {
                 return outcomes;
+            }
+        }
+        if let Some(n) = noise.as_mut() {
+            for outcome in outcomes
+                .iter_mut()
+                .filter(|o| Side::NOISE.contains(&o.side))
+            {
+                let find = outcome.side == Side::NoisePeerFound;
+                match n.window(&clients, seconds, find) {
+                    Ok(w) => {
+                        line.push_str(&format!(
+                            "  {} {:.0}/s",
+                            outcome.side.name(),
+                            w.per_second()
+                        ));
+                        outcome.windows.push(w);
+                    }
+                    Err(e) => outcome.error = Some(format!("{e:#}")),
+                }
             }
         }
         eprintln!("{line}");

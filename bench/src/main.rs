@@ -7,10 +7,12 @@
 //! mode: parse and apply times are only meaningful from an optimised build.
 
 mod detect;
+mod flood;
 mod handshakes;
 mod inspect_table;
 mod latency;
 mod memory;
+mod noise_ceiling;
 mod profile;
 mod vpn;
 mod xdp;

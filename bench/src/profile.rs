@@ -358,6 +358,12 @@ impl Recording {
     }
 }
 
+/// The CPU seconds the calling thread has used.
+pub(crate) fn thread_cpu_seconds() -> Result<f64> {
+    let t = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)?;
+    Ok(t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+}
+
 /// Bytes of each sealed packet: a full-size tunnel packet.
 pub(crate) const FLOOR_PACKET: usize = 1_420;
 
@@ -369,10 +375,7 @@ pub(crate) fn aead_floor() -> Result<f64> {
             .map_err(|_| anyhow::anyhow!("ring refused the key"))?,
     );
     let mut packet = vec![0x5au8; FLOOR_PACKET];
-    let cpu = || -> Result<f64> {
-        let t = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)?;
-        Ok(t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
-    };
+    let cpu = thread_cpu_seconds;
     let start = cpu()?;
     let mut sealed = 0u64;
     let mut counter = 0u64;

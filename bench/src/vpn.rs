@@ -35,6 +35,8 @@
 //!   endpoint up ([`crate::memory`]);
 //! - round-trip time through each tunnel (`ping`, [`crate::latency`]), alone and during a
 //!   forward transfer: what batching costs a packet that is not part of the bulk;
+//! - forward goodput while spoofed handshake initiations flood the gateway, against goodput
+//!   without them, crmguard and wireguard-go as the gateway ([`crate::flood`]);
 //! - handshakes completed per second by crmguard and by wireguard-go, each pinned to one CPU
 //!   with the same 1,000 peers, against a load generator in this process
 //!   ([`crate::handshakes`]).
@@ -46,6 +48,7 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -60,13 +63,16 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 use crmguard_lab::cmd;
+use crmguard_lab::flood::{Pace, SpoofedFlood};
+use crmguard_lab::net::{udp_frame, RawSocket, Vlan, L2};
 use crmguard_lab::netns::{self, Iface, NetNs};
 use crmguard_lab::privileged::{self, BPFFS};
 use crmguard_lab::process::Process;
 use crmguard_lab::wg::{self, Keys, SOCKET_DIR};
 use crmguard_lab::workspace::Workspace;
 
-use crate::handshakes::{Outcome, HANDSHAKE_PEERS, HANDSHAKE_TARGET};
+use crate::flood::{CrmguardCounts, FloodRound, FLOOD_PPS, FLOOD_TARGET};
+use crate::handshakes::{Outcome, Side, HANDSHAKE_PEERS, HANDSHAKE_TARGET};
 use crate::inspect_table::TableMemory;
 use crate::latency::{self, Rtt};
 use crate::memory::{
@@ -631,6 +637,8 @@ impl Kind {
         Kind::Crmguard,
         Kind::CrmguardUninspected,
     ];
+    /// The gateways measured under a handshake flood.
+    const FLOODED: [Kind; 2] = [Kind::WireguardGo, Kind::Crmguard];
 
     fn name(self) -> &'static str {
         match self {
@@ -697,7 +705,11 @@ struct Pair {
     client_ns: NetNs,
     /// Held so that the namespace outlives the processes in it.
     _gateway_ns: NetNs,
+    client_veth: Iface,
     gateway_veth: Iface,
+    /// The gateway's address on the veth, and its WireGuard public key.
+    outer_gateway: Ipv4Addr,
+    gateway_public: [u8; 32],
 }
 
 /// One goodput transfer.
@@ -783,11 +795,16 @@ impl Pair {
         gateway_veth.add_addr(&format!("{outer_gateway}/24"))?;
         client_veth.up()?;
         gateway_veth.up()?;
+        // Replies to addresses beyond the veth (a handshake flood's spoofed sources) leave
+        // through it, as they would leave a host, and the client's namespace drops them.
+        gateway_ns.ip(&["route", "add", "default", "via", &format!("10.201.{i}.2")])?;
 
         let work = env.work.join(tag);
         std::fs::create_dir_all(&work)?;
         let client_keys = keypair()?;
         let gateway_keys = keypair()?;
+        let gateway_public = keys::decode(&gateway_keys.public)
+            .context("the gateway's public key is not a WireGuard key")?;
         let client_if = format!("{IF_PREFIX}{pid}{tag}c");
         let gateway_if = format!("{IF_PREFIX}{pid}{tag}g");
 
@@ -861,7 +878,10 @@ impl Pair {
             gateway,
             client_ns,
             _gateway_ns: gateway_ns,
+            client_veth,
             gateway_veth,
+            outer_gateway: outer_gateway.parse()?,
+            gateway_public,
         };
         configure_end(
             &client_if,
@@ -1015,6 +1035,57 @@ impl Pair {
             client_cpu_s: cl1 - cl0,
             receiver_udp: udp1.since(udp0),
         })
+    }
+
+    /// One round of the handshake flood measurement ([`crate::flood`]): a forward transfer
+    /// without the flood, then one under it.
+    fn flood_round(&mut self, seconds: u32, env: &Env<'_>) -> Result<FloodRound> {
+        let quiet = self.transfer(Direction::Forward, seconds, env)?;
+        let l2 = L2 {
+            src_mac: self.client_veth.mac()?,
+            dst_mac: self.gateway_veth.mac()?,
+            vlan: Vlan::Untagged,
+        };
+        let template = udp_frame(
+            &l2,
+            SocketAddr::from(([1, 0, 0, 1], 40_000)),
+            SocketAddr::from((self.outer_gateway, WG_PORT)),
+            &crate::flood::initiation(self.gateway_public)?,
+        )?;
+        let before = self.crmguard_counts();
+        let flood = SpoofedFlood::start(
+            RawSocket::open(&self.client_ns, self.client_veth.name())?,
+            vec![template],
+            Pace {
+                per_second: FLOOD_PPS,
+                at_least: 0,
+                longest: Duration::from_secs(u64::from(seconds) + 30),
+            },
+        )?;
+        let started = Instant::now();
+        let under = self.transfer(Direction::Forward, seconds, env);
+        let elapsed = started.elapsed().as_secs_f64();
+        let sent = flood.stop()?;
+        let under = under?;
+        let crmguard = match (before, self.crmguard_counts()) {
+            (Some(before), Some(after)) => Some(after.since(&before)),
+            _ => None,
+        };
+        Ok(FloodRound {
+            quiet_gbit_s: quiet.gbit_s,
+            under_gbit_s: under.gbit_s,
+            seconds: elapsed,
+            flood_per_s: sent as f64 / elapsed,
+            crmguard,
+        })
+    }
+
+    /// crmguard's drop and handshake counts; `None` for another gateway.
+    fn crmguard_counts(&self) -> Option<CrmguardCounts> {
+        match &self.gateway {
+            Gateway::Crmguard(agent) => CrmguardCounts::of(&agent.status().ok()?),
+            Gateway::Userspace(_) => None,
+        }
     }
 
     /// Runs `measure`, which takes about `seconds`, in the middle of one transfer: the transfer
@@ -1386,6 +1457,9 @@ struct Results {
     syscall_error: Option<String>,
     /// Round trips through the tunnel, alone and during a forward transfer.
     latency: Option<std::result::Result<[Rtt; 2], String>>,
+    /// Goodput with and without a spoofed handshake flood (wireguard-go and crmguard).
+    flood: Vec<FloodRound>,
+    flood_error: Option<String>,
 }
 
 impl Results {
@@ -1582,19 +1656,14 @@ pub fn run_handshakes(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Resu
     );
     let handshakes = crate::handshakes::measure(&env, plan.rounds, plan.handshake_seconds);
     check_interrupt()?;
-    let ratio = handshake_ratio(&handshakes);
     println!();
     println!(
         "{:<52} {:>9} {:>9}",
         "crmguard against its targets", "measured", "target"
     );
-    println!(
-        "{:<52} {:>9} {:>9}  {}",
-        format!("handshakes/s crmguard / wireguard-go, {HANDSHAKE_PEERS} peers, 1 CPU"),
-        fmt_opt(ratio, 2),
-        format!(">= {HANDSHAKE_TARGET}x"),
-        verdict(ratio, HANDSHAKE_TARGET, true)
-    );
+    for (name, value, target, verdict) in handshake_rows(&handshakes) {
+        println!("{name:<52} {:>9} {target:>9}  {verdict}", fmt_opt(value, 2));
+    }
     print_handshakes(&handshakes);
     let path = out_dir.join("handshakes.json");
     let json = json!({ "handshakes": handshakes_json(&handshakes, plan) });
@@ -1604,14 +1673,35 @@ pub fn run_handshakes(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Resu
 }
 
 /// crmguard's handshakes a second over wireguard-go's, medians of the rounds.
-fn handshake_ratio(handshakes: &[Outcome]) -> Option<f64> {
-    let rate = |side: crate::handshakes::Side| {
+fn handshake_ratio(handshakes: &[Outcome], side: Side) -> Option<f64> {
+    let rate = |side: Side| {
         handshakes
             .iter()
             .find(|o| o.side == side)
             .and_then(Outcome::per_second)
     };
-    Some(rate(crate::handshakes::Side::Crmguard)? / rate(crate::handshakes::Side::WireguardGo)?)
+    Some(rate(side)? / rate(Side::WireguardGo)?)
+}
+
+/// The handshake rows of the targets table: crmguard's ratio against its goal, and boringtun's
+/// `noise` alone (the ceiling of a gateway built on it) against the same comparator.
+fn handshake_rows(handshakes: &[Outcome]) -> Vec<(String, Option<f64>, String, &'static str)> {
+    let crmguard = handshake_ratio(handshakes, Side::Crmguard);
+    let mut rows = vec![(
+        format!("handshakes/s crmguard / wireguard-go, {HANDSHAKE_PEERS} peers, 1 CPU"),
+        crmguard,
+        format!(">= {HANDSHAKE_TARGET}x"),
+        verdict(crmguard, HANDSHAKE_TARGET, true),
+    )];
+    for side in Side::NOISE {
+        rows.push((
+            format!("  {} / wireguard-go", side.name()),
+            handshake_ratio(handshakes, side),
+            "-".to_owned(),
+            "",
+        ));
+    }
+    rows
 }
 
 pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
@@ -1634,6 +1724,8 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
             syscalls: [Vec::new(), Vec::new()],
             syscall_error: None,
             latency: None,
+            flood: Vec::new(),
+            flood_error: None,
         })
         .collect();
     if let Err(e) = &boringtun {
@@ -1738,6 +1830,37 @@ pub fn run(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Result<()> {
             eprintln!("bench: the round trips of {} failed: {e}", p.kind.name());
         }
         result.latency = Some(measured);
+    }
+    eprintln!(
+        "bench: goodput under a flood of {FLOOD_PPS} spoofed handshake initiations a second / \
+         without, forward, {rounds} rounds of {seconds} s, gateways alternating"
+    );
+    for round in 1..=rounds {
+        let mut line = format!("  round {round}/{rounds}");
+        for (pair, result) in pairs.iter_mut().zip(results.iter_mut()) {
+            let Some(p) = pair else { continue };
+            if !Kind::FLOODED.contains(&p.kind) {
+                continue;
+            }
+            match p.flood_round(seconds, &env) {
+                Ok(r) => {
+                    let _ = write!(
+                        line,
+                        "  {} {:.2} -> {:.2} Gbit/s",
+                        p.kind.tag(),
+                        r.quiet_gbit_s,
+                        r.under_gbit_s
+                    );
+                    result.flood.push(r);
+                }
+                Err(e) => {
+                    check_interrupt()?;
+                    eprintln!("bench: the flood round of {} failed: {e:#}", p.kind.name());
+                    result.flood_error = Some(format!("{e:#}"));
+                }
+            }
+        }
+        eprintln!("{line}");
     }
     eprintln!(
         "bench: where the crmguard gateway's CPU goes, perf record during one transfer each way"
@@ -1895,7 +2018,7 @@ fn report(
     let inspect_cpu =
         [0, 1].map(|d| paired(cg.cpus_per_gb(d, false), uninspected.cpus_per_gb(d, false)));
     let syscalls = [0, 1].map(|d| cg.syscalls_per_packet(d));
-    let hs_ratio = handshake_ratio(handshakes);
+    let flood = [cg, wg].map(|r| crate::flood::ratio(&r.flood));
 
     println!();
     println!(
@@ -1963,14 +2086,21 @@ fn report(
             "-".to_owned(),
             "",
         ),
+        (
+            "goodput under a handshake flood / without, crmguard".to_owned(),
+            flood[0],
+            format!(">= {FLOOD_TARGET}x"),
+            verdict(flood[0], FLOOD_TARGET, true),
+        ),
+        (
+            "  the same, wireguard-go as the gateway".to_owned(),
+            flood[1],
+            "-".to_owned(),
+            "",
+        ),
     ];
     rows.extend(memory_rows(memory));
-    rows.push((
-        format!("handshakes/s crmguard / wireguard-go, {HANDSHAKE_PEERS} peers, 1 CPU"),
-        hs_ratio,
-        format!(">= {HANDSHAKE_TARGET}x"),
-        verdict(hs_ratio, HANDSHAKE_TARGET, true),
-    ));
+    rows.extend(handshake_rows(handshakes));
     let cg_cpu = cg.cpu_per_gb(0, false);
     let floor_value = floor.as_ref().ok().copied();
     rows.push((
@@ -1986,6 +2116,7 @@ fn report(
         );
     }
     print_memory_lines(memory);
+    print_flood(results);
     print_handshakes(handshakes);
     print_profile(profile, floor, cg_cpu);
     for (shape, measured) in ["just opened", "decided"].iter().zip(table) {
@@ -2071,6 +2202,11 @@ fn report(
                 "forward": direction(0),
                 "reverse": direction(1),
                 "round_trip": latency,
+                "handshake_flood": (!r.flood.is_empty() || r.flood_error.is_some()).then(|| {
+                    let mut v = crate::flood::json(&r.flood);
+                    v["error"] = json!(r.flood_error);
+                    v
+                }),
             })
         })
         .collect();
@@ -2087,6 +2223,7 @@ fn report(
             "crmguard_syscalls_per_packet": { "forward": syscalls[0], "reverse": syscalls[1], "target_at_most": SYSCALLS_TARGET },
             "goodput_inspection_on_vs_off": { "forward": inspect_goodput[0], "reverse": inspect_goodput[1], "target_at_least": INSPECT_GOODPUT_TARGET },
             "cpu_per_gb_inspection_on_vs_off": { "forward": inspect_cpu[0], "reverse": inspect_cpu[1] },
+            "goodput_under_handshake_flood_vs_without": { "crmguard": flood[0], "wireguard_go": flood[1], "flood_per_s": FLOOD_PPS, "target_at_least": FLOOD_TARGET },
         },
         "inspection_table": table.iter().zip(["just_opened", "decided"]).map(|(t, shape)| match t {
             Ok(t) => json!({
@@ -2122,6 +2259,30 @@ fn report(
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
     println!("\nwritten to {}", path.display());
     Ok(())
+}
+
+/// The goodput of the gateways measured under a handshake flood, with and without it.
+fn print_flood(results: &[Results]) {
+    let flooded: Vec<&Results> = results
+        .iter()
+        .filter(|r| Kind::FLOODED.contains(&r.kind))
+        .collect();
+    if flooded
+        .iter()
+        .all(|r| r.flood.is_empty() && r.flood_error.is_none())
+    {
+        return;
+    }
+    println!(
+        "forward goodput under a flood of {FLOOD_PPS} spoofed handshake initiations a second \
+         (valid MAC1, random sources) / without, median of the rounds:"
+    );
+    for r in flooded {
+        match (&r.flood_error, r.flood.is_empty()) {
+            (Some(reason), true) => println!("  {:<30} {}", r.kind.name(), first_line(reason)),
+            _ => crate::flood::print(r.kind.name(), &r.flood),
+        }
+    }
 }
 
 /// The round trips through each pair's tunnel, alone and during a forward transfer.
@@ -2226,7 +2387,8 @@ fn handshakes_json(handshakes: &[Outcome], plan: Plan) -> Value {
     json!({
         "peers": HANDSHAKE_PEERS,
         "seconds_per_window": plan.handshake_seconds,
-        "crmguard_vs_wireguard_go": handshake_ratio(handshakes),
+        "crmguard_vs_wireguard_go": handshake_ratio(handshakes, Side::Crmguard),
+        "boringtun_noise_alone_vs_wireguard_go": Side::NOISE.map(|side| (side.key().to_owned(), json!(handshake_ratio(handshakes, side)))).into_iter().collect::<serde_json::Map<_, _>>(),
         "target_at_least": HANDSHAKE_TARGET,
         "gateways": handshakes.iter().map(|o| json!({
             "gateway": o.side.key(),
@@ -2255,7 +2417,7 @@ fn print_handshakes(handshakes: &[Outcome]) {
         let cookies: u64 = o.windows.iter().map(|w| w.cookies).sum();
         match (o.per_second(), &o.error) {
             (Some(rate), error) => println!(
-                "  {:<14} {rate:>9.0}/s  {:>7} CPU us/handshake  {cookies} cookie replies{}",
+                "  {:<34} {rate:>9.0}/s  {:>7} CPU us/handshake  {cookies} cookie replies{}",
                 o.side.name(),
                 fmt_opt(o.cpu_us_per_handshake(), 0),
                 error
@@ -2264,9 +2426,9 @@ fn print_handshakes(handshakes: &[Outcome]) {
                     .unwrap_or_default()
             ),
             (None, Some(error)) => {
-                println!("  {:<14} unavailable: {}", o.side.name(), first_line(error));
+                println!("  {:<34} unavailable: {}", o.side.name(), first_line(error));
             }
-            (None, None) => println!("  {:<14} no window ran", o.side.name()),
+            (None, None) => println!("  {:<34} no window ran", o.side.name()),
         }
     }
     for o in handshakes {

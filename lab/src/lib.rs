@@ -18,6 +18,7 @@ pub mod alerting;
 pub mod browser;
 pub mod cmd;
 pub mod cpu;
+pub mod flood;
 pub mod frames;
 pub mod net;
 pub mod netns;

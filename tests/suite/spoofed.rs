@@ -23,7 +23,7 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{HashMap, Map, MapData};
 use crmguard_core::abi;
 use crmguard_lab::agent::Agent;
+use crmguard_lab::flood::{Pace, SpoofedFlood};
 use crmguard_lab::net::{tcp_syn_frame, udp_frame, RawSocket, Vlan};
 use crmguard_lab::privileged;
 use crmguard_lab::topology::Topology;
@@ -53,32 +54,6 @@ const MEASURE: Duration = Duration::from_secs(3);
 const FLOOD_PPS: u64 = 30_000;
 /// How much the agent's resident memory may grow under the flood.
 const RSS_GROWTH_MAX_KIB: u64 = 32 * 1024;
-
-/// Writes the IPv4 header checksum of an untagged frame (RFC 1071).
-fn ipv4_checksum(frame: &mut [u8]) {
-    frame[24..26].copy_from_slice(&[0, 0]);
-    let mut sum: u32 = frame[14..34]
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let checksum = !u16::try_from(sum).unwrap_or(0);
-    frame[24..26].copy_from_slice(&checksum.to_be_bytes());
-}
-
-/// xorshift64*: random enough for addresses, and fast.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 fn vm_rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -274,72 +249,32 @@ allow = ["tcp/{SINK}"]
     };
 
     // The flood: at least SOURCES spoofed sources, until the measurement under it is over.
-    let l2 = t.l2_to_host(Vlan::Untagged)?;
-    let raw = RawSocket::open(&t.out, t.out_if.name())?;
-    let stop = Arc::new(AtomicBool::new(false));
     // One frame of each kind and family, built once; each spoofed frame is one of them with a
-    // random source address written in (checksums go stale: XDP never reads them).
-    let mut templates: Vec<(bool, Vec<u8>)> = {
-        let mut out = Vec::new();
-        for (v4, dst) in [(true, t.addrs.host4), (false, t.addrs.host6)] {
-            let from = SocketAddr::new(
-                if v4 {
-                    IpAddr::V4(Ipv4Addr::new(1, 0, 0, 1))
-                } else {
-                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1))
-                },
-                40000,
-            );
-            out.push((v4, tcp_syn_frame(&l2, from, SocketAddr::new(dst, WEB))?));
-            out.push((v4, tcp_syn_frame(&l2, from, SocketAddr::new(dst, CLOSED))?));
-            out.push((
-                v4,
-                udp_frame(&l2, from, SocketAddr::new(dst, WG_PORT), &init)?,
-            ));
-        }
-        out
-    };
-    let flood = {
-        let stop = stop.clone();
-        std::thread::spawn(move || -> Result<u64> {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-            let mut sent = 0u64;
-            let started = Instant::now();
-            let deadline = started + Duration::from_secs(40);
-            while (sent < SOURCES || !stop.load(Ordering::Relaxed)) && Instant::now() < deadline {
-                // Paced to FLOOD_PPS, so that the generator, which shares the lab's CPUs with
-                // the peer, the endpoint and the datapath, does not starve them itself.
-                let due = started + Duration::from_secs_f64(sent as f64 / FLOOD_PPS as f64);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                for _ in 0..256 {
-                    let r = rng.next();
-                    let (v4, frame) = &mut templates[usize::try_from(r % 6)?];
-                    if *v4 {
-                        // Public IPv4 space: 1.0.0.0 - 223.255.255.255.
-                        let a = u32::try_from(r >> 32)? % (223 << 24) + (1 << 24);
-                        frame[26..30].copy_from_slice(&a.to_be_bytes());
-                        // A correct header checksum, and no UDP checksum (optional over
-                        // IPv4): what XDP admits of the IPv4 initiations reaches the endpoint.
-                        ipv4_checksum(frame);
-                        if frame[23] == 17 {
-                            frame[40..42].copy_from_slice(&[0, 0]);
-                        }
-                    } else {
-                        // 2001:db8:ffff::/48: the 80 bits after the prefix are random.
-                        frame[28..30].copy_from_slice(&u16::try_from(r >> 48)?.to_be_bytes());
-                        frame[30..38].copy_from_slice(&rng.next().to_be_bytes());
-                    }
-                    // A full veth queue drops the frame before XDP sees it: not counted.
-                    if raw.send(frame).is_ok() {
-                        sent += 1;
-                    }
-                }
-            }
-            Ok(sent)
-        })
-    };
+    // random source address written in.
+    let l2 = t.l2_to_host(Vlan::Untagged)?;
+    let mut templates = Vec::new();
+    for (v4, dst) in [(true, t.addrs.host4), (false, t.addrs.host6)] {
+        let from = SocketAddr::new(
+            if v4 {
+                IpAddr::V4(Ipv4Addr::new(1, 0, 0, 1))
+            } else {
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1))
+            },
+            40000,
+        );
+        templates.push(tcp_syn_frame(&l2, from, SocketAddr::new(dst, WEB))?);
+        templates.push(tcp_syn_frame(&l2, from, SocketAddr::new(dst, CLOSED))?);
+        templates.push(udp_frame(&l2, from, SocketAddr::new(dst, WG_PORT), &init)?);
+    }
+    let flood = SpoofedFlood::start(
+        RawSocket::open(&t.out, t.out_if.name())?,
+        templates,
+        Pace {
+            per_second: FLOOD_PPS,
+            at_least: SOURCES,
+            longest: Duration::from_secs(40),
+        },
+    )?;
 
     // Under the flood: the host's connection answers, and the peer's goodput.
     let mut trips = 1;
@@ -347,17 +282,15 @@ allow = ["tcp/{SINK}"]
     round_trip(&mut own, trips)?;
     trips += 1;
     let rl_during = entries(&agent, "cg_rl")?;
+    // The flood goes on until it has sent its minimum; the connection is watched meanwhile.
+    flood.ask_to_stop();
     let watch = Instant::now();
     while !flood.is_finished() && watch.elapsed() < Duration::from_secs(45) {
-        stop.store(true, Ordering::Relaxed);
         round_trip(&mut own, trips)?;
         trips += 1;
         std::thread::sleep(Duration::from_millis(200));
     }
-    stop.store(true, Ordering::Relaxed);
-    let sent = flood
-        .join()
-        .map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
+    let sent = flood.stop()?;
     // After the flood: still answering.
     round_trip(&mut own, trips)?;
 
