@@ -1672,7 +1672,7 @@ pub fn run_handshakes(workspace: &Workspace, out_dir: &Path, plan: Plan) -> Resu
     Ok(())
 }
 
-/// crmguard's handshakes a second over wireguard-go's, medians of the rounds.
+/// `side`'s handshakes a second over wireguard-go's, medians of the rounds.
 fn handshake_ratio(handshakes: &[Outcome], side: Side) -> Option<f64> {
     let rate = |side: Side| {
         handshakes
