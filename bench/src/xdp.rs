@@ -159,6 +159,9 @@ struct Case {
 /// The goal for any case with 1.1M deny entries / with 1k.
 const GOAL_LARGE_VS_SMALL: f64 = 1.1;
 
+/// The goal for a policy of 1.1M deny entries, from its file to the kernel, in seconds.
+const GOAL_LARGE_LOAD_S: f64 = 5.0;
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -523,14 +526,26 @@ pub fn run(out_dir: &Path) -> Result<()> {
             },
         }));
     }
+    let load_s = large_times.config + large_times.apply;
+    // The goal is for the full set; a quick run's small one is only reported.
+    let goal = if quick {
+        String::new()
+    } else {
+        format!(
+            " (goal <= {GOAL_LARGE_LOAD_S:.0} s): {}",
+            crate::vpn::verdict(Some(load_s), GOAL_LARGE_LOAD_S, false)
+        )
+    };
     println!(
-        "\n1,000,000 addresses + 100,000 prefixes: config read and compiled in {:.2} s, swapped into the kernel in {:.2} s",
-        large_times.config, large_times.apply
+        "\npolicy of {hosts} addresses + {prefixes} prefixes: config read and compiled in {:.2} s, \
+         swapped into the kernel in {:.2} s: {load_s:.2} s in all{goal}",
+        large_times.config, large_times.apply,
     );
     json.push(serde_json::json!({
-        "case": "load 1M addresses + 100k prefixes",
+        "case": format!("load {hosts} addresses + {prefixes} prefixes"),
         "config_seconds": large_times.config,
         "apply_seconds": large_times.apply,
+        "goal_seconds": GOAL_LARGE_LOAD_S,
     }));
     drop(filter);
     if quick {
