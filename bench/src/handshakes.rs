@@ -104,6 +104,11 @@ impl Side {
         }
     }
 
+    /// Whether it is a gateway run in namespaces of its own (not boringtun in this process).
+    fn is_gateway(self) -> bool {
+        self.bed().is_some()
+    }
+
     /// The gateway's namespace tag and outer subnet; `None` for boringtun alone.
     fn bed(self) -> Option<(&'static str, u8)> {
         match self {
@@ -579,6 +584,14 @@ fn verify(tunnels: &mut [Tunn], responses: &[Option<Vec<u8>>]) -> usize {
     })
 }
 
+/// The gateways' outcomes, in the order of their beds. (A named type, not `impl Iterator`,
+/// so that the borrow ends where the loop over it is left.)
+fn gateways(
+    outcomes: &mut [Outcome],
+) -> std::iter::Filter<std::slice::IterMut<'_, Outcome>, fn(&&mut Outcome) -> bool> {
+    outcomes.iter_mut().filter(|o| o.side.is_gateway())
+}
+
 /// Runs `rounds` windows of `seconds` against each gateway, alternating.
 pub(crate) fn measure(env: &Env<'_>, rounds: usize, seconds: u32) -> Vec<Outcome> {
     let mut outcomes: Vec<Outcome> = Side::BOTH
@@ -606,17 +619,14 @@ pub(crate) fn measure(env: &Env<'_>, rounds: usize, seconds: u32) -> Vec<Outcome
     let mut noise = match Noise::new(&clients) {
         Ok(noise) => Some(noise),
         Err(e) => {
-            for outcome in outcomes
-                .iter_mut()
-                .filter(|o| Side::NOISE.contains(&o.side))
-            {
+            for outcome in outcomes.iter_mut().filter(|o| !o.side.is_gateway()) {
                 outcome.error = Some(format!("{e:#}"));
             }
             None
         }
     };
     let mut beds: Vec<Option<Bed>> = Vec::new();
-    for outcome in outcomes.iter_mut().filter(|o| Side::BOTH.contains(&o.side)) {
+    for outcome in gateways(&mut outcomes) {
         match Bed::start(outcome.side, env, &clients) {
             Ok(bed) => beds.push(Some(bed)),
             Err(e) => {
@@ -631,7 +641,7 @@ pub(crate) fn measure(env: &Env<'_>, rounds: usize, seconds: u32) -> Vec<Outcome
     }
     // A first window per gateway is not counted: the first handshake of each peer also costs
     // what follows it once (the peer's endpoint saved, its first handshake logged).
-    for (bed, outcome) in beds.iter_mut().zip(outcomes.iter_mut()) {
+    for (bed, outcome) in beds.iter_mut().zip(gateways(&mut outcomes)) {
         let Some(b) = bed else { continue };
         if let Err(e) = b.window(&clients, seconds, env.ticks_per_s) {
             eprintln!("bench: handshakes against {} failed: {e:#}", b.side.name());
@@ -641,7 +651,7 @@ pub(crate) fn measure(env: &Env<'_>, rounds: usize, seconds: u32) -> Vec<Outcome
     }
     for round in 1..=rounds {
         let mut line = format!("  round {round}/{rounds}");
-        for (bed, outcome) in beds.iter_mut().zip(outcomes.iter_mut()) {
+        for (bed, outcome) in beds.iter_mut().zip(gateways(&mut outcomes)) {
             let Some(b) = bed else { continue };
             match b.window(&clients, seconds, env.ticks_per_s) {
                 Ok(w) => {
@@ -665,10 +675,7 @@ pub(crate) fn measure(env: &Env<'_>, rounds: usize, seconds: u32) -> Vec<Outcome
             }
         }
         if let Some(n) = noise.as_mut() {
-            for outcome in outcomes
-                .iter_mut()
-                .filter(|o| Side::NOISE.contains(&o.side))
-            {
+            for outcome in outcomes.iter_mut().filter(|o| !o.side.is_gateway()) {
                 let find = outcome.side == Side::NoisePeerFound;
                 match n.window(&clients, seconds, find) {
                     Ok(w) => {
@@ -687,7 +694,7 @@ pub(crate) fn measure(env: &Env<'_>, rounds: usize, seconds: u32) -> Vec<Outcome
     }
     // One more window against crmguard under `perf record`, not counted: where a handshake's
     // CPU goes.
-    for (bed, outcome) in beds.iter_mut().zip(outcomes.iter_mut()) {
+    for (bed, outcome) in beds.iter_mut().zip(gateways(&mut outcomes)) {
         let Some(b) = bed else { continue };
         if b.side != Side::Crmguard {
             continue;
