@@ -18,7 +18,7 @@
 //! The generator shares the machine's two CPUs with the pair; its share is the same for both
 //! gateways, and the ratio includes it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
 use boringtun::noise::{Tunn, TunnResult};
@@ -143,15 +143,10 @@ pub(crate) fn print(name: &str, rounds: &[FloodRound]) {
                 .collect::<Vec<_>>(),
         )
     };
-    let reasons: Vec<&String> = {
-        let mut all: Vec<&String> = counted
-            .iter()
-            .flat_map(|(_, c)| c.xdp_drops.keys())
-            .collect();
-        all.sort();
-        all.dedup();
-        all
-    };
+    let reasons: BTreeSet<&String> = counted
+        .iter()
+        .flat_map(|(_, c)| c.xdp_drops.keys())
+        .collect();
     let by_reason: Vec<String> = reasons
         .iter()
         .map(|reason| {
