@@ -513,13 +513,12 @@ impl Agent {
         })
     }
 
-    /// With no `[[interface]]` listed, judges the namespace's links again and attaches the
-    /// filter to those that took the uplink's role since the start (or failed before). A
-    /// filtered interface keeps its filter even when it loses the role.
+    /// Attaches the filter to the interfaces that should have it and do not: a listed
+    /// `[[interface]]` that appeared, or was deleted and created again, since the start; with
+    /// none listed, those that took the uplink's role since (the namespace's links are judged
+    /// again). Those that failed before are tried again. A filtered interface keeps its filter
+    /// even when it loses the role or leaves the list.
     fn recheck_interfaces(&mut self) {
-        if !self.config.interfaces.is_empty() {
-            return;
-        }
         let (requests, reasons) = match interface_requests(&self.config, false) {
             Ok(found) => found,
             Err(e) => {
@@ -535,9 +534,15 @@ impl Agent {
         let changed = self.datapath.attachments() != before.0.as_slice()
             || self.datapath.failures() != before.1.as_slice();
         for name in attached {
-            let reason = reasons.get(&name).cloned().unwrap_or_default();
-            tracing::info!(interface = %name, %reason, "a new interface took the uplink's role: filtering it");
-            self.chosen_because.insert(name, reason);
+            match reasons.get(&name) {
+                Some(reason) => {
+                    tracing::info!(interface = %name, %reason, "a new interface took the uplink's role: filtering it");
+                    self.chosen_because.insert(name, reason.clone());
+                }
+                None => {
+                    tracing::info!(interface = %name, "a listed interface appeared: filtering it")
+                }
+            }
         }
         if changed {
             self.datapath_metrics
@@ -607,10 +612,14 @@ impl Agent {
         self.access_tick();
         let generation = self.datapath.apply(&policy)?;
         self.last_swap = Instant::now();
-        if config.interfaces != self.config.interfaces {
-            tracing::warn!("interface changes take effect when the agent restarts");
-        }
+        let listed_before = self.config.interfaces.clone();
         let previous = std::mem::replace(&mut self.config, config);
+        if self.config.interfaces != listed_before {
+            // Interfaces the new list adds are filtered now; those it leaves out keep their
+            // filter until the agent restarts (a reload never opens an interface).
+            tracing::info!("the interface list changed: filtering the interfaces it adds");
+            self.recheck_interfaces();
+        }
         self.policy = policy;
         let connected = self.connected_peers();
         self.vpn.apply(&self.config, true);

@@ -32,7 +32,7 @@ pub mod stamp;
 pub mod sys;
 pub mod tc;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -103,8 +103,10 @@ pub struct Attachment {
 pub struct InterfaceRequest {
     pub name: String,
     pub mode: ModeSetting,
-    /// A listed `[[interface]]`: failing to attach to it stops the start. An interface the
-    /// agent chose by itself is skipped when it fails, and reported in [`Datapath::failures`].
+    /// A listed `[[interface]]`: failing to attach to it stops the start, unless it does not
+    /// exist yet (it is then reported in [`Datapath::failures`] and attached when it appears,
+    /// as a bond or VLAN made by the network configuration after the agent started is). An
+    /// interface the agent chose by itself is skipped when it fails, and reported the same way.
     pub required: bool,
 }
 
@@ -360,6 +362,8 @@ pub struct Datapath {
     failures: Vec<AttachFailure>,
     /// The counter slot the next attachment gets.
     next_slot: u32,
+    /// The counter slot each interface was given, kept after it goes.
+    slots: BTreeMap<String, u32>,
     generation: u32,
 }
 
@@ -399,6 +403,7 @@ impl Datapath {
             attachments: Vec::new(),
             failures: Vec::new(),
             next_slot: u32::try_from(interfaces.len()).unwrap_or(abi::MAX_IFSLOTS),
+            slots: BTreeMap::new(),
             generation,
         };
         let pinned = pinned_links(bpffs_dir);
@@ -407,6 +412,11 @@ impl Datapath {
             let slot = u32::try_from(slot).unwrap_or(0);
             match datapath.attach_one(xdp(ebpf)?, request, slot, &pinned) {
                 Ok(attachment) => datapath.attachments.push(attachment),
+                // A listed interface not there yet is waited for: stopping would leave every
+                // other interface unfiltered, and the start would fail again on each restart.
+                Err(e @ DatapathError::NoInterface(_)) if request.required => {
+                    datapath.record_failure(&request.name, &e);
+                }
                 Err(e) if request.required => return Err(e),
                 Err(e) => {
                     datapath.record_failure(&request.name, &e);
@@ -475,14 +485,18 @@ impl Datapath {
     }
 
     fn attach_late(&mut self, request: &InterfaceRequest) -> Result<(), DatapathError> {
-        let slot = self.next_slot;
-        if slot >= abi::MAX_IFSLOTS {
-            return Err(DatapathError::TooManyInterfaces);
+        // Before the program is loaded: a listed interface that is not there costs a
+        // verifier pass on every look otherwise.
+        if ifindex(&request.name).is_none() {
+            return Err(DatapathError::NoInterface(request.name.clone()));
         }
+        let slot = self.free_slot(&request.name)?;
         let mut ebpf = load_program(&self.bpffs_dir, slot)?;
         let pinned = pinned_links(&self.bpffs_dir);
         let mut attachment = self.attach_one(xdp(&mut ebpf)?, request, slot, &pinned)?;
-        self.next_slot = slot.saturating_add(1);
+        if slot == self.next_slot {
+            self.next_slot = slot.saturating_add(1);
+        }
         // The XDP filter is in place and pinned; an egress recorder that fails is logged, as
         // the flow records then miss this interface but the filter holds.
         match tc::Egress::load(&self.bpffs_dir).and_then(|mut egress| {
@@ -497,6 +511,20 @@ impl Datapath {
         Ok(())
     }
 
+    /// The counter slot for an interface attached late: the one it had before when that is
+    /// free (an interface deleted and created again keeps its counters), else the next
+    /// unused one, else one that an interface since removed left. Slots are never used up
+    /// by interfaces that come and go.
+    fn free_slot(&self, name: &str) -> Result<u32, DatapathError> {
+        let used: BTreeSet<u32> = self.attachments.iter().map(|a| a.slot).collect();
+        let before = self.slots.get(name).copied().filter(|s| !used.contains(s));
+        let fresh = (self.next_slot < abi::MAX_IFSLOTS).then_some(self.next_slot);
+        before
+            .or(fresh)
+            .or_else(|| (0..abi::MAX_IFSLOTS).find(|s| !used.contains(s)))
+            .ok_or(DatapathError::TooManyInterfaces)
+    }
+
     fn attach_one(
         &mut self,
         program: &mut Xdp,
@@ -504,6 +532,7 @@ impl Datapath {
         slot: u32,
         pinned: &[(String, AttachMode, PathBuf)],
     ) -> Result<Attachment, DatapathError> {
+        self.slots.insert(request.name.clone(), slot);
         let ifindex = ifindex(&request.name)
             .ok_or_else(|| DatapathError::NoInterface(request.name.clone()))?;
         if let Some((_, mode, path)) = pinned.iter().find(|(name, _, _)| *name == request.name) {

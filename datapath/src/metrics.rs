@@ -33,6 +33,9 @@ pub enum DatapathMetricsError {
     Register(#[from] prometheus::Error),
 }
 
+/// The `mode` label of an interface the filter should be on and is not.
+pub const NOT_ATTACHED: &str = "none";
+
 /// The counter slot and name of each filtered interface, shared with the collector.
 type Interfaces = Arc<Mutex<Vec<(u32, String)>>>;
 
@@ -58,6 +61,10 @@ impl DatapathMetrics {
             self.failed
                 .with_label_values(&[failure.name.as_str()])
                 .set(1);
+            // 0, not absent: an alert on `crmguard_xdp_attached == 0` sees the interface.
+            self.attached
+                .with_label_values(&[failure.name.as_str(), NOT_ATTACHED])
+                .set(0);
         }
         let mut interfaces = self
             .interfaces
@@ -81,7 +88,7 @@ pub fn register(
     let attached = IntGaugeVec::new(
         Opts::new(
             "crmguard_xdp_attached",
-            "1 when the XDP filter is attached to the interface",
+            "1 when the XDP filter is attached to the interface; 0 (mode \"none\") when the agent should filter it and could not",
         ),
         &["interface", "mode"],
     )?;

@@ -1,4 +1,5 @@
-//! Which interfaces the agent filters when the configuration lists no `[[interface]]`.
+//! Which interfaces the agent filters when the configuration lists no `[[interface]]`, and
+//! listed interfaces that are not there at the start.
 //!
 //! The host namespace has an uplink veth (global address, default route) to `out`, and a
 //! bridge `br0` with a veth to a container-like namespace `ct`, as a host that runs its CRM in
@@ -217,6 +218,10 @@ fn a_foreign_xdp_program_does_not_stop_the_others() -> Result<()> {
         "no attached sample for up0 in\n{metrics}"
     );
     ensure!(
+        metric_value(&metrics, "crmguard_xdp_attached", &[("interface", "up1")]) == Some(0.0),
+        "no 0 sample for up1 in\n{metrics}"
+    );
+    ensure!(
         other.xdp()? == foreign_program,
         "the foreign program was replaced"
     );
@@ -230,5 +235,115 @@ fn a_foreign_xdp_program_does_not_stop_the_others() -> Result<()> {
         from_outside == TcpOutcome::TimedOut,
         "a closed port through the filtered uplink: {from_outside:?}"
     );
+    Ok(())
+}
+
+fn failed_names(agent: &Agent) -> Result<Vec<String>> {
+    let status = agent.status()?;
+    Ok(status["interfaces_failed"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|i| i["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// An uplink veth `name` in `host` to `out`, addressed `{net}.2` inside and `{net}.1` outside.
+fn uplink<'a>(
+    host: &'a NetNs,
+    out: &'a NetNs,
+    name: &str,
+    outer: &str,
+    net: &str,
+) -> Result<crmguard_lab::netns::Iface> {
+    let (inside, outside) = veth_pair_named(host, name, out, outer)?;
+    inside.add_addr(&format!("{net}.2/24"))?;
+    outside.add_addr(&format!("{net}.1/24"))?;
+    inside.up()?;
+    outside.up()?;
+    Ok(inside)
+}
+
+/// The closed port through `address` from `out` gets no answer: the interface is filtered.
+fn closed_through(out: &NetNs, address: [u8; 4]) -> Result<()> {
+    let probe = net::tcp_connect(out, None, SocketAddr::from((address, CLOSED)), NO_ANSWER)?;
+    ensure!(
+        probe == TcpOutcome::TimedOut,
+        "a closed port through {address:?}: {probe:?}"
+    );
+    Ok(())
+}
+
+/// A listed `[[interface]]` that does not exist yet (a bond or VLAN the network configuration
+/// makes after the agent) does not stop the start nor leave the others open: it is reported
+/// as not filtered (`status`, `crmguard_xdp_attached` 0) and filtered when it appears, and
+/// again when it is deleted and created again. One the list gains at a reload is filtered by
+/// the time the reload answers.
+#[test]
+fn listed_interfaces_are_filtered_when_they_appear() -> Result<()> {
+    if !privileged::require("interfaces::listed_interfaces_are_filtered_when_they_appear") {
+        return Ok(());
+    }
+    let out = NetNs::new("cgio")?;
+    let host = NetNs::new("cgih")?;
+    let up0 = uplink(&host, &out, "up0", "o0", "198.51.100")?;
+    let up2 = uplink(&host, &out, "up2", "o2", "192.0.2")?;
+    host.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+    let _server = TcpServer::start(&host, CLOSED, "crmguard-test\n")?;
+    let firewall = embedded_firewall();
+    let listed = |names: &[&str]| {
+        let mut body = String::new();
+        for name in names {
+            body.push_str(&format!("[[interface]]\nname = \"{name}\"\n\n"));
+        }
+        body + &firewall
+    };
+    let agent = Agent::start(&host, &listed(&["up0", "up1"]))?;
+
+    ensure!(
+        interface_names(&agent)? == ["up0"],
+        "filtered: {:?}",
+        interface_names(&agent)?
+    );
+    ensure!(up0.xdp()?.is_some(), "no XDP on up0");
+    ensure!(failed_names(&agent)? == ["up1"], "{}", agent.status()?);
+    let metrics = agent.metrics()?;
+    ensure!(
+        metric_value(&metrics, "crmguard_xdp_attached", &[("interface", "up1")]) == Some(0.0),
+        "no 0 sample for the missing up1 in\n{metrics}"
+    );
+    closed_through(&out, [198, 51, 100, 2])?;
+
+    let up1 = uplink(&host, &out, "up1", "o1", "203.0.113")?;
+    wait_for(NEW_INTERFACE, "the listed up1 to be filtered", || {
+        Ok(up1.xdp()?.map(drop))
+    })?;
+    closed_through(&out, [203, 0, 113, 2])?;
+    ensure!(failed_names(&agent)?.is_empty(), "{}", agent.status()?);
+    let metrics = agent.metrics()?;
+    ensure!(
+        metric_value(&metrics, "crmguard_xdp_attached", &[("interface", "up1")]) == Some(1.0),
+        "up1 is not reported attached in\n{metrics}"
+    );
+
+    host.ip(&["link", "del", "up1"])?;
+    let again = uplink(&host, &out, "up1", "o1", "203.0.113")?;
+    wait_for(NEW_INTERFACE, "the re-created up1 to be filtered", || {
+        Ok(again.xdp()?.map(drop))
+    })?;
+    closed_through(&out, [203, 0, 113, 2])?;
+
+    ensure!(up2.xdp()?.is_none(), "up2 is filtered before it is listed");
+    let text = std::fs::read_to_string(agent.config_path())?;
+    std::fs::write(
+        agent.config_path(),
+        text.replace(&listed(&["up0", "up1"]), &listed(&["up0", "up1", "up2"])),
+    )?;
+    let reload = agent.cli(&["reload"])?;
+    ensure!(reload.status.success(), "reload: {reload:?}");
+    ensure!(up2.xdp()?.is_some(), "up2 is not filtered after the reload");
+    closed_through(&out, [192, 0, 2, 2])?;
     Ok(())
 }
