@@ -42,6 +42,12 @@ pub fn unix_seconds(t: SystemTime) -> u64 {
         .map_or(0, |since| since.as_secs())
 }
 
+/// The time `unix` seconds after the Unix epoch, or `None` past what a `SystemTime` holds (a
+/// number read from a file may be anything; adding it unchecked would panic).
+pub fn from_unix_seconds(unix: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_secs(unix))
+}
+
 /// Signed whole seconds from the Unix epoch to `t`, rounded towards the epoch, saturating at
 /// the ends of `i64`.
 pub fn unix_seconds_signed(t: SystemTime) -> i64 {
@@ -87,7 +93,7 @@ pub fn format_time(t: SystemTime) -> String {
 /// Formats Unix seconds as RFC 3339 in UTC to the second, `2025-03-01T12:00:00Z`. Times after
 /// 9999 (say, `u64::MAX` for "never") are shown as `9999-12-31T23:59:59Z`.
 pub fn format_unix_seconds(unix: u64) -> String {
-    let time = UNIX_EPOCH.checked_add(Duration::from_secs(unix));
+    let time = from_unix_seconds(unix);
     let mut text = SECONDS.datetime_to_string(&time.map_or(civil::DateTime::MAX, clamped));
     text.push('Z');
     text

@@ -644,7 +644,7 @@ impl Endpoint {
             };
             cell.lock().last_handshake = entry
                 .last_handshake
-                .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+                .and_then(crmguard_core::time::from_unix_seconds);
             if self.initiate(cell, target, &mut buf) {
                 initiated += 1;
             }

@@ -374,7 +374,8 @@ fn read_body(
                 if size == 0 {
                     return Ok(body);
                 }
-                if body.len() + size > MAX_BODY {
+                // Subtracted, not added: a size near `usize::MAX` would wrap the sum.
+                if size > MAX_BODY.saturating_sub(body.len()) {
                     return Err(HttpError::Protocol("chunked body too large".to_owned()));
                 }
                 if !fill(stream, &mut buf, at + size + 2, deadline)? {
@@ -393,6 +394,39 @@ fn read_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `read_body` on what a server at the other end of a local connection sends.
+    fn body_of(sent: &'static [u8], framing: Framing) -> Result<Vec<u8>, HttpError> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+            std::io::Write::write_all(&mut conn, sent).unwrap_or_else(|e| panic!("{e}"));
+        });
+        let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{e}"));
+        let body = read_body(
+            &mut stream,
+            Vec::new(),
+            framing,
+            Instant::now() + Duration::from_secs(5),
+        );
+        server
+            .join()
+            .unwrap_or_else(|_| panic!("the server thread"));
+        body
+    }
+
+    #[test]
+    fn chunked_bodies_are_joined_and_huge_sizes_refused() {
+        let body = body_of(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n", Framing::Chunked);
+        assert_eq!(body.ok().as_deref(), Some(&b"abcde"[..]));
+        // A size that wraps `usize` when added to what was read is refused, not a panic.
+        let body = body_of(b"1\r\nx\r\nffffffffffffffff\r\nz", Framing::Chunked);
+        assert!(
+            matches!(&body, Err(HttpError::Protocol(m)) if m == "chunked body too large"),
+            "{body:?}"
+        );
+    }
 
     #[test]
     fn urls() {

@@ -6,7 +6,7 @@
 //! instant) the endpoint refuses the peer until it is re-keyed with `crmguard peer add`.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::PeersFile;
 use crate::config::Config;
@@ -52,7 +52,7 @@ pub fn inactive_peers(
         .filter(|peer| {
             let handshake = last_handshakes
                 .get(&peer.name)
-                .map(|secs| UNIX_EPOCH + Duration::from_secs(*secs));
+                .and_then(|secs| crate::time::from_unix_seconds(*secs));
             let created = peer.created.map(|d| d.midnight_utc());
             let Some(last_active) = handshake.max(created) else {
                 return false;
@@ -68,6 +68,8 @@ pub fn inactive_peers(
 mod tests {
     use std::net::Ipv4Addr;
     use std::path::Path;
+
+    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
     use crate::config::{Date, Peer};
@@ -195,6 +197,7 @@ mod tests {
             file_peer("disabled", Some("2026-10-01"), false),
             file_peer("undated", None, true),
             file_peer("exactly-ten-days", Some("2026-10-01"), true),
+            file_peer("garbled-handshake", Some("2026-10-01"), true),
         ]);
         let now = at(NOV_1);
         let handshakes = HashMap::from([
@@ -203,10 +206,12 @@ mod tests {
             ("rekeyed".to_owned(), NOV_1 - 20 * DAY),
             ("exactly-ten-days".to_owned(), NOV_1 - 10 * DAY),
             ("old-inline".to_owned(), NOV_1 - 100 * DAY),
+            // Past what a time holds (a damaged state file): as if it never connected.
+            ("garbled-handshake".to_owned(), u64::MAX),
         ]);
         assert_eq!(
             inactive_peers(&config, &file, &handshakes, now),
-            ["idle", "never-connected"]
+            ["idle", "never-connected", "garbled-handshake"]
         );
         let no_vpn = crate::config::parse("", Path::new("t.toml")).expect("valid");
         assert!(inactive_peers(&no_vpn, &file, &handshakes, now).is_empty());

@@ -182,3 +182,13 @@ fn dates() {
         }
     }
 }
+
+/// A number of seconds read from a state file may be anything: past what a `SystemTime` holds
+/// it is no time at all, never a panic.
+#[test]
+fn unix_seconds_past_the_range_are_no_time() {
+    assert_eq!(from_unix_seconds(0), Some(UNIX_EPOCH));
+    assert_eq!(from_unix_seconds(NOW), Some(at(NOW)));
+    assert_eq!(from_unix_seconds(u64::MAX), None);
+    assert_eq!(format_unix_seconds(u64::MAX), "9999-12-31T23:59:59Z");
+}
