@@ -322,6 +322,34 @@ pub struct RunOptions {
 /// [`crmguard_core::interfaces::select`] chooses by role among the links of the agent's own
 /// namespace when none is configured, with the reason of each. `log` says which links were
 /// chosen and which left out, and why (at the start; the periodic re-check is quiet).
+/// Under systemd (`Type=notify`), says the agent is ready: its filter is attached and
+/// enforces. Until then `network-pre.target`, which the unit comes before, is not reached, so
+/// the network is configured only once the host is filtered. Without `NOTIFY_SOCKET` (not
+/// started by systemd) nothing is sent.
+fn tell_service_manager_ready(datapath: &Datapath) {
+    let names: Vec<&str> = datapath
+        .attachments()
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
+    let status = format!(
+        "enforcing policy generation {} on {}",
+        datapath.generation(),
+        if names.is_empty() {
+            "no interface".to_owned()
+        } else {
+            names.join(", ")
+        }
+    );
+    let ready = [
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ];
+    if let Err(e) = sd_notify::notify(&ready) {
+        tracing::warn!(error = %e, "cannot tell systemd that the agent is ready (NOTIFY_SOCKET)");
+    }
+}
+
 fn interface_requests(
     config: &Config,
     log: bool,
@@ -1087,6 +1115,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         policy = policy_source.as_str(),
         "crmguard is enforcing"
     );
+    tell_service_manager_ready(&datapath);
 
     let (tx, mut rx) = mpsc::channel::<Command>(64);
     let (portal_tx, mut portal_rx) = mpsc::channel::<portal::PortalCommand>(64);
@@ -1261,6 +1290,9 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         }
     }
 
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        tracing::debug!(error = %e, "cannot tell systemd that the agent stops");
+    }
     // What happened since the last tick is recorded before the stop.
     for follower in std::mem::take(&mut agent.log_followers) {
         follower.stop();

@@ -1,5 +1,6 @@
-//! Which interfaces the agent filters when the configuration lists no `[[interface]]`, and
-//! listed interfaces that are not there at the start.
+//! Which interfaces the agent filters when the configuration lists no `[[interface]]`, listed
+//! interfaces that are not there at the start, and that the filter enforces before the agent
+//! tells systemd it is ready.
 //!
 //! The host namespace has an uplink veth (global address, default route) to `out`, and a
 //! bridge `br0` with a veth to a container-like namespace `ct`, as a host that runs its CRM in
@@ -345,5 +346,43 @@ fn listed_interfaces_are_filtered_when_they_appear() -> Result<()> {
     ensure!(reload.status.success(), "reload: {reload:?}");
     ensure!(up2.xdp()?.is_some(), "up2 is not filtered after the reload");
     closed_through(&out, [192, 0, 2, 2])?;
+    Ok(())
+}
+
+/// Under systemd (`Type=notify`, before `network-pre.target`) the network is configured once
+/// the agent says it is ready: by then its filter must be attached and enforcing. The test
+/// plays systemd's part with a datagram socket in `NOTIFY_SOCKET`.
+#[test]
+fn the_filter_enforces_before_systemd_hears_ready() -> Result<()> {
+    if !privileged::require("interfaces::the_filter_enforces_before_systemd_hears_ready") {
+        return Ok(());
+    }
+    let out = NetNs::new("cgio")?;
+    let host = NetNs::new("cgih")?;
+    let up0 = uplink(&host, &out, "up0", "o0", "198.51.100")?;
+    host.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+    let _server = TcpServer::start(&host, CLOSED, "crmguard-test\n")?;
+    let mut agent = Agent::configure(&host, &embedded_firewall())?;
+    let socket_path = agent.dir().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path)?;
+    socket.set_read_timeout(Some(Duration::from_secs(60)))?;
+    agent.set_env("NOTIFY_SOCKET", &socket_path.display().to_string());
+    agent.spawn()?;
+
+    let mut message = [0_u8; 1024];
+    let n = socket.recv(&mut message)?;
+    let message = String::from_utf8_lossy(&message[..n]).into_owned();
+    ensure!(
+        up0.xdp()?.is_some(),
+        "READY before XDP is on up0: {message:?}"
+    );
+    closed_through(&out, [198, 51, 100, 2])?;
+    let lines: Vec<&str> = message.lines().collect();
+    ensure!(lines.contains(&"READY=1"), "{message:?}");
+    ensure!(
+        lines.contains(&"STATUS=enforcing policy generation 1 on up0"),
+        "{message:?}"
+    );
+    agent.wait_ready()?;
     Ok(())
 }
