@@ -249,6 +249,22 @@ fn source(cli_config: Option<&Path>) -> ConfigSource {
 }
 
 /// Loads the configuration for a client command, printing errors.
+/// The `[agent]` section (socket, pin directory) for a command that must work while the
+/// configuration is broken: the configuration's own, else its `[agent]` section alone when that
+/// is valid, else the defaults. The errors are printed, then what the command does anyway.
+fn agent_section(source: &ConfigSource, anyway: &str) -> config::Agent {
+    match source.load() {
+        Ok(config) => config.agent,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("crmguard: the configuration does not load; {anyway}");
+            source
+                .plumbing()
+                .map_or_else(|| config::default_policy().agent, |p| p.agent)
+        }
+    }
+}
+
 fn load(source: &ConfigSource) -> Result<config::Config, u8> {
     source.load().map_err(|errors| {
         eprintln!("{errors}");
@@ -265,20 +281,11 @@ fn dispatch(cli: Cli) -> u8 {
         }),
         Command::Check => check(&source),
         Command::Explain(args) => cli_explain::run(&source, args),
-        Command::Status { json } => match source.load() {
-            Ok(config) => status(&config.agent.control_socket, json),
-            // The agent may be enforcing a fallback policy because of these very errors:
-            // its socket is found from the file's [agent] section, or the default.
-            Err(errors) => {
-                eprintln!("{errors}");
-                eprintln!("crmguard: the configuration does not load; asking the agent anyway");
-                let socket = source.plumbing().map_or_else(
-                    || config::default_policy().agent.control_socket,
-                    |p| p.agent.control_socket,
-                );
-                status(&socket, json)
-            }
-        },
+        // The agent may be enforcing a fallback policy because of the file's very errors.
+        Command::Status { json } => status(
+            &agent_section(&source, "asking the agent anyway").control_socket,
+            json,
+        ),
         Command::Reload { confirm } => match load(&source) {
             Ok(config) => {
                 if let Ok(policy) = crmguard_core::policy::compile(&config) {
@@ -291,23 +298,13 @@ fn dispatch(cli: Cli) -> u8 {
             }
             Err(code) => code,
         },
-        Command::Confirm => match source.load() {
-            Ok(config) => confirm(&config.agent.control_socket),
-            // The pending change may be what broke the file: the socket is found from its
-            // [agent] section, or the default.
-            Err(errors) => {
-                eprintln!("{errors}");
-                let socket = source.plumbing().map_or_else(
-                    || config::default_policy().agent.control_socket,
-                    |p| p.agent.control_socket,
-                );
-                confirm(&socket)
-            }
-        },
-        Command::Uninstall => match load(&source) {
-            Ok(config) => uninstall(&config.agent.bpffs_dir),
-            Err(code) => code,
-        },
+        // The pending change may be what broke the file.
+        Command::Confirm => {
+            confirm(&agent_section(&source, "confirming all the same").control_socket)
+        }
+        // A broken deny or peers file must not keep the filter on a host being cleaned up
+        // (the package's removal runs this).
+        Command::Uninstall => uninstall(&agent_section(&source, "uninstalling all the same")),
         Command::Ban { command } => match load(&source) {
             Ok(config) => ban(&config.agent.control_socket, command),
             Err(code) => code,
@@ -911,7 +908,16 @@ fn unexpected(response: Response) -> u8 {
     }
 }
 
-fn uninstall(bpffs_dir: &Path) -> u8 {
+fn uninstall(agent: &config::Agent) -> u8 {
+    // The running agent would go on reporting, and counting on, a filter that is gone.
+    if crmguard::backup::agent_running(&agent.control_socket) {
+        eprintln!(
+            "crmguard: an agent is running ({}): stop it first (`systemctl stop crmguard`), then run `crmguard uninstall`",
+            agent.control_socket.display()
+        );
+        return exit::FAILURE;
+    }
+    let bpffs_dir = &agent.bpffs_dir;
     match daemon::uninstall(bpffs_dir) {
         Ok(removed) if removed.is_empty() => {
             println!(

@@ -151,6 +151,17 @@ fn a_bad_deny_file_at_start_enforces_the_last_good_policy() -> Result<()> {
         (a.denied4, WEB, false),
     ];
     probe(&t, &enforcing)?;
+    // Not under a running agent: it would go on reporting a filter that is gone.
+    let out = agent.cli(&["uninstall"])?;
+    ensure!(
+        out.status.code() == Some(1)
+            && String::from_utf8_lossy(&out.stderr).contains("an agent is running"),
+        "uninstall under a running agent: {out:?}"
+    );
+    ensure!(
+        t.host_if.xdp()?.is_some(),
+        "the refused uninstall detached XDP"
+    );
 
     // After a reboot nothing is attached; one bad line goes into the deny file.
     agent.stop()?;
@@ -197,7 +208,13 @@ fn a_bad_deny_file_at_start_enforces_the_last_good_policy() -> Result<()> {
         status["policy_error"].is_null(),
         "policy_error after the fix: {status}"
     );
-    probe(&t, &enforcing)
+    probe(&t, &enforcing)?;
+
+    // A broken deny file does not keep the filter on a host being cleaned up (the package's
+    // removal runs `crmguard uninstall`).
+    agent.stop()?;
+    std::fs::write(&deny, "not-an-address\n")?;
+    uninstall(&t, &agent)
 }
 
 #[test]
