@@ -72,9 +72,13 @@ fn temp_path(path: &Path) -> io::Result<PathBuf> {
     if !dir.exists() {
         create_dirs(dir)?;
     }
+    // Unique per process and per call: two threads of one process writing the same file
+    // must not share a temporary file either.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(name);
-    temp_name.push(format!(".tmp.{}", std::process::id()));
+    temp_name.push(format!(".tmp.{}.{call}", std::process::id()));
     Ok(dir.join(temp_name))
 }
 

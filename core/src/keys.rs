@@ -106,13 +106,20 @@ pub fn load_or_create(path: &Path) -> Result<(KeyPair, bool), KeyError> {
                 path: path.to_owned(),
                 source,
             })?;
-            write_atomic(path, format!("{}\n", encode(&bytes)).as_bytes()).map_err(|source| {
-                KeyError::Create {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
-            Ok((KeyPair::from_private(bytes), true))
+            // Never replaces a key: when the agent's start and a `crmguard peer add` (or two of
+            // them) race on a fresh host, one key wins and the other side reads it, so that no
+            // handout carries a gateway key the host does not keep.
+            let created =
+                crate::atomic_file::create_new(path, format!("{}\n", encode(&bytes)).as_bytes())
+                    .map_err(|source| KeyError::Create {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+            if created {
+                Ok((KeyPair::from_private(bytes), true))
+            } else {
+                load_or_create(path)
+            }
         }
         Err(source) => Err(KeyError::Read {
             path: path.to_owned(),
@@ -189,6 +196,28 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("wg.key")]);
+    }
+
+    /// The agent's start and `crmguard peer add` on a fresh host: one key wins, and every side
+    /// ends with it.
+    #[test]
+    fn racing_creators_all_end_with_one_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wg.key");
+        let results: Vec<(KeyPair, bool)> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| load_or_create(&path).expect("key")))
+                .collect();
+            racers
+                .into_iter()
+                .map(|r| r.join().expect("racer"))
+                .collect()
+        });
+        assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1);
+        let (kept, _) = load_or_create(&path).expect("read back");
+        for (pair, _) in &results {
+            assert_eq!(pair.public.as_bytes(), kept.public.as_bytes());
+        }
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, PositionError
         })
 }
 
-/// Replaces the saved position.
+/// Replaces the saved position, atomically and durably (`atomic_file`): a torn or empty file
+/// after a power loss would make the follower start at the end and miss the lines between.
 pub fn save<T: Serialize>(path: &Path, position: &T) -> Result<(), PositionError> {
     let write_err = |source| PositionError::Write {
         path: path.to_path_buf(),
@@ -82,11 +83,7 @@ pub fn save<T: Serialize>(path: &Path, position: &T) -> Result<(), PositionError
     let mut text = serde_json::to_vec(position)
         .map_err(|e| write_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
     text.push(b'\n');
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, &text).map_err(write_err)?;
-    fs::rename(&tmp, path).map_err(write_err)
+    crmguard_core::atomic_file::write(path, &text).map_err(write_err)
 }
 
 #[cfg(test)]
