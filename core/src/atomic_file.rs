@@ -50,6 +50,18 @@ pub fn create_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
     Ok(created)
 }
 
+/// Moves a state file that cannot be read out of the way, to `PATH.unreadable-UNIXSECONDS`
+/// beside it, and returns where it went: the agent then starts that state afresh, and what the
+/// file held stays for the operator instead of being overwritten at the next save.
+pub fn keep_aside(path: &Path) -> io::Result<PathBuf> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".unreadable-{}", crate::time::unix_now()));
+    let aside = PathBuf::from(name);
+    fs::rename(path, &aside)?;
+    sync_dir(path)?;
+    Ok(aside)
+}
+
 /// Flushes the directory that holds `path`, so that a file created or renamed there survives
 /// a crash.
 pub fn sync_dir(path: &Path) -> io::Result<()> {
@@ -141,6 +153,23 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_kept_aside_keeps_its_bytes_beside_the_old_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sessions.json");
+        fs::write(&path, b"{ torn").expect("write");
+        let aside = keep_aside(&path).expect("kept aside");
+        assert!(!path.exists());
+        assert_eq!(aside.parent(), path.parent());
+        let name = aside
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert!(name.starts_with("sessions.json.unreadable-"), "{name}");
+        assert_eq!(fs::read(&aside).expect("read"), b"{ torn");
+    }
 
     #[test]
     fn replaces_whole_with_0600_and_leaves_no_temporary_file() {

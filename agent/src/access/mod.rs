@@ -106,7 +106,13 @@ impl Access {
         let sessions = match store::load_sessions(&state_dir, policy) {
             Ok(sessions) => sessions,
             Err(e) => {
-                tracing::error!(error = %crmguard_core::error_chain(&e), "the saved MFA sessions cannot be used; every peer signs in again");
+                let kept =
+                    crmguard_core::atomic_file::keep_aside(&store::sessions_file(&state_dir))
+                        .map_or_else(
+                            |e| format!("not kept aside: {e}"),
+                            |p| p.display().to_string(),
+                        );
+                tracing::error!(error = %crmguard_core::error_chain(&e), kept = %kept, "the saved MFA sessions cannot be used; every peer signs in again");
                 Sessions::new(policy)
             }
         };

@@ -376,7 +376,11 @@ fn load_history(path: &std::path::Path) -> History {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(history) => history,
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "the detectors' escalation history cannot be read; starting without it");
+                let kept = crmguard_core::atomic_file::keep_aside(path).map_or_else(
+                    |e| format!("not kept aside: {e}"),
+                    |p| p.display().to_string(),
+                );
+                tracing::error!(path = %path.display(), error = %e, kept = %kept, "the detectors' escalation history cannot be read; starting without it");
                 History::default()
             }
         },
