@@ -227,33 +227,37 @@ fn compile_services(config: &Config, policy: &mut CompiledPolicy) -> Result<(), 
 fn check_capacity(policy: &CompiledPolicy) -> Result<(), PolicyError> {
     let checks = [
         (
-            "deny list, single IPv4 addresses",
+            "firewall.deny (its entries and files): single IPv4 addresses",
             policy.deny4.len(),
             abi::DENY_HOST_MAX,
         ),
         (
-            "deny list, single IPv6 addresses",
+            "firewall.deny (its entries and files): single IPv6 addresses",
             policy.deny6.len(),
             abi::DENY_HOST_MAX,
         ),
         (
-            "deny list, IPv4 prefixes",
+            "firewall.deny (its entries and files): IPv4 prefixes",
             policy.deny4_lpm.len(),
             abi::DENY_PREFIX_MAX,
         ),
         (
-            "deny list, IPv6 prefixes",
+            "firewall.deny (its entries and files): IPv6 prefixes",
             policy.deny6_lpm.len(),
             abi::DENY_PREFIX_MAX,
         ),
-        ("service ports", policy.services.len(), abi::SVC_MAX),
         (
-            "service `from` IPv4 prefixes",
+            "firewall.service[].ports: distinct ports of all services",
+            policy.services.len(),
+            abi::SVC_MAX,
+        ),
+        (
+            "firewall.service[].from: IPv4 prefixes of all services",
             policy.svc_from4.len(),
             abi::SVC_FROM_MAX,
         ),
         (
-            "service `from` IPv6 prefixes",
+            "firewall.service[].from: IPv6 prefixes of all services",
             policy.svc_from6.len(),
             abi::SVC_FROM_MAX,
         ),
@@ -307,6 +311,24 @@ mod tests {
     fn compile_src(src: &str) -> CompiledPolicy {
         let config = crate::config::parse(src, Path::new("test.toml")).expect("config");
         compile(&config).expect("policy")
+    }
+
+    /// Past a kernel map's size, the error names the configuration keys that filled it.
+    #[test]
+    fn a_full_map_names_the_keys_that_filled_it() {
+        let mut src = String::new();
+        for i in 0..257 {
+            src.push_str(&format!(
+                "[[firewall.service]]\nname = \"s{i}\"\nproto = \"tcp\"\nports = [{}]\n",
+                1000 + i
+            ));
+        }
+        let config = crate::config::parse(&src, Path::new("test.toml")).expect("config");
+        let error = compile(&config).map(drop).map_err(|e| e.to_string());
+        assert_eq!(
+            error,
+            Err("firewall.service[].ports: distinct ports of all services: 257 entries, the kernel map holds at most 256".to_owned())
+        );
     }
 
     #[test]
