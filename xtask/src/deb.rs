@@ -48,7 +48,9 @@ const CONFIG_HEADER: &str = "\
 # This is the example configuration. Before `systemctl enable --now crmguard`:
 # set [[interface]] to this host's public interfaces, and put your admin network in the `from`
 # list of the ssh service: with default = \"drop\", everything not allowed here is dropped,
-# your SSH session included. Then run `crmguard check`.
+# your SSH session included. Delete the example peer alice-laptop and the tests that name it,
+# and the [alerts] and [crowdsec] sections unless those services run where they point. Then
+# run `crmguard check`.
 
 ";
 
