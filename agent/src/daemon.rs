@@ -802,6 +802,7 @@ impl Agent {
             allowlist: &self.config.detection.allowlist,
             host_addrs: &host_addrs,
             tunnel_nets: &tunnel_nets,
+            trusted: &[],
         };
         let added = match self.bans.add_manual(request, &guard, now) {
             Ok(added) => added,

@@ -169,6 +169,30 @@ pub struct Safeguards<'a> {
     /// The VPN's tunnel networks (`[vpn] address` and `address6`), whose addresses XDP never
     /// sees: tunnel traffic reaches it encrypted, from the peers' outer addresses.
     pub tunnel_nets: &'a [IpNet],
+    /// Networks automatic bans spare: the admin networks the services' `from` lists admit
+    /// ([`trusted_networks`]) for a port scan, which is seen in single packets that anyone can
+    /// send with a forged source, so that a spoofed scan cannot lock the administrators out;
+    /// empty for bans on evidence that a forged source cannot give (failed logins come from
+    /// completed connections) and for manual bans.
+    pub trusted: &'a [IpNet],
+}
+
+/// The networks of `[[firewall.service]] from` lists that automatic bans spare: each at least
+/// as narrow as a ban may be (/8 for IPv4, /32 for IPv6), so that a service open to the world
+/// through `from = ["0.0.0.0/0"]` does not spare the world.
+pub fn trusted_networks(config: &crate::config::Config) -> Vec<IpNet> {
+    let mut trusted: Vec<IpNet> = config
+        .firewall
+        .services
+        .iter()
+        .filter_map(|service| service.from.as_ref())
+        .flatten()
+        .copied()
+        .filter(|net| check_breadth(net).is_ok())
+        .collect();
+    trusted.sort();
+    trusted.dedup();
+    trusted
 }
 
 /// Something an administrator should know about a ban that was nevertheless applied.
@@ -224,6 +248,16 @@ pub enum BanError {
     HostAddress { net: IpNet, addr: IpAddr },
     #[error("{net} overlaps {entry} of [detection] allowlist, which detectors never ban")]
     Allowlisted { net: IpNet, entry: IpNet },
+    #[error(
+        "{net} overlaps {entry}, which a service's `from` list admits (an admin network): a \
+         port scan, whose packets' sources can be forged, never bans it"
+    )]
+    Trusted { net: IpNet, entry: IpNet },
+    #[error(
+        "{net} is link-local: the host's neighbours (its router's neighbour discovery among \
+         them) talk from there, so detectors and CrowdSec never ban it"
+    )]
+    LinkLocal { net: IpNet },
     #[error(
         "{net} lies inside the VPN's tunnel network {tunnel}: the XDP filter sees WireGuard traffic \
          from the peers' outer addresses only, so this ban would never match; cut the device \
@@ -507,6 +541,20 @@ impl BanStore {
         if let Some(entry) = allowlist_overlap(&net, guard.allowlist) {
             return Err(BanError::Allowlisted { net, entry });
         }
+        if let Some(entry) = allowlist_overlap(&net, guard.trusted) {
+            return Err(BanError::Trusted { net, entry });
+        }
+        if allowlist_overlap(&net, &link_local()).is_some() {
+            return Err(BanError::LinkLocal { net });
+        }
+        // An address a log line gives inside the tunnel is a peer's: the filter never sees it
+        // (see `add_manual`), and the peer is cut with its MFA session instead.
+        if let Some(tunnel) = guard.tunnel_nets.iter().find(|t| t.contains(&net)) {
+            return Err(BanError::TunnelNetwork {
+                net,
+                tunnel: *tunnel,
+            });
+        }
         check_detector(detector)?;
         let ban = new_ban(
             net,
@@ -766,6 +814,14 @@ fn host_address_in(net: &IpNet, host_addrs: &[IpAddr]) -> Option<IpAddr> {
 
 /// The first allowlist entry that overlaps `net`: two prefixes overlap exactly when one
 /// contains the other.
+/// 169.254.0.0/16 and fe80::/10.
+fn link_local() -> [IpNet; 2] {
+    [
+        IpNet::V4(Ipv4Net::new(Ipv4Addr::new(169, 254, 0, 0), 16).unwrap_or_default()),
+        IpNet::V6(Ipv6Net::new(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10).unwrap_or_default()),
+    ]
+}
+
 fn allowlist_overlap(net: &IpNet, allowlist: &[IpNet]) -> Option<IpNet> {
     allowlist
         .iter()

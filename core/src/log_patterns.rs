@@ -94,8 +94,17 @@ fn canonical(ip: IpAddr) -> IpAddr {
 ///
 /// The address is the last `from ADDR port N` of the line (the message is anchored at its
 /// end), because sshd writes the user name, which the client chooses, before it.
+///
+/// The message is anchored at its start too: the start of the line (the journal's bare
+/// message), or right after sshd's tag, itself at the start of the line or after a syslog
+/// header (a time, `Dec  6 05:08:14` or `2026-12-06T05:08:14.123456+00:00`, and a host name).
+/// Text a client chooses and sshd writes at the end of other messages (a user name in
+/// `input_userauth_request: invalid user USER [preauth]`, a disconnect reason in `Received
+/// disconnect from ADDR port N:11: REASON`) may spell `sshd[1]: Failed password for root from
+/// VICTIM port 22 ssh2`; it never starts the message, so it never names the address.
 pub const SSHD: &str = concat!(
-    r"(?:^|\bsshd(?:-session)?\[\d+\]: )",
+    r"^(?:(?:[A-Z][a-z]{2} +\d{1,2} \d{2}:\d{2}:\d{2}|\d{4}-\d{2}-\d{2}T[0-9:.]+(?:Z|[+-]\d{2}:?\d{2})) \S+ )?",
+    r"(?:sshd(?:-session)?\[\d+\]: )?",
     r"(?:Failed (?:password|keyboard-interactive/pam) for |Invalid user |",
     r"error: maximum authentication attempts exceeded for )",
     r"(?:invalid user )?(?P<user>.*) from (?P<addr>\S+) port \d+(?: ssh2)?(?: \[preauth\])?$",

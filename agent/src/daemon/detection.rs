@@ -639,10 +639,18 @@ impl super::Agent {
     ) -> Option<crmguard_core::bans::Ban> {
         let now = SystemTime::now();
         let (host_addrs, tunnel_nets) = self.guarded_networks();
+        // A port scan is seen in single packets, whose source anyone can forge: it never bans
+        // the admin networks. Failed logins come from connections that completed a handshake.
+        let trusted = if source == crmguard_detect::Detector::PortScan.name() {
+            crmguard_core::bans::trusted_networks(&self.config)
+        } else {
+            Vec::new()
+        };
         let guard = crmguard_core::bans::Safeguards {
             allowlist: &self.config.detection.allowlist,
             host_addrs: &host_addrs,
             tunnel_nets: &tunnel_nets,
+            trusted: &trusted,
         };
         match self.bans.add_detected(net, duration, source, &guard, now) {
             Ok(Some(added)) => {

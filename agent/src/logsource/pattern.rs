@@ -160,6 +160,18 @@ mod tests {
             &format!("{prefix}Failed password for invalid user a from 192.0.2.1 port 1 ssh2 from 198.51.100.7 port 4444 ssh2"),
             expect("198.51.100.7", Some("a from 192.0.2.1 port 1 ssh2")),
         );
+        // A client's text that sshd writes into another line, spelling a whole failure line
+        // with someone else's address: a disconnect reason, a user name.
+        check(&format!("{prefix}Received disconnect from 198.51.100.7 port 40000:11: sshd[1]: Failed password for root from 192.0.2.1 port 22 ssh2 [preauth]"), None);
+        check(&format!("{prefix}Disconnected from 198.51.100.7 port 40000 sshd[1]: Invalid user x from 192.0.2.1 port 22"), None);
+        check(&format!("{prefix}input_userauth_request: invalid user sshd[1]: Invalid user z from 192.0.2.1 port 22 [preauth]"), None);
+        check("Received disconnect from 198.51.100.7 port 40000:11: sshd[1]: Failed password for root from 192.0.2.1 port 22 ssh2 [preauth]", None);
+        check("input_userauth_request: invalid user sshd[1]: Failed password for root from 192.0.2.1 port 22 ssh2 [preauth]", None);
+        check(
+            "sshd[29114]: Failed password for root from 198.51.100.7 port 22 ssh2",
+            expect("198.51.100.7", Some("root")),
+        );
+        check("2026-12-06T05:08:14.123456+00:00 crm1 sshd[29114]: Failed password for root from 198.51.100.7 port 22 ssh2", expect("198.51.100.7", Some("root")));
         // Another program writing sshd's words into the middle of its own line.
         check("Dec  6 05:08:14 crm1 app[1]: note: Failed password for root from 192.0.2.1 port 22 ssh2", None);
         check("Dec  6 05:08:14 crm1 sshd-session[7]: Failed password for root from ::ffff:192.0.2.9 port 22 ssh2", expect("192.0.2.9", Some("root")));

@@ -32,15 +32,18 @@ fn manual(text: &str, ttl: Option<u64>, force: bool) -> ManualBan {
 const HOST: [&str; 2] = ["192.0.2.10", "fd00:1::10"];
 const ALLOW: [&str; 2] = ["198.51.100.0/28", "2001:db8:aa::/48"];
 const TUNNEL: [&str; 2] = ["10.77.0.0/24", "fd77::/64"];
+const TRUSTED: [&str; 2] = ["100.64.7.0/24", "2001:db8:ad::/48"];
 
 fn with_guard<T>(f: impl FnOnce(&Safeguards<'_>) -> T) -> T {
     let host_addrs: Vec<IpAddr> = HOST.iter().map(|a| a.parse().expect("addr")).collect();
     let allowlist: Vec<IpNet> = ALLOW.iter().map(|a| net(a)).collect();
     let tunnel_nets: Vec<IpNet> = TUNNEL.iter().map(|a| net(a)).collect();
+    let trusted: Vec<IpNet> = TRUSTED.iter().map(|a| net(a)).collect();
     f(&Safeguards {
         allowlist: &allowlist,
         host_addrs: &host_addrs,
         tunnel_nets: &tunnel_nets,
+        trusted: &trusted,
     })
 }
 
@@ -208,6 +211,65 @@ fn a_detector_never_shortens_a_ban() {
             .expect("valid");
         assert!(renewed.is_some());
     });
+}
+
+/// What automatic bans never cover: the trusted networks given (the admin networks, for a port
+/// scan whose sources can be forged), link-local neighbours (the router's neighbour discovery)
+/// and tunnel addresses, which the filter never sees.
+#[test]
+fn detectors_never_ban_admin_networks_neighbours_or_tunnel_addresses() {
+    let mut store = BanStore::new();
+    with_guard(|g| {
+        let detected = |store: &mut BanStore, text: &str| {
+            store.add_detected(net(text), Duration::from_secs(60), "port_scan", g, at(NOW))
+        };
+        for (text, entry) in [
+            ("100.64.7.9", "100.64.7.0/24"),
+            ("2001:db8:ad:5::1", "2001:db8:ad::/48"),
+        ] {
+            assert_eq!(
+                detected(&mut store, text),
+                Err(BanError::Trusted {
+                    net: net(text),
+                    entry: net(entry)
+                }),
+                "{text}"
+            );
+        }
+        for text in ["fe80::1", "169.254.169.254"] {
+            assert_eq!(
+                detected(&mut store, text),
+                Err(BanError::LinkLocal { net: net(text) }),
+                "{text}"
+            );
+        }
+        assert!(matches!(
+            detected(&mut store, "10.77.0.5"),
+            Err(BanError::TunnelNetwork { .. })
+        ));
+        // An administrator may still ban an admin network's address by hand.
+        assert!(store
+            .add_manual(manual("100.64.7.9", Some(60), false), g, at(NOW))
+            .is_ok());
+    });
+}
+
+/// A `from` list that admits the world spares no one: only networks as narrow as a ban may be
+/// are trusted.
+#[test]
+fn trusted_networks_are_the_narrow_from_networks() {
+    let config = crate::config::parse(
+        "[[firewall.service]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [22]\n\
+         from = [\"192.0.2.0/24\", \"2001:db8:a::/48\"]\n\
+         [[firewall.service]]\nname = \"web\"\nproto = \"tcp\"\nports = [443]\n\
+         from = [\"0.0.0.0/0\", \"::/0\", \"192.0.2.0/24\"]\n",
+        std::path::Path::new("t.toml"),
+    )
+    .expect("valid");
+    assert_eq!(
+        trusted_networks(&config),
+        [net("192.0.2.0/24"), net("2001:db8:a::/48")]
+    );
 }
 
 #[test]

@@ -215,6 +215,7 @@ fn ban(store: &mut BanStore, net: &str, ttl: Option<Duration>, now: SystemTime) 
         allowlist: &[],
         host_addrs: &[],
         tunnel_nets: &[],
+        trusted: &[],
     };
     store
         .add_manual(request, &guard, now)
