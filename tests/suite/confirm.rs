@@ -392,3 +392,61 @@ fn an_agent_killed_while_a_change_is_pending_comes_back_with_the_last_good_polic
     );
     Ok(())
 }
+
+/// The keys the endpoint admits, as `wg show IFACE peers` lists them.
+fn admitted(agent: &Agent) -> Result<Vec<String>> {
+    let out = crmguard_lab::wg::wg(&["show", agent.vpn_interface(), "peers"], None)?;
+    Ok(out.lines().map(str::to_owned).collect())
+}
+
+/// A device disabled while a `reload --confirm` change waits is cut at once (the reload the
+/// edit asks for is refused while the change waits), and the rollback does not bring it back:
+/// the configuration it restores is cut the same way.
+#[test]
+fn a_peer_cut_while_a_change_is_pending_stays_cut_after_the_rollback() -> Result<()> {
+    if !privileged::require(
+        "confirm::a_peer_cut_while_a_change_is_pending_stays_cut_after_the_rollback",
+    ) {
+        return Ok(());
+    }
+    privileged::require_tools(&[("wg", "wireguard-tools")])?;
+    let t = Topology::ipv4_only(210, 4)?;
+    let scratch = tempfile::tempdir()?;
+    let vpn = format!(
+        "\n[vpn]\nlisten_port = 51877\naddress = \"10.77.0.1/24\"\n\
+         private_key_file = \"{dir}/wg.key\"\npeers_file = \"{dir}/peers.toml\"\n\n\
+         [[role]]\nname = \"staff\"\nallow = [\"tcp/{NEW_ONLY}\"]\n",
+        dir = scratch.path().display()
+    );
+    let agent = Agent::start(&t.host, &(policy_a(&t) + &vpn))?;
+    let add = agent.cli(&["peer", "add", "eve", "--role", "staff"])?;
+    ensure!(add.status.success(), "peer add: {}", text(&add));
+    let eve = wait_for(SETTLE, "eve to be admitted", || {
+        let keys = admitted(&agent)?;
+        Ok((keys.len() == 1).then(|| keys[0].clone()))
+    })?;
+
+    traffic::replace_config(
+        &agent,
+        &traffic::config_with_body(&agent, &(policy_b(&t) + &vpn))?,
+    )?;
+    let out = agent.cli(&["reload", "--confirm", "4s"])?;
+    ensure!(out.status.success(), "reload --confirm: {}", text(&out));
+    let disable = agent.cli(&["peer", "disable", "eve"])?;
+    ensure!(
+        admitted(&agent)?.is_empty(),
+        "eve ({eve}) is admitted after `peer disable`: {}",
+        text(&disable)
+    );
+
+    wait_for(SETTLE, "the unconfirmed change to be rolled back", || {
+        Ok(agent.status()?["pending_change"].is_null().then_some(()))
+    })?;
+    ensure!(
+        agent.status()?["last_rollback"].is_string(),
+        "no rollback happened"
+    );
+    let keys = admitted(&agent)?;
+    ensure!(keys.is_empty(), "the rollback admitted {keys:?} again");
+    Ok(())
+}

@@ -59,6 +59,14 @@ pub(super) struct Pending {
     by: String,
 }
 
+impl Pending {
+    /// Applies to the configuration a rollback would restore a cut made to the running one
+    /// meanwhile (a peer removed or disabled), so that the rollback does not undo it.
+    pub(super) fn cut_previous(&mut self, cut: &dyn Fn(&mut Config)) {
+        cut(&mut self.previous_config);
+    }
+}
+
 /// Waits until `deadline`, or forever without one: a branch of the main loop that fires only
 /// while a change is pending.
 pub(super) async fn expiry(deadline: Option<tokio::time::Instant>) {

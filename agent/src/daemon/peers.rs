@@ -64,6 +64,9 @@ impl Agent {
             Ok(done) => done,
             Err(e) => return refused(&crmguard_core::error_chain(&e)),
         };
+        // A detector's timed re-enable must not outlive the peer (a new device may take its
+        // name).
+        self.detection.disabled_until.remove(name);
         self.audit.record(
             &Event::new(EventType::PeerRemoved, Outcome::Success, by).with_detail("peer", name),
         );
@@ -103,6 +106,11 @@ impl Agent {
             Ok(done) => done,
             Err(e) => return refused(&crmguard_core::error_chain(&e)),
         };
+        // An administrator's word ends a detector's timed disabling: a device the admin
+        // disables after a detector's suspension stays disabled when that suspension ends.
+        if !by.starts_with("detector:") {
+            self.detection.disabled_until.remove(name);
+        }
         if !enabled {
             self.audit.record(
                 &Event::new(EventType::PeerDisabled, Outcome::Success, by)
@@ -156,6 +164,11 @@ impl Agent {
                     let mut running = self.config.clone();
                     cut(&mut running);
                     self.apply_peers(running);
+                    // Nor may the rollback of a `reload --confirm` change bring the device
+                    // back: the configuration it restores is cut the same way.
+                    if let Some(pending) = self.pending.as_mut() {
+                        pending.cut_previous(cut);
+                    }
                 }
                 Some(message)
             }
