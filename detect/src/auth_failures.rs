@@ -29,7 +29,7 @@ use crate::{MAX_KEYS, MAX_WEIGHT};
 /// Who failed: an outside address or a peer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
-    Source(IpAddr),
+    Source(IpNet),
     Peer(String),
 }
 
@@ -46,6 +46,8 @@ impl Weigh for Failures {
 /// One login failure, as the detector needs it.
 pub(crate) struct Failure<'a> {
     pub source: IpAddr,
+    /// The network `source` is counted and banned as (`Detectors::source_net`).
+    pub net: IpNet,
     pub peer: Option<&'a str>,
     pub protocol: &'a str,
     pub service: Option<&'a str>,
@@ -96,7 +98,7 @@ impl AuthFailures {
     ) {
         let (key, threshold) = match failure.peer {
             Some(peer) => (Key::Peer(peer.to_owned()), self.config.per_peer_threshold),
-            None => (Key::Source(failure.source), self.config.threshold),
+            None => (Key::Source(failure.net), self.config.threshold),
         };
         let limit = usize::try_from(threshold.max(1)).unwrap_or(usize::MAX);
         let window = self.config.window;
@@ -143,14 +145,14 @@ impl AuthFailures {
                 });
             }
             None => {
-                let offence = history.record(failure.source, unix_secs(at), self.memory());
+                let offence = history.record(failure.net.addr(), unix_secs(at), self.memory());
                 let c = &self.config;
                 let duration = escalated(c.ban, c.escalate, c.max_ban, offence);
                 let until = at.checked_add(duration);
                 self.failures
                     .with(&key, || Failures(VecDeque::new(), until), |_| 0);
                 out.push(Action::Ban {
-                    net: IpNet::from(failure.source),
+                    net: failure.net,
                     duration,
                     detector: Detector::AuthFailures,
                     offence,

@@ -81,6 +81,8 @@ pub struct Tracked {
 /// Every detector, with the configuration of `[detection]` and the escalation history.
 pub struct Detectors {
     allowlist: Vec<IpNet>,
+    /// How many leading bits of an IPv6 source are counted and banned as one source.
+    source_prefix6: u8,
     history: History,
     auth: auth_failures::AuthFailures,
     scan: port_scan::PortScan,
@@ -95,6 +97,7 @@ impl Detectors {
     pub fn new(config: &config::Detection, history: History) -> Self {
         Detectors {
             allowlist: config.allowlist.clone(),
+            source_prefix6: config.source_prefix6,
             history,
             auth: auth_failures::AuthFailures::new(config.auth_failures),
             scan: port_scan::PortScan::new(config.port_scan),
@@ -109,11 +112,23 @@ impl Detectors {
     /// change; counts in progress, known networks and the history stay.
     pub fn update(&mut self, config: &config::Detection) {
         self.allowlist = config.allowlist.clone();
+        self.source_prefix6 = config.source_prefix6;
         self.auth.update(config.auth_failures);
         self.scan.update(config.port_scan);
         self.volume.update(config.volume);
         self.endpoint.update(config.new_endpoint);
         self.off_hours.update(config.off_hours);
+    }
+
+    /// The network an outside source is counted and banned as: its address for IPv4, its
+    /// `source_prefix6` prefix for IPv6 (the rate limits' unit: one host may use every address
+    /// of its /64 in turn, and would otherwise never reach a threshold).
+    fn source_net(&self, source: IpAddr) -> IpNet {
+        match source {
+            IpAddr::V4(_) => IpNet::from(source),
+            IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, self.source_prefix6.min(128))
+                .map_or(IpNet::from(source), |net| IpNet::V6(net.trunc())),
+        }
     }
 
     /// The escalation history, for the daemon to save.
@@ -162,6 +177,7 @@ impl Detectors {
                 }
                 let failure = auth_failures::Failure {
                     source,
+                    net: self.source_net(source),
                     peer: peer.as_deref(),
                     protocol,
                     service: service.as_deref(),
@@ -181,7 +197,7 @@ impl Detectors {
                 let memory = self.auth.memory();
                 self.scan.observe(
                     at,
-                    source,
+                    self.source_net(source),
                     (*proto, *dst_port),
                     &mut self.history,
                     memory,

@@ -7,7 +7,6 @@
 //! A port is a pair of IP protocol and port: tcp/53 and udp/53 are two. Drops of an address
 //! during its ban are not counted again.
 
-use std::net::IpAddr;
 use std::time::SystemTime;
 
 use crmguard_core::config;
@@ -38,7 +37,7 @@ impl Weigh for Ports {
 
 pub(crate) struct PortScan {
     config: config::PortScan,
-    sources: Table<IpAddr, Ports>,
+    sources: Table<IpNet, Ports>,
 }
 
 impl PortScan {
@@ -70,7 +69,7 @@ impl PortScan {
     pub(crate) fn observe(
         &mut self,
         at: SystemTime,
-        source: IpAddr,
+        source: IpNet,
         (proto, dst_port): (u8, u16),
         history: &mut History,
         memory: std::time::Duration,
@@ -113,9 +112,9 @@ impl PortScan {
         if count < limit {
             return;
         }
-        let offence = history.record(source, unix_secs(at), memory);
+        let offence = history.record(source.addr(), unix_secs(at), memory);
         out.push(Action::Ban {
-            net: IpNet::from(source),
+            net: source,
             duration: ban,
             detector: Detector::PortScan,
             offence,

@@ -78,7 +78,8 @@ fn default_escalation_is_30m_60m_120m() {
         .flat_map(|round| bans(&fail(&mut d, "2001:db8:1::9", round * 3 * 3600, 5)))
         .map(|(net, duration, _)| (net, duration))
         .collect();
-    let net = String::from("2001:db8:1::9/128");
+    // An IPv6 source is counted and banned by its /64 (`[firewall.limits] ipv6_prefix`).
+    let net = String::from("2001:db8:1::/64");
     assert_eq!(
         got,
         [
@@ -115,7 +116,7 @@ fn history_round_trips_and_forgets() {
         ("203.0.113.7/32".into(), min(30), 1)
     );
     // The other address was forgotten by the sweep.
-    assert_eq!(d.history().get(ip("2001:db8:1::9")), None);
+    assert_eq!(d.history().get(ip("2001:db8:1::")), None);
     assert_eq!(d.history().len(), 1);
 }
 
@@ -243,5 +244,27 @@ fn update_keeps_counts_and_history() {
     assert_eq!(
         bans(&fail(&mut d, "203.0.113.7", 1_812, 1)),
         [("203.0.113.7/32".into(), min(180), 2)]
+    );
+}
+
+/// One host may use every address of its /64 in turn: the failures of its addresses add up,
+/// and the ban is of the /64. `[firewall.limits] ipv6_prefix` sets the unit; at 128 every
+/// address counts alone.
+#[test]
+fn ipv6_sources_are_counted_by_their_prefix() {
+    let mut d = detectors(CONFIG);
+    let rotated: Vec<Action> = (0..5)
+        .flat_map(|i| d.observe(log_failure(i, &format!("2001:db8:5:6::{:x}", i + 1))))
+        .collect();
+    assert_eq!(bans(&rotated), [("2001:db8:5:6::/64".into(), min(30), 1)]);
+
+    let mut d = detectors(&format!("{CONFIG}\n[firewall.limits]\nipv6_prefix = 128\n"));
+    let rotated: Vec<Action> = (0..5)
+        .flat_map(|i| d.observe(log_failure(i, &format!("2001:db8:5:6::{:x}", i + 1))))
+        .collect();
+    assert!(bans(&rotated).is_empty(), "{rotated:?}");
+    assert_eq!(
+        bans(&fail(&mut d, "2001:db8:5:6::1", 10, 5)),
+        [("2001:db8:5:6::1/128".into(), min(30), 1)]
     );
 }

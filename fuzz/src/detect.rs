@@ -89,10 +89,16 @@ pub fn run(data: &[u8]) {
                         !allowlisted(net.addr()),
                         "an allowlisted address was banned: {net}"
                     );
+                    // One source: an IPv4 address, or an IPv6 source's prefix.
+                    let source_len = if net.max_prefix_len() == 32 {
+                        32
+                    } else {
+                        config.source_prefix6
+                    };
                     assert_eq!(
                         net.prefix_len(),
-                        net.max_prefix_len(),
-                        "a ban wider than one address: {net}"
+                        source_len,
+                        "a ban wider or narrower than one source: {net}"
                     );
                 }
                 Action::Alert {

@@ -798,6 +798,10 @@ pub struct Detection {
     pub off_hours: OffHours,
     /// `[[detection.log_source]]`, in file order.
     pub log_sources: Vec<LogSource>,
+    /// `[firewall.limits] ipv6_prefix`: an outside IPv6 source is counted, and banned, by this
+    /// many leading bits, as the rate limits count it, since one host can use every address of
+    /// its /64 in turn.
+    pub source_prefix6: u8,
 }
 
 /// `[detection.auth_failures]`: banning sources of repeated login failures.

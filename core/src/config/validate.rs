@@ -108,7 +108,7 @@ pub(super) fn config(src: &Source, raw: RawConfig) -> Checked {
     let mut peer_index = PeerIndex::default();
     let peers = peers(&mut c, &raw.peer, &peer_rules, &mut peer_index);
     let inspection = inspection(&mut c, &raw.inspection);
-    let detection = detection(&mut c, &raw.detection);
+    let detection = detection(&mut c, &raw.detection, firewall.limits.ipv6_prefix);
     let mfa = mfa(&mut c, &raw.mfa);
     portal_port_in_no_role(&mut c, &raw.role, mfa.portal_port);
     let audit = Audit {
@@ -919,7 +919,7 @@ fn crowdsec(c: &mut Check, raw: &RawCrowdsec) -> Option<Crowdsec> {
     })
 }
 
-fn detection(c: &mut Check, raw: &RawDetection) -> Detection {
+fn detection(c: &mut Check, raw: &RawDetection, source_prefix6: u8) -> Detection {
     let allowlist = match &raw.allowlist {
         Some(list) => c.prefixes(list, "detection.allowlist"),
         None => Vec::new(),
@@ -1073,6 +1073,7 @@ fn detection(c: &mut Check, raw: &RawDetection) -> Detection {
         new_endpoint,
         off_hours,
         log_sources,
+        source_prefix6,
     }
 }
 
