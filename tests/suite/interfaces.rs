@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use crmguard_lab::agent::{metric_value, Agent};
 use crmguard_lab::net::{self, TcpOutcome, TcpServer};
-use crmguard_lab::netns::{veth_pair_named, NetNs};
+use crmguard_lab::netns::{veth_pair_named, Iface, NetNs};
 use crmguard_lab::privileged;
 use crmguard_lab::wait::wait_for;
 
@@ -258,13 +258,35 @@ fn uplink<'a>(
     name: &str,
     outer: &str,
     net: &str,
-) -> Result<crmguard_lab::netns::Iface> {
+) -> Result<Iface> {
     let (inside, outside) = veth_pair_named(host, name, out, outer)?;
     inside.add_addr(&format!("{net}.2/24"))?;
     outside.add_addr(&format!("{net}.1/24"))?;
     inside.up()?;
     outside.up()?;
     Ok(inside)
+}
+
+/// A host namespace whose uplink `up0` (198.51.100.2, the default route) leads to `out`, with a
+/// server on the closed port. Fields drop in order: the server before the namespaces.
+struct Uplinked {
+    _server: TcpServer,
+    up0: Iface,
+    host: NetNs,
+    out: NetNs,
+}
+
+fn uplinked() -> Result<Uplinked> {
+    let out = NetNs::new("cgio")?;
+    let host = NetNs::new("cgih")?;
+    let up0 = uplink(&host, &out, "up0", "o0", "198.51.100")?;
+    host.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+    Ok(Uplinked {
+        _server: TcpServer::start(&host, CLOSED, "crmguard-test\n")?,
+        up0,
+        host,
+        out,
+    })
 }
 
 /// The closed port through `address` from `out` gets no answer: the interface is filtered.
@@ -287,12 +309,8 @@ fn listed_interfaces_are_filtered_when_they_appear() -> Result<()> {
     if !privileged::require("interfaces::listed_interfaces_are_filtered_when_they_appear") {
         return Ok(());
     }
-    let out = NetNs::new("cgio")?;
-    let host = NetNs::new("cgih")?;
-    let up0 = uplink(&host, &out, "up0", "o0", "198.51.100")?;
-    let up2 = uplink(&host, &out, "up2", "o2", "192.0.2")?;
-    host.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
-    let _server = TcpServer::start(&host, CLOSED, "crmguard-test\n")?;
+    let Uplinked { up0, host, out, .. } = &uplinked()?;
+    let up2 = uplink(host, out, "up2", "o2", "192.0.2")?;
     let firewall = embedded_firewall();
     let listed = |names: &[&str]| {
         let mut body = String::new();
@@ -301,7 +319,7 @@ fn listed_interfaces_are_filtered_when_they_appear() -> Result<()> {
         }
         body + &firewall
     };
-    let agent = Agent::start(&host, &listed(&["up0", "up1"]))?;
+    let agent = Agent::start(host, &listed(&["up0", "up1"]))?;
 
     ensure!(
         interface_names(&agent)? == ["up0"],
@@ -315,13 +333,13 @@ fn listed_interfaces_are_filtered_when_they_appear() -> Result<()> {
         metric_value(&metrics, "crmguard_xdp_attached", &[("interface", "up1")]) == Some(0.0),
         "no 0 sample for the missing up1 in\n{metrics}"
     );
-    closed_through(&out, [198, 51, 100, 2])?;
+    closed_through(out, [198, 51, 100, 2])?;
 
-    let up1 = uplink(&host, &out, "up1", "o1", "203.0.113")?;
+    let up1 = uplink(host, out, "up1", "o1", "203.0.113")?;
     wait_for(NEW_INTERFACE, "the listed up1 to be filtered", || {
         Ok(up1.xdp()?.map(drop))
     })?;
-    closed_through(&out, [203, 0, 113, 2])?;
+    closed_through(out, [203, 0, 113, 2])?;
     ensure!(failed_names(&agent)?.is_empty(), "{}", agent.status()?);
     let metrics = agent.metrics()?;
     ensure!(
@@ -330,11 +348,11 @@ fn listed_interfaces_are_filtered_when_they_appear() -> Result<()> {
     );
 
     host.ip(&["link", "del", "up1"])?;
-    let again = uplink(&host, &out, "up1", "o1", "203.0.113")?;
+    let again = uplink(host, out, "up1", "o1", "203.0.113")?;
     wait_for(NEW_INTERFACE, "the re-created up1 to be filtered", || {
         Ok(again.xdp()?.map(drop))
     })?;
-    closed_through(&out, [203, 0, 113, 2])?;
+    closed_through(out, [203, 0, 113, 2])?;
 
     ensure!(up2.xdp()?.is_none(), "up2 is filtered before it is listed");
     let text = std::fs::read_to_string(agent.config_path())?;
@@ -345,7 +363,7 @@ fn listed_interfaces_are_filtered_when_they_appear() -> Result<()> {
     let reload = agent.cli(&["reload"])?;
     ensure!(reload.status.success(), "reload: {reload:?}");
     ensure!(up2.xdp()?.is_some(), "up2 is not filtered after the reload");
-    closed_through(&out, [192, 0, 2, 2])?;
+    closed_through(out, [192, 0, 2, 2])?;
     Ok(())
 }
 
@@ -357,12 +375,8 @@ fn the_filter_enforces_before_systemd_hears_ready() -> Result<()> {
     if !privileged::require("interfaces::the_filter_enforces_before_systemd_hears_ready") {
         return Ok(());
     }
-    let out = NetNs::new("cgio")?;
-    let host = NetNs::new("cgih")?;
-    let up0 = uplink(&host, &out, "up0", "o0", "198.51.100")?;
-    host.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
-    let _server = TcpServer::start(&host, CLOSED, "crmguard-test\n")?;
-    let mut agent = Agent::configure(&host, &embedded_firewall())?;
+    let Uplinked { up0, host, out, .. } = &uplinked()?;
+    let mut agent = Agent::configure(host, &embedded_firewall())?;
     let socket_path = agent.dir().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path)?;
     socket.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -376,7 +390,7 @@ fn the_filter_enforces_before_systemd_hears_ready() -> Result<()> {
         up0.xdp()?.is_some(),
         "READY before XDP is on up0: {message:?}"
     );
-    closed_through(&out, [198, 51, 100, 2])?;
+    closed_through(out, [198, 51, 100, 2])?;
     let lines: Vec<&str> = message.lines().collect();
     ensure!(lines.contains(&"READY=1"), "{message:?}");
     ensure!(
