@@ -318,10 +318,6 @@ pub struct RunOptions {
     pub detach_on_exit: bool,
 }
 
-/// The interfaces to attach to: the configured ones (each required), or the ones
-/// [`crmguard_core::interfaces::select`] chooses by role among the links of the agent's own
-/// namespace when none is configured, with the reason of each. `log` says which links were
-/// chosen and which left out, and why (at the start; the periodic re-check is quiet).
 /// Under systemd (`Type=notify`), says the agent is ready: its filter is attached and
 /// enforces. Until then `network-pre.target`, which the unit comes before, is not reached, so
 /// the network is configured only once the host is filtered. Without `NOTIFY_SOCKET` (not
@@ -350,6 +346,10 @@ fn tell_service_manager_ready(datapath: &Datapath) {
     }
 }
 
+/// The interfaces to attach to: the configured ones (each required), or the ones
+/// [`crmguard_core::interfaces::select`] chooses by role among the links of the agent's own
+/// namespace when none is configured, with the reason of each. `log` says which links were
+/// chosen and which left out, and why (at the start; the periodic re-check is quiet).
 fn interface_requests(
     config: &Config,
     log: bool,

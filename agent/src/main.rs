@@ -248,7 +248,6 @@ fn source(cli_config: Option<&Path>) -> ConfigSource {
     }
 }
 
-/// Loads the configuration for a client command, printing errors.
 /// The `[agent]` section (socket, pin directory) for a command that must work while the
 /// configuration is broken: the configuration's own, else its `[agent]` section alone when that
 /// is valid, else the defaults. The errors are printed, then what the command does anyway.
@@ -265,6 +264,7 @@ fn agent_section(source: &ConfigSource, anyway: &str) -> config::Agent {
     }
 }
 
+/// Loads the configuration for a client command, printing errors.
 fn load(source: &ConfigSource) -> Result<config::Config, u8> {
     source.load().map_err(|errors| {
         eprintln!("{errors}");
