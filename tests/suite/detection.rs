@@ -650,6 +650,39 @@ fn port_scan_from_outside_is_banned_and_an_admin_is_not() {
     admin_session(&t, admin, 1).unwrap_or_else(|e| fail(e));
 }
 
+/// A port scan is seen in single packets, whose source anyone can forge: a scan spoofing an
+/// address of an admin network (one a service's `from` list admits) bans nothing, while a
+/// scan from another address, after it, is banned as always.
+#[test]
+fn a_spoofed_scan_never_bans_an_admin_network() {
+    if !privileged::require("detection::a_spoofed_scan_never_bans_an_admin_network") {
+        return;
+    }
+    let t = Topology::ipv4_only(200, 4).unwrap_or_else(|e| fail(e));
+    let _servers = start_servers(&t);
+    let admin_ssh = "\n[[firewall.service]]\nname = \"admin-ssh\"\nproto = \"tcp\"\n\
+                     ports = [22]\nfrom = [\"198.18.7.0/24\"]\n";
+    let agent = Agent::start(&t.host, &scan_policy(&t, admin_ssh)).unwrap_or_else(|e| fail(e));
+    let spoofed = IpAddr::V4(Ipv4Addr::new(198, 18, 7, 9));
+
+    let events_before = drop_events_total(&agent).unwrap_or_else(|e| fail(e));
+    syn_scan(&t, spoofed, 100).unwrap_or_else(|e| fail(e));
+    wait_for(SETTLE, "the spoofed scan's drop samples", || {
+        Ok((drop_events_total(&agent)? - events_before >= 20).then_some(()))
+    })
+    .unwrap_or_else(|e| fail(e));
+
+    let scanner = t.addrs.out4;
+    syn_scan(&t, scanner, 100).unwrap_or_else(|e| fail(e));
+    wait_ban(&agent, scanner, Duration::from_secs(5)).unwrap_or_else(|e| fail(e));
+    let bans = ban_list(&agent).unwrap_or_else(|e| fail(e));
+    assert_eq!(
+        bans.iter().map(|b| b["net"].clone()).collect::<Vec<_>>(),
+        [Value::from(format!("{scanner}/32"))],
+        "only the real scanner is banned: {bans:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // CrowdSec
 // ---------------------------------------------------------------------------------------------
