@@ -33,6 +33,9 @@ use crate::vpn::{
     WG_PORT,
 };
 
+/// The uid and gid of `nobody`, standing for the agent's own user.
+const NOBODY: u32 = 65_534;
+
 /// The operator's age identity, kept off the host: written to a file of its own.
 struct Operator {
     identity: age::x25519::Identity,
@@ -241,6 +244,14 @@ recipient = "{recipient}"
     ] {
         std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
     }
+    // The package made a fresh key for the agent's user (here nobody) before the restore:
+    // the restored key replaces it and stays that user's, or the agent could not read it.
+    let fresh_key = scratch.path().join("wg.key");
+    std::fs::write(
+        &fresh_key,
+        format!("{}\n", crmguard_core::keys::encode(&[9; 32])),
+    )?;
+    std::os::unix::fs::chown(&fresh_key, Some(NOBODY), Some(NOBODY))?;
 
     // Without --signer a fresh host cannot know whose archive this is.
     let key_arg = operator.key_file().to_string_lossy().into_owned();
@@ -280,6 +291,11 @@ recipient = "{recipient}"
         "the dry run wrote something"
     );
     expect(&config, &restore, 0, "restored ")?;
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&fresh_key)?);
+    ensure!(
+        owner == NOBODY,
+        "the restored key belongs to uid {owner}, not to the user of the key it replaced"
+    );
 
     agent.spawn()?;
     agent.wait_ready()?;

@@ -47,6 +47,11 @@ pub enum ContentsError {
     NoPlace(String),
     #[error("the archive holds `{0}`, which is not a name crmguard writes")]
     BadName(String),
+    #[error(
+        "the archive's configuration puts `{name}` at {path}, which is not an absolute path \
+         without `.` or `..`: nothing is restored"
+    )]
+    UnsafeTarget { name: String, path: PathBuf },
 }
 
 /// Reads the files of a backup of the gateway configured by `config` (read from
@@ -174,7 +179,27 @@ fn walk(
 
 /// Where the file `name` of an archive is restored, for the restored `config` read from
 /// `config_file`.
+///
+/// A restore runs as root and the configuration it follows is the archive's: a place that
+/// climbs out with `..` (`key_file = "../../../etc/cron.d/x"`), or is not absolute, is refused,
+/// also in `backup verify`'s drill, which writes the same places under a scratch directory.
 pub fn target(name: &str, config: &Config, config_file: &Path) -> Result<PathBuf, ContentsError> {
+    let path = place(name, config, config_file)?;
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if plain {
+        Ok(path)
+    } else {
+        Err(ContentsError::UnsafeTarget {
+            name: name.to_owned(),
+            path,
+        })
+    }
+}
+
+fn place(name: &str, config: &Config, config_file: &Path) -> Result<PathBuf, ContentsError> {
     let no_place = || ContentsError::NoPlace(name.to_owned());
     let indexed = |list: &[PathBuf], index: &str| {
         index

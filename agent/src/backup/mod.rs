@@ -20,7 +20,7 @@ pub mod manifest;
 pub mod schedule;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -254,7 +254,8 @@ pub fn plan(verified: &Verified, config_file: &Path, root: &Path) -> Result<Plan
         writes.push(PlannedWrite {
             name: entry.name.clone(),
             target: contents::target(&entry.name, &config, config_file)?,
-            mode: entry.mode & 0o7777,
+            // Read and write bits only: no archive makes an executable, setuid or setgid file.
+            mode: entry.mode & 0o666,
             bytes: bytes.clone(),
         });
     }
@@ -301,6 +302,9 @@ pub fn agent_running(socket: &Path) -> bool {
 }
 
 /// Writes the planned files under `root` (`/` for the host), each atomically, with its mode.
+/// A file that replaces one keeps that one's owner and group: the package makes the keys in
+/// `/etc/crmguard` (a root directory) the agent's, and a restored key owned by root would be
+/// one the agent cannot read. A new file gets its directory's, as every state file does.
 pub fn write(plan: &Plan, root: &Path) -> Result<(), BackupError> {
     for write in &plan.writes {
         let path = under(root, &write.target);
@@ -308,7 +312,18 @@ pub fn write(plan: &Plan, root: &Path) -> Result<(), BackupError> {
             path: path.clone(),
             source,
         };
+        let owner = std::fs::symlink_metadata(&path)
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| (m.uid(), m.gid()));
         atomic_file::write(&path, &write.bytes).map_err(error)?;
+        if let Some((uid, gid)) = owner {
+            match std::os::unix::fs::lchown(&path, Some(uid), Some(gid)) {
+                // Only root may give a file away; anyone else restores files as their own.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                other => other.map_err(error)?,
+            }
+        }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(write.mode))
             .map_err(error)?;
     }

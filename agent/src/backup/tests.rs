@@ -186,3 +186,55 @@ fn no_encryption_configured_is_a_usage_error() {
     };
     assert_eq!(error.exit_code(), crmguard_core::exit::USAGE);
 }
+
+/// A restore runs as root and follows the archive's configuration: a place reached through
+/// `..` is refused (restore and drill alike), and no archive makes an executable or setuid
+/// file.
+#[test]
+fn places_that_climb_out_are_refused_and_modes_lose_their_exec_bits() {
+    let mut gateway = gateway();
+    std::fs::set_permissions(
+        gateway.root.join("etc/wg.key"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .expect("chmod");
+    let (archive, signer) = created(&gateway);
+    let verified = open_verified(&archive, &identity_of(&gateway), &signer).expect("verified");
+    let empty = tempfile::tempdir().expect("tempdir");
+    let planned = plan(&verified, &gateway.config_file, empty.path()).expect("plan");
+    let key = planned
+        .writes
+        .iter()
+        .find(|w| w.name == "keys/wireguard")
+        .expect("the key is planned");
+    assert_eq!(key.mode, 0o644);
+    write(&planned, empty.path()).expect("written");
+    let restored = under(empty.path(), &key.target);
+    let mode = std::fs::metadata(restored)
+        .expect("restored")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o644);
+
+    let text = std::fs::read_to_string(&gateway.config_file)
+        .expect("config")
+        .replace("/etc/audit.key", "/etc/../etc/audit.key");
+    std::fs::write(&gateway.config_file, text).expect("config");
+    gateway.config = crmguard_core::config::load(&gateway.config_file).expect("loads");
+    let (archive, signer) = created(&gateway);
+    let verified = open_verified(&archive, &identity_of(&gateway), &signer).expect("verified");
+    let error = plan(&verified, &gateway.config_file, empty.path()).expect_err("refused");
+    assert!(
+        error.to_string().contains("`keys/audit`") && error.to_string().contains("`..`"),
+        "{error}"
+    );
+    let error = drill::run(
+        &archive,
+        &identity_of(&gateway),
+        &signer,
+        &gateway.config_file,
+    )
+    .expect_err("the drill refuses it too");
+    assert!(error.to_string().contains("`keys/audit`"), "{error}");
+}
