@@ -135,17 +135,22 @@ pub fn run(config: &Config, config_file: Option<&Path>, now: SystemTime) -> Outc
     let Ok(created) = &outcome.created else {
         return outcome;
     };
-    for name in to_prune(&archives_in(dir), config.backup.keep) {
-        if let Err(e) = std::fs::remove_file(dir.join(&name)) {
-            outcome.prune_errors.push(format!("{name}: {e}"));
-        }
-    }
     let signer = super::keys::parse_signer(&created.signer).map_err(BackupError::from);
     let drill_config_file = config_file
         .map(Path::to_owned)
         .unwrap_or_else(|| PathBuf::from("/etc/crmguard/crmguard.toml"));
-    outcome.drill =
-        Some(signer.and_then(|signer| drill::run(&path, &unsealing, &signer, &drill_config_file)));
+    let drill =
+        signer.and_then(|signer| drill::run(&path, &unsealing, &signer, &drill_config_file));
+    // Old archives go only once the new one has passed its drill: a run of failing drills
+    // (a configuration file broken on disk, say) never prunes the last good archives.
+    if drill.is_ok() {
+        for name in to_prune(&archives_in(dir), config.backup.keep) {
+            if let Err(e) = std::fs::remove_file(dir.join(&name)) {
+                outcome.prune_errors.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    outcome.drill = Some(drill);
     outcome
 }
 

@@ -238,3 +238,37 @@ fn places_that_climb_out_are_refused_and_modes_lose_their_exec_bits() {
     .expect_err("the drill refuses it too");
     assert!(error.to_string().contains("`keys/audit`"), "{error}");
 }
+
+/// A scheduled run prunes old archives only once the new one has passed its drill: a
+/// configuration broken on disk (the drill checks the file the archive holds) fails every
+/// drill, and must not cost the last good archives.
+#[test]
+fn a_failing_drill_prunes_nothing() {
+    let mut gateway = gateway();
+    let text = std::fs::read_to_string(&gateway.config_file).expect("config") + "keep = 1\n";
+    std::fs::write(&gateway.config_file, &text).expect("config");
+    gateway.config = crmguard_core::config::load(&gateway.config_file).expect("loads");
+    let dir = gateway.root.join("backups");
+    std::fs::create_dir_all(&dir).expect("backups");
+    let old = schedule::archive_name(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1));
+    std::fs::write(dir.join(&old), "an older archive").expect("old archive");
+    let now = SystemTime::now();
+
+    std::fs::write(&gateway.config_file, format!("{text}not toml\n")).expect("broken");
+    let outcome = schedule::run(&gateway.config, Some(&gateway.config_file), now);
+    assert!(outcome.created.is_ok(), "{:?}", outcome.created.err());
+    assert!(matches!(outcome.drill, Some(Err(_))), "the drill passed");
+    assert!(
+        dir.join(&old).exists(),
+        "a failing drill pruned the old archive"
+    );
+
+    std::fs::write(&gateway.config_file, &text).expect("fixed");
+    let later = now + std::time::Duration::from_secs(60);
+    let outcome = schedule::run(&gateway.config, Some(&gateway.config_file), later);
+    assert!(matches!(outcome.drill, Some(Ok(_))), "{:?}", outcome.drill);
+    assert!(
+        !dir.join(&old).exists(),
+        "a passing drill kept more than `keep`"
+    );
+}
