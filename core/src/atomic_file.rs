@@ -62,6 +62,14 @@ pub fn keep_aside(path: &Path) -> io::Result<PathBuf> {
     Ok(aside)
 }
 
+/// [`keep_aside`] for a log line: where the file went, or why it could not be moved.
+pub fn keep_aside_noted(path: &Path) -> String {
+    keep_aside(path).map_or_else(
+        |e| format!("not kept aside: {e}"),
+        |aside| aside.display().to_string(),
+    )
+}
+
 /// Flushes the directory that holds `path`, so that a file created or renamed there survives
 /// a crash.
 pub fn sync_dir(path: &Path) -> io::Result<()> {

@@ -45,8 +45,13 @@ fn embedded_firewall() -> String {
 }
 
 fn interface_names(agent: &Agent) -> Result<Vec<String>> {
+    names_in(agent, "interfaces")
+}
+
+/// The `name` of each entry of the list `key` of `crmguard status --json`.
+fn names_in(agent: &Agent, key: &str) -> Result<Vec<String>> {
     let status = agent.status()?;
-    Ok(status["interfaces"]
+    Ok(status[key]
         .as_array()
         .map(|list| {
             list.iter()
@@ -240,15 +245,7 @@ fn a_foreign_xdp_program_does_not_stop_the_others() -> Result<()> {
 }
 
 fn failed_names(agent: &Agent) -> Result<Vec<String>> {
-    let status = agent.status()?;
-    Ok(status["interfaces_failed"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|i| i["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
+    names_in(agent, "interfaces_failed")
 }
 
 /// An uplink veth `name` in `host` to `out`, addressed `{net}.2` inside and `{net}.1` outside.

@@ -107,11 +107,7 @@ impl Access {
             Ok(sessions) => sessions,
             Err(e) => {
                 let kept =
-                    crmguard_core::atomic_file::keep_aside(&store::sessions_file(&state_dir))
-                        .map_or_else(
-                            |e| format!("not kept aside: {e}"),
-                            |p| p.display().to_string(),
-                        );
+                    crmguard_core::atomic_file::keep_aside_noted(&store::sessions_path(&state_dir));
                 tracing::error!(error = %crmguard_core::error_chain(&e), kept = %kept, "the saved MFA sessions cannot be used; every peer signs in again");
                 Sessions::new(policy)
             }

@@ -376,10 +376,7 @@ fn load_history(path: &std::path::Path) -> History {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(history) => history,
             Err(e) => {
-                let kept = crmguard_core::atomic_file::keep_aside(path).map_or_else(
-                    |e| format!("not kept aside: {e}"),
-                    |p| p.display().to_string(),
-                );
+                let kept = crmguard_core::atomic_file::keep_aside_noted(path);
                 tracing::error!(path = %path.display(), error = %e, kept = %kept, "the detectors' escalation history cannot be read; starting without it");
                 History::default()
             }

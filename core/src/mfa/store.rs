@@ -57,11 +57,6 @@ pub fn load_sessions(state_dir: &Path, policy: Policy) -> Result<Sessions, Store
     Sessions::decode(&text, policy).map_err(|source| StoreError::Invalid { path, source })
 }
 
-/// The file `load_sessions` reads, for setting it aside when it cannot be used.
-pub fn sessions_file(state_dir: &Path) -> PathBuf {
-    sessions_path(state_dir)
-}
-
 /// Saves `sessions` under `state_dir`, atomically.
 pub fn save_sessions(state_dir: &Path, sessions: &Sessions) -> Result<(), StoreError> {
     let path = sessions_path(state_dir);
