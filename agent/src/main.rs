@@ -993,6 +993,16 @@ fn audit_verify(config: &config::Config, file: &Path) -> u8 {
             return exit::FAILURE;
         }
     };
+    for torn in &report.acknowledged {
+        println!(
+            "{}: line {}: {} line(s), {} bytes torn by a crash, acknowledged by record seq {}",
+            file.display(),
+            torn.line,
+            torn.lines,
+            torn.bytes,
+            torn.seq
+        );
+    }
     match report.broken {
         None => {
             println!("ok: {} records", report.records);

@@ -32,9 +32,11 @@
 //! The writer fsyncs every record before it returns, then replaces
 //! `state_dir/audit.checkpoint` (the last `seq` and `mac`) atomically. A verifier given the
 //! checkpoint detects a log whose tail was cut off. A line torn by a crash stays in the file:
-//! the writer ends it with `\n` and continues the chain from the last good record on the next
-//! line, so `crmguard audit verify` keeps reporting the tear as the first broken record while
-//! the records after it remain checkable by reading them.
+//! the writer ends it with `\n` and continues the chain from the last good record with an
+//! `audit_torn_line` record that names the torn bytes (first line, line count, length,
+//! SHA-256). `crmguard audit verify` steps over torn lines so acknowledged and lists them; a
+//! bad line that no record acknowledges, or one whose acknowledgement does not continue the
+//! chain where it began (a record lost, not a write cut short), is the first broken record.
 
 mod aggregate;
 mod chain;
@@ -53,8 +55,8 @@ pub use chain::{
 };
 pub use record::{Event, EventType, Outcome};
 pub use sink::Sink;
-pub use verify::{verify, verify_bytes, Broken, Problem, VerifyError, VerifyReport};
-pub use writer::{WriteError, Writer};
+pub use verify::{verify, verify_bytes, Acknowledged, Broken, Problem, VerifyError, VerifyReport};
+pub use writer::{Damage, WriteError, Writer};
 
 /// The name of the checkpoint file inside `state_dir`.
 pub const CHECKPOINT_FILE: &str = "audit.checkpoint";

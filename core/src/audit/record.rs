@@ -78,6 +78,11 @@ names! {
         /// A pending policy was not confirmed in time and the one before it was applied again
         /// (an extension of CONTRACT.md section 5).
         PolicyRolledBack => "policy_rolled_back",
+        /// The writer found bytes after the log's newest record when it opened it (a line torn
+        /// by a crash) and ended them: `detail.line` (their first line), `lines`, `bytes` and
+        /// `sha256`, which `audit verify` checks before stepping over them (an extension of
+        /// CONTRACT.md section 5).
+        AuditTornLine => "audit_torn_line",
     }
 }
 
@@ -203,6 +208,9 @@ pub(crate) struct Checked {
     pub seq: u64,
     pub prev: [u8; 32],
     pub mac: [u8; 32],
+    /// The record's `type`, as written.
+    pub kind: String,
+    pub detail: Map<String, Value>,
 }
 
 /// Checks one line (without its `\n`): JSON, field spelling, MAC, canonical form.
@@ -244,5 +252,7 @@ pub(crate) fn check_line(key: &AuditKey, line: &[u8]) -> Result<Checked, LineErr
         seq: repr.seq,
         prev,
         mac,
+        kind: repr.kind,
+        detail: repr.detail,
     })
 }

@@ -93,6 +93,16 @@ impl Sink {
             });
         match opened {
             Ok(writer) => {
+                if let Some(damage) = writer.damage() {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        line = damage.line,
+                        lines = damage.lines,
+                        bytes = damage.bytes,
+                        seq = writer.head().seq,
+                        "the audit log ended in a line torn by a crash; it is kept and acknowledged by an audit_torn_line record"
+                    );
+                }
                 self.writer = Some(writer);
                 true
             }

@@ -93,6 +93,7 @@ fn ok(records: u64) -> VerifyReport {
     VerifyReport {
         records,
         broken: None,
+        acknowledged: Vec::new(),
     }
 }
 
@@ -350,12 +351,36 @@ fn a_reopened_writer_continues_the_chain() {
     drop(log.write(0..10));
     let writer = log.write(10..20);
     assert_eq!(writer.head().seq, 20);
-    assert_eq!(writer.torn_line(), None);
+    assert_eq!(writer.damage(), None);
     assert_eq!(log.verify(), ok(20));
 }
 
+/// A torn last line of 14 bytes at line 6, ended with `\n`.
+const TORN_AT_6: Damage = Damage {
+    line: 6,
+    lines: 1,
+    bytes: 15,
+};
+
+/// What `verify` reports for a log of `records` records whose damage `damage` record `seq`
+/// acknowledged.
+fn acknowledged(records: u64, damage: Damage, seq: u64) -> VerifyReport {
+    VerifyReport {
+        records,
+        broken: None,
+        acknowledged: vec![Acknowledged {
+            line: damage.line,
+            lines: damage.lines,
+            bytes: damage.bytes,
+            seq,
+        }],
+    }
+}
+
+/// A power loss tears the last line; the next writer ends it and acknowledges it with the
+/// next record, and `verify` steps over it from then on, listing it.
 #[test]
-fn a_torn_line_stays_reported_and_the_chain_continues_after_it() {
+fn a_torn_line_is_acknowledged_and_verify_steps_over_it() {
     let log = Log::new();
     drop(log.write(0..5));
     let mut content = std::fs::read(&log.path).expect("audit test");
@@ -365,20 +390,87 @@ fn a_torn_line_stays_reported_and_the_chain_continues_after_it() {
     assert_eq!((broken.line, broken.problem), (6, Problem::TornLine));
 
     let writer = log.write(5..8);
-    assert_eq!(writer.torn_line(), Some(6));
-    assert_eq!(writer.head().seq, 8);
+    assert_eq!(writer.damage(), Some(TORN_AT_6));
+    // Record 6 acknowledges the tear; records 7 to 9 follow it.
+    assert_eq!(writer.head().seq, 9);
+    assert_eq!(log.verify(), acknowledged(9, TORN_AT_6, 6));
+    let content = std::fs::read(&log.path).expect("audit test");
+    let ack = String::from_utf8(lines(&content)[6].clone()).expect("audit test");
+    assert!(
+        ack.contains("\"type\":\"audit_torn_line\"") && ack.contains("\"line\":6"),
+        "{ack}"
+    );
+
+    // A writer opened again finds nothing more to acknowledge.
+    let writer = log.write(8..9);
+    assert_eq!((writer.head().seq, writer.damage()), (10, None));
+    assert_eq!(log.verify(), acknowledged(10, TORN_AT_6, 6));
+}
+
+/// The acknowledgement covers exactly the bytes it names, and only where the chain went on
+/// across them: an edit of the torn bytes, or of a record turned into damage, stays broken.
+#[test]
+fn an_acknowledgement_does_not_cover_a_lost_record_or_other_bytes() {
+    let log = Log::new();
+    drop(log.write(0..5));
+    let mut content = std::fs::read(&log.path).expect("audit test");
+    content.extend_from_slice(b"{\"ts\":\"2025-03");
+    std::fs::write(&log.path, &content).expect("audit test");
+    drop(log.write(5..6));
+    let good = std::fs::read(&log.path).expect("audit test");
+
+    // Other bytes in place of the torn ones: the acknowledgement's SHA-256 does not match.
+    let mut swapped = lines(&good);
+    swapped[5] = b"{\"ts\":\"2025-04\n".to_vec();
+    let report = verify_bytes(&swapped.concat(), &key(), log.checkpoint());
+    let broken = report.broken.expect("audit test");
+    assert_eq!((broken.line, report.records), (6, 5), "{broken:?}");
+    assert!(matches!(broken.problem, Problem::BadJson(_)), "{broken:?}");
+
+    // One more damaged line inserted before the acknowledgement: the count differs.
+    let mut longer = lines(&good);
+    longer.insert(5, b"garbage\n".to_vec());
+    let broken = verify_bytes(&longer.concat(), &key(), log.checkpoint())
+        .broken
+        .expect("audit test");
+    assert_eq!(broken.line, 6);
+
+    // A record altered after the checkpoint named it: a later writer acknowledges the bad
+    // line, but its acknowledgement continues after the checkpoint's record, not where the
+    // bad line began, so the edit is still found.
+    let log = Log::new();
+    drop(log.write(0..5));
+    let content = std::fs::read(&log.path).expect("audit test");
+    let mut edited = lines(&content);
+    let last = edited[4].clone();
+    edited[4] = String::from_utf8(last)
+        .expect("audit test")
+        .replacen("record 4", "record X", 1)
+        .into_bytes();
+    std::fs::write(&log.path, edited.concat()).expect("audit test");
+    let writer = log.write(5..6);
+    assert_eq!(writer.damage().map(|d| d.line), Some(5));
+    assert_eq!(writer.head().seq, 7);
     let report = log.verify();
     let broken = report.broken.expect("audit test");
-    assert_eq!(broken.line, 6);
-    assert!(matches!(broken.problem, Problem::BadJson(_)), "{broken:?}");
-    // The records after the tear chain on from record 5.
-    let content = std::fs::read(&log.path).expect("audit test");
-    let mut healed = lines(&content);
-    healed.remove(5);
     assert_eq!(
-        verify_bytes(&healed.concat(), &key(), log.checkpoint()),
-        ok(8)
+        (broken.line, broken.problem, report.acknowledged),
+        (5, Problem::MacMismatch, Vec::new())
     );
+}
+
+/// A crash after the tear was ended but before its acknowledgement was written: the next
+/// writer acknowledges the ended line all the same.
+#[test]
+fn an_ended_unacknowledged_tear_is_acknowledged_by_the_next_writer() {
+    let log = Log::new();
+    drop(log.write(0..5));
+    let mut content = std::fs::read(&log.path).expect("audit test");
+    content.extend_from_slice(b"{\"ts\":\"2025-03\n");
+    std::fs::write(&log.path, &content).expect("audit test");
+    let writer = log.write(5..6);
+    assert_eq!(writer.damage(), Some(TORN_AT_6));
+    assert_eq!(log.verify(), acknowledged(7, TORN_AT_6, 6));
 }
 
 #[test]
@@ -389,7 +481,7 @@ fn the_chain_is_found_from_the_end_of_a_log_many_chunks_long() {
     // Without the checkpoint, only the log itself says where the chain stands.
     std::fs::remove_file(&log.checkpoint_path).expect("audit test");
     let writer = log.write(1500..1501);
-    assert_eq!((writer.head().seq, writer.torn_line()), (1501, None));
+    assert_eq!((writer.head().seq, writer.damage()), (1501, None));
     assert_eq!(log.verify(), ok(1501));
 }
 
@@ -400,20 +492,33 @@ fn an_overlong_line_is_stepped_over_without_losing_the_chain() {
     let good = std::fs::read(&log.path).expect("audit test");
     std::fs::remove_file(&log.checkpoint_path).expect("audit test");
 
-    // A 3 MiB garbage line after the records, ended: the chain continues from record 20.
-    let mut content = good.clone();
-    content.extend(std::iter::repeat_n(b'x', 3 << 20));
-    content.push(b'\n');
-    std::fs::write(&log.path, &content).expect("audit test");
-    let writer = Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
-    assert_eq!((writer.head().seq, writer.torn_line()), (20, None));
-
-    // The same garbage left torn at the end: its line number is reported.
-    let mut content = good;
-    content.extend(std::iter::repeat_n(b'y', 3 << 20));
-    std::fs::write(&log.path, &content).expect("audit test");
-    let writer = Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
-    assert_eq!((writer.head().seq, writer.torn_line()), (20, Some(21)));
+    // A 3 MiB garbage line after the records, ended, or left torn at the end: the chain
+    // continues from record 20 with the acknowledgement of the garbage.
+    let garbage = Damage {
+        line: 21,
+        lines: 1,
+        bytes: (3 << 20) + 1,
+    };
+    for ended in [true, false] {
+        let mut content = good.clone();
+        content.extend(std::iter::repeat_n(b'x', 3 << 20));
+        if ended {
+            content.push(b'\n');
+        }
+        std::fs::write(&log.path, &content).expect("audit test");
+        let _ = std::fs::remove_file(&log.checkpoint_path);
+        let writer = Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
+        assert_eq!(
+            (writer.head().seq, writer.damage()),
+            (21, Some(garbage)),
+            "ended: {ended}"
+        );
+        assert_eq!(
+            log.verify(),
+            acknowledged(21, garbage, 21),
+            "ended: {ended}"
+        );
+    }
 }
 
 #[test]
@@ -426,7 +531,13 @@ fn a_log_of_one_record_or_of_garbage_only_is_read() {
 
     std::fs::write(&log.path, b"not a record\nnor this").expect("audit test");
     let writer = Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
-    assert_eq!((writer.head().seq, writer.torn_line()), (0, Some(2)));
+    let garbage = Damage {
+        line: 1,
+        lines: 2,
+        bytes: 22,
+    };
+    assert_eq!((writer.head().seq, writer.damage()), (1, Some(garbage)));
+    assert_eq!(log.verify(), acknowledged(1, garbage, 1));
 }
 
 #[test]
@@ -565,9 +676,10 @@ fn the_writer_recovers_from_a_failed_append() {
             matches!(failed, Err(WriteError::Append { .. })),
             "{failure:?}: {failed:?}"
         );
+        // After a tear, record 6 acknowledges it.
         let first_after = match failure {
-            Failure::Landed => 7,
-            Failure::Nothing | Failure::Torn => 6,
+            Failure::Landed | Failure::Torn => 7,
+            Failure::Nothing => 6,
         };
         let seq = writer.append(&event(6), ts(6)).expect("audit test");
         assert_eq!(seq, first_after, "{failure:?}");
@@ -579,16 +691,8 @@ fn the_writer_recovers_from_a_failed_append() {
                 assert_eq!(report, ok(first_after + 1), "{failure:?}")
             }
             Failure::Torn => {
-                assert_eq!(writer.torn_line(), Some(6));
-                let broken = report.broken.expect("the tear is reported");
-                assert_eq!(broken.line, 6);
-                let content = std::fs::read(&log.path).expect("audit test");
-                let mut healed = lines(&content);
-                healed.remove(5);
-                assert_eq!(
-                    verify_bytes(&healed.concat(), &key(), log.checkpoint()),
-                    ok(7)
-                );
+                assert_eq!(writer.damage(), Some(TORN_AT_6));
+                assert_eq!(report, acknowledged(8, TORN_AT_6, 6));
             }
         }
     }

@@ -1,13 +1,17 @@
 //! Checks an audit log: every line's MAC, the chain of `prev`, gapless `seq`, and the tail
 //! against the checkpoint. Reports the first broken record only: everything after it is
-//! suspect.
+//! suspect. Lines torn by a crash are stepped over when the writer acknowledged them
+//! (`audit_torn_line`, see [`super::Writer::open`]) and are listed in the report.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use data_encoding::HEXLOWER;
+use sha2::{Digest, Sha256};
+
 use super::chain::{AuditKey, Checkpoint, ZERO_MAC};
-use super::record::{check_line, LineError};
+use super::record::{check_line, Checked, EventType, LineError};
 
 /// Why the log could not be checked at all.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +31,20 @@ pub struct VerifyReport {
     pub records: u64,
     /// The first broken record; `None` when the log is intact.
     pub broken: Option<Broken>,
+    /// Damage the writer acknowledged, before the first broken record.
+    pub acknowledged: Vec<Acknowledged>,
+}
+
+/// Lines torn by a crash, which the record after them acknowledges: the chain goes on across
+/// them from the record before, so no record was lost there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// The first damaged line, counted from 1.
+    pub line: u64,
+    pub lines: u64,
+    pub bytes: u64,
+    /// The `seq` of the acknowledging `audit_torn_line` record.
+    pub seq: u64,
 }
 
 /// Where the log breaks.
@@ -118,31 +136,45 @@ pub fn verify_bytes(
     let mut records = 0u64;
     let mut last_seq = 0u64;
     let mut last_mac = ZERO_MAC;
-    let broken = |line: u64, seq: Option<u64>, problem: Problem, records: u64| VerifyReport {
-        records,
-        broken: Some(Broken { line, seq, problem }),
-    };
-    let mut rest = content;
+    let mut acknowledged = Vec::new();
+    let mut start = 0usize;
     let mut line_no = 0u64;
-    while !rest.is_empty() {
+    while start < content.len() {
         line_no += 1;
-        let Some(end) = rest.iter().position(|&b| b == b'\n') else {
-            return broken(line_no, None, Problem::TornLine, records);
+        let broken =
+            |seq: Option<u64>, problem: Problem, acknowledged: Vec<Acknowledged>| VerifyReport {
+                records,
+                broken: Some(Broken {
+                    line: line_no,
+                    seq,
+                    problem,
+                }),
+                acknowledged,
+            };
+        let Some(len) = content[start..].iter().position(|&b| b == b'\n') else {
+            return broken(None, Problem::TornLine, acknowledged);
         };
-        let line = &rest[..end];
-        rest = &rest[end + 1..];
+        let line = &content[start..start + len];
         let checked = match check_line(key, line) {
             Ok(checked) => checked,
             Err(e) => {
+                let expected = (last_seq + 1, last_mac);
+                if let Some((ack, at)) = acknowledgement(content, start, line_no, expected, key) {
+                    line_no += ack.lines - 1;
+                    start = at;
+                    acknowledged.push(ack);
+                    continue;
+                }
                 let problem = match e {
                     LineError::NotUtf8 => Problem::NotUtf8,
                     LineError::Json(e) => Problem::BadJson(e),
                     LineError::Form(what) => Problem::Malformed(what),
                     LineError::Mac => Problem::MacMismatch,
                 };
-                return broken(line_no, None, problem, records);
+                return broken(None, problem, acknowledged);
             }
         };
+        start += len + 1;
         let expected = last_seq + 1;
         let seq = Some(checked.seq);
         if checked.seq > expected {
@@ -150,21 +182,21 @@ pub fn verify_bytes(
                 expected,
                 found: checked.seq,
             };
-            return broken(line_no, seq, problem, records);
+            return broken(seq, problem, acknowledged);
         }
         if checked.seq < expected {
             let problem = Problem::SeqOutOfOrder {
                 expected,
                 found: checked.seq,
             };
-            return broken(line_no, seq, problem, records);
+            return broken(seq, problem, acknowledged);
         }
         if checked.prev != last_mac {
-            return broken(line_no, seq, Problem::PrevMismatch, records);
+            return broken(seq, Problem::PrevMismatch, acknowledged);
         }
         if let Some(cp) = checkpoint.filter(|cp| cp.seq == checked.seq) {
             if cp.mac != checked.mac {
-                return broken(line_no, seq, Problem::CheckpointMismatch, records);
+                return broken(seq, Problem::CheckpointMismatch, acknowledged);
             }
         }
         records += 1;
@@ -176,10 +208,61 @@ pub fn verify_bytes(
             checkpoint_seq: cp.seq,
             last_seq,
         };
-        return broken(line_no + 1, Some(last_seq + 1), problem, records);
+        return VerifyReport {
+            records,
+            broken: Some(Broken {
+                line: line_no + 1,
+                seq: Some(last_seq + 1),
+                problem,
+            }),
+            acknowledged,
+        };
     }
     VerifyReport {
         records,
         broken: None,
+        acknowledged,
     }
+}
+
+/// The acknowledgement of damage that begins at `content[start..]`, line `line`: the next good
+/// record, when it is an `audit_torn_line` that continues the chain (`expected`: the `seq` and
+/// `prev` the damaged line should have had) and names exactly these bytes. Returns it with
+/// where the acknowledging record's line begins.
+fn acknowledgement(
+    content: &[u8],
+    start: usize,
+    line: u64,
+    expected: (u64, [u8; 32]),
+    key: &AuditKey,
+) -> Option<(Acknowledged, usize)> {
+    let mut at = start;
+    let mut lines = 0u64;
+    let record: Checked = loop {
+        let len = content[at..].iter().position(|&b| b == b'\n')?;
+        if let Ok(checked) = check_line(key, &content[at..at + len]) {
+            break checked;
+        }
+        lines += 1;
+        at += len + 1;
+    };
+    let damaged = &content[start..at];
+    let bytes = u64::try_from(damaged.len()).ok()?;
+    let named = |key: &str| record.detail.get(key).and_then(|v| v.as_u64());
+    let sha256 = HEXLOWER.encode(&Sha256::digest(damaged));
+    let acknowledges = record.kind == EventType::AuditTornLine.as_str()
+        && (record.seq, record.prev) == expected
+        && named("line") == Some(line)
+        && named("lines") == Some(lines)
+        && named("bytes") == Some(bytes)
+        && record.detail.get("sha256").and_then(|v| v.as_str()) == Some(sha256.as_str());
+    acknowledges.then_some((
+        Acknowledged {
+            line,
+            lines,
+            bytes,
+            seq: record.seq,
+        },
+        at,
+    ))
 }

@@ -6,9 +6,12 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use data_encoding::HEXLOWER;
+use sha2::{Digest, Sha256};
+
 use super::chain::ZERO_MAC;
 use super::chain::{read_checkpoint, write_checkpoint, AuditKey, Checkpoint, CheckpointError};
-use super::record::{check_line, encode_line, Event};
+use super::record::{check_line, encode_line, Event, EventType, Outcome};
 use crate::atomic_file::sync_dir;
 
 /// Why a record could not be written.
@@ -51,12 +54,24 @@ impl WriteError {
     }
 }
 
+/// Bytes at the end of the log after its newest good record: a line torn by a crash (or by a
+/// failed write that could not be cut back), or lines that are not records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    /// The first damaged line, counted from 1.
+    pub line: u64,
+    /// How many lines the damage spans, once ended with `\n`.
+    pub lines: u64,
+    /// Its length in bytes, with the `\n` that ends it.
+    pub bytes: u64,
+}
+
 /// The audit log open for appending. One writer per log: the agent holds it.
 ///
 /// A failed append does not leave the writer broken: the log is cut back to where it ended
 /// before the record, and the next append opens it again and finds where the chain stands
 /// from what is in the file (a line torn by a failure that could not be cut back is ended and
-/// reported, as after a crash). A failed checkpoint write is retried by the next append.
+/// acknowledged, as after a crash). A failed checkpoint write is retried by the next append.
 #[derive(Debug)]
 pub struct Writer {
     /// `None` after a failed append, until the next append opens the log again.
@@ -66,7 +81,7 @@ pub struct Writer {
     key: AuditKey,
     /// The `seq` and `mac` of the newest record, `seq` 0 before the first.
     head: Checkpoint,
-    torn_line: Option<u64>,
+    damage: Option<Damage>,
 }
 
 impl Writer {
@@ -75,8 +90,12 @@ impl Writer {
     /// that is further on (so that a log which lost its tail, or was removed, continues with a
     /// visible gap instead of reusing sequence numbers and hiding the loss).
     ///
-    /// A last line without `\n` (torn by a crash) is left in place and ended with `\n`; see
-    /// [`Writer::torn_line`].
+    /// Damage after the newest good record (a line torn by a crash) is left in place, ended
+    /// with `\n`, and acknowledged by the next record, an `audit_torn_line` naming its first
+    /// line, its length and its SHA-256 (see [`Writer::damage`]). `audit verify` steps over
+    /// damage so acknowledged only when the acknowledgement continues the chain where the
+    /// damage began: bytes lost in a crash before they were ever a record, not a record
+    /// removed.
     pub fn open(path: &Path, checkpoint_path: &Path, key: AuditKey) -> Result<Writer, WriteError> {
         let open_err = |source| WriteError::Open {
             path: path.to_owned(),
@@ -98,34 +117,44 @@ impl Writer {
         // The agent's user keeps appending to a log a root `crmguard` command started.
         crate::atomic_file::give_to_directory_owner(&file, path).map_err(open_err)?;
         sync_dir(path).map_err(open_err)?;
-        let (mut head, torn_line) = last_good(&key, &file).map_err(open_err)?;
+        let (mut head, damaged_from) = last_good(&key, &file).map_err(open_err)?;
         if let Some(checkpoint) = read_checkpoint(checkpoint_path)? {
             if checkpoint.seq > head.seq {
                 head = checkpoint;
             }
         }
-        if torn_line.is_some() {
-            file.write_all(b"\n")
-                .and_then(|()| file.sync_data())
-                .map_err(|source| WriteError::Append {
-                    path: path.to_owned(),
-                    source,
-                })?;
-        }
-        Ok(Writer {
+        let append_err = |source| WriteError::Append {
+            path: path.to_owned(),
+            source,
+        };
+        let damage = match damaged_from {
+            Some(start) => Some(end_damage(&mut file, start).map_err(append_err)?),
+            None => None,
+        };
+        let mut writer = Writer {
             file: Some(file),
             path: path.to_owned(),
             checkpoint_path: checkpoint_path.to_owned(),
             key,
             head,
-            torn_line,
-        })
+            damage: None,
+        };
+        if let Some((damage, sha256)) = damage {
+            let event = Event::new(EventType::AuditTornLine, Outcome::Failure, "system")
+                .with_detail("line", damage.line)
+                .with_detail("lines", damage.lines)
+                .with_detail("bytes", damage.bytes)
+                .with_detail("sha256", sha256);
+            writer.append(&event, SystemTime::now())?;
+            writer.damage = Some(damage);
+        }
+        Ok(writer)
     }
 
-    /// The line number of a line torn by a crash that [`Writer::open`] found at the end of the
-    /// log. The agent should say so in its log; `audit verify` reports the line.
-    pub fn torn_line(&self) -> Option<u64> {
-        self.torn_line
+    /// The damage that [`Writer::open`] found at the end of the log and acknowledged. The
+    /// agent should say so in its log; `audit verify` notes it.
+    pub fn damage(&self) -> Option<Damage> {
+        self.damage
     }
 
     /// The newest record's `seq` and `mac` (`seq` 0 when there is none).
@@ -211,34 +240,61 @@ const CHUNK: usize = 64 * 1024;
 /// in memory whole.
 const MAX_LINE: usize = 1 << 20;
 
-/// The newest record whose MAC is good (`seq` 0 and zero `mac` when none), and the line number
-/// of a torn last line.
+/// The newest record whose MAC is good (`seq` 0 and zero `mac` when none), and where the
+/// damage after it begins, when there are bytes after it.
 ///
 /// The log is read from its end, a chunk at a time, so that opening a log of any size holds at
-/// most a chunk and one line in memory. Only a torn last line, which needs its line number,
-/// makes a pass over the whole file, counting newlines through a fixed buffer.
+/// most a chunk and one line in memory.
 fn last_good(key: &AuditKey, file: &File) -> io::Result<(Checkpoint, Option<u64>)> {
     let len = file.metadata()?.len();
-    let none = Checkpoint {
-        seq: 0,
-        mac: ZERO_MAC,
-    };
-    if len == 0 {
-        return Ok((none, None));
-    }
-    let mut last = [0u8; 1];
-    file.read_exact_at(&mut last, len - 1)?;
-    let torn_line = if last[0] == b'\n' {
-        None
-    } else {
-        Some(count_newlines(file, len)?.saturating_add(1))
-    };
-    let head = newest_good_line(key, file, len)?.unwrap_or(none);
-    Ok((head, torn_line))
+    let (head, end) = newest_good_line(key, file, len)?.unwrap_or((
+        Checkpoint {
+            seq: 0,
+            mac: ZERO_MAC,
+        },
+        0,
+    ));
+    Ok((head, (end < len).then_some(end)))
 }
 
-/// The newest complete line of `file[..len]` that is a good record, reading backwards.
-fn newest_good_line(key: &AuditKey, file: &File, len: u64) -> io::Result<Option<Checkpoint>> {
+/// Ends the damage from `start` to the end of the log with `\n` (and flushes it), and
+/// measures it: where and how long it is, and its SHA-256 in lowercase hex. Reads through a
+/// fixed buffer, however long the damage.
+fn end_damage(file: &mut File, start: u64) -> io::Result<(Damage, String)> {
+    let mut len = file.metadata()?.len();
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    if last[0] != b'\n' {
+        file.write_all(b"\n")?;
+        file.sync_data()?;
+        len += 1;
+    }
+    let mut sha = Sha256::new();
+    let mut lines = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = start;
+    while pos < len {
+        let want = usize::try_from((len - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
+        file.read_exact_at(&mut buf[..want], pos)?;
+        sha.update(&buf[..want]);
+        lines += count_newlines_in(&buf[..want]);
+        pos += want as u64;
+    }
+    let damage = Damage {
+        line: count_newlines(file, start)?.saturating_add(1),
+        lines,
+        bytes: len - start,
+    };
+    Ok((damage, HEXLOWER.encode(&sha.finalize())))
+}
+
+/// The newest complete line of `file[..len]` that is a good record, reading backwards, and the
+/// offset just after its `\n`.
+fn newest_good_line(
+    key: &AuditKey,
+    file: &File,
+    len: u64,
+) -> io::Result<Option<(Checkpoint, u64)>> {
     // `buf` holds file[pos..end]: bytes read but not yet taken apart into lines.
     let mut buf: Vec<u8> = Vec::new();
     let mut pos = len;
@@ -250,10 +306,14 @@ fn newest_good_line(key: &AuditKey, file: &File, len: u64) -> io::Result<Option<
         if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
             if complete && !skipping {
                 if let Ok(checked) = check_line(key, &buf[i + 1..]) {
-                    return Ok(Some(Checkpoint {
-                        seq: checked.seq,
-                        mac: checked.mac,
-                    }));
+                    let end = pos + buf.len() as u64 + 1;
+                    return Ok(Some((
+                        Checkpoint {
+                            seq: checked.seq,
+                            mac: checked.mac,
+                        },
+                        end,
+                    )));
                 }
             }
             complete = true;
@@ -263,13 +323,19 @@ fn newest_good_line(key: &AuditKey, file: &File, len: u64) -> io::Result<Option<
         }
         if pos == 0 {
             // `buf` is the file's first line.
+            let end = buf.len() as u64 + 1;
             return Ok(complete
                 .then(|| check_line(key, &buf).ok())
                 .flatten()
                 .filter(|_| !skipping)
-                .map(|checked| Checkpoint {
-                    seq: checked.seq,
-                    mac: checked.mac,
+                .map(|checked| {
+                    (
+                        Checkpoint {
+                            seq: checked.seq,
+                            mac: checked.mac,
+                        },
+                        end,
+                    )
                 }));
         }
         if buf.len() > MAX_LINE {
@@ -293,9 +359,12 @@ fn count_newlines(file: &File, len: u64) -> io::Result<u64> {
     while pos < len {
         let want = usize::try_from((len - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
         file.read_exact_at(&mut buf[..want], pos)?;
-        let newlines = buf[..want].iter().filter(|&&b| b == b'\n').count();
-        count += u64::try_from(newlines).unwrap_or(u64::MAX);
+        count += count_newlines_in(&buf[..want]);
         pos += u64::try_from(want).unwrap_or(u64::MAX);
     }
     Ok(count)
+}
+
+fn count_newlines_in(bytes: &[u8]) -> u64 {
+    u64::try_from(bytes.iter().filter(|&&b| b == b'\n').count()).unwrap_or(u64::MAX)
 }
