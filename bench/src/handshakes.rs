@@ -6,7 +6,8 @@
 //! it will send (made before the timed window: building an initiation costs the client about
 //! as much Diffie-Hellman work as answering one costs the gateway, so a generator that built
 //! them on the fly would measure itself). In the window it sends the initiations round-robin
-//! over the peers from `SOCKETS` UDP sockets, keeping `WINDOW` of them unanswered at most, and
+//! over the peers, each peer from its own UDP socket as each device has its own address and
+//! port (behind a NAT, its own port), keeping `WINDOW` of them unanswered at most, and
 //! keeps every handshake response (type 2) that names one of its initiations. After the window
 //! each response is given to the `Tunn` that sent the initiation: only a response the client
 //! accepts (a session is derived, a keepalive is due) counts as a completed handshake.
@@ -23,7 +24,6 @@
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -34,8 +34,10 @@ use crmguard_core::keys::{self, KeyPair};
 use crmguard_lab::cmd;
 use crmguard_lab::netns::NetNs;
 use crmguard_lab::process::Process;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::PollTimeout;
 use nix::sched::{sched_setaffinity, CpuSet};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::unistd::Pid;
 use x25519_dalek::PublicKey;
 
@@ -53,9 +55,6 @@ pub(crate) const HANDSHAKE_PEERS: usize = 1_000;
 pub(crate) const HANDSHAKE_TARGET: f64 = 2.0;
 /// Initiations sent and not yet answered, at most (see the module doc for why 64).
 const WINDOW: usize = 64;
-/// UDP sockets (source ports) the generator sends from; peer `i` always uses socket
-/// `i % SOCKETS`, so its endpoint does not move.
-const SOCKETS: usize = 8;
 /// An initiation not answered within this is given up (the gateway dropped it).
 const LOST_AFTER: Duration = Duration::from_millis(250);
 /// Initiations prepared per second of window: above what one CPU answers, so the window is
@@ -467,13 +466,26 @@ fn send_window(
     duration: Duration,
 ) -> Result<Sent> {
     pin_thread(GENERATOR_CPU)?;
-    let sockets = (0..SOCKETS)
-        .map(|_| -> Result<UdpSocket> {
+    // One socket per peer, so that a peer's endpoint is its own and does not move.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let need = u64::try_from(peers)? + 256;
+    if hard < need {
+        bail!("{peers} sockets need {need} open files; the hard limit is {hard}");
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, need.max(1024), hard)?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    let sockets = (0..peers)
+        .map(|i| -> Result<UdpSocket> {
             let socket = UdpSocket::bind("0.0.0.0:0")?;
             socket.set_nonblocking(true)?;
+            epoll.add(
+                &socket,
+                EpollEvent::new(EpollFlags::EPOLLIN, u64::try_from(i)?),
+            )?;
             Ok(socket)
         })
         .collect::<Result<Vec<_>>>()?;
+    let mut ready = vec![EpollEvent::empty(); 256];
     let mut responses: Vec<Option<Vec<u8>>> = vec![None; initiations.len()];
     // Initiations in flight, in the order sent.
     let mut in_flight: VecDeque<(usize, Instant)> = VecDeque::with_capacity(WINDOW);
@@ -488,7 +500,7 @@ fn send_window(
     while now < deadline && (next < initiations.len() || unanswered > 0) {
         check_interrupt()?;
         while unanswered < WINDOW && next < initiations.len() {
-            let socket = &sockets[(next % peers) % SOCKETS];
+            let socket = &sockets[next % peers];
             match socket.send_to(&initiations[next], target) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -498,13 +510,10 @@ fn send_window(
             unanswered += 1;
             next += 1;
         }
-        let mut fds: Vec<PollFd<'_>> = sockets
-            .iter()
-            .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
-            .collect();
-        poll(&mut fds, PollTimeout::from(5u8))?;
+        let n = epoll.wait(&mut ready, PollTimeout::from(5u8))?;
         now = Instant::now();
-        for socket in &sockets {
+        for event in &ready[..n] {
+            let socket = &sockets[usize::try_from(event.data())?];
             loop {
                 let len = match socket.recv_from(&mut buf) {
                     Ok((len, _)) => len,

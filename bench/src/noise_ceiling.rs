@@ -7,10 +7,13 @@
 //! - **peer known**: the responder `Tunn` of each initiation is picked by its index. This is
 //!   the Diffie-Hellman work of a response: the initiation's ephemeral and static keys, a new
 //!   ephemeral key pair, and the two exchanges of the response;
-//! - **peer found**: the initiator is found as a gateway must find it, from the initiation:
-//!   `parse_handshake_anon` decrypts its static key (one more exchange), then that key's `Tunn`
-//!   answers. boringtun's `Tunn` does not take the decrypted state, so the exchange is done
-//!   twice. This is what crmguard's endpoint does for each initiation.
+//! - **peer found**: the initiator is found as a gateway must find it from the initiation
+//!   alone: `parse_handshake_anon` decrypts its static key (one more exchange), then that
+//!   key's `Tunn` answers. boringtun's `Tunn` does not take the decrypted state, so the
+//!   exchange is done twice. This is what crmguard's endpoint does for an initiation from an
+//!   address no peer last authenticated from (a device's first, or one that moved); one from
+//!   the address its peer last authenticated from goes straight to that peer's `Tunn`, as in
+//!   **peer known**.
 
 use std::collections::HashMap;
 use std::sync::Arc;

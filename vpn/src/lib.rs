@@ -7,6 +7,8 @@
 //!   `noise::Tunn` per peer, the source check, the ACL), as actions for the threads to carry out.
 //! - `peers`: pure; which peers are admitted, and the peer table with its global allowed-IPs map.
 //! - `udp`, `tun`: the one UDP socket (batched, GSO/GRO) and the one TUN device (offloads).
+//! - `hints`: the peer that last authenticated from each address, which spares a handshake
+//!   initiation from there one Diffie-Hellman exchange.
 //! - `keys`: the private key file. `state`: the remembered peer endpoints.
 //! - `uapi_server`: `/var/run/wireguard/<interface>.sock` for `wg show`.
 //! - `status`: what `status` and `/metrics` show. `supervisor`: starts, restarts and updates
@@ -14,6 +16,7 @@
 
 pub mod endpoint;
 mod handoff;
+mod hints;
 pub mod state;
 pub mod status;
 mod supervisor;

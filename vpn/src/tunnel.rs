@@ -21,7 +21,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -29,7 +29,7 @@ use std::time::SystemTime;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::noise::{HandshakeInit, Packet, Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
 
 /// Where a datagram came from and where answers go; public so that callers outside the
@@ -39,6 +39,8 @@ use crmguard_core::acl::{reject, Acl, DenyReason, LocalTime, Reject, Verdict};
 use crmguard_core::keys::KeyPair;
 use crmguard_core::peers::{Entry, Table};
 use crmguard_inspect::{Dir, Inspector, Policy, Tick};
+
+use crate::hints::Hints;
 
 /// Handshake messages per second the endpoint handles before it answers new ones with cookie
 /// replies only.
@@ -275,6 +277,9 @@ pub struct Counters {
     pub inspection: AtomicU64,
     /// Flows inspection ended with resets.
     pub inspection_resets: AtomicU64,
+    /// Handshake initiations that went straight to the peer that last authenticated from
+    /// their address, without reading their static key first (see `hints`).
+    pub initiations_hinted: AtomicU64,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -395,6 +400,23 @@ pub struct Core {
     counters: Counters,
     /// Application-protocol inspection of the peers' TCP flows, both directions.
     inspector: Arc<Inspector>,
+    /// The peer that last authenticated from each address.
+    hints: Hints,
+}
+
+/// The peer a datagram belongs to, and whether only a hint says so (see [`Core::find_peer`]).
+struct Found<'t> {
+    entry: &'t Entry<Arc<PeerCell>>,
+    hinted: bool,
+}
+
+impl<'t> From<&'t Entry<Arc<PeerCell>>> for Found<'t> {
+    fn from(entry: &'t Entry<Arc<PeerCell>>) -> Self {
+        Found {
+            entry,
+            hinted: false,
+        }
+    }
 }
 
 impl Core {
@@ -407,6 +429,7 @@ impl Core {
             limiter,
             counters: Counters::default(),
             inspector,
+            hints: Hints::default(),
         }
     }
 
@@ -444,6 +467,52 @@ impl Core {
         act: &mut impl FnMut(Action<'_>),
     ) -> Rx {
         scratch.prepare(datagram);
+        let Some(kind) = message_type(datagram) else {
+            inc(&self.counters.invalid);
+            return Rx::Dropped(Discard::Malformed);
+        };
+        let out = &mut scratch.out[scratch.headroom..];
+        let found = match self.find_peer(&snapshot.table, kind, datagram, from, out, act) {
+            Ok(found) => found,
+            Err(rx) => return rx,
+        };
+        let hinted = found.hinted.then_some(found.entry.slot.public_key);
+        if let Some(rx) = self.receive(snapshot, found, kind, datagram, from, now, scratch, act) {
+            return rx;
+        }
+        // The hinted peer's key is not the initiation's. The hint goes (until that peer
+        // handshakes from here again), so that initiations forged from a peer's address cost
+        // one wasted exchange, not one each; the key is read as without a hint.
+        if let Some(key) = hinted {
+            self.hints.forget(from.remote, key);
+        }
+        let Some(entry) = self.initiator(&snapshot.table, datagram) else {
+            inc(&self.counters.handshakes_rejected);
+            return Rx::Dropped(Discard::HandshakeRejected);
+        };
+        let found = Found {
+            entry,
+            hinted: false,
+        };
+        self.receive(snapshot, found, kind, datagram, from, now, scratch, act)
+            .unwrap_or(Rx::Dropped(Discard::HandshakeRejected))
+    }
+
+    /// Hands `datagram` to the session of `found`'s peer and carries out the result. `None`
+    /// when `found` was only a hint and the peer's session found the initiation is another
+    /// peer's: nothing was done or counted.
+    #[allow(clippy::too_many_arguments)]
+    fn receive(
+        &self,
+        snapshot: &Snapshot,
+        found: Found<'_>,
+        kind: u8,
+        datagram: &[u8],
+        from: Target,
+        now: Now,
+        scratch: &mut Scratch,
+        act: &mut impl FnMut(Action<'_>),
+    ) -> Option<Rx> {
         let Scratch {
             out,
             headroom,
@@ -452,14 +521,7 @@ impl Core {
             reply,
         } = scratch;
         let out = &mut out[*headroom..];
-        let Some(kind) = message_type(datagram) else {
-            inc(&self.counters.invalid);
-            return Rx::Dropped(Discard::Malformed);
-        };
-        let entry = match self.find_peer(&snapshot.table, kind, datagram, from, out, act) {
-            Ok(entry) => entry,
-            Err(rx) => return rx,
-        };
+        let entry = found.entry;
         let mut session = entry.slot.lock();
         let datagram_len = datagram.len();
         // The length of a decrypted packet that passed the checks, at the front of `out`.
@@ -481,6 +543,9 @@ impl Core {
                     } else {
                         if kind == 1 || kind == 2 {
                             inc(&self.counters.handshakes_ok);
+                            if found.hinted {
+                                inc(&self.counters.initiations_hinted);
+                            }
                             session.last_handshake = Some(now.wall);
                             session.dirty = true;
                         }
@@ -536,6 +601,7 @@ impl Core {
                     add_len(&mut session.rx_bytes, datagram_len);
                     (Rx::Nothing, kind != 3)
                 }
+                TunnResult::Err(WireGuardError::WrongKey) if found.hinted => return None,
                 TunnResult::Err(e) => {
                     tracing::trace!(peer = %entry.info.name, error = ?e, "datagram refused");
                     let discard = if kind == 1 || kind == 2 {
@@ -548,8 +614,14 @@ impl Core {
                     (Rx::Dropped(discard), false)
                 }
             };
+        let previous = session.endpoint.map(|t| t.remote);
+        let moved = previous != Some(from.remote);
+        if authenticated && (moved || rx == Rx::Handshake) {
+            self.hints
+                .moved(entry.slot.public_key, previous, from.remote);
+        }
         if authenticated && session.endpoint != Some(from) {
-            if session.endpoint.map(|t| t.remote) != Some(from.remote) {
+            if moved {
                 tracing::debug!(peer = %entry.info.name, "VPN peer endpoint changed");
                 session.dirty = true;
             }
@@ -562,12 +634,13 @@ impl Core {
                 act(Action::Deliver(&out[..len]));
             }
         }
-        rx
+        Some(rx)
     }
 
     /// Finds the peer of a datagram. Handshake messages pass the endpoint-wide MAC and load
-    /// check first; an initiation names its sender only inside its encrypted static key, which
-    /// costs a Diffie-Hellman to read.
+    /// check first. An initiation names its sender only inside its encrypted static key, which
+    /// costs a Diffie-Hellman to read: one from the address a peer last authenticated from is
+    /// taken to be that peer's, a hint its session checks (see `hints`).
     fn find_peer<'t>(
         &self,
         table: &'t Table<Arc<PeerCell>>,
@@ -576,7 +649,7 @@ impl Core {
         from: Target,
         out: &mut [u8],
         act: &mut impl FnMut(Action<'_>),
-    ) -> Result<&'t Entry<Arc<PeerCell>>, Rx> {
+    ) -> Result<Found<'t>, Rx> {
         match (kind, datagram.len()) {
             (1, 148) | (2, 92) => {
                 let packet = match self
@@ -603,28 +676,73 @@ impl Core {
                 };
                 let found = match packet {
                     Packet::HandshakeInit(init) => {
-                        parse_handshake_anon(&self.keys.secret, &self.keys.public, &init)
-                            .ok()
-                            .and_then(|half| table.by_key(&half.peer_static_public))
+                        if let Some(entry) = self.hinted(table, from.remote) {
+                            return Ok(Found {
+                                entry,
+                                hinted: true,
+                            });
+                        }
+                        self.sender(table, &init)
                     }
                     Packet::HandshakeResponse(response) => {
                         table.by_receiver_index(response.receiver_idx)
                     }
                     _ => None,
                 };
-                found.ok_or_else(|| {
+                found.map(Found::from).ok_or_else(|| {
                     inc(&self.counters.handshakes_rejected);
                     Rx::Dropped(Discard::HandshakeRejected)
                 })
             }
-            (3, 64) | (4, 32..) => table.by_receiver_index(le_u32(datagram, 4)).ok_or_else(|| {
-                inc(&self.counters.invalid);
-                Rx::Dropped(Discard::UnknownSession)
-            }),
+            (3, 64) | (4, 32..) => table
+                .by_receiver_index(le_u32(datagram, 4))
+                .map(Found::from)
+                .ok_or_else(|| {
+                    inc(&self.counters.invalid);
+                    Rx::Dropped(Discard::UnknownSession)
+                }),
             _ => {
                 inc(&self.counters.invalid);
                 Err(Rx::Dropped(Discard::Malformed))
             }
+        }
+    }
+
+    /// The peer that last authenticated from `address`, if it is still in `table`.
+    fn hinted<'t>(
+        &self,
+        table: &'t Table<Arc<PeerCell>>,
+        address: SocketAddr,
+    ) -> Option<&'t Entry<Arc<PeerCell>>> {
+        let key = self.hints.get(address)?;
+        let entry = table.by_key(&key);
+        if entry.is_none() {
+            self.hints.forget(address, key);
+        }
+        entry
+    }
+
+    /// The peer whose static key the initiation `init` carries.
+    fn sender<'t>(
+        &self,
+        table: &'t Table<Arc<PeerCell>>,
+        init: &HandshakeInit<'_>,
+    ) -> Option<&'t Entry<Arc<PeerCell>>> {
+        parse_handshake_anon(&self.keys.secret, &self.keys.public, init)
+            .ok()
+            .and_then(|half| table.by_key(&half.peer_static_public))
+    }
+
+    /// The peer whose static key the handshake initiation `datagram` carries (it passed the
+    /// endpoint-wide check already).
+    fn initiator<'t>(
+        &self,
+        table: &'t Table<Arc<PeerCell>>,
+        datagram: &[u8],
+    ) -> Option<&'t Entry<Arc<PeerCell>>> {
+        match Tunn::parse_incoming_packet(datagram) {
+            Ok(Packet::HandshakeInit(init)) => self.sender(table, &init),
+            _ => None,
         }
     }
 

@@ -615,6 +615,60 @@ fn a_peer_removed_mid_session_is_cut_at_its_next_packet() {
     );
 }
 
+fn hinted(gateway: &Gateway) -> u64 {
+    gateway
+        .core
+        .counters()
+        .initiations_hinted
+        .load(Ordering::Relaxed)
+}
+
+/// A device renewing its session from where it last spoke goes straight to its peer's
+/// session; an initiation from an address another peer last used is answered all the same, and
+/// a hint never answers for a peer that is no longer admitted.
+#[test]
+fn an_initiation_from_a_peers_last_address_goes_straight_to_its_session() {
+    let mut gateway = Gateway::new(HANDSHAKES_BEFORE_COOKIES);
+    let mut alice = Client::new(1, 100);
+    let mut bob = Client::new(2, 200);
+    let shared = outside(1, 40_001);
+    connect(&mut gateway, &mut alice, shared);
+    assert_eq!(hinted(&gateway), 0, "a first initiation has no hint");
+    connect(&mut gateway, &mut alice, shared);
+    assert_eq!(hinted(&gateway), 1);
+
+    // Bob from alice's address: the hint names alice, whose session refuses bob's key; the
+    // key is read and bob is answered, once.
+    let (rx, did) = gateway.receive(&bob.initiation(), shared);
+    assert_eq!(rx, Rx::Handshake);
+    let [Did::Send(to, response)] = &did[..] else {
+        panic!("expected one handshake response, got {did:?}");
+    };
+    assert_eq!(*to, shared);
+    let keepalive = bob.answer(response).expect("bob confirms");
+    assert_eq!(gateway.receive(&keepalive, shared).0, Rx::Nothing);
+    assert_eq!(gateway.endpoint("bob"), Some(shared));
+    // Alice's session was not disturbed by bob's initiation.
+    let packet = tcp_syn(ALICE, GATEWAY, 5432);
+    assert_eq!(
+        gateway.receive(&alice.encrypt(&packet), shared).0,
+        Rx::Delivered
+    );
+    // The address is bob's now.
+    connect(&mut gateway, &mut bob, shared);
+    assert_eq!(hinted(&gateway), 2);
+
+    // Bob removed: his hint answers nothing.
+    gateway.publish(&["alice"]);
+    assert_eq!(
+        gateway.receive(&bob.initiation(), shared),
+        (Rx::Dropped(Discard::HandshakeRejected), Vec::new())
+    );
+    assert_eq!(gateway.core.hints.get(shared), None);
+    connect(&mut gateway, &mut alice, shared);
+    assert_eq!(hinted(&gateway), 2);
+}
+
 #[test]
 fn datagrams_that_are_not_wireguard_are_dropped_before_any_lookup() {
     let mut gateway = Gateway::new(HANDSHAKES_BEFORE_COOKIES);
