@@ -24,7 +24,7 @@ pub mod duration;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::alerts::client::{self, HttpError, Request, Url};
+use crmguard_core::bans::BanStore;
 
 /// The poll interval when the configuration does not say (CrowdSec's bouncers use 10 s).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -66,6 +67,11 @@ pub struct Deletion {
     pub origin: String,
     pub scenario: String,
     pub id: i64,
+    /// The latest end of the other decisions still in force for `net`, when there are any
+    /// (two scenarios, or CAPI and a local one, may ban one address): the deletion then lifts
+    /// nothing, and the ban lasts until then. Set by the [`Bouncer`] from what its pulls told
+    /// it.
+    pub held_until: Option<SystemTime>,
 }
 
 /// One successful pull.
@@ -313,9 +319,61 @@ pub fn parse_stream(body: &[u8], startup: bool, now: SystemTime) -> Result<Updat
             origin: raw.origin.unwrap_or_default(),
             scenario: raw.scenario.unwrap_or_default(),
             id: raw.id,
+            held_until: None,
         });
     }
     Ok(update)
+}
+
+/// What a pull lifted from the ban list.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Lifted {
+    /// CrowdSec's bans removed: deleted, or not in a startup pull's list.
+    pub removed: Vec<IpNet>,
+    /// CrowdSec's bans whose decision was deleted while others still ban the network: they
+    /// now end with the latest of those.
+    pub shortened: Vec<IpNet>,
+}
+
+/// Lifts from `bans` what `update` says ended, touching only CrowdSec's own bans (source
+/// `detector:crowdsec`): a ban of crmguard's own detectors or administrators stays whatever
+/// CrowdSec says. On a startup pull, CrowdSec's bans the pull does not list are stale (from
+/// before a restart of either side). A deletion whose network other decisions still ban lifts
+/// nothing; the ban is brought forward to their latest end if it lasts longer.
+pub fn lift(update: &Update, bans: &mut BanStore) -> Lifted {
+    let crowdsecs = |bans: &BanStore, net: IpNet| {
+        bans.get(net)
+            .is_some_and(|b| b.source.label() == "crowdsec")
+    };
+    let stale: Vec<IpNet> = if update.startup {
+        let listed: HashSet<IpNet> = update.new.iter().map(|d| d.net.trunc()).collect();
+        bans.iter()
+            .filter(|b| b.source.label() == "crowdsec" && !listed.contains(&b.net))
+            .map(|b| b.net)
+            .collect()
+    } else {
+        update
+            .deleted
+            .iter()
+            .filter(|d| d.held_until.is_none() && crowdsecs(bans, d.net))
+            .map(|d| d.net)
+            .collect()
+    };
+    let mut lifted = Lifted::default();
+    for net in stale {
+        if bans.remove(net).is_ok() {
+            lifted.removed.push(net);
+        }
+    }
+    for deletion in &update.deleted {
+        let Some(held) = deletion.held_until else {
+            continue;
+        };
+        if crowdsecs(bans, deletion.net) && bans.shorten(deletion.net, held) {
+            lifted.shortened.push(deletion.net);
+        }
+    }
+    lifted
 }
 
 /// The pulling side: one request per [`poll`](Self::poll).
@@ -327,8 +385,9 @@ pub struct Bouncer {
     timeout: Duration,
     /// Whether a startup pull has succeeded.
     started: bool,
-    /// Decision id -> its end, for the count in force.
-    in_force: HashMap<i64, SystemTime>,
+    /// Decision id -> the network it bans and its end: the count in force, and whether a
+    /// deleted decision's network is still banned by another.
+    in_force: HashMap<i64, (IpNet, SystemTime)>,
     status: CrowdsecStatus,
     metrics: CrowdsecMetrics,
 }
@@ -361,8 +420,8 @@ impl Bouncer {
     pub fn poll(&mut self) -> Result<Update, CrowdsecError> {
         let now = SystemTime::now();
         match self.pull(now) {
-            Ok(update) => {
-                self.apply(&update, now);
+            Ok(mut update) => {
+                self.apply(&mut update, now);
                 self.started = true;
                 self.status.reachable = true;
                 self.status.last_error = None;
@@ -403,7 +462,9 @@ impl Bouncer {
         }
     }
 
-    fn apply(&mut self, update: &Update, now: SystemTime) {
+    /// Takes `update` into the decisions in force, and marks each deletion whose network
+    /// another decision still bans.
+    fn apply(&mut self, update: &mut Update, now: SystemTime) {
         if update.startup {
             self.in_force.clear();
         }
@@ -411,13 +472,28 @@ impl Bouncer {
             self.in_force.remove(&deletion.id);
         }
         for decision in &update.new {
-            self.in_force.insert(decision.id, decision.until);
+            self.in_force
+                .insert(decision.id, (decision.net, decision.until));
         }
         self.prune(now);
+        if update.deleted.is_empty() {
+            return;
+        }
+        // One pass over the decisions in force, however many deletions the pull carried.
+        let mut held: HashMap<IpNet, SystemTime> =
+            update.deleted.iter().map(|d| (d.net, UNIX_EPOCH)).collect();
+        for (net, until) in self.in_force.values() {
+            if let Some(latest) = held.get_mut(net) {
+                *latest = (*latest).max(*until);
+            }
+        }
+        for deletion in &mut update.deleted {
+            deletion.held_until = held.get(&deletion.net).copied().filter(|t| *t > now);
+        }
     }
 
     fn prune(&mut self, now: SystemTime) {
-        self.in_force.retain(|_, until| *until > now);
+        self.in_force.retain(|_, (_, until)| *until > now);
         self.status.decisions = self.in_force.len();
         self.metrics
             .decisions

@@ -602,6 +602,18 @@ impl BanStore {
             .collect()
     }
 
+    /// Brings the end of the ban of `net` (normalised first) forward to `until`, when it ends
+    /// later (or never); true when it did. The ban keeps its source, reason and creation time.
+    pub fn shorten(&mut self, net: IpNet, until: SystemTime) -> bool {
+        match self.bans.get_mut(&net.trunc()) {
+            Some(ban) if ban.expires.is_none_or(|end| end > until) => {
+                ban.expires = Some(until);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The ban of `net` (normalised first), if any.
     pub fn get(&self, net: IpNet) -> Option<&Ban> {
         self.bans.get(&net.trunc())

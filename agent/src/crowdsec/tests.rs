@@ -73,6 +73,7 @@ fn startup_and_delta_streams() {
             origin: "cscli".to_owned(),
             scenario: "manual 'ban' from 'local'".to_owned(),
             id: 1,
+            held_until: None,
         }],
         "a deletion's negative duration does not matter"
     );
@@ -201,6 +202,125 @@ fn bouncer_survives_failures_without_deleting() {
     assert!(!bouncer.status().reachable);
     assert_eq!(metrics.errors("unreachable"), 1);
     assert_eq!(metrics.decisions(), 1);
+}
+
+/// Two decisions ban one address (a scenario's and a manual one): deleting one lifts
+/// nothing and says until when the other holds the address; deleting the other lifts it.
+#[test]
+fn a_deleted_decision_names_the_end_of_another_that_bans_the_same_address() {
+    const TWO: &str = r#"{"deleted":null,"new":[{"duration":"1h","id":1,"origin":"crowdsec","scenario":"crowdsecurity/ssh-bf","scope":"Ip","type":"ban","value":"203.0.113.7"},{"duration":"4h","id":2,"origin":"cscli","scenario":"manual 'ban' from 'local'","scope":"Ip","type":"ban","value":"203.0.113.7"},{"duration":"2h","id":3,"origin":"cscli","scenario":"manual 'ban' from 'local'","scope":"Ip","type":"ban","value":"198.51.100.9"}]}"#;
+    const DELETE_2: &str = r#"{"deleted":[{"duration":"-1s","id":2,"origin":"cscli","scenario":"manual 'ban' from 'local'","scope":"Ip","type":"ban","value":"203.0.113.7"},{"duration":"-1s","id":3,"origin":"cscli","scenario":"manual 'ban' from 'local'","scope":"Ip","type":"ban","value":"198.51.100.9"}],"new":null}"#;
+    const DELETE_1: &str = r#"{"deleted":[{"duration":"-1s","id":1,"origin":"crowdsec","scenario":"crowdsecurity/ssh-bf","scope":"Ip","type":"ban","value":"203.0.113.7"}],"new":null}"#;
+    let server = FakeServer::start(|n, _| match n {
+        0 => Answer::json(200, TWO),
+        1 => Answer::json(200, DELETE_2),
+        _ => Answer::json(200, DELETE_1),
+    });
+    let metrics = metrics();
+    let mut bouncer = bouncer(&server, &metrics);
+    let startup = bouncer.poll().unwrap_or_else(|e| panic!("{e}"));
+    let one_hour = startup
+        .new
+        .iter()
+        .find(|d| d.id == 1)
+        .map(|d| d.until)
+        .unwrap_or_else(|| panic!("decision 1: {startup:?}"));
+
+    let update = bouncer.poll().unwrap_or_else(|e| panic!("{e}"));
+    let held: Vec<(i64, Option<SystemTime>)> = update
+        .deleted
+        .iter()
+        .map(|d| (d.id, d.held_until))
+        .collect();
+    assert_eq!(held, vec![(2, Some(one_hour)), (3, None)]);
+    assert_eq!(metrics.decisions(), 1);
+
+    let update = bouncer.poll().unwrap_or_else(|e| panic!("{e}"));
+    let held: Vec<(i64, Option<SystemTime>)> = update
+        .deleted
+        .iter()
+        .map(|d| (d.id, d.held_until))
+        .collect();
+    assert_eq!(held, vec![(1, None)]);
+    assert_eq!(metrics.decisions(), 0);
+}
+
+/// What a pull lifts: only CrowdSec's own bans; a deleted decision whose address another
+/// still bans brings the ban's end forward instead of lifting it.
+#[test]
+fn a_pull_lifts_only_crowdsecs_bans_and_shortens_those_still_held() {
+    use crmguard_core::bans::{BanStore, ManualBan, Safeguards};
+    let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let guard = Safeguards {
+        allowlist: &[],
+        host_addrs: &[],
+        tunnel_nets: &[],
+        trusted: &[],
+    };
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    let mut bans = BanStore::new();
+    for (addr, detector) in [
+        ("203.0.113.1/32", "crowdsec"),
+        ("203.0.113.2/32", "crowdsec"),
+        ("203.0.113.3/32", "port_scan"),
+    ] {
+        bans.add_detected(net(addr), hours(3), detector, &guard, now)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let manual = ManualBan {
+        net: net("203.0.113.4/32"),
+        ttl: None,
+        reason: None,
+        by: "admin:alice".to_owned(),
+        force: false,
+    };
+    bans.add_manual(manual, &guard, now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deletion = |addr: &str, held_until: Option<SystemTime>| Deletion {
+        net: net(addr),
+        origin: "cscli".to_owned(),
+        scenario: "manual".to_owned(),
+        id: 1,
+        held_until,
+    };
+    let update = Update {
+        deleted: vec![
+            deletion("203.0.113.1/32", Some(now + hours(1))),
+            deletion("203.0.113.2/32", None),
+            deletion("203.0.113.3/32", None),
+            deletion("203.0.113.4/32", None),
+        ],
+        ..Update::default()
+    };
+    let lifted = lift(&update, &mut bans);
+    assert_eq!(
+        lifted,
+        Lifted {
+            removed: vec![net("203.0.113.2/32")],
+            shortened: vec![net("203.0.113.1/32")],
+        }
+    );
+    let end = |addr: &str| bans.get(net(addr)).map(|b| b.expires);
+    assert_eq!(end("203.0.113.1/32"), Some(Some(now + hours(1))));
+    assert_eq!(end("203.0.113.3/32"), Some(Some(now + hours(3))));
+    assert_eq!(end("203.0.113.4/32"), Some(None));
+    // A deletion held longer than the ban changes nothing.
+    let update = Update {
+        deleted: vec![deletion("203.0.113.1/32", Some(now + hours(2)))],
+        ..Update::default()
+    };
+    assert_eq!(lift(&update, &mut bans), Lifted::default());
+
+    // A startup pull that no longer lists CrowdSec's ban: stale, removed; the others stay.
+    let update = Update {
+        startup: true,
+        ..Update::default()
+    };
+    assert_eq!(
+        lift(&update, &mut bans).removed,
+        vec![net("203.0.113.1/32")]
+    );
+    assert_eq!(bans.len(), 2);
 }
 
 #[test]

@@ -508,11 +508,6 @@ fn forward_inspection(events: &InspectionEvents, observer: Observer) {
     }
 }
 
-/// The networks a set of CrowdSec decisions covers.
-pub(crate) fn nets(update: &Update) -> BTreeSet<IpNet> {
-    update.new.iter().map(|d| d.net).collect()
-}
-
 impl super::Agent {
     /// What arrived on the detection channel.
     pub(super) fn detect(&mut self, incoming: Incoming) {
@@ -675,37 +670,15 @@ impl super::Agent {
         }
     }
 
-    /// CrowdSec's decisions: new bans enter the list as `detector:crowdsec`; deletions and, on
-    /// a startup pull, decisions no longer listed remove only CrowdSec's own bans. One save,
-    /// one kernel update and one audit record per pull, however many decisions it carries.
+    /// CrowdSec's decisions: new bans enter the list as `detector:crowdsec`; what the pull
+    /// lifts goes as [`crowdsec::lift`] says. One save, one kernel update and one audit record
+    /// per pull, however many decisions it carries.
     fn apply_crowdsec(&mut self, update: Update) {
         let now = SystemTime::now();
-        let listed = nets(&update);
-        let stale: Vec<IpNet> = if update.startup {
-            self.bans
-                .iter()
-                .filter(|b| b.source.label() == "crowdsec" && !listed.contains(&b.net))
-                .map(|b| b.net)
-                .collect()
-        } else {
-            update
-                .deleted
-                .iter()
-                .map(|d| d.net)
-                .filter(|net| {
-                    self.bans
-                        .get(*net)
-                        .is_some_and(|b| b.source.label() == "crowdsec")
-                })
-                .collect()
-        };
-        let mut changed: Vec<IpNet> = Vec::new();
-        for net in stale {
-            if self.bans.remove(net).is_ok() {
-                changed.push(net);
-            }
-        }
-        let removed = changed.len();
+        let lifted = crowdsec::lift(&update, &mut self.bans);
+        let (removed, shortened) = (lifted.removed.len(), lifted.shortened.len());
+        let mut changed: Vec<IpNet> = lifted.removed;
+        changed.extend(lifted.shortened);
         for decision in &update.new {
             let Ok(ttl) = decision.until.duration_since(now) else {
                 continue;
@@ -717,7 +690,7 @@ impl super::Agent {
                 changed.push(ban.net);
             }
         }
-        let added = changed.len() - removed;
+        let added = changed.len() - removed - shortened;
         if changed.is_empty() {
             return;
         }
@@ -725,6 +698,7 @@ impl super::Agent {
         tracing::info!(
             added,
             removed,
+            shortened,
             startup = update.startup,
             "CrowdSec decisions applied"
         );
@@ -732,6 +706,7 @@ impl super::Agent {
             &Event::new(EventType::BanAdded, Outcome::Success, "detector:crowdsec")
                 .with_detail("crowdsec_added", added)
                 .with_detail("crowdsec_removed", removed)
+                .with_detail("crowdsec_shortened", shortened)
                 .with_detail("startup", update.startup),
         );
     }

@@ -213,6 +213,35 @@ fn a_detector_never_shortens_a_ban() {
     });
 }
 
+/// A ban brought forward keeps everything but its end; one that already ends sooner, or a
+/// network without a ban, is left alone.
+#[test]
+fn a_ban_is_shortened_only_forward() {
+    let mut store = BanStore::new();
+    let addr = net("203.0.113.7");
+    with_guard(|g| {
+        store
+            .add_detected(addr, Duration::from_secs(7200), "crowdsec", g, at(NOW))
+            .expect("valid")
+            .expect("added");
+    });
+    let before = store.get(addr).cloned().expect("banned");
+    assert!(store.shorten(net("203.0.113.7/32"), at(NOW + 3600)));
+    let after = store.get(addr).cloned().expect("still banned");
+    assert_eq!(after.expires, Some(at(NOW + 3600)));
+    assert_eq!(
+        (after.source, after.reason, after.created),
+        (before.source, before.reason, before.created)
+    );
+    assert!(!store.shorten(addr, at(NOW + 5000)), "never lengthened");
+    assert_eq!(
+        store.get(addr).and_then(|b| b.expires),
+        Some(at(NOW + 3600))
+    );
+    assert!(!store.shorten(net("203.0.113.8"), at(NOW)));
+    assert_eq!(store.len(), 1);
+}
+
 /// What automatic bans never cover: the trusted networks given (the admin networks, for a port
 /// scan whose sources can be forged), link-local neighbours (the router's neighbour discovery)
 /// and tunnel addresses, which the filter never sees.
