@@ -58,7 +58,7 @@ fn require_tools() -> Result<()> {
 /// given roles and peers (`(spec, role)`) and `extra` sections (`[detection.*]`, `[alerts]`).
 struct Lab {
     body: String,
-    _scratch: TempDir,
+    scratch: TempDir,
 }
 
 impl Lab {
@@ -98,10 +98,12 @@ portal_port = {PORTAL}
             ));
         }
         body.push_str(extra);
-        Ok(Lab {
-            body,
-            _scratch: scratch,
-        })
+        Ok(Lab { body, scratch })
+    }
+
+    /// `[vpn] peers_file`.
+    fn peers_file(&self) -> std::path::PathBuf {
+        self.scratch.path().join("peers.toml")
     }
 }
 
@@ -524,6 +526,109 @@ fn wrong_psql_passwords_end_the_peers_mfa_session() -> Result<()> {
     ensure!(
         counted == 1.0,
         "crmguard_detections_total{{detector=auth_failures}} = {counted}, one detection"
+    );
+    Ok(())
+}
+
+/// Whether the peers file of `lab` has `name` enabled.
+fn enabled_in_file(lab: &Lab, name: &str) -> Result<bool> {
+    let file = std::fs::read_to_string(lab.peers_file())?;
+    let block = file
+        .split("[[peer]]")
+        .find(|p| p.contains(&format!("name = \"{name}\"")))
+        .with_context(|| format!("{name} is not in the peers file:\n{file}"))?;
+    Ok(!block.contains("enabled = false"))
+}
+
+/// Three wrong psql passwords from a peer of the peers file, with `suspend_disable`: the peer
+/// is disabled, and enabled again when the time is up. An administrator who disables a peer
+/// during that time has the last word: the detector's time ending does not enable it again.
+#[test]
+fn a_detectors_timed_disable_ends_unless_an_administrator_disabled_the_peer() -> Result<()> {
+    if !privileged::require(
+        "detection_vpn::a_detectors_timed_disable_ends_unless_an_administrator_disabled_the_peer",
+    ) {
+        return Ok(());
+    }
+    privileged::require_tools(&[("psql", "postgresql-client-15")])?;
+    const DISABLED_FOR: Duration = Duration::from_secs(6);
+    let t = Topology::ipv4_only(184, 1)?;
+    let alice = PeerSpec::new("alice", 2)?;
+    let bob = PeerSpec::new("bob", 3)?;
+    let lab = Lab::new(
+        &t,
+        &sales_role(&format!("\"tcp/{PG}\"")),
+        &[],
+        &format!(
+            "[detection.auth_failures]\nper_peer_threshold = 3\nwindow = \"1m\"\nsuspend_disable = \"{}s\"\n",
+            DISABLED_FOR.as_secs()
+        ),
+    )?;
+    let file: String = [&alice, &bob]
+        .iter()
+        .map(|p| p.toml().replace("role = \"staff\"", "role = \"sales\""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(lab.peers_file(), file)?;
+    let agent = Agent::start(&t.host, &lab.body)?;
+    let gateway = gateway_key(&agent)?;
+    let _pg = Postgres::start(&t.host, IpAddr::V4(GATEWAY4), PG, PASSWORD)?;
+    let psql = |password: &str| -> Result<Output> {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["20", "psql", "-X", "-w", "-tA", "-c", "SELECT 1"])
+            .arg(format!(
+                "host={GATEWAY4} port={PG} user=crm dbname=crm sslmode=disable connect_timeout=5"
+            ))
+            .env("PGPASSWORD", password);
+        process::output_in(&t.out, cmd)
+    };
+    // Each in turn signs in and gets three passwords wrong: disabled by the detector.
+    let mut disabled_at = Vec::new();
+    for peer in [&alice, &bob] {
+        let secret = enroll(&agent, peer.name)?;
+        let wg = peer.connect(&t.out, &gateway, gateway_endpoint(t.addrs.host4))?;
+        wait_reachable(&t.out, IpAddr::V4(GATEWAY4))?;
+        sign_in(&t.out, &secret, &mut Vec::new())?;
+        for i in 1..=3 {
+            let out = psql(WRONG)?;
+            ensure!(
+                !out.status.success(),
+                "{} wrong password {i}: {}",
+                peer.name,
+                text(&out)
+            );
+        }
+        wait_for(SETTLE, &format!("{} to be disabled", peer.name), || {
+            Ok((!enabled_in_file(&lab, peer.name)?).then_some(()))
+        })
+        .with_context(|| format!("the audit log:\n{}", audit_log(&agent)))?;
+        disabled_at.push(Instant::now());
+        drop(wg);
+    }
+    // The administrator disables bob while the detector's time runs.
+    let out = agent.cli(&["peer", "disable", "bob"])?;
+    ensure!(out.status.success(), "peer disable bob: {out:?}");
+
+    // Alice's time ends: enabled again.
+    wait_for(DISABLED_FOR + SETTLE, "alice to be enabled again", || {
+        Ok(enabled_in_file(&lab, "alice")?.then_some(()))
+    })?;
+    // Bob stays disabled past the end of his time, and past two of the checks (each second).
+    let until = disabled_at[1] + DISABLED_FOR + Duration::from_secs(3);
+    while Instant::now() < until {
+        ensure!(
+            !enabled_in_file(&lab, "bob")?,
+            "bob was enabled again after the administrator disabled him"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let records = audit_records(&agent)?;
+    ensure!(
+        records.iter().any(|r| r["type"] == "peer_enabled"
+            && r["actor"] == "detector:suspend_disable"
+            && r["detail"]["peer"] == "alice"),
+        "no record of alice enabled when her time ended:\n{}",
+        audit_log(&agent)
     );
     Ok(())
 }
