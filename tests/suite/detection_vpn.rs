@@ -393,6 +393,17 @@ fn download(ns: &NetNs, port: u16, mark: usize) -> Result<(usize, Option<Instant
 // ---- the scenarios ---------------------------------------------------------------------------
 
 /// A role that needs MFA and reaches `services`.
+/// psql from `ns` to the gateway's PostgreSQL with `password`, asking for `SELECT 40 + 2`.
+fn psql(ns: &NetNs, password: &str) -> Result<Output> {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["20", "psql", "-X", "-w", "-tA", "-c", "SELECT 40 + 2"])
+        .arg(format!(
+            "host={GATEWAY4} port={PG} user=crm dbname=crm sslmode=disable connect_timeout=5"
+        ))
+        .env("PGPASSWORD", password);
+    process::output_in(ns, cmd)
+}
+
 fn sales_role(services: &str) -> String {
     format!("[[role]]\nname = \"sales\"\nallow = [{services}]\nmfa = true\n")
 }
@@ -418,15 +429,7 @@ fn wrong_psql_passwords_end_the_peers_mfa_session() -> Result<()> {
     let _wg = alice.connect(&t.out, &gateway, gateway_endpoint(t.addrs.host4))?;
     wait_reachable(&t.out, IpAddr::V4(GATEWAY4))?;
 
-    let psql = |password: &str| -> Result<Output> {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["20", "psql", "-X", "-w", "-tA", "-c", "SELECT 40 + 2"])
-            .arg(format!(
-                "host={GATEWAY4} port={PG} user=crm dbname=crm sslmode=disable connect_timeout=5"
-            ))
-            .env("PGPASSWORD", password);
-        process::output_in(&t.out, cmd)
-    };
+    let psql = |password: &str| psql(&t.out, password);
     let works = |out: &Output| out.status.success() && out.stdout.starts_with(b"42");
 
     // Without a session the database is out of reach; with one, psql works.
@@ -573,15 +576,7 @@ fn a_detectors_timed_disable_ends_unless_an_administrator_disabled_the_peer() ->
     let agent = Agent::start(&t.host, &lab.body)?;
     let gateway = gateway_key(&agent)?;
     let _pg = Postgres::start(&t.host, IpAddr::V4(GATEWAY4), PG, PASSWORD)?;
-    let psql = |password: &str| -> Result<Output> {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["20", "psql", "-X", "-w", "-tA", "-c", "SELECT 1"])
-            .arg(format!(
-                "host={GATEWAY4} port={PG} user=crm dbname=crm sslmode=disable connect_timeout=5"
-            ))
-            .env("PGPASSWORD", password);
-        process::output_in(&t.out, cmd)
-    };
+    let psql = |password: &str| psql(&t.out, password);
     // Each in turn signs in and gets three passwords wrong: disabled by the detector.
     let mut disabled_at = Vec::new();
     for peer in [&alice, &bob] {

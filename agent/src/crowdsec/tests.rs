@@ -226,22 +226,18 @@ fn a_deleted_decision_names_the_end_of_another_that_bans_the_same_address() {
         .map(|d| d.until)
         .unwrap_or_else(|| panic!("decision 1: {startup:?}"));
 
-    let update = bouncer.poll().unwrap_or_else(|e| panic!("{e}"));
-    let held: Vec<(i64, Option<SystemTime>)> = update
-        .deleted
-        .iter()
-        .map(|d| (d.id, d.held_until))
-        .collect();
-    assert_eq!(held, vec![(2, Some(one_hour)), (3, None)]);
+    // Each deletion's id, and until when other decisions hold its address.
+    let mut held = || -> Vec<(i64, Option<SystemTime>)> {
+        let update = bouncer.poll().unwrap_or_else(|e| panic!("{e}"));
+        update
+            .deleted
+            .iter()
+            .map(|d| (d.id, d.held_until))
+            .collect()
+    };
+    assert_eq!(held(), vec![(2, Some(one_hour)), (3, None)]);
     assert_eq!(metrics.decisions(), 1);
-
-    let update = bouncer.poll().unwrap_or_else(|e| panic!("{e}"));
-    let held: Vec<(i64, Option<SystemTime>)> = update
-        .deleted
-        .iter()
-        .map(|d| (d.id, d.held_until))
-        .collect();
-    assert_eq!(held, vec![(1, None)]);
+    assert_eq!(held(), vec![(1, None)]);
     assert_eq!(metrics.decisions(), 0);
 }
 
