@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -271,15 +272,10 @@ fn end_damage(file: &mut File, start: u64) -> io::Result<(Damage, String)> {
     }
     let mut sha = Sha256::new();
     let mut lines = 0u64;
-    let mut buf = vec![0u8; CHUNK];
-    let mut pos = start;
-    while pos < len {
-        let want = usize::try_from((len - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
-        file.read_exact_at(&mut buf[..want], pos)?;
-        sha.update(&buf[..want]);
-        lines += count_newlines_in(&buf[..want]);
-        pos += want as u64;
-    }
+    for_each_chunk(file, start..len, |chunk| {
+        sha.update(chunk);
+        lines += count_newlines_in(chunk);
+    })?;
     let damage = Damage {
         line: count_newlines(file, start)?.saturating_add(1),
         lines,
@@ -353,16 +349,22 @@ fn newest_good_line(
 
 /// The number of newlines in `file[..len]`, read through a fixed buffer.
 fn count_newlines(file: &File, len: u64) -> io::Result<u64> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut pos = 0u64;
     let mut count = 0u64;
-    while pos < len {
-        let want = usize::try_from((len - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
+    for_each_chunk(file, 0..len, |chunk| count += count_newlines_in(chunk))?;
+    Ok(count)
+}
+
+/// Hands `file[range]` to `f` a chunk at a time, through one fixed buffer.
+fn for_each_chunk(file: &File, range: Range<u64>, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = range.start;
+    while pos < range.end {
+        let want = usize::try_from((range.end - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
         file.read_exact_at(&mut buf[..want], pos)?;
-        count += count_newlines_in(&buf[..want]);
+        f(&buf[..want]);
         pos += u64::try_from(want).unwrap_or(u64::MAX);
     }
-    Ok(count)
+    Ok(())
 }
 
 fn count_newlines_in(bytes: &[u8]) -> u64 {
