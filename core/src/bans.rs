@@ -284,6 +284,32 @@ pub enum BanError {
     NotBanned { net: IpNet },
 }
 
+impl BanError {
+    /// A short name for the kind of refusal (the `refusal` label of
+    /// `crmguard_bans_refused_total`): a bounded set, never the networks it names.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BanError::Everything { .. } => "everything",
+            BanError::TooBroad { .. } => "too_broad",
+            BanError::Loopback { .. } => "loopback",
+            BanError::Unspecified { .. } => "unspecified",
+            BanError::Ipv4Mapped { .. } => "ipv4_mapped",
+            BanError::HostAddress { .. } => "host_address",
+            BanError::Allowlisted { .. } => "allowlisted",
+            BanError::Trusted { .. } => "trusted",
+            BanError::LinkLocal { .. } => "link_local",
+            BanError::TunnelNetwork { .. } => "tunnel_network",
+            BanError::HostBits { .. } => "host_bits",
+            BanError::TtlTooLong => "ttl_too_long",
+            BanError::EmptyReason | BanError::ReasonTooLong | BanError::ReasonControl => "reason",
+            BanError::Author(_) => "author",
+            BanError::Detector(_) => "detector",
+            BanError::Full { .. } => "full",
+            BanError::NotBanned { .. } => "not_banned",
+        }
+    }
+}
+
 /// A ban read back from `bans.json` that cannot be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bans[{index}] ({net})")]

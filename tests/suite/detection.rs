@@ -681,6 +681,20 @@ fn a_spoofed_scan_never_bans_an_admin_network() {
         [Value::from(format!("{scanner}/32"))],
         "only the real scanner is banned: {bans:?}"
     );
+    // The refused ban is counted, for the operator to see that someone tried.
+    wait_for(
+        SETTLE,
+        "the refused ban in crmguard_bans_refused_total",
+        || {
+            let refused = metric(
+                &agent,
+                "crmguard_bans_refused_total",
+                &[("reason", "port_scan"), ("refusal", "trusted")],
+            );
+            Ok(refused.is_ok_and(|n| n >= 1.0).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| fail(e));
 }
 
 // ---------------------------------------------------------------------------------------------

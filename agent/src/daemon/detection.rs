@@ -652,6 +652,7 @@ impl super::Agent {
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(%net, source, error = %e, "a detector's ban was refused");
+                self.metrics.ban_refused(source, e.kind());
                 None
             }
         }

@@ -29,6 +29,8 @@ pub(super) struct DaemonMetrics {
     rollbacks: IntCounter,
     bans_active: IntGauge,
     bans_total: IntCounterVec,
+    /// `crmguard_bans_refused_total`.
+    bans_refused: IntCounterVec,
     key_expiry: IntGaugeVec,
     /// The peers with a key expiry sample, whose samples go when the peer goes.
     key_expiry_peers: BTreeSet<String>,
@@ -67,6 +69,14 @@ impl DaemonMetrics {
         )?;
         // Present from the start, so that rate() sees the first manual ban.
         bans_total.with_label_values(&["manual"]);
+        let bans_refused = IntCounterVec::new(
+            Opts::new(
+                "crmguard_bans_refused_total",
+                "Automatic bans refused, by reason (the detector's name or crowdsec) and refusal: full (the kernel's ban map), trusted (an admin network, for a port scan), allowlisted, link_local, tunnel_network, host_address and others",
+            ),
+            &["reason", "refusal"],
+        )?;
+        registry.register(Box::new(bans_refused.clone()))?;
         let key_expiry = IntGaugeVec::new(
             Opts::new(
                 "crmguard_vpn_key_expiry_seconds",
@@ -105,6 +115,7 @@ impl DaemonMetrics {
                 "Bans in force (addresses and prefixes the XDP filter drops)",
             )?,
             bans_total,
+            bans_refused,
             key_expiry,
             key_expiry_peers: BTreeSet::new(),
             vpn: VpnMetrics::register(registry)?,
@@ -137,6 +148,14 @@ impl DaemonMetrics {
     /// never the free text of the ban.
     pub(super) fn ban_added(&self, reason: &str) {
         self.bans_total.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts one automatic ban refused. `reason` is the detector's name (or `crowdsec`),
+    /// `refusal` is [`crmguard_core::bans::BanError::kind`].
+    pub(super) fn ban_refused(&self, reason: &str, refusal: &str) {
+        self.bans_refused
+            .with_label_values(&[reason, refusal])
+            .inc();
     }
 
     fn key_expiry(&mut self, expiry: &BTreeMap<String, i64>) {
@@ -184,8 +203,9 @@ mod tests {
     /// or type changes fails here. The kernel's `crmguard_xdp_*` and the ACL's
     /// `crmguard_acl_denied_total`, which has no sample before a peer is denied, are checked by
     /// the suite's `metrics::every_family_is_exported`.
-    const CONTRACT: [(&str, &str, &str); 16] = [
+    const CONTRACT: [(&str, &str, &str); 17] = [
         ("crmguard_bans_active", "gauge", "Bans in force (addresses and prefixes the XDP filter drops)"),
+        ("crmguard_bans_refused_total", "counter", "Automatic bans refused, by reason (the detector's name or crowdsec) and refusal: full (the kernel's ban map), trusted (an admin network, for a port scan), allowlisted, link_local, tunnel_network, host_address and others"),
         ("crmguard_bans_total", "counter", "Bans added since the agent started, by reason: manual or the detector's name"),
         ("crmguard_build_info", "gauge", "crmguard build information (always 1)"),
         ("crmguard_policy_change_pending", "gauge", "1 while a policy applied by `crmguard reload --confirm` waits for `crmguard confirm` and is rolled back without it"),
@@ -226,6 +246,7 @@ mod tests {
         metrics.fallback(super::super::PolicySource::LastGood);
         metrics.ban_added("manual");
         metrics.ban_added("auth_failures");
+        metrics.ban_refused("port_scan", "trusted");
         metrics.change_pending(true);
         metrics.rolled_back();
         metrics.key_expiry(&[("alice".to_owned(), -5)].into());
@@ -250,6 +271,7 @@ mod tests {
         for line in [
             "crmguard_bans_total{reason=\"manual\"} 1",
             "crmguard_bans_total{reason=\"auth_failures\"} 1",
+            "crmguard_bans_refused_total{reason=\"port_scan\",refusal=\"trusted\"} 1",
             "crmguard_policy_fallback 1",
             "crmguard_policy_change_pending 1",
             "crmguard_policy_rollbacks_total 1",

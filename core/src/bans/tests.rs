@@ -213,6 +213,47 @@ fn a_detector_never_shortens_a_ban() {
     });
 }
 
+/// The refusal kinds are the `refusal` label of `crmguard_bans_refused_total`: short
+/// snake_case names, never a network or a text from the ban.
+#[test]
+fn refusals_have_short_kind_names() {
+    let refusals = [
+        (
+            BanError::Full {
+                map: "cg_ban4",
+                max: 1,
+            },
+            "full",
+        ),
+        (
+            BanError::Trusted {
+                net: net("198.18.7.9"),
+                entry: net("198.18.7.0/24"),
+            },
+            "trusted",
+        ),
+        (
+            BanError::Allowlisted {
+                net: net("192.0.2.1"),
+                entry: net("192.0.2.0/24"),
+            },
+            "allowlisted",
+        ),
+        (
+            BanError::LinkLocal {
+                net: net("fe80::1"),
+            },
+            "link_local",
+        ),
+        (BanError::ReasonTooLong, "reason"),
+        (BanError::EmptyReason, "reason"),
+    ];
+    for (error, kind) in refusals {
+        assert_eq!(error.kind(), kind, "{error}");
+        assert!(kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+    }
+}
+
 /// A ban brought forward keeps everything but its end; one that already ends sooner, or a
 /// network without a ban, is left alone.
 #[test]
