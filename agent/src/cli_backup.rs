@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use clap::{Args, Subcommand};
 
 use crmguard::backup::{self, drill, BackupError, Unsealing};
+use crmguard::control::{self, Request, Response};
 use crmguard::daemon::ConfigSource;
 use crmguard_core::audit;
 use crmguard_core::config::{BackupEncryption, Config};
@@ -143,20 +144,26 @@ fn create(source: &ConfigSource, file: &Path, actor: &str) -> Result<(), BackupE
         file.display(),
         created.signer
     );
-    // A running agent writes the audit log; this command must not write it beside it.
-    if !backup::agent_running(&config.agent.control_socket) {
-        let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
-        sink.record(
-            &audit::Event::new(
-                audit::EventType::BackupCreated,
-                audit::Outcome::Success,
-                actor,
-            )
-            .with_detail("file", file.display().to_string())
-            .with_detail("files", created.manifest.files.len())
-            .with_detail("size", created.size)
-            .with_detail("signer", created.signer.clone()),
-        );
+    // A running agent writes the audit log: it records the archive; this command writes the
+    // record itself only when no agent runs.
+    let request = Request::BackupCreated {
+        file: file.display().to_string(),
+        files: created.manifest.files.len(),
+        size: created.size,
+        signer: created.signer.clone(),
+        by: actor.to_owned(),
+    };
+    match control::call(&config.agent.control_socket, &request) {
+        Ok(Response::Recorded) => {}
+        Err(e) if e.is_agent_down() => {
+            let mut sink = audit::Sink::open(&config.audit, &config.agent.state_dir);
+            sink.record(&created.event(actor, file));
+        }
+        Ok(other) => eprintln!("crmguard: the running agent did not record the backup: {other:?}"),
+        Err(e) => eprintln!(
+            "crmguard: the running agent could not be told of the backup: {}",
+            crmguard_core::error_chain(&e)
+        ),
     }
     Ok(())
 }

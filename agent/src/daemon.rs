@@ -712,6 +712,18 @@ impl Agent {
                 self.access.enrolled(&name, &by, &self.vpn, &mut self.audit);
                 Response::Enrolled
             }
+            Request::BackupCreated {
+                file,
+                files,
+                size,
+                signer,
+                by,
+            } => {
+                self.audit.record(&crate::backup::backup_created(
+                    &by, &file, files, size, &signer,
+                ));
+                Response::Recorded
+            }
             Request::Explain { query } => self.explain(&query),
             Request::ReloadConfirm { timeout_secs, by } => {
                 self.reload_confirm(Duration::from_secs(timeout_secs), &by)

@@ -117,6 +117,16 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
             },
         ),
         (
+            "backup-created",
+            Request::BackupCreated {
+                file: "/root/crm1.backup".to_owned(),
+                files: 9,
+                size: 48_213,
+                signer: "crmguard-ed25519:7Hq2c1Vb0a6K8n4JkzYw3mS5dQeR9uT1xLp0oA2fG4E=".to_owned(),
+                by: by(),
+            },
+        ),
+        (
             "explain-outside",
             Request::Explain {
                 query: Query::Outside {

@@ -217,6 +217,18 @@ recipient = "{recipient}"
     let archive_arg = archive.to_string_lossy().into_owned();
     let said = expect(&config, &["backup", "create", &archive_arg], 0, "wrote ")?;
     let signer = signer_of(&said)?;
+    // The running agent, which writes the audit log, recorded the archive, in the name of
+    // whoever ran the command.
+    let log = std::fs::read_to_string(agent.audit_path())?;
+    ensure!(
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .any(|r| r["type"] == "backup_created"
+                && r["actor"].as_str().is_some_and(|a| a.starts_with("admin:"))
+                && r["detail"]["signer"] == signer.as_str()
+                && r["detail"]["file"] == archive_arg.as_str()),
+        "no backup_created record by an administrator:\n{log}"
+    );
     // Restoring under a running agent would change its files behind its back.
     expect(
         &config,

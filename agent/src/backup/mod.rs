@@ -162,6 +162,36 @@ pub struct Created {
     pub size: usize,
 }
 
+impl Created {
+    /// The `backup_created` audit record of this archive, written to `file` by `actor`.
+    pub fn event(&self, actor: &str, file: &Path) -> crmguard_core::audit::Event {
+        backup_created(
+            actor,
+            &file.display().to_string(),
+            self.manifest.files.len(),
+            self.size,
+            &self.signer,
+        )
+    }
+}
+
+/// The `backup_created` audit record of an archive at `file` of `files` files and `size`
+/// bytes, signed by `signer`, written by `actor`.
+pub fn backup_created(
+    actor: &str,
+    file: &str,
+    files: usize,
+    size: usize,
+    signer: &str,
+) -> crmguard_core::audit::Event {
+    use crmguard_core::audit::{Event, EventType, Outcome};
+    Event::new(EventType::BackupCreated, Outcome::Success, actor)
+        .with_detail("file", file)
+        .with_detail("files", files)
+        .with_detail("size", size)
+        .with_detail("signer", signer)
+}
+
 /// Writes an archive of the gateway configured by `config` (read from `config_file`, `None`
 /// for the embedded default) to `out`, atomically and with mode 0600.
 pub fn create(

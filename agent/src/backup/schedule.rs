@@ -266,13 +266,7 @@ impl Schedule {
         for error in &outcome.prune_errors {
             tracing::warn!(error = %error, "an old backup could not be removed");
         }
-        events.push(
-            Event::new(EventType::BackupCreated, AuditOutcome::Success, "system")
-                .with_detail("file", file.clone())
-                .with_detail("files", created.manifest.files.len())
-                .with_detail("size", created.size)
-                .with_detail("signer", created.signer.clone()),
-        );
+        events.push(created.event("system", &outcome.path));
         match &outcome.drill {
             Some(Ok(drill)) => {
                 tracing::info!(file = %file, files = drill.files, "backup written and its restore drill passed");

@@ -86,6 +86,15 @@ pub enum Request {
         name: String,
         by: String,
     },
+    /// `crmguard backup create` wrote an archive while the agent runs: the agent, which
+    /// writes the audit log, records it.
+    BackupCreated {
+        file: String,
+        files: usize,
+        size: usize,
+        signer: String,
+        by: String,
+    },
     /// `crmguard explain`: what the policy in force does with one packet.
     Explain {
         query: Query,
@@ -137,6 +146,8 @@ pub enum Response {
     },
     /// `mfa enroll` was taken note of.
     Enrolled,
+    /// `backup create` was recorded in the audit log.
+    Recorded,
     /// `explain`, answered from the policy in force, its bans and MFA sessions.
     Explained {
         explanation: Explanation,
@@ -496,7 +507,8 @@ impl Request {
             | Request::PeerAdd { by, .. }
             | Request::PeerRemove { by, .. }
             | Request::PeerSetEnabled { by, .. }
-            | Request::MfaEnrolled { by, .. } => actor.clone_into(by),
+            | Request::MfaEnrolled { by, .. }
+            | Request::BackupCreated { by, .. } => actor.clone_into(by),
             Request::Status
             | Request::Reload
             | Request::BanList
