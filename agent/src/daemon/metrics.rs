@@ -77,6 +77,12 @@ impl DaemonMetrics {
             &["reason", "refusal"],
         )?;
         registry.register(Box::new(bans_refused.clone()))?;
+        // Present from the start for the refusal an alert watches, so that increase() sees
+        // the first one.
+        let banning = crmguard_detect::Detector::ALL.map(|d| d.name());
+        for reason in banning.iter().copied().chain(["crowdsec"]) {
+            bans_refused.with_label_values(&[reason, "full"]);
+        }
         let key_expiry = IntGaugeVec::new(
             Opts::new(
                 "crmguard_vpn_key_expiry_seconds",
