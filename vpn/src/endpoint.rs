@@ -78,6 +78,13 @@ const RX_HOLD: Duration = Duration::from_micros(50);
 /// is held for [`RX_HOLD`]. A lone packet (a ping, an interactive keystroke) is never held.
 const RX_BUSY: usize = 4;
 
+/// After a wake that brought handshake messages and nothing else, the receive thread waits up
+/// to this long for `vpn-handshake` to work through them before it takes more. Otherwise each
+/// message of a storm wakes it, and on a gateway with one free CPU each wake preempts the
+/// handshake thread to hand over a batch of one (two switches per handshake, a quarter of its
+/// cost). This is the most a packet arriving in that moment waits for it.
+const HANDSHAKE_HOLD: Duration = Duration::from_millis(1);
+
 /// Timer slack of the receive thread, so that a hold ends close to [`RX_HOLD`] and not up to
 /// the default 50 microseconds later.
 const RX_TIMER_SLACK_NS: u64 = 5_000;
@@ -846,6 +853,7 @@ fn rx_thread(shared: Arc<Shared>) {
     }
     while !shared.stop.load(Ordering::Relaxed) {
         let mut taken = 0;
+        let mut handed_over = 0;
         // The first receive waits (up to `udp::RECV_TIMEOUT`, then the stop flag is looked
         // at); the next ones drain what is queued, a bounded number of batches. The TUN writes
         // wait until the socket is drained (or the queue is full), so that the segments of
@@ -894,6 +902,7 @@ fn rx_thread(shared: Arc<Shared>) {
                             hand_over(&shared, &mut handshakes);
                         }
                         handshakes.push(job);
+                        handed_over += 1;
                         continue;
                     }
                     let RxBuffers { scratch, queue } = &mut bufs;
@@ -922,7 +931,11 @@ fn rx_thread(shared: Arc<Shared>) {
             }
         }
         bufs.queue.flush(&shared.tun);
-        if taken >= RX_BUSY {
+        if taken > 0 && handed_over == taken {
+            // Handshake messages alone (a storm of devices reconnecting, or a flood): the next
+            // ones gather in the socket while `vpn-handshake` works through these.
+            shared.handshakes.wait_idle(HANDSHAKE_HOLD);
+        } else if taken >= RX_BUSY {
             std::thread::sleep(RX_HOLD);
         }
     }
