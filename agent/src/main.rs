@@ -943,21 +943,30 @@ enum AuditCommand {
     /// of `prev`, gapless `seq`, and the tail against `state_dir/audit.checkpoint`
     ///
     /// Prints `ok: N records` and exits 0, or prints the first broken record (line, seq and
-    /// what is wrong) and exits 1. Exit 64 when the key file is missing.
+    /// what is wrong) and exits 1. A log that holds records while the checkpoint is missing
+    /// fails too, since a cut-off tail could not be seen. Exit 64 when the key file is
+    /// missing.
     Verify {
         /// The audit log, such as /var/log/crmguard/audit.jsonl
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Check a copy of the log away from its host: every record, without the tail
+        /// against the checkpoint (which is only on the host)
+        #[arg(long)]
+        without_checkpoint: bool,
     },
 }
 
 fn audit(config: &config::Config, command: AuditCommand) -> u8 {
     match command {
-        AuditCommand::Verify { file } => audit_verify(config, &file),
+        AuditCommand::Verify {
+            file,
+            without_checkpoint,
+        } => audit_verify(config, &file, without_checkpoint),
     }
 }
 
-fn audit_verify(config: &config::Config, file: &Path) -> u8 {
+fn audit_verify(config: &config::Config, file: &Path, without_checkpoint: bool) -> u8 {
     let key = match audit::load_key(&config.audit.key_file) {
         Ok(key) => key,
         Err(e) if e.is_missing() => {
@@ -972,18 +981,15 @@ fn audit_verify(config: &config::Config, file: &Path) -> u8 {
         }
     };
     let checkpoint_path = config.agent.state_dir.join(audit::CHECKPOINT_FILE);
-    let checkpoint = match audit::read_checkpoint(&checkpoint_path) {
-        Ok(Some(checkpoint)) => Some(checkpoint),
-        Ok(None) => {
-            eprintln!(
-                "crmguard: no checkpoint at {}; a cut-off tail cannot be detected",
-                checkpoint_path.display()
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
-            return exit::FAILURE;
+    let checkpoint = if without_checkpoint {
+        None
+    } else {
+        match audit::read_checkpoint(&checkpoint_path) {
+            Ok(checkpoint) => checkpoint,
+            Err(e) => {
+                eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
+                return exit::FAILURE;
+            }
         }
     };
     let report = match audit::verify(file, &key, checkpoint) {
@@ -993,6 +999,14 @@ fn audit_verify(config: &config::Config, file: &Path) -> u8 {
             return exit::FAILURE;
         }
     };
+    for missing in &report.checkpoints_missing {
+        println!(
+            "{}: line {} (seq {}): the agent found the checkpoint missing; a tail cut off before this record would not show",
+            file.display(),
+            missing.line,
+            missing.seq
+        );
+    }
     for torn in &report.acknowledged {
         println!(
             "{}: line {}: {} line(s), {} bytes torn by a crash, acknowledged by record seq {}",
@@ -1004,6 +1018,15 @@ fn audit_verify(config: &config::Config, file: &Path) -> u8 {
         );
     }
     match report.broken {
+        None if checkpoint.is_none() && report.records > 0 && !without_checkpoint => {
+            println!(
+                "{}: no checkpoint at {}, so a tail cut off from these {} records would not show (a copy away from its host: --without-checkpoint)",
+                file.display(),
+                checkpoint_path.display(),
+                report.records
+            );
+            exit::FAILURE
+        }
         None => {
             println!("ok: {} records", report.records);
             exit::OK

@@ -143,3 +143,76 @@ fn a_line_torn_by_a_crash_is_acknowledged_and_the_log_verifies() -> Result<()> {
     );
     Ok(())
 }
+
+/// A log whose tail was cut off with its checkpoint removed fails `audit verify` (a cut tail
+/// could not be seen without the checkpoint); `--without-checkpoint`, for a copy away from its
+/// host, checks the records alone. The agent started again records that the checkpoint was
+/// missing, naming the newest record it found, and `verify` lists that record from then on.
+#[test]
+fn a_removed_checkpoint_fails_verify_and_is_recorded_at_the_next_start() -> Result<()> {
+    if !privileged::require(
+        "audit::a_removed_checkpoint_fails_verify_and_is_recorded_at_the_next_start",
+    ) {
+        return Ok(());
+    }
+    let t = Topology::ipv4_only(152, 1)?;
+    let mut agent = Agent::start(&t.host, &policy(&t))?;
+    let reload = agent.cli(&["reload"])?;
+    ensure!(reload.status.success(), "reload: {reload:?}");
+    agent.stop()?;
+    let log_path = agent.audit_path().to_owned();
+    let path = log_path.to_string_lossy().into_owned();
+    let checkpoint = agent
+        .dir()
+        .join("state")
+        .join(crmguard_core::audit::CHECKPOINT_FILE);
+
+    // The last record (agent_stop) cut off, and the checkpoint that would show it removed.
+    let log = std::fs::read_to_string(&log_path).context("reading the audit log")?;
+    let kept: Vec<&str> = log.lines().collect();
+    ensure!(kept.len() >= 3, "the log: {log}");
+    let kept = &kept[..kept.len() - 1];
+    std::fs::write(&log_path, format!("{}\n", kept.join("\n")))?;
+    std::fs::remove_file(&checkpoint).context("removing the checkpoint")?;
+    let verify = agent.cli(&["audit", "verify", &path])?;
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    ensure!(
+        verify.status.code() == Some(1) && stdout.contains("no checkpoint at"),
+        "audit verify without the checkpoint: {verify:?}"
+    );
+    let copy = agent.cli(&["audit", "verify", "--without-checkpoint", &path])?;
+    let stdout = String::from_utf8_lossy(&copy.stdout);
+    ensure!(
+        copy.status.success() && stdout.contains(&format!("ok: {} records", kept.len())),
+        "audit verify --without-checkpoint: {copy:?}"
+    );
+
+    agent.spawn()?;
+    agent.wait_ready()?;
+    agent.stop()?;
+    let text = std::fs::read_to_string(&log_path)?;
+    let record: serde_json::Value = serde_json::from_str(
+        text.lines()
+            .nth(kept.len())
+            .context("no record after the kept ones")?,
+    )?;
+    ensure!(
+        record["type"] == "audit_checkpoint_missing"
+            && record["detail"]["seq"] == kept.len()
+            && record["detail"]["checkpoint"] == checkpoint.to_string_lossy().as_ref(),
+        "the record after the kept ones: {record}"
+    );
+    let verify = agent.cli(&["audit", "verify", &path])?;
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    ensure!(
+        verify.status.success()
+            && stdout.contains(&format!(
+                "line {} (seq {}): the agent found the checkpoint missing",
+                kept.len() + 1,
+                kept.len() + 1
+            ))
+            && stdout.contains("ok: "),
+        "audit verify after the restart: {verify:?}"
+    );
+    Ok(())
+}

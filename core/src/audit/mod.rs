@@ -55,7 +55,10 @@ pub use chain::{
 };
 pub use record::{Event, EventType, Outcome};
 pub use sink::Sink;
-pub use verify::{verify, verify_bytes, Acknowledged, Broken, Problem, VerifyError, VerifyReport};
+pub use verify::{
+    verify, verify_bytes, Acknowledged, Broken, CheckpointMissing, Problem, VerifyError,
+    VerifyReport,
+};
 pub use writer::{Damage, WriteError, Writer};
 
 /// The name of the checkpoint file inside `state_dir`.

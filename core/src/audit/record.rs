@@ -83,6 +83,11 @@ names! {
         /// `sha256`, which `audit verify` checks before stepping over them (an extension of
         /// CONTRACT.md section 5).
         AuditTornLine => "audit_torn_line",
+        /// The writer opened a log that holds records and found no checkpoint (removed, or a
+        /// state directory emptied): `detail.seq` is the newest record the log held then, and
+        /// `detail.checkpoint` the file. A tail cut off before then would not show, so
+        /// `audit verify` lists these records (an extension of CONTRACT.md section 5).
+        AuditCheckpointMissing => "audit_checkpoint_missing",
     }
 }
 

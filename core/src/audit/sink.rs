@@ -103,6 +103,14 @@ impl Sink {
                         "the audit log ended in a line torn by a crash; it is kept and acknowledged by an audit_torn_line record"
                     );
                 }
+                if let Some(seq) = writer.checkpoint_missing() {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        checkpoint = %self.checkpoint.display(),
+                        seq,
+                        "the audit log holds records but its checkpoint is gone, so a tail cut off before now could not be seen; recorded as audit_checkpoint_missing"
+                    );
+                }
                 self.writer = Some(writer);
                 true
             }

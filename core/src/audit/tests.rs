@@ -31,10 +31,14 @@ fn ts(i: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(1_740_830_400_000_000 + i * 1_234_567)
 }
 
-/// A varied event: every type in turn, with and without addresses, strings with spaces and
-/// characters JSON escapes.
+/// A varied event: every type in turn (but `audit_checkpoint_missing`, which `verify` lists),
+/// with and without addresses, strings with spaces and characters JSON escapes.
 fn event(i: u64) -> Event {
-    let kinds = EventType::ALL;
+    let kinds: Vec<EventType> = EventType::ALL
+        .iter()
+        .copied()
+        .filter(|&kind| kind != EventType::AuditCheckpointMissing)
+        .collect();
     let kind = kinds[usize::try_from(i).expect("audit test") % kinds.len()];
     let outcome = [Outcome::Success, Outcome::Failure, Outcome::Info]
         [usize::try_from(i % 3).expect("audit test")];
@@ -94,6 +98,16 @@ fn ok(records: u64) -> VerifyReport {
         records,
         broken: None,
         acknowledged: Vec::new(),
+        checkpoints_missing: Vec::new(),
+    }
+}
+
+/// What `verify` reports for a log of `records` records, one of them (at `line`, `seq`) the
+/// writer's record of a missing checkpoint.
+fn ok_noting_a_missing_checkpoint(records: u64, line: u64, seq: u64) -> VerifyReport {
+    VerifyReport {
+        checkpoints_missing: vec![CheckpointMissing { line, seq }],
+        ..ok(records)
     }
 }
 
@@ -374,6 +388,7 @@ fn acknowledged(records: u64, damage: Damage, seq: u64) -> VerifyReport {
             bytes: damage.bytes,
             seq,
         }],
+        checkpoints_missing: Vec::new(),
     }
 }
 
@@ -478,11 +493,70 @@ fn the_chain_is_found_from_the_end_of_a_log_many_chunks_long() {
     let log = Log::new();
     drop(log.write(0..1500));
     assert!(std::fs::metadata(&log.path).expect("audit test").len() > 4 * 64 * 1024);
-    // Without the checkpoint, only the log itself says where the chain stands.
+    // Without the checkpoint, only the log itself says where the chain stands (and the
+    // writer records that the checkpoint was gone before it goes on).
     std::fs::remove_file(&log.checkpoint_path).expect("audit test");
     let writer = log.write(1500..1501);
-    assert_eq!((writer.head().seq, writer.damage()), (1501, None));
-    assert_eq!(log.verify(), ok(1501));
+    assert_eq!((writer.head().seq, writer.damage()), (1502, None));
+    assert_eq!(writer.checkpoint_missing(), Some(1500));
+    assert_eq!(
+        log.verify(),
+        ok_noting_a_missing_checkpoint(1502, 1501, 1501)
+    );
+}
+
+/// A log that holds records but has no checkpoint gets a record saying so before anything
+/// else, naming the newest record it held; `verify` lists it. An empty log without one (a
+/// first start) and a log with its checkpoint get none.
+#[test]
+fn a_missing_checkpoint_is_recorded_when_the_log_holds_records() {
+    let log = Log::new();
+    let writer = log.write(0..0);
+    assert_eq!((writer.head().seq, writer.checkpoint_missing()), (0, None));
+    drop(log.write(0..3));
+    let writer = log.write(3..3);
+    assert_eq!((writer.head().seq, writer.checkpoint_missing()), (3, None));
+
+    // The tail cut and the checkpoint removed: what is left is vouched for by nothing but
+    // the record of the missing checkpoint.
+    let content = std::fs::read(&log.path).expect("audit test");
+    std::fs::write(&log.path, lines(&content)[..2].concat()).expect("audit test");
+    std::fs::remove_file(&log.checkpoint_path).expect("audit test");
+    assert_eq!(
+        verify_bytes(&lines(&content)[..2].concat(), &key(), None),
+        ok(2)
+    );
+    let writer = log.write(3..4);
+    assert_eq!(
+        (writer.head().seq, writer.checkpoint_missing()),
+        (4, Some(2))
+    );
+    let content = std::fs::read(&log.path).expect("audit test");
+    let record: serde_json::Value =
+        serde_json::from_slice(&lines(&content)[2]).expect("audit test");
+    assert_eq!(
+        (
+            &record["type"],
+            &record["outcome"],
+            &record["seq"],
+            &record["detail"]["seq"]
+        ),
+        (
+            &serde_json::json!("audit_checkpoint_missing"),
+            &serde_json::json!("failure"),
+            &serde_json::json!(3),
+            &serde_json::json!(2)
+        ),
+        "{record}"
+    );
+    assert_eq!(
+        record["detail"]["checkpoint"].as_str(),
+        log.checkpoint_path.to_str()
+    );
+    assert_eq!(log.verify(), ok_noting_a_missing_checkpoint(4, 3, 3));
+    // The checkpoint is back: the next writer records nothing.
+    let writer = log.write(4..4);
+    assert_eq!((writer.head().seq, writer.checkpoint_missing()), (4, None));
 }
 
 #[test]
@@ -510,14 +584,16 @@ fn an_overlong_line_is_stepped_over_without_losing_the_chain() {
         let writer = Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
         assert_eq!(
             (writer.head().seq, writer.damage()),
-            (21, Some(garbage)),
+            (22, Some(garbage)),
             "ended: {ended}"
         );
-        assert_eq!(
-            log.verify(),
-            acknowledged(21, garbage, 21),
-            "ended: {ended}"
-        );
+        // The acknowledgement first (it continues the chain where the garbage began), then
+        // the record of the missing checkpoint.
+        let expected = VerifyReport {
+            checkpoints_missing: vec![CheckpointMissing { line: 23, seq: 22 }],
+            ..acknowledged(22, garbage, 21)
+        };
+        assert_eq!(log.verify(), expected, "ended: {ended}");
     }
 }
 
@@ -527,9 +603,13 @@ fn a_log_of_one_record_or_of_garbage_only_is_read() {
     drop(log.write(0..1));
     std::fs::remove_file(&log.checkpoint_path).expect("audit test");
     let writer = Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
-    assert_eq!(writer.head().seq, 1);
+    assert_eq!(
+        (writer.head().seq, writer.checkpoint_missing()),
+        (2, Some(1))
+    );
 
     std::fs::write(&log.path, b"not a record\nnor this").expect("audit test");
+    std::fs::remove_file(&log.checkpoint_path).expect("audit test");
     let writer = Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
     let garbage = Damage {
         line: 1,

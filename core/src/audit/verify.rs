@@ -1,7 +1,8 @@
 //! Checks an audit log: every line's MAC, the chain of `prev`, gapless `seq`, and the tail
 //! against the checkpoint. Reports the first broken record only: everything after it is
 //! suspect. Lines torn by a crash are stepped over when the writer acknowledged them
-//! (`audit_torn_line`, see [`super::Writer::open`]) and are listed in the report.
+//! (`audit_torn_line`, see [`super::Writer::open`]) and are listed in the report, as are the
+//! writer's records of a checkpoint it found missing (`audit_checkpoint_missing`).
 
 use std::fmt;
 use std::io;
@@ -33,6 +34,18 @@ pub struct VerifyReport {
     pub broken: Option<Broken>,
     /// Damage the writer acknowledged, before the first broken record.
     pub acknowledged: Vec<Acknowledged>,
+    /// The `audit_checkpoint_missing` records before the first broken record.
+    pub checkpoints_missing: Vec<CheckpointMissing>,
+}
+
+/// A record of the writer finding the checkpoint gone while the log held records: a tail cut
+/// off before then (with the checkpoint removed) could not be seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointMissing {
+    /// The record's line, counted from 1.
+    pub line: u64,
+    /// The record's `seq`.
+    pub seq: u64,
 }
 
 /// Lines torn by a crash, which the record after them acknowledges: the chain goes on across
@@ -133,26 +146,20 @@ pub fn verify_bytes(
     key: &AuditKey,
     checkpoint: Option<Checkpoint>,
 ) -> VerifyReport {
-    let mut records = 0u64;
+    let mut report = VerifyReport {
+        records: 0,
+        broken: None,
+        acknowledged: Vec::new(),
+        checkpoints_missing: Vec::new(),
+    };
     let mut last_seq = 0u64;
     let mut last_mac = ZERO_MAC;
-    let mut acknowledged = Vec::new();
     let mut start = 0usize;
     let mut line_no = 0u64;
     while start < content.len() {
         line_no += 1;
-        let broken =
-            |seq: Option<u64>, problem: Problem, acknowledged: Vec<Acknowledged>| VerifyReport {
-                records,
-                broken: Some(Broken {
-                    line: line_no,
-                    seq,
-                    problem,
-                }),
-                acknowledged,
-            };
         let Some(len) = content[start..].iter().position(|&b| b == b'\n') else {
-            return broken(None, Problem::TornLine, acknowledged);
+            return broken(report, line_no, None, Problem::TornLine);
         };
         let line = &content[start..start + len];
         let checked = match check_line(key, line) {
@@ -162,7 +169,7 @@ pub fn verify_bytes(
                 if let Some((ack, at)) = acknowledgement(content, start, line_no, expected, key) {
                     line_no += ack.lines - 1;
                     start = at;
-                    acknowledged.push(ack);
+                    report.acknowledged.push(ack);
                     continue;
                 }
                 let problem = match e {
@@ -171,7 +178,7 @@ pub fn verify_bytes(
                     LineError::Form(what) => Problem::Malformed(what),
                     LineError::Mac => Problem::MacMismatch,
                 };
-                return broken(None, problem, acknowledged);
+                return broken(report, line_no, None, problem);
             }
         };
         start += len + 1;
@@ -182,24 +189,30 @@ pub fn verify_bytes(
                 expected,
                 found: checked.seq,
             };
-            return broken(seq, problem, acknowledged);
+            return broken(report, line_no, seq, problem);
         }
         if checked.seq < expected {
             let problem = Problem::SeqOutOfOrder {
                 expected,
                 found: checked.seq,
             };
-            return broken(seq, problem, acknowledged);
+            return broken(report, line_no, seq, problem);
         }
         if checked.prev != last_mac {
-            return broken(seq, Problem::PrevMismatch, acknowledged);
+            return broken(report, line_no, seq, Problem::PrevMismatch);
         }
         if let Some(cp) = checkpoint.filter(|cp| cp.seq == checked.seq) {
             if cp.mac != checked.mac {
-                return broken(seq, Problem::CheckpointMismatch, acknowledged);
+                return broken(report, line_no, seq, Problem::CheckpointMismatch);
             }
         }
-        records += 1;
+        if checked.kind == EventType::AuditCheckpointMissing.as_str() {
+            report.checkpoints_missing.push(CheckpointMissing {
+                line: line_no,
+                seq: checked.seq,
+            });
+        }
+        report.records += 1;
         last_seq = checked.seq;
         last_mac = checked.mac;
     }
@@ -208,21 +221,15 @@ pub fn verify_bytes(
             checkpoint_seq: cp.seq,
             last_seq,
         };
-        return VerifyReport {
-            records,
-            broken: Some(Broken {
-                line: line_no + 1,
-                seq: Some(last_seq + 1),
-                problem,
-            }),
-            acknowledged,
-        };
+        return broken(report, line_no + 1, Some(last_seq + 1), problem);
     }
-    VerifyReport {
-        records,
-        broken: None,
-        acknowledged,
-    }
+    report
+}
+
+/// `report`, ended by the broken record at `line`.
+fn broken(mut report: VerifyReport, line: u64, seq: Option<u64>, problem: Problem) -> VerifyReport {
+    report.broken = Some(Broken { line, seq, problem });
+    report
 }
 
 /// The acknowledgement of damage that begins at `content[start..]`, line `line`: the next good

@@ -83,6 +83,8 @@ pub struct Writer {
     /// The `seq` and `mac` of the newest record, `seq` 0 before the first.
     head: Checkpoint,
     damage: Option<Damage>,
+    /// The newest record's `seq` when [`Writer::open`] found records and no checkpoint.
+    checkpoint_missing: Option<u64>,
 }
 
 impl Writer {
@@ -97,6 +99,12 @@ impl Writer {
     /// damage so acknowledged only when the acknowledgement continues the chain where the
     /// damage began: bytes lost in a crash before they were ever a record, not a record
     /// removed.
+    ///
+    /// A log that holds records but has no checkpoint (it was removed, or the state directory
+    /// emptied) cannot show whether its tail was cut off before then, and the checkpoint the
+    /// next record writes would vouch for whatever tail is left. So that is recorded first, as
+    /// an `audit_checkpoint_missing` record naming the newest record found (see
+    /// [`Writer::checkpoint_missing`]).
     pub fn open(path: &Path, checkpoint_path: &Path, key: AuditKey) -> Result<Writer, WriteError> {
         let open_err = |source| WriteError::Open {
             path: path.to_owned(),
@@ -119,10 +127,10 @@ impl Writer {
         crate::atomic_file::give_to_directory_owner(&file, path).map_err(open_err)?;
         sync_dir(path).map_err(open_err)?;
         let (mut head, damaged_from) = last_good(&key, &file).map_err(open_err)?;
-        if let Some(checkpoint) = read_checkpoint(checkpoint_path)? {
-            if checkpoint.seq > head.seq {
-                head = checkpoint;
-            }
+        let checkpoint = read_checkpoint(checkpoint_path)?;
+        let checkpoint_missing = (checkpoint.is_none() && head.seq > 0).then_some(head.seq);
+        if let Some(checkpoint) = checkpoint.filter(|cp| cp.seq > head.seq) {
+            head = checkpoint;
         }
         let append_err = |source| WriteError::Append {
             path: path.to_owned(),
@@ -139,6 +147,7 @@ impl Writer {
             key,
             head,
             damage: None,
+            checkpoint_missing: None,
         };
         if let Some((damage, sha256)) = damage {
             let event = Event::new(EventType::AuditTornLine, Outcome::Failure, "system")
@@ -149,7 +158,25 @@ impl Writer {
             writer.append(&event, SystemTime::now())?;
             writer.damage = Some(damage);
         }
+        if let Some(seq) = checkpoint_missing {
+            let event = Event::new(
+                EventType::AuditCheckpointMissing,
+                Outcome::Failure,
+                "system",
+            )
+            .with_detail("seq", seq)
+            .with_detail("checkpoint", checkpoint_path.display().to_string());
+            writer.append(&event, SystemTime::now())?;
+            writer.checkpoint_missing = Some(seq);
+        }
         Ok(writer)
+    }
+
+    /// The newest record's `seq` when [`Writer::open`] found the log holding records and no
+    /// checkpoint, and recorded that. The agent should say so in its log; `audit verify`
+    /// lists it.
+    pub fn checkpoint_missing(&self) -> Option<u64> {
+        self.checkpoint_missing
     }
 
     /// The damage that [`Writer::open`] found at the end of the log and acknowledged. The
