@@ -393,3 +393,42 @@ fn attempts_while_locked_out_are_folded_per_minute() {
     assert_eq!(folded["detail"]["service"], "locked_out");
     assert_eq!(f.access.attempts()["locked_out"], 101);
 }
+
+/// Saved sessions that cannot be read (a torn or edited file) are moved aside with their bytes
+/// kept for the operator, and every peer signs in again; the next save writes a fresh file.
+#[test]
+fn unreadable_saved_sessions_are_kept_aside_and_every_peer_signs_in_again() {
+    let mut f = Fixture::new(Log::Writable, "fail-closed", true);
+    let code = f.code();
+    let reply = f.ask(ALICE, code);
+    assert!(matches!(reply, PortalReply::Opened { .. }), "{reply:?}");
+    let path = store::sessions_path(&f.config.agent.state_dir);
+    assert!(path.exists(), "the session was not saved");
+    std::fs::write(&path, b"{\"sessions\": [{\"peer\": \"al").expect("access test");
+
+    f.access = Access::open(&f.config);
+    assert!(!f.alice_open());
+    assert!(!path.exists(), "the unreadable file was left in place");
+    let aside: Vec<_> = std::fs::read_dir(path.parent().expect("access test"))
+        .expect("access test")
+        .map(|entry| entry.expect("access test").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(".unreadable-"))
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(&aside[0]).expect("access test"),
+        b"{\"sessions\": [{\"peer\": \"al"
+    );
+
+    // Alice signs in again, and the new session is saved where the old file was.
+    let code = f.code();
+    let reply = f.ask(ALICE, code);
+    assert!(matches!(reply, PortalReply::Opened { .. }), "{reply:?}");
+    assert!(Access::open(&f.config)
+        .sessions()
+        .is_open("alice", unix_now()));
+}

@@ -808,3 +808,42 @@ pub(crate) fn start_log_sources(
     }
     followers
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An escalation history that cannot be read is moved aside, its bytes kept for the
+    /// operator, and the detectors start without it; a missing one is simply empty.
+    #[test]
+    fn an_unreadable_history_is_kept_aside_and_the_detectors_start_afresh() {
+        let dir = tempfile::tempdir().expect("detection test");
+        let path = dir.path().join("detection-history.json");
+        assert_eq!(load_history(&path), History::default());
+        assert_eq!(
+            std::fs::read_dir(dir.path())
+                .expect("detection test")
+                .count(),
+            0
+        );
+
+        std::fs::write(&path, b"{\"offences\": {\"203.0.113.7\": {\"cou").expect("detection test");
+        assert_eq!(load_history(&path), History::default());
+        assert!(!path.exists(), "the unreadable file was left in place");
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("detection test")
+            .map(|entry| entry.expect("detection test").path())
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert!(
+            aside[0]
+                .to_string_lossy()
+                .contains("detection-history.json.unreadable-"),
+            "{aside:?}"
+        );
+        assert_eq!(
+            std::fs::read(&aside[0]).expect("detection test"),
+            b"{\"offences\": {\"203.0.113.7\": {\"cou"
+        );
+    }
+}
