@@ -649,6 +649,7 @@ impl Agent {
             self.recheck_interfaces();
         }
         self.policy = policy;
+        self.audit.set_rotation(self.config.audit.rotation);
         let connected = self.connected_peers();
         self.vpn.apply(&self.config, true);
         self.access.reload(&self.config);

@@ -939,17 +939,20 @@ fn uninstall(agent: &config::Agent) -> u8 {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check every record of the audit log FILE: its MAC under `[audit] key_file`, the chain
-    /// of `prev`, gapless `seq`, and the tail against `state_dir/audit.checkpoint`
+    /// Check every record of the audit log: its MAC under `[audit] key_file`, the chain of
+    /// `prev`, gapless `seq`, and the tail against `state_dir/audit.checkpoint`
     ///
-    /// Prints `ok: N records` and exits 0, or prints the first broken record (line, seq and
-    /// what is wrong) and exits 1. A log that holds records while the checkpoint is missing
-    /// fails too, since a cut-off tail could not be seen. Exit 64 when the key file is
-    /// missing.
+    /// Without FILE, checks `[audit] path` and the segments rotation left next to it
+    /// (`audit-<seq>.jsonl`), oldest first, as one chain. With FILEs, checks those, in the
+    /// order given (oldest first). Prints `ok: N records` and exits 0, or prints the first
+    /// broken record (file, line, seq and what is wrong) and exits 1. A log that holds records
+    /// while the checkpoint is missing fails too, since a cut-off tail could not be seen. Exit
+    /// 64 when the key file is missing.
     Verify {
-        /// The audit log, such as /var/log/crmguard/audit.jsonl
+        /// Audit log files, such as /var/log/crmguard/audit-000000012345.jsonl
+        /// /var/log/crmguard/audit.jsonl; default: `[audit] path` and its segments
         #[arg(value_name = "FILE")]
-        file: PathBuf,
+        files: Vec<PathBuf>,
         /// Check a copy of the log away from its host: every record, without the tail
         /// against the checkpoint (which is only on the host)
         #[arg(long)]
@@ -960,13 +963,13 @@ enum AuditCommand {
 fn audit(config: &config::Config, command: AuditCommand) -> u8 {
     match command {
         AuditCommand::Verify {
-            file,
+            files,
             without_checkpoint,
-        } => audit_verify(config, &file, without_checkpoint),
+        } => audit_verify(config, files, without_checkpoint),
     }
 }
 
-fn audit_verify(config: &config::Config, file: &Path, without_checkpoint: bool) -> u8 {
+fn audit_verify(config: &config::Config, files: Vec<PathBuf>, without_checkpoint: bool) -> u8 {
     let key = match audit::load_key(&config.audit.key_file) {
         Ok(key) => key,
         Err(e) if e.is_missing() => {
@@ -980,6 +983,24 @@ fn audit_verify(config: &config::Config, file: &Path, without_checkpoint: bool) 
             return exit::FAILURE;
         }
     };
+    let live = &config.audit.path;
+    let files = if files.is_empty() {
+        match audit::segments(live) {
+            Ok(mut all) => {
+                all.push(live.clone());
+                all
+            }
+            Err(e) => {
+                eprintln!(
+                    "crmguard: cannot list the audit log's segments next to {}: {e}",
+                    live.display()
+                );
+                return exit::FAILURE;
+            }
+        }
+    } else {
+        files
+    };
     let checkpoint_path = config.agent.state_dir.join(audit::CHECKPOINT_FILE);
     let checkpoint = if without_checkpoint {
         None
@@ -992,17 +1013,37 @@ fn audit_verify(config: &config::Config, file: &Path, without_checkpoint: bool) 
             }
         }
     };
-    let report = match audit::verify(file, &key, checkpoint) {
+    // The live log is held against the checkpoint's end; segments alone end with a seal.
+    let has_live = files.iter().any(|f| same_file(f, live));
+    let tail = match checkpoint {
+        None => audit::Tail::Unchecked,
+        Some(cp) if has_live => audit::Tail::Live(cp),
+        Some(cp) => audit::Tail::Segments(cp),
+    };
+    let report = match audit::verify_files(&files, &key, tail) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
             return exit::FAILURE;
         }
     };
+    let name = |file: usize| {
+        files
+            .get(file)
+            .map_or_else(String::new, |f| f.display().to_string())
+    };
+    if let Some(continues) = &report.continues {
+        println!(
+            "{}: continues segment {} (its last record, seq {}, is not part of this check)",
+            name(0),
+            continues.segment,
+            continues.seq
+        );
+    }
     for missing in &report.checkpoints_missing {
         println!(
             "{}: line {} (seq {}): the agent found the checkpoint missing; a tail cut off before this record would not show",
-            file.display(),
+            name(missing.file),
             missing.line,
             missing.seq
         );
@@ -1010,18 +1051,24 @@ fn audit_verify(config: &config::Config, file: &Path, without_checkpoint: bool) 
     for torn in &report.acknowledged {
         println!(
             "{}: line {}: {} line(s), {} bytes torn by a crash, acknowledged by record seq {}",
-            file.display(),
+            name(torn.file),
             torn.line,
             torn.lines,
             torn.bytes,
             torn.seq
         );
     }
+    if let (Some(seq), false) = (report.sealed, has_live) {
+        println!(
+            "{}: ends with the rotation to the next segment (seq {seq}); the chain goes on there",
+            name(files.len().saturating_sub(1))
+        );
+    }
     match report.broken {
         None if checkpoint.is_none() && report.records > 0 && !without_checkpoint => {
             println!(
                 "{}: no checkpoint at {}, so a tail cut off from these {} records would not show (a copy away from its host: --without-checkpoint)",
-                file.display(),
+                name(files.len().saturating_sub(1)),
                 checkpoint_path.display(),
                 report.records
             );
@@ -1037,13 +1084,22 @@ fn audit_verify(config: &config::Config, file: &Path, without_checkpoint: bool) 
                 .map_or_else(|| "unknown".to_owned(), |seq| seq.to_string());
             println!(
                 "{}: line {} (seq {seq}): {} ({} good records before it)",
-                file.display(),
+                name(broken.file),
                 broken.line,
                 broken.problem,
                 report.records
             );
             exit::FAILURE
         }
+    }
+}
+
+/// Whether `a` and `b` name the same file (by device and inode when both exist).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => a == b,
     }
 }
 

@@ -2,7 +2,7 @@
 //! that `crmguard audit verify` accepts, and an edited byte is caught.
 
 use anyhow::{ensure, Context, Result};
-use crmguard_lab::agent::Agent;
+use crmguard_lab::agent::{Agent, Placement};
 use crmguard_lab::privileged;
 use crmguard_lab::topology::Topology;
 
@@ -213,6 +213,114 @@ fn a_removed_checkpoint_fails_verify_and_is_recorded_at_the_next_start() -> Resu
             ))
             && stdout.contains("ok: "),
         "audit verify after the restart: {verify:?}"
+    );
+    Ok(())
+}
+
+/// A log that reaches `[audit] rotate_size` is sealed and renamed to a segment, the new log
+/// continues the chain, and only the newest `rotate_keep` segments stay. `audit verify`
+/// without a file checks the segments and the live log as one chain; a segment taken away
+/// from the middle fails it.
+#[test]
+fn the_log_rotates_at_its_size_and_the_segments_verify_as_one_chain() -> Result<()> {
+    if !privileged::require(
+        "audit::the_log_rotates_at_its_size_and_the_segments_verify_as_one_chain",
+    ) {
+        return Ok(());
+    }
+    let t = Topology::ipv4_only(153, 1)?;
+    let placement = Placement {
+        audit_extra: "rotate_size = \"4KiB\"\nrotate_keep = 3\n".to_owned(),
+        ..Placement::default()
+    };
+    let mut agent = Agent::configure_with(&t.host, &policy(&t), &placement)?;
+    agent.spawn()?;
+    agent.wait_ready()?;
+    let log_path = agent.audit_path().to_owned();
+    let segments = || crmguard_core::audit::segments(&log_path).context("listing the segments");
+    // Each ban added and lifted is two records of about 300 bytes.
+    let banned = t.addrs.denied4.to_string();
+    let mut rounds = 0;
+    while segments()?.len() < 3 {
+        ensure!(rounds < 200, "no third segment after {rounds} bans");
+        rounds += 1;
+        for args in [
+            vec!["ban", "add", &banned, "--ttl", "1h", "--reason", "rotation"],
+            vec!["ban", "remove", &banned],
+        ] {
+            let out = agent.cli(&args)?;
+            ensure!(out.status.success(), "{args:?}: {out:?}");
+        }
+    }
+    // Two more rotations' worth: the oldest segments go.
+    let first = segments()?;
+    for _ in 0..30 {
+        for args in [
+            vec!["ban", "add", &banned, "--ttl", "1h", "--reason", "rotation"],
+            vec!["ban", "remove", &banned],
+        ] {
+            let out = agent.cli(&args)?;
+            ensure!(out.status.success(), "{args:?}: {out:?}");
+        }
+    }
+    agent.stop()?;
+    let kept = segments()?;
+    ensure!(kept.len() == 3, "segments kept: {kept:?}");
+    ensure!(
+        !first[0].exists(),
+        "the oldest segment stayed: {first:?} {kept:?}"
+    );
+    for segment in &kept {
+        let text = std::fs::read_to_string(segment)?;
+        let names = types(&text)?;
+        ensure!(
+            names.first().map(String::as_str) == Some("audit_log_continued")
+                && names.last().map(String::as_str) == Some("audit_log_rotated"),
+            "{}: {names:?}",
+            segment.display()
+        );
+        ensure!(
+            text.len() >= 4096 && text.len() < 4096 + 1024,
+            "{}: {} bytes",
+            segment.display(),
+            text.len()
+        );
+    }
+    let live = types(&std::fs::read_to_string(&log_path)?)?;
+    ensure!(
+        live.first().map(String::as_str) == Some("audit_log_continued")
+            && live.last().map(String::as_str) == Some("agent_stop"),
+        "the live log: {live:?}"
+    );
+
+    let verify = agent.cli(&["audit", "verify"])?;
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    ensure!(
+        verify.status.success() && stdout.contains("ok: ") && stdout.contains("continues segment"),
+        "audit verify of the segments and the log: {verify:?}"
+    );
+    for segment in &kept {
+        let name = segment.file_name().context("a name")?.to_string_lossy();
+        ensure!(
+            !stdout.contains(&format!("continues segment {name}")),
+            "a kept segment is checked, not continued: {stdout}"
+        );
+    }
+    // One segment alone is whole up to its seal.
+    let alone = agent.cli(&["audit", "verify", &kept[1].to_string_lossy()])?;
+    let stdout = String::from_utf8_lossy(&alone.stdout);
+    ensure!(
+        alone.status.success() && stdout.contains("ends with the rotation to the next segment"),
+        "audit verify of one segment: {alone:?}"
+    );
+    // A segment removed from the middle breaks the chain where the next one begins.
+    std::fs::remove_file(&kept[1])?;
+    let verify = agent.cli(&["audit", "verify"])?;
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    let next = kept[2].display().to_string();
+    ensure!(
+        verify.status.code() == Some(1) && stdout.contains(&format!("{next}: line 1 ")),
+        "audit verify with a segment missing: {verify:?}"
     );
     Ok(())
 }

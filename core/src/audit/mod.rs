@@ -41,10 +41,13 @@
 mod aggregate;
 mod chain;
 mod record;
+mod segments;
 mod sink;
 mod verify;
 mod writer;
 
+#[cfg(test)]
+mod rotation_tests;
 #[cfg(test)]
 mod tests;
 
@@ -54,12 +57,13 @@ pub use chain::{
     KEY_LEN,
 };
 pub use record::{Event, EventType, Outcome};
+pub use segments::{segment_path, segments};
 pub use sink::Sink;
 pub use verify::{
-    verify, verify_bytes, Acknowledged, Broken, CheckpointMissing, Problem, VerifyError,
-    VerifyReport,
+    verify, verify_bytes, verify_files, Acknowledged, Broken, CheckpointMissing, Continues,
+    Problem, Tail, VerifyError, VerifyReport,
 };
-pub use writer::{Damage, WriteError, Writer};
+pub use writer::{Damage, Rotated, WriteError, Writer};
 
 /// The name of the checkpoint file inside `state_dir`.
 pub const CHECKPOINT_FILE: &str = "audit.checkpoint";

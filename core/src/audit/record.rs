@@ -88,6 +88,16 @@ names! {
         /// `detail.checkpoint` the file. A tail cut off before then would not show, so
         /// `audit verify` lists these records (an extension of CONTRACT.md section 5).
         AuditCheckpointMissing => "audit_checkpoint_missing",
+        /// The last record of a log the writer rotates, its seal: `detail.segment` is the file
+        /// name the log is renamed to, `detail.bytes` its size before this record, and
+        /// `detail.expired` the oldest segments removed with this rotation (beyond
+        /// `[audit] rotate_keep`). An extension of CONTRACT.md section 5.
+        AuditLogRotated => "audit_log_rotated",
+        /// The first record of the log after a rotation: `detail.segment` names the segment
+        /// it continues and `detail.seq` that segment's last record (its seal), whose `mac` is
+        /// this record's `prev`. `audit verify` takes the chain up here when the segment is
+        /// not checked with it (an extension of CONTRACT.md section 5).
+        AuditLogContinued => "audit_log_continued",
     }
 }
 

@@ -1,6 +1,7 @@
 //! The daemon's audit log: the writer when the log could be opened, what to
-//! do when it cannot be written, and its metrics (`crmguard_audit_events_total`,
-//! `crmguard_audit_write_errors_total`), which it owns and registers.
+//! do when it cannot be written, its rotation, and its metrics (`crmguard_audit_events_total`,
+//! `crmguard_audit_write_errors_total`, `crmguard_audit_rotations_total`), which it owns and
+//! registers.
 //!
 //! An audit log that cannot be written never stops the firewall: the event
 //! is logged as an error and counted in `crmguard_audit_write_errors_total`,
@@ -16,13 +17,14 @@ use std::time::SystemTime;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use super::{load_or_create_key, Event, Writer, CHECKPOINT_FILE};
-use crate::config::{Audit, OnWriteFailure};
+use crate::config::{Audit, AuditRotation, OnWriteFailure};
 
 pub struct Sink {
     path: PathBuf,
     key_file: PathBuf,
     checkpoint: PathBuf,
     policy: OnWriteFailure,
+    rotation: AuditRotation,
     writer: Option<Writer>,
     /// Whether the last attempt to write failed.
     failing: bool,
@@ -36,6 +38,7 @@ pub struct Sink {
 struct AuditMetrics {
     events: IntCounterVec,
     write_errors: IntCounter,
+    rotations: IntCounter,
 }
 
 impl AuditMetrics {
@@ -56,6 +59,11 @@ impl AuditMetrics {
                 "Audit records that could not be written",
             )
             .expect("a valid metric definition"),
+            rotations: IntCounter::new(
+                "crmguard_audit_rotations_total",
+                "Times the audit log was sealed and moved to a segment of its own",
+            )
+            .expect("a valid metric definition"),
         }
     }
 }
@@ -69,6 +77,7 @@ impl Sink {
             key_file: audit.key_file.clone(),
             checkpoint: state_dir.join(CHECKPOINT_FILE),
             policy: audit.on_write_failure,
+            rotation: audit.rotation,
             writer: None,
             failing: false,
             errors: 0,
@@ -167,7 +176,41 @@ impl Sink {
             }
         }
         self.failing = !written;
+        if written {
+            self.rotate_if_due();
+        }
         written
+    }
+
+    /// Takes `[audit] rotate_size` and `rotate_keep` from a reloaded configuration.
+    pub fn set_rotation(&mut self, rotation: AuditRotation) {
+        self.rotation = rotation;
+    }
+
+    /// Rotates the log once it is `[audit] rotate_size` long. A rotation that fails leaves the
+    /// log whole and growing; the next record tries again.
+    fn rotate_if_due(&mut self) {
+        let Some(writer) = self.writer.as_mut() else {
+            return;
+        };
+        match writer.rotate_if_due(self.rotation, SystemTime::now()) {
+            Ok(None) => {}
+            Ok(Some(rotated)) => {
+                tracing::info!(
+                    path = %self.path.display(),
+                    segment = %rotated.segment.display(),
+                    removed = rotated.removed.len(),
+                    "rotated the audit log; `crmguard audit verify` checks the segments and the log together"
+                );
+                for (old, e) in &rotated.not_removed {
+                    tracing::warn!(segment = %old.display(), error = %e, "cannot remove an audit segment beyond rotate_keep; the next rotation tries again");
+                }
+                self.metrics.rotations.inc();
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %crate::error_chain(&e), "cannot rotate the audit log; it keeps growing until a rotation succeeds");
+            }
+        }
     }
 
     /// Whether actions that must be audited may go on: false while the log
@@ -190,7 +233,8 @@ impl Sink {
     /// what was counted before).
     pub fn register_metrics(&self, registry: &Registry) -> Result<(), prometheus::Error> {
         registry.register(Box::new(self.metrics.events.clone()))?;
-        registry.register(Box::new(self.metrics.write_errors.clone()))
+        registry.register(Box::new(self.metrics.write_errors.clone()))?;
+        registry.register(Box::new(self.metrics.rotations.clone()))
     }
 }
 
@@ -206,6 +250,7 @@ mod metrics_tests {
             path: dir.path().join("audit.jsonl"),
             key_file: dir.path().join("audit.key"),
             on_write_failure: OnWriteFailure::FailOpen,
+            rotation: AuditRotation::default(),
         };
         let mut sink = Sink::open(&audit, dir.path());
         let registry = Registry::new();
@@ -247,6 +292,7 @@ mod metrics_tests {
             path: dir.path().join("audit.jsonl"),
             key_file: dir.path().join("audit.key"),
             on_write_failure: OnWriteFailure::FailClosed,
+            rotation: AuditRotation::default(),
         };
         let mut sink = Sink::open(&audit, dir.path());
         let event = Event::new(

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
 
-fn key() -> AuditKey {
+pub(super) fn key() -> AuditKey {
     AuditKey::from_bytes([7; KEY_LEN])
 }
 
@@ -27,17 +27,24 @@ impl Rng {
     }
 }
 
-fn ts(i: u64) -> SystemTime {
+pub(super) fn ts(i: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(1_740_830_400_000_000 + i * 1_234_567)
 }
 
-/// A varied event: every type in turn (but `audit_checkpoint_missing`, which `verify` lists),
+/// The records only the writer makes, which `verify` lists or treats apart.
+const WRITER_ONLY: [EventType; 3] = [
+    EventType::AuditCheckpointMissing,
+    EventType::AuditLogRotated,
+    EventType::AuditLogContinued,
+];
+
+/// A varied event: every type in turn (but those only the writer makes),
 /// with and without addresses, strings with spaces and characters JSON escapes.
-fn event(i: u64) -> Event {
+pub(super) fn event(i: u64) -> Event {
     let kinds: Vec<EventType> = EventType::ALL
         .iter()
         .copied()
-        .filter(|&kind| kind != EventType::AuditCheckpointMissing)
+        .filter(|kind| !WRITER_ONLY.contains(kind))
         .collect();
     let kind = kinds[usize::try_from(i).expect("audit test") % kinds.len()];
     let outcome = [Outcome::Success, Outcome::Failure, Outcome::Info]
@@ -57,14 +64,14 @@ fn event(i: u64) -> Event {
     event
 }
 
-struct Log {
+pub(super) struct Log {
     _dir: tempfile::TempDir,
-    path: PathBuf,
-    checkpoint_path: PathBuf,
+    pub path: PathBuf,
+    pub checkpoint_path: PathBuf,
 }
 
 impl Log {
-    fn new() -> Log {
+    pub fn new() -> Log {
         let dir = tempfile::tempdir().expect("audit test");
         let path = dir.path().join("log/audit.jsonl");
         let checkpoint_path = dir.path().join("state").join(CHECKPOINT_FILE);
@@ -75,7 +82,7 @@ impl Log {
         }
     }
 
-    fn write(&self, range: std::ops::Range<u64>) -> Writer {
+    pub fn write(&self, range: std::ops::Range<u64>) -> Writer {
         let mut writer =
             Writer::open(&self.path, &self.checkpoint_path, key()).expect("audit test");
         for i in range {
@@ -84,7 +91,7 @@ impl Log {
         writer
     }
 
-    fn checkpoint(&self) -> Option<Checkpoint> {
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
         read_checkpoint(&self.checkpoint_path).expect("audit test")
     }
 
@@ -93,12 +100,13 @@ impl Log {
     }
 }
 
-fn ok(records: u64) -> VerifyReport {
+pub(super) fn ok(records: u64) -> VerifyReport {
     VerifyReport {
         records,
         broken: None,
         acknowledged: Vec::new(),
         checkpoints_missing: Vec::new(),
+        ..VerifyReport::default()
     }
 }
 
@@ -106,7 +114,7 @@ fn ok(records: u64) -> VerifyReport {
 /// writer's record of a missing checkpoint.
 fn ok_noting_a_missing_checkpoint(records: u64, line: u64, seq: u64) -> VerifyReport {
     VerifyReport {
-        checkpoints_missing: vec![CheckpointMissing { line, seq }],
+        checkpoints_missing: vec![CheckpointMissing { file: 0, line, seq }],
         ..ok(records)
     }
 }
@@ -284,7 +292,15 @@ fn problems_are_named() {
     let checkpoint = log.checkpoint();
     let check = |content: Vec<u8>, line: u64, seq: Option<u64>, problem: Problem| {
         let report = verify_bytes(&content, &key(), checkpoint);
-        assert_eq!(report.broken, Some(Broken { line, seq, problem }));
+        assert_eq!(
+            report.broken,
+            Some(Broken {
+                file: 0,
+                line,
+                seq,
+                problem
+            })
+        );
     };
     // An edit inside the detail of record 3.
     let mut edited = records.clone();
@@ -344,6 +360,7 @@ fn problems_are_named() {
     assert_eq!(
         report.broken,
         Some(Broken {
+            file: 0,
             line: 20,
             seq: Some(20),
             problem: Problem::CheckpointMismatch
@@ -383,12 +400,14 @@ fn acknowledged(records: u64, damage: Damage, seq: u64) -> VerifyReport {
         records,
         broken: None,
         acknowledged: vec![Acknowledged {
+            file: 0,
             line: damage.line,
             lines: damage.lines,
             bytes: damage.bytes,
             seq,
         }],
         checkpoints_missing: Vec::new(),
+        ..VerifyReport::default()
     }
 }
 
@@ -590,7 +609,11 @@ fn an_overlong_line_is_stepped_over_without_losing_the_chain() {
         // The acknowledgement first (it continues the chain where the garbage began), then
         // the record of the missing checkpoint.
         let expected = VerifyReport {
-            checkpoints_missing: vec![CheckpointMissing { line: 23, seq: 22 }],
+            checkpoints_missing: vec![CheckpointMissing {
+                file: 0,
+                line: 23,
+                seq: 22,
+            }],
             ..acknowledged(22, garbage, 21)
         };
         assert_eq!(log.verify(), expected, "ended: {ended}");

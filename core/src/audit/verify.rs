@@ -1,5 +1,5 @@
-//! Checks an audit log: every line's MAC, the chain of `prev`, gapless `seq`, and the tail
-//! against the checkpoint. Reports the first broken record only: everything after it is
+//! Checks an audit log, or its rotated segments and the live log together: every line's MAC,
+//! the chain of `prev`, gapless `seq` (across the files), and the tail against the checkpoint. Reports the first broken record only: everything after it is
 //! suspect. Lines torn by a crash are stepped over when the writer acknowledged them
 //! (`audit_torn_line`, see [`super::Writer::open`]) and are listed in the report, as are the
 //! writer's records of a checkpoint it found missing (`audit_checkpoint_missing`).
@@ -26,7 +26,7 @@ pub enum VerifyError {
 }
 
 /// The outcome of a check.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
     /// The records that passed, before the first broken one.
     pub records: u64,
@@ -36,12 +36,29 @@ pub struct VerifyReport {
     pub acknowledged: Vec<Acknowledged>,
     /// The `audit_checkpoint_missing` records before the first broken record.
     pub checkpoints_missing: Vec<CheckpointMissing>,
+    /// Where the first record takes the chain up, when it continues a rotated segment that
+    /// was not checked with it.
+    pub continues: Option<Continues>,
+    /// The `seq` of the last record when it is the seal of a rotation: the chain goes on in
+    /// the next segment.
+    pub sealed: Option<u64>,
+}
+
+/// The first record of a log rotated from an earlier segment (`audit_log_continued`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Continues {
+    /// The `seq` of the earlier segment's last record, its seal.
+    pub seq: u64,
+    /// The earlier segment's file name.
+    pub segment: String,
 }
 
 /// A record of the writer finding the checkpoint gone while the log held records: a tail cut
 /// off before then (with the checkpoint removed) could not be seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointMissing {
+    /// The file, counted from 0 in the order checked.
+    pub file: usize,
     /// The record's line, counted from 1.
     pub line: u64,
     /// The record's `seq`.
@@ -52,7 +69,9 @@ pub struct CheckpointMissing {
 /// them from the record before, so no record was lost there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acknowledged {
-    /// The first damaged line, counted from 1.
+    /// The file, counted from 0 in the order checked.
+    pub file: usize,
+    /// The first damaged line, counted from 1 (in the file being checked).
     pub line: u64,
     pub lines: u64,
     pub bytes: u64,
@@ -63,6 +82,8 @@ pub struct Acknowledged {
 /// Where the log breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
+    /// The file, counted from 0 in the order checked.
+    pub file: usize,
     /// The line, counted from 1.
     pub line: u64,
     /// The record's `seq` when it can be read, or the `seq` expected there.
@@ -127,109 +148,230 @@ impl fmt::Display for Problem {
     }
 }
 
+/// What the end of the checked records is held against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// Nothing: a copy of the log away from its host.
+    Unchecked,
+    /// The live log (with any segments before it): the records reach the checkpoint's.
+    Live(Checkpoint),
+    /// Rotated segments without the live log: the records up to the checkpoint's match it,
+    /// and unless they reach it, the last one is the seal of a rotation.
+    Segments(Checkpoint),
+}
+
+impl Tail {
+    fn checkpoint(self) -> Option<Checkpoint> {
+        match self {
+            Tail::Unchecked => None,
+            Tail::Live(cp) | Tail::Segments(cp) => Some(cp),
+        }
+    }
+}
+
 /// Checks the log at `path` with `key`, and its tail against `checkpoint` when given.
 pub fn verify(
     path: &Path,
     key: &AuditKey,
     checkpoint: Option<Checkpoint>,
 ) -> Result<VerifyReport, VerifyError> {
-    let content = std::fs::read(path).map_err(|source| VerifyError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(verify_bytes(&content, key, checkpoint))
+    let tail = checkpoint.map_or(Tail::Unchecked, Tail::Live);
+    verify_files(std::slice::from_ref(&path.to_owned()), key, tail)
 }
 
-/// Checks the content of a log.
+/// Checks the files at `paths` as one chain, in the order given (the oldest segment first,
+/// the live log last), and its end as `tail` says. Reads one file at a time.
+pub fn verify_files(
+    paths: &[PathBuf],
+    key: &AuditKey,
+    tail: Tail,
+) -> Result<VerifyReport, VerifyError> {
+    let mut chain = Chain::new(key, tail.checkpoint());
+    for (file, path) in paths.iter().enumerate() {
+        let content = std::fs::read(path).map_err(|source| VerifyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !chain.feed(file, &content) {
+            break;
+        }
+    }
+    Ok(chain.finish(tail))
+}
+
+/// Checks the content of a log, and its tail against `checkpoint` when given.
 pub fn verify_bytes(
     content: &[u8],
     key: &AuditKey,
     checkpoint: Option<Checkpoint>,
 ) -> VerifyReport {
-    let mut report = VerifyReport {
-        records: 0,
-        broken: None,
-        acknowledged: Vec::new(),
-        checkpoints_missing: Vec::new(),
-    };
-    let mut last_seq = 0u64;
-    let mut last_mac = ZERO_MAC;
-    let mut start = 0usize;
-    let mut line_no = 0u64;
-    while start < content.len() {
-        line_no += 1;
-        let Some(len) = content[start..].iter().position(|&b| b == b'\n') else {
-            return broken(report, line_no, None, Problem::TornLine);
-        };
-        let line = &content[start..start + len];
-        let checked = match check_line(key, line) {
-            Ok(checked) => checked,
-            Err(e) => {
-                let expected = (last_seq + 1, last_mac);
-                if let Some((ack, at)) = acknowledgement(content, start, line_no, expected, key) {
-                    line_no += ack.lines - 1;
-                    start = at;
-                    report.acknowledged.push(ack);
-                    continue;
+    let mut chain = Chain::new(key, checkpoint);
+    chain.feed(0, content);
+    chain.finish(checkpoint.map_or(Tail::Unchecked, Tail::Live))
+}
+
+/// The check of a chain of records, fed one file at a time.
+struct Chain<'k> {
+    key: &'k AuditKey,
+    checkpoint: Option<Checkpoint>,
+    report: VerifyReport,
+    last_seq: u64,
+    last_mac: [u8; 32],
+    /// The file and line after the last record read.
+    file: usize,
+    line_no: u64,
+    /// Whether the newest record is the seal of a rotation.
+    sealed: bool,
+}
+
+impl<'k> Chain<'k> {
+    fn new(key: &'k AuditKey, checkpoint: Option<Checkpoint>) -> Self {
+        Chain {
+            key,
+            checkpoint,
+            report: VerifyReport::default(),
+            last_seq: 0,
+            last_mac: ZERO_MAC,
+            file: 0,
+            line_no: 0,
+            sealed: false,
+        }
+    }
+
+    /// Checks the records of file number `file`; false once the chain is broken.
+    fn feed(&mut self, file: usize, content: &[u8]) -> bool {
+        self.file = file;
+        self.line_no = 0;
+        let mut start = 0usize;
+        while start < content.len() {
+            self.line_no += 1;
+            let Some(len) = content[start..].iter().position(|&b| b == b'\n') else {
+                return self.broken(None, Problem::TornLine);
+            };
+            let line = &content[start..start + len];
+            let checked = match check_line(self.key, line) {
+                Ok(checked) => checked,
+                Err(e) => {
+                    let expected = (self.last_seq + 1, self.last_mac);
+                    let ack = acknowledgement(content, start, self.line_no, expected, self.key);
+                    if let Some((ack, at)) = ack {
+                        self.line_no += ack.lines - 1;
+                        start = at;
+                        self.report.acknowledged.push(Acknowledged { file, ..ack });
+                        continue;
+                    }
+                    let problem = match e {
+                        LineError::NotUtf8 => Problem::NotUtf8,
+                        LineError::Json(e) => Problem::BadJson(e),
+                        LineError::Form(what) => Problem::Malformed(what),
+                        LineError::Mac => Problem::MacMismatch,
+                    };
+                    return self.broken(None, problem);
                 }
-                let problem = match e {
-                    LineError::NotUtf8 => Problem::NotUtf8,
-                    LineError::Json(e) => Problem::BadJson(e),
-                    LineError::Form(what) => Problem::Malformed(what),
-                    LineError::Mac => Problem::MacMismatch,
-                };
-                return broken(report, line_no, None, problem);
+            };
+            start += len + 1;
+            if !self.record(&checked) {
+                return false;
             }
-        };
-        start += len + 1;
-        let expected = last_seq + 1;
+        }
+        true
+    }
+
+    /// Checks one record that passed the checks of a line alone.
+    fn record(&mut self, checked: &Checked) -> bool {
+        if self.report.records == 0 && self.report.acknowledged.is_empty() {
+            if let Some(continues) = continuation(checked) {
+                // The first record continues a segment that is not part of this check: the
+                // chain is taken up from its `prev`. Only the writer can make such a record.
+                self.last_seq = continues.seq;
+                self.last_mac = checked.prev;
+                self.report.continues = Some(continues);
+            }
+        }
+        let expected = self.last_seq + 1;
         let seq = Some(checked.seq);
         if checked.seq > expected {
             let problem = Problem::SeqGap {
                 expected,
                 found: checked.seq,
             };
-            return broken(report, line_no, seq, problem);
+            return self.broken(seq, problem);
         }
         if checked.seq < expected {
             let problem = Problem::SeqOutOfOrder {
                 expected,
                 found: checked.seq,
             };
-            return broken(report, line_no, seq, problem);
+            return self.broken(seq, problem);
         }
-        if checked.prev != last_mac {
-            return broken(report, line_no, seq, Problem::PrevMismatch);
+        if checked.prev != self.last_mac {
+            return self.broken(seq, Problem::PrevMismatch);
         }
-        if let Some(cp) = checkpoint.filter(|cp| cp.seq == checked.seq) {
+        if let Some(cp) = self.checkpoint.filter(|cp| cp.seq == checked.seq) {
             if cp.mac != checked.mac {
-                return broken(report, line_no, seq, Problem::CheckpointMismatch);
+                return self.broken(seq, Problem::CheckpointMismatch);
             }
         }
         if checked.kind == EventType::AuditCheckpointMissing.as_str() {
-            report.checkpoints_missing.push(CheckpointMissing {
-                line: line_no,
+            self.report.checkpoints_missing.push(CheckpointMissing {
+                file: self.file,
+                line: self.line_no,
                 seq: checked.seq,
             });
         }
-        report.records += 1;
-        last_seq = checked.seq;
-        last_mac = checked.mac;
+        self.report.records += 1;
+        self.last_seq = checked.seq;
+        self.last_mac = checked.mac;
+        self.sealed = checked.kind == EventType::AuditLogRotated.as_str();
+        true
     }
-    if let Some(cp) = checkpoint.filter(|cp| cp.seq > last_seq) {
-        let problem = Problem::TailTruncated {
-            checkpoint_seq: cp.seq,
-            last_seq,
+
+    /// Ends the check: the chain's end against `tail`.
+    fn finish(mut self, tail: Tail) -> VerifyReport {
+        if self.report.broken.is_some() {
+            return self.report;
+        }
+        self.report.sealed = self.sealed.then_some(self.last_seq);
+        let short = |cp: &Checkpoint| cp.seq > self.last_seq;
+        let truncated = match tail {
+            Tail::Unchecked => None,
+            Tail::Live(cp) => Some(cp).filter(short),
+            Tail::Segments(cp) => Some(cp).filter(|cp| short(cp) && !self.sealed),
         };
-        return broken(report, line_no + 1, Some(last_seq + 1), problem);
+        if let Some(cp) = truncated {
+            let problem = Problem::TailTruncated {
+                checkpoint_seq: cp.seq,
+                last_seq: self.last_seq,
+            };
+            self.line_no += 1;
+            self.broken(Some(self.last_seq + 1), problem);
+        }
+        self.report
     }
-    report
+
+    /// Ends the check at the current line with `problem`; returns false.
+    fn broken(&mut self, seq: Option<u64>, problem: Problem) -> bool {
+        self.report.broken = Some(Broken {
+            file: self.file,
+            line: self.line_no,
+            seq,
+            problem,
+        });
+        false
+    }
 }
 
-/// `report`, ended by the broken record at `line`.
-fn broken(mut report: VerifyReport, line: u64, seq: Option<u64>, problem: Problem) -> VerifyReport {
-    report.broken = Some(Broken { line, seq, problem });
-    report
+/// The segment `checked` continues, when it is the first record of a log rotated from one.
+fn continuation(checked: &Checked) -> Option<Continues> {
+    if checked.kind != EventType::AuditLogContinued.as_str() {
+        return None;
+    }
+    let seq = checked.detail.get("seq").and_then(|v| v.as_u64())?;
+    let segment = checked.detail.get("segment").and_then(|v| v.as_str())?;
+    (seq.checked_add(1) == Some(checked.seq)).then(|| Continues {
+        seq,
+        segment: segment.to_owned(),
+    })
 }
 
 /// The acknowledgement of damage that begins at `content[start..]`, line `line`: the next good
@@ -265,6 +407,7 @@ fn acknowledgement(
         && record.detail.get("sha256").and_then(|v| v.as_str()) == Some(sha256.as_str());
     acknowledges.then_some((
         Acknowledged {
+            file: 0,
             line,
             lines,
             bytes,

@@ -12,8 +12,10 @@ use sha2::{Digest, Sha256};
 
 use super::chain::ZERO_MAC;
 use super::chain::{read_checkpoint, write_checkpoint, AuditKey, Checkpoint, CheckpointError};
-use super::record::{check_line, encode_line, Event, EventType, Outcome};
+use super::record::{check_line, encode_line, Checked, Event, EventType, Outcome};
+use super::segments;
 use crate::atomic_file::sync_dir;
+use crate::config::AuditRotation;
 
 /// Why a record could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,12 @@ pub enum WriteError {
     },
     #[error("cannot append to the audit log {path}")]
     Append {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot rotate the audit log {path}")]
+    Rotate {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -115,23 +123,37 @@ impl Writer {
                 crate::atomic_file::create_dirs(dir).map_err(open_err)?;
             }
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(open_err)?;
-        // The agent's user keeps appending to a log a root `crmguard` command started.
-        crate::atomic_file::give_to_directory_owner(&file, path).map_err(open_err)?;
-        sync_dir(path).map_err(open_err)?;
-        let (mut head, damaged_from) = last_good(&key, &file).map_err(open_err)?;
+        let mut file = open_live(path).map_err(open_err)?;
+        let (newest, damaged_from) = last_good(&key, &file).map_err(open_err)?;
+        if damaged_from.is_none() && newest.as_ref().is_some_and(is_seal) {
+            // The log ends with the seal of a rotation that a crash stopped before its rename:
+            // the rename is done now, and the new log continues the chain below.
+            let seq = newest.as_ref().map_or(0, |seal| seal.seq);
+            segments::rename_new(path, &segments::segment_path(path, seq)).map_err(open_err)?;
+            file = open_live(path).map_err(open_err)?;
+        }
+        let mut head = newest.map_or(
+            Checkpoint {
+                seq: 0,
+                mac: ZERO_MAC,
+            },
+            |record| Checkpoint {
+                seq: record.seq,
+                mac: record.mac,
+            },
+        );
         let checkpoint = read_checkpoint(checkpoint_path)?;
         let checkpoint_missing = (checkpoint.is_none() && head.seq > 0).then_some(head.seq);
         if let Some(checkpoint) = checkpoint.filter(|cp| cp.seq > head.seq) {
             head = checkpoint;
         }
+        // An empty log whose chain stands at the seal of its newest segment: a rotation.
+        let empty = file.metadata().map_err(open_err)?.len() == 0;
+        let continues = if empty && head.seq > 0 {
+            sealed_segment(path, &key, head)
+        } else {
+            None
+        };
         let append_err = |source| WriteError::Append {
             path: path.to_owned(),
             source,
@@ -149,6 +171,12 @@ impl Writer {
             damage: None,
             checkpoint_missing: None,
         };
+        if let Some(segment) = continues {
+            let event = Event::new(EventType::AuditLogContinued, Outcome::Info, "system")
+                .with_detail("segment", segment)
+                .with_detail("seq", head.seq);
+            writer.append(&event, SystemTime::now())?;
+        }
         if let Some((damage, sha256)) = damage {
             let event = Event::new(EventType::AuditTornLine, Outcome::Failure, "system")
                 .with_detail("line", damage.line)
@@ -252,6 +280,70 @@ impl Writer {
         Ok(seq)
     }
 
+    /// Rotates the log when it holds `rotation.size` bytes or more: seals it with an
+    /// `audit_log_rotated` record, renames it to its segment ([`segments::segment_path`]),
+    /// starts the new log with an `audit_log_continued` record chained to the seal, and
+    /// removes the oldest segments beyond `rotation.keep`. Returns what was done, or `None`
+    /// when the log is not that large yet.
+    ///
+    /// A crash at any step leaves a chain the next [`Writer::open`] continues: a seal not yet
+    /// renamed is renamed then, and an empty log after a renamed seal starts with the
+    /// continuation. When the seal cannot be written in full (with its checkpoint) or the
+    /// rename fails, the log is not rotated and stays whole; the next call tries again.
+    pub fn rotate_if_due(
+        &mut self,
+        rotation: AuditRotation,
+        ts: SystemTime,
+    ) -> Result<Option<Rotated>, WriteError> {
+        let Some(file) = self.file.as_ref() else {
+            return Ok(None);
+        };
+        let path = self.path.clone();
+        let rotate_err = |source| WriteError::Rotate {
+            path: path.clone(),
+            source,
+        };
+        let bytes = file.metadata().map_err(rotate_err)?.len();
+        if bytes < rotation.size {
+            return Ok(None);
+        }
+        let segment = segments::segment_path(&self.path, self.head.seq + 1);
+        let existing = segments::segments(&self.path).map_err(rotate_err)?;
+        let keep = usize::try_from(rotation.keep).unwrap_or(usize::MAX).max(1);
+        // The new segment counts among those kept.
+        let expire = (existing.len() + 1).saturating_sub(keep);
+        let expired: Vec<PathBuf> = existing.into_iter().take(expire).collect();
+        let seal = Event::new(EventType::AuditLogRotated, Outcome::Info, "system")
+            .with_detail("segment", file_name(&segment))
+            .with_detail("bytes", bytes)
+            .with_detail(
+                "expired",
+                expired.iter().map(|p| file_name(p)).collect::<Vec<_>>(),
+            );
+        self.append(&seal, ts)?;
+        segments::rename_new(&self.path, &segment).map_err(rotate_err)?;
+        // From here the open file is the segment: whatever fails, the next append opens the
+        // new log.
+        self.file = None;
+        sync_dir(&self.path).map_err(rotate_err)?;
+        *self = Writer::open(&self.path, &self.checkpoint_path, self.key.clone())?;
+        let mut rotated = Rotated {
+            segment,
+            removed: Vec::new(),
+            not_removed: Vec::new(),
+        };
+        for old in expired {
+            match std::fs::remove_file(&old) {
+                Ok(()) => rotated.removed.push(old),
+                Err(e) => rotated.not_removed.push((old, e)),
+            }
+        }
+        if !rotated.removed.is_empty() {
+            sync_dir(&self.path).map_err(rotate_err)?;
+        }
+        Ok(Some(rotated))
+    }
+
     /// Makes the next append fail as a full disk would, to test recovery: the log is left
     /// open read-only, so the write is refused.
     #[cfg(test)]
@@ -261,6 +353,55 @@ impl Writer {
     }
 }
 
+/// What a rotation did ([`Writer::rotate_if_due`]).
+#[derive(Debug)]
+pub struct Rotated {
+    /// The segment the log was renamed to.
+    pub segment: PathBuf,
+    /// The oldest segments removed, beyond `[audit] rotate_keep`.
+    pub removed: Vec<PathBuf>,
+    /// Those that should have been and could not be; the next rotation tries again.
+    pub not_removed: Vec<(PathBuf, io::Error)>,
+}
+
+/// Opens (or creates, mode 0600) the live log for appending, and makes its directory entry
+/// durable.
+fn open_live(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // The agent's user keeps appending to a log a root `crmguard` command started.
+    crate::atomic_file::give_to_directory_owner(&file, path)?;
+    sync_dir(path)?;
+    Ok(file)
+}
+
+/// Whether `record` is the seal of a rotation.
+fn is_seal(record: &Checked) -> bool {
+    record.kind == EventType::AuditLogRotated.as_str()
+}
+
+/// The file name of the segment that ends with the seal `head`, when it is there and intact
+/// up to that seal: the log at `path` continues it.
+fn sealed_segment(path: &Path, key: &AuditKey, head: Checkpoint) -> Option<String> {
+    let segment = segments::segment_path(path, head.seq);
+    let file = File::open(&segment).ok()?;
+    let len = file.metadata().ok()?.len();
+    let (seal, end) = newest_good_line(key, &file, len).ok()??;
+    let continues = end == len && is_seal(&seal) && seal.seq == head.seq && seal.mac == head.mac;
+    continues.then(|| file_name(&segment))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// How much of the log is read at a time when looking for its last good record.
 const CHUNK: usize = 64 * 1024;
 
@@ -268,21 +409,18 @@ const CHUNK: usize = 64 * 1024;
 /// in memory whole.
 const MAX_LINE: usize = 1 << 20;
 
-/// The newest record whose MAC is good (`seq` 0 and zero `mac` when none), and where the
+/// The newest record whose MAC is good (`None` when there is none), and where the
 /// damage after it begins, when there are bytes after it.
 ///
 /// The log is read from its end, a chunk at a time, so that opening a log of any size holds at
 /// most a chunk and one line in memory.
-fn last_good(key: &AuditKey, file: &File) -> io::Result<(Checkpoint, Option<u64>)> {
+fn last_good(key: &AuditKey, file: &File) -> io::Result<(Option<Checked>, Option<u64>)> {
     let len = file.metadata()?.len();
-    let (head, end) = newest_good_line(key, file, len)?.unwrap_or((
-        Checkpoint {
-            seq: 0,
-            mac: ZERO_MAC,
-        },
-        0,
-    ));
-    Ok((head, (end < len).then_some(end)))
+    let (newest, end) = match newest_good_line(key, file, len)? {
+        Some((record, end)) => (Some(record), end),
+        None => (None, 0),
+    };
+    Ok((newest, (end < len).then_some(end)))
 }
 
 /// Ends the damage from `start` to the end of the log with `\n` (and flushes it), and
@@ -313,11 +451,7 @@ fn end_damage(file: &mut File, start: u64) -> io::Result<(Damage, String)> {
 
 /// The newest complete line of `file[..len]` that is a good record, reading backwards, and the
 /// offset just after its `\n`.
-fn newest_good_line(
-    key: &AuditKey,
-    file: &File,
-    len: u64,
-) -> io::Result<Option<(Checkpoint, u64)>> {
+fn newest_good_line(key: &AuditKey, file: &File, len: u64) -> io::Result<Option<(Checked, u64)>> {
     // `buf` holds file[pos..end]: bytes read but not yet taken apart into lines.
     let mut buf: Vec<u8> = Vec::new();
     let mut pos = len;
@@ -330,13 +464,7 @@ fn newest_good_line(
             if complete && !skipping {
                 if let Ok(checked) = check_line(key, &buf[i + 1..]) {
                     let end = pos + buf.len() as u64 + 1;
-                    return Ok(Some((
-                        Checkpoint {
-                            seq: checked.seq,
-                            mac: checked.mac,
-                        },
-                        end,
-                    )));
+                    return Ok(Some((checked, end)));
                 }
             }
             complete = true;
@@ -351,15 +479,7 @@ fn newest_good_line(
                 .then(|| check_line(key, &buf).ok())
                 .flatten()
                 .filter(|_| !skipping)
-                .map(|checked| {
-                    (
-                        Checkpoint {
-                            seq: checked.seq,
-                            mac: checked.mac,
-                        },
-                        end,
-                    )
-                }));
+                .map(|checked| (checked, end)));
         }
         if buf.len() > MAX_LINE {
             skipping = true;

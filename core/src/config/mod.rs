@@ -923,6 +923,29 @@ pub struct Audit {
     pub key_file: PathBuf,
     /// `on_write_failure`, default `fail-closed`.
     pub on_write_failure: OnWriteFailure,
+    /// `rotate_size` and `rotate_keep`: when the log moves to a segment of its own, and how
+    /// many segments stay.
+    pub rotation: AuditRotation,
+}
+
+/// When the agent rotates the audit log (`[audit] rotate_size`, `rotate_keep`): once the
+/// log holds `size` bytes it is sealed and renamed to a segment of its own, and the newest
+/// `keep` segments stay next to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditRotation {
+    /// `rotate_size`, default 64 MiB, at least 4 KiB.
+    pub size: u64,
+    /// `rotate_keep`, default 10 segments (at least 1).
+    pub keep: u32,
+}
+
+impl Default for AuditRotation {
+    fn default() -> Self {
+        AuditRotation {
+            size: 64 << 20,
+            keep: 10,
+        }
+    }
 }
 
 /// `[backup]`.

@@ -310,6 +310,8 @@ pub(super) struct RawAudit {
     pub path: Option<Text>,
     pub key_file: Option<Text>,
     pub on_write_failure: Option<Text>,
+    pub rotate_size: Option<Spanned<toml::Value>>,
+    pub rotate_keep: Option<Int>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -113,6 +113,13 @@ fn example_is_accepted() {
     assert_eq!(caps, Some("203.0.113.9"));
     assert_eq!(config.mfa.issuer, "ACME CRM");
     assert_eq!(config.audit.on_write_failure, OnWriteFailure::FailClosed);
+    assert_eq!(
+        config.audit.rotation,
+        AuditRotation {
+            size: 64 << 20,
+            keep: 10
+        }
+    );
     assert_eq!(config.backup.every, Duration::from_secs(86400));
     assert_eq!(config.backup.encryption, None);
     assert_eq!(
@@ -458,6 +465,18 @@ fn semantic_errors_are_located() {
         (
             "[audit]\non_write_failure = \"fail_closed\"\n",
             "2:20: audit.on_write_failure: `fail_closed` is not one of `fail-closed`, `fail-open`",
+        ),
+        (
+            "[audit]\nrotate_size = \"1KiB\"\n",
+            "2:15: audit.rotate_size: 1024 bytes is less than the smallest segment, 4KiB",
+        ),
+        (
+            "[audit]\nrotate_size = \"big\"\n",
+            "2:15: audit.rotate_size: is not a positive size such as \"2GiB\", \"500MB\" or a number of bytes",
+        ),
+        (
+            "[audit]\nrotate_keep = 0\n",
+            "2:15: audit.rotate_keep: 0 is out of range (1 to 4294967295)",
         ),
         (
             "[backup]\nkeep = 0\n",

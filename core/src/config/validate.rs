@@ -20,20 +20,20 @@ use toml::Spanned;
 
 use super::error::{ConfigError, ConfigErrors, Source};
 use super::raw::{
-    Int, List, RawAgent, RawBackup, RawConfig, RawCrowdsec, RawDetection, RawFirewall,
+    Int, List, RawAgent, RawAudit, RawBackup, RawConfig, RawCrowdsec, RawDetection, RawFirewall,
     RawInspection, RawInterface, RawMfa, RawPeer, RawPeersFile, RawRole, RawVpn, Text,
 };
 
 mod policy_tests;
 
 use super::{
-    parse_duration, Agent, Alerts, AppProtocol, Audit, AuthFailures, Backup, BackupEncryption,
-    Config, ConfigWord, Crowdsec, Date, DefaultAction, DenyEntry, Detection, Firewall, Hours,
-    IcmpPolicy, Inspection, Interface, Limits, LogFormat, LogOrigin, LogSource, LoginFailureRule,
-    Metrics, Mfa, Mode, NewEndpoint, NoSniAction, OffHours, OnWriteFailure, ParserErrorAction,
-    Peer, PortScan, Proto, ResponseAction, Role, Service, ServiceSpec, SniPattern, TlsVersion,
-    ViolationAction, Volume, Vpn, XdpMode, MAX_DETECTION_COUNT, MAX_INTERFACE_NAME_LEN,
-    MAX_NAME_LEN,
+    parse_duration, Agent, Alerts, AppProtocol, Audit, AuditRotation, AuthFailures, Backup,
+    BackupEncryption, Config, ConfigWord, Crowdsec, Date, DefaultAction, DenyEntry, Detection,
+    Firewall, Hours, IcmpPolicy, Inspection, Interface, Limits, LogFormat, LogOrigin, LogSource,
+    LoginFailureRule, Metrics, Mfa, Mode, NewEndpoint, NoSniAction, OffHours, OnWriteFailure,
+    ParserErrorAction, Peer, PortScan, Proto, ResponseAction, Role, Service, ServiceSpec,
+    SniPattern, TlsVersion, ViolationAction, Volume, Vpn, XdpMode, MAX_DETECTION_COUNT,
+    MAX_INTERFACE_NAME_LEN, MAX_NAME_LEN,
 };
 pub(super) use policy_tests::{test_files, test_peers};
 
@@ -127,6 +127,7 @@ pub(super) fn config(src: &Source, raw: RawConfig) -> Checked {
             "audit.on_write_failure",
             OnWriteFailure::FailClosed,
         ),
+        rotation: audit_rotation(&mut c, &raw.audit),
     };
     let backup = Backup {
         dir: c.path_or(&raw.backup.dir, "backup.dir", "/var/backups/crmguard"),
@@ -1712,6 +1713,32 @@ fn parse_sni_pattern(text: &str) -> Result<SniPattern, String> {
     } else {
         SniPattern::Exact(host)
     })
+}
+
+/// The smallest `[audit] rotate_size`: a few records per segment.
+const MIN_AUDIT_ROTATE_SIZE: u64 = 4 << 10;
+
+fn audit_rotation(c: &mut Check, raw: &RawAudit) -> AuditRotation {
+    let default = AuditRotation::default();
+    let size = match raw.rotate_size.as_ref() {
+        None => default.size,
+        Some(value) => match c.byte_size(value, "audit.rotate_size") {
+            Some(size) if size >= MIN_AUDIT_ROTATE_SIZE => size,
+            Some(size) => {
+                c.fail(
+                    &value.span(),
+                    "audit.rotate_size",
+                    format!("{size} bytes is less than the smallest segment, 4KiB"),
+                );
+                default.size
+            }
+            None => default.size,
+        },
+    };
+    AuditRotation {
+        size,
+        keep: c.count_or(&raw.rotate_keep, "audit.rotate_keep", default.keep, 1),
+    }
 }
 
 /// Parses a size such as `2GiB`, `500MB` or `1024`. Zero is not a size here.

@@ -1,0 +1,290 @@
+//! Rotation: the seal, the segment, the continuation, retention, a crash at each step, and
+//! what `verify` says of segments checked together, alone, or with one missing.
+
+use std::path::{Path, PathBuf};
+
+use super::tests::{event, key, ok, ts, Log};
+use super::*;
+use crate::config::AuditRotation;
+
+/// The smallest rotation the configuration allows: a dozen records per segment.
+const SMALL: AuditRotation = AuditRotation {
+    size: 4096,
+    keep: 100,
+};
+
+/// Appends records `range` with `rotation`, rotating when due after each, and returns the
+/// segments made.
+fn write_rotating(log: &Log, range: std::ops::Range<u64>, rotation: AuditRotation) -> Vec<PathBuf> {
+    let mut writer = Writer::open(&log.path, &log.checkpoint_path, key()).expect("audit test");
+    let mut made = Vec::new();
+    for i in range {
+        writer.append(&event(i), ts(i)).expect("audit test");
+        if let Some(rotated) = writer.rotate_if_due(rotation, ts(i)).expect("audit test") {
+            assert!(rotated.not_removed.is_empty(), "{:?}", rotated.not_removed);
+            made.push(rotated.segment);
+        }
+    }
+    made
+}
+
+/// Every segment next to the log, oldest first, and the log.
+fn all_files(log: &Log) -> Vec<PathBuf> {
+    let mut files = segments(&log.path).expect("audit test");
+    files.push(log.path.clone());
+    files
+}
+
+fn check(files: &[PathBuf], tail: Tail) -> VerifyReport {
+    verify_files(files, &key(), tail).expect("audit test")
+}
+
+fn records_of(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("audit test")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("audit test"))
+        .collect()
+}
+
+#[test]
+fn a_rotated_log_is_one_chain_across_its_segments() {
+    let log = Log::new();
+    let made = write_rotating(&log, 0..100, SMALL);
+    assert!(made.len() >= 5, "{} rotations", made.len());
+    assert_eq!(segments(&log.path).expect("audit test"), made);
+    let cp = log.checkpoint().expect("audit test");
+    // 100 records, and a seal and a continuation per rotation.
+    let total = 100 + 2 * u64::try_from(made.len()).expect("audit test");
+    assert_eq!(cp.seq, total);
+    assert_eq!(check(&all_files(&log), Tail::Live(cp)), ok(total));
+
+    for (i, segment) in made.iter().enumerate() {
+        let records = records_of(segment);
+        let (first, last) = (&records[0], &records[records.len() - 1]);
+        // Each segment but the first begins where the one before it was sealed.
+        let expected_first = if i == 0 {
+            "agent_start"
+        } else {
+            "audit_log_continued"
+        };
+        assert_eq!(first["type"], expected_first, "{}", segment.display());
+        assert_eq!(last["type"], "audit_log_rotated");
+        let name = segment.file_name().and_then(|n| n.to_str());
+        assert_eq!(last["detail"]["segment"].as_str(), name);
+        assert_eq!(
+            segment_path(&log.path, last["seq"].as_u64().expect("seq")),
+            *segment
+        );
+        assert!(last["detail"]["bytes"].as_u64() >= Some(SMALL.size));
+        // Alone, with the host's checkpoint, a segment is whole up to its seal.
+        let alone = check(std::slice::from_ref(segment), Tail::Segments(cp));
+        assert_eq!(alone.broken, None, "{}", segment.display());
+        assert_eq!(alone.sealed, last["seq"].as_u64());
+        assert_eq!(alone.continues.is_some(), i > 0);
+    }
+    // The live log alone takes the chain up from the newest segment's seal.
+    let live = records_of(&log.path);
+    assert_eq!(live[0]["type"], "audit_log_continued");
+    let newest = made.last().expect("a segment");
+    let alone = check(std::slice::from_ref(&log.path), Tail::Live(cp));
+    assert_eq!(alone.broken, None);
+    assert_eq!(
+        alone.continues,
+        Some(Continues {
+            seq: live[0]["seq"].as_u64().expect("seq") - 1,
+            segment: newest
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("name")
+                .to_owned(),
+        })
+    );
+    assert_eq!(alone.sealed, None);
+}
+
+#[test]
+fn retention_keeps_the_newest_segments_and_names_those_it_removes() {
+    let log = Log::new();
+    let keep_two = AuditRotation { keep: 2, ..SMALL };
+    let made = write_rotating(&log, 0..100, keep_two);
+    let left = segments(&log.path).expect("audit test");
+    assert_eq!(left, made[made.len() - 2..]);
+    // The seal of each rotation names the segments removed with it, and only those.
+    let mut named: Vec<String> = Vec::new();
+    for segment in &left {
+        let records = records_of(segment);
+        let seal = &records[records.len() - 1];
+        for name in seal["detail"]["expired"].as_array().expect("expired") {
+            named.push(name.as_str().expect("a name").to_owned());
+        }
+    }
+    for gone in &made[..made.len() - 2] {
+        assert!(!gone.exists(), "{}", gone.display());
+    }
+    // One segment leaves as one comes: the two kept each named the one three rotations older.
+    let name = |p: &PathBuf| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_owned()
+    };
+    let n = made.len();
+    assert_eq!(named, [name(&made[n - 4]), name(&made[n - 3])]);
+    // What is left still verifies, from the oldest segment kept.
+    let cp = log.checkpoint().expect("audit test");
+    let report = check(&all_files(&log), Tail::Live(cp));
+    assert_eq!(report.broken, None);
+    assert!(report.continues.is_some());
+}
+
+#[test]
+fn a_missing_or_cut_segment_or_live_log_is_detected() {
+    let log = Log::new();
+    let made = write_rotating(&log, 0..80, SMALL);
+    let cp = log.checkpoint().expect("audit test");
+    let files = all_files(&log);
+
+    // A segment removed from the middle: the next one does not continue the one before.
+    let mut gap = files.clone();
+    gap.remove(2);
+    let report = check(&gap, Tail::Live(cp));
+    let broken = report.broken.expect("a gap");
+    assert_eq!((broken.file, broken.line), (2, 1));
+    assert!(matches!(broken.problem, Problem::SeqGap { .. }));
+
+    // A segment whose seal was cut off: alone, it is short of the checkpoint; with the rest,
+    // the next segment does not continue it.
+    let cut_dir = tempfile::tempdir().expect("audit test");
+    let cut = cut_dir.path().join("audit-cut.jsonl");
+    let content = std::fs::read(&made[1]).expect("audit test");
+    let last_line = content[..content.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .expect("lines");
+    std::fs::write(&cut, &content[..=last_line]).expect("audit test");
+    let alone = check(std::slice::from_ref(&cut), Tail::Segments(cp));
+    assert!(matches!(
+        alone.broken.map(|b| b.problem),
+        Some(Problem::TailTruncated { .. })
+    ));
+    let mut with_cut = files.clone();
+    with_cut[1] = cut;
+    let report = check(&with_cut, Tail::Live(cp));
+    assert_eq!(report.broken.map(|b| (b.file, b.line)), Some((2, 1)));
+
+    // The live log removed: the segments are sealed, but the chain does not reach the
+    // checkpoint, and the live log is what they are held against.
+    let segments_only = &files[..files.len() - 1];
+    assert!(matches!(
+        check(segments_only, Tail::Live(cp))
+            .broken
+            .map(|b| b.problem),
+        Some(Problem::TailTruncated { .. })
+    ));
+    assert_eq!(check(segments_only, Tail::Segments(cp)).broken, None);
+
+    // The live log without its continuation record (the first): it starts mid-chain.
+    let live = std::fs::read(&log.path).expect("audit test");
+    let first_end = live.iter().position(|&b| b == b'\n').expect("lines");
+    let headless = verify_bytes(&live[first_end + 1..], &key(), Some(cp));
+    assert!(matches!(
+        headless.broken.map(|b| b.problem),
+        Some(Problem::SeqGap { expected: 1, .. })
+    ));
+
+    // Segments in the wrong order.
+    let mut swapped = files;
+    swapped.swap(0, 1);
+    assert!(check(&swapped, Tail::Live(cp)).broken.is_some());
+}
+
+#[test]
+fn a_rotation_stopped_by_a_crash_is_finished_by_the_next_writer() {
+    // Stopped after the seal, before the rename.
+    let log = Log::new();
+    let mut writer = log.write(0..10);
+    let seal_seq = writer.head().seq + 1;
+    let segment = segment_path(&log.path, seal_seq);
+    let name = segment.file_name().and_then(|n| n.to_str()).expect("name");
+    let seal = Event::new(EventType::AuditLogRotated, Outcome::Info, "system")
+        .with_detail("segment", name)
+        .with_detail("bytes", 1)
+        .with_detail("expired", Vec::<String>::new());
+    writer.append(&seal, ts(10)).expect("audit test");
+    drop(writer);
+    let writer = log.write(11..14);
+    assert_eq!(writer.head().seq, seal_seq + 4);
+    assert!(segment.exists());
+    let live = records_of(&log.path);
+    assert_eq!(live[0]["type"], "audit_log_continued");
+    assert_eq!(live[0]["detail"]["seq"].as_u64(), Some(seal_seq));
+    let cp = log.checkpoint().expect("audit test");
+    assert_eq!(check(&all_files(&log), Tail::Live(cp)), ok(seal_seq + 4));
+
+    // Stopped after the rename, before the new log's first record: the writer finds the
+    // renamed seal from the checkpoint.
+    let log = Log::new();
+    let mut writer = log.write(0..10);
+    let seal_seq = writer.head().seq + 1;
+    writer.append(&seal, ts(10)).expect("audit test");
+    drop(writer);
+    std::fs::rename(&log.path, segment_path(&log.path, seal_seq)).expect("audit test");
+    log.write(11..12);
+    let live = records_of(&log.path);
+    assert_eq!(live[0]["type"], "audit_log_continued");
+    let cp = log.checkpoint().expect("audit test");
+    assert_eq!(check(&all_files(&log), Tail::Live(cp)), ok(seal_seq + 2));
+}
+
+#[test]
+fn a_removed_live_log_does_not_pass_for_a_rotation() {
+    // The log removed (no seal): the next one leaves the gap in sight, as before rotation.
+    let log = Log::new();
+    log.write(0..10);
+    std::fs::remove_file(&log.path).expect("audit test");
+    log.write(10..11);
+    assert_ne!(records_of(&log.path)[0]["type"], "audit_log_continued");
+    let report = check(std::slice::from_ref(&log.path), Tail::Unchecked);
+    assert!(matches!(
+        report.broken.map(|b| b.problem),
+        Some(Problem::SeqGap {
+            expected: 1,
+            found: 11
+        })
+    ));
+
+    // A rotation's segment whose seal is not the checkpoint's record (the live log that
+    // continued it removed as well): no continuation either.
+    let log = Log::new();
+    write_rotating(&log, 0..30, SMALL);
+    let newest = segments(&log.path)
+        .expect("audit test")
+        .pop()
+        .expect("a segment");
+    std::fs::remove_file(&log.path).expect("audit test");
+    log.write(30..31);
+    let live = records_of(&log.path);
+    assert_ne!(live[0]["type"], "audit_log_continued");
+    assert!(newest.exists());
+}
+
+#[test]
+fn a_log_below_the_size_is_left_alone_and_a_failed_rename_keeps_it_whole() {
+    let log = Log::new();
+    let mut writer = log.write(0..3);
+    assert!(writer
+        .rotate_if_due(SMALL, ts(3))
+        .expect("audit test")
+        .is_none());
+    // A file where the segment should go: the rename is refused, the log stays and grows.
+    let seal_seq = writer.head().seq + 1;
+    std::fs::write(segment_path(&log.path, seal_seq), b"in the way").expect("audit test");
+    let tiny = AuditRotation { size: 1, keep: 10 };
+    let err = writer.rotate_if_due(tiny, ts(4)).expect_err("refused");
+    assert!(matches!(err, WriteError::Rotate { .. }), "{err}");
+    writer.append(&event(5), ts(5)).expect("audit test");
+    let cp = log.checkpoint().expect("audit test");
+    let report = check(std::slice::from_ref(&log.path), Tail::Live(cp));
+    assert_eq!(report, ok(seal_seq + 1));
+}
