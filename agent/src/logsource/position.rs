@@ -2,9 +2,10 @@
 //! device and inode it was reading and the offset after the last line handed over; for the
 //! journal, the cursor of the last entry handed over.
 //!
-//! The file is replaced atomically (written beside it, then renamed), so a crash leaves the
-//! old position or the new one, never a torn one. It is not synced to disk on every save: it
-//! survives an agent crash, and after a power loss the follower may re-read a few lines.
+//! The file is replaced atomically and durably (written beside it, synced, then renamed, and
+//! the directory synced), so a crash or a power loss leaves the old position or the new one,
+//! never a torn one. The followers save at most every `SAVE_EVERY`, so after a crash they may
+//! read again the lines of that last fraction of a second, never skip any.
 
 use std::fs;
 use std::io;
@@ -112,5 +113,41 @@ mod tests {
             load::<FilePosition>(&path),
             Err(PositionError::Parse { .. })
         ));
+    }
+
+    /// A save that fails leaves no temporary file beside the position, and the next save of
+    /// the same position is not skipped as already done.
+    #[test]
+    fn a_failed_save_leaves_nothing_behind_and_is_retried() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("pos.json");
+        let at = |offset| FilePosition {
+            dev: 2049,
+            ino: 1234,
+            offset,
+        };
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap_or_else(|e| panic!("read_dir: {e}"))
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<_, _>>()
+                .unwrap_or_else(|e| panic!("entry: {e}"));
+            names.sort();
+            names
+        };
+        let mut saver = crate::logsource::follow::Saver::new(&path);
+        saver.save(&at(10), "test");
+        assert_eq!(load::<FilePosition>(&path).ok(), Some(Some(at(10))));
+        // A directory that is not empty where the file goes refuses the rename for every
+        // user, root included.
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("remove: {e}"));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir: {e}"));
+        std::fs::write(path.join("x"), b"").unwrap_or_else(|e| panic!("write: {e}"));
+        saver.save(&at(20), "test");
+        assert_eq!(names(), ["pos.json"]);
+        std::fs::remove_dir_all(&path).unwrap_or_else(|e| panic!("rmdir: {e}"));
+        saver.save(&at(20), "test");
+        assert_eq!(load::<FilePosition>(&path).ok(), Some(Some(at(20))));
+        assert_eq!(names(), ["pos.json"]);
     }
 }
