@@ -26,7 +26,7 @@ const COUNT: Duration = Duration::from_secs(10);
 
 /// Name, type and label names of every family an agent with `[vpn]`, one connected peer with a
 /// registration date, one ban and counted traffic exports.
-const FAMILIES: [(&str, &str, &[&str]); 38] = [
+const FAMILIES: [(&str, &str, &[&str]); 39] = [
     ("crmguard_acl_denied_total", "counter", &["role", "service"]),
     ("crmguard_alerts_total", "counter", &["result", "sink"]),
     ("crmguard_crowdsec_decisions", "gauge", &[]),
@@ -46,6 +46,7 @@ const FAMILIES: [(&str, &str, &[&str]); 38] = [
     ("crmguard_audit_events_total", "counter", &["type"]),
     ("crmguard_audit_write_errors_total", "counter", &[]),
     ("crmguard_audit_rotations_total", "counter", &[]),
+    ("crmguard_audit_rotation_errors_total", "counter", &[]),
     ("crmguard_backup_failures_total", "counter", &["stage"]),
     ("crmguard_backup_interval_seconds", "gauge", &[]),
     (

@@ -270,14 +270,15 @@ fn a_removed_live_log_does_not_pass_for_a_rotation() {
 }
 
 #[test]
-fn a_log_below_the_size_is_left_alone_and_a_failed_rename_keeps_it_whole() {
+fn a_log_below_the_size_is_left_alone_and_a_name_in_the_way_stops_the_rotation() {
     let log = Log::new();
     let mut writer = log.write(0..3);
     assert!(writer
         .rotate_if_due(SMALL, ts(3))
         .expect("audit test")
         .is_none());
-    // A file where the segment should go: the rename is refused, the log stays and grows.
+    // A file where the segment should go: the rotation stops before its seal, and the log
+    // stays whole and grows.
     let seal_seq = writer.head().seq + 1;
     std::fs::write(segment_path(&log.path, seal_seq), b"in the way").expect("audit test");
     let tiny = AuditRotation { size: 1, keep: 10 };
@@ -286,5 +287,8 @@ fn a_log_below_the_size_is_left_alone_and_a_failed_rename_keeps_it_whole() {
     writer.append(&event(5), ts(5)).expect("audit test");
     let cp = log.checkpoint().expect("audit test");
     let report = check(std::slice::from_ref(&log.path), Tail::Live(cp));
-    assert_eq!(report, ok(seal_seq + 1));
+    assert_eq!(report, ok(seal_seq));
+    assert!(!std::fs::read_to_string(&log.path)
+        .expect("audit test")
+        .contains("audit_log_rotated"));
 }

@@ -1,7 +1,7 @@
 //! The daemon's audit log: the writer when the log could be opened, what to
 //! do when it cannot be written, its rotation, and its metrics (`crmguard_audit_events_total`,
-//! `crmguard_audit_write_errors_total`, `crmguard_audit_rotations_total`), which it owns and
-//! registers.
+//! `crmguard_audit_write_errors_total`, `crmguard_audit_rotations_total`,
+//! `crmguard_audit_rotation_errors_total`), which it owns and registers.
 //!
 //! An audit log that cannot be written never stops the firewall: the event
 //! is logged as an error and counted in `crmguard_audit_write_errors_total`,
@@ -12,12 +12,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use super::{load_or_create_key, Event, Writer, CHECKPOINT_FILE};
 use crate::config::{Audit, AuditRotation, OnWriteFailure};
+
+/// How long after a failed rotation the sink tries again: each attempt may leave a seal in
+/// the log when the rename is what fails.
+const ROTATE_RETRY: Duration = Duration::from_secs(60);
 
 pub struct Sink {
     path: PathBuf,
@@ -25,6 +29,8 @@ pub struct Sink {
     checkpoint: PathBuf,
     policy: OnWriteFailure,
     rotation: AuditRotation,
+    /// After a failed rotation, when the next may be tried.
+    rotate_after: Option<Instant>,
     writer: Option<Writer>,
     /// Whether the last attempt to write failed.
     failing: bool,
@@ -39,6 +45,7 @@ struct AuditMetrics {
     events: IntCounterVec,
     write_errors: IntCounter,
     rotations: IntCounter,
+    rotation_errors: IntCounter,
 }
 
 impl AuditMetrics {
@@ -64,6 +71,11 @@ impl AuditMetrics {
                 "Times the audit log was sealed and moved to a segment of its own",
             )
             .expect("a valid metric definition"),
+            rotation_errors: IntCounter::new(
+                "crmguard_audit_rotation_errors_total",
+                "Rotations of the audit log that failed (the log stays whole and keeps growing)",
+            )
+            .expect("a valid metric definition"),
         }
     }
 }
@@ -78,6 +90,7 @@ impl Sink {
             checkpoint: state_dir.join(CHECKPOINT_FILE),
             policy: audit.on_write_failure,
             rotation: audit.rotation,
+            rotate_after: None,
             writer: None,
             failing: false,
             errors: 0,
@@ -188,14 +201,18 @@ impl Sink {
     }
 
     /// Rotates the log once it is `[audit] rotate_size` long. A rotation that fails leaves the
-    /// log whole and growing; the next record tries again.
+    /// log whole and growing; a record after [`ROTATE_RETRY`] tries again.
     fn rotate_if_due(&mut self) {
+        if self.rotate_after.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
         let Some(writer) = self.writer.as_mut() else {
             return;
         };
         match writer.rotate_if_due(self.rotation, SystemTime::now()) {
             Ok(None) => {}
             Ok(Some(rotated)) => {
+                self.rotate_after = None;
                 tracing::info!(
                     path = %self.path.display(),
                     segment = %rotated.segment.display(),
@@ -209,6 +226,8 @@ impl Sink {
             }
             Err(e) => {
                 tracing::error!(path = %self.path.display(), error = %crate::error_chain(&e), "cannot rotate the audit log; it keeps growing until a rotation succeeds");
+                self.metrics.rotation_errors.inc();
+                self.rotate_after = Some(Instant::now() + ROTATE_RETRY);
             }
         }
     }
@@ -234,7 +253,8 @@ impl Sink {
     pub fn register_metrics(&self, registry: &Registry) -> Result<(), prometheus::Error> {
         registry.register(Box::new(self.metrics.events.clone()))?;
         registry.register(Box::new(self.metrics.write_errors.clone()))?;
-        registry.register(Box::new(self.metrics.rotations.clone()))
+        registry.register(Box::new(self.metrics.rotations.clone()))?;
+        registry.register(Box::new(self.metrics.rotation_errors.clone()))
     }
 }
 
@@ -314,5 +334,72 @@ mod metrics_tests {
         assert!(sink.record(&event));
         let head = super::super::read_checkpoint(&checkpoint).expect("read");
         assert_eq!(head.map(|c| c.seq), Some(3));
+    }
+
+    /// The sink rotates the log at its size and counts rotations, and failed ones, which
+    /// leave the log whole.
+    #[test]
+    fn the_sink_rotates_and_counts_rotations_and_failures() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audit = crate::config::Audit {
+            path: dir.path().join("audit.jsonl"),
+            key_file: dir.path().join("audit.key"),
+            on_write_failure: OnWriteFailure::FailClosed,
+            rotation: AuditRotation {
+                size: 4096,
+                keep: 5,
+            },
+        };
+        let mut sink = Sink::open(&audit, dir.path());
+        let event = Event::new(
+            super::super::EventType::AgentStart,
+            super::super::Outcome::Info,
+            "system",
+        )
+        .with_detail("note", "x".repeat(200));
+        let segments = || super::super::segments(&audit.path).expect("list");
+        let mut records = 0;
+        while segments().is_empty() {
+            assert!(records < 100, "no rotation after {records} records");
+            assert!(sink.record(&event));
+            records += 1;
+        }
+        assert_eq!(sink.metrics.rotations.get(), 1);
+        assert_eq!(sink.metrics.rotation_errors.get(), 0);
+        // A directory where the next segment goes: the rotation fails, the records go on.
+        let head = sink.writer.as_ref().map(|w| w.head().seq).expect("open");
+        let mut blocked = Vec::new();
+        for seq in head + 1..head + 40 {
+            let path = super::super::segment_path(&audit.path, seq);
+            std::fs::create_dir(&path).expect("mkdir");
+            blocked.push(path);
+        }
+        for _ in 0..records {
+            assert!(sink.record(&event));
+        }
+        // One failure, and no retry before `ROTATE_RETRY`.
+        assert_eq!(sink.metrics.rotation_errors.get(), 1);
+        assert_eq!(sink.metrics.rotations.get(), 1);
+        let log = std::fs::read_to_string(&audit.path).expect("read");
+        assert_eq!(log.matches("audit_log_rotated").count(), 0, "no seal");
+        // Once the name is free and the pause over, the next record rotates.
+        for path in &blocked {
+            std::fs::remove_dir(path).expect("rmdir");
+        }
+        sink.rotate_after = None;
+        assert!(sink.record(&event));
+        assert_eq!(sink.metrics.rotations.get(), 2);
+        assert!(sink.writable());
+        let report = super::super::verify_files(
+            &[segments(), vec![audit.path.clone()]].concat(),
+            &super::super::load_key(&audit.key_file).expect("key"),
+            super::super::Tail::Live(
+                super::super::read_checkpoint(&dir.path().join(CHECKPOINT_FILE))
+                    .expect("read")
+                    .expect("a checkpoint"),
+            ),
+        )
+        .expect("verify");
+        assert_eq!(report.broken, None);
     }
 }

@@ -308,6 +308,10 @@ impl Writer {
             return Ok(None);
         }
         let segment = segments::segment_path(&self.path, self.head.seq + 1);
+        if segment.symlink_metadata().is_ok() {
+            // Something holds the segment's name: no seal for a rename that would be refused.
+            return Err(rotate_err(io::Error::from(io::ErrorKind::AlreadyExists)));
+        }
         let existing = segments::segments(&self.path).map_err(rotate_err)?;
         let keep = usize::try_from(rotation.keep).unwrap_or(usize::MAX).max(1);
         // The new segment counts among those kept.
