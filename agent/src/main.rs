@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cli_audit;
 mod cli_backup;
 mod cli_explain;
 mod cli_generate;
@@ -107,7 +108,7 @@ enum Command {
     /// Check the audit log's records and chain
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
+        command: cli_audit::AuditCommand,
     },
     /// Register, list, remove, disable and enable VPN peers (staff devices)
     Peer {
@@ -310,7 +311,7 @@ fn dispatch(cli: Cli) -> u8 {
             Err(code) => code,
         },
         Command::Audit { command } => match load(&source) {
-            Ok(config) => audit(&config, command),
+            Ok(config) => cli_audit::run(&config, command),
             Err(code) => code,
         },
         Command::Peer { command } => match load(&source) {
@@ -934,172 +935,6 @@ fn uninstall(agent: &config::Agent) -> u8 {
             eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
             exit::FAILURE
         }
-    }
-}
-
-#[derive(Debug, Subcommand)]
-enum AuditCommand {
-    /// Check every record of the audit log: its MAC under `[audit] key_file`, the chain of
-    /// `prev`, gapless `seq`, and the tail against `state_dir/audit.checkpoint`
-    ///
-    /// Without FILE, checks `[audit] path` and the segments rotation left next to it
-    /// (`audit-<seq>.jsonl`), oldest first, as one chain. With FILEs, checks those, in the
-    /// order given (oldest first). Prints `ok: N records` and exits 0, or prints the first
-    /// broken record (file, line, seq and what is wrong) and exits 1. A log that holds records
-    /// while the checkpoint is missing fails too, since a cut-off tail could not be seen. Exit
-    /// 64 when the key file is missing.
-    Verify {
-        /// Audit log files, such as /var/log/crmguard/audit-000000012345.jsonl
-        /// /var/log/crmguard/audit.jsonl; default: `[audit] path` and its segments
-        #[arg(value_name = "FILE")]
-        files: Vec<PathBuf>,
-        /// Check a copy of the log away from its host: every record, without the tail
-        /// against the checkpoint (which is only on the host)
-        #[arg(long)]
-        without_checkpoint: bool,
-    },
-}
-
-fn audit(config: &config::Config, command: AuditCommand) -> u8 {
-    match command {
-        AuditCommand::Verify {
-            files,
-            without_checkpoint,
-        } => audit_verify(config, files, without_checkpoint),
-    }
-}
-
-fn audit_verify(config: &config::Config, files: Vec<PathBuf>, without_checkpoint: bool) -> u8 {
-    let key = match audit::load_key(&config.audit.key_file) {
-        Ok(key) => key,
-        Err(e) if e.is_missing() => {
-            eprintln!(
-                "crmguard: {e}; `audit verify` needs the key that signed the log ([audit] key_file)"
-            );
-            return exit::USAGE;
-        }
-        Err(e) => {
-            eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
-            return exit::FAILURE;
-        }
-    };
-    let live = &config.audit.path;
-    let files = if files.is_empty() {
-        match audit::segments(live) {
-            Ok(mut all) => {
-                all.push(live.clone());
-                all
-            }
-            Err(e) => {
-                eprintln!(
-                    "crmguard: cannot list the audit log's segments next to {}: {e}",
-                    live.display()
-                );
-                return exit::FAILURE;
-            }
-        }
-    } else {
-        files
-    };
-    let checkpoint_path = config.agent.state_dir.join(audit::CHECKPOINT_FILE);
-    let checkpoint = if without_checkpoint {
-        None
-    } else {
-        match audit::read_checkpoint(&checkpoint_path) {
-            Ok(checkpoint) => checkpoint,
-            Err(e) => {
-                eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
-                return exit::FAILURE;
-            }
-        }
-    };
-    // The live log is held against the checkpoint's end; segments alone end with a seal.
-    let has_live = files.iter().any(|f| same_file(f, live));
-    let tail = match checkpoint {
-        None => audit::Tail::Unchecked,
-        Some(cp) if has_live => audit::Tail::Live(cp),
-        Some(cp) => audit::Tail::Segments(cp),
-    };
-    let report = match audit::verify_files(&files, &key, tail) {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("crmguard: {}", crmguard_core::error_chain(&e));
-            return exit::FAILURE;
-        }
-    };
-    let name = |file: usize| {
-        files
-            .get(file)
-            .map_or_else(String::new, |f| f.display().to_string())
-    };
-    if let Some(continues) = &report.continues {
-        println!(
-            "{}: continues segment {} (its last record, seq {}, is not part of this check)",
-            name(0),
-            continues.segment,
-            continues.seq
-        );
-    }
-    for missing in &report.checkpoints_missing {
-        println!(
-            "{}: line {} (seq {}): the agent found the checkpoint missing; a tail cut off before this record would not show",
-            name(missing.file),
-            missing.line,
-            missing.seq
-        );
-    }
-    for torn in &report.acknowledged {
-        println!(
-            "{}: line {}: {} line(s), {} bytes torn by a crash, acknowledged by record seq {}",
-            name(torn.file),
-            torn.line,
-            torn.lines,
-            torn.bytes,
-            torn.seq
-        );
-    }
-    if let (Some(seq), false) = (report.sealed, has_live) {
-        println!(
-            "{}: ends with the rotation to the next segment (seq {seq}); the chain goes on there",
-            name(files.len().saturating_sub(1))
-        );
-    }
-    match report.broken {
-        None if checkpoint.is_none() && report.records > 0 && !without_checkpoint => {
-            println!(
-                "{}: no checkpoint at {}, so a tail cut off from these {} records would not show (a copy away from its host: --without-checkpoint)",
-                name(files.len().saturating_sub(1)),
-                checkpoint_path.display(),
-                report.records
-            );
-            exit::FAILURE
-        }
-        None => {
-            println!("ok: {} records", report.records);
-            exit::OK
-        }
-        Some(broken) => {
-            let seq = broken
-                .seq
-                .map_or_else(|| "unknown".to_owned(), |seq| seq.to_string());
-            println!(
-                "{}: line {} (seq {seq}): {} ({} good records before it)",
-                name(broken.file),
-                broken.line,
-                broken.problem,
-                report.records
-            );
-            exit::FAILURE
-        }
-    }
-}
-
-/// Whether `a` and `b` name the same file (by device and inode when both exist).
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => a == b,
     }
 }
 

@@ -313,6 +313,18 @@ fn the_log_rotates_at_its_size_and_the_segments_verify_as_one_chain() -> Result<
         alone.status.success() && stdout.contains("ends with the rotation to the next segment"),
         "audit verify of one segment: {alone:?}"
     );
+    // The oldest segment taken away: the next one continues a segment no rotation removed.
+    let aside = agent.dir().join("oldest.jsonl");
+    std::fs::rename(&kept[0], &aside)?;
+    let verify = agent.cli(&["audit", "verify"])?;
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    ensure!(
+        verify.status.code() == Some(1)
+            && stdout.contains(&format!("{}: line 1 ", kept[1].display()))
+            && stdout.contains("segments before this file are missing"),
+        "audit verify with the oldest segment missing: {verify:?}"
+    );
+    std::fs::rename(&aside, &kept[0])?;
     // A segment removed from the middle breaks the chain where the next one begins.
     std::fs::remove_file(&kept[1])?;
     let verify = agent.cli(&["audit", "verify"])?;

@@ -41,6 +41,7 @@
 mod aggregate;
 mod chain;
 mod record;
+mod rotation;
 mod segments;
 mod sink;
 mod verify;

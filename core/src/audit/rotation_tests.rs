@@ -83,21 +83,34 @@ fn a_rotated_log_is_one_chain_across_its_segments() {
         assert_eq!(alone.sealed, last["seq"].as_u64());
         assert_eq!(alone.continues.is_some(), i > 0);
     }
-    // The live log alone takes the chain up from the newest segment's seal.
+    // The live log alone takes the chain up from the newest segment's seal; on the host that
+    // is not enough, since the segments before it could have been removed.
     let live = records_of(&log.path);
     assert_eq!(live[0]["type"], "audit_log_continued");
     let newest = made.last().expect("a segment");
-    let alone = check(std::slice::from_ref(&log.path), Tail::Live(cp));
+    let newest_name = newest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_owned();
+    let on_host = check(std::slice::from_ref(&log.path), Tail::Live(cp));
+    assert_eq!(
+        on_host.broken.map(|b| (b.file, b.line, b.problem)),
+        Some((
+            0,
+            1,
+            Problem::SegmentMissing {
+                segment: newest_name.clone()
+            }
+        ))
+    );
+    let alone = check(std::slice::from_ref(&log.path), Tail::Unchecked);
     assert_eq!(alone.broken, None);
     assert_eq!(
         alone.continues,
         Some(Continues {
             seq: live[0]["seq"].as_u64().expect("seq") - 1,
-            segment: newest
-                .file_name()
-                .and_then(|n| n.to_str())
-                .expect("name")
-                .to_owned(),
+            segment: newest_name,
         })
     );
     assert_eq!(alone.sealed, None);
@@ -199,42 +212,163 @@ fn a_missing_or_cut_segment_or_live_log_is_detected() {
     assert!(check(&swapped, Tail::Live(cp)).broken.is_some());
 }
 
-#[test]
-fn a_rotation_stopped_by_a_crash_is_finished_by_the_next_writer() {
-    // Stopped after the seal, before the rename.
-    let log = Log::new();
-    let mut writer = log.write(0..10);
-    let seal_seq = writer.head().seq + 1;
-    let segment = segment_path(&log.path, seal_seq);
+/// A log written up to record 10 and renamed to its segment by hand, as a rotation does
+/// first; returns the segment.
+fn renamed_by_hand(log: &Log) -> PathBuf {
+    let writer = log.write(0..10);
+    let segment = segment_path(&log.path, writer.head().seq + 1);
+    drop(writer);
+    std::fs::rename(&log.path, &segment).expect("audit test");
+    segment
+}
+
+/// Seals the segment at `segment` as the writer does, through a writer opened on it.
+fn seal_by_hand(log: &Log, segment: &Path) {
+    let mut writer = Writer::open(segment, &log.checkpoint_path, key()).expect("audit test");
     let name = segment.file_name().and_then(|n| n.to_str()).expect("name");
     let seal = Event::new(EventType::AuditLogRotated, Outcome::Info, "system")
         .with_detail("segment", name)
         .with_detail("bytes", 1)
         .with_detail("expired", Vec::<String>::new());
     writer.append(&seal, ts(10)).expect("audit test");
-    drop(writer);
-    let writer = log.write(11..14);
-    assert_eq!(writer.head().seq, seal_seq + 4);
-    assert!(segment.exists());
-    let live = records_of(&log.path);
-    assert_eq!(live[0]["type"], "audit_log_continued");
-    assert_eq!(live[0]["detail"]["seq"].as_u64(), Some(seal_seq));
-    let cp = log.checkpoint().expect("audit test");
-    assert_eq!(check(&all_files(&log), Tail::Live(cp)), ok(seal_seq + 4));
+}
 
-    // Stopped after the rename, before the new log's first record: the writer finds the
-    // renamed seal from the checkpoint.
-    let log = Log::new();
-    let mut writer = log.write(0..10);
-    let seal_seq = writer.head().seq + 1;
-    writer.append(&seal, ts(10)).expect("audit test");
-    drop(writer);
-    std::fs::rename(&log.path, segment_path(&log.path, seal_seq)).expect("audit test");
-    log.write(11..12);
+/// The log after a rotation a crash stopped: the segment sealed, the new log beginning with
+/// the continuation, and the whole chain verifying on the host.
+fn assert_finished(log: &Log, segment: &Path, records: u64) {
+    let sealed = records_of(segment);
+    assert_eq!(sealed[sealed.len() - 1]["type"], "audit_log_rotated");
+    assert_eq!(sealed[sealed.len() - 1]["seq"].as_u64(), Some(11));
     let live = records_of(&log.path);
     assert_eq!(live[0]["type"], "audit_log_continued");
+    assert_eq!(live[0]["detail"]["seq"].as_u64(), Some(11));
     let cp = log.checkpoint().expect("audit test");
-    assert_eq!(check(&all_files(&log), Tail::Live(cp)), ok(seal_seq + 2));
+    let report = check(&all_files(log), Tail::Live(cp));
+    assert_eq!(report, ok(records));
+}
+
+#[test]
+fn a_rotation_stopped_by_a_crash_is_finished_by_the_next_writer() {
+    // Stopped after the rename, before the seal: the writer seals the segment. A file that
+    // only carries a newer segment's name is passed over.
+    let log = Log::new();
+    let segment = renamed_by_hand(&log);
+    let fake = segment_path(&log.path, 999_999);
+    std::fs::write(&fake, b"not a segment\n").expect("audit test");
+    log.write(11..13);
+    std::fs::remove_file(&fake).expect("audit test");
+    assert_finished(&log, &segment, 14);
+
+    // Stopped after the seal, before the new log.
+    let log = Log::new();
+    let segment = renamed_by_hand(&log);
+    seal_by_hand(&log, &segment);
+    log.write(11..12);
+    assert_finished(&log, &segment, 13);
+
+    // The seal written, its checkpoint not.
+    let log = Log::new();
+    let segment = renamed_by_hand(&log);
+    let behind = std::fs::read(&log.checkpoint_path).expect("audit test");
+    seal_by_hand(&log, &segment);
+    std::fs::write(&log.checkpoint_path, behind).expect("audit test");
+    log.write(11..12);
+    assert_finished(&log, &segment, 13);
+
+    // An empty file where the new log goes is replaced by the log with its first record.
+    let log = Log::new();
+    let segment = renamed_by_hand(&log);
+    seal_by_hand(&log, &segment);
+    std::fs::write(&log.path, b"").expect("audit test");
+    log.write(11..12);
+    assert_finished(&log, &segment, 13);
+}
+
+#[test]
+fn segments_removed_before_the_oldest_kept_one_fail_the_check_on_the_host() {
+    let log = Log::new();
+    let keep_three = AuditRotation { keep: 3, ..SMALL };
+    let made = write_rotating(&log, 0..120, keep_three);
+    assert!(made.len() >= 6, "{} rotations", made.len());
+    let cp = log.checkpoint().expect("audit test");
+    // What retention left verifies: its seals name the segment the oldest one continues.
+    assert_eq!(check(&all_files(&log), Tail::Live(cp)).broken, None);
+    // The oldest kept segment removed as well: nothing accounts for the one the next
+    // continues.
+    let kept = segments(&log.path).expect("audit test");
+    std::fs::remove_file(&kept[0]).expect("audit test");
+    let report = check(&all_files(&log), Tail::Live(cp));
+    let gone = kept[0]
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_owned();
+    assert_eq!(
+        report.broken.map(|b| (b.file, b.line, b.problem)),
+        Some((0, 1, Problem::SegmentMissing { segment: gone }))
+    );
+    // Every segment removed: the live log alone is not the host's whole log either.
+    for segment in &kept[1..] {
+        std::fs::remove_file(segment).expect("audit test");
+    }
+    let report = check(&all_files(&log), Tail::Live(cp));
+    assert!(matches!(
+        report.broken.map(|b| b.problem),
+        Some(Problem::SegmentMissing { .. })
+    ));
+}
+
+#[test]
+fn retention_counts_and_removes_only_the_segments_the_writer_made() {
+    let log = Log::new();
+    let keep_two = AuditRotation { keep: 2, ..SMALL };
+    let made = write_rotating(&log, 0..30, keep_two);
+    assert_eq!(made.len(), 2, "two rotations in 30 records");
+    // Files that only carry a segment's name, newer than every real one.
+    let dir = log.path.parent().expect("a directory");
+    let fakes = [
+        dir.join("audit-999999999998.jsonl"),
+        dir.join("audit-999999999999.jsonl"),
+    ];
+    std::fs::write(&fakes[0], b"").expect("audit test");
+    std::fs::write(&fakes[1], b"{\"seq\":999999999999}\n").expect("audit test");
+    let more = write_rotating(&log, 30..50, keep_two);
+    assert!(!more.is_empty());
+    for fake in &fakes {
+        assert!(fake.exists(), "{} removed", fake.display());
+    }
+    // The real segments were kept as if the fakes were not there: the two newest.
+    let all: Vec<PathBuf> = made.iter().chain(&more).cloned().collect();
+    for (i, segment) in all.iter().enumerate() {
+        assert_eq!(
+            segment.exists(),
+            i + 2 >= all.len(),
+            "{}",
+            segment.display()
+        );
+    }
+}
+
+#[test]
+fn a_lost_state_directory_and_live_log_continue_after_the_newest_seal() {
+    let log = Log::new();
+    let made = write_rotating(&log, 0..40, SMALL);
+    let newest = made.last().expect("a segment");
+    let records = records_of(newest);
+    let seal_seq = records[records.len() - 1]["seq"].as_u64().expect("seq");
+    std::fs::remove_file(&log.path).expect("audit test");
+    std::fs::remove_file(&log.checkpoint_path).expect("audit test");
+    let writer = log.write(40..41);
+    assert_eq!(writer.checkpoint_missing(), Some(seal_seq + 1));
+    let live = records_of(&log.path);
+    assert_eq!(live[0]["type"], "audit_log_continued");
+    assert_eq!(live[0]["seq"].as_u64(), Some(seal_seq + 1));
+    assert_eq!(live[1]["type"], "audit_checkpoint_missing");
+    // Numbering goes on, so that the next segments sort after the old ones.
+    let cp = log.checkpoint().expect("audit test");
+    let report = check(&all_files(&log), Tail::Live(cp));
+    assert_eq!(report.broken, None);
+    assert_eq!(report.checkpoints_missing.len(), 1);
 }
 
 #[test]
@@ -254,8 +388,8 @@ fn a_removed_live_log_does_not_pass_for_a_rotation() {
         })
     ));
 
-    // A rotation's segment whose seal is not the checkpoint's record (the live log that
-    // continued it removed as well): no continuation either.
+    // The live log that continued a segment removed: the checkpoint is past the segment's
+    // seal, so no continuation either.
     let log = Log::new();
     write_rotating(&log, 0..30, SMALL);
     let newest = segments(&log.path)

@@ -20,6 +20,11 @@ pub fn segment_path(live: &Path, seq: u64) -> PathBuf {
 
 /// The segments next to the log at `live`, oldest first.
 pub fn segments(live: &Path) -> io::Result<Vec<PathBuf>> {
+    Ok(numbered(live)?.into_iter().map(|(_, path)| path).collect())
+}
+
+/// The segments next to the log at `live` with the `seq` their names give, oldest first.
+pub(crate) fn numbered(live: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let dir = match live.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -38,7 +43,7 @@ pub fn segments(live: &Path) -> io::Result<Vec<PathBuf>> {
         }
     }
     found.sort();
-    Ok(found.into_iter().map(|(_, path)| path).collect())
+    Ok(found)
 }
 
 /// The `seq` in `name` when it names a segment of the log at `live`.

@@ -4,6 +4,7 @@
 //! (`audit_torn_line`, see [`super::Writer::open`]) and are listed in the report, as are the
 //! writer's records of a checkpoint it found missing (`audit_checkpoint_missing`).
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -115,6 +116,9 @@ pub enum Problem {
     TailTruncated { checkpoint_seq: u64, last_seq: u64 },
     /// The record at the checkpoint's `seq` is not the one the checkpoint names.
     CheckpointMismatch,
+    /// The first record continues a segment that is not checked with it, and no rotation in
+    /// the checked records removed it: segments before this file are missing.
+    SegmentMissing { segment: String },
 }
 
 impl fmt::Display for Problem {
@@ -144,16 +148,23 @@ impl fmt::Display for Problem {
             Problem::CheckpointMismatch => {
                 f.write_str("the record differs from the one the checkpoint names")
             }
+            Problem::SegmentMissing { segment } => write!(
+                f,
+                "continues segment {segment}, which no rotation in the checked files removed: \
+                 segments before this file are missing (`crmguard audit verify` without FILE \
+                 checks the log with all its segments)"
+            ),
         }
     }
 }
 
-/// What the end of the checked records is held against.
+/// What the start and the end of the checked records are held against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tail {
-    /// Nothing: a copy of the log away from its host.
+    /// Nothing: a copy of the log away from its host, or some of its segments.
     Unchecked,
-    /// The live log (with any segments before it): the records reach the checkpoint's.
+    /// The live log with its segments, on its host: the records reach the checkpoint's, and
+    /// when the first one continues a segment, a rotation among them removed that segment.
     Live(Checkpoint),
     /// Rotated segments without the live log: the records up to the checkpoint's match it,
     /// and unless they reach it, the last one is the seal of a rotation.
@@ -222,6 +233,8 @@ struct Chain<'k> {
     line_no: u64,
     /// Whether the newest record is the seal of a rotation.
     sealed: bool,
+    /// The segments the seals read so far removed (`detail.expired`).
+    expired: BTreeSet<String>,
 }
 
 impl<'k> Chain<'k> {
@@ -235,6 +248,7 @@ impl<'k> Chain<'k> {
             file: 0,
             line_no: 0,
             sealed: false,
+            expired: BTreeSet::new(),
         }
     }
 
@@ -323,6 +337,12 @@ impl<'k> Chain<'k> {
         self.last_seq = checked.seq;
         self.last_mac = checked.mac;
         self.sealed = checked.kind == EventType::AuditLogRotated.as_str();
+        if self.sealed {
+            let names = checked.detail.get("expired").and_then(|v| v.as_array());
+            for name in names.into_iter().flatten().filter_map(|v| v.as_str()) {
+                self.expired.insert(name.to_owned());
+            }
+        }
         true
     }
 
@@ -332,6 +352,18 @@ impl<'k> Chain<'k> {
             return self.report;
         }
         self.report.sealed = self.sealed.then_some(self.last_seq);
+        if let (Tail::Live(_), Some(continues)) = (tail, &self.report.continues) {
+            // On the host the check starts at the oldest segment left: one retention removed.
+            if !self.expired.contains(&continues.segment) {
+                let problem = Problem::SegmentMissing {
+                    segment: continues.segment.clone(),
+                };
+                let seq = Some(continues.seq + 1);
+                (self.file, self.line_no) = (0, 1);
+                self.broken(seq, problem);
+                return self.report;
+            }
+        }
         let short = |cp: &Checkpoint| cp.seq > self.last_seq;
         let truncated = match tail {
             Tail::Unchecked => None,

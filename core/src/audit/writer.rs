@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::chain::ZERO_MAC;
 use super::chain::{read_checkpoint, write_checkpoint, AuditKey, Checkpoint, CheckpointError};
 use super::record::{check_line, encode_line, Checked, Event, EventType, Outcome};
-use super::segments;
+use super::{rotation, segments};
 use crate::atomic_file::sync_dir;
 use crate::config::AuditRotation;
 
@@ -93,6 +93,8 @@ pub struct Writer {
     damage: Option<Damage>,
     /// The newest record's `seq` when [`Writer::open`] found records and no checkpoint.
     checkpoint_missing: Option<u64>,
+    /// The segment [`Writer::open`] started the log after, finishing a rotation.
+    continued: Option<String>,
 }
 
 impl Writer {
@@ -123,15 +125,11 @@ impl Writer {
                 crate::atomic_file::create_dirs(dir).map_err(open_err)?;
             }
         }
+        // After a rotation the new log is made whole with its first record before anything
+        // else: a crash then cannot leave it beginning with a torn line.
+        let continued = rotation::continue_after_rotation(path, checkpoint_path, &key)?;
         let mut file = open_live(path).map_err(open_err)?;
         let (newest, damaged_from) = last_good(&key, &file).map_err(open_err)?;
-        if damaged_from.is_none() && newest.as_ref().is_some_and(is_seal) {
-            // The log ends with the seal of a rotation that a crash stopped before its rename:
-            // the rename is done now, and the new log continues the chain below.
-            let seq = newest.as_ref().map_or(0, |seal| seal.seq);
-            segments::rename_new(path, &segments::segment_path(path, seq)).map_err(open_err)?;
-            file = open_live(path).map_err(open_err)?;
-        }
         let mut head = newest.map_or(
             Checkpoint {
                 seq: 0,
@@ -147,13 +145,6 @@ impl Writer {
         if let Some(checkpoint) = checkpoint.filter(|cp| cp.seq > head.seq) {
             head = checkpoint;
         }
-        // An empty log whose chain stands at the seal of its newest segment: a rotation.
-        let empty = file.metadata().map_err(open_err)?.len() == 0;
-        let continues = if empty && head.seq > 0 {
-            sealed_segment(path, &key, head)
-        } else {
-            None
-        };
         let append_err = |source| WriteError::Append {
             path: path.to_owned(),
             source,
@@ -170,13 +161,8 @@ impl Writer {
             head,
             damage: None,
             checkpoint_missing: None,
+            continued,
         };
-        if let Some(segment) = continues {
-            let event = Event::new(EventType::AuditLogContinued, Outcome::Info, "system")
-                .with_detail("segment", segment)
-                .with_detail("seq", head.seq);
-            writer.append(&event, SystemTime::now())?;
-        }
         if let Some((damage, sha256)) = damage {
             let event = Event::new(EventType::AuditTornLine, Outcome::Failure, "system")
                 .with_detail("line", damage.line)
@@ -308,28 +294,21 @@ impl Writer {
             return Ok(None);
         }
         let segment = segments::segment_path(&self.path, self.head.seq + 1);
-        if segment.symlink_metadata().is_ok() {
-            // Something holds the segment's name: no seal for a rename that would be refused.
-            return Err(rotate_err(io::Error::from(io::ErrorKind::AlreadyExists)));
-        }
-        let existing = segments::segments(&self.path).map_err(rotate_err)?;
+        let existing = rotation::genuine_segments(&self.path, &self.key).map_err(rotate_err)?;
         let keep = usize::try_from(rotation.keep).unwrap_or(usize::MAX).max(1);
         // The new segment counts among those kept.
         let expire = (existing.len() + 1).saturating_sub(keep);
-        let expired: Vec<PathBuf> = existing.into_iter().take(expire).collect();
-        let seal = Event::new(EventType::AuditLogRotated, Outcome::Info, "system")
-            .with_detail("segment", file_name(&segment))
-            .with_detail("bytes", bytes)
-            .with_detail(
-                "expired",
-                expired.iter().map(|p| file_name(p)).collect::<Vec<_>>(),
-            );
-        self.append(&seal, ts)?;
+        let expired: Vec<PathBuf> = existing.into_iter().take(expire).map(|s| s.path).collect();
+        // Renamed first: a rename refused (an append-only attribute, a name taken) leaves the
+        // log as it was, with no seal in it.
         segments::rename_new(&self.path, &segment).map_err(rotate_err)?;
-        // From here the open file is the segment: whatever fails, the next append opens the
-        // new log.
+        // From here the open file is the segment; whatever fails, the next append opens the
+        // log again, which finishes the rotation.
+        let sealed = sync_dir(&self.path)
+            .map_err(rotate_err)
+            .and_then(|()| self.append(&rotation::seal_event(&segment, bytes, &expired), ts));
         self.file = None;
-        sync_dir(&self.path).map_err(rotate_err)?;
+        sealed?;
         *self = Writer::open(&self.path, &self.checkpoint_path, self.key.clone())?;
         let mut rotated = Rotated {
             segment,
@@ -346,6 +325,12 @@ impl Writer {
             sync_dir(&self.path).map_err(rotate_err)?;
         }
         Ok(Some(rotated))
+    }
+
+    /// The segment this writer's log continues, when [`Writer::open`] started the log after a
+    /// rotation (its own, or one a crash stopped).
+    pub fn continued(&self) -> Option<&str> {
+        self.continued.as_deref()
     }
 
     /// Makes the next append fail as a full disk would, to test recovery: the log is left
@@ -382,28 +367,6 @@ fn open_live(path: &Path) -> io::Result<File> {
     crate::atomic_file::give_to_directory_owner(&file, path)?;
     sync_dir(path)?;
     Ok(file)
-}
-
-/// Whether `record` is the seal of a rotation.
-fn is_seal(record: &Checked) -> bool {
-    record.kind == EventType::AuditLogRotated.as_str()
-}
-
-/// The file name of the segment that ends with the seal `head`, when it is there and intact
-/// up to that seal: the log at `path` continues it.
-fn sealed_segment(path: &Path, key: &AuditKey, head: Checkpoint) -> Option<String> {
-    let segment = segments::segment_path(path, head.seq);
-    let file = File::open(&segment).ok()?;
-    let len = file.metadata().ok()?.len();
-    let (seal, end) = newest_good_line(key, &file, len).ok()??;
-    let continues = end == len && is_seal(&seal) && seal.seq == head.seq && seal.mac == head.mac;
-    continues.then(|| file_name(&segment))
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// How much of the log is read at a time when looking for its last good record.
@@ -455,7 +418,11 @@ fn end_damage(file: &mut File, start: u64) -> io::Result<(Damage, String)> {
 
 /// The newest complete line of `file[..len]` that is a good record, reading backwards, and the
 /// offset just after its `\n`.
-fn newest_good_line(key: &AuditKey, file: &File, len: u64) -> io::Result<Option<(Checked, u64)>> {
+pub(super) fn newest_good_line(
+    key: &AuditKey,
+    file: &File,
+    len: u64,
+) -> io::Result<Option<(Checked, u64)>> {
     // `buf` holds file[pos..end]: bytes read but not yet taken apart into lines.
     let mut buf: Vec<u8> = Vec::new();
     let mut pos = len;

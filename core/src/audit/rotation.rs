@@ -1,0 +1,186 @@
+//! What the writer needs to rotate the log and to finish a rotation a crash stopped: the
+//! segments it made (told from files that only carry such a name), and the new log, created
+//! whole with its first record.
+//!
+//! A rotation renames the live log to its segment, appends the seal to it (through the file
+//! still open), and then creates the new log with its continuation, a temporary file linked
+//! into place, so that the new log never begins with a torn line. A crash between two steps
+//! leaves one of three states that [`continue_after_rotation`] recognises from the checkpoint
+//! and the segment's name alone: the segment unsealed, the segment sealed and no new log, or
+//! the checkpoint one record behind the seal.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::chain::{read_checkpoint, AuditKey, Checkpoint};
+use super::record::{encode_line, Checked, Event, EventType, Outcome};
+use super::segments::numbered;
+use super::writer::{newest_good_line, WriteError};
+
+/// A segment the writer made: its last record is its seal, the one its name gives.
+#[derive(Debug, Clone)]
+pub(crate) struct Sealed {
+    pub path: PathBuf,
+    pub seal: Checkpoint,
+}
+
+/// The segments next to `live` that end with the seal their names give, oldest first. Files
+/// that only carry such a name (without the key, nobody else can write a seal) are left out,
+/// so that retention never counts or removes them in place of real segments.
+pub(crate) fn genuine_segments(live: &Path, key: &AuditKey) -> io::Result<Vec<Sealed>> {
+    Ok(numbered(live)?
+        .into_iter()
+        .filter_map(|(seq, path)| {
+            let last = last_record(&path, key)?;
+            (is_seal(&last) && last.seq == seq).then_some(Sealed {
+                path,
+                seal: Checkpoint {
+                    seq: last.seq,
+                    mac: last.mac,
+                },
+            })
+        })
+        .collect())
+}
+
+/// Whether `record` is the seal of a rotation.
+pub(crate) fn is_seal(record: &Checked) -> bool {
+    record.kind == EventType::AuditLogRotated.as_str()
+}
+
+/// The newest record of the file at `path` when the file ends with it (nothing after it).
+fn last_record(path: &Path, key: &AuditKey) -> Option<Checked> {
+    let file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let (record, end) = newest_good_line(key, &file, len).ok()??;
+    (end == len).then_some(record)
+}
+
+/// When the live log at `path` is missing or empty and a rotation made it so, creates it with
+/// its first record, the continuation of the newest segment, sealing that segment first when
+/// the crash came before its seal. Returns the segment's file name when it did.
+///
+/// The newest segment is the one the checkpoint names: its seal, or the record before the
+/// seal when the checkpoint or the seal was not written. Without a checkpoint (the state
+/// directory lost as well) it is the newest segment that ends with its seal; the writer then
+/// records `audit_checkpoint_missing` after the continuation, as for any log found without
+/// its checkpoint. Anything else (the live log removed) is no rotation: the writer goes on
+/// after the checkpoint, and the gap shows.
+pub(crate) fn continue_after_rotation(
+    path: &Path,
+    checkpoint_path: &Path,
+    key: &AuditKey,
+) -> Result<Option<String>, WriteError> {
+    let open_err = |source| WriteError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let empty = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta.is_file() && meta.len() == 0,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(e) => return Err(open_err(e)),
+    };
+    if !empty {
+        return Ok(None);
+    }
+    let seal = match read_checkpoint(checkpoint_path)? {
+        Some(cp) => seal_after(path, key, cp).map_err(open_err)?,
+        None => genuine_segments(path, key)
+            .map_err(open_err)?
+            .pop()
+            .map(|s| (s.seal, s.path)),
+    };
+    let Some((seal, segment)) = seal else {
+        return Ok(None);
+    };
+    let name = file_name(&segment);
+    let event = Event::new(EventType::AuditLogContinued, Outcome::Info, "system")
+        .with_detail("segment", name.clone())
+        .with_detail("seq", seal.seq);
+    let (line, _) = encode_line(key, SystemTime::now(), seal.seq + 1, &event, &seal.mac)
+        .map_err(WriteError::Encode)?;
+    if std::fs::symlink_metadata(path).is_ok() {
+        std::fs::remove_file(path).map_err(open_err)?;
+    }
+    crate::atomic_file::create_new(path, &line).map_err(open_err)?;
+    Ok(Some(name))
+}
+
+/// The seal the live log continues, given the checkpoint `cp`, and its segment: the newest
+/// segment whose name is not older than the checkpoint and which ends with a record of the
+/// key's (files that only carry such a name are passed over). Sealed, when its seal is the
+/// checkpoint's record or newer (the checkpoint was not brought up to it: only the key's
+/// holder writes seals). Not yet sealed (a crash between the rename and the seal), when its
+/// last record is the one before its name's seal and not older than the checkpoint: the seal
+/// goes on now.
+fn seal_after(
+    path: &Path,
+    key: &AuditKey,
+    cp: Checkpoint,
+) -> io::Result<Option<(Checkpoint, PathBuf)>> {
+    // Newest first; files that only carry a segment's name have no record of the key's.
+    for (seq, segment) in numbered(path)?.into_iter().rev() {
+        if seq < cp.seq {
+            break;
+        }
+        let Some(last) = last_record(&segment, key) else {
+            continue;
+        };
+        if is_seal(&last) && last.seq == seq && (seq > cp.seq || last.mac == cp.mac) {
+            let seal = Checkpoint {
+                seq: last.seq,
+                mac: last.mac,
+            };
+            return Ok(Some((seal, segment)));
+        }
+        let unsealed = !is_seal(&last)
+            && last.seq.checked_add(1) == Some(seq)
+            && (last.seq > cp.seq || last.mac == cp.mac);
+        if unsealed {
+            return seal_now(key, seq, &last, segment).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Appends the seal `seq` to `segment`, whose last record is `last`.
+fn seal_now(
+    key: &AuditKey,
+    seq: u64,
+    last: &Checked,
+    segment: PathBuf,
+) -> io::Result<(Checkpoint, PathBuf)> {
+    let bytes = std::fs::metadata(&segment)?.len();
+    let (line, mac) = encode_line(
+        key,
+        SystemTime::now(),
+        seq,
+        &seal_event(&segment, bytes, &[]),
+        &last.mac,
+    )
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut file = OpenOptions::new().append(true).open(&segment)?;
+    file.write_all(&line)?;
+    file.sync_data()?;
+    Ok((Checkpoint { seq, mac }, segment))
+}
+
+/// The seal of the segment at `segment`: its file name, its size before the seal, and the
+/// segments removed with this rotation.
+pub(crate) fn seal_event(segment: &Path, bytes: u64, expired: &[PathBuf]) -> Event {
+    Event::new(EventType::AuditLogRotated, Outcome::Info, "system")
+        .with_detail("segment", file_name(segment))
+        .with_detail("bytes", bytes)
+        .with_detail(
+            "expired",
+            expired.iter().map(|p| file_name(p)).collect::<Vec<_>>(),
+        )
+}
+
+pub(crate) fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
