@@ -13,7 +13,8 @@
 //! The chroot has no systemd, so the maintainer scripts must leave the service alone; where
 //! systemd would act (the unit's restart after an upgrade, `disable --now` before a removal)
 //! this test stops and starts the agent itself, the same way: SIGTERM, then a new
-//! `crmguard run` from the upgraded binary. The agent runs from the chroot with its network
+//! `crmguard run` from the upgraded binary. For prerm's handling of a failed uninstall, a
+//! `systemctl` that records its calls stands in for systemd. The agent runs from the chroot with its network
 //! namespace entered, in the host's mount namespace as the unit runs it, and with the host's
 //! bpffs bound into the chroot, so its pinned filter outlives it as in production.
 //!
@@ -837,6 +838,8 @@ fn lifecycle(root: &Root, new: &Path, version: &str, logs: &Path) -> Result<()> 
     go_on()?;
     documentation(root)?;
     go_on()?;
+    refused_remove(root, &t, &pins.0)?;
+    go_on()?;
     remove(root, &t, v2, &pins.0)?;
     // With the filter gone the same datagrams arrive: the listener did count, and the removal
     // really took the filter away.
@@ -851,6 +854,67 @@ fn lifecycle(root: &Root, new: &Path, version: &str, logs: &Path) -> Result<()> 
     ));
     go_on()?;
     purge(root, &pins.0)?;
+    Ok(())
+}
+
+/// What prerm asks of `systemctl` when `crmguard uninstall` fails, in order.
+const REFUSED_REMOVE_CALLS: &str = "is-enabled --quiet crmguard.service\n\
+                                    disable --now crmguard.service\n\
+                                    enable --now crmguard.service\n";
+
+/// Step 5a: `dpkg -r` while `crmguard uninstall` fails (here the agent still runs, as when its
+/// unit could not be stopped): the removal stops, the package, the binary and the filter stay,
+/// and prerm enables and starts the service again, since a host whose service was left
+/// disabled would boot unfiltered. systemd is stood in for by `/run/systemd/system` and a
+/// `systemctl` in /usr/local/sbin that records its calls and says the unit is enabled; both
+/// are gone again before the real removal.
+fn refused_remove(root: &Root, t: &Topology, pins: &Path) -> Result<()> {
+    let systemctl = root.path("/usr/local/sbin/systemctl");
+    let calls = root.path("/tmp/systemctl.calls");
+    let systemd = root.path("/run/systemd/system");
+    fs::write(
+        &systemctl,
+        "#!/bin/sh\necho \"$*\" >> /tmp/systemctl.calls\nexit 0\n",
+    )?;
+    fs::set_permissions(&systemctl, fs::Permissions::from_mode(0o755))?;
+    fs::create_dir_all(&systemd)?;
+    let out = process::output_in(&t.host, root.command("dpkg", &["-r", "crmguard"]));
+    let recorded = fs::read_to_string(&calls).unwrap_or_default();
+    let cleanup = [
+        fs::remove_file(&systemctl),
+        fs::remove_dir(&systemd),
+        fs::remove_file(&calls).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        }),
+    ];
+    let out = out?;
+    for done in cleanup {
+        done.context("removing the stand-in for systemd")?;
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && stderr.contains("`crmguard uninstall` failed, so the package is not removed")
+            && stderr.contains("the service is enabled and started again"),
+        "dpkg -r with a failing uninstall: {}\n{stderr}",
+        process::describe(out.status)
+    );
+    ensure!(
+        recorded == REFUSED_REMOVE_CALLS,
+        "prerm's calls of systemctl: {recorded:?}"
+    );
+    // `ri`: asked to be removed, still installed.
+    let status = root.dpkg_status()?;
+    ensure!(
+        root.path("/usr/sbin/crmguard").exists() && status.get(1..2) == Some("i"),
+        "the package went with a failing uninstall: dpkg says {status:?}"
+    );
+    ensure!(
+        t.host_if.xdp()?.is_some() && pins.exists(),
+        "the filter went with a failing uninstall"
+    );
+    say("remove refused: with `crmguard uninstall` failing, dpkg -r stops, the package and the filter stay, and prerm enables and starts the service again");
     Ok(())
 }
 
