@@ -10,14 +10,15 @@
 //! the checkpoint one record behind the seal.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::chain::{read_checkpoint, AuditKey, Checkpoint};
 use super::record::{encode_line, Checked, Event, EventType, Outcome};
 use super::segments::numbered;
-use super::writer::{newest_good_line, WriteError};
+use super::writer::{newest_good_line, WriteError, MAX_LINE};
 
 /// A segment the writer made: its last record is its seal, the one its name gives.
 #[derive(Debug, Clone)]
@@ -34,13 +35,11 @@ pub(crate) fn genuine_segments(live: &Path, key: &AuditKey) -> io::Result<Vec<Se
         .into_iter()
         .filter_map(|(seq, path)| {
             let last = last_record(&path, key)?;
-            (is_seal(&last) && last.seq == seq).then_some(Sealed {
-                path,
-                seal: Checkpoint {
-                    seq: last.seq,
-                    mac: last.mac,
-                },
-            })
+            let seal = Checkpoint {
+                seq: last.record.seq,
+                mac: last.record.mac,
+            };
+            last.is_seal_of(&path, seq).then_some(Sealed { path, seal })
         })
         .collect())
 }
@@ -50,12 +49,32 @@ pub(crate) fn is_seal(record: &Checked) -> bool {
     record.kind == EventType::AuditLogRotated.as_str()
 }
 
-/// The newest record of the file at `path` when the file ends with it (nothing after it).
-fn last_record(path: &Path, key: &AuditKey) -> Option<Checked> {
+/// The newest good record of a file, where its line ends, and the file's length.
+struct Last {
+    record: Checked,
+    end: u64,
+    len: u64,
+}
+
+impl Last {
+    /// Whether the file ends with this record, the seal of the segment `seq` at `path`.
+    fn is_seal_of(&self, path: &Path, seq: u64) -> bool {
+        let named = self.record.detail.get("segment").and_then(|v| v.as_str());
+        self.end == self.len
+            && is_seal(&self.record)
+            && self.record.seq == seq
+            && named == Some(file_name(path).as_str())
+    }
+}
+
+/// The newest good record of the file at `path`, looked for in its last megabyte or so (a
+/// record is never longer), so that a large file planted under a segment's name costs little.
+fn last_record(path: &Path, key: &AuditKey) -> Option<Last> {
     let file = File::open(path).ok()?;
     let len = file.metadata().ok()?.len();
-    let (record, end) = newest_good_line(key, &file, len).ok()??;
-    (end == len).then_some(record)
+    let floor = len.saturating_sub(u64::try_from(MAX_LINE).ok()? + 2);
+    let (record, end) = newest_good_line(key, &file, floor, len).ok()??;
+    Some(Last { record, end, len })
 }
 
 /// When the live log at `path` is missing or empty and a rotation made it so, creates it with
@@ -128,16 +147,17 @@ fn seal_after(
         let Some(last) = last_record(&segment, key) else {
             continue;
         };
-        if is_seal(&last) && last.seq == seq && (seq > cp.seq || last.mac == cp.mac) {
+        let record = &last.record;
+        if last.is_seal_of(&segment, seq) && (seq > cp.seq || record.mac == cp.mac) {
             let seal = Checkpoint {
-                seq: last.seq,
-                mac: last.mac,
+                seq: record.seq,
+                mac: record.mac,
             };
             return Ok(Some((seal, segment)));
         }
-        let unsealed = !is_seal(&last)
-            && last.seq.checked_add(1) == Some(seq)
-            && (last.seq > cp.seq || last.mac == cp.mac);
+        let unsealed = !is_seal(record)
+            && record.seq.checked_add(1) == Some(seq)
+            && (record.seq > cp.seq || record.mac == cp.mac);
         if unsealed {
             return seal_now(key, seq, &last, segment).map(Some);
         }
@@ -145,25 +165,31 @@ fn seal_after(
     Ok(None)
 }
 
-/// Appends the seal `seq` to `segment`, whose last record is `last`.
+/// Appends the seal `seq` to `segment`, whose newest record is `last`. Bytes after that
+/// record can only be a seal the crash cut short (after the rename nothing else is written
+/// to the segment): they are cut off, and the seal says how many there were.
 fn seal_now(
     key: &AuditKey,
     seq: u64,
-    last: &Checked,
+    last: &Last,
     segment: PathBuf,
 ) -> io::Result<(Checkpoint, PathBuf)> {
-    let bytes = std::fs::metadata(&segment)?.len();
-    let (line, mac) = encode_line(
-        key,
-        SystemTime::now(),
-        seq,
-        &seal_event(&segment, bytes, &[]),
-        &last.mac,
-    )
-    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let mut file = OpenOptions::new().append(true).open(&segment)?;
-    file.write_all(&line)?;
-    file.sync_data()?;
+    let mut event = seal_event(&segment, last.end, &[]);
+    if last.len > last.end {
+        event = event.with_detail("torn_bytes", last.len - last.end);
+    }
+    let (line, mac) = encode_line(key, SystemTime::now(), seq, &event, &last.record.mac)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let file = OpenOptions::new().write(true).open(&segment)?;
+    file.set_len(last.end)?;
+    let written = file
+        .write_all_at(&line, last.end)
+        .and_then(|()| file.sync_data());
+    if let Err(e) = written {
+        // Cut back, so that the next attempt finds the segment as it was.
+        let _ = file.set_len(last.end).and_then(|()| file.sync_data());
+        return Err(e);
+    }
     Ok((Checkpoint { seq, mac }, segment))
 }
 

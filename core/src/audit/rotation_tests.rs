@@ -275,6 +275,23 @@ fn a_rotation_stopped_by_a_crash_is_finished_by_the_next_writer() {
     log.write(11..12);
     assert_finished(&log, &segment, 13);
 
+    // Stopped while the seal was being written: the bytes of the seal cut short are cut off,
+    // and the seal written whole says how many there were.
+    let log = Log::new();
+    let segment = renamed_by_hand(&log);
+    let torn = b"{\"ts\":\"2026-12-07T23:5";
+    let mut bytes = std::fs::read(&segment).expect("audit test");
+    bytes.extend_from_slice(torn);
+    std::fs::write(&segment, bytes).expect("audit test");
+    log.write(11..12);
+    assert_finished(&log, &segment, 13);
+    let sealed = records_of(&segment);
+    let seal = &sealed[sealed.len() - 1];
+    assert_eq!(
+        seal["detail"]["torn_bytes"].as_u64(),
+        Some(torn.len() as u64)
+    );
+
     // An empty file where the new log goes is replaced by the log with its first record.
     let log = Log::new();
     let segment = renamed_by_hand(&log);
@@ -332,9 +349,24 @@ fn retention_counts_and_removes_only_the_segments_the_writer_made() {
     ];
     std::fs::write(&fakes[0], b"").expect("audit test");
     std::fs::write(&fakes[1], b"{\"seq\":999999999999}\n").expect("audit test");
+    // Copies of a real segment: under another spelling of its name (not a segment's name),
+    // and under a newer segment's name (whose seal it does not end with).
+    let newest = made.last().expect("a segment");
+    let spelled = dir.join(format!(
+        "audit-0{}",
+        newest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("audit-"))
+            .expect("a segment's name")
+    ));
+    let copies = [spelled, segment_path(&log.path, 999_999_999_997)];
+    for copy in &copies {
+        std::fs::copy(newest, copy).expect("audit test");
+    }
     let more = write_rotating(&log, 30..50, keep_two);
     assert!(!more.is_empty());
-    for fake in &fakes {
+    for fake in fakes.iter().chain(&copies) {
         assert!(fake.exists(), "{} removed", fake.display());
     }
     // The real segments were kept as if the fakes were not there: the two newest.

@@ -54,10 +54,12 @@ fn segment_seq(live: &Path, name: &str) -> Option<u64> {
         Some(ext) => rest.strip_suffix(ext.as_str())?.strip_suffix('.')?,
         None => rest,
     };
-    if digits.len() < 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    // One spelling per `seq`, the one `segment_path` writes: no second name for a segment.
+    let seq: u64 = digits.parse().ok()?;
+    (format!("{seq:012}") == digits).then_some(seq)
 }
 
 /// The live log's file name without and with its extension (`audit`, `jsonl`).
@@ -97,6 +99,7 @@ mod tests {
         );
         for other in [
             "audit.jsonl",
+            "audit-0000000012345.jsonl",
             "audit-12345.jsonl",
             "audit-00000001234x.jsonl",
             "audit-000000012345.jsonl.gz",

@@ -374,7 +374,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// A line longer than this is not a record the writer made: it is skipped without being held
 /// in memory whole.
-const MAX_LINE: usize = 1 << 20;
+pub(super) const MAX_LINE: usize = 1 << 20;
 
 /// The newest record whose MAC is good (`None` when there is none), and where the
 /// damage after it begins, when there are bytes after it.
@@ -383,7 +383,7 @@ const MAX_LINE: usize = 1 << 20;
 /// most a chunk and one line in memory.
 fn last_good(key: &AuditKey, file: &File) -> io::Result<(Option<Checked>, Option<u64>)> {
     let len = file.metadata()?.len();
-    let (newest, end) = match newest_good_line(key, file, len)? {
+    let (newest, end) = match newest_good_line(key, file, 0, len)? {
         Some((record, end)) => (Some(record), end),
         None => (None, 0),
     };
@@ -416,11 +416,13 @@ fn end_damage(file: &mut File, start: u64) -> io::Result<(Damage, String)> {
     Ok((damage, HEXLOWER.encode(&sha.finalize())))
 }
 
-/// The newest complete line of `file[..len]` that is a good record, reading backwards, and the
-/// offset just after its `\n`.
+/// The newest complete line of `file[floor..len]` that is a good record, reading backwards, and
+/// the offset just after its `\n`. With `floor` above 0, a line that starts before it is not
+/// looked at.
 pub(super) fn newest_good_line(
     key: &AuditKey,
     file: &File,
+    floor: u64,
     len: u64,
 ) -> io::Result<Option<(Checked, u64)>> {
     // `buf` holds file[pos..end]: bytes read but not yet taken apart into lines.
@@ -443,6 +445,10 @@ pub(super) fn newest_good_line(
             buf.truncate(i);
             continue;
         }
+        if pos == floor && floor > 0 {
+            // `buf` is the end of a line that starts before what may be read.
+            return Ok(None);
+        }
         if pos == 0 {
             // `buf` is the file's first line.
             let end = buf.len() as u64 + 1;
@@ -456,7 +462,7 @@ pub(super) fn newest_good_line(
             skipping = true;
             buf.clear();
         }
-        let step = pos.min(CHUNK as u64);
+        let step = (pos - floor).min(CHUNK as u64);
         pos -= step;
         let mut chunk = vec![0u8; usize::try_from(step).unwrap_or(CHUNK)];
         file.read_exact_at(&mut chunk, pos)?;
