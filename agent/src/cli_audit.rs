@@ -116,17 +116,19 @@ fn verify(config: &Config, given: Vec<PathBuf>, without_checkpoint: bool) -> u8 
     exit::FAILURE
 }
 
-/// What the end of `inputs` is held against: the checkpoint's record when the live log is
-/// among the files, a seal when only segments are.
+/// What `inputs` are held against: with the host's live log among the files, a start that a
+/// rotation accounts for and the checkpoint's record as the end; with segments only, a seal as
+/// the end.
 fn tail_for(config: &Config, inputs: &Inputs) -> Tail {
     let has_live = inputs
         .files
         .iter()
         .any(|f| same_file(f, &config.audit.path));
-    match inputs.checkpoint {
-        None => Tail::Unchecked,
-        Some(cp) if has_live => Tail::Live(cp),
-        Some(cp) => Tail::Segments(cp),
+    match (inputs.checkpoint, has_live) {
+        (None, true) => Tail::Whole,
+        (None, false) => Tail::Unchecked,
+        (Some(cp), true) => Tail::Live(cp),
+        (Some(cp), false) => Tail::Segments(cp),
     }
 }
 

@@ -15,32 +15,21 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::chain::{read_checkpoint, AuditKey, Checkpoint};
+use super::chain::{write_checkpoint, AuditKey, Checkpoint};
 use super::record::{encode_line, Checked, Event, EventType, Outcome};
 use super::segments::numbered;
 use super::writer::{newest_good_line, WriteError, MAX_LINE};
 
-/// A segment the writer made: its last record is its seal, the one its name gives.
-#[derive(Debug, Clone)]
-pub(crate) struct Sealed {
-    pub path: PathBuf,
-    pub seal: Checkpoint,
-}
-
 /// The segments next to `live` that end with the seal their names give, oldest first. Files
 /// that only carry such a name (without the key, nobody else can write a seal) are left out,
 /// so that retention never counts or removes them in place of real segments.
-pub(crate) fn genuine_segments(live: &Path, key: &AuditKey) -> io::Result<Vec<Sealed>> {
+pub(crate) fn genuine_segments(live: &Path, key: &AuditKey) -> io::Result<Vec<PathBuf>> {
     Ok(numbered(live)?
         .into_iter()
-        .filter_map(|(seq, path)| {
-            let last = last_record(&path, key)?;
-            let seal = Checkpoint {
-                seq: last.record.seq,
-                mac: last.record.mac,
-            };
-            last.is_seal_of(&path, seq).then_some(Sealed { path, seal })
+        .filter(|(seq, path)| {
+            last_record(path, key).is_some_and(|last| last.is_seal_of(path, *seq))
         })
+        .map(|(_, path)| path)
         .collect())
 }
 
@@ -77,19 +66,22 @@ fn last_record(path: &Path, key: &AuditKey) -> Option<Last> {
     Some(Last { record, end, len })
 }
 
-/// When the live log at `path` is missing or empty and a rotation made it so, creates it with
+/// When the live log at `path` is missing or empty and a rotation made it so (`checkpoint` is
+/// what `checkpoint_path` held when the writer opened the log), creates it with
 /// its first record, the continuation of the newest segment, sealing that segment first when
 /// the crash came before its seal. Returns the segment's file name when it did.
 ///
 /// The newest segment is the one the checkpoint names: its seal, or the record before the
 /// seal when the checkpoint or the seal was not written. Without a checkpoint (the state
-/// directory lost as well) it is the newest segment that ends with its seal; the writer then
-/// records `audit_checkpoint_missing` after the continuation, as for any log found without
-/// its checkpoint. Anything else (the live log removed) is no rotation: the writer goes on
-/// after the checkpoint, and the gap shows.
+/// directory lost as well) it is the newest segment with a record of the key's, sealed now
+/// if it is not; the writer then records `audit_checkpoint_missing` after the continuation,
+/// as for any log found without its checkpoint. Anything else (the live log removed) is no
+/// rotation: the writer goes on after the checkpoint, and the gap shows. The checkpoint is
+/// brought up to the continuation at once, so that the new log cannot lose it unseen.
 pub(crate) fn continue_after_rotation(
     path: &Path,
     checkpoint_path: &Path,
+    checkpoint: Option<Checkpoint>,
     key: &AuditKey,
 ) -> Result<Option<String>, WriteError> {
     let open_err = |source| WriteError::Open {
@@ -104,13 +96,7 @@ pub(crate) fn continue_after_rotation(
     if !empty {
         return Ok(None);
     }
-    let seal = match read_checkpoint(checkpoint_path)? {
-        Some(cp) => seal_after(path, key, cp).map_err(open_err)?,
-        None => genuine_segments(path, key)
-            .map_err(open_err)?
-            .pop()
-            .map(|s| (s.seal, s.path)),
-    };
+    let seal = seal_after(path, key, checkpoint).map_err(open_err)?;
     let Some((seal, segment)) = seal else {
         return Ok(None);
     };
@@ -118,18 +104,23 @@ pub(crate) fn continue_after_rotation(
     let event = Event::new(EventType::AuditLogContinued, Outcome::Info, "system")
         .with_detail("segment", name.clone())
         .with_detail("seq", seal.seq);
-    let (line, _) = encode_line(key, SystemTime::now(), seal.seq + 1, &event, &seal.mac)
+    let (line, mac) = encode_line(key, SystemTime::now(), seal.seq + 1, &event, &seal.mac)
         .map_err(WriteError::Encode)?;
     if std::fs::symlink_metadata(path).is_ok() {
         std::fs::remove_file(path).map_err(open_err)?;
     }
     crate::atomic_file::create_new(path, &line).map_err(open_err)?;
+    let head = Checkpoint {
+        seq: seal.seq + 1,
+        mac,
+    };
+    write_checkpoint(checkpoint_path, &head)?;
     Ok(Some(name))
 }
 
-/// The seal the live log continues, given the checkpoint `cp`, and its segment: the newest
-/// segment whose name is not older than the checkpoint and which ends with a record of the
-/// key's (files that only carry such a name are passed over). Sealed, when its seal is the
+/// The seal the live log continues, given the checkpoint `cp` (when there is one), and its
+/// segment: the newest segment whose name is not older than the checkpoint and which ends
+/// with a record of the key's (files that only carry such a name are passed over). Sealed, when its seal is the
 /// checkpoint's record or newer (the checkpoint was not brought up to it: only the key's
 /// holder writes seals). Not yet sealed (a crash between the rename and the seal), when its
 /// last record is the one before its name's seal and not older than the checkpoint: the seal
@@ -137,18 +128,23 @@ pub(crate) fn continue_after_rotation(
 fn seal_after(
     path: &Path,
     key: &AuditKey,
-    cp: Checkpoint,
+    cp: Option<Checkpoint>,
 ) -> io::Result<Option<(Checkpoint, PathBuf)>> {
+    // Whether the record `seq`, `mac` is the checkpoint's or newer.
+    let current = |seq: u64, mac: &[u8; 32]| match cp {
+        Some(cp) => seq > cp.seq || (seq == cp.seq && *mac == cp.mac),
+        None => true,
+    };
     // Newest first; files that only carry a segment's name have no record of the key's.
     for (seq, segment) in numbered(path)?.into_iter().rev() {
-        if seq < cp.seq {
+        if cp.is_some_and(|cp| seq < cp.seq) {
             break;
         }
         let Some(last) = last_record(&segment, key) else {
             continue;
         };
         let record = &last.record;
-        if last.is_seal_of(&segment, seq) && (seq > cp.seq || record.mac == cp.mac) {
+        if last.is_seal_of(&segment, seq) && current(record.seq, &record.mac) {
             let seal = Checkpoint {
                 seq: record.seq,
                 mac: record.mac,
@@ -157,7 +153,7 @@ fn seal_after(
         }
         let unsealed = !is_seal(record)
             && record.seq.checked_add(1) == Some(seq)
-            && (record.seq > cp.seq || record.mac == cp.mac);
+            && current(record.seq, &record.mac);
         if unsealed {
             return seal_now(key, seq, &last, segment).map(Some);
         }

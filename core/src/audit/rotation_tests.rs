@@ -22,6 +22,8 @@ fn write_rotating(log: &Log, range: std::ops::Range<u64>, rotation: AuditRotatio
         writer.append(&event(i), ts(i)).expect("audit test");
         if let Some(rotated) = writer.rotate_if_due(rotation, ts(i)).expect("audit test") {
             assert!(rotated.not_removed.is_empty(), "{:?}", rotated.not_removed);
+            // The continuation is in the checkpoint at once: the new log cannot lose it unseen.
+            assert_eq!(log.checkpoint(), Some(writer.head()));
             made.push(rotated.segment);
         }
     }
@@ -292,6 +294,19 @@ fn a_rotation_stopped_by_a_crash_is_finished_by_the_next_writer() {
         Some(torn.len() as u64)
     );
 
+    // Stopped after the rename, with the state directory lost as well: the newest segment is
+    // sealed all the same, and numbering goes on after it.
+    let log = Log::new();
+    renamed_by_hand(&log);
+    std::fs::remove_file(&log.checkpoint_path).expect("audit test");
+    let writer = log.write(11..12);
+    assert_eq!(writer.checkpoint_missing(), Some(12));
+    let live = records_of(&log.path);
+    assert_eq!(live[0]["type"], "audit_log_continued");
+    assert_eq!(live[1]["type"], "audit_checkpoint_missing");
+    let report = check(&all_files(&log), Tail::Whole);
+    assert_eq!((report.broken, report.records), (None, 14));
+
     // An empty file where the new log goes is replaced by the log with its first record.
     let log = Log::new();
     let segment = renamed_by_hand(&log);
@@ -324,6 +339,12 @@ fn segments_removed_before_the_oldest_kept_one_fail_the_check_on_the_host() {
         report.broken.map(|b| (b.file, b.line, b.problem)),
         Some((0, 1, Problem::SegmentMissing { segment: gone }))
     );
+    // The same without the checkpoint.
+    let report = check(&all_files(&log), Tail::Whole);
+    assert!(matches!(
+        report.broken.map(|b| b.problem),
+        Some(Problem::SegmentMissing { .. })
+    ));
     // Every segment removed: the live log alone is not the host's whole log either.
     for segment in &kept[1..] {
         std::fs::remove_file(segment).expect("audit test");

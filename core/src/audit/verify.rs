@@ -169,12 +169,15 @@ pub enum Tail {
     /// Rotated segments without the live log: the records up to the checkpoint's match it,
     /// and unless they reach it, the last one is the seal of a rotation.
     Segments(Checkpoint),
+    /// The live log with its segments, on its host, without the checkpoint: the start is held
+    /// as for [`Tail::Live`], the end against nothing.
+    Whole,
 }
 
 impl Tail {
     fn checkpoint(self) -> Option<Checkpoint> {
         match self {
-            Tail::Unchecked => None,
+            Tail::Unchecked | Tail::Whole => None,
             Tail::Live(cp) | Tail::Segments(cp) => Some(cp),
         }
     }
@@ -352,7 +355,8 @@ impl<'k> Chain<'k> {
             return self.report;
         }
         self.report.sealed = self.sealed.then_some(self.last_seq);
-        if let (Tail::Live(_), Some(continues)) = (tail, &self.report.continues) {
+        let whole = matches!(tail, Tail::Live(_) | Tail::Whole);
+        if let (true, Some(continues)) = (whole, &self.report.continues) {
             // On the host the check starts at the oldest segment left: one retention removed.
             if !self.expired.contains(&continues.segment) {
                 let problem = Problem::SegmentMissing {
@@ -366,7 +370,7 @@ impl<'k> Chain<'k> {
         }
         let short = |cp: &Checkpoint| cp.seq > self.last_seq;
         let truncated = match tail {
-            Tail::Unchecked => None,
+            Tail::Unchecked | Tail::Whole => None,
             Tail::Live(cp) => Some(cp).filter(short),
             Tail::Segments(cp) => Some(cp).filter(|cp| short(cp) && !self.sealed),
         };

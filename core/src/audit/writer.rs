@@ -127,7 +127,8 @@ impl Writer {
         }
         // After a rotation the new log is made whole with its first record before anything
         // else: a crash then cannot leave it beginning with a torn line.
-        let continued = rotation::continue_after_rotation(path, checkpoint_path, &key)?;
+        let checkpoint = read_checkpoint(checkpoint_path)?;
+        let continued = rotation::continue_after_rotation(path, checkpoint_path, checkpoint, &key)?;
         let mut file = open_live(path).map_err(open_err)?;
         let (newest, damaged_from) = last_good(&key, &file).map_err(open_err)?;
         let mut head = newest.map_or(
@@ -140,7 +141,6 @@ impl Writer {
                 mac: record.mac,
             },
         );
-        let checkpoint = read_checkpoint(checkpoint_path)?;
         let checkpoint_missing = (checkpoint.is_none() && head.seq > 0).then_some(head.seq);
         if let Some(checkpoint) = checkpoint.filter(|cp| cp.seq > head.seq) {
             head = checkpoint;
@@ -298,7 +298,7 @@ impl Writer {
         let keep = usize::try_from(rotation.keep).unwrap_or(usize::MAX).max(1);
         // The new segment counts among those kept.
         let expire = (existing.len() + 1).saturating_sub(keep);
-        let expired: Vec<PathBuf> = existing.into_iter().take(expire).map(|s| s.path).collect();
+        let expired: Vec<PathBuf> = existing.into_iter().take(expire).collect();
         // Renamed first: a rename refused (an append-only attribute, a name taken) leaves the
         // log as it was, with no seal in it.
         segments::rename_new(&self.path, &segment).map_err(rotate_err)?;
