@@ -5,9 +5,9 @@
 //! A rotation renames the live log to its segment, appends the seal to it (through the file
 //! still open), and then creates the new log with its continuation, a temporary file linked
 //! into place, so that the new log never begins with a torn line. A crash between two steps
-//! leaves one of three states that [`continue_after_rotation`] recognises from the checkpoint
-//! and the segment's name alone: the segment unsealed, the segment sealed and no new log, or
-//! the checkpoint one record behind the seal.
+//! leaves one of four states that [`continue_after_rotation`] recognises from the checkpoint
+//! and the segments' names alone: the segment unsealed, its seal cut short, the segment sealed
+//! and no new log, or the checkpoint one record behind the seal.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -67,9 +67,9 @@ fn last_record(path: &Path, key: &AuditKey) -> Option<Last> {
 }
 
 /// When the live log at `path` is missing or empty and a rotation made it so (`checkpoint` is
-/// what `checkpoint_path` held when the writer opened the log), creates it with
-/// its first record, the continuation of the newest segment, sealing that segment first when
-/// the crash came before its seal. Returns the segment's file name when it did.
+/// what `checkpoint_path` held when the writer opened the log), creates it with its first
+/// record, the continuation of the newest segment, sealing that segment first when the crash
+/// came before its seal. Returns the segment's file name when it did.
 ///
 /// The newest segment is the one the checkpoint names: its seal, or the record before the
 /// seal when the checkpoint or the seal was not written. Without a checkpoint (the state
@@ -120,11 +120,11 @@ pub(crate) fn continue_after_rotation(
 
 /// The seal the live log continues, given the checkpoint `cp` (when there is one), and its
 /// segment: the newest segment whose name is not older than the checkpoint and which ends
-/// with a record of the key's (files that only carry such a name are passed over). Sealed, when its seal is the
-/// checkpoint's record or newer (the checkpoint was not brought up to it: only the key's
-/// holder writes seals). Not yet sealed (a crash between the rename and the seal), when its
-/// last record is the one before its name's seal and not older than the checkpoint: the seal
-/// goes on now.
+/// with a record of the key's (files that only carry such a name are passed over). Sealed,
+/// when its seal is the checkpoint's record or newer (the checkpoint was not brought up to
+/// it: only the key's holder writes seals). Not yet sealed (a crash between the rename and
+/// the seal), when its last record is the one before its name's seal and not older than the
+/// checkpoint: the seal goes on now.
 fn seal_after(
     path: &Path,
     key: &AuditKey,

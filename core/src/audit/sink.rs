@@ -19,8 +19,9 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use super::{load_or_create_key, Event, Writer, CHECKPOINT_FILE};
 use crate::config::{Audit, AuditRotation, OnWriteFailure};
 
-/// How long after a failed rotation the sink tries again: each attempt may leave a seal in
-/// the log when the rename is what fails.
+/// How long after a failed rotation the sink tries again: what made it fail (a full
+/// directory, an append-only attribute, a name taken) seldom passes by the next record, and
+/// each attempt lists and reads the segments.
 const ROTATE_RETRY: Duration = Duration::from_secs(60);
 
 pub struct Sink {
@@ -123,6 +124,13 @@ impl Sink {
                         bytes = damage.bytes,
                         seq = writer.head().seq,
                         "the audit log ended in a line torn by a crash; it is kept and acknowledged by an audit_torn_line record"
+                    );
+                }
+                if let Some(segment) = writer.continued() {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        segment,
+                        "the audit log was being rotated when the agent stopped; the rotation is finished and the log continues that segment"
                     );
                 }
                 if let Some(seq) = writer.checkpoint_missing() {

@@ -266,16 +266,16 @@ impl Writer {
         Ok(seq)
     }
 
-    /// Rotates the log when it holds `rotation.size` bytes or more: seals it with an
-    /// `audit_log_rotated` record, renames it to its segment ([`segments::segment_path`]),
+    /// Rotates the log when it holds `rotation.size` bytes or more: renames it to its segment
+    /// ([`segments::segment_path`]), seals it there with an `audit_log_rotated` record,
     /// starts the new log with an `audit_log_continued` record chained to the seal, and
     /// removes the oldest segments beyond `rotation.keep`. Returns what was done, or `None`
     /// when the log is not that large yet.
     ///
-    /// A crash at any step leaves a chain the next [`Writer::open`] continues: a seal not yet
-    /// renamed is renamed then, and an empty log after a renamed seal starts with the
-    /// continuation. When the seal cannot be written in full (with its checkpoint) or the
-    /// rename fails, the log is not rotated and stays whole; the next call tries again.
+    /// A rename that fails leaves the log as it was, with nothing written; the next call tries
+    /// again. A failure or a crash after the rename is finished by the next
+    /// [`Writer::open`] (`rotation::continue_after_rotation`): the segment is sealed if it is
+    /// not, and the new log is created with its continuation.
     pub fn rotate_if_due(
         &mut self,
         rotation: AuditRotation,
