@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::chain::{AuditKey, Checkpoint, ZERO_MAC};
 use super::record::{check_line, Checked, EventType, LineError};
+use super::rotation;
 
 /// Why the log could not be checked at all.
 #[derive(Debug, thiserror::Error)]
@@ -339,7 +340,7 @@ impl<'k> Chain<'k> {
         self.report.records += 1;
         self.last_seq = checked.seq;
         self.last_mac = checked.mac;
-        self.sealed = checked.kind == EventType::AuditLogRotated.as_str();
+        self.sealed = rotation::is_seal(checked);
         if self.sealed {
             let names = checked.detail.get("expired").and_then(|v| v.as_array());
             for name in names.into_iter().flatten().filter_map(|v| v.as_str()) {
